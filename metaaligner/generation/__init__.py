@@ -1,0 +1,58 @@
+"""One generation interface, several backends: ``generate(prompts, params) -> list[str]``.
+
+Backends are resolved by name from a dict with lazy imports, so ``vllm`` or ``openai`` are only
+imported when used. Every backend returns exactly one completion per prompt, in input order.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from metaaligner.errors import MetaAlignerError
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
+        ...
+
+
+BACKENDS = {
+    "hf": "metaaligner.generation.hf:HFGenerator",
+    "vllm": "metaaligner.generation.vllm_backend:VLLMGenerator",
+    "openai": "metaaligner.generation.openai_backend:OpenAIGenerator",
+}
+
+
+def get_generator(backend: str, model: str | None = None, **kwargs) -> Generator:
+    """Build a backend by name. ``auto`` picks vllm when installed with a GPU, else hf."""
+    if backend == "auto":
+        backend = "vllm" if _vllm_usable() else "hf"
+    if backend not in BACKENDS:
+        raise MetaAlignerError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)} or auto")
+    module_name, class_name = BACKENDS[backend].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(model, **kwargs)
+
+
+def _vllm_usable() -> bool:
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()

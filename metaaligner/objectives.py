@@ -1,0 +1,136 @@
+"""The objective registry: one place that maps objective keys to their descriptions.
+
+The built-in objectives live in ``data/objectives.yaml`` (data, not code), grouped by dataset
+because two datasets use the same key with different text (``helpfulness``). Users add their own
+objectives from a YAML/JSON file or inline ``key=description`` specs; those take priority.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from metaaligner.errors import MetaAlignerError
+
+BUILTIN_FILE = Path(__file__).with_name("data") / "objectives.yaml"
+USER_GROUP = "user"
+
+
+@dataclass(frozen=True)
+class Objective:
+    key: str
+    name: str
+    description: str
+    group: str
+    unseen: bool = False
+
+
+class ObjectiveRegistry:
+    """Objectives by (group, key). ``resolve`` turns user-given keys into objectives, in order."""
+
+    def __init__(self, objectives: list[Objective] | None = None):
+        self._items: dict[tuple[str, str], Objective] = {}
+        for obj in objectives or []:
+            self._items[(obj.group, obj.key)] = obj
+
+    @classmethod
+    def builtin(cls) -> "ObjectiveRegistry":
+        data = yaml.safe_load(BUILTIN_FILE.read_text(encoding="utf-8"))
+        objectives = [
+            Objective(key, spec["name"], spec["description"], group, bool(spec.get("unseen", False)))
+            for group, entries in data.items()
+            for key, spec in entries.items()
+        ]
+        return cls(objectives)
+
+    def groups(self) -> list[str]:
+        return sorted({group for group, _ in self._items})
+
+    def keys(self, group: str | None = None) -> list[str]:
+        return [k for (g, k) in self._items if group is None or g == group]
+
+    def group(self, group: str) -> list[Objective]:
+        return [obj for (g, _), obj in self._items.items() if g == group]
+
+    def add(self, key: str, description: str, name: str | None = None, group: str = USER_GROUP) -> Objective:
+        key, description = key.strip(), description.strip()
+        if not key or not description:
+            raise MetaAlignerError(f"objective needs a key and a description, got key={key!r}")
+        if ":" in key or "," in key:
+            raise MetaAlignerError(f"objective key {key!r} may not contain ':' or ','")
+        obj = Objective(key, name or description.split(":", 1)[0].strip(), description, group)
+        self._items[(group, key)] = obj
+        return obj
+
+    def add_inline(self, spec: str) -> Objective:
+        """``key=description`` as given to ``--add_objective``."""
+        if "=" not in spec:
+            raise MetaAlignerError(f"--add_objective expects key=description, got {spec!r}")
+        key, description = spec.split("=", 1)
+        return self.add(key, description)
+
+    def add_file(self, path: str | Path) -> list[Objective]:
+        """A YAML or JSON mapping key -> description (or key -> {description, name})."""
+        path = Path(path)
+        if not path.exists():
+            raise MetaAlignerError(f"{path}: objectives file not found")
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, dict) or not data:
+            raise MetaAlignerError(f"{path}: expected a non-empty mapping of key -> description")
+        added = []
+        for key, value in data.items():
+            if isinstance(value, dict):
+                added.append(self.add(str(key), str(value.get("description", "")), value.get("name")))
+            elif isinstance(value, str):
+                added.append(self.add(str(key), value))
+            else:
+                raise MetaAlignerError(f"{path}: objective {key!r} must map to a description string")
+        return added
+
+    def get(self, key: str, group: str | None = None) -> Objective:
+        """Look a key up: ``group:key`` explicitly, else user objectives, then ``group``, then any
+        group where the key is unique."""
+        if ":" in key:
+            g, k = key.split(":", 1)
+            if (g, k) in self._items:
+                return self._items[(g, k)]
+            raise self._unknown(key)
+        for g in (USER_GROUP, group):
+            if g is not None and (g, key) in self._items:
+                return self._items[(g, key)]
+        matches = [obj for (g, k), obj in self._items.items() if k == key]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            options = ", ".join(f"{m.group}:{key}" for m in matches)
+            raise MetaAlignerError(f"objective {key!r} is ambiguous; name one of: {options}")
+        raise self._unknown(key)
+
+    def resolve(self, keys: str | list[str], group: str | None = None) -> list[Objective]:
+        """Comma-separated (or listed) keys -> objectives, in the order given."""
+        if isinstance(keys, str):
+            keys = [k for k in keys.split(",")]
+        keys = [k.strip() for k in keys if k.strip()]
+        if not keys:
+            raise MetaAlignerError("no objectives given (use --aspects key1,key2)")
+        return [self.get(k, group) for k in keys]
+
+    def descriptions(self, keys: str | list[str], group: str | None = None) -> list[str]:
+        return [obj.description for obj in self.resolve(keys, group)]
+
+    def _unknown(self, key: str) -> MetaAlignerError:
+        known = ", ".join(sorted({f"{g}:{k}" for g, k in self._items}))
+        return MetaAlignerError(f"unknown objective {key!r}; known keys: {known}")
+
+
+def build_registry(objectives_file: str | None = None, add_objective: list[str] | None = None) -> ObjectiveRegistry:
+    """The built-in registry plus the user's file and inline objectives (what the CLI flags give)."""
+    registry = ObjectiveRegistry.builtin()
+    if objectives_file:
+        registry.add_file(objectives_file)
+    for spec in add_objective or []:
+        registry.add_inline(spec)
+    return registry

@@ -1,0 +1,116 @@
+"""The one prompt module: aligner templates and the conditioning prompts of the baselines.
+
+Aligner template texts are byte-identical to what the released checkpoints were trained on. A
+template has a ``better`` form (improve the answer) and an ``equal`` form (the equal-preference
+subset of Algorithm 1). Aspects are objective descriptions joined with ``'; '`` in the user's order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from metaaligner.errors import MetaAlignerError
+
+ASPECT_SEPARATOR = "; "
+MODES = ("better", "equal")
+
+_HH = ("You are an assistant to human. You will be provided with a context and an answer. "
+       "Consider the context, then edit the answer to {verb} considering these aspects: {{aspects}} "
+       "| Context: {{question}} | Answer: {{answer}} | Edit: ")
+_UF = ("You are an assistant to human. You will be provided with a query and an answer. "
+       "Consider the query, then edit the answer to {verb} considering these aspects: {{aspects}} "
+       "| Query: {{question}} | Answer: {{answer}} | Edit: ")
+_IMHI = ("Edit the following Question-Answer pair to make it {verb} considering these aspects "
+         "\"{{aspects}}\" | Question: {{question}} | Answer: {{answer}} | Edit: ")
+_PAPER = ("Edit the following Question-Answer pair to make it {verb} considering the following "
+          "objectives {{aspects}} | Question: {{question}} | Answer: {{answer}} | Edit:")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    better: str
+    equal: str
+
+    def text(self, mode: str) -> str:
+        if mode not in MODES:
+            raise MetaAlignerError(f"template mode must be one of {MODES}, got {mode!r}")
+        return self.better if mode == "better" else self.equal
+
+
+TEMPLATES: dict[str, Template] = {
+    "hh-rlhf": Template("hh-rlhf", _HH.format(verb="improve it"), _HH.format(verb="make it equal")),
+    "ultrafeedback": Template("ultrafeedback", _UF.format(verb="improve it"), _UF.format(verb="make it equal")),
+    "imhi": Template("imhi", _IMHI.format(verb="better"), _IMHI.format(verb="equal")),
+    "paper": Template("paper", _PAPER.format(verb="better"), _PAPER.format(verb="equal")),
+}
+
+
+def get_template(name_or_path: str) -> Template:
+    """A shipped template by name, or a YAML file with ``better`` and ``equal`` strings that use
+    the fields ``{aspects}``, ``{question}`` and ``{answer}``."""
+    if name_or_path in TEMPLATES:
+        return TEMPLATES[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        missing = [k for k in MODES if not isinstance(data.get(k), str)]
+        if missing:
+            raise MetaAlignerError(f"{path}: template file needs string fields {missing}")
+        for mode in MODES:
+            for field in ("{aspects}", "{question}", "{answer}"):
+                if field not in data[mode]:
+                    raise MetaAlignerError(f"{path}: template {mode!r} lacks the field {field}")
+        return Template(str(data.get("name", path.stem)), data["better"], data["equal"])
+    raise MetaAlignerError(
+        f"unknown template {name_or_path!r}; choose one of {sorted(TEMPLATES)} or give a YAML file")
+
+
+def join_aspects(descriptions: list[str]) -> str:
+    return ASPECT_SEPARATOR.join(descriptions)
+
+
+def render(template: str | Template, question: str, answer: str, aspects: list[str], mode: str = "better") -> str:
+    """The aligner input for one (question, answer, objective descriptions) triple.
+
+    Values are inserted verbatim: braces in the question or answer are never interpreted.
+    """
+    tpl = template if isinstance(template, Template) else get_template(template)
+    if not aspects:
+        raise MetaAlignerError("an aligner prompt needs at least one objective")
+    text = tpl.text(mode)
+    values = {"aspects": join_aspects(aspects), "question": question, "answer": answer}
+    return _fill(text, values)
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    # One pass over the template so a value containing "{answer}" is never substituted again.
+    out, i = [], 0
+    while i < len(text):
+        for key, value in values.items():
+            token = "{" + key + "}"
+            if text.startswith(token, i):
+                out.append(value)
+                i += len(token)
+                break
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def reward_conditioned_prompt(question: str, names: list[str], rewards: list[float]) -> str:
+    """Rewards-in-Context conditioning: ``<Harmlessness>: 0.50; <Helpfulness>: -1.20 | question``."""
+    if len(names) != len(rewards):
+        raise MetaAlignerError(f"{len(names)} objective names but {len(rewards)} rewards")
+    head = "; ".join(f"<{name}>: {reward:.2f}" for name, reward in zip(names, rewards))
+    return f"{head} | {question}"
+
+
+def llm_scorer_prompt(question: str, answer: str, description: str) -> str:
+    """The yes/no question behind the LLM reward scorer (score = logit(Yes) - logit(No))."""
+    return (f"Question: {question}\nAnswer: {answer}\n"
+            f"Does the answer meet this objective? {description}\n"
+            "Reply with Yes or No.\nReply:")

@@ -1,0 +1,1 @@
+"""Training: config dataclasses and TRL-based trainers (aligner curriculum, baselines, SePO)."""
