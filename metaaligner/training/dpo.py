@@ -1,0 +1,170 @@
+"""A reusable DPO building block on TRL's ``DPOTrainer`` (SePO's oracle, the CDPO baseline).
+
+    loss = -log sigmoid(beta * [(log pi_theta(y_w|x) - log pi_ref(y_w|x)) - (log pi_theta(y_l|x) - log pi_ref(y_l|x))])
+
+(Rafailov et al. 2023; computed by TRL, ``loss_type="sigmoid"``.)
+
+trl 1.16 needs the reference model either as a path (the policy's own path when ``ref_model_path`` is
+None: TRL reloads it), an explicit ``ref_model`` (``ref_model_path`` given), or a LoRA ``peft_config``
+(the reference is the base with the adapter disabled). An in-memory model alone fails because TRL
+reloads the reference from ``model.config._name_or_path``; so this function always takes a path.
+
+Usage::
+
+    from metaaligner.training.dpo import DPOTrainConfig, train_dpo
+    out = train_dpo("path/to/sft", train_pairs, eval_pairs, "runs/dpo", DPOTrainConfig(max_steps=10),
+                    stage="dpo", log_path="runs/dpo/train_log.jsonl")
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from metaaligner.errors import MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class DPOTrainConfig:
+    """Training settings of a DPO stage (TRL style: one dataclass, every field documented once).
+
+    ``to_trl`` turns it into a ``trl.DPOConfig``; a ``trl.DPOConfig`` may also be passed to
+    ``train_dpo`` directly (its precision is still set by device)."""
+
+    beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull towards the reference model"})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7)"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training pairs"})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per step"})
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response (longer are cut at the end)"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: once per epoch when eval pairs exist)"})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules, comma-separated or all-linear"})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
+    report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
+
+    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+        """The equivalent ``trl.DPOConfig``, with precision chosen by device (float32 on CPU)."""
+        from trl import DPOConfig
+
+        from metaaligner.training.common import precision_kwargs
+
+        keep = {f.name for f in fields(DPOConfig)}
+        values: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in keep}
+        values.pop("eval_steps", None)
+        values.update(output_dir=output_dir, loss_type=["sigmoid"], warmup_steps=self.warmup_ratio,
+                      include_num_input_tokens_seen="non_padding", save_strategy="steps", eval_strategy="no")
+        if has_eval:
+            values.update({"eval_strategy": "steps", "eval_steps": self.eval_steps} if self.eval_steps > 0
+                          else {"eval_strategy": "epoch"})
+        values.update(precision_kwargs(device))
+        return DPOConfig(**values)
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        targets: Any = self.lora_target_modules
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+
+
+def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
+    """Keep only ``prompt``/``chosen``/``rejected`` (all text); raise a one-line error otherwise."""
+    out = []
+    for i, pair in enumerate(pairs, start=1):
+        missing = [k for k in PAIR_KEYS if not isinstance(pair.get(k), str)]
+        if missing:
+            raise MetaAlignerError(f"{name} pair {i}: {', '.join(missing)} must be text")
+        out.append({k: pair[k] for k in PAIR_KEYS})
+    return out
+
+
+def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]] | None,
+              output_dir: str | Path, config: Any, stage: str, log_path: str | Path,
+              ref_model_path: str | None = None, lora: bool = False, resume: bool = False) -> str:
+    """DPO-train ``model_name_or_path`` on ``{"prompt","chosen","rejected"}`` pairs; return ``output_dir``.
+
+    ``config`` is a ``DPOTrainConfig`` or a ``trl.DPOConfig``. The reference is ``ref_model_path``
+    when given, else the starting model itself (reloaded by TRL from its path, or the LoRA base with
+    the adapter disabled). With ``lora`` the folder holds a PEFT adapter (``load_causal_lm`` merges it
+    on load). ``resume`` continues from the last checkpoint in ``output_dir`` if there is one.
+    Logs go to ``log_path`` as JSON lines tagged with ``stage``.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    from metaaligner.models import load_tokenizer, pick_device, pick_dtype, resolve_model_path
+    from metaaligner.training.common import make_jsonl_callback, precision_kwargs
+
+    output_dir = str(output_dir)
+    model_path = resolve_model_path(model_name_or_path)
+    train = check_pairs(train_pairs, "train")
+    if not train:
+        raise MetaAlignerError("train_dpo: no training pairs")
+    evals = check_pairs(eval_pairs or [], "eval")
+    device = pick_device(None)
+
+    if isinstance(config, DPOConfig):
+        args = config
+        args.output_dir = output_dir
+        for key, value in precision_kwargs(device).items():
+            setattr(args, key, value)
+        lora_cfg = DPOTrainConfig().lora_config() if lora else None
+    elif isinstance(config, DPOTrainConfig):
+        args = config.to_trl(output_dir, device=device, has_eval=bool(evals))
+        lora_cfg = config.lora_config() if lora else None
+    else:
+        raise MetaAlignerError(f"train_dpo: config must be DPOTrainConfig or trl.DPOConfig, got {type(config).__name__}")
+
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+    ref_model = None
+    if ref_model_path is not None and resolve_model_path(ref_model_path) != model_path:
+        ref_path = resolve_model_path(ref_model_path)
+        try:
+            ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=pick_dtype(device))
+        except OSError as exc:
+            raise MetaAlignerError(f"cannot load reference model {ref_path!r}: {str(exc).splitlines()[0]}") from None
+
+    trainer = DPOTrainer(
+        model=model_path,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(evals) if evals else None,
+        processing_class=tokenizer,
+        peft_config=lora_cfg,
+        callbacks=[make_jsonl_callback(log_path, stage)],
+    )
+    checkpoint = None
+    if resume and Path(output_dir).is_dir():
+        checkpoint = get_last_checkpoint(output_dir)
+        log.info("resuming %s from %s", stage, checkpoint or "scratch (no checkpoint found)")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return output_dir
