@@ -50,7 +50,14 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
         for key, value in values.items():
             dests[key].default = value
             dests[key].required = False
-    return parser.parse_args_into_dataclasses(args=args)
+    outputs = parser.parse_args_into_dataclasses(args=args)
+    # The --config_file action belongs to no dataclass: HfArgumentParser returns it as a trailing
+    # Namespace, which would be passed to main() as an extra argument.
+    import argparse
+
+    if outputs and isinstance(outputs[-1], argparse.Namespace) and set(vars(outputs[-1])) <= {"config_file"}:
+        outputs = outputs[:-1]
+    return tuple(outputs)
 
 
 def run_main(main: Callable[..., Any], *configs) -> int:
