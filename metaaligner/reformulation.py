@@ -1,0 +1,282 @@
+"""Algorithm 1 of the paper (dynamic multi-objective reformulation), as pure functions over rows.
+
+For a preference pair (q, y1 = chosen, y2 = rejected) with per-objective scores, every objective j
+lands in one of three sets by comparing its two scores:
+
+    O>  = {j : s_j(y1) > s_j(y2)}     y1 is better on j
+    O<  = {j : s_j(y1) < s_j(y2)}     y2 is better on j
+    O=  = {j : s_j(y1) = s_j(y2)}     a tie (``--round 1`` in stage 1 makes these common)
+
+and the pair yields up to four training items (``T`` = the dataset's template):
+
+    O> non-empty  ->  contrastive: T(q, answer=y2, shuffle(O>), "better")  -> target y1
+    O< non-empty  ->  contrastive: T(q, answer=y1, shuffle(O<), "better")  -> target y2
+    O= non-empty  ->  equal:       T(q, answer=y2, shuffle(O=), "equal")   -> target y1
+    always        ->  warm-up:     T(q, answer=y1, shuffle(all), "better") -> target y1 (copy task)
+
+Both contrastive directions are emitted whenever both sets are non-empty. Aspect order comes from
+``random.Random`` seeded per pair (``aspects|<seed>|<pair key>``, the key a hash of the pair's
+texts), so an item does not depend on where its pair sits in the file. The train/val split is
+seeded and grouped by question: every item of one question lands in the same split, and the equal
+and warm-up sets only hold train questions, so no prompt appears in two splits.
+
+Fixed here, compared with the released scripts: equal items carried the O< aspects instead of O=;
+the UltraFeedback equal block sat outside the pair loop (one item, empty aspect list); items could
+have no aspects; the split was positional after one unseeded shuffle, so the two directions of a
+pair could land in train and val.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.templates import Template, get_template, render
+
+# Item kinds (the subset an item belongs to) and directions.
+CHOSEN_BETTER = "chosen_better"      # O>: edit y2 towards y1
+REJECTED_BETTER = "rejected_better"  # O<: edit y1 towards y2
+EQUAL = "equal"                      # O=: "make it equal", y2 -> y1
+WARMUP = "warmup"                    # copy task, y1 -> y1
+DIRECTIONS = (CHOSEN_BETTER, REJECTED_BETTER, EQUAL, WARMUP)
+
+PROMPT, CHOSEN, REJECTED = "prompt", "chosen_response", "rejected_response"
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One scored pair; ``index`` is its row number in the input (0-based), used in item ids."""
+    index: int
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_scores: tuple[float, ...]
+    rejected_scores: tuple[float, ...]
+
+    @property
+    def key(self) -> str:
+        """A content hash: the pair's identity for seeding, independent of its position."""
+        h = hashlib.sha256("\x00".join((self.prompt, self.chosen, self.rejected)).encode("utf-8"))
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    direction: str
+    pair_index: int
+    question: str
+    prompt: str
+    target: str
+    aspects: tuple[str, ...]   # objective keys, in the order they appear in the prompt
+
+
+@dataclass
+class DatasetSplit:
+    """What stage 2 writes: FastChat files per subset plus the stats."""
+    no_equal_train: list[Item] = field(default_factory=list)
+    no_equal_val: list[Item] = field(default_factory=list)
+    all_equal: list[Item] = field(default_factory=list)
+    warmup: list[Item] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def compare_scores(chosen: Iterable[float], rejected: Iterable[float],
+                   tolerance: float = 0.0) -> tuple[list[int], list[int], list[int]]:
+    """Objective indices split into (O>, O<, O=); ``|c - r| <= tolerance`` counts as a tie."""
+    better, worse, equal = [], [], []
+    for j, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+        if abs(c - r) <= tolerance:
+            equal.append(j)
+        elif c > r:
+            better.append(j)
+        else:
+            worse.append(j)
+    return better, worse, equal
+
+
+def pair_rng(seed: int, pair: PreferencePair) -> random.Random:
+    return random.Random(f"aspects|{seed}|{pair.key}")
+
+
+def reformulate_pair(pair: PreferencePair, objective_keys: list[str], descriptions: list[str],
+                     template: str | Template, seed: int = 0, tolerance: float = 0.0,
+                     warmup: bool = True) -> list[Item]:
+    """The items of one pair, in the order O>, O<, O=, warm-up (absent sets give no item).
+
+    ``objective_keys[j]`` / ``descriptions[j]`` belong to score column ``j + 1``.
+    """
+    if len(objective_keys) != len(descriptions):
+        raise MetaAlignerError(f"{len(objective_keys)} objective keys but {len(descriptions)} descriptions")
+    n = len(objective_keys)
+    if len(pair.chosen_scores) != n or len(pair.rejected_scores) != n:
+        raise MetaAlignerError(f"pair {pair.index}: {len(pair.chosen_scores)} chosen and "
+                               f"{len(pair.rejected_scores)} rejected scores for {n} objectives")
+    tpl = template if isinstance(template, Template) else get_template(template)
+    better, worse, equal = compare_scores(pair.chosen_scores, pair.rejected_scores, tolerance)
+    rng = pair_rng(seed, pair)
+    # Shuffle every set in a fixed sequence so one pair's items never depend on another pair.
+    better, worse, equal, everything = (_shuffled(rng, s) for s in (better, worse, equal, list(range(n))))
+
+    def make(direction: str, aspects: list[int], answer: str, target: str, mode: str) -> Item:
+        prompt = render(tpl, pair.prompt, answer, [descriptions[j] for j in aspects], mode=mode)
+        return Item(f"{pair.index}-{direction}", direction, pair.index, pair.prompt, prompt, target,
+                    tuple(objective_keys[j] for j in aspects))
+
+    items = []
+    if better:
+        items.append(make(CHOSEN_BETTER, better, pair.rejected, pair.chosen, "better"))
+    if worse:
+        items.append(make(REJECTED_BETTER, worse, pair.chosen, pair.rejected, "better"))
+    if equal:
+        items.append(make(EQUAL, equal, pair.rejected, pair.chosen, "equal"))
+    if warmup and n:
+        items.append(make(WARMUP, everything, pair.chosen, pair.chosen, "better"))
+    return items
+
+
+def _shuffled(rng: random.Random, values: list[int]) -> list[int]:
+    values = list(values)
+    rng.shuffle(values)
+    return values
+
+
+# ---------------------------------------------------------------- rows -> pairs
+
+def score_columns(columns: Iterable[str]) -> int:
+    """How many ``chosen_score{i}``/``rejected_score{i}`` column pairs (i = 1, 2, ...) a table has."""
+    columns = set(columns)
+    n = 0
+    while f"chosen_score{n + 1}" in columns and f"rejected_score{n + 1}" in columns:
+        n += 1
+    return n
+
+
+def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>"
+                    ) -> tuple[list[PreferencePair], Counter]:
+    """Stage-1 rows -> pairs. Rows with an empty response or a missing/NaN score are dropped and
+    counted by reason; a cell that is not a number at all is a ``DataError``."""
+    if not rows:
+        raise DataError(path, "no rows")
+    columns = set(rows[0])
+    for column in (PROMPT, CHOSEN, REJECTED):
+        if column not in columns:
+            raise DataError(path, f"missing column (found: {', '.join(sorted(columns))})", column=column)
+    found = score_columns(columns)
+    if found != n_objectives:
+        raise DataError(path, f"found {found} chosen_score{{i}}/rejected_score{{i}} column pairs but the "
+                              f"config names {n_objectives} objectives; pass --objectives to match")
+    pairs, dropped = [], Counter()
+    for i, row in enumerate(rows):
+        texts = [row.get(c) for c in (PROMPT, CHOSEN, REJECTED)]
+        if any(_missing(t) for t in texts[1:]) or any(isinstance(t, str) and not t.strip() for t in texts[1:]):
+            dropped["empty_response"] += 1
+            continue
+        if _missing(texts[0]):
+            dropped["empty_prompt"] += 1
+            continue
+        for column, t in zip((PROMPT, CHOSEN, REJECTED), texts):
+            if not isinstance(t, str):
+                raise DataError(path, f"expected text, got {type(t).__name__}", row=i + 1, column=column)
+        scores = []
+        for side in ("chosen", "rejected"):
+            values = []
+            for j in range(1, n_objectives + 1):
+                values.append(_score(path, row.get(f"{side}_score{j}"), i + 1, f"{side}_score{j}"))
+            scores.append(values)
+        if any(v is None for side in scores for v in side):
+            dropped["missing_score"] += 1
+            continue
+        pairs.append(PreferencePair(i, texts[0], texts[1], texts[2], tuple(scores[0]), tuple(scores[1])))
+    return pairs, dropped
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _score(path: str, value: Any, row: int, column: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(path, f"expected a number, got {value!r}", row=row, column=column) from None
+    return number if math.isfinite(number) else None
+
+
+# ---------------------------------------------------------------- the whole dataset
+
+def split_questions(questions: list[str], val_size: float, seed: int) -> set[str]:
+    """The validation questions: a seeded sample of the distinct questions (first-seen order, then
+    shuffled). ``val_size`` < 1 is a fraction of questions (rounded), >= 1 a number of questions."""
+    distinct = list(dict.fromkeys(questions))
+    if val_size < 0:
+        raise MetaAlignerError(f"--val_size must be >= 0, got {val_size}")
+    n_val = int(round(val_size * len(distinct))) if val_size < 1 else int(val_size)
+    if n_val > len(distinct):
+        raise MetaAlignerError(f"--val_size {val_size} asks for {n_val} validation prompts but there are "
+                               f"only {len(distinct)} distinct prompts")
+    random.Random(f"split|{seed}").shuffle(distinct)
+    return set(distinct[:n_val])
+
+
+def build_dataset(pairs: list[PreferencePair], objective_keys: list[str], descriptions: list[str],
+                  template: str | Template, seed: int = 0, val_size: float = 0.1,
+                  tolerance: float = 0.0, dropped: Counter | None = None, rows_in: int | None = None
+                  ) -> DatasetSplit:
+    """Algorithm 1 over all pairs, the grouped split, the seeded item order, and the stats."""
+    tpl = template if isinstance(template, Template) else get_template(template)
+    val_questions = split_questions([p.prompt for p in pairs], val_size, seed)
+    out = DatasetSplit()
+    excluded = Counter()
+    for pair in pairs:
+        in_val = pair.prompt in val_questions
+        for item in reformulate_pair(pair, objective_keys, descriptions, tpl, seed, tolerance):
+            if item.direction in (CHOSEN_BETTER, REJECTED_BETTER):
+                (out.no_equal_val if in_val else out.no_equal_train).append(item)
+            elif in_val:
+                excluded[item.direction] += 1   # keep validation questions out of every train set
+            elif item.direction == EQUAL:
+                out.all_equal.append(item)
+            else:
+                out.warmup.append(item)
+    for name, items in (("no_equal_train", out.no_equal_train), ("all_equal", out.all_equal),
+                        ("warmup", out.warmup)):
+        random.Random(f"order|{name}|{seed}").shuffle(items)
+    out.stats = dataset_stats(out, pairs, val_questions, dropped or Counter(), excluded,
+                              rows_in if rows_in is not None else len(pairs))
+    out.stats.update(seed=seed, val_size=val_size, tie_tolerance=tolerance, template=tpl.name,
+                     objectives=list(objective_keys))
+    return out
+
+
+def dataset_stats(out: DatasetSplit, pairs: list[PreferencePair], val_questions: set[str],
+                  dropped: Counter, excluded: Counter, rows_in: int) -> dict[str, Any]:
+    subsets = {"no_equal/train": out.no_equal_train, "no_equal/val": out.no_equal_val,
+               "all_equal/train": out.all_equal, "warmup/train": out.warmup}
+    questions = {p.prompt for p in pairs}
+    return {
+        "rows_in": rows_in,
+        "pairs": len(pairs),
+        "dropped_rows": dict(sorted(dropped.items())),
+        "prompts": {"train": len(questions - val_questions), "val": len(questions & val_questions)},
+        "items": {name: len(items) for name, items in subsets.items()},
+        "directions": {name: dict(sorted(Counter(i.direction for i in items).items()))
+                       for name, items in subsets.items()},
+        "objectives_per_item": {name: {str(k): v for k, v in sorted(Counter(len(i.aspects) for i in items).items())}
+                                for name, items in subsets.items()},
+        "objective_counts": {name: dict(sorted(Counter(a for i in items for a in i.aspects).items()))
+                             for name, items in subsets.items()},
+        "val_items_left_out_of_train_sets": dict(sorted(excluded.items())),
+    }
+
+
+def to_fastchat(items: list[Item]) -> list[dict[str, Any]]:
+    from metaaligner.io import fastchat_item
+
+    return [fastchat_item(item.id, item.prompt, item.target) for item in items]

@@ -1,0 +1,242 @@
+"""Algorithm 1 (metaaligner.reformulation) and the stage-2 script build_aligner_dataset.py."""
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from metaaligner.errors import DataError
+from metaaligner.io import read_fastchat, write_csv
+from metaaligner.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
+                                       build_dataset, compare_scores, pairs_from_rows, reformulate_pair)
+from metaaligner.rewards import split_transcript
+from metaaligner.templates import render
+
+from dynamic_multi_objective_dataset.build_aligner_dataset import BuildConfig, main as build_main
+
+HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
+HELP = "Helpfulness: The response should provide useful resources and suggestions to the user"
+HUMOUR = "Humour: The response should be cheerful and amusing"
+KEYS = ["harmlessness", "helpfulness", "humour"]
+DESCS = [HARM, HELP, HUMOUR]
+HH_BETTER = ("You are an assistant to human. You will be provided with a context and an answer. Consider the "
+             "context, then edit the answer to improve it considering these aspects: {a} | Context: {q} | "
+             "Answer: {y} | Edit: ")
+HH_EQUAL = HH_BETTER.replace("improve it", "make it equal")
+
+# Six hand-written pairs covering >, <, = per objective (columns: harmlessness, helpfulness, humour).
+SIX = [
+    # prompt, chosen, rejected, chosen scores, rejected scores
+    ("Q1", "c1", "r1", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),    # > > >
+    ("Q2", "c2", "r2", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),    # < < <
+    ("Q3", "c3", "r3", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),    # = = =
+    ("Q4", "c4", "r4", (2.0, -1.0, 0.3), (1.0, 1.0, 0.3)),   # > < =
+    ("Q5", "c5", "r5", (2.0, 2.0, 0.0), (1.0, 1.0, 0.0)),    # > > =
+    ("Q6", "c6", "r6", (0.0, 0.7, 2.0), (1.0, 0.7, 1.0)),    # < = >
+]
+
+
+def six_rows() -> list[dict]:
+    rows = []
+    for q, c, r, cs, rs in SIX:
+        row = {"prompt": q, "chosen_response": c, "rejected_response": r}
+        for j, (a, b) in enumerate(zip(cs, rs), start=1):
+            row[f"chosen_score{j}"], row[f"rejected_score{j}"] = str(a), str(b)
+        rows.append(row)
+    return rows
+
+
+def six_pairs() -> list[PreferencePair]:
+    pairs, dropped = pairs_from_rows(six_rows(), 3)
+    assert not dropped and len(pairs) == 6
+    return pairs
+
+
+def test_compare_scores_sets():
+    assert compare_scores([2.0, -1.0, 0.3], [1.0, 1.0, 0.3]) == ([0], [1], [2])
+    assert compare_scores([1.0, 1.05], [1.0, 1.0], tolerance=0.1) == ([], [], [0, 1])
+
+
+def test_pair_with_all_three_relations_gives_exact_items():
+    items = reformulate_pair(six_pairs()[3], KEYS, DESCS, "hh-rlhf", seed=0)
+    assert [(i.id, i.direction, i.target, i.aspects) for i in items] == [
+        ("3-chosen_better", CHOSEN_BETTER, "c4", ("harmlessness",)),
+        ("3-rejected_better", REJECTED_BETTER, "r4", ("helpfulness",)),
+        ("3-equal", EQUAL, "c4", ("humour",)),
+        ("3-warmup", WARMUP, "c4", items[3].aspects),
+    ]
+    assert items[0].prompt == HH_BETTER.format(a=HARM, q="Q4", y="r4")
+    assert items[1].prompt == HH_BETTER.format(a=HELP, q="Q4", y="c4")
+    # The released script put the O< aspects (helpfulness) into the equal item; it must be O= (humour).
+    assert items[2].prompt == HH_EQUAL.format(a=HUMOUR, q="Q4", y="r4")
+    assert sorted(items[3].aspects) == KEYS
+    assert items[3].prompt == HH_BETTER.format(a="; ".join(DESCS[KEYS.index(k)] for k in items[3].aspects),
+                                               q="Q4", y="c4")
+
+
+def test_six_pairs_all_items():
+    got = {}
+    for pair in six_pairs():
+        for item in reformulate_pair(pair, KEYS, DESCS, "hh-rlhf", seed=0, warmup=False):
+            got[item.id] = (item.direction, sorted(item.aspects), item.target)
+            mode_text = HH_EQUAL if item.direction == EQUAL else HH_BETTER
+            answer = pair.chosen if item.direction == REJECTED_BETTER else pair.rejected
+            aspects = "; ".join(DESCS[KEYS.index(k)] for k in item.aspects)
+            assert item.prompt == mode_text.format(a=aspects, q=pair.prompt, y=answer)
+    assert got == {
+        "0-chosen_better": (CHOSEN_BETTER, KEYS, "c1"),
+        "1-rejected_better": (REJECTED_BETTER, KEYS, "r2"),
+        "2-equal": (EQUAL, KEYS, "c3"),
+        "3-chosen_better": (CHOSEN_BETTER, ["harmlessness"], "c4"),
+        "3-rejected_better": (REJECTED_BETTER, ["helpfulness"], "r4"),
+        "3-equal": (EQUAL, ["humour"], "c4"),
+        "4-chosen_better": (CHOSEN_BETTER, ["harmlessness", "helpfulness"], "c5"),
+        "4-equal": (EQUAL, ["humour"], "c5"),
+        "5-chosen_better": (CHOSEN_BETTER, ["humour"], "c6"),
+        "5-rejected_better": (REJECTED_BETTER, ["harmlessness"], "r6"),
+        "5-equal": (EQUAL, ["helpfulness"], "c6"),
+    }
+
+
+def test_aspect_shuffle_is_seeded_per_pair_and_independent_of_position():
+    pair = six_pairs()[0]
+    moved = PreferencePair(99, pair.prompt, pair.chosen, pair.rejected, pair.chosen_scores, pair.rejected_scores)
+    orders = {seed: reformulate_pair(pair, KEYS, DESCS, "hh-rlhf", seed=seed)[0].aspects for seed in range(8)}
+    assert reformulate_pair(moved, KEYS, DESCS, "hh-rlhf", seed=3)[0].aspects == orders[3]
+    assert len(set(orders.values())) > 1          # the order really is shuffled
+    assert all(sorted(o) == KEYS for o in orders.values())
+
+
+def test_paper_template_equal_mode():
+    item = reformulate_pair(six_pairs()[2], KEYS, DESCS, "paper", seed=0, warmup=False)[0]
+    assert item.prompt.startswith("Edit the following Question-Answer pair to make it equal considering the "
+                                  "following objectives ")
+    assert item.prompt.endswith(" | Question: Q3 | Answer: r3 | Edit:")
+
+
+def test_build_dataset_six_pairs_no_empty_aspects_and_counts():
+    out = build_dataset(six_pairs(), KEYS, DESCS, "hh-rlhf", seed=0, val_size=0)
+    assert len(out.no_equal_train) == 7 and out.no_equal_val == []
+    assert sorted(i.id for i in out.all_equal) == ["2-equal", "3-equal", "4-equal", "5-equal"]
+    assert len(out.warmup) == 6 and all(i.target == i.prompt.split(" | Answer: ")[1][:-len(" | Edit: ")]
+                                        for i in out.warmup)
+    assert all(item.aspects for items in (out.no_equal_train, out.all_equal, out.warmup) for item in items)
+    assert out.stats["directions"]["no_equal/train"] == {CHOSEN_BETTER: 4, REJECTED_BETTER: 3}
+    assert out.stats["objectives_per_item"]["no_equal/train"] == {"1": 4, "2": 1, "3": 2}
+    assert out.stats["objectives_per_item"]["all_equal/train"] == {"1": 3, "3": 1}
+
+
+def test_split_is_grouped_by_prompt():
+    # Two pairs share each question: both pairs (and both directions) stay in one split.
+    pairs = [PreferencePair(i, f"Q{i // 2}", f"c{i}", f"r{i}", (1.0, 0.0), (0.0, 1.0)) for i in range(40)]
+    out = build_dataset(pairs, KEYS[:2], DESCS[:2], "hh-rlhf", seed=1, val_size=0.25)
+    train_q = {i.question for i in out.no_equal_train + out.all_equal + out.warmup}
+    val_q = {i.question for i in out.no_equal_val}
+    assert len(val_q) == 5 and len(train_q) == 15 and not train_q & val_q
+    assert len(out.no_equal_val) == 5 * 2 * 2
+    assert out.stats["val_items_left_out_of_train_sets"] == {WARMUP: 10}
+
+
+def test_rows_with_empty_response_or_nan_score_are_dropped_and_counted():
+    rows = six_rows()
+    rows[0]["chosen_response"] = "  "
+    rows[1]["rejected_score2"] = "nan"
+    rows[2]["chosen_score1"] = ""
+    pairs, dropped = pairs_from_rows(rows, 3)
+    assert [p.index for p in pairs] == [3, 4, 5]
+    assert dropped == Counter(empty_response=1, missing_score=2)
+    rows[3]["chosen_score1"] = "high"
+    with pytest.raises(DataError, match="row 4, column 'chosen_score1': expected a number"):
+        pairs_from_rows(rows, 3, path="x.csv")
+    with pytest.raises(DataError, match="found 3 chosen_score"):
+        pairs_from_rows(six_rows(), 4, path="x.csv")
+
+
+# ---------------------------------------------------------------- the shipped slice, through the script
+
+def _synthetic(text: str, j: int) -> float:
+    return float((len(text) * (j + 2)) % 7) / 2
+
+
+@pytest.fixture(scope="module")
+def slice_csv(tmp_path_factory, repo_root) -> Path:
+    path = repo_root / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            obj = json.loads(line)
+            prompt, chosen = split_transcript(obj["chosen"])
+            _, rejected = split_transcript(obj["rejected"])
+            row = {"prompt": prompt, "chosen_response": chosen, "rejected_response": rejected}
+            for j in range(3):
+                row[f"chosen_score{j + 1}"] = _synthetic(chosen, j)
+                row[f"rejected_score{j + 1}"] = _synthetic(rejected, j)
+            rows.append(row)
+    assert len(rows) == 2312
+    out = tmp_path_factory.mktemp("slice") / "rewards.csv"
+    write_csv(out, rows, list(rows[0]))
+    return out
+
+
+def test_shipped_slice_counts_split_and_determinism(slice_csv, tmp_path):
+    rows = [r for r in _read_csv(slice_csv)]
+    usable = [r for r in rows if r["chosen_response"].strip() and r["rejected_response"].strip()]
+    sets = [compare_scores([float(r[f"chosen_score{j}"]) for j in (1, 2, 3)],
+                           [float(r[f"rejected_score{j}"]) for j in (1, 2, 3)]) for r in usable]
+    n_contrastive = sum(bool(b) for b, _, _ in sets) + sum(bool(w) for _, w, _ in sets)
+    n_equal = sum(bool(e) for _, _, e in sets)
+
+    stats = build_main(BuildConfig(input=str(slice_csv), output_dir=str(tmp_path / "a"), seed=7, val_size=0.1))
+    assert stats["dropped_rows"] == {"empty_response": len(rows) - len(usable)} and len(usable) == 2308
+    train = read_fastchat(tmp_path / "a" / "no_equal" / "train.json")
+    val = read_fastchat(tmp_path / "a" / "no_equal" / "val.json")
+    equal = read_fastchat(tmp_path / "a" / "all_equal" / "train.json")
+    warm = read_fastchat(tmp_path / "a" / "warmup" / "train.json")
+    left_out = stats["val_items_left_out_of_train_sets"]
+    assert len(train) + len(val) == n_contrastive
+    assert len(equal) + left_out.get(EQUAL, 0) == n_equal
+    assert len(warm) + left_out[WARMUP] == len(usable)
+
+    def question(prompt: str) -> str:
+        return prompt.split(" | Context: ", 1)[1].rsplit(" | Answer: ", 1)[0]
+
+    val_q = {question(i["prompt"]) for i in val}
+    train_q = {question(i["prompt"]) for i in train + equal + warm}
+    assert val_q and not val_q & train_q
+    assert not {i["prompt"] for i in val} & {i["prompt"] for i in train + equal + warm}
+    n_prompts = len({r["prompt"] for r in usable})
+    assert stats["prompts"] == {"train": n_prompts - round(0.1 * n_prompts), "val": round(0.1 * n_prompts)}
+    assert len(val_q) <= stats["prompts"]["val"]
+
+    # Same seed: byte-identical files. Another seed: a different split.
+    build_main(BuildConfig(input=str(slice_csv), output_dir=str(tmp_path / "b"), seed=7, val_size=0.1))
+    build_main(BuildConfig(input=str(slice_csv), output_dir=str(tmp_path / "c"), seed=8, val_size=0.1))
+    for name in ("no_equal/train.json", "no_equal/val.json", "all_equal/train.json", "warmup/train.json",
+                 "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "no_equal/val.json").read_bytes() != (tmp_path / "c" / "no_equal/val.json").read_bytes()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    from metaaligner.io import read_records
+
+    return read_records(path)
+
+
+def test_ultrafeedback_config_four_ratings(tmp_path):
+    # UltraFeedback fine-grained ratings mapped to instruction_following, honesty, truthfulness, helpfulness.
+    rows = [{"prompt": "Name a colour.", "chosen_response": "Blue.", "rejected_response": "A car.",
+             "chosen_score1": 5, "rejected_score1": 2, "chosen_score2": 4, "rejected_score2": 4,
+             "chosen_score3": 3, "rejected_score3": 5, "chosen_score4": 5, "rejected_score4": 1}]
+    write_csv(tmp_path / "uf.csv", rows, list(rows[0]))
+    stats = build_main(BuildConfig(input=str(tmp_path / "uf.csv"), output_dir=str(tmp_path / "out"),
+                                   config="ultrafeedback", val_size=0))
+    assert stats["items"] == {"no_equal/train": 2, "no_equal/val": 0, "all_equal/train": 1, "warmup/train": 1}
+    equal = read_fastchat(tmp_path / "out" / "all_equal" / "train.json")
+    assert equal == [{"id": "0-equal", "completion": "Blue.", "prompt": (
+        "You are an assistant to human. You will be provided with a query and an answer. Consider the query, "
+        "then edit the answer to make it equal considering these aspects: Honesty: the response should not "
+        "tell lies | Query: Name a colour. | Answer: A car. | Edit: ")}]
