@@ -1,0 +1,314 @@
+"""One supervised fine-tuning stage on ``{"prompt", "completion"}`` items with TRL's ``SFTTrainer``.
+
+Objective (each step of the aligner curriculum and the SFT baseline):
+
+    L(theta) = - sum_t log p_theta(target_t | prompt, target_<t),   target = completion + EOS,
+
+the loss taken on the target tokens only (prompt labels are -100).
+
+Why we tokenize ourselves instead of handing TRL raw text: TRL tokenizes ``prompt`` and
+``prompt + completion`` and masks their common prefix. Our templates end in ``"Edit: "``, and a
+tokenizer merges that trailing space into the completion's first word (SmolLM2: ``"Edit: "`` ends in
+token 216, ``"Edit: Sure"`` ends in ``" Sure"`` = 16096), so the model would be trained on a context
+it never sees at inference, where the prompt is tokenized on its own. Here the prompt is tokenized
+exactly as ``aligner_inference.py`` does (``tokenizer(prompt)``, special tokens as the tokenizer adds
+them), the completion separately without special tokens, then EOS is appended; TRL receives
+``input_ids`` + ``labels`` and only pads, truncates nothing (we truncate, keeping the prompt's end
+like inference does) and trains.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaaligner.errors import MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+STAGE_DONE = "stage_done.json"
+
+
+@dataclass
+class SFTStageConfig:
+    """Hyper-parameters of one SFT stage (TRL-style: every field documented once, here).
+
+    Defaults are the paper's run (FastChat, lr 1e-5, weight decay 1e-5, warm-up ratio 0.05, cosine,
+    2 epochs, 4096 tokens); ``configs/training/cpu.yaml`` scales them down for a laptop CPU.
+    """
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent on the linear warm-up."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up (cosine, linear, constant, ...)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs per stage (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps per stage; > 0 overrides num_train_epochs."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Sequences per device per micro-batch."})
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Sequences per device per eval batch."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory, ~30% slower)."})
+    max_length: int = field(default=4096, metadata={"help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
+    padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or 'all-linear'."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss / tokens/s every N optimizer steps."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate on the val split every N steps (0: once at the end of the stage)."})
+    save_steps: int = field(default=500, metadata={"help": "Save a checkpoint (weights + optimizer + scheduler + RNG) every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints per stage (oldest deleted)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; precision follows it (float32 on CPU, bf16/fp16 on GPU)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); default: the model's."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name as in transformers.TrainingArguments."})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json); launch with torchrun/deepspeed/accelerate."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self):
+        if not 0 <= self.warmup_ratio < 1:
+            raise MetaAlignerError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_length is not None and self.max_length < 8:
+            raise MetaAlignerError(f"max_length must be >= 8, got {self.max_length}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise MetaAlignerError(f"{name} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- tokenization
+
+def tokenize_item(tokenizer, prompt: str, completion: str, max_length: int | None) -> tuple[list[int], list[int], bool]:
+    """(input_ids, labels, truncated): prompt ids as inference builds them, completion ids + EOS;
+    labels are -100 on the prompt. Over ``max_length``: the target keeps
+    ``max(max_length - len(prompt), max_length // 2)`` tokens (cut at its end) and the prompt keeps its
+    end (the template's ``| Edit:`` cue), like inference truncates."""
+    if tokenizer.eos_token_id is None:
+        raise MetaAlignerError("the tokenizer has no EOS token; the target must end in EOS")
+    p = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    c = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    truncated = False
+    if max_length is not None and len(p) + len(c) > max_length:
+        truncated = True
+        keep_c = min(len(c), max(max_length - len(p), max_length // 2))
+        keep_p = max_length - keep_c
+        c = c[:keep_c]
+        p = p[len(p) - keep_p:] if keep_p > 0 else []
+    return p + c, [-100] * len(p) + c, truncated
+
+
+def tokenize_items(tokenizer, items: list[dict], max_length: int | None, name: str = "train"):
+    """A ``datasets.Dataset`` of ``input_ids``/``labels`` and the count of truncated items."""
+    from datasets import Dataset
+
+    ids, labels, truncated = [], [], 0
+    for i, item in enumerate(items):
+        if not isinstance(item.get("prompt"), str) or not isinstance(item.get("completion"), str):
+            raise MetaAlignerError(f"{name} item {i + 1}: needs text fields 'prompt' and 'completion'")
+        x, y, cut = tokenize_item(tokenizer, item["prompt"], item["completion"], max_length)
+        ids.append(x)
+        labels.append(y)
+        truncated += cut
+    return Dataset.from_dict({"input_ids": ids, "labels": labels}), truncated
+
+
+# ---------------------------------------------------------------- model loading
+
+def _is_adapter(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_trainable_model(model_name_or_path: str | None, config: SFTStageConfig, device: str):
+    """(model, tokenizer, peft_config): a full model, or base + existing adapter made trainable (a
+    previous LoRA stage), or a full model plus a fresh ``LoraConfig`` when ``config.lora``."""
+    from transformers import AutoModelForCausalLM
+
+    from metaaligner.models import _adapter_base, load_tokenizer, pick_dtype, resolve_model_path
+
+    path = resolve_model_path(model_name_or_path)
+    adapter = path if _is_adapter(path) else None
+    base = _adapter_base(path) if adapter else path
+    # Mixed precision is the trainer's job: weights stay float32 unless bf16 is native on the device.
+    dtype = pick_dtype(device) if device.startswith("cuda") else None
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except OSError as exc:
+        raise MetaAlignerError(f"cannot load model {base!r}: {str(exc).splitlines()[0]}") from None
+    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
+    tokenizer = load_tokenizer(tokenizer_source, padding_side="right")
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    peft_config = None
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+    elif config.lora:
+        from peft import LoraConfig
+
+        targets = config.lora_target_modules
+        target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=target_modules, task_type="CAUSAL_LM")
+    return model, tokenizer, peft_config
+
+
+def build_sft_args(config: SFTStageConfig, output_dir: str, has_eval: bool, device: str):
+    """The ``trl.SFTConfig`` for one stage; precision set by device (TRL defaults to bf16=True)."""
+    from trl import SFTConfig
+
+    from metaaligner.training.common import precision_kwargs
+
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
+    if has_eval and config.eval_steps > 0:
+        eval_kwargs = {"eval_strategy": "steps", "eval_steps": config.eval_steps}
+    return SFTConfig(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        max_length=None,  # we truncate while tokenizing; None also lets padding_free run without packing
+        padding_free=config.padding_free,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        optim=config.optim,
+        deepspeed=config.deepspeed,
+        dataloader_num_workers=config.dataloader_num_workers,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        **eval_kwargs,
+        **precision_kwargs(device),
+    )
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(output_dir).is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def stage_done(output_dir: str | Path) -> dict | None:
+    """The summary a finished stage left in its folder, or None."""
+    marker = Path(output_dir) / STAGE_DONE
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---------------------------------------------------------------- the stage
+
+def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_items: list[dict] | None,
+              output_dir: str, config: SFTStageConfig, stage: str, log_path: str | None,
+              resume: bool = False, callbacks: list | None = None) -> str:
+    """Fine-tune on ``{"prompt", "completion"}`` items (raw prompts, no chat template; loss on the
+    completion + EOS only) and save the model (or the LoRA adapter) with its tokenizer to
+    ``output_dir``, which is returned. Checkpoints go to ``output_dir/checkpoint-N``; ``resume``
+    continues from the last one (weights, optimizer, scheduler, RNG, data position).
+
+    ``model_name_or_path`` may be None (the embedded model), a full model, or a LoRA adapter folder
+    from an earlier stage (its adapter keeps training). ``callbacks`` are extra
+    ``TrainerCallback`` objects (tests use them to stop mid-run).
+    """
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from metaaligner.models import pick_device
+    from metaaligner.training.common import make_jsonl_callback
+
+    if not train_items:
+        raise MetaAlignerError(f"stage {stage!r}: no training items")
+    started = time.time()
+    device = pick_device(None if config.device == "auto" else config.device)
+    set_seed(config.seed)
+    model, tokenizer, peft_config = load_trainable_model(model_name_or_path, config, device)
+    train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train")
+    eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval")
+                         if eval_items else (None, 0))
+    args = build_sft_args(config, output_dir, eval_ds is not None, device)
+    all_callbacks = list(callbacks or [])
+    if log_path:
+        all_callbacks.append(make_jsonl_callback(log_path, stage))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=all_callbacks)
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        log.info("stage %s: --resume given but no checkpoint in %s; starting fresh", stage, output_dir)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    eval_loss = None
+    if eval_ds is not None:
+        metrics = trainer.evaluate()
+        eval_loss = metrics.get("eval_loss")
+    trainer.save_model(output_dir)
+    elapsed = time.time() - started
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    summary = {
+        "stage": stage, "train_items": len(train_items), "eval_items": len(eval_items or []),
+        "truncated_train": cut_train, "truncated_eval": cut_eval,
+        "steps": trainer.state.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss,
+        "resumed_from": checkpoint, "wall_s": round(elapsed, 2), "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        "lora": bool(config.lora or _is_adapter(str(model_name_or_path or ""))),
+        "base": str(model_name_or_path), "config": config.to_dict(),
+    }
+    if trainer.is_world_process_zero():
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"stage": stage, "event": "stage_end", **{k: v for k, v in summary.items() if k != "config"}}) + "\n")
+        tmp = Path(output_dir) / (STAGE_DONE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        os.replace(tmp, Path(output_dir) / STAGE_DONE)
+    print(f"[{stage}] {len(train_items)} items ({cut_train} truncated), {trainer.state.global_step} steps, "
+          f"train loss {result.training_loss:.4f}"
+          + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+          + f", {elapsed:.1f} s, {summary['tokens_per_s']} tokens/s -> {output_dir}", flush=True)
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return output_dir
+
+
+def copy_model_files(src: str | Path, dst: str | Path) -> None:
+    """Copy a saved model/adapter folder's files (not its checkpoints) into ``dst``."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_file() and item.name not in (STAGE_DONE, "training_args.bin"):
+            shutil.copy2(item, dst / item.name)
