@@ -82,3 +82,141 @@ def test_loss_falls_on_repeated_tiny_batch(tiny_llama_dir, tmp_path):
     assert (Path(out) / "model.safetensors").exists()
     done = json.loads((Path(out) / "stage_done.json").read_text())
     assert done["steps"] == 25 and done["train_items"] == 2
+
+
+# ---------------------------------------------------------------- the curriculum
+
+def _write_dataset(folder: Path, n: int = 4) -> Path:
+    """A tiny dataset folder in build_aligner_dataset.py's layout (FastChat JSON + stats.json)."""
+    from metaaligner.io import fastchat_item, write_fastchat, write_json
+    from metaaligner.templates import render
+
+    aspects = ["Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"]
+    def items(kind, mode, k):
+        return [fastchat_item(f"{kind}-{i}", render("hh-rlhf", f"Human: question {i}?", f"bad answer {i}",
+                                                    aspects, mode=mode), f"good answer {i}.") for i in range(k)]
+    write_fastchat(folder / "warmup" / "train.json", items("w", "better", n))
+    write_fastchat(folder / "all_equal" / "train.json", items("e", "equal", n))
+    write_fastchat(folder / "no_equal" / "train.json", items("c", "better", n))
+    write_fastchat(folder / "no_equal" / "val.json", items("v", "better", 2))
+    write_json(folder / "stats.json", {"template": "hh-rlhf", "config": "hh-rlhf",
+                                       "objectives": ["harmlessness", "helpfulness", "humour"]})
+    return folder
+
+
+def _curriculum(data_dir, out, model, **sft_kw):
+    from metaaligner.training.curriculum import CurriculumConfig, train_curriculum
+
+    kw = dict(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=1,
+              save_steps=100, learning_rate=1e-3)
+    kw.update(sft_kw)
+    stages = kw.pop("stages", "warmup,equal,contrastive")
+    resume = kw.pop("resume", False)
+    return train_curriculum(CurriculumConfig(data_dir=str(data_dir), output_dir=str(out), model_name_or_path=str(model),
+                                             stages=stages, resume=resume), SFTStageConfig(**kw))
+
+
+def test_three_stage_lora_curriculum_writes_metaaligner_json(tiny_llama_dir, tmp_path):
+    from metaaligner.training.curriculum import data_sha256
+
+    data = _write_dataset(tmp_path / "data")
+    out = tmp_path / "aligner"
+    summary = _curriculum(data, out, tiny_llama_dir, lora=True, lora_r=4, lora_alpha=8)
+    assert [s["stage"] for s in summary["stages"]] == ["warmup", "equal", "contrastive"]
+    assert [s["steps"] for s in summary["stages"]] == [2, 2, 2]
+    assert all(s["eval_loss"] is not None for s in summary["stages"])
+    meta = json.loads((out / "metaaligner.json").read_text())
+    assert meta["template"] == "hh-rlhf"
+    assert meta["objectives"] == ["harmlessness", "helpfulness", "humour"]
+    assert meta["objective_descriptions"][2] == "Humour: The response should be cheerful and amusing"
+    assert meta["base_model"] == str(tiny_llama_dir)
+    assert meta["data_sha256"] == data_sha256(data, ["warmup", "equal", "contrastive"]) and len(meta["data_sha256"]) == 64
+    assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
+    # every stage continued the same adapter: the equal stage started from warmup's weights
+    from safetensors.torch import load_file
+
+    w, e, c = (load_file(out / "stages" / s / "adapter_model.safetensors") for s in ("warmup", "equal", "contrastive"))
+    final = load_file(out / "adapter_model.safetensors")
+    assert set(w) == set(c) and all((final[k] == c[k]).all() for k in c)
+    assert any(not (w[k] == c[k]).all() for k in w)
+    stages_logged = {r["stage"] for r in _records(out / "training_log.jsonl")}
+    assert stages_logged == {"warmup", "equal", "contrastive"}
+    # the folder loads as a generator model with no flags (adapter on its recorded base)
+    from metaaligner.models import load_causal_lm
+
+    model, tok, _ = load_causal_lm(str(out))
+    assert model.config.hidden_size == 16
+
+
+def test_single_stage_full_finetune_and_stage_validation(tiny_llama_dir, tmp_path):
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.training.curriculum import parse_stages
+
+    assert parse_stages("warmup,contrastive") == ["warmup", "contrastive"]
+    with pytest.raises(MetaAlignerError, match="curriculum order"):
+        parse_stages("contrastive,warmup")
+    with pytest.raises(MetaAlignerError, match="unknown stage"):
+        parse_stages("warmup,dpo")
+    data = _write_dataset(tmp_path / "data")
+    out = tmp_path / "aligner"
+    summary = _curriculum(data, out, tiny_llama_dir, stages="contrastive")
+    assert [s["stage"] for s in summary["stages"]] == ["contrastive"]
+    assert (out / "model.safetensors").exists() and not (out / "stages" / "warmup").exists()
+    with pytest.raises(MetaAlignerError, match="already holds"):
+        _curriculum(data, out, tiny_llama_dir, stages="contrastive")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_save(step):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Interrupt(step)
+    return Stop()
+
+
+def _optimizer_probe(store):
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            store["step"] = state.global_step
+            store["state"] = {k: {n: t.clone() for n, t in v.items() if hasattr(t, "clone")}
+                              for k, v in optimizer.state_dict()["state"].items()}
+    return Probe()
+
+
+def test_resume_continues_from_saved_step_with_same_optimizer_state(tiny_llama_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    items = [{"prompt": f"Q: {i} | Edit: ", "completion": f"answer number {i}"} for i in range(8)]
+    cfg = SFTStageConfig(max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                         logging_steps=1, save_steps=2, learning_rate=1e-3)
+    straight = train_sft(str(tiny_llama_dir), items, None, str(tmp_path / "a"), cfg, "s", None)
+
+    out, log = tmp_path / "b", tmp_path / "b.jsonl"
+    with pytest.raises(_Interrupt):
+        train_sft(str(tiny_llama_dir), items, None, str(out), cfg, "s", str(log), callbacks=[_stop_after_save(2)])
+    assert not (out / "stage_done.json").exists() and (out / "checkpoint-2" / "optimizer.pt").exists()
+    saved = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=False)["state"]
+    probe: dict = {}
+    train_sft(str(tiny_llama_dir), items, None, str(out), cfg, "s", str(log), resume=True,
+              callbacks=[_optimizer_probe(probe)])
+    assert probe["step"] == 2
+    assert set(probe["state"]) == set(saved) and len(saved) > 0
+    for k in saved:
+        assert int(probe["state"][k]["step"]) == int(saved[k]["step"]) == 2
+        assert torch.equal(probe["state"][k]["exp_avg"], saved[k]["exp_avg"])
+        assert torch.equal(probe["state"][k]["exp_avg_sq"], saved[k]["exp_avg_sq"])
+    steps = [r["step"] for r in _records(log) if "loss" in r]
+    assert steps == [1, 2, 3, 4]          # no step repeated, none lost
+    done = json.loads((out / "stage_done.json").read_text())
+    assert done["steps"] == 4 and done["resumed_from"].endswith("checkpoint-2")
+    a, b = load_file(Path(straight) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # same weights as the uninterrupted run

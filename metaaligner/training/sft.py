@@ -228,10 +228,6 @@ def stage_done(output_dir: str | Path) -> dict | None:
         return None
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 # ---------------------------------------------------------------- the stage
 
 def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_items: list[dict] | None,
@@ -295,6 +291,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
         tmp = Path(output_dir) / (STAGE_DONE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         os.replace(tmp, Path(output_dir) / STAGE_DONE)
+    trainer.accelerator.wait_for_everyone()  # the next stage loads these files on every rank
     print(f"[{stage}] {len(train_items)} items ({cut_train} truncated), {trainer.state.global_step} steps, "
           f"train loss {result.training_loss:.4f}"
           + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")

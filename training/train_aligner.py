@@ -1,0 +1,45 @@
+"""Train a MetaAligner: the paper's three-step curriculum (warm-up copy task -> equal-preference ->
+contrastive-preference), each step SFT on the target tokens only, each from the previous step's weights.
+
+    # on a CPU (scaled-down preset), LoRA on the embedded SmolLM2-135M-Instruct
+    python training/train_aligner.py --data_dir runs/hh/aligner_data --output_dir runs/hh/aligner \
+        --config configs/training/cpu.yaml --lora
+
+    # the paper's settings on GPUs (8 x A100 in the paper); any launcher works
+    torchrun --nproc_per_node 8 training/train_aligner.py --config configs/training/paper.yaml \
+        --data_dir runs/hh/aligner_data --output_dir runs/hh/aligner --model_name_or_path meta-llama/Llama-2-7b-hf
+    accelerate launch --config_file configs/accelerate/fsdp.yaml training/train_aligner.py ...
+    torchrun --nproc_per_node 8 training/train_aligner.py ... --deepspeed configs/deepspeed/zero3.json
+
+Then ``python inference/aligner_inference.py --aligner_path runs/hh/aligner ...`` (no --template:
+the folder's metaaligner.json names it). ``--config FILE.yaml`` (alias of ``--config_file``) loads
+flag defaults; flags on the command line override it.
+"""
+from __future__ import annotations
+
+import sys
+
+from metaaligner.training.curriculum import CurriculumConfig
+from metaaligner.training.sft import SFTStageConfig
+
+
+def main(curriculum: CurriculumConfig, sft: SFTStageConfig) -> dict:
+    from metaaligner.training.curriculum import train_curriculum
+
+    return train_curriculum(curriculum, sft)
+
+
+def make_parser():
+    from metaaligner.cli import make_parser as _make_parser
+
+    return _make_parser(CurriculumConfig, SFTStageConfig, description=__doc__)
+
+
+def cli_args(argv: list[str]) -> list[str]:
+    """``--config X.yaml`` is this script's alias of the shared ``--config_file`` flag."""
+    return ["--config_file" if a == "--config" else a for a in argv]
+
+
+if __name__ == "__main__":
+    from metaaligner.cli import parse, run_main
+    sys.exit(run_main(main, *parse(make_parser(), cli_args(sys.argv[1:]))))
