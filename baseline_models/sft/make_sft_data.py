@@ -1,0 +1,40 @@
+"""SFT baseline (Rewards-in-Context stage 1), data step: every response of ``rewards.csv`` becomes
+an SFT item whose prompt carries its own rewards, ``<Harmlessness>: 0.52; ... | {question}``.
+
+    python baseline_models/sft/make_sft_data.py --input rewards.csv --config hh-rlhf --output_dir runs/sft_data --seed 0
+
+Writes ``DIR/train.json`` and ``DIR/val.json`` (FastChat conversation JSON: human turn = the
+conditioned prompt, gpt turn = the response; both items of a pair stay in one split) and
+``DIR/stats.json`` (counts, skipped rows, the maximum normalised reward per objective).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from metaaligner.cli import make_parser as _make_parser, parse, run_main
+
+
+@dataclass
+class MakeSFTDataConfig:
+    input: str = field(metadata={"help": "stage-1 rewards CSV: prompt, chosen_response, rejected_response, "
+                                         "chosen_score{i}, rejected_score{i}"})
+    output_dir: str = field(metadata={"help": "folder for train.json, val.json, stats.json"})
+    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name (hh-rlhf, ultrafeedback, imhi) "
+                                                             "or YAML path; gives objective names and score order"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/val split"})
+    val_size: float = field(default=0.1, metadata={"help": "validation share of pairs (<1) or number of pairs (>=1)"})
+
+
+def make_parser():
+    return _make_parser(MakeSFTDataConfig, description=__doc__)
+
+
+def main(config: MakeSFTDataConfig) -> None:
+    from metaaligner.baselines import make_sft_data
+
+    make_sft_data(config.input, config.config, config.output_dir, seed=config.seed, val_size=config.val_size)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, *parse(make_parser())))

@@ -1,0 +1,197 @@
+"""Inference for every baseline (SFT, CDPO, MORLHF), written in the aligner output format.
+
+One function serves all three: SFT and CDPO models were trained on reward-conditioned prompts, so
+their queries carry the desired rewards (``<Harmlessness>: 4.19; ... | {query}``); the MORLHF policy
+reads the plain query. Output columns: ``query`` (the input query, unconditioned), ``goldens``,
+``origin_responses`` (the input's policy answer column when it has one, e.g. ``generated_text``,
+else empty) and ``aligned_responses`` (this baseline's response), so ``evaluation/`` scores the file
+exactly like an aligner output.
+
+Target rewards, first match wins per objective: ``--target_rewards key=value,...``; the targets the
+model folder records in ``baseline.json`` (written by the training scripts: the maximum normalised
+reward in the training data unless overridden there); the maximum normalised reward of
+``--rewards_csv``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaaligner.errors import MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "baseline.json"
+OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
+CONDITIONING = ("auto", "targets", "none")
+
+
+@dataclass
+class BaselineInferenceConfig:
+    aligner_path: str = field(default="embedded", metadata={
+        "help": "the trained baseline (model folder or LoRA adapter; 'embedded' = SmolLM2, for smoke tests)"})
+    data_dir: str = field(default="samples/HH-RLHF/gpt-3.5-turbo.csv.gz", metadata={
+        "help": "input CSV/JSONL with the dataset config's query and goldens columns (e.g. a policy-output "
+                "file from samples/ or /work/shared/data/metaaligner-samples)"})
+    model_output_path: str = field(default="runs/baseline_outputs", metadata={"help": "output folder"})
+    aligned_model: str | None = field(default=None, metadata={
+        "help": "output file name without .csv (default: the input file's name)"})
+    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path"})
+    conditioning: str = field(default="auto", metadata={
+        "help": "targets: prefix the desired rewards (SFT, CDPO); none: plain query (MORLHF); auto: what the "
+                "model's baseline.json says (targets when it has none)"})
+    target_rewards: str | None = field(default=None, metadata={
+        "help": "desired rewards, key=value,... (objective keys or names); others from baseline.json / --rewards_csv"})
+    rewards_csv: str | None = field(default=None, metadata={
+        "help": "stage-1 rewards CSV: default targets = its maximum normalised reward per objective"})
+    backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, openai or auto"})
+    max_new_tokens: int = field(default=256, metadata={"help": "max tokens generated per response"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling p"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
+    max_input_tokens: int | None = field(default=None, metadata={"help": "hf: cut longer prompts from the left"})
+    device: str | None = field(default=None, metadata={"help": "hf: cpu, cuda, ... (default: auto)"})
+    dtype: str | None = field(default=None, metadata={"help": "hf: float32, bfloat16, float16 (default: by device)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
+
+    def __post_init__(self):
+        if self.conditioning not in CONDITIONING:
+            raise MetaAlignerError(f"--conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
+
+
+def read_metadata(model_path: str | None) -> dict[str, Any]:
+    if not model_path:
+        return {}
+    path = Path(model_path) / METADATA_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
+    from metaaligner.io import write_json
+
+    write_json(Path(model_path) / METADATA_FILE, meta)
+
+
+def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: dict[str, Any],
+                    rewards_csv: str | None) -> list[float]:
+    """Targets per objective: ``spec`` > ``meta['targets']`` > max of ``rewards_csv``."""
+    from metaaligner.baselines import default_targets, parse_target_rewards, read_reward_pairs
+
+    defaults: list[float | None] = [None] * len(keys)
+    recorded = meta.get("targets") or {}
+    if recorded:
+        defaults = [recorded.get(k) for k in keys]
+    if any(d is None for d in defaults) and rewards_csv:
+        maxima = default_targets(read_reward_pairs(rewards_csv, len(keys)).pairs)
+        defaults = [d if d is not None else m for d, m in zip(defaults, maxima)]
+    try:
+        return parse_target_rewards(spec, keys, names, defaults=defaults)
+    except MetaAlignerError as exc:
+        raise MetaAlignerError(f"{exc}; give --target_rewards, --rewards_csv, or a model folder whose "
+                               f"{METADATA_FILE} records targets") from None
+
+
+def build_queries(queries: list[str], names: list[str], targets: list[float] | None) -> list[str]:
+    from metaaligner.baselines import conditioned_prompt
+
+    if targets is None:
+        return list(queries)
+    return [conditioned_prompt(q, names, targets) for q in queries]
+
+
+def output_name(data_path: str | Path) -> str:
+    """``gpt-3.5-turbo.csv.gz`` -> ``gpt-3.5-turbo``."""
+    name = Path(data_path).name
+    for suffix in (".gz", ".csv", ".jsonl", ".json"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
+    """Generate one response per input row; write ``<model_output_path>/<aligned_model>.csv``.
+
+    ``generator`` (optional) is an object with ``.generate(prompts, params)`` (tests, the Python API);
+    by default it is built from ``config.backend`` and ``config.aligner_path``.
+    """
+    from tqdm.auto import tqdm
+
+    from metaaligner.baselines import ObjectiveSpec, format_targets
+    from metaaligner.datasets import load_dataset_config
+    from metaaligner.generation import GenerationParams, get_generator
+    from metaaligner.io import ResumableWriter, read_records
+
+    start = time.time()
+    dataset = load_dataset_config(config.config)
+    spec = ObjectiveSpec.from_config(config.config)
+    meta = read_metadata(config.aligner_path if config.aligner_path not in (None, "", "embedded") else None)
+    conditioning = config.conditioning
+    if conditioning == "auto":
+        conditioning = "none" if meta.get("conditioning", "targets") is None else "targets"
+    targets = None
+    if conditioning == "targets":
+        targets = resolve_targets(spec.keys, spec.names, config.target_rewards, meta, config.rewards_csv)
+        print(f"conditioning on target rewards {format_targets(spec.keys, targets)}")
+    else:
+        print("no reward conditioning (plain queries)")
+
+    rows = read_records(config.data_dir)
+    query_col, golden_col = dataset.columns.get("query", "query"), dataset.columns.get("goldens", "goldens")
+    answer_col = dataset.columns.get("answer", "generated_text")
+    if query_col not in rows[0]:
+        from metaaligner.errors import DataError
+
+        raise DataError(config.data_dir, f"missing column (found: {', '.join(sorted(rows[0]))})", column=query_col)
+    if config.limit is not None:
+        rows = rows[:config.limit]
+    name = config.aligned_model or output_name(config.data_dir)
+    out_path = Path(config.model_output_path) / f"{name}.csv"
+    writer = ResumableWriter(out_path, OUTPUT_COLUMNS, key="row_id", resume=config.resume)
+    todo = [i for i in range(len(rows)) if i not in writer.done]
+    skipped_empty = sum(1 for i in todo if not str(rows[i].get(query_col) or "").strip())
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
+    if todo and generator is None:
+        kwargs = {k: v for k, v in {"device": config.device, "dtype": config.dtype,
+                                    "max_input_tokens": config.max_input_tokens}.items() if v is not None}
+        generator = get_generator(config.backend, config.aligner_path, **kwargs)
+    chunk = max(1, config.batch_size) * 4
+    bar = tqdm(total=len(todo), desc="baseline inference", unit="row")
+    for s in range(0, len(todo), chunk):
+        idx = todo[s:s + chunk]
+        queries = [str(rows[i].get(query_col) or "") for i in idx]
+        live = [j for j, q in enumerate(queries) if q.strip()]
+        outputs = [""] * len(idx)
+        if live:
+            generated = generator.generate(build_queries([queries[j] for j in live], spec.names, targets), params)
+            for j, text in zip(live, generated):
+                outputs[j] = text
+        writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),
+                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out}
+                      for i, out in zip(idx, outputs))
+        bar.update(len(idx))
+    bar.close()
+    writer.finish(order=list(range(len(rows))))
+    elapsed = time.time() - start
+    print(f"baseline inference: {len(rows)} rows in, {len(todo)} generated ({len(rows) - len(todo)} resumed), "
+          f"{skipped_empty} empty queries left empty; {elapsed:.1f}s "
+          f"({len(todo) / elapsed if elapsed > 0 else 0:.2f} rows/s) -> {out_path}")
+    return out_path
+
+
+def make_parser(description: str | None = None):
+    from metaaligner.cli import make_parser as _make_parser
+
+    return _make_parser(BaselineInferenceConfig, description=description or __doc__)
+
+
+def main(config: BaselineInferenceConfig) -> Path:
+    return run_inference(config)

@@ -1,0 +1,231 @@
+"""MORLHF baseline (linear scalarisation) on current TRL: RLOO by default, GRPO as an option.
+
+Reward of a sampled response y to prompt x, with one reward model per objective j:
+
+    R(x, y) = sum_j w_j * (r_j(x, y) - mu_j) / sigma_j          (weights ``--weights``, default 1/n)
+
+mu_j/sigma_j come from ``reward_stats.json`` of each reward model (its scores over its training
+responses). Each reward model is one TRL reward *function*, so TRL logs ``rewards/<objective>/mean``
+separately and aggregates them with ``reward_weights`` (exactly the weighted sum above).
+
+Difference from the paper's MORLHF. The released script ran PPO (``trl.PPOTrainer.step``, trl <= 0.11:
+a value head, GAE advantages, per-token KL penalty with an adaptive controller, init 0.2, target 3;
+48 new tokens; 8-bit LoRA r=64). TRL removed PPOTrainer in 1.13, so here:
+
+- ``rloo`` (default): REINFORCE Leave-One-Out. k completions per prompt; the baseline of each is the
+  mean reward of the other k-1; no value model. The KL to the frozen reference enters the *reward*
+  as a fixed sequence-level penalty, R - beta * sum_t log(pi/pi_ref) (PPO's penalty with a fixed
+  coefficient instead of the adaptive controller).
+- ``grpo``: group-normalised advantages (R - mean_group) / std_group, KL as a per-token loss term;
+  ``multi_objective_aggregation`` chooses sum-then-normalise (linear scalarisation, default) or
+  normalise-then-sum.
+
+Both sample ``max_new_tokens`` (honoured, default 128; the released script hard-coded 48).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from metaaligner.errors import MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("rloo", "grpo")
+METADATA_FILE = "baseline.json"
+
+
+@dataclass
+class MORLHFTrainConfig:
+    """Online-RL settings of the MORLHF policy (every field documented once, TRL style)."""
+
+    algorithm: str = field(default="rloo", metadata={"help": "rloo (default) or grpo; both from trl>=1.16 (no PPO)"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (paper's PPO with LoRA: 1e-5)"})
+    beta: float = field(default=0.05, metadata={
+        "help": "KL coefficient to the reference (rloo: in the reward; grpo: in the loss); 0 loads no reference"})
+    max_new_tokens: int = field(default=128, metadata={"help": "Max tokens sampled per response"})
+    max_prompt_length: int = field(default=512, metadata={"help": "Prompts longer than this are cut from the left"})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)"})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling p"})
+    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (k >= 2)"})
+    per_device_train_batch_size: int = field(default=4, metadata={
+        "help": "Completions per device per step (times processes x accumulation must divide by num_generations)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the prompts"})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
+    num_iterations: int = field(default=1, metadata={"help": "Optimisation passes per generated batch (mu)"})
+    normalize_advantages: bool = field(default=False, metadata={"help": "rloo: normalise advantages per batch"})
+    multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
+        "help": "grpo only: sum_then_normalize (linear scalarisation) or normalize_then_sum"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with linear warm-up"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
+    seed: int = field(default=0, metadata={"help": "Seed of sampling, data order and LoRA init"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (with --lora; paper: 64)"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (with --lora; paper: 128)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
+    reward_batch_size: int = field(default=16, metadata={"help": "Batch size of the reward models"})
+    reward_max_length: int = field(default=1024, metadata={"help": "Max tokens a reward model reads (left-cut)"})
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU, vllm installed)"})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
+    report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise MetaAlignerError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.num_generations < 2:
+            raise MetaAlignerError("num_generations must be >= 2 (the leave-one-out / group baseline needs k >= 2)")
+        if self.max_new_tokens < 1:
+            raise MetaAlignerError("max_new_tokens must be >= 1")
+
+    def to_trl(self, output_dir: str, weights: Sequence[float], device: str | None = None):
+        """The equivalent ``trl.RLOOConfig`` or ``trl.GRPOConfig`` (precision by device)."""
+        from trl import GRPOConfig, RLOOConfig
+
+        from metaaligner.training.common import precision_kwargs
+
+        cls = RLOOConfig if self.algorithm == "rloo" else GRPOConfig
+        keep = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in keep}
+        values.pop("warmup_ratio", None)
+        values.update(output_dir=output_dir, max_completion_length=self.max_new_tokens, warmup_steps=self.warmup_ratio,
+                      reward_weights=[float(w) for w in weights], save_strategy="steps", remove_unused_columns=False)
+        values.update(precision_kwargs(device))
+        return cls(**values)
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+@dataclass
+class RewardModelSpec:
+    """One objective's reward model and the statistics that normalise its scores."""
+    name: str
+    path: str
+    mean: float = 0.0
+    std: float = 1.0
+
+
+class NormalisedRewardModel:
+    """A TRL reward function: ``(prompts, completions) -> [(r(x, y) - mean) / std]``.
+
+    A callable (not an ``nn.Module``) so that the text fed to the reward model is exactly the one it
+    was trained on (``prompt + response + eos``) and the score is normalised before weighting.
+    """
+
+    def __init__(self, spec: RewardModelSpec, device: str | None = None, batch_size: int = 16,
+                 max_length: int | None = 1024, model=None, tokenizer=None):
+        from metaaligner.training.reward_model import load_reward_model
+
+        self.spec = spec
+        self.__name__ = spec.name  # TRL names the logged metric rewards/<name>/mean after this
+        if model is None:
+            model, tokenizer = load_reward_model(spec.path, device=device)
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        from metaaligner.training.reward_model import score_texts
+
+        return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
+        from metaaligner.baselines import normalise
+
+        return [normalise(r, self.spec.mean, self.spec.std) for r in self.raw_scores(prompts, completions)]
+
+
+def reward_specs_from_dirs(paths: Sequence[str], names: Sequence[str] | None = None) -> list[RewardModelSpec]:
+    """Specs from reward-model folders (``reward_stats.json`` gives mean/std and the objective name)."""
+    from metaaligner.training.reward_model import read_reward_stats
+
+    specs = []
+    for i, path in enumerate(paths):
+        stats = read_reward_stats(path)
+        name = (names[i] if names else None) or stats.get("objective") or Path(path).name
+        specs.append(RewardModelSpec(name=name, path=str(path), mean=float(stats["mean"]), std=float(stats["std"])))
+    return specs
+
+
+def truncate_prompts(prompts: Sequence[str], tokenizer, max_tokens: int) -> tuple[list[str], int]:
+    """Cut prompts longer than ``max_tokens`` tokens from the left (the ``Assistant:`` cue is at the end)."""
+    out, cut = [], 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            prompt = tokenizer.decode(ids[-max_tokens:], skip_special_tokens=False)
+            cut += 1
+        out.append(prompt)
+    return out, cut
+
+
+def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models: Sequence[RewardModelSpec],
+                 weights: Sequence[float], output_dir: str | Path, config: MORLHFTrainConfig, stage: str,
+                 log_path: str | Path, lora: bool = False, resume: bool = False,
+                 reward_funcs: Sequence[Any] | None = None) -> str:
+    """Online RL of ``policy_path`` on ``prompts`` with reward ``sum_j w_j * normalised r_j``.
+
+    ``reward_funcs`` (optional) replaces the reward models built from ``reward_models`` (tests, custom
+    scorers); they must be callables ``(prompts, completions, **kw) -> list[float]``. The output
+    folder holds the policy (a PEFT adapter with ``lora``) and ``baseline.json``.
+    """
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOTrainer, RLOOTrainer
+
+    from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
+    from metaaligner.training.common import make_jsonl_callback
+
+    output_dir = str(output_dir)
+    policy = resolve_model_path(policy_path)
+    prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
+    if not prompts:
+        raise MetaAlignerError(f"{stage}: no prompts to train on")
+    n_rewards = len(reward_funcs) if reward_funcs is not None else len(reward_models)
+    if n_rewards == 0:
+        raise MetaAlignerError(f"{stage}: no reward models")
+    if len(weights) != n_rewards:
+        raise MetaAlignerError(f"{stage}: {len(weights)} weights for {n_rewards} reward models")
+    device = pick_device(None)
+    args = config.to_trl(output_dir, weights, device=device)
+    tokenizer = load_tokenizer(policy, padding_side="left")
+    prompts, cut = truncate_prompts(prompts, tokenizer, config.max_prompt_length)
+    if cut:
+        log.info("%s: %d of %d prompts cut to their last %d tokens", stage, cut, len(prompts), config.max_prompt_length)
+    if reward_funcs is None:
+        rm_device = str(PartialState().device)
+        reward_funcs = [NormalisedRewardModel(spec, device=rm_device, batch_size=config.reward_batch_size,
+                                              max_length=config.reward_max_length) for spec in reward_models]
+    trainer_cls = RLOOTrainer if config.algorithm == "rloo" else GRPOTrainer
+    trainer = trainer_cls(model=policy, reward_funcs=list(reward_funcs), args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, peft_config=config.lora_config() if lora else None,
+                          callbacks=[make_jsonl_callback(log_path, stage)])
+    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
+    if resume:
+        log.info("resuming %s from %s", stage, checkpoint or "scratch (no checkpoint found)")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+        meta = {"method": "morlhf", "algorithm": config.algorithm, "policy_start": str(policy_path or "embedded"),
+                "reward_models": [asdict(s) for s in reward_models] if reward_models else
+                [{"name": getattr(f, "__name__", type(f).__name__)} for f in reward_funcs],
+                "weights": list(map(float, weights)), "beta": config.beta, "max_new_tokens": config.max_new_tokens,
+                "prompts": len(prompts), "lora": lora, "conditioning": None}
+        (Path(output_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return output_dir

@@ -1,0 +1,223 @@
+"""Per-objective reward models for the MORLHF baseline, on TRL's ``RewardTrainer``.
+
+Bradley-Terry loss on (chosen, rejected) pairs ordered by one objective's score:
+
+    loss = -log sigmoid(r(x, y_w) - r(x, y_l))
+
+The base is any sequence-classification checkpoint (paper: GPT-2 large); offline the default is
+the embedded SmolLM2, loaded with ``AutoModelForSequenceClassification(num_labels=1)`` (a fresh
+scalar head). After training, the folder also holds ``reward_stats.json``: the mean and std of the
+model's scores over the training responses, which MORLHF uses to normalise each reward before the
+linear scalarisation (the stage-1 rewards were normalised the same way).
+
+Text format (training and scoring alike): ``prompt + response + eos``, tokenised with the model's
+own special tokens, as TRL's ``RewardTrainer`` does for explicit-prompt preference data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from metaaligner.errors import MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "reward_stats.json"
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class RewardModelTrainConfig:
+    """Training settings of one reward model (every field documented once, TRL style)."""
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of the reward model"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training pairs"})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step"})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per eval step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    max_length: int = field(default=1024, metadata={
+        "help": "Max tokens of prompt + response; longer training pairs are dropped by TRL, longer texts are "
+                "cut from the left when scoring"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of steps with linear warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    center_rewards_coefficient: float | None = field(default=None, metadata={
+        "help": "Pull scores towards mean zero (TRL's center_rewards_coefficient; e.g. 0.01)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and of the fresh score head"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
+    stats_samples: int = field(default=2000, metadata={
+        "help": "Training pairs (seeded sample) scored after training for the normalisation mean/std"})
+    score_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring for the statistics"})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
+    report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
+
+    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+        from trl import RewardConfig
+
+        from metaaligner.training.common import precision_kwargs
+
+        keep = {f.name for f in fields(RewardConfig)}
+        values: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in keep}
+        values.update(output_dir=output_dir, warmup_steps=self.warmup_ratio, save_strategy="steps",
+                      include_num_input_tokens_seen="non_padding",
+                      eval_strategy="epoch" if has_eval else "no")
+        values.pop("warmup_ratio", None)
+        values.update(precision_kwargs(device))
+        return RewardConfig(**values)
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules="all-linear", task_type="SEQ_CLS")
+
+
+def load_reward_model(path: str | None, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) of a sequence classifier with a single score; ``None`` = the embedded
+    SmolLM2 with a fresh scalar head (the offline default base)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from metaaligner.models import load_tokenizer, pick_device, pick_dtype, quiet_transformers, resolve_model_path
+
+    resolved = resolve_model_path(path)
+    device = pick_device(device)
+    try:
+        with quiet_transformers():  # "some weights newly initialised" is expected for a fresh head
+            model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1,
+                                                                       dtype=pick_dtype(device, dtype))
+    except OSError as exc:
+        raise MetaAlignerError(f"cannot load reward model {resolved!r}: {str(exc).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(resolved, padding_side="right")
+    tokenizer.truncation_side = "left"  # keep the response, which sits at the end
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
+
+
+def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
+                max_length: int | None = 1024) -> list[float]:
+    """The scalar score of each ``prompt + response + eos``, batched (length-sorted, right-padded)."""
+    import torch
+
+    eos = tokenizer.eos_token or ""
+    texts = [p + r + ("" if r.endswith(eos) else eos) for p, r in zip(prompts, responses)]
+    encoded = [tokenizer(t, add_special_tokens=True, truncation=max_length is not None,
+                         max_length=max_length)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+    scores = [math.nan] * len(texts)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start:start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            logits = model(**batch).logits[:, 0].float().tolist()
+        for i, value in zip(idx, logits):
+            scores[i] = value
+    return scores
+
+
+def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
+    out = []
+    for i, pair in enumerate(pairs, start=1):
+        missing = [k for k in PAIR_KEYS if not isinstance(pair.get(k), str)]
+        if missing:
+            raise MetaAlignerError(f"{name} pair {i}: {', '.join(missing)} must be text")
+        out.append({k: pair[k] for k in PAIR_KEYS})
+    return out
+
+
+def score_statistics(scores: Sequence[float]) -> dict[str, float]:
+    """Mean and population std of finite scores (std 1.0 when the scores are constant)."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        raise MetaAlignerError("no finite reward-model scores to normalise with")
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((s - mean) ** 2 for s in finite) / len(finite))
+    return {"mean": mean, "std": std if std > 0 else 1.0, "n": len(finite)}
+
+
+def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]],
+                       eval_pairs: list[dict[str, Any]] | None, output_dir: str | Path,
+                       config: RewardModelTrainConfig, stage: str, log_path: str | Path,
+                       lora: bool = False, resume: bool = False, objective: str | None = None) -> str:
+    """Train one reward model on ``{"prompt","chosen","rejected"}`` pairs; return ``output_dir``.
+
+    The folder holds a plain sequence classifier (LoRA adapters are merged) plus ``reward_stats.json``
+    (mean/std of its scores over a seeded sample of training responses, eval accuracy).
+    """
+    import time
+
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import RewardTrainer
+
+    from metaaligner.models import pick_device
+    from metaaligner.training.common import make_jsonl_callback
+
+    output_dir = str(output_dir)
+    train = check_pairs(train_pairs, "train")
+    if not train:
+        raise MetaAlignerError(f"{stage}: no training pairs (every pair tied on this objective?)")
+    evals = check_pairs(eval_pairs or [], "eval")
+    device = pick_device(None)
+    args = config.to_trl(output_dir, device=device, has_eval=bool(evals))
+    torch.manual_seed(config.seed)  # the fresh score head
+    model, tokenizer = load_reward_model(base_model, device="cpu")
+    start = time.time()
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
+                            eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer,
+                            peft_config=config.lora_config() if lora else None,
+                            callbacks=[make_jsonl_callback(log_path, stage)])
+    if len(trainer.train_dataset) < len(train):
+        log.info("%s: %d of %d training pairs longer than max_length=%d were dropped by TRL", stage,
+                 len(train) - len(trainer.train_dataset), len(train), config.max_length)
+    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    evals_logged = [r for r in trainer.state.log_history if "eval_accuracy" in r]
+    eval_metrics = evals_logged[-1] if evals_logged else {}
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        model = model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+        sample = list(train)
+        random.Random(config.seed).shuffle(sample)
+        sample = sample[:config.stats_samples]
+        model.eval()
+        scores = score_texts(model, tokenizer, [p["prompt"] for p in sample] * 2,
+                             [p["chosen"] for p in sample] + [p["rejected"] for p in sample],
+                             batch_size=config.score_batch_size, max_length=config.max_length)
+        stats = score_statistics(scores)
+        chosen, rejected = scores[:len(sample)], scores[len(sample):]
+        stats.update(objective=objective, train_pairs=len(train), eval_pairs=len(evals),
+                     train_accuracy_sample=sum(c > r for c, r in zip(chosen, rejected)) / len(sample),
+                     eval_accuracy=eval_metrics.get("eval_accuracy"), train_seconds=round(time.time() - start, 2))
+        (Path(output_dir) / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        log.info("%s: mean %.4f std %.4f train accuracy (sample) %.3f eval accuracy %s", stage, stats["mean"],
+                 stats["std"], stats["train_accuracy_sample"], stats["eval_accuracy"])
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return output_dir
+
+
+def read_reward_stats(path: str | Path) -> dict[str, Any]:
+    stats_path = Path(path) / STATS_FILE
+    if not stats_path.exists():
+        raise MetaAlignerError(f"{path}: no {STATS_FILE}; train it with baseline_models/morlhf/train_reward_models.py "
+                               "or give --reward_stats mean,std")
+    return json.loads(stats_path.read_text(encoding="utf-8"))
