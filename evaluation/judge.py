@@ -1,0 +1,117 @@
+r"""Judge aligner outputs with an LLM on any OpenAI-compatible endpoint (GPT-4 in the paper).
+
+Pairwise vs the golden answer (Table 2/3), per objective, candidate position seeded per row:
+
+    OPENAI_API_KEY=... python evaluation/judge.py --input outputs/hh-rlhf --template hh-rlhf \
+        --target aligned_responses,origin_responses --aspects harmlessness,helpfulness,humour \
+        --judge_model gpt-4 --output_dir judged/hh-rlhf --concurrency 16 --seed 0
+
+Rating 0-10 (Figure 3; seen + unseen UltraFeedback objectives by default), against a local server:
+
+    python evaluation/judge.py --input outputs/uf/gpt-3.5-turbo.csv --template ultrafeedback --mode rating \
+        --base_url http://127.0.0.1:8000/v1 --judge_model /path/to/served/model --output_dir judged/uf-rating
+
+``--dry_run`` prints the number of calls and a cost estimate without calling; a re-run reuses the
+SQLite cache in ``--output_dir`` (0 calls); ``--resume`` continues an interrupted run.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from metaaligner import cli
+from metaaligner.cli import parse, run_main, split_csv
+
+
+@dataclass
+class JudgeConfig:
+    input: str = field(default=None, metadata={"help": "aligner output CSV (query, goldens, origin_responses, "
+                                                       "aligned_responses) or a folder of them (one per policy)"})
+    output_dir: str = field(default=None, metadata={"help": "where per-row CSVs, summaries, run.json and the cache go"})
+    target: str = field(default="aligned_responses,origin_responses",
+                        metadata={"help": "column(s) to judge, comma-separated: aligned_responses, origin_responses"})
+    aspects: str = field(default="", metadata={"help": "objective keys, comma-separated; default: the dataset "
+                                                       "config's objectives (+ unseen ones in rating mode)"})
+    template: str = field(default="", metadata={"help": "dataset config (hh-rlhf | ultrafeedback | imhi | path.yaml): "
+                                                        "objective group and judge family; default: the inputs' "
+                                                        "template column"})
+    objectives_file: str = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
+    add_objective: list[str] = field(default_factory=list,
+                                     metadata={"help": "extra objective key=description (repeatable)"})
+    mode: str = field(default="pairwise", metadata={"help": "pairwise (vs golden) or rating (0-10)",
+                                                    "choices": ["pairwise", "rating"]})
+    judge_prompt: str = field(default="clean", metadata={"help": "prompt set: clean | released (the paper's, byte "
+                                                                 "for byte) | path to a YAML set"})
+    base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. "
+                                                          "http://127.0.0.1:8000/v1; default: the OpenAI API. "
+                                                          "The key is read from OPENAI_API_KEY only"})
+    judge_model: str = field(default="gpt-4", metadata={"help": "model name sent to the endpoint"})
+    concurrency: int = field(default=8, metadata={"help": "requests in flight (1 = the released sequential loop)"})
+    seed: int = field(default=0, metadata={"help": "seed of the per-row candidate position and of the request"})
+    temperature: float = field(default=0.0, metadata={"help": "judge sampling temperature"})
+    max_tokens: int = field(default=0, metadata={"help": "reply token limit; 0 = the prompt set's default"})
+    both_orders: bool = field(default=False, metadata={"help": "judge each pair in both positions; a win needs "
+                                                               "both orders to agree (MT-Bench convention)"})
+    dry_run: bool = field(default=False, metadata={"help": "print the calls and a cost estimate; call nothing"})
+    resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run"})
+    limit: int = field(default=0, metadata={"help": "judge only the first N rows of each file (0 = all)"})
+    max_cost: float = field(default=0.0, metadata={"help": "stop cleanly before spending more USD than this (0 = no limit)"})
+    price_per_1k_input: float = field(default=-1.0, metadata={"help": "USD per 1k prompt tokens; -1 = registry default"})
+    price_per_1k_output: float = field(default=-1.0, metadata={"help": "USD per 1k reply tokens; -1 = registry default"})
+    max_retries: int = field(default=6, metadata={"help": "client retries with exponential backoff on 429/5xx/timeouts"})
+    timeout: float = field(default=60.0, metadata={"help": "seconds per request before it counts as timed out"})
+    cache: bool = field(default=True, metadata={"help": "use the SQLite cache (--no_cache disables it)"})
+    cache_path: str = field(default=None, metadata={"help": "cache file; default: <output_dir>/judge_cache.sqlite"})
+    max_failures: int = field(default=20, metadata={"help": "stop submitting after this many calls failed for good"})
+
+
+def make_parser():
+    return cli.make_parser(JudgeConfig, description=__doc__)
+
+
+def main(config: JudgeConfig) -> None:
+    import logging
+
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.judge import judge_outputs
+    from metaaligner.judge.runner import format_dry_run
+
+    if not config.input or not config.output_dir:
+        raise MetaAlignerError("--input and --output_dir are required")
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    result = judge_outputs(
+        config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
+        dataset=config.template or None, mode=config.mode, judge_prompt=config.judge_prompt,
+        base_url=config.base_url, judge_model=config.judge_model, concurrency=config.concurrency,
+        seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens or None,
+        both_orders=config.both_orders, dry_run=config.dry_run, resume=config.resume, limit=config.limit,
+        max_cost=config.max_cost, price_per_1k_input=config.price_per_1k_input,
+        price_per_1k_output=config.price_per_1k_output, max_retries=config.max_retries, timeout=config.timeout,
+        use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
+        add_objective=config.add_objective)
+    if config.dry_run:
+        print(format_dry_run(result, config.judge_model))
+        return
+    print(result.line())
+    for summary in result.summaries:
+        if summary["mode"] == "pairwise":
+            print(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "
+                  f"W/T/L/invalid={summary['wins']}/{summary['ties']}/{summary['losses']}/{summary['invalid']} "
+                  f"win={summary['win']:.3f} (W+T/2)/N={summary['win_half_tie']:.3f} paper (W+T)/N={summary['paper']:.3f}")
+        else:
+            mean = "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"
+            print(f"  {summary['policy']} {summary['target']} {summary['objective']}: mean rating {mean} "
+                  f"({summary['valid']} valid, {summary['invalid']} invalid)")
+    print(f"outputs in {config.output_dir}")
+    if result.stopped == "max_cost":
+        raise MetaAlignerError(f"stopped before exceeding --max_cost {config.max_cost:g} (spent ${result.cost_usd:.4f}); "
+                               "re-run with --resume and a higher --max_cost to continue")
+    if result.failed:
+        where, why = result.failed[0]
+        raise MetaAlignerError(f"{len(result.failed)} row(s) failed after retries (first: {where}: {why}); "
+                               "they were not written; re-run with --resume to retry them")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, *parse(make_parser())))

@@ -1,0 +1,488 @@
+"""Plan and run judge calls over aligner output files: concurrent, cached, resumable, cost-bounded.
+
+A *task* is one (policy file, target column, objective); its rows are judged independently and
+written incrementally to ``<output_dir>/<mode>/<policy>/<target>/<objective>.csv`` (through
+``ResumableWriter``; a finished task also gets ``<objective>.summary.json``). Every judge call goes
+through the SQLite cache first, so a re-run issues 0 requests and an interrupted run continues
+where it stopped. Rows whose call failed after all retries are left unwritten (never filled with
+another reply); the run then stops with a one-line error and ``--resume`` retries exactly those.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metaaligner.errors import MetaAlignerError
+from metaaligner.io import ResumableWriter, read_table, write_csv, write_json
+from metaaligner.judge.cache import Completion, JudgeCache, request_key
+from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
+from metaaligner.judge.metrics import bootstrap_ci, position_consistency, summarize_pairwise, summarize_ratings, \
+    verdict_scores
+from metaaligner.judge.positions import (INVALID, candidate_position, combine_orders, item_id, place,
+                                         verdict_from_choice)
+from metaaligner.judge.registry import JudgePrompt
+from metaaligner.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("aligned_responses", "origin_responses")
+ROW_COLUMNS = ["dataset", "policy", "target", "objective", "objective_name", "unseen", "mode", "row", "item_id",
+               "position", "reply", "reminder_reply", "verdict", "score", "verdict_first", "reply_swapped",
+               "reminder_reply_swapped", "verdict_swapped", "consistent", "calls", "cached_calls",
+               "prompt_tokens", "completion_tokens", "cost_usd"]
+INPUT_SUFFIXES = (".csv", ".csv.gz")
+
+
+# ---------------------------------------------------------------------------- planning
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    mode: str                  # pairwise | rating
+    prompt: JudgePrompt
+    judge_model: str
+    decoding: Decoding
+    seed: int = 0              # position seed (per item)
+    both_orders: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "judge_prompt": self.prompt.set_name, "judge_family": self.prompt.family,
+                "judge_model": self.judge_model, "decoding": self.decoding.to_dict(), "seed": self.seed,
+                "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict()}
+
+
+@dataclass
+class Task:
+    dataset: str
+    policy: str
+    target: str
+    objective: Objective
+    rows_path: Path
+    units: list["Unit"] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.policy, self.target, self.objective.key)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.rows_path.with_name(self.rows_path.name[: -len(".csv")] + ".summary.json")
+
+
+@dataclass(frozen=True)
+class Unit:
+    task: tuple[str, str, str]
+    row: int
+    item: str
+    query: str
+    candidate: str
+    golden: str
+    aspects: str
+
+
+def discover_inputs(input_path: str | Path, exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """(policy name, file) pairs: one CSV, or every CSV under a folder (policy = relative path
+    without suffix). Files under ``exclude`` (the judge's own output folder) are skipped."""
+    path = Path(input_path)
+    if path.is_file():
+        return [(_strip_suffix(path.name), path)]
+    if not path.is_dir():
+        raise MetaAlignerError(f"{path}: --input is neither a CSV file nor a folder")
+    found = []
+    exclude = exclude.resolve() if exclude else None
+    for file in sorted(path.rglob("*")):
+        if not file.is_file() or not file.name.lower().endswith(INPUT_SUFFIXES) or file.name.startswith("."):
+            continue
+        if exclude is not None and (file.resolve() == exclude or exclude in file.resolve().parents):
+            continue
+        found.append((_strip_suffix(str(file.relative_to(path))), file))
+    if not found:
+        raise MetaAlignerError(f"{path}: no .csv or .csv.gz files found")
+    return found
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in INPUT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_rows(path: Path, mode: str, targets: list[str], limit: int = 0) -> list[dict[str, Any]]:
+    required = ["query", *targets] + (["goldens"] if mode == "pairwise" else [])
+    rows = read_table(path, required=required)
+    return rows[:limit] if limit and limit > 0 else rows
+
+
+def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Objective], targets: list[str],
+               settings: JudgeSettings, output_dir: Path, limit: int = 0,
+               rows_by_file: dict[Path, list[dict]] | None = None) -> list[Task]:
+    """All (file, target, objective) tasks with their units, in a deterministic order."""
+    for target in targets:
+        if target not in TARGETS:
+            raise MetaAlignerError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
+    tasks = []
+    for policy, path in files:
+        rows = rows_by_file[path] if rows_by_file and path in rows_by_file else \
+            load_rows(path, settings.mode, targets, limit)
+        for target in targets:
+            for objective in objectives:
+                rows_path = output_dir / settings.mode / policy / target / f"{objective.key}.csv"
+                task = Task(dataset, policy, target, objective, rows_path)
+                for i, row in enumerate(rows):
+                    golden = row.get("goldens", "") if settings.mode == "pairwise" else ""
+                    task.units.append(Unit(task.key, i, item_id(row["query"], golden), row["query"], row[target],
+                                           golden, objective.description))
+                tasks.append(task)
+    return tasks
+
+
+# ---------------------------------------------------------------------------- running
+
+@dataclass
+class _Stats:
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass
+class RunResult:
+    rows_total: int
+    rows_done: int
+    rows_skipped_resume: int
+    api_calls: int
+    cached_calls: int
+    invalid: int
+    failed: list[tuple[str, str]]
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    stopped: str | None
+    summaries: list[dict[str, Any]]
+    finished_tasks: int
+    total_tasks: int
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"judged {self.rows_done}/{self.rows_total} rows ({self.rows_skipped_resume} resumed) in "
+                f"{self.seconds:.1f} s ({self.rows_per_s:.2f} rows/s): {self.api_calls} API calls, "
+                f"{self.cached_calls} from cache, {self.invalid} invalid, {len(self.failed)} failed; "
+                f"{self.prompt_tokens}+{self.completion_tokens} tokens, ${self.cost_usd:.4f}; "
+                f"{self.finished_tasks}/{self.total_tasks} output files complete")
+
+
+class JudgeRunner:
+    """Judges the units of ``tasks`` with a thread pool; see the module docstring."""
+
+    def __init__(self, settings: JudgeSettings, engine: Any, cache: JudgeCache | None, meter: CostMeter,
+                 concurrency: int = 8, resume: bool = False, max_failures: int = 20, progress: bool = True):
+        self.settings, self.engine, self.cache, self.meter = settings, engine, cache, meter
+        self.concurrency = max(1, int(concurrency))
+        self.resume, self.max_failures, self.progress = resume, max_failures, progress
+        self._inflight: dict[str, Future] = {}
+        self._inflight_lock = threading.Lock()
+        self.api_calls = 0
+        self.cached_calls = 0
+        self._count_lock = threading.Lock()
+
+    # -------------------------------------------------------------- one call
+    def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        s = self.settings
+        return {"model": s.judge_model, "messages": messages, **s.decoding.to_dict(), "parser": s.prompt.parser.to_dict()}
+
+    def call(self, messages: list[dict[str, str]], stats: _Stats) -> Completion:
+        request = self.request(messages)
+        key = request_key(request)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self._cached(stats, hit)
+                return hit
+        with self._inflight_lock:
+            pending = self._inflight.get(key)
+            if pending is None:
+                pending = Future()
+                self._inflight[key] = pending
+                owner = True
+            else:
+                owner = False
+        if not owner:  # the same request is in flight for another row: share its reply, do not re-send
+            completion = pending.result()
+            self._cached(stats, completion)
+            return completion
+        try:
+            estimate = self.meter.estimate(messages, self.settings.decoding.max_tokens)
+            if not self.meter.reserve(estimate):
+                raise BudgetExceeded()
+            try:
+                completion = self.engine.complete(messages, self.settings.decoding)
+            except JudgeCallError as exc:
+                self.meter.release(estimate)
+                if self.cache is not None:
+                    self.cache.record_failure(key, self.settings.judge_model, str(exc))
+                raise
+            except BaseException:
+                self.meter.release(estimate)
+                raise
+            cost = self.meter.settle(estimate, completion.prompt_tokens, completion.completion_tokens)
+            if self.cache is not None:
+                self.cache.put(key, request, completion)
+            with self._count_lock:
+                self.api_calls += 1
+            stats.calls += 1
+            stats.prompt_tokens += completion.prompt_tokens
+            stats.completion_tokens += completion.completion_tokens
+            stats.cost += cost
+            pending.set_result(completion)
+            return completion
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+    def _cached(self, stats: _Stats, completion: Completion) -> None:
+        with self._count_lock:
+            self.cached_calls += 1
+        stats.cached_calls += 1
+        stats.prompt_tokens += completion.prompt_tokens
+        stats.completion_tokens += completion.completion_tokens
+
+    def ask(self, messages: list[dict[str, str]], stats: _Stats) -> tuple[int | None, str, str]:
+        """(parsed answer or None, reply, reminder reply): one call, plus one format reminder if the
+        reply does not parse."""
+        prompt = self.settings.prompt
+        first = self.call(messages, stats)
+        parsed = prompt.parser.parse(first.text)
+        reminder_reply = ""
+        if parsed is None and prompt.reminder:
+            second = self.call(prompt.reminder_messages(messages, first.text), stats)
+            reminder_reply = second.text
+            parsed = prompt.parser.parse(second.text)
+        return parsed, first.text, reminder_reply
+
+    # -------------------------------------------------------------- one row
+    def unit_messages(self, unit: Unit, position: int | None) -> list[dict[str, str]]:
+        prompt = self.settings.prompt
+        if self.settings.mode == "rating":
+            return prompt.messages(query=unit.query, output=unit.candidate, aspects=unit.aspects)
+        output1, output2 = place(unit.candidate, unit.golden, position)
+        return prompt.messages(query=unit.query, output1=output1, output2=output2, aspects=unit.aspects)
+
+    def judge_unit(self, unit: Unit, task: Task) -> dict[str, Any]:
+        stats = _Stats()
+        out: dict[str, Any] = {"dataset": task.dataset, "policy": task.policy, "target": task.target,
+                               "objective": task.objective.key, "objective_name": task.objective.name,
+                               "unseen": int(task.objective.unseen), "mode": self.settings.mode,
+                               "row": unit.row, "item_id": unit.item}
+        if self.settings.mode == "rating":
+            score, reply, reminder = self.ask(self.unit_messages(unit, None), stats)
+            out.update(position="", reply=reply, reminder_reply=reminder,
+                       verdict=INVALID if score is None else str(score), score="" if score is None else score)
+        else:
+            position = candidate_position(unit.item, self.settings.seed)
+            choice, reply, reminder = self.ask(self.unit_messages(unit, position), stats)
+            first = verdict_from_choice(choice, position)
+            out.update(position=position, reply=reply, reminder_reply=reminder, verdict_first=first, verdict=first)
+            if self.settings.both_orders:
+                swapped_pos = 3 - position
+                choice2, reply2, reminder2 = self.ask(self.unit_messages(unit, swapped_pos), stats)
+                swapped = verdict_from_choice(choice2, swapped_pos)
+                out.update(reply_swapped=reply2, reminder_reply_swapped=reminder2, verdict_swapped=swapped,
+                           verdict=combine_orders(first, swapped),
+                           consistent="" if INVALID in (first, swapped) else int(first == swapped))
+        out.update(calls=stats.calls, cached_calls=stats.cached_calls, prompt_tokens=stats.prompt_tokens,
+                   completion_tokens=stats.completion_tokens, cost_usd=round(stats.cost, 8))
+        return out
+
+    # -------------------------------------------------------------- the run
+    def run(self, tasks: list[Task]) -> RunResult:
+        from tqdm.auto import tqdm
+
+        start = time.time()
+        by_key = {task.key: task for task in tasks}
+        writers = {task.key: ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=self.resume)
+                   for task in tasks}
+        todo, skipped = [], 0
+        for task in tasks:
+            done = writers[task.key].done
+            for unit in task.units:
+                if unit.row in done:
+                    skipped += 1
+                else:
+                    todo.append(unit)
+        total = sum(len(t.units) for t in tasks)
+        failed: list[tuple[str, str]] = []
+        stopped: str | None = None
+        invalid = 0
+        rows_done = 0
+        bar = tqdm(total=len(todo), desc="judging", unit="row", disable=not self.progress, dynamic_ncols=True)
+        units = iter(todo)
+        pending: dict[Future, Unit] = {}
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
+            while True:
+                while stopped is None and len(pending) < 2 * self.concurrency:
+                    unit = next(units, None)
+                    if unit is None:
+                        break
+                    pending[pool.submit(self.judge_unit, unit, by_key[unit.task])] = unit
+                if not pending:
+                    break
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    unit = pending.pop(future)
+                    try:
+                        row = future.result()
+                    except BudgetExceeded:
+                        stopped = stopped or "max_cost"
+                        continue
+                    except JudgeCallError as exc:
+                        failed.append((f"{'/'.join(unit.task)} row {unit.row}", str(exc)))
+                        if len(failed) >= self.max_failures and stopped is None:
+                            stopped = "failures"
+                        continue
+                    writers[unit.task].append([row])
+                    rows_done += 1
+                    invalid += row["verdict"] == INVALID
+                    bar.update(1)
+                    bar.set_postfix(cost=f"${self.meter.spent:.4f}", calls=self.api_calls,
+                                    cached=self.cached_calls, refresh=False)
+        bar.close()
+        summaries, finished_tasks = [], 0
+        for task in tasks:
+            writer = writers[task.key]
+            if {u.row for u in task.units} <= writer.done:
+                rows = writer.finish(order=[u.row for u in task.units])
+                summary = summarize_task(task, rows, self.settings)
+                write_json(task.summary_path, summary)
+                summaries.append(summary)
+                finished_tasks += 1
+            else:
+                writer.close()
+        return RunResult(rows_total=total, rows_done=rows_done, rows_skipped_resume=skipped,
+                         api_calls=self.api_calls, cached_calls=self.cached_calls, invalid=invalid, failed=failed,
+                         cost_usd=self.meter.spent, prompt_tokens=self.meter.prompt_tokens,
+                         completion_tokens=self.meter.completion_tokens, seconds=time.time() - start,
+                         stopped=stopped, summaries=summaries, finished_tasks=finished_tasks, total_tasks=len(tasks))
+
+
+# ---------------------------------------------------------------------------- summaries
+
+def summarize_task(task: Task, rows: list[dict[str, Any]], settings: JudgeSettings) -> dict[str, Any]:
+    summary: dict[str, Any] = {"dataset": task.dataset, "policy": task.policy, "target": task.target,
+                               "objective": task.objective.key, "objective_name": task.objective.name,
+                               "unseen": task.objective.unseen, **settings.describe(),
+                               "rows_file": str(task.rows_path)}
+    verdicts = [str(r["verdict"]) for r in rows]
+    if settings.mode == "pairwise":
+        summary.update(summarize_pairwise(verdicts))
+        summary["win_half_tie_ci95"] = list(bootstrap_ci(verdict_scores(verdicts, "win_half_tie"), seed=settings.seed))
+        summary["candidate_in_position_1"] = sum(1 for r in rows if int(r["position"]) == 1)
+        if settings.both_orders:
+            summary["position_consistency"] = position_consistency([r["verdict_first"] for r in rows],
+                                                                   [r["verdict_swapped"] for r in rows])
+    else:
+        scores = [None if r["verdict"] == INVALID else int(r["score"]) for r in rows]
+        summary.update(summarize_ratings(scores))
+        valid = [s for s in scores if s is not None]
+        summary["mean_ci95"] = list(bootstrap_ci(valid, seed=settings.seed)) if valid else None
+    summary["prompt_tokens"] = sum(int(r.get("prompt_tokens") or 0) for r in rows)
+    summary["completion_tokens"] = sum(int(r.get("completion_tokens") or 0) for r in rows)
+    return summary
+
+
+def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]]) -> None:
+    """``summary.json`` (all finished tasks of the output folder) and a flat ``summary.csv``."""
+    all_summaries = []
+    for path in sorted(output_dir.rglob("*.summary.json")):
+        try:
+            all_summaries.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    if not all_summaries:
+        all_summaries = summaries
+    write_json(output_dir / "summary.json", all_summaries)
+    columns = ["mode", "dataset", "policy", "target", "objective", "n", "wins", "ties", "losses", "invalid",
+               "win", "win_half_tie", "paper", "position_consistency", "valid", "mean", "judge_model", "judge_prompt"]
+    write_csv(output_dir / "summary.csv", all_summaries, columns)
+
+
+# ---------------------------------------------------------------------------- dry run
+
+def dry_run_plan(tasks: list[Task], runner: JudgeRunner, output_dir: Path | None = None,
+                 resume: bool = False) -> dict[str, Any]:
+    """Count the calls a run would make (first calls only; format reminders come on top), how many
+    the cache already holds, and an upper cost estimate. Writes the calls to ``dry_run.calls.jsonl``."""
+    settings = runner.settings
+    orders = 2 if settings.mode == "pairwise" and settings.both_orders else 1
+    calls = cached = 0
+    est_prompt_tokens = 0
+    first_messages = None
+    records = []
+    for task in tasks:
+        done = set()
+        if resume:
+            done = ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=True).done
+        for unit in task.units:
+            if unit.row in done:
+                continue
+            if settings.mode == "rating":
+                positions = [None]
+            else:
+                positions = [candidate_position(unit.item, settings.seed)]
+                if settings.both_orders:
+                    positions.append(3 - positions[0])
+            for position in positions:
+                messages = runner.unit_messages(unit, position)
+                first_messages = first_messages or messages
+                calls += 1
+                if runner.cache is not None and request_key(runner.request(messages)) in runner.cache:
+                    cached += 1
+                    continue
+                est_prompt_tokens += estimate_prompt_tokens(messages)
+                records.append({"policy": task.policy, "target": task.target, "objective": task.objective.key,
+                                "row": unit.row, "position": position, "messages": messages})
+    to_call = calls - cached
+    est_output = to_call * settings.decoding.max_tokens
+    meter = runner.meter
+    info = {"outputs": len(tasks), "rows": sum(len(t.units) for t in tasks), "orders": orders, "calls": calls,
+            "cached": cached, "to_call": to_call, "est_prompt_tokens": est_prompt_tokens,
+            "max_output_tokens": est_output, "price_per_1k_input": meter.price_in,
+            "price_per_1k_output": meter.price_out, "est_cost_usd": meter.cost(est_prompt_tokens, est_output),
+            "first_call": first_messages}
+    if output_dir is not None:
+        from metaaligner.io import write_jsonl
+
+        write_jsonl(Path(output_dir) / "dry_run.calls.jsonl", records)
+        info["calls_file"] = str(Path(output_dir) / "dry_run.calls.jsonl")
+    return info
+
+
+def format_dry_run(info: dict[str, Any], judge_model: str) -> str:
+    lines = [f"dry run: {info['outputs']} output files, {info['rows']} rows, {info['calls']} judge calls "
+             f"({info['orders']} order(s) per pair; up to as many format reminders on top)",
+             f"  already cached: {info['cached']}; to call: {info['to_call']}",
+             f"  estimated input tokens <= {info['est_prompt_tokens']:,}; output tokens <= {info['max_output_tokens']:,}",
+             f"  price for {judge_model}: ${info['price_per_1k_input']:g} in / ${info['price_per_1k_output']:g} out "
+             f"per 1k tokens -> estimated cost <= ${info['est_cost_usd']:.4f}"]
+    if info.get("calls_file"):
+        lines.append(f"  every call written to {info['calls_file']}")
+    if info.get("first_call"):
+        lines.append("first call:")
+        for message in info["first_call"]:
+            lines.append(f"  [{message['role']}] {message['content']}")
+    return "\n".join(lines)
+
