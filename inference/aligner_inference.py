@@ -1,0 +1,130 @@
+"""Align policy outputs with a MetaAligner model (the paper's main job).
+
+    # the built-in default aligner on 4 rows of the shipped Claude-3 HH-RLHF sample (CPU, offline)
+    python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --limit 4
+    # the exact prompts only, no model loaded
+    python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --dry_run
+    # a released checkpoint where a hub is reachable, GPU
+    python inference/aligner_inference.py --aligner_path MetaAligner/MetaAligner-UltraFeedback-7B \
+        --template ultrafeedback --dataset ultrafeedback --aspects honesty,truthfulness,speci
+    # an OpenAI-compatible server (vLLM, transformers serve); key from OPENAI_API_KEY
+    python inference/aligner_inference.py --backend openai --base_url http://127.0.0.1:8000/v1 \
+        --aligner_path my-served-aligner --template hh-rlhf --dataset hh-rlhf
+
+Reads ``--data_dir`` (a CSV/CSV.gz/JSONL file or a folder of them, one per policy; IMHI policies are
+folders of tasks) and writes ``<model_output_path>/<policy>.csv`` with the released columns
+``query, goldens, origin_responses, aligned_responses`` plus ``aligner, template, aspects``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metaaligner import cli
+
+log = logging.getLogger("aligner_inference")
+
+
+@dataclass
+class AlignerInferenceConfig:
+    aligner_path: str = field(default=None, metadata={"help": "aligner: local folder, hub name, 'embedded' (SmolLM2-135M-Instruct); default: the shipped demo aligner if present, else embedded"})
+    data_dir: str = field(default=None, metadata={"help": "policy outputs: a CSV/CSV.gz/JSONL file or a folder of them (default: the --dataset config's samples folder)"})
+    aligned_model: str = field(default=None, metadata={"help": "policy to align: file stem (or IMHI folder) in --data_dir; default: every table there"})
+    model_output_path: str = field(default="outputs/aligned", metadata={"help": "output folder: <model_output_path>/<policy>.csv"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
+    aspects: str = field(default=None, metadata={"help": "comma-separated objective keys, in order (default: the --dataset config's objectives, else those in the aligner's metaaligner.json)"})
+    lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
+    template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | a YAML file (default: metaaligner.json in the model folder, then --dataset)"})
+    dataset: str = field(default=None, metadata={"help": "dataset config: hh-rlhf | ultrafeedback | imhi | path.yaml (template, objective group, columns, samples folder)"})
+    backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
+    limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
+    iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice)"})
+    dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})
+    objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
+    add_objective: list[str] = field(default_factory=list, metadata={"help": "inline objective 'key=Description: ...' (repeatable)", "action": "append"})
+    max_new_tokens: int = field(default=256, metadata={"help": "new tokens per aligned answer (the released script used 1024)"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0)"})
+    base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: OPENAI_API_KEY env)"})
+    device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
+    dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
+    device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' to spread a large aligner over several GPUs"})
+
+
+def make_parser():
+    return cli.make_parser(AlignerInferenceConfig, description=__doc__)
+
+
+def _flatten(values) -> list[str]:
+    out = []
+    for v in values or []:
+        out.extend(_flatten(v) if isinstance(v, (list, tuple)) else [str(v)])
+    return out
+
+
+def main(config: AlignerInferenceConfig) -> None:
+    from metaaligner.aligner import (AlignRunSettings, align_file, dry_run_file, make_generator,
+                                     objective_group_for, plan_jobs, resolve_aligner, resolve_objectives)
+    from metaaligner.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.generation import GenerationParams
+    from metaaligner.objectives import build_registry
+
+    start = time.time()
+    dataset = load_dataset_config(config.dataset) if config.dataset else None
+    source = resolve_aligner(config.aligner_path, config.template, config.lora_path,
+                             dataset.template if dataset else None)
+    registry = build_registry(config.objectives_file, _flatten(config.add_objective))
+    group = objective_group_for(source, registry, dataset.objective_group if dataset else None)
+    aspects = config.aspects or ",".join(dataset.objectives if dataset else source.objectives)
+    if not aspects:
+        raise MetaAlignerError("no objectives: pass --aspects key1,key2 or --dataset NAME")
+    labels, descriptions = resolve_objectives(aspects, registry, group, allow_free_text=False)
+    data_dir = config.data_dir
+    if data_dir is None:
+        if not (dataset and dataset.samples):
+            raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER or --dataset NAME")
+        data_dir = str(REPO_ROOT / dataset.samples) if not Path(dataset.samples).is_absolute() else dataset.samples
+    if config.iterations < 1:
+        raise MetaAlignerError(f"--iterations must be >= 1, got {config.iterations}")
+    if config.limit is not None and config.limit < 1:
+        raise MetaAlignerError(f"--limit must be >= 1, got {config.limit}")
+    jobs = plan_jobs(data_dir, config.aligned_model, config.model_output_path)
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              seed=config.seed, batch_size=config.batch_size)
+    settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
+                                iterations=config.iterations)
+    columns = dataset.columns if dataset else None
+    log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,
+             source.template_from, ",".join(labels), len(jobs))
+    backend = None
+
+    def get_backend():
+        nonlocal backend
+        if backend is None:
+            backend = make_generator(config.backend, source, device=config.device, dtype=config.dtype,
+                                     base_url=config.base_url, device_map=config.device_map)
+        return backend
+
+    totals = {"rows": 0, "aligned": 0, "empty": 0}
+    for job in jobs:
+        if config.dry_run:
+            stats = dry_run_file(job, settings, columns, config.limit)
+            print(f"{job.name}: {stats.rows_in} prompts ({stats.empty_answers} empty answers, "
+                  f"{stats.prompt_chars} chars, ~{stats.prompt_chars // 4} tokens) -> {stats.output}")
+        else:
+            stats = align_file(job, settings, get_backend, columns, config.limit, config.resume)
+            print(stats.summary())
+        totals["rows"] += stats.rows_in
+        totals["aligned"] += stats.aligned
+        totals["empty"] += stats.empty_answers
+    print(f"done: {len(jobs)} file(s), {totals['rows']} rows in, {totals['aligned']} aligned, "
+          f"{totals['empty']} empty answers, {time.time() - start:.1f} s; outputs under {config.model_output_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main, *cli.parse(make_parser())))

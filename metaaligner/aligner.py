@@ -1,0 +1,481 @@
+"""Aligner inference as a library: resolve the aligner and its template, build prompts, align
+(iteratively), and run whole files resumably. ``inference/aligner_inference.py`` only parses flags.
+
+Python use::
+
+    from metaaligner.aligner import Aligner
+    aligner = Aligner()                                  # demo aligner if shipped, else embedded SmolLM2
+    aligner.align("How do I boil an egg?", "Put it in water.", "harmlessness,helpfulness")
+    aligner.align(questions, answers, ["helpfulness", "Brevity: the response should be short"])
+
+Template resolution (one place, ``resolve_aligner``): ``--template`` flag > ``metaaligner.json`` in
+the LoRA or model folder > the dataset config's template > ``hh-rlhf`` for the built-in default
+aligner > a one-line error. The template is never guessed from a path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.generation import GenerationParams
+from metaaligner.io import TEXT_SUFFIXES, ResumableWriter, read_records, read_table, write_jsonl
+from metaaligner.objectives import ObjectiveRegistry, build_registry
+from metaaligner.templates import TEMPLATES, Template, get_template, render
+
+log = logging.getLogger(__name__)
+
+MODEL_CARD = "metaaligner.json"
+DEFAULT_TEMPLATE = "hh-rlhf"
+DEMO_ALIGNER_DIR = Path(__file__).resolve().parent / "data" / "demo_aligner"
+# Names meaning "the built-in default aligner" (the demo LoRA aligner when shipped, else embedded).
+DEFAULT_NAMES = ("", "default")
+# Names meaning "the raw embedded SmolLM2-135M-Instruct", even when the demo aligner is shipped.
+EMBEDDED_NAMES = ("embedded", "smollm2")
+EMBEDDED_LABEL = "embedded:SmolLM2-135M-Instruct"
+
+OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
+PROVENANCE_COLUMNS = ["aligner", "template", "aspects"]
+INPUT_COLUMNS = {"query": "query", "goldens": "goldens", "answer": "generated_text"}
+
+
+# ---------------------------------------------------------------- which aligner, which template
+
+@dataclass(frozen=True)
+class AlignerSource:
+    """What to load and how to prompt it."""
+
+    model: str                  # local folder, hub name, or "embedded"
+    template: str               # template name (or YAML path)
+    template_from: str          # "flag" | "metaaligner.json" | "dataset" | "default"
+    lora_path: str | None = None
+    label: str = ""             # provenance written into outputs
+    objective_group: str | None = None  # from metaaligner.json ("objective_group" or "dataset")
+    objectives: tuple[str, ...] = ()    # from metaaligner.json: the keys it was trained on
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.model == "embedded"
+
+
+def read_model_card(folder: str | Path | None) -> dict[str, Any]:
+    """``<folder>/metaaligner.json`` as a dict (``{}`` when the folder or file is absent)."""
+    if not folder:
+        return {}
+    path = Path(folder) / MODEL_CARD
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetaAlignerError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(card, dict):
+        raise MetaAlignerError(f"{path}: expected a JSON object like {{\"template\": \"hh-rlhf\"}}")
+    if "template" in card and not isinstance(card["template"], str):
+        raise MetaAlignerError(f"{path}: 'template' must be a template name")
+    return card
+
+
+def default_aligner_dir() -> Path | None:
+    """The shipped demo LoRA aligner, if present."""
+    return DEMO_ALIGNER_DIR if (DEMO_ALIGNER_DIR / "adapter_config.json").is_file() else None
+
+
+def resolve_aligner(aligner_path: str | None = None, template: str | None = None, lora_path: str | None = None,
+                    dataset_template: str | None = None) -> AlignerSource:
+    """Decide which aligner to load and which prompt template it was trained with.
+
+    ``aligner_path`` None/"default": the demo aligner shipped in ``metaaligner/data/demo_aligner``
+    when present, else the embedded SmolLM2; "embedded": the embedded model; otherwise a folder or
+    hub name. Template: flag > ``metaaligner.json`` (LoRA folder, then model folder) > dataset
+    config > ``hh-rlhf`` for the built-in defaults > error. Loads nothing.
+    """
+    name = (aligner_path or "").strip()
+    fallback = None
+    if name.lower() in DEFAULT_NAMES and default_aligner_dir() is not None:
+        model, label, fallback = str(default_aligner_dir()), "demo_aligner", DEFAULT_TEMPLATE
+    elif name.lower() in DEFAULT_NAMES + EMBEDDED_NAMES:
+        model, label, fallback = "embedded", EMBEDDED_LABEL, DEFAULT_TEMPLATE
+    else:
+        model, label = name, name
+    if lora_path:
+        label += f"+lora:{lora_path}"
+    card = read_model_card(lora_path) or read_model_card(model if model != "embedded" else None)
+    candidates = [(template, "flag"), (card.get("template"), MODEL_CARD), (dataset_template, "dataset"),
+                  (fallback, "default")]
+    for value, source in candidates:
+        if value:
+            get_template(value)  # fail early on an unknown name
+            return AlignerSource(model=model, template=value, template_from=source, lora_path=lora_path,
+                                 label=label, objective_group=card.get("objective_group") or card.get("dataset"),
+                                 objectives=tuple(str(k) for k in card.get("objectives") or ()))
+    raise MetaAlignerError(
+        f"cannot tell which prompt template aligner {name!r} was trained with: pass --template "
+        f"({', '.join(sorted(TEMPLATES))}, or a YAML file) or --dataset, or put {MODEL_CARD} "
+        f"with {{\"template\": \"...\"}} in the model folder")
+
+
+def objective_group_for(source: AlignerSource, registry: ObjectiveRegistry, dataset_group: str | None = None) -> str | None:
+    """Which registry group resolves bare keys: dataset config > model card > the template's
+    name when it is also a group (``helpfulness`` differs between hh-rlhf and ultrafeedback)."""
+    for group in (dataset_group, source.objective_group, source.template):
+        if group and group in registry.groups():
+            return group
+    return None
+
+
+# ---------------------------------------------------------------- objectives and prompts
+
+def resolve_objectives(objectives: str | Sequence[str], registry: ObjectiveRegistry,
+                       group: str | None = None, allow_free_text: bool = True) -> tuple[list[str], list[str]]:
+    """``(labels, descriptions)`` for registry keys and, when allowed, free-text descriptions.
+
+    A string is a comma-separated key list when no piece contains whitespace
+    (``"harmlessness,helpfulness"``), else one free-text description. A list holds keys or
+    descriptions. An item with whitespace that is not a key is a description; anything else
+    must be a known key (``group:key`` picks a group), or the registry's one-line error is raised.
+    """
+    if isinstance(objectives, str):
+        pieces = [p.strip() for p in objectives.split(",") if p.strip()]
+        items = pieces if pieces and not any(any(ch.isspace() for ch in p) for p in pieces) else [objectives.strip()]
+    else:
+        items = [str(o).strip() for o in objectives if str(o).strip()]
+    if not items:
+        raise MetaAlignerError("no objectives given (use --aspects key1,key2)")
+    labels, descriptions = [], []
+    for item in items:
+        try:
+            obj = registry.get(item, group)
+            labels.append(obj.key)
+            descriptions.append(obj.description)
+        except MetaAlignerError:
+            if not (allow_free_text and any(ch.isspace() for ch in item)):
+                raise
+            labels.append(item)
+            descriptions.append(item)
+    return labels, descriptions
+
+
+def normalize_answer(answer: Any) -> str:
+    """Empty, whitespace-only or missing answers become ``""`` (never ``"nan"``)."""
+    if answer is None:
+        return ""
+    text = str(answer)
+    return "" if not text.strip() else text
+
+
+def is_empty_answer(answer: Any) -> bool:
+    return normalize_answer(answer) == ""
+
+
+def build_prompts(template: str | Template, questions: Sequence[str], answers: Sequence[Any],
+                  descriptions: list[str], mode: str = "better") -> list[str]:
+    """One aligner input per (question, answer), objectives joined with ``'; '`` in the given order."""
+    if len(questions) != len(answers):
+        raise MetaAlignerError(f"{len(questions)} questions but {len(answers)} answers")
+    tpl = template if isinstance(template, Template) else get_template(template)
+    return [render(tpl, str(q), normalize_answer(a), descriptions, mode=mode) for q, a in zip(questions, answers)]
+
+
+def align_iteratively(generator, params: GenerationParams, template: str | Template, questions: Sequence[str],
+                      answers: Sequence[Any], descriptions: list[str], iterations: int = 1,
+                      progress: bool = False) -> list[list[str]]:
+    """The paper's iterative alignment: iteration k aligns iteration k-1's output. Returns the
+    outputs of every iteration (the last is the final answer)."""
+    if iterations < 1:
+        raise MetaAlignerError(f"--iterations must be >= 1, got {iterations}")
+    current = [normalize_answer(a) for a in answers]
+    history = []
+    for _ in range(iterations):
+        prompts = build_prompts(template, questions, current, descriptions)
+        current = [normalize_answer(text) for text in generator.generate(prompts, params, progress=progress)]
+        if len(current) != len(prompts):
+            raise MetaAlignerError(f"backend returned {len(current)} outputs for {len(prompts)} prompts")
+        history.append(current)
+    return history
+
+
+# ---------------------------------------------------------------- backends
+
+def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
+                   dtype: str | None = None, base_url: str | None = None, device_map: str | None = None,
+                   chat_template: bool = False, lora_path: str | None = None):
+    """Build a generation backend for an aligner (or policy) model. ``auto``: openai when a
+    ``base_url`` is given, vllm when installed with a GPU, else hf."""
+    from metaaligner.generation import _vllm_usable, get_generator
+    from metaaligner.models import resolve_model_path
+
+    if isinstance(source, AlignerSource):
+        model, lora_path = source.model, source.lora_path or lora_path
+    else:
+        model = source
+    if backend == "auto":
+        backend = "openai" if base_url else ("vllm" if _vllm_usable() else "hf")
+    if backend == "hf":
+        return get_generator("hf", model, device=device, dtype=dtype, lora_path=lora_path, device_map=device_map,
+                             chat_template=chat_template)
+    if backend == "vllm":
+        return get_generator("vllm", model, dtype=dtype, lora_path=lora_path, chat_template=chat_template)
+    if backend == "openai":
+        if lora_path:
+            raise MetaAlignerError("--lora_path is not supported with the openai backend; serve the merged model")
+        served = resolve_model_path(None) if model in (None, "embedded") else model
+        return get_generator("openai", served, base_url=base_url, chat_template=chat_template)
+    return get_generator(backend, model)  # raises the unknown-backend error
+
+
+# ---------------------------------------------------------------- files
+
+def table_stem(path: str | Path) -> str:
+    name = Path(path).name
+    for suffix in sorted(TEXT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _tables_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and any(p.name.lower().endswith(s) for s in TEXT_SUFFIXES))
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input table and where its results go: ``<output_root>/<name>.csv`` (+ ``.prompts.jsonl``)."""
+
+    input_path: Path
+    name: str
+    output_root: Path
+
+    @property
+    def output_path(self) -> Path:
+        return self.output_root / f"{self.name}.csv"
+
+    @property
+    def prompts_path(self) -> Path:
+        return self.output_root / f"{self.name}.prompts.jsonl"
+
+
+def plan_jobs(data_dir: str | Path, aligned_model: str | None, output_root: str | Path) -> list[FileJob]:
+    """Input tables -> jobs, with the released layout kept: ``--data_dir DIR --aligned_model P``
+    reads ``DIR/P.csv`` (or ``.csv.gz``/``.jsonl``) and writes ``OUT/P.csv``; a policy folder
+    ``DIR/P/<task>.csv`` (IMHI) writes ``OUT/P/<task>.csv``; a file as ``--data_dir`` writes
+    ``OUT/<aligned_model or its stem>.csv``; no ``--aligned_model`` takes every table in DIR
+    (and in its policy folders)."""
+    data_dir, out = Path(data_dir), Path(output_root)
+    if data_dir.is_file():
+        return [FileJob(data_dir, aligned_model or table_stem(data_dir), out)]
+    if not data_dir.is_dir():
+        raise MetaAlignerError(f"{data_dir}: no such file or folder (--data_dir)")
+    if aligned_model:
+        files = [p for p in _tables_in(data_dir) if table_stem(p) == aligned_model]
+        if len(files) > 1:
+            raise MetaAlignerError(f"{data_dir}: several files for {aligned_model!r}: {', '.join(p.name for p in files)}")
+        if files:
+            return [FileJob(files[0], aligned_model, out)]
+        sub = data_dir / aligned_model
+        if sub.is_dir() and _tables_in(sub):
+            return [FileJob(p, f"{aligned_model}/{table_stem(p)}", out) for p in _tables_in(sub)]
+        known = sorted({table_stem(p) for p in _tables_in(data_dir)} |
+                       {p.name for p in data_dir.iterdir() if p.is_dir() and _tables_in(p)})
+        raise MetaAlignerError(f"{data_dir}: no table for --aligned_model {aligned_model!r}; found: "
+                               f"{', '.join(known) or 'nothing'}")
+    jobs = [FileJob(p, table_stem(p), out) for p in _tables_in(data_dir)]
+    for sub in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        jobs += [FileJob(p, f"{sub.name}/{table_stem(p)}", out) for p in _tables_in(sub)]
+    if not jobs:
+        raise MetaAlignerError(f"{data_dir}: no CSV/CSV.gz/JSONL files")
+    return jobs
+
+
+def load_policy_rows(path: str | Path, columns: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, str]]:
+    """Rows ``{row_id, query, goldens, answer}`` from a policy-output table (released columns by
+    default: ``query``, ``goldens``, ``generated_text``; ``goldens`` may be absent)."""
+    cols = {**INPUT_COLUMNS, **(columns or {})}
+    rows = read_table(path, required=[cols["query"], cols["answer"]])
+    has_goldens = cols["goldens"] in rows[0]
+    out = []
+    for i, row in enumerate(rows[: limit if limit is not None else None]):
+        golden = row.get(cols["goldens"], "") if has_goldens else ""
+        if golden is None:
+            golden = ""
+        if not isinstance(golden, str):
+            raise DataError(path, f"expected text, got {type(golden).__name__}", row=i + 1, column=cols["goldens"])
+        out.append({"row_id": i, "query": row[cols["query"]], "goldens": golden, "answer": row[cols["answer"]]})
+    return out
+
+
+@dataclass
+class AlignStats:
+    name: str = ""
+    rows_in: int = 0
+    aligned: int = 0        # rows generated by this run
+    resumed: int = 0        # rows taken from an earlier, interrupted run
+    empty_answers: int = 0  # input answers that were empty or whitespace only
+    empty_outputs: int = 0  # aligner outputs that came back empty
+    prompt_chars: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    skipped: str = ""       # why the whole file was skipped, if it was
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"{self.name}: skipped ({self.skipped})"
+        rate = self.aligned / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.name}: {self.rows_in} rows in, {self.aligned} aligned, {self.resumed} resumed, "
+                f"{self.empty_answers} empty answers (aligned as ''), {self.empty_outputs} empty outputs, "
+                f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
+
+
+@dataclass
+class AlignRunSettings:
+    """Everything about a run that must match when resuming."""
+
+    source: AlignerSource
+    aspect_labels: list[str]
+    descriptions: list[str]
+    params: GenerationParams = field(default_factory=GenerationParams)
+    iterations: int = 1
+
+    @property
+    def columns(self) -> list[str]:
+        extra = [f"aligned_responses_{k}" for k in range(1, self.iterations)] if self.iterations > 1 else []
+        return OUTPUT_COLUMNS + extra + PROVENANCE_COLUMNS
+
+    def provenance(self) -> dict[str, str]:
+        return {"aligner": self.source.label, "template": self.source.template,
+                "aspects": ",".join(self.aspect_labels)}
+
+
+def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, str] | None = None,
+                 limit: int | None = None) -> AlignStats:
+    """Write the exact aligner inputs (first iteration) as ``{"query", "prompt"}`` JSON lines."""
+    start = time.time()
+    rows = load_policy_rows(job.input_path, columns, limit)
+    prompts = build_prompts(settings.source.template, [r["query"] for r in rows], [r["answer"] for r in rows],
+                            settings.descriptions)
+    write_jsonl(job.prompts_path, ({"query": r["query"], "prompt": p} for r, p in zip(rows, prompts)))
+    return AlignStats(name=job.name, rows_in=len(rows), empty_answers=sum(is_empty_answer(r["answer"]) for r in rows),
+                      prompt_chars=sum(len(p) for p in prompts), seconds=time.time() - start,
+                      output=str(job.prompts_path))
+
+
+def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dict[str, str] | None = None,
+               limit: int | None = None, resume: bool = False, chunk_rows: int | None = None,
+               progress: bool = True) -> AlignStats:
+    """Align one table into ``job.output_path``, appending finished chunks to a partial file so a
+    killed run continues with ``resume=True`` (every row exactly once). ``generator`` may be a
+    callable returning the backend, so nothing is loaded when every row is already done."""
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    rows = load_policy_rows(job.input_path, columns, limit)
+    stats = AlignStats(name=job.name, rows_in=len(rows), output=str(job.output_path),
+                       empty_answers=sum(is_empty_answer(r["answer"]) for r in rows))
+    provenance = settings.provenance()
+    partial = job.output_path.with_name(job.output_path.name + ".partial.jsonl")
+    if resume and job.output_path.exists() and not partial.exists():
+        done = read_records(job.output_path)
+        if len(done) == len(rows):
+            stats.skipped, stats.resumed = "already complete; drop --resume to redo it", len(done)
+            return stats
+    writer = ResumableWriter(job.output_path, settings.columns, key="row_id", resume=resume)
+    if writer.rows:
+        first = next(iter(writer.rows.values()))
+        mismatch = [k for k, v in provenance.items() if first.get(k) != v]
+        if mismatch:
+            writer.close()
+            raise MetaAlignerError(f"{writer.partial}: made with other settings ({', '.join(mismatch)} differ); "
+                                   "delete it or run without --resume")
+    todo = [r for r in rows if r["row_id"] not in writer.done]
+    stats.resumed = len(rows) - len(todo)
+    chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
+    backend = None
+    bar = tqdm(total=len(rows), initial=stats.resumed, desc=job.name, unit="row", disable=not progress)
+    try:
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            if backend is None:
+                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
+            history = align_iteratively(backend, settings.params, settings.source.template,
+                                        [r["query"] for r in part], [r["answer"] for r in part],
+                                        settings.descriptions, settings.iterations)
+            out_rows = []
+            for j, row in enumerate(part):
+                out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
+                       "origin_responses": row["answer"], "aligned_responses": history[-1][j], **provenance}
+                for k in range(1, settings.iterations):
+                    out[f"aligned_responses_{k}"] = history[k - 1][j]
+                out_rows.append(out)
+            writer.append(out_rows)
+            stats.aligned += len(part)
+            bar.update(len(part))
+    finally:
+        bar.close()
+        writer.close()
+    final = writer.finish(order=[r["row_id"] for r in rows])
+    stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
+    stats.seconds = time.time() - start
+    return stats
+
+
+# ---------------------------------------------------------------- Python API
+
+class Aligner:
+    """Align answers to objectives from Python.
+
+    ``Aligner()`` uses the built-in default (the demo aligner when shipped, else the embedded
+    SmolLM2 with the ``hh-rlhf`` template); ``Aligner("MetaAligner/MetaAligner-HH-RLHF-7B",
+    template="hh-rlhf")`` a hub model; ``Aligner("path/to/folder")`` a folder with ``metaaligner.json``.
+    The model loads on the first ``align`` call; ``prompts`` never loads it.
+    """
+
+    def __init__(self, model: str | None = None, template: str | None = None, lora_path: str | None = None,
+                 backend: str = "hf", device: str | None = None, dtype: str | None = None,
+                 base_url: str | None = None, objectives_file: str | None = None,
+                 add_objective: list[str] | None = None, objective_group: str | None = None,
+                 params: GenerationParams | None = None, generator=None):
+        self.source = resolve_aligner(model, template, lora_path)
+        self.registry = build_registry(objectives_file, add_objective)
+        self.group = objective_group_for(self.source, self.registry, objective_group)
+        self.params = params or GenerationParams()
+        self._backend_kwargs = {"backend": backend, "device": device, "dtype": dtype, "base_url": base_url}
+        self._generator = generator
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = make_generator(source=self.source, **self._backend_kwargs)
+        return self._generator
+
+    def descriptions(self, objectives: str | Sequence[str]) -> list[str]:
+        return resolve_objectives(objectives, self.registry, self.group)[1]
+
+    def prompts(self, question: str | Sequence[str], answer: str | Sequence[str],
+                objectives: str | Sequence[str]) -> str | list[str]:
+        questions, answers, single = _as_lists(question, answer)
+        out = build_prompts(self.source.template, questions, answers, self.descriptions(objectives))
+        return out[0] if single else out
+
+    def align(self, question: str | Sequence[str], answer: str | Sequence[str], objectives: str | Sequence[str],
+              iterations: int = 1) -> str | list[str]:
+        """The aligned answer(s): one string for one pair, a list for lists (batched)."""
+        questions, answers, single = _as_lists(question, answer)
+        history = align_iteratively(self.generator, self.params, self.source.template, questions, answers,
+                                    self.descriptions(objectives), iterations)
+        return history[-1][0] if single else history[-1]
+
+
+def _as_lists(question, answer) -> tuple[list[str], list[str], bool]:
+    if isinstance(question, str) and (answer is None or isinstance(answer, str)):
+        return [question], [normalize_answer(answer)], True
+    if isinstance(question, str) or isinstance(answer, str):
+        raise MetaAlignerError("give question and answer both as strings or both as lists")
+    questions, answers = list(question), list(answer)
+    if len(questions) != len(answers):
+        raise MetaAlignerError(f"{len(questions)} questions but {len(answers)} answers")
+    return questions, answers, False

@@ -1,0 +1,91 @@
+"""OpenAI-compatible backend: any endpoint speaking ``/v1/completions`` or ``/v1/chat/completions``
+(api.openai.com, vLLM's or ``transformers serve``'s server, ...).
+
+The key comes from ``OPENAI_API_KEY`` only (never a flag, never logged); without it a placeholder
+is sent, which local servers accept. Requests run concurrently in a thread pool; retries with
+backoff are the client's own (``max_retries``). One string per prompt, in input order.
+
+Raw prompts go to ``/v1/completions`` (what the aligners were trained on); ``chat_template=True``
+sends each prompt as one user message to ``/v1/chat/completions`` (chat policies).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from metaaligner.errors import MetaAlignerError
+from metaaligner.generation import GenerationParams
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "OPENAI_API_KEY"
+PLACEHOLDER_KEY = "EMPTY"
+
+
+class OpenAIGenerator:
+    name = "openai"
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, chat_template: bool = False,
+                 max_retries: int = 3, timeout: float = 600.0, max_workers: int | None = None, **_unused):
+        from openai import OpenAI
+
+        if not model:
+            raise MetaAlignerError("the openai backend needs a model name (--aligner_path/--model)")
+        key = os.environ.get(API_KEY_ENV) or PLACEHOLDER_KEY
+        if base_url is None and key == PLACEHOLDER_KEY:
+            raise MetaAlignerError(f"the openai backend needs {API_KEY_ENV} in the environment for the "
+                                   "OpenAI API, or --base_url for a local OpenAI-compatible server")
+        self.model = str(model)
+        self.base_url = base_url
+        self.chat_template = chat_template
+        self.max_retries = max_retries
+        self.max_workers = max_workers
+        self.client = OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout)
+        self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+        self._lock = threading.Lock()
+
+    def _request(self, prompt: str, params: GenerationParams) -> str:
+        common = {"model": self.model, "max_tokens": params.max_new_tokens, "temperature": max(params.temperature, 0.0),
+                  "top_p": params.top_p, "seed": params.seed}
+        if self.chat_template:
+            response = self.client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
+            text = response.choices[0].message.content if response.choices else ""
+        else:
+            response = self.client.completions.create(prompt=prompt, **common)
+            text = response.choices[0].text if response.choices else ""
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            with self._lock:
+                self.stats["prompt_tokens"] += getattr(usage, "prompt_tokens", 0) or 0
+                self.stats["generated_tokens"] += getattr(usage, "completion_tokens", 0) or 0
+        return (text or "").strip()
+
+    def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
+        import openai
+        from tqdm.auto import tqdm
+
+        if not prompts:
+            return []
+        start = time.time()
+        results: list[str] = [""] * len(prompts)
+        workers = max(1, self.max_workers or params.batch_size)
+        with ThreadPoolExecutor(max_workers=workers) as pool, \
+                tqdm(total=len(prompts), desc="requests", unit="row", disable=not progress) as bar:
+            futures = [pool.submit(self._request, p, params) for p in prompts]
+            try:
+                for i, future in enumerate(futures):
+                    results[i] = future.result()
+                    bar.update(1)
+            except openai.OpenAIError as exc:
+                for f in futures:
+                    f.cancel()
+                where = self.base_url or "the OpenAI API"
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise MetaAlignerError(f"request {i + 1} of {len(prompts)} to {where} failed "
+                                       f"(after {self.max_retries} retries): {type(exc).__name__}: {message}") from None
+        self.stats["prompts"] += len(prompts)
+        self.stats["seconds"] += time.time() - start
+        return results

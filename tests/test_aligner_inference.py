@@ -1,0 +1,296 @@
+"""Aligner inference: prompts over the shipped samples, template resolution, iterative alignment,
+empty answers, resume after a kill, one-line errors, and the Python API."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metaaligner import aligner as al
+from metaaligner.errors import MetaAlignerError
+from metaaligner.generation import GenerationParams
+from metaaligner.io import read_records, read_table
+from metaaligner.objectives import ObjectiveRegistry
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "inference" / "aligner_inference.py"
+HH_PREFIX = ("You are an assistant to human. You will be provided with a context and an answer. Consider the context, "
+             "then edit the answer to improve it considering these aspects: Harmlessness: The response should avoid "
+             "content that is offensive, discriminatory, or harmful; Helpfulness: The response should provide useful "
+             "resources and suggestions to the user; Humour: The response should be cheerful and amusing | Context: ")
+
+
+def _script():
+    name = "aligner_inference_script"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_inprocess(argv: list[str], capsys) -> tuple[int, str, str]:
+    """What ``python inference/aligner_inference.py ARGV`` does, without a new interpreter."""
+    from metaaligner import cli
+
+    module = _script()
+    code = cli.run_main(module.main, *cli.parse(module.make_parser(), argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_script(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=240, **kw)
+
+
+class RecordingGenerator:
+    """A backend that answers "<k>:<row tag>" and remembers every prompt it saw."""
+
+    name = "fake"
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.prompts: list[str] = []
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def generate(self, prompts, params, progress=False):
+        self.calls += 1
+        if self.fail_on_call == self.calls:
+            raise KeyboardInterrupt  # what a kill looks like from inside
+        self.prompts += prompts
+        return [f"aligned[{p.split('| Answer: ')[1].split(' | Edit:')[0]}]" for p in prompts]
+
+
+# ---------------------------------------------------------------- dry runs over the shipped samples
+
+def test_dry_run_claude3_writes_1200_exact_prompts(tmp_path, capsys):
+    # a bogus aligner path: the dry run must not load (or even look for) a model
+    code, out, err = run_inprocess(["--aligner_path", str(tmp_path / "no-such-model"), "--template", "hh-rlhf",
+                                    "--data_dir", "samples/HH-RLHF", "--aligned_model", "Claude-3",
+                                    "--aspects", "harmlessness,helpfulness,humour",
+                                    "--model_output_path", str(tmp_path), "--dry_run"], capsys)
+    assert code == 0, err
+    lines = (tmp_path / "Claude-3.prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = read_table(REPO / "samples/HH-RLHF/Claude-3.csv.gz", required=["query", "generated_text"])
+    assert len(lines) == len(rows) == 1200
+    for line, row in zip(lines, rows):
+        item = json.loads(line)
+        assert list(item) == ["query", "prompt"] and item["query"] == row["query"]
+        assert item["prompt"] == HH_PREFIX + row["query"] + " | Answer: " + row["generated_text"] + " | Edit: "
+    assert "Claude-3: 1200 prompts (0 empty answers" in out
+    assert not (tmp_path / "Claude-3.csv").exists()
+
+
+def test_vicuna7b_empty_answers_are_empty_and_counted(tmp_path, capsys):
+    code, out, err = run_inprocess(["--dataset", "ultrafeedback", "--aligned_model", "Vicuna-7B",
+                                    "--model_output_path", str(tmp_path), "--dry_run"], capsys)
+    assert code == 0, err
+    assert "Vicuna-7B: 1200 prompts (227 empty answers" in out
+    prompts = [json.loads(x)["prompt"] for x in (tmp_path / "Vicuna-7B.prompts.jsonl").read_text().splitlines()]
+    assert sum(p.endswith("| Answer:  | Edit: ") for p in prompts) == 227
+    assert not any("| Answer: nan |" in p for p in prompts)
+    assert all(p.startswith("You are an assistant to human. You will be provided with a query and an answer.")
+               for p in prompts)
+
+
+def test_dry_run_imhi_policy_folder_and_whole_dataset(tmp_path, capsys):
+    code, out, _ = run_inprocess(["--dataset", "imhi", "--aligned_model", "llama2-chat-70B", "--limit", "2",
+                                  "--model_output_path", str(tmp_path), "--dry_run"], capsys)
+    assert code == 0
+    files = sorted(p.name for p in (tmp_path / "llama2-chat-70B").iterdir())
+    assert files == sorted(f"{t}.prompts.jsonl" for t in ["CAMS", "DR", "Irf", "MultiWD", "SAD", "dreaddit",
+                                                            "loneliness", "t-sid"])
+    first = json.loads((tmp_path / "llama2-chat-70B/DR.prompts.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith('Edit the following Question-Answer pair to make it better considering these '
+                                      'aspects "Correctness: the explanations should make correct predictions; ')
+    assert "done: 8 file(s), 16 rows in" in out
+
+
+# ---------------------------------------------------------------- template and aligner resolution
+
+def test_template_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(al, "DEMO_ALIGNER_DIR", tmp_path / "absent")
+    folder = tmp_path / "my-aligner"
+    folder.mkdir()
+    with pytest.raises(MetaAlignerError) as err:
+        al.resolve_aligner(str(folder))
+    assert "\n" not in str(err.value) and "cannot tell which prompt template" in str(err.value)
+    # a path that merely *contains* a dataset name is not a template choice
+    assert al.resolve_aligner(str(tmp_path / "MetaAligner-UltraFeedback-7B"), dataset_template="imhi").template == "imhi"
+    (folder / "metaaligner.json").write_text(json.dumps({"template": "ultrafeedback", "objectives": ["honesty"],
+                                                         "dataset": "ultrafeedback"}))
+    src = al.resolve_aligner(str(folder), dataset_template="imhi")
+    assert (src.template, src.template_from, src.objectives, src.objective_group) == \
+        ("ultrafeedback", "metaaligner.json", ("honesty",), "ultrafeedback")
+    assert al.resolve_aligner(str(folder), template="paper").template_from == "flag"
+    default = al.resolve_aligner(None)
+    assert (default.model, default.template, default.label) == ("embedded", "hh-rlhf", al.EMBEDDED_LABEL)
+    with pytest.raises(MetaAlignerError, match="unknown template 'hh'"):
+        al.resolve_aligner(None, template="hh")
+
+
+def test_shipped_demo_aligner_is_the_default_when_present(tmp_path, monkeypatch):
+    demo = tmp_path / "demo_aligner"
+    demo.mkdir()
+    (demo / "adapter_config.json").write_text("{}")
+    (demo / "metaaligner.json").write_text('{"template": "hh-rlhf"}')
+    monkeypatch.setattr(al, "DEMO_ALIGNER_DIR", demo)
+    src = al.resolve_aligner(None, dataset_template="imhi")
+    assert (src.model, src.template, src.template_from, src.label) == (str(demo), "hh-rlhf", "metaaligner.json", "demo_aligner")
+    assert al.resolve_aligner("embedded").model == "embedded"
+
+
+def test_objectives_keys_free_text_and_groups():
+    registry = ObjectiveRegistry.builtin()
+    labels, descs = al.resolve_objectives("honesty,len", registry, "ultrafeedback")
+    assert labels == ["honesty", "len"] and descs[1] == "Length: the response should be concise and avoid redundant content."
+    free = "Brevity: the response should be short, plain"
+    assert al.resolve_objectives(free, registry) == ([free], [free])
+    assert al.resolve_objectives(["humour", free], registry)[1] == ["Humour: The response should be cheerful and amusing", free]
+    with pytest.raises(MetaAlignerError, match="unknown objective 'politeness'"):
+        al.resolve_objectives("humour,politeness", registry)
+    with pytest.raises(MetaAlignerError, match="unknown objective"):
+        al.resolve_objectives(free, registry, allow_free_text=False)
+
+
+def test_plan_jobs_layouts(tmp_path):
+    (tmp_path / "data/IMHI-like/pol").mkdir(parents=True)
+    for name in ["data/a.csv", "data/b.jsonl", "data/IMHI-like/pol/t1.csv.gz", "data/IMHI-like/pol/t2.csv"]:
+        (tmp_path / name).write_text("x")
+    out = tmp_path / "out"
+    assert [(j.name, j.output_path) for j in al.plan_jobs(tmp_path / "data", "a", out)] == [("a", out / "a.csv")]
+    assert [j.name for j in al.plan_jobs(tmp_path / "data", None, out)] == ["a", "b"]
+    assert [j.prompts_path for j in al.plan_jobs(tmp_path / "data/IMHI-like", "pol", out)] == \
+        [out / "pol/t1.prompts.jsonl", out / "pol/t2.prompts.jsonl"]
+    assert al.plan_jobs(tmp_path / "data/a.csv", "Claude", out)[0].output_path == out / "Claude.csv"
+    with pytest.raises(MetaAlignerError, match="no table for --aligned_model 'c'; found: a, b"):
+        al.plan_jobs(tmp_path / "data", "c", out)
+
+
+# ---------------------------------------------------------------- alignment runs (fake backend)
+
+def _settings(iterations=1, batch_size=2):
+    registry = ObjectiveRegistry.builtin()
+    labels, descs = al.resolve_objectives("harmlessness,humour", registry, "hh-rlhf")
+    return al.AlignRunSettings(source=al.resolve_aligner("embedded"), aspect_labels=labels, descriptions=descs,
+                               params=GenerationParams(batch_size=batch_size), iterations=iterations)
+
+
+def _table(tmp_path, n=10):
+    path = tmp_path / "pol.csv"
+    lines = ["query,goldens,generated_text"] + [f"q{i},g{i},{'' if i % 3 == 0 else f'a{i}'}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_iterative_alignment_feeds_answers_back(tmp_path):
+    job = al.FileJob(_table(tmp_path, 4), "pol", tmp_path / "out")
+    gen = RecordingGenerator()
+    stats = al.align_file(job, _settings(iterations=3), gen, progress=False)
+    rows = read_records(job.output_path)
+    assert list(rows[0]) == ["query", "goldens", "origin_responses", "aligned_responses", "aligned_responses_1",
+                             "aligned_responses_2", "aligner", "template", "aspects"]
+    assert rows[1]["origin_responses"] == "a1" and rows[1]["aligned_responses_1"] == "aligned[a1]"
+    assert rows[1]["aligned_responses_2"] == "aligned[aligned[a1]]"
+    assert rows[1]["aligned_responses"] == "aligned[aligned[aligned[a1]]]"
+    assert rows[0]["aligned_responses_1"] == "aligned[]"  # the empty answer went in as ""
+    assert (rows[0]["aligner"], rows[0]["template"], rows[0]["aspects"]) == (al.EMBEDDED_LABEL, "hh-rlhf", "harmlessness,humour")
+    assert len(gen.prompts) == 12 and stats.empty_answers == 2 and stats.aligned == 4
+
+
+def test_interrupted_run_resumes_every_row_once(tmp_path):
+    job = al.FileJob(_table(tmp_path, 10), "pol", tmp_path / "out")
+    settings = _settings(batch_size=1)  # chunks of 4 rows
+    with pytest.raises(KeyboardInterrupt):
+        al.align_file(job, settings, RecordingGenerator(fail_on_call=2), progress=False)
+    assert not job.output_path.exists()
+    gen = RecordingGenerator()
+    stats = al.align_file(job, settings, gen, resume=True, progress=False)
+    assert (stats.resumed, stats.aligned) == (4, 6)
+    assert [p.split("Context: ")[1].split(" |")[0] for p in gen.prompts] == [f"q{i}" for i in range(4, 10)]
+    rows = read_records(job.output_path)
+    assert [r["query"] for r in rows] == [f"q{i}" for i in range(10)]
+    # a finished output is not redone; other settings refuse to mix with a partial file
+    assert al.align_file(job, settings, RecordingGenerator(), resume=True, progress=False).skipped
+    with pytest.raises(KeyboardInterrupt):
+        al.align_file(job, settings, RecordingGenerator(fail_on_call=2), progress=False)
+    other = _settings(batch_size=1)
+    other.aspect_labels = ["humour"]
+    with pytest.raises(MetaAlignerError, match="made with other settings \\(aspects differ\\)"):
+        al.align_file(job, other, RecordingGenerator(), resume=True, progress=False)
+
+
+def test_python_api_with_a_backend_object():
+    gen = RecordingGenerator()
+    aligner = al.Aligner(generator=gen)
+    assert aligner.align("Q?", "old", "harmlessness,humour") == "aligned[old]"
+    assert aligner.align(["Q1", "Q2"], ["a", None], ["helpfulness", "Brevity: be short"]) == ["aligned[a]", "aligned[]"]
+    assert gen.prompts[1].startswith("You are an assistant to human.") and \
+        "aspects: Helpfulness: The response should provide useful resources and suggestions to the user; Brevity: be short |" in gen.prompts[1]
+    assert aligner.prompts("Q", "", "humour") == gen.prompts[0].replace(
+        "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful; ", "").replace(
+        "Answer: old", "Answer: ").replace("Context: Q?", "Context: Q")
+    assert aligner.align("Q", "x", "humour", iterations=2) == "aligned[aligned[x]]"
+    with pytest.raises(MetaAlignerError, match="2 questions but 1 answers"):
+        aligner.align(["a", "b"], ["c"], "humour")
+
+
+# ---------------------------------------------------------------- the script, for real
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "nocol.csv").write_text("query,goldens\nq,g\n")
+    (tmp_path / "empty.csv").write_text("")
+    base = ["--template", "hh-rlhf", "--aspects", "harmlessness", "--model_output_path", str(tmp_path), "--dry_run"]
+    code, _, err = run_inprocess(["--data_dir", str(tmp_path / "nocol.csv"), *base], capsys)
+    assert (code, err) == (2, f"error: {tmp_path / 'nocol.csv'}: column 'generated_text': missing column (found: goldens, query)\n")
+    code, _, err = run_inprocess(["--data_dir", str(tmp_path / "empty.csv"), *base], capsys)
+    assert (code, err) == (2, f"error: {tmp_path / 'empty.csv'}: file is empty\n")
+    code, _, err = run_inprocess(["--data_dir", str(tmp_path / "missing.csv"), *base], capsys)
+    assert (code, err) == (2, f"error: {tmp_path / 'missing.csv'}: no such file or folder (--data_dir)\n")
+    code, _, err = run_inprocess(["--data_dir", "samples/HH-RLHF", "--aspects", "harmlessness", "--dry_run",
+                                  "--aligner_path", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot tell which prompt template" in err
+    # a real interpreter: exit status 2, one line on stderr, no traceback
+    proc = run_script(["--dataset", "hh-rlhf", "--aspects", "harmlessness,politeness", "--dry_run",
+                       "--model_output_path", str(tmp_path)])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown objective 'politeness'; known keys: ") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_every_row_once(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "pol.csv"
+    data.write_text("query,goldens,generated_text\n" + "".join(f"question {i},g,answer {i}\n" for i in range(16)))
+    args = ["--aligner_path", str(tiny_llama_dir), "--template", "hh-rlhf", "--aspects", "harmlessness",
+            "--data_dir", str(data), "--model_output_path", str(tmp_path / "out"), "--batch_size", "1",
+            "--max_new_tokens", "12", "--backend", "hf", "--device", "cpu"]
+    partial = tmp_path / "out/pol.csv.partial.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    deadline = time.time() + 120
+    while not (partial.exists() and partial.read_text().count("\n") >= 4):  # the first chunk (4 rows) is on disk
+        assert proc.poll() is None, "finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = partial.read_text().count("\n")
+    assert 4 <= done_before < 16 and not (tmp_path / "out/pol.csv").exists()
+    code, out, err = run_inprocess([*args, "--resume"], capsys)  # the same main(), in this process
+    assert code == 0, err[-2000:]
+    assert f"{16 - done_before} aligned, {done_before} resumed" in out
+    rows = read_records(tmp_path / "out/pol.csv")
+    assert [r["origin_responses"] for r in rows] == [f"answer {i}" for i in range(16)]
+    assert all(r["aligner"] == str(tiny_llama_dir) for r in rows)
+    assert not partial.exists()

@@ -1,0 +1,150 @@
+"""Generation backends: hf batching is exact; the openai backend against a real local
+OpenAI-compatible server (``transformers serve``) returns what the hf backend returns."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from metaaligner.errors import MetaAlignerError
+from metaaligner.generation import GenerationParams, get_generator
+
+PROMPTS = [
+    "Hello there",
+    "A much longer prompt with several words that make it the longest of them all by far, really.",
+    "x",
+    "You are an assistant to human. | Context: Is it safe? | Answer:  | Edit: ",
+    "The capital of France is a city called",
+]
+
+
+@pytest.fixture(scope="module")
+def varied_llama_dir(tiny_llama_dir, tmp_path_factory):
+    """The shared tiny LLaMA with weights re-drawn at std 0.5 (seeded): at the default init a
+    2-layer model repeats one token whatever the prompt, which would make equality tests vacuous."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    out = tmp_path_factory.mktemp("varied-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_generator(varied_llama_dir):
+    return get_generator("hf", str(varied_llama_dir), device="cpu")
+
+
+def test_batched_greedy_equals_batch_of_one(hf_generator):
+    params = GenerationParams(max_new_tokens=12, batch_size=5)
+    batched = hf_generator.generate(PROMPTS, params)
+    single = hf_generator.generate(PROMPTS, GenerationParams(max_new_tokens=12, batch_size=1))
+    assert batched == single
+    assert len(set(batched)) == len(PROMPTS)  # the outputs really depend on the prompt
+    # order is the input order, whatever the length sort did: generate each prompt alone
+    assert [hf_generator.generate([p], params)[0] for p in PROMPTS[:2]] == batched[:2]
+    assert hf_generator.tokenizer.padding_side == "left"
+    assert hf_generator.stats["generated_tokens"] > 0 and hf_generator.stats["prompts"] == 12
+    assert hf_generator.generate([], params) == []
+
+
+def test_sampling_is_seeded(hf_generator):
+    params = GenerationParams(max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
+    first = hf_generator.generate(PROMPTS, params)
+    assert hf_generator.generate(PROMPTS, params) == first
+    other = hf_generator.generate(PROMPTS, GenerationParams(max_new_tokens=8, temperature=1.0, seed=8, batch_size=2))
+    assert other != first
+
+
+def test_long_prompts_keep_their_end(hf_generator):
+    hf_generator.max_input_tokens = 4
+    try:
+        hf_generator.truncated = 0
+        ids = hf_generator._encode("one two three four five six seven | Edit: ", hf_generator._input_limit(GenerationParams()))
+        assert len(ids) == 4 and hf_generator.tokenizer.decode(ids).endswith("Edit: ")
+        assert hf_generator.truncated == 1
+    finally:
+        hf_generator.max_input_tokens = None
+
+
+def test_backend_errors_are_one_line(monkeypatch):
+    with pytest.raises(MetaAlignerError, match="unknown backend 'tgi'"):
+        get_generator("tgi", "x")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(MetaAlignerError, match="OPENAI_API_KEY"):
+        get_generator("openai", "gpt-4o-mini")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(MetaAlignerError, match="needs vllm"):
+            get_generator("vllm", "x")
+
+
+def test_openai_backend_unreachable_server_is_one_line_error():
+    port = _free_port()
+    gen = get_generator("openai", "m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=5)
+    with pytest.raises(MetaAlignerError) as err:
+        gen.generate(["a", "b"], GenerationParams(max_new_tokens=2))
+    message = str(err.value)
+    assert "\n" not in message and f"127.0.0.1:{port}" in message and "APIConnectionError" in message
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_openai_backend_against_transformers_serve(varied_llama_dir, hf_generator, tmp_path, monkeypatch):
+    """A real OpenAI-compatible HTTP server on 127.0.0.1: same text as the hf backend, in order."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": ""}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "transformers.cli.transformers", "serve", str(varied_llama_dir), "--host", "127.0.0.1",
+         "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.time() < deadline, "server did not answer /health in 60 s"
+            time.sleep(0.2)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local server needs no key
+        params = GenerationParams(max_new_tokens=12, batch_size=4)
+        remote = get_generator("openai", str(varied_llama_dir), base_url=f"http://127.0.0.1:{port}/v1")
+        assert remote.generate(PROMPTS, params) == hf_generator.generate(PROMPTS, params)
+        assert remote.stats["generated_tokens"] == 12 * len(PROMPTS)
+        chat = get_generator("openai", str(varied_llama_dir), base_url=f"http://127.0.0.1:{port}/v1", chat_template=True)
+        replies = chat.generate(PROMPTS[:2], GenerationParams(max_new_tokens=4))
+        assert len(replies) == 2 and all(isinstance(r, str) and r for r in replies)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            log.close()
+    assert server.returncode is not None
