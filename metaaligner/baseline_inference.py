@@ -5,7 +5,8 @@ their queries carry the desired rewards (``<Harmlessness>: 4.19; ... | {query}``
 reads the plain query. Output columns: ``query`` (the input query, unconditioned), ``goldens``,
 ``origin_responses`` (the input's policy answer column when it has one, e.g. ``generated_text``,
 else empty) and ``aligned_responses`` (this baseline's response), so ``evaluation/`` scores the file
-exactly like an aligner output.
+exactly like an aligner output; then provenance: ``aligner`` (method and model path), ``template``
+(the dataset config), ``aspects`` (its objective keys), ``targets`` (the conditioning rewards, or empty).
 
 Target rewards, first match wins per objective: ``--target_rewards key=value,...``; the targets the
 model folder records in ``baseline.json`` (written by the training scripts: the maximum normalised
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "baseline.json"
 OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
+# Provenance, as the aligner writes it (``evaluation/judge.py`` reads ``template`` as the dataset config).
+PROVENANCE_COLUMNS = ["aligner", "template", "aspects", "targets"]
 CONDITIONING = ("auto", "targets", "none")
 
 
@@ -154,7 +157,10 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
         rows = rows[:config.limit]
     name = config.aligned_model or output_name(config.data_dir)
     out_path = Path(config.model_output_path) / f"{name}.csv"
-    writer = ResumableWriter(out_path, OUTPUT_COLUMNS, key="row_id", resume=config.resume)
+    writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume)
+    provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.config,
+                  "aspects": ",".join(spec.keys),
+                  "targets": format_targets(spec.keys, targets) if targets is not None else ""}
     todo = [i for i in range(len(rows)) if i not in writer.done]
     skipped_empty = sum(1 for i in todo if not str(rows[i].get(query_col) or "").strip())
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -175,7 +181,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
             for j, text in zip(live, generated):
                 outputs[j] = text
         writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),
-                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out}
+                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out, **provenance}
                       for i, out in zip(idx, outputs))
         bar.update(len(idx))
     bar.close()

@@ -316,7 +316,12 @@ def test_inference_outputs_in_aligner_format(pipeline):
     _, outputs = pipeline
     for method, path in outputs.items():
         rows = read_records(path)
-        assert list(rows[0]) == ["query", "goldens", "origin_responses", "aligned_responses"], method
+        assert list(rows[0]) == ["query", "goldens", "origin_responses", "aligned_responses", "aligner", "template",
+                                 "aspects", "targets"], method
+        assert rows[0]["template"] == "hh-rlhf" and rows[0]["aligner"].startswith(f"{method}:")
+        assert rows[0]["targets"] == ("" if method == "morlhf" else
+                                      {"sft": "harmlessness=0.50,helpfulness=1.00,humour=0.50",
+                                       "cdpo": "harmlessness=1.00,helpfulness=0.50,humour=0.00"}[method])
         assert [r["query"] for r in rows] == [r["query"] for r in EVAL_ROWS]
         assert [r["goldens"] for r in rows] == [r["goldens"] for r in EVAL_ROWS]
         assert [r["origin_responses"] for r in rows] == [r["generated_text"] for r in EVAL_ROWS]
@@ -348,9 +353,11 @@ def test_conditioned_queries_sent_to_the_generator(tmp_path):
     assert rec.prompts == ["<Harmlessness>: 1.00; <Helpfulness>: 0.50; <Humour>: 2.00 | q1"]
     assert out.name == "in.csv"
     with open(out, newline="", encoding="utf-8") as fh:
-        assert list(csv.DictReader(fh)) == [
-            {"query": "q1", "goldens": "g1", "origin_responses": "", "aligned_responses": "out0"},
-            {"query": "", "goldens": "g2", "origin_responses": "", "aligned_responses": ""}]
+        got = [{k: r[k] for k in ("query", "goldens", "origin_responses", "aligned_responses", "targets")}
+               for r in csv.DictReader(fh)]
+    targets = "harmlessness=1.00,helpfulness=0.50,humour=2.00"
+    assert got == [{"query": "q1", "goldens": "g1", "origin_responses": "", "aligned_responses": "out0", "targets": targets},
+                   {"query": "", "goldens": "g2", "origin_responses": "", "aligned_responses": "", "targets": targets}]
     rec2 = Recorder()
     run_inference(BaselineInferenceConfig(aligner_path=str(model), data_dir=str(src), conditioning="none",
                                           model_output_path=str(tmp_path / "out2")), generator=rec2)
@@ -363,7 +370,9 @@ def test_inference_output_feeds_judge_dry_run(pipeline, tmp_path):
     for method, path in outputs.items():
         result = subprocess.run(
             [sys.executable, str(REPO / "evaluation" / "judge.py"), "--input", str(path), "--target",
-             "aligned_responses", "--aspects", "harmlessness,helpfulness", "--template", "hh-rlhf",
+             "aligned_responses", "--aspects", "harmlessness,helpfulness",  # dataset from the template column
              "--output_dir", str(tmp_path / method), "--dry_run"],
             capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode == 0, (method, result.stdout[-2000:], result.stderr[-2000:])
+        calls = tmp_path / method / "dry_run.calls.jsonl"
+        assert len(calls.read_text().splitlines()) == 4  # 2 rows x 2 objectives planned, none made
