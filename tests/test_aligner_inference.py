@@ -294,3 +294,34 @@ def test_killed_run_resumes_every_row_once(tiny_llama_dir, tmp_path, capsys):
     assert [r["origin_responses"] for r in rows] == [f"answer {i}" for i in range(16)]
     assert all(r["aligner"] == str(tiny_llama_dir) for r in rows)
     assert not partial.exists()
+
+
+# ---------------------------------------------------------------- policy generation
+
+def test_policy_generation_joins_imhi_queries_and_resumes(tmp_path, capsys):
+    from metaaligner.policy import generate_file, load_queries
+
+    (tmp_path / "ins").mkdir()
+    (tmp_path / "released").mkdir()
+    (tmp_path / "ins/DR.csv").write_text("query,gpt-3.5-turbo\nPost one?,Yes. Reasoning: a\nPost two?,No. Reasoning: b\n")
+    (tmp_path / "released/DR.csv").write_text("goldens,generated_text\nYes. Reasoning: a,x\nNo. Reasoning: b,\n")
+    with pytest.raises(MetaAlignerError, match="pass --queries_dir"):
+        load_queries(tmp_path / "released/DR.csv")
+    rows = load_queries(tmp_path / "released/DR.csv", queries_dir=tmp_path / "ins")
+    assert rows == [{"row_id": 0, "query": "Post one?", "goldens": "Yes. Reasoning: a"},
+                    {"row_id": 1, "query": "Post two?", "goldens": "No. Reasoning: b"}]
+    job = al.FileJob(tmp_path / "released/DR.csv", "pol/DR", tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(job, rows, RecordingGenerator(fail_on_call=1), GenerationParams(batch_size=1), "m", progress=False)
+    gen = RecordingGenerator()
+    gen.generate = lambda prompts, params, progress=False: [p.upper() for p in prompts]
+    stats = generate_file(job, rows, gen, GenerationParams(batch_size=1), "m", resume=True, progress=False)
+    assert (stats.generated, stats.resumed) == (2, 0)
+    assert read_records(tmp_path / "out/pol/DR.csv") == [
+        {"query": "Post one?", "goldens": "Yes. Reasoning: a", "generated_text": "POST ONE?", "model": "m"},
+        {"query": "Post two?", "goldens": "No. Reasoning: b", "generated_text": "POST TWO?", "model": "m"}]
+    # the generated file is what aligner inference reads
+    code, out, err = run_inprocess(["--data_dir", str(tmp_path / "out/pol"), "--dataset", "imhi",
+                                    "--model_output_path", str(tmp_path / "aligned"), "--dry_run"], capsys)
+    assert code == 0, err
+    assert "DR: 2 prompts (0 empty answers" in out

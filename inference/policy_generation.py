@@ -1,0 +1,108 @@
+"""Generate policy answers for a file of queries, in the samples format aligner inference reads.
+
+    # the embedded SmolLM2 answers 4 HH-RLHF queries (CPU, offline) -> outputs/policy/smollm2.csv
+    python inference/policy_generation.py --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit 4 --model_name smollm2
+    # IMHI: the test instructions carry the golden answers in column gpt-3.5-turbo
+    python inference/policy_generation.py --data_dir ../shared/data/imhi-test-instruction \
+        --goldens_column gpt-3.5-turbo --model my/policy --model_name my-policy --limit 100
+    # released IMHI outputs have no query column: join it from the instructions (goldens are checked)
+    python inference/policy_generation.py --data_dir ../shared/data/metaaligner-samples/IMHI_model_output/vicuna_7B \
+        --queries_dir ../shared/data/imhi-test-instruction --model_name smollm2 --limit 4
+    # any OpenAI-compatible endpoint (key from OPENAI_API_KEY)
+    python inference/policy_generation.py --backend openai --model gpt-3.5-turbo \
+        --base_url https://api.openai.com/v1 --data_dir samples/UltraFeedback/gpt-3.5-turbo.csv.gz
+
+Writes ``<model_output_path>/<model_name>.csv`` for a file, ``<model_output_path>/<model_name>/<file>.csv``
+for a folder, with columns ``query, goldens, generated_text, model``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metaaligner import cli
+
+
+@dataclass
+class PolicyGenerationConfig:
+    model: str = field(default=None, metadata={"help": "policy model: local folder, hub name, served model name (openai), or 'embedded' (default)"})
+    data_dir: str = field(default=None, metadata={"help": "queries: a CSV/CSV.gz/JSONL file or a folder of them"})
+    model_name: str = field(default=None, metadata={"help": "output name (default: the model folder's name, or 'embedded')"})
+    model_output_path: str = field(default="outputs/policy", metadata={"help": "output folder"})
+    query_column: str = field(default="query", metadata={"help": "column holding the query"})
+    goldens_column: str = field(default="goldens", metadata={"help": "column holding the golden answer, copied to 'goldens' (optional)"})
+    queries_dir: str = field(default=None, metadata={"help": "for files without a query column (released IMHI outputs): folder of <task>.csv with query + gpt-3.5-turbo to join by row"})
+    dataset: str = field(default=None, metadata={"help": "dataset config (hh-rlhf | ultrafeedback | imhi | path.yaml): its columns and samples folder"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
+    backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
+    chat_template: bool = field(default=True, metadata={"help": "wrap each query in the model's chat template (openai: /v1/chat/completions); --chat_template false for raw completion"})
+    lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --model"})
+    limit: int = field(default=None, metadata={"help": "answer only the first N queries of each file"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
+    dry_run: bool = field(default=False, metadata={"help": "write <output>.prompts.jsonl with the queries that would be sent; load no model"})
+    max_new_tokens: int = field(default=256, metadata={"help": "new tokens per answer"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0)"})
+    base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint (key: OPENAI_API_KEY env)"})
+    device: str = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
+    dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
+    device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' for several GPUs"})
+
+
+def make_parser():
+    return cli.make_parser(PolicyGenerationConfig, description=__doc__)
+
+
+def main(config: PolicyGenerationConfig) -> None:
+    from metaaligner.aligner import FileJob, make_generator, plan_jobs
+    from metaaligner.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.generation import GenerationParams
+    from metaaligner.models import EMBEDDED_NAMES
+    from metaaligner.policy import generate_file, load_queries
+
+    start = time.time()
+    dataset = load_dataset_config(config.dataset) if config.dataset else None
+    query_column, goldens_column = config.query_column, config.goldens_column
+    if dataset:
+        query_column = dataset.columns.get("query", query_column) if query_column == "query" else query_column
+        goldens_column = dataset.columns.get("goldens", goldens_column) if goldens_column == "goldens" else goldens_column
+    data_dir = config.data_dir or (str(REPO_ROOT / dataset.samples) if dataset and dataset.samples else None)
+    if not data_dir:
+        raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER (or --dataset NAME)")
+    embedded = config.model is None or str(config.model).strip().lower() in EMBEDDED_NAMES
+    label = "embedded:SmolLM2-135M-Instruct" if embedded else config.model
+    name = config.model_name or ("embedded" if embedded else Path(str(config.model).rstrip("/")).name)
+    if config.limit is not None and config.limit < 1:
+        raise MetaAlignerError(f"--limit must be >= 1, got {config.limit}")
+    path = Path(data_dir)
+    if path.is_file():
+        jobs = [FileJob(path, name, Path(config.model_output_path))]
+    else:
+        jobs = [FileJob(j.input_path, f"{name}/{j.name}", j.output_root)
+                for j in plan_jobs(path, None, config.model_output_path)]
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              seed=config.seed, batch_size=config.batch_size)
+    backend = None
+
+    def get_backend():
+        nonlocal backend
+        if backend is None:
+            backend = make_generator(config.backend, None if embedded else config.model, device=config.device,
+                                     dtype=config.dtype, base_url=config.base_url, device_map=config.device_map,
+                                     chat_template=config.chat_template, lora_path=config.lora_path)
+        return backend
+
+    total = 0
+    for job in jobs:
+        rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
+        stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run)
+        print(f"{job.name}: {stats.rows_in} queries -> {stats.output}" if config.dry_run else stats.summary())
+        total += stats.rows_in
+    print(f"done: {len(jobs)} file(s), {total} queries, {time.time() - start:.1f} s; outputs under {config.model_output_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main, *cli.parse(make_parser())))

@@ -1,0 +1,105 @@
+"""Policy generation: answer a file of queries with any backend, writing the samples format
+(``query, goldens, generated_text``) that aligner inference reads. Replaces the released
+per-dataset generators; ``inference/policy_generation.py`` only parses flags.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from metaaligner.aligner import FileJob
+from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.generation import GenerationParams
+from metaaligner.io import ResumableWriter, read_records, read_table, write_jsonl
+
+POLICY_COLUMNS = ["query", "goldens", "generated_text", "model"]
+
+
+def load_queries(path: str | Path, query_column: str = "query", goldens_column: str = "goldens",
+                 queries_dir: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """Rows ``{row_id, query, goldens}``. A file without a query column (the released IMHI
+    outputs) takes its queries from ``queries_dir/<same name>.csv`` by row, after checking that
+    its goldens equal that file's ``gpt-3.5-turbo`` column (``metaaligner.samples.join_imhi_queries``)."""
+    path = Path(path)
+    header = read_records(path)[0]
+    if query_column not in header and queries_dir:
+        from metaaligner.aligner import table_stem
+        from metaaligner.samples import join_imhi_queries
+
+        source = Path(queries_dir) / f"{table_stem(path)}.csv"
+        if not source.exists():
+            raise DataError(path, f"no query column and no {source} to join queries from")
+        rows = join_imhi_queries(path, source)
+        query_column, goldens_column = "query", "goldens"
+    elif query_column not in header:
+        raise DataError(path, f"missing column (found: {', '.join(sorted(header))}); for the released IMHI "
+                        "outputs pass --queries_dir with the IMHI test instructions", column=query_column)
+    else:
+        rows = read_table(path, required=[query_column])
+    out = []
+    for i, row in enumerate(rows[: limit if limit is not None else None]):
+        golden = row.get(goldens_column, "")
+        golden = "" if golden is None else golden
+        if not isinstance(golden, str):
+            raise DataError(path, f"expected text, got {type(golden).__name__}", row=i + 1, column=goldens_column)
+        out.append({"row_id": i, "query": row[query_column], "goldens": golden})
+    return out
+
+
+@dataclass
+class PolicyStats:
+    name: str
+    rows_in: int = 0
+    generated: int = 0
+    resumed: int = 0
+    empty_outputs: int = 0
+    seconds: float = 0.0
+    output: str = ""
+
+    def summary(self) -> str:
+        rate = self.generated / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.name}: {self.rows_in} queries, {self.generated} generated, {self.resumed} resumed, "
+                f"{self.empty_outputs} empty answers, {self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
+
+
+def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
+                  resume: bool = False, dry_run: bool = False, progress: bool = True) -> PolicyStats:
+    """Answer ``rows`` into ``job.output_path`` (resumable, chunks of 4 batches). ``generator``
+    may be a factory, called only when some row still needs an answer."""
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    stats = PolicyStats(job.name, rows_in=len(rows))
+    if dry_run:
+        write_jsonl(job.prompts_path, ({"query": r["query"], "prompt": r["query"]} for r in rows))
+        stats.output = str(job.prompts_path)
+        return stats
+    stats.output = str(job.output_path)
+    writer = ResumableWriter(job.output_path, POLICY_COLUMNS, key="row_id", resume=resume)
+    if writer.rows and next(iter(writer.rows.values())).get("model") != model_label:
+        writer.close()
+        raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
+    todo = [r for r in rows if r["row_id"] not in writer.done]
+    stats.resumed = len(rows) - len(todo)
+    chunk = max(1, params.batch_size * 4)
+    backend = None
+    bar = tqdm(total=len(rows), initial=stats.resumed, desc=job.name, unit="row", disable=not progress)
+    try:
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            if backend is None:
+                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
+            answers = backend.generate([r["query"] for r in part], params)
+            if len(answers) != len(part):
+                raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
+            writer.append([{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)])
+            stats.generated += len(part)
+            bar.update(len(part))
+    finally:
+        bar.close()
+        writer.close()
+    final = writer.finish(order=[r["row_id"] for r in rows])
+    stats.empty_outputs = sum(1 for r in final if not str(r["generated_text"]).strip())
+    stats.seconds = time.time() - start
+    return stats
