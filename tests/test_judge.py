@@ -279,6 +279,17 @@ def test_max_cost_stops_cleanly_and_resume_finishes(tmp_path):
     assert [int(r["row"]) for r in rows_of(tmp_path / "out")] == list(range(10))
 
 
+def test_resume_never_mixes_rows_of_another_judge_configuration(tmp_path):
+    inp = make_outputs(tmp_path / "pol.csv", n=6)
+    with ScriptedOpenAIServer(lambda r: "1" if "You must only return" in last_user_text(r) else "[[1]]") as server:
+        first = judge(inp, tmp_path / "out", server, concurrency=1, max_cost=0.25, price_per_1k_input=1.0,
+                      price_per_1k_output=0.0)
+        assert first.stopped == "max_cost" and first.rows_done >= 1
+        again = judge(inp, tmp_path / "out", server, resume=True, judge_prompt="released")
+    assert again.rows_skipped_resume == 0 and again.rows_done == 6
+    assert {r["judge_prompt"] for r in rows_of(tmp_path / "out")} == {"released"}
+
+
 def test_dry_run_calls_nothing_and_estimates(tmp_path, capsys):
     inp = make_outputs(tmp_path / "pol.csv", n=4)
     with ScriptedOpenAIServer("[[1]]") as server:

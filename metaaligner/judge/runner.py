@@ -35,7 +35,7 @@ TARGETS = ("aligned_responses", "origin_responses")
 ROW_COLUMNS = ["dataset", "policy", "target", "objective", "objective_name", "unseen", "mode", "row", "item_id",
                "position", "reply", "reminder_reply", "verdict", "score", "verdict_first", "reply_swapped",
                "reminder_reply_swapped", "verdict_swapped", "consistent", "calls", "cached_calls",
-               "prompt_tokens", "completion_tokens", "cost_usd"]
+               "prompt_tokens", "completion_tokens", "cost_usd", "judge_model", "judge_prompt", "judge_config"]
 INPUT_SUFFIXES = (".csv", ".csv.gz")
 
 
@@ -54,6 +54,12 @@ class JudgeSettings:
         return {"mode": self.mode, "judge_prompt": self.prompt.set_name, "judge_family": self.prompt.family,
                 "judge_model": self.judge_model, "decoding": self.decoding.to_dict(), "seed": self.seed,
                 "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict()}
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides a verdict (prompt texts included): resumed rows
+        written under another judge configuration are judged again, never mixed in."""
+        p = self.prompt
+        return request_key({**self.describe(), "user": p.user, "system": p.system, "reminder": p.reminder})[:12]
 
 
 @dataclass
@@ -196,6 +202,7 @@ class JudgeRunner:
         self.api_calls = 0
         self.cached_calls = 0
         self._count_lock = threading.Lock()
+        self._fingerprint = settings.fingerprint()
 
     # -------------------------------------------------------------- one call
     def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -305,7 +312,9 @@ class JudgeRunner:
                            verdict=combine_orders(first, swapped),
                            consistent="" if INVALID in (first, swapped) else int(first == swapped))
         out.update(calls=stats.calls, cached_calls=stats.cached_calls, prompt_tokens=stats.prompt_tokens,
-                   completion_tokens=stats.completion_tokens, cost_usd=round(stats.cost, 8))
+                   completion_tokens=stats.completion_tokens, cost_usd=round(stats.cost, 8),
+                   judge_model=self.settings.judge_model, judge_prompt=self.settings.prompt.set_name,
+                   judge_config=self._fingerprint)
         return out
 
     # -------------------------------------------------------------- the run
@@ -318,7 +327,7 @@ class JudgeRunner:
                    for task in tasks}
         todo, skipped = [], 0
         for task in tasks:
-            done = writers[task.key].done
+            done = _done_rows(writers[task.key], self._fingerprint)
             for unit in task.units:
                 if unit.row in done:
                     skipped += 1
@@ -364,7 +373,7 @@ class JudgeRunner:
         summaries, finished_tasks = [], 0
         for task in tasks:
             writer = writers[task.key]
-            if {u.row for u in task.units} <= writer.done:
+            if {u.row for u in task.units} <= _done_rows(writer, self._fingerprint):
                 rows = writer.finish(order=[u.row for u in task.units])
                 summary = summarize_task(task, rows, self.settings)
                 write_json(task.summary_path, summary)
@@ -377,6 +386,10 @@ class JudgeRunner:
                          cost_usd=self.meter.spent, prompt_tokens=self.meter.prompt_tokens,
                          completion_tokens=self.meter.completion_tokens, seconds=time.time() - start,
                          stopped=stopped, summaries=summaries, finished_tasks=finished_tasks, total_tasks=len(tasks))
+
+
+def _done_rows(writer: ResumableWriter, fingerprint: str) -> set:
+    return {key for key, row in writer.rows.items() if row.get("judge_config") == fingerprint}
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -435,7 +448,8 @@ def dry_run_plan(tasks: list[Task], runner: JudgeRunner, output_dir: Path | None
     for task in tasks:
         done = set()
         if resume:
-            done = ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=True).done
+            done = _done_rows(ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=True),
+                              settings.fingerprint())
         for unit in task.units:
             if unit.row in done:
                 continue
