@@ -22,6 +22,10 @@ def make_parser(*dataclass_types, description: str | None = None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(YAML_FLAG, default=None, metavar="FILE.yaml",
                         help="YAML file of flag defaults; flags given on the command line override it")
+    # argparse %-formats help strings: a literal "95%" in a field's help made --help crash.
+    for action in parser._actions:
+        if action.help and "%" in action.help and "%(" not in action.help and "%%" not in action.help:
+            action.help = action.help.replace("%", "%%")
     return parser
 
 
