@@ -342,33 +342,44 @@ class JudgeRunner:
         units = iter(todo)
         pending: dict[Future, Unit] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
-            while True:
-                while stopped is None and len(pending) < 2 * self.concurrency:
-                    unit = next(units, None)
-                    if unit is None:
+            try:
+                while True:
+                    while stopped is None and len(pending) < 2 * self.concurrency:
+                        unit = next(units, None)
+                        if unit is None:
+                            break
+                        pending[pool.submit(self.judge_unit, unit, by_key[unit.task])] = unit
+                    if not pending:
                         break
-                    pending[pool.submit(self.judge_unit, unit, by_key[unit.task])] = unit
-                if not pending:
-                    break
-                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for future in finished:
-                    unit = pending.pop(future)
-                    try:
-                        row = future.result()
-                    except BudgetExceeded:
-                        stopped = stopped or "max_cost"
-                        continue
-                    except JudgeCallError as exc:
-                        failed.append((f"{'/'.join(unit.task)} row {unit.row}", str(exc)))
-                        if len(failed) >= self.max_failures and stopped is None:
-                            stopped = "failures"
-                        continue
-                    writers[unit.task].append([row])
-                    rows_done += 1
-                    invalid += row["verdict"] == INVALID
-                    bar.update(1)
-                    bar.set_postfix(cost=f"${self.meter.spent:.4f}", calls=self.api_calls,
-                                    cached=self.cached_calls, refresh=False)
+                    finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    batch: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+                    for future in finished:
+                        unit = pending.pop(future)
+                        try:
+                            row = future.result()
+                        except BudgetExceeded:
+                            stopped = stopped or "max_cost"
+                            continue
+                        except JudgeCallError as exc:
+                            failed.append((f"{'/'.join(unit.task)} row {unit.row}", str(exc)))
+                            if len(failed) >= self.max_failures and stopped is None:
+                                stopped = "failures"
+                            continue
+                        batch.setdefault(unit.task, []).append(row)
+                        rows_done += 1
+                        invalid += row["verdict"] == INVALID
+                    for task_key, rows in batch.items():  # one flush + fsync per output file and round
+                        writers[task_key].append(rows)
+                    if batch:
+                        bar.update(sum(len(rows) for rows in batch.values()))
+                        bar.set_postfix(cost=f"${self.meter.spent:.4f}", calls=self.api_calls,
+                                        cached=self.cached_calls, refresh=False)
+            except BaseException:  # Ctrl-C: drop queued rows, keep what is written (--resume continues)
+                for future in pending:
+                    future.cancel()
+                for writer in writers.values():
+                    writer.close()
+                raise
         bar.close()
         summaries, finished_tasks = [], 0
         for task in tasks:

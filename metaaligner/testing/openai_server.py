@@ -4,8 +4,8 @@ It serves ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health`` 
 only) at a free port, answers every chat request with a reply computed by a Python function, and can
 inject faults: HTTP errors (429 then OK, 500), delays longer than the client's timeout, malformed
 bodies. It counts requests and keeps their JSON bodies, so a test can assert exactly what the client
-sent. It is bounded: it shuts itself down after ``max_lifetime_s`` and idle keep-alive connections
-time out.
+sent (``GET /stats`` gives the counters of a server running in another process). It is bounded: it
+shuts itself down after ``max_lifetime_s`` and idle keep-alive connections time out.
 
     from metaaligner.testing import ScriptedOpenAIServer, Fault, fail_first_per_prompt
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 import uuid
@@ -216,6 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30  # idle keep-alive connections close by themselves
 
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
 
@@ -237,6 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
             self._send(200, {"status": "ok"})
+        elif path == "/stats":  # request counters, for a server running in another process
+            with self.owner._lock:
+                stats = {"requests": self.owner.request_count, "ok": self.owner.ok_count,
+                         "faults": self.owner.fault_count}
+            self._send(200, stats)
         elif path in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "scripted"} for m in self.owner.models]})
@@ -305,11 +316,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="A scripted OpenAI-compatible server on 127.0.0.1 (for trials).")
     parser.add_argument("--reply", default="[[1]]", help="the fixed reply to every chat request")
-    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--port", type=int, default=8011, help="0 picks a free port")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--lifetime", type=float, default=600.0, help="stop after this many seconds")
     args = parser.parse_args(argv)
-    server = ScriptedOpenAIServer(args.reply, delay=args.delay, port=args.port, max_lifetime_s=args.lifetime).start()
+    server = ScriptedOpenAIServer(args.reply, delay=args.delay, port=args.port, max_lifetime_s=args.lifetime,
+                                  keep_bodies=False).start()
     print(f"serving {server.base_url} for {args.lifetime:.0f} s (Ctrl-C stops)", flush=True)
     try:
         while server._httpd is not None:
