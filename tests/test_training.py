@@ -18,6 +18,17 @@ def _losses(log_path, stage):
     return [r["loss"] for r in _records(log_path) if r.get("stage") == stage and "loss" in r]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One CPU thread: on the shared 2-core machine, 2 threads per process measured ~3x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_llama_dir):
     from metaaligner.models import load_tokenizer
@@ -220,3 +231,98 @@ def test_resume_continues_from_saved_step_with_same_optimizer_state(tiny_llama_d
     assert done["steps"] == 4 and done["resumed_from"].endswith("checkpoint-2")
     a, b = load_file(Path(straight) / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # same weights as the uninterrupted run
+
+
+def test_padding_free_gives_the_padded_loss(tiny_llama_dir, tmp_path):
+    items = [{"prompt": "Q: a | Edit: ", "completion": "short"},
+             {"prompt": "Q: a much longer question here | Edit: ", "completion": "a much longer answer, with commas"}]
+    firsts = []
+    for free in (False, True):
+        log = tmp_path / f"{free}.jsonl"
+        cfg = SFTStageConfig(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                             logging_steps=1, save_steps=100, padding_free=free)
+        train_sft(str(tiny_llama_dir), items, None, str(tmp_path / str(free)), cfg, "s", str(log))
+        firsts.append(_losses(log, "s")[0])
+    assert firsts[0] == pytest.approx(firsts[1], abs=1e-5)
+
+
+def test_lora_top_layers_only_touches_the_last_layers(tiny_llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = SFTStageConfig(max_steps=1, per_device_train_batch_size=1, gradient_accumulation_steps=1, save_steps=100,
+                         lora=True, lora_r=2, lora_alpha=4, lora_top_layers=1)
+    out = train_sft(str(tiny_llama_dir), [{"prompt": "x | Edit: ", "completion": "y"}], None, str(tmp_path / "o"),
+                    cfg, "s", None)
+    keys = load_file(Path(out) / "adapter_model.safetensors")
+    assert keys and all(".layers.1." in k for k in keys)
+    assert {k.split(".layers.1.")[1].split(".lora")[0] for k in keys} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+
+
+def test_yaml_presets_parse_and_cli_overrides(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_aligner", repo_root / "training" / "train_aligner.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from metaaligner.cli import parse
+
+    cur, sft = parse(mod.make_parser(), mod.cli_args(["--config", str(repo_root / "configs/training/cpu.yaml"),
+                                                      "--data_dir", "d", "--output_dir", "o", "--max_steps", "7"]))
+    assert (sft.lora, sft.max_length, sft.max_steps, sft.learning_rate) == (True, 512, 7, 2e-4)
+    assert cur.max_eval_items == 32 and cur.stages == "warmup,equal,contrastive"
+    cur, sft = parse(mod.make_parser(), ["--config_file", str(repo_root / "configs/training/paper.yaml"),
+                                         "--data_dir", "d", "--output_dir", "o"])
+    assert (sft.learning_rate, sft.weight_decay, sft.warmup_ratio, sft.lr_scheduler_type, sft.num_train_epochs,
+            sft.max_length, sft.lora) == (1e-5, 1e-5, 0.05, "cosine", 2, 4096, False)
+    for name in ("zero2", "zero3"):
+        ds = json.loads((repo_root / "configs" / "deepspeed" / f"{name}.json").read_text())
+        assert ds["zero_optimization"]["stage"] == int(name[-1])
+    import yaml
+
+    fsdp = yaml.safe_load((repo_root / "configs/accelerate/fsdp.yaml").read_text())
+    assert fsdp["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+
+
+def test_demo_helpers_human_preference_and_copy_stats():
+    from metaaligner.training.demo import add_human_preference, copy_stats
+
+    rows = [{"prompt": "p", "chosen_response": "c", "rejected_response": "r", "chosen_score1": 0.5, "rejected_score1": -0.5}]
+    assert add_human_preference(rows) == [{"prompt": "p", "chosen_response": "c", "rejected_response": "r",
+                                           "chosen_score1": 1.0, "rejected_score1": 0.0,
+                                           "chosen_score2": 0.5, "rejected_score2": -0.5}]
+    stats = copy_stats(["Hello  world", "abcd", "x"], ["Hello world", "abce", ""])
+    assert (stats["rows"], stats["differs"], stats["empty_edits"]) == (3, 2, 1)
+    assert stats["mean_similarity"] == pytest.approx((1.0 + 0.75 + 0.0) / 3)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tiny_llama_dir, tmp_path, repo_root):
+    """torchrun --nproc_per_node 2 (gloo, per-device batch 1) == one process (batch 2): same weights."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    data = _write_dataset(tmp_path / "data", n=4)
+    common = ["--data_dir", str(data), "--model_name_or_path", str(tiny_llama_dir), "--stages", "contrastive",
+              "--max_steps", "2", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
+              "--logging_steps", "1", "--save_steps", "100", "--warmup_ratio", "0", "--seed", "0", "--no_eval"]
+    _curriculum(data, tmp_path / "one", tiny_llama_dir, stages="contrastive", max_steps=2, learning_rate=1e-3,
+                warmup_ratio=0.0, seed=0, per_device_train_batch_size=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           str(repo_root / "training" / "train_aligner.py"), *common, "--output_dir", str(tmp_path / "two"),
+           "--per_device_train_batch_size", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert set(one) == set(two)
+    assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+    assert any(not torch.equal(one[k], load_file(tiny_llama_dir / "model.safetensors")[k]) for k in one)
+    logged = [r for r in _records(tmp_path / "two" / "training_log.jsonl") if "loss" in r]
+    assert [r["step"] for r in logged] == [1, 2]       # rank 0 logs once per step

@@ -52,6 +52,7 @@ class CurriculumConfig:
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them."})
     max_train_items: int = field(default=0, metadata={"help": "Use at most N training items per stage (seeded sample; 0: all)."})
     max_eval_items: int = field(default=0, metadata={"help": "Use at most N validation items (seeded sample; 0: all)."})
+    stage_max_items: str | None = field(default=None, metadata={"help": "Per-stage caps on training items, e.g. 'warmup=100,contrastive=400' (others use --max_train_items)."})
     stage_max_steps: str | None = field(default=None, metadata={"help": "Per-stage step overrides, e.g. 'warmup=20,equal=20,contrastive=80' (others use --max_steps)."})
     no_eval: bool = field(default=False, metadata={"help": "Skip evaluation on no_equal/val.json."})
 
@@ -76,14 +77,15 @@ def parse_stages(value: str | list[str]) -> list[str]:
     return names
 
 
-def parse_stage_steps(value: str | None) -> dict[str, int]:
+def parse_stage_steps(value: str | None, flag: str = "--stage_max_steps") -> dict[str, int]:
+    """'warmup=20,contrastive=80' -> {"warmup": 20, "contrastive": 80}."""
     from metaaligner.cli import split_csv
 
     out: dict[str, int] = {}
     for spec in split_csv(value):
         name, _, steps = spec.partition("=")
         if name not in STAGE_FILES or not steps.strip().lstrip("-").isdigit():
-            raise MetaAlignerError(f"--stage_max_steps: expected stage=N with stage in {STAGES}, got {spec!r}")
+            raise MetaAlignerError(f"{flag}: expected stage=N with stage in {STAGES}, got {spec!r}")
         out[name] = int(steps)
     return out
 
@@ -236,6 +238,7 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
 
     stages = curriculum.stage_list()
     stage_steps = parse_stage_steps(curriculum.stage_max_steps)
+    stage_items = parse_stage_steps(curriculum.stage_max_items, "--stage_max_items")
     data_dir = Path(curriculum.data_dir)
     if not data_dir.is_dir():
         raise MetaAlignerError(f"--data_dir {data_dir} is not a folder (the output of build_aligner_dataset.py)")
@@ -255,7 +258,8 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
             summaries.append({k: v for k, v in done.items() if k != "config"})
             current = str(stage_dir)
             continue
-        train, val = load_stage_items(data_dir, stage, curriculum.max_train_items, curriculum.max_eval_items,
+        train, val = load_stage_items(data_dir, stage, stage_items.get(stage, curriculum.max_train_items),
+                                      curriculum.max_eval_items,
                                       seed=sft.seed, with_eval=not curriculum.no_eval)
         config = replace(sft, max_steps=stage_steps[stage]) if stage in stage_steps else sft
         train_sft(current, train, val, str(stage_dir), config, stage, str(log_path), resume=curriculum.resume)

@@ -1,0 +1,117 @@
+"""Benchmark: aligner-training throughput, padded batches vs padding-free batches, same data, same run.
+
+Both modes run ``metaaligner.training.sft.train_sft`` (TRL ``SFTTrainer``) on the same aligner items
+(hh-rlhf template over the shipped harmless-base pairs: prompt = template(question, rejected answer),
+target = chosen answer; mixed lengths) with the same seed, so they see the same batches. Padding-free
+flattens each batch into one sequence with position ids (transformers builds the block-diagonal mask
+from them), so no FLOPs are spent on pad tokens. Tokens/s counts real (non-pad) tokens over the
+trainer's own step time (model loading excluded). The first-step losses of the two modes must agree.
+
+    python benchmarks/bench_training.py --quick            # tiny random LLaMA, seconds
+    python benchmarks/bench_training.py                    # embedded SmolLM2-135M + LoRA, ~2-4 min on 2 cores
+    python benchmarks/bench_training.py --model PATH --full --steps 20 --batch_size 8
+
+The last line is the ratio padding-free / padded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def aligner_items(n: int, seed: int = 0) -> list[dict]:
+    from metaaligner.rewards import load_preference_rows
+    from metaaligner.templates import render
+
+    rows = [r for r in load_preference_rows(DATA, limit=4 * n) if r.chosen_response and r.rejected_response]
+    random.Random(seed).shuffle(rows)
+    aspect = ["Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"]
+    return [{"prompt": render("hh-rlhf", r.prompt, r.rejected_response, aspect), "completion": r.chosen_response}
+            for r in rows[:n]]
+
+
+def tiny_model(folder: Path) -> str:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metaaligner.models import embedded_model_path
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def run_mode(model: str, items: list[dict], padding_free: bool, args, tmp: Path, real_tokens: int) -> dict:
+    from metaaligner.training.sft import SFTStageConfig, train_sft
+
+    name = "padding_free" if padding_free else "padded"
+    log = tmp / f"{name}.jsonl"
+    cfg = SFTStageConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                         gradient_accumulation_steps=1, max_length=args.max_length, padding_free=padding_free,
+                         lora=not args.full, lora_top_layers=args.lora_top_layers, learning_rate=1e-4, logging_steps=1, save_steps=10 ** 6, seed=0)
+    train_sft(model, items, None, str(tmp / name), cfg, name, str(log))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    end = next(r for r in records if "train_runtime" in r and "loss" not in r)
+    losses = [r["loss"] for r in records if "loss" in r]
+    # Every item is seen exactly once (steps x batch = items), so both modes process the same tokens;
+    # counted from the data, since the trainer's padding-free count skips EOS (= the pad id here).
+    return {"mode": name, "tokens": real_tokens, "seconds": end["train_runtime"],
+            "tokens_per_s": real_tokens / end["train_runtime"], "first_loss": losses[0]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny random LLaMA, 4 steps")
+    parser.add_argument("--model", default="embedded", help="base model (default: embedded SmolLM2-135M)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per mode")
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences per batch")
+    parser.add_argument("--max_length", type=int, default=512, help="max tokens per item")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--lora_top_layers", type=int, default=0, help="LoRA on the last N layers only (0: all)")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if args.quick:
+            args.steps = 4
+            model = tiny_model(tmp / "tiny")
+        else:
+            from metaaligner.models import resolve_model_path
+
+            model = resolve_model_path(args.model)
+        items = aligner_items(args.steps * args.batch_size)
+        from metaaligner.models import load_tokenizer
+        from metaaligner.training.sft import tokenize_items
+
+        ds, _ = tokenize_items(load_tokenizer(model, "right"), items, args.max_length)
+        lengths = [len(x) for x in ds["input_ids"]]
+        print(f"data: {len(items)} items, tokens/item min {min(lengths)} mean {sum(lengths) / len(lengths):.0f} "
+              f"max {max(lengths)}; batch {args.batch_size}, {args.steps} steps, "
+              f"{'full' if args.full else 'LoRA'}, model {model}, torch threads {torch.get_num_threads()}")
+        total = sum(lengths)
+        results = [run_mode(model, items, False, args, tmp, total), run_mode(model, items, True, args, tmp, total)]
+    for r in results:
+        print(f"{r['mode']:>13}: {r['tokens']} real tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tokens/s; "
+              f"first-step loss {r['first_loss']:.5f}")
+    diff = abs(results[0]["first_loss"] - results[1]["first_loss"])
+    print(f"first-step loss difference: {diff:.2e} ({'same' if diff < 1e-3 else 'DIFFERENT'})")
+    print(f"ratio padding_free/padded tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
