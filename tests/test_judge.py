@@ -379,24 +379,24 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_end_to_end_with_transformers_serve(tmp_path, capsys):
-    """``transformers serve`` on the embedded model's converted folder (no API key, no hub); the judge
-    script's ``main`` runs through it. The request's ``model`` must be the folder path."""
+def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
+    """``transformers serve`` on a tiny random model folder (no API key, no hub); the judge script's
+    ``main`` runs through it. The request's ``model`` must be the folder path."""
     import urllib.request
-
-    from metaaligner.models import embedded_model_path
 
     sys.path.insert(0, str(REPO / "evaluation"))
     import judge as judge_script
 
-    folder = str(embedded_model_path())
     port = _free_port()
     # one thread: on a shared 2-core machine OpenMP spinning made each request ~10x slower
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    serve = subprocess.Popen(["transformers", "serve", folder, "--host", "127.0.0.1", "--port", str(port),
+    # started before the model folder exists (it loads the model named by the first request), so its
+    # start-up overlaps with building the tiny model
+    serve = subprocess.Popen(["transformers", "serve", "--host", "127.0.0.1", "--port", str(port),
                               "--device", "cpu", "--dtype", "float32"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        folder = str(request.getfixturevalue("tiny_llama_dir"))
         inp = make_outputs(tmp_path / "pol.csv", n=2)
         deadline = time.time() + 60
         while True:
