@@ -37,7 +37,8 @@ class JudgeConfig:
                                                         "template column"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list,
-                                     metadata={"help": "extra objective key=description (repeatable)"})
+                                     metadata={"help": "extra objective 'key=Description: ...' (repeatable)",
+                                               "action": "append"})
     mode: str = field(default="pairwise", metadata={"help": "pairwise (vs golden) or rating (0-10)",
                                                     "choices": ["pairwise", "rating"]})
     judge_prompt: str = field(default="clean", metadata={"help": "prompt set: clean | released (the paper's, byte "
@@ -69,6 +70,13 @@ def make_parser():
     return cli.make_parser(JudgeConfig, description=__doc__)
 
 
+def _flatten(values) -> list[str]:
+    out = []
+    for value in values or []:
+        out.extend(_flatten(value) if isinstance(value, (list, tuple)) else [str(value)])
+    return out
+
+
 def main(config: JudgeConfig) -> None:
     import logging
 
@@ -89,7 +97,7 @@ def main(config: JudgeConfig) -> None:
         max_cost=config.max_cost, price_per_1k_input=config.price_per_1k_input,
         price_per_1k_output=config.price_per_1k_output, max_retries=config.max_retries, timeout=config.timeout,
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
-        add_objective=config.add_objective)
+        add_objective=_flatten(config.add_objective))
     if config.dry_run:
         print(format_dry_run(result, config.judge_model))
         return

@@ -152,10 +152,13 @@ def test_cache_makes_rerun_free_and_is_keyed_on_the_full_request(tmp_path):
     with ScriptedOpenAIServer(lambda r: "2" if "You must only return" in last_user_text(r) else "[[2]]") as server:
         first = judge(inp, tmp_path / "out", server)
         assert server.request_count == 5
+        before = [(r["row"], r["position"], r["reply"], r["verdict"]) for r in rows_of(tmp_path / "out")]
         second = judge(inp, tmp_path / "out", server)
         assert server.request_count == 5                      # 0 requests on the re-run
         assert second.api_calls == 0 and second.cached_calls == 5
-        assert rows_of(tmp_path / "out") == rows_of(tmp_path / "out")
+        after = rows_of(tmp_path / "out")
+        assert [(r["row"], r["position"], r["reply"], r["verdict"]) for r in after] == before
+        assert {r["calls"] for r in after} == {"0"} and {r["cached_calls"] for r in after} == {"1"}
         # a different prompt, temperature or model is a different request: no stale verdicts
         judge(inp, tmp_path / "out", server, judge_prompt="released")
         assert server.request_count == 10

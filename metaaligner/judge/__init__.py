@@ -88,6 +88,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
         (prices[1] if prices else 0.0)
     if prices is None and price_per_1k_input is None and base_url is None:
         log.warning("no registry price for %s: costs count as 0 (pass --price_per_1k_input/output)", judge_model)
+    if max_cost > 0 and price_in == 0 and price_out == 0:
+        log.warning("--max_cost has no effect: %s has no price (pass --price_per_1k_input/output)", judge_model)
     meter = CostMeter(price_in, price_out, max_cost)
     tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit)
 

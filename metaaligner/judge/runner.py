@@ -126,16 +126,14 @@ def load_rows(path: Path, mode: str, targets: list[str], limit: int = 0) -> list
 
 
 def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Objective], targets: list[str],
-               settings: JudgeSettings, output_dir: Path, limit: int = 0,
-               rows_by_file: dict[Path, list[dict]] | None = None) -> list[Task]:
+               settings: JudgeSettings, output_dir: Path, limit: int = 0) -> list[Task]:
     """All (file, target, objective) tasks with their units, in a deterministic order."""
     for target in targets:
         if target not in TARGETS:
             raise MetaAlignerError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
     tasks = []
     for policy, path in files:
-        rows = rows_by_file[path] if rows_by_file and path in rows_by_file else \
-            load_rows(path, settings.mode, targets, limit)
+        rows = load_rows(path, settings.mode, targets, limit)
         for target in targets:
             for objective in objectives:
                 rows_path = output_dir / settings.mode / policy / target / f"{objective.key}.csv"
@@ -423,6 +421,8 @@ def summarize_task(task: Task, rows: list[dict[str, Any]], settings: JudgeSettin
         summary.update(summarize_ratings(scores))
         valid = [s for s in scores if s is not None]
         summary["mean_ci95"] = list(bootstrap_ci(valid, seed=settings.seed)) if valid else None
+    summary["empty_candidates"] = sum(1 for u in task.units if not u.candidate.strip())
+    summary["empty_goldens"] = sum(1 for u in task.units if settings.mode == "pairwise" and not u.golden.strip())
     summary["prompt_tokens"] = sum(int(r.get("prompt_tokens") or 0) for r in rows)
     summary["completion_tokens"] = sum(int(r.get("completion_tokens") or 0) for r in rows)
     return summary
