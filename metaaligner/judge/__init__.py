@@ -20,8 +20,8 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import CostMeter, Decoding, JudgeCallError, OpenAIChatEngine
 from metaaligner.judge.registry import JudgePrompt, default_decoding, default_prices, get_prompt
-from metaaligner.judge.runner import (RunResult, JudgeRunner, JudgeSettings, discover_inputs, dry_run_plan,
-                                      format_dry_run, load_rows, plan_tasks, write_run_summary)
+from metaaligner.judge.runner import (JudgeRunner, JudgeSettings, RunResult, discover_inputs, dry_run_plan,
+                                      plan_tasks, write_run_summary)
 
 log = logging.getLogger(__name__)
 
