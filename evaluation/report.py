@@ -34,7 +34,7 @@ class ReportConfig:
                                                                "log JSONL or a training output folder "
                                                                "(its train_log.jsonl), for Table 3's GPU hours"})
     methods: str = field(default="MetaAligner,MORLHF,MODPO,SFT",
-                         metadata={"help": "Table 3 row order; other methods follow alphabetically"})
+                         metadata={"help": "Table 3 row order; other methods follow in input order"})
 
 
 def make_parser():
