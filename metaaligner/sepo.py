@@ -447,10 +447,19 @@ def run_selection(input_path: str | Path, oracle_path: str, reference_path: str,
     Returns the selection on rank 0 (``None`` on the other ranks)."""
     from accelerate import PartialState
 
+    import os
+
+    import torch
+
     check_ratio(ratio)
     pairs = read_pairs(input_path, limit)
-    state = PartialState()
+    # cpu=True on CPU-only machines: otherwise accelerate ignores torchrun's WORLD_SIZE there and every
+    # process would score every row as "rank 0 of 1"
+    state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != launched:
+        raise MetaAlignerError(f"launched with WORLD_SIZE={launched} but accelerate sees {world} processes")
     device = str(state.device)
     tok = load_scoring_tokenizer(oracle_path)
     if not resume:
