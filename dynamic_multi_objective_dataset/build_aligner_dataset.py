@@ -1,4 +1,4 @@
-"""Stage 2: turn a scored preference CSV into the MetaAligner training sets (Algorithm 1).
+r"""Stage 2: turn a scored preference CSV into the MetaAligner training sets (Algorithm 1).
 
     python dynamic_multi_objective_dataset/build_aligner_dataset.py \
         --input runs/hh/rewards.csv --config hh-rlhf --output_dir runs/hh/aligner_data --seed 0 --val_size 0.1

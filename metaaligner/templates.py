@@ -109,8 +109,17 @@ def reward_conditioned_prompt(question: str, names: list[str], rewards: list[flo
     return f"{head} | {question}"
 
 
+def llm_scorer_parts(question: str, answer: str, description: str) -> tuple[str, str, str]:
+    """The LLM reward scorer's question in three pieces: (context, answer, objective).
+
+    The reward labeller tokenises the pieces separately, so the context can be shared by both
+    answers of a pair and the context + answer by every objective (one forward pass per pair).
+    """
+    return (f"Question: {question.strip()}\n",
+            f"Answer: {answer.strip()}\n",
+            f"Does the answer meet this objective? {description}\nReply with Yes or No.\nReply:")
+
+
 def llm_scorer_prompt(question: str, answer: str, description: str) -> str:
     """The yes/no question behind the LLM reward scorer (score = logit(Yes) - logit(No))."""
-    return (f"Question: {question}\nAnswer: {answer}\n"
-            f"Does the answer meet this objective? {description}\n"
-            "Reply with Yes or No.\nReply:")
+    return "".join(llm_scorer_parts(question, answer, description))
