@@ -376,3 +376,34 @@ def test_inference_output_feeds_judge_dry_run(pipeline, tmp_path):
         assert result.returncode == 0, (method, result.stdout[-2000:], result.stderr[-2000:])
         calls = tmp_path / method / "dry_run.calls.jsonl"
         assert len(calls.read_text().splitlines()) == 4  # 2 rows x 2 objectives planned, none made
+
+
+def test_inference_resume_generates_only_missing_rows(tmp_path):
+    from metaaligner.baseline_inference import BaselineInferenceConfig, run_inference
+
+    class Flaky:
+        def __init__(self, fail_after: int | None):
+            self.prompts, self.fail_after = [], fail_after
+
+        def generate(self, prompts, params, progress=False):
+            if self.fail_after is not None and len(self.prompts) >= self.fail_after:
+                raise KeyboardInterrupt
+            self.prompts += prompts
+            return [p.upper() for p in prompts]
+
+    src = tmp_path / "in.csv"
+    with open(src, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["query", "goldens"])
+        writer.writeheader()
+        writer.writerows([{"query": f"q{i}", "goldens": f"g{i}"} for i in range(6)])
+    config = BaselineInferenceConfig(data_dir=str(src), model_output_path=str(tmp_path / "out"), conditioning="none",
+                                     batch_size=1)  # chunks of 4 rows
+    with pytest.raises(KeyboardInterrupt):
+        run_inference(config, generator=Flaky(fail_after=4))
+    assert not (tmp_path / "out" / "in.csv").exists()
+    config.resume = True
+    second = Flaky(fail_after=None)
+    out = run_inference(config, generator=second)
+    assert second.prompts == ["q4", "q5"]
+    with open(out, newline="", encoding="utf-8") as fh:
+        assert [r["aligned_responses"] for r in csv.DictReader(fh)] == [f"Q{i}" for i in range(6)]

@@ -36,6 +36,23 @@ def _finish(method: str, output_dir: Path, meta: dict[str, Any], started: float)
           f"-> {output_dir}")
 
 
+def full_model_path(model_name_or_path: str | None, workdir: Path) -> str | None:
+    """A LoRA adapter folder (e.g. an SFT baseline trained with ``--lora``) merged once into a full
+    model under ``workdir/start_model_merged`` (the DPO/RL trainers load the start model by path and
+    use it as the frozen reference); any other path is returned as is."""
+    if not model_name_or_path or not (Path(model_name_or_path) / "adapter_config.json").exists():
+        return model_name_or_path
+    from metaaligner.models import load_causal_lm
+
+    target = workdir / "start_model_merged"
+    if not (target / "config.json").exists():
+        model, tokenizer, _ = load_causal_lm(model_name_or_path, device="cpu", dtype="float32")
+        model.save_pretrained(target, safe_serialization=True)
+        tokenizer.save_pretrained(target)
+        print(f"merged the LoRA adapter {model_name_or_path} into {target}")
+    return str(target)
+
+
 def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None,
                        stage_config, limit: int | None = None, resume: bool = False) -> str:
     """Train the SFT baseline on ``make_sft_data`` output."""
@@ -70,7 +87,8 @@ def train_cdpo_baseline(data_dir: str | Path, output_dir: str | Path, model_name
     val_path = data_dir / "val.jsonl"
     val = read_records(val_path) if val_path.exists() and val_path.stat().st_size > 0 else []
     stats = _read_stats(data_dir)
-    train_dpo(model_name_or_path, train, val or None, str(output_dir), dpo_config, stage="cdpo",
+    start_model = full_model_path(model_name_or_path, output_dir)
+    train_dpo(start_model, train, val or None, str(output_dir), dpo_config, stage="cdpo",
               log_path=str(output_dir / LOG_FILE), ref_model_path=ref_model_path, lora=lora, resume=resume)
     _finish("cdpo", output_dir, {"conditioning": "targets", "config": stats.get("config"),
                                  "objectives": stats.get("objectives"), "names": stats.get("names"),
@@ -174,7 +192,7 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
     print("linear scalarisation: R = " + " + ".join(f"{wj:.4g} * {s.name}" for wj, s in zip(w, specs))
           + " (each reward normalised by its model's mean/std)")
     prompts = read_prompts(input_path, prompt_column, limit, morlhf_config.seed)
-    train_morlhf(policy_model, prompts, specs, w, output_dir, morlhf_config, stage="morlhf",
+    train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config, stage="morlhf",
                  log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
     from metaaligner.baseline_inference import read_metadata
 
