@@ -435,7 +435,7 @@ class Aligner:
     """
 
     def __init__(self, model: str | None = None, template: str | None = None, lora_path: str | None = None,
-                 backend: str = "hf", device: str | None = None, dtype: str | None = None,
+                 backend: str = "auto", device: str | None = None, dtype: str | None = None,
                  base_url: str | None = None, objectives_file: str | None = None,
                  add_objective: list[str] | None = None, objective_group: str | None = None,
                  params: GenerationParams | None = None, generator=None):

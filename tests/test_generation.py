@@ -63,10 +63,11 @@ def test_batched_greedy_equals_batch_of_one(hf_generator):
 
 
 def test_sampling_is_seeded(hf_generator):
-    params = GenerationParams(max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
-    first = hf_generator.generate(PROMPTS, params)
-    assert hf_generator.generate(PROMPTS, params) == first
-    other = hf_generator.generate(PROMPTS, GenerationParams(max_new_tokens=8, temperature=1.0, seed=8, batch_size=2))
+    prompts = PROMPTS[:3]
+    params = GenerationParams(max_new_tokens=6, temperature=1.0, seed=7, batch_size=3)
+    first = hf_generator.generate(prompts, params)
+    assert hf_generator.generate(prompts, params) == first
+    other = hf_generator.generate(prompts, GenerationParams(max_new_tokens=6, temperature=1.0, seed=8, batch_size=3))
     assert other != first
 
 

@@ -19,7 +19,8 @@ class HFGenerator:
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
-                 chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None):
+                 chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
+                 sort_by_length: bool = True):
         from metaaligner.models import load_causal_lm, pick_device
 
         if model_obj is not None:  # an already-loaded model (tests, the Python API, benchmarks)
@@ -34,6 +35,7 @@ class HFGenerator:
                 device_map=device_map, trust_remote_code=trust_remote_code)
         self.max_input_tokens = max_input_tokens
         self.chat_template = chat_template
+        self.sort_by_length = sort_by_length  # False only for ablations (benchmarks)
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -82,7 +84,9 @@ class HFGenerator:
         if self.truncated > truncated_before:
             log.warning("%d prompts were longer than %s tokens; kept their last %s tokens",
                         self.truncated - truncated_before, limit, limit)
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+        order = list(range(len(prompts)))
+        if self.sort_by_length:
+            order.sort(key=lambda i: len(encoded[i]), reverse=True)
         results: list[str | None] = [None] * len(prompts)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
