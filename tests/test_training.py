@@ -157,6 +157,11 @@ def test_three_stage_lora_curriculum_writes_metaaligner_json(tiny_llama_dir, tmp
 
     model, tok, _ = load_causal_lm(str(out))
     assert model.config.hidden_size == 16
+    from metaaligner.aligner import resolve_aligner
+
+    source = resolve_aligner(str(out))       # what aligner_inference.py --aligner_path OUT does, no --template
+    assert (source.template, source.template_from) == ("hh-rlhf", "metaaligner.json")
+    assert source.objectives == ("harmlessness", "helpfulness", "humour") and source.objective_group == "hh-rlhf"
 
 
 def test_single_stage_full_finetune_and_stage_validation(tiny_llama_dir, tmp_path):
@@ -286,6 +291,16 @@ def test_yaml_presets_parse_and_cli_overrides(repo_root):
     assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
 
 
+def test_shipped_demo_aligner_card(repo_root):
+    """The shipped demo aligner resolves on any machine: base 'embedded', template hh-rlhf, small adapter."""
+    folder = repo_root / "metaaligner" / "data" / "demo_aligner"
+    card = json.loads((folder / "metaaligner.json").read_text())
+    assert (card["template"], card["base_model"], card["lora"]) == ("hh-rlhf", "embedded", True)
+    assert card["objectives"] == ["harmlessness", "helpfulness"] and len(card["data_sha256"]) == 64
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "embedded"
+    assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000
+
+
 def test_demo_helpers_human_preference_and_copy_stats():
     from metaaligner.training.demo import add_human_preference, copy_stats
 
@@ -294,6 +309,7 @@ def test_demo_helpers_human_preference_and_copy_stats():
                                            "chosen_score1": 1.0, "rejected_score1": 0.0,
                                            "chosen_score2": 0.5, "rejected_score2": -0.5}]
     stats = copy_stats(["Hello  world", "abcd", "x"], ["Hello world", "abce", ""])
+    assert stats["differs_rate"] == pytest.approx(2 / 3)
     assert (stats["rows"], stats["differs"], stats["empty_edits"]) == (3, 2, 1)
     assert stats["mean_similarity"] == pytest.approx((1.0 + 0.75 + 0.0) / 3)
 

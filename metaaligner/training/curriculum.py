@@ -131,15 +131,16 @@ def dataset_meta(data_dir: str | Path, template: str | None = None, dataset_conf
     get_template(tpl)  # fails early on an unknown name
     keys = list(stats.get("objectives") or (cfg.objectives if cfg else []))
     descriptions: list[str] = []
-    if keys and cfg is not None:
-        try:
-            descriptions = cfg.objective_descriptions()
-            if len(descriptions) != len(keys):
-                descriptions = []
+    if keys:
+        from metaaligner.objectives import ObjectiveRegistry
+
+        try:  # keys the built-in registry knows; objectives added by file/flag keep their keys only
+            descriptions = ObjectiveRegistry.builtin().descriptions(keys, cfg.objective_group if cfg else None)
         except MetaAlignerError:
             descriptions = []
     return {"template": tpl, "objectives": keys, "objective_descriptions": descriptions,
-            "dataset": cfg.name if cfg else stats.get("config")}
+            "dataset": cfg.name if cfg else stats.get("config"),
+            "objective_group": cfg.objective_group if cfg else None}
 
 
 def load_stage_items(data_dir: str | Path, stage: str, max_train: int = 0, max_eval: int = 0,
@@ -272,6 +273,7 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
         "objectives": meta["objectives"],
         "objective_descriptions": meta["objective_descriptions"],
         "dataset": meta["dataset"],
+        "objective_group": meta["objective_group"],
         "base_model": _root_base(curriculum.model_name_or_path),
         "data_sha256": data_sha256(data_dir, stages),
         "data_dir": str(data_dir),

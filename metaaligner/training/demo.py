@@ -104,6 +104,7 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, title: str) -> P
     import matplotlib.pyplot as plt
 
     records = [json.loads(x) for x in Path(log_path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    records = [r for r in records if "step" in r and "event" not in r]  # per-step events, not stage summaries
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     offset = 0
     for stage in ("warmup", "equal", "contrastive"):
@@ -111,11 +112,12 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, title: str) -> P
         evals = [(r["step"], r["eval_loss"]) for r in records if r.get("stage") == stage and "eval_loss" in r]
         if not points:
             continue
-        ax.plot([offset + s for s, _ in points], [v for _, v in points], label=f"{stage} (train)")
+        line, = ax.plot([offset + s for s, _ in points], [v for _, v in points], marker="o", ms=3,
+                        label=f"{stage}: train")
         if evals:
-            ax.scatter([offset + s for s, _ in evals], [v for _, v in evals], marker="x", s=30,
-                       label=f"{stage} (val)")
-        offset += max(s for s, _ in points)
+            ax.scatter([offset + s for s, _ in evals], [v for _, v in evals], marker="x", s=40,
+                       color=line.get_color(), label=f"{stage}: no_equal/val")
+        offset += max(r["step"] for r in records if r.get("stage") == stage)
         ax.axvline(offset, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("optimizer step (stages concatenated)")
     ax.set_ylabel("loss (target tokens)")
@@ -126,3 +128,23 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, title: str) -> P
     fig.savefig(png_path)
     plt.close(fig)
     return Path(png_path)
+
+
+def heldout_policy_rows(path: str | Path, tokenizer, n_rows: int, max_query_tokens: int, max_answer_tokens: int,
+                        exclude_prompts: set[str], seed: int = 0) -> list[dict[str, str]]:
+    """Up to ``n_rows`` policy outputs (``query``, ``generated_text``) that fit the demo's token limits,
+    have a non-empty answer and a query the aligner never saw in training; seeded sample, file order."""
+    from metaaligner.io import read_records
+
+    ok = []
+    for row in read_records(path):
+        query, answer = str(row.get("query") or ""), str(row.get("generated_text") or "")
+        if not answer.strip() or query in exclude_prompts:
+            continue
+        if len(tokenizer(query, add_special_tokens=False)["input_ids"]) > max_query_tokens:
+            continue
+        if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) > max_answer_tokens:
+            continue
+        ok.append({"query": query, "answer": answer})
+    picked = sorted(random.Random(f"heldout|{seed}").sample(range(len(ok)), min(n_rows, len(ok))))
+    return [ok[i] for i in picked]

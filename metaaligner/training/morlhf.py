@@ -72,6 +72,9 @@ class MORLHFTrainConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
     reward_batch_size: int = field(default=16, metadata={"help": "Batch size of the reward models"})
     reward_max_length: int = field(default=1024, metadata={"help": "Max tokens a reward model reads (left-cut)"})
+    score_until_next_turn: bool = field(default=True, metadata={
+        "help": "Score a completion only up to a '\\nHuman:'/'\\nAssistant:' turn the policy writes itself (as the "
+                "released script cleaned responses); the sampled tokens are still all trained on"})
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU, vllm installed)"})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
@@ -123,7 +126,7 @@ class NormalisedRewardModel:
     """
 
     def __init__(self, spec: RewardModelSpec, device: str | None = None, batch_size: int = 16,
-                 max_length: int | None = 1024, model=None, tokenizer=None):
+                 max_length: int | None = 1024, model=None, tokenizer=None, cut_next_turn: bool = False):
         from metaaligner.training.reward_model import load_reward_model
 
         self.spec = spec
@@ -131,11 +134,15 @@ class NormalisedRewardModel:
         if model is None:
             model, tokenizer = load_reward_model(spec.path, device=device)
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.cut_next_turn = batch_size, max_length, cut_next_turn
 
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        from metaaligner.baselines import cut_at_next_turn
         from metaaligner.training.reward_model import score_texts
 
+        if self.cut_next_turn:
+            # keep the leading whitespace (the space after "Assistant:") as the reward model was trained on it
+            completions = [c[:len(c) - len(c.lstrip())] + cut_at_next_turn(c) for c in completions]
         return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
@@ -206,7 +213,8 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
     if reward_funcs is None:
         rm_device = str(PartialState().device)
         reward_funcs = [NormalisedRewardModel(spec, device=rm_device, batch_size=config.reward_batch_size,
-                                              max_length=config.reward_max_length) for spec in reward_models]
+                                              max_length=config.reward_max_length,
+                                              cut_next_turn=config.score_until_next_turn) for spec in reward_models]
     trainer_cls = RLOOTrainer if config.algorithm == "rloo" else GRPOTrainer
     trainer = trainer_cls(model=policy, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),

@@ -51,7 +51,7 @@ class SFTStageConfig:
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Sequences per device per micro-batch."})
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "Sequences per device per eval batch."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory, ~30% slower)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory, more compute)."})
     max_length: int = field(default=4096, metadata={"help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
     padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
@@ -59,7 +59,7 @@ class SFTStageConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or 'all-linear'."})
-    lora_top_layers: int = field(default=0, metadata={"help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N: ~2x faster on CPU."})
+    lora_top_layers: int = field(default=0, metadata={"help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N (faster; the frozen lower layers need no gradients)."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss / tokens/s every N optimizer steps."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate on the val split every N steps (0: once at the end of the stage)."})
     save_steps: int = field(default=500, metadata={"help": "Save a checkpoint (weights + optimizer + scheduler + RNG) every N steps."})
@@ -137,11 +137,13 @@ def load_trainable_model(model_name_or_path: str | None, config: SFTStageConfig,
     path = resolve_model_path(model_name_or_path)
     adapter = path if _is_adapter(path) else None
     base = _adapter_base(path) if adapter else path
-    # Mixed precision is the trainer's job: weights stay float32 unless bf16 is native on the device.
-    dtype = pick_dtype(device) if device.startswith("cuda") else None
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+    # Full fine-tuning keeps float32 master weights (the trainer autocasts to bf16/fp16 on GPU, as
+    # FastChat's FSDP run did); a frozen LoRA base is loaded in the device's compute dtype (PEFT keeps
+    # the adapter weights in float32). CPU: float32 always.
+    import torch
+
+    lora_base = bool(adapter or config.lora)
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(device) if lora_base and device.startswith("cuda") else torch.float32}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
     try:
