@@ -60,6 +60,8 @@ class BaselineInferenceConfig:
     device: str | None = field(default=None, metadata={"help": "hf: cpu, cuda, ... (default: auto)"})
     dtype: str | None = field(default=None, metadata={"help": "hf: float32, bfloat16, float16 (default: by device)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+    cut_next_turn: bool = field(default=True, metadata={
+        "help": "cut a response where the model starts a new '\\nHuman:'/'\\nAssistant:' turn itself"})
     limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
 
@@ -127,7 +129,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from metaaligner.baselines import ObjectiveSpec, format_targets
+    from metaaligner.baselines import ObjectiveSpec, cut_at_next_turn, format_targets
     from metaaligner.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import ResumableWriter, read_records
@@ -179,7 +181,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
         if live:
             generated = generator.generate(build_queries([queries[j] for j in live], spec.names, targets), params)
             for j, text in zip(live, generated):
-                outputs[j] = text
+                outputs[j] = cut_at_next_turn(text) if config.cut_next_turn else text
         writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),
                        "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out, **provenance}
                       for i, out in zip(idx, outputs))

@@ -226,6 +226,22 @@ def scalarise(rewards: Sequence[float], weights: Sequence[float]) -> float:
     return float(sum(w * r for w, r in zip(weights, rewards)))
 
 
+# ---------------------------------------------------------------- responses
+
+NEXT_TURN_MARKERS = ("\nHuman:", "\nAssistant:")
+
+
+def cut_at_next_turn(text: str) -> str:
+    """Cut a sampled response where the model starts writing the next dialogue turn itself
+    (``\n\nHuman: ...``), as the released MORLHF script cleaned responses before scoring."""
+    cut = len(text)
+    for marker in NEXT_TURN_MARKERS:
+        pos = text.find(marker)
+        if pos != -1:
+            cut = min(cut, pos)
+    return text[:cut].strip()
+
+
 # ---------------------------------------------------------------- splits
 
 def split_by_group(items: Sequence[dict], val_size: float, seed: int, group_key: str = "group") -> tuple[list[dict], list[dict]]:

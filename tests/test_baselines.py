@@ -168,6 +168,14 @@ def test_reward_model_pairs_order_by_one_objective_and_drop_ties(tmp_path):
     assert stats == {"pairs_out": 3, "swapped_order": 1, "ties_dropped": 1}
 
 
+def test_cut_at_next_turn():
+    from metaaligner.baselines import cut_at_next_turn
+
+    assert cut_at_next_turn("Sure, here it is.\n\nHuman: thanks\n\nAssistant: ok") == "Sure, here it is."
+    assert cut_at_next_turn(" A\nAssistant: B") == "A"
+    assert cut_at_next_turn("No turns: Human: stays") == "No turns: Human: stays"
+
+
 def test_scalarised_reward_is_the_weighted_sum():
     assert scalarise([0.5, -1.0, 2.0], [0.2, 0.3, 0.5]) == pytest.approx(0.1 - 0.3 + 1.0)
     assert parse_weights(None, 3) == [1 / 3, 1 / 3, 1 / 3]
@@ -207,6 +215,9 @@ def test_normalised_reward_models_scalarise_by_hand(tiny_rm_dir):
     # Batched scoring equals one-at-a-time scoring (padding does not leak into the score).
     single = [a.raw_scores([p], [c])[0] for p, c in zip(prompts, completions)]
     assert raw == pytest.approx(single, abs=1e-5)
+    # A turn the policy writes itself is not scored when cut_next_turn is on (the released cleaning).
+    cut = NormalisedRewardModel(a.spec, model=a.model, tokenizer=a.tokenizer, cut_next_turn=True)
+    assert cut.raw_scores(prompts[:1], [" Sure.\n\nHuman: and more?"]) == pytest.approx(raw[:1], abs=1e-6)
 
 
 # ---------------------------------------------------------------- every baseline trains and infers
