@@ -4,8 +4,8 @@ R = sum_j w_j * normalised r_j, on TRL 1.16's RLOOTrainer (default) or GRPOTrain
 The paper's released script used PPO (``PPOTrainer.step``, trl <= 0.11), which TRL has removed; see
 ``metaaligner/training/morlhf.py`` and docs/readme/baselines.md for the differences.
 
-    python baseline_models/morlhf/train_morlhf.py --input rewards.csv --reward_models runs/baselines/reward_models \
-        --policy_model runs/baselines/sft --output_dir runs/baselines/morlhf --max_steps 20 --max_new_tokens 64
+    python baseline_models/morlhf/train_morlhf.py --input rewards.csv --reward_models runs/baselines/morlhf/reward_models \
+        --policy_model embedded --output_dir runs/baselines/morlhf/policy --max_steps 20 --max_new_tokens 64
     # other weights (one per reward model, in reward_models.json order), GRPO, LoRA:
     python baseline_models/morlhf/train_morlhf.py ... --weights 0.5,0.3,0.2 --algorithm grpo --lora --learning_rate 1e-5
 
@@ -29,7 +29,8 @@ class TrainMORLHFConfig:
                 "folders (each with reward_stats.json)"})
     output_dir: str = field(metadata={"help": "folder for the policy, baseline.json and train_log.jsonl"})
     policy_model: str = field(default="embedded", metadata={
-        "help": "starting policy (paper: the SFT model; 'embedded' = SmolLM2-135M-Instruct)"})
+        "help": "starting policy: the chat model or a plain SFT of it (prompts are not reward-conditioned); "
+                "'embedded' = SmolLM2-135M-Instruct"})
     weights: str | None = field(default=None, metadata={
         "help": "comma-separated weights, one per reward model (default: uniform 1/n)"})
     prompt_column: str = field(default="prompt", metadata={"help": "column of --input holding the prompts"})

@@ -2,10 +2,10 @@
 (chosen, rejected) pairs of ``rewards.csv`` ordered by that objective's score, ties dropped.
 
     python baseline_models/morlhf/train_reward_models.py --input rewards.csv --config hh-rlhf \
-        --output_dir runs/baselines/reward_models --base_model embedded --max_steps 20
+        --output_dir runs/baselines/morlhf/reward_models --base_model embedded --max_steps 20
     # paper: GPT-2 large reward models, any sequence classifier works:
     python baseline_models/morlhf/train_reward_models.py --input rewards.csv --config hh-rlhf \
-        --output_dir runs/baselines/reward_models --base_model openai-community/gpt2-large
+        --output_dir runs/baselines/morlhf/reward_models --base_model openai-community/gpt2-large
 
 Writes ``DIR/<objective>/`` (a sequence classifier + ``reward_stats.json``: mean/std of its scores
 for the normalisation in MORLHF, eval accuracy), ``DIR/reward_models.json`` (the list that
