@@ -105,8 +105,14 @@ def reward_conditioned_prompt(question: str, names: list[str], rewards: list[flo
     """Rewards-in-Context conditioning: ``<Harmlessness>: 0.50; <Helpfulness>: -1.20 | question``."""
     if len(names) != len(rewards):
         raise MetaAlignerError(f"{len(names)} objective names but {len(rewards)} rewards")
-    head = "; ".join(f"<{name}>: {reward:.2f}" for name, reward in zip(names, rewards))
+    head = "; ".join(f"<{name}>: {_two_decimals(reward)}" for name, reward in zip(names, rewards))
     return f"{head} | {question}"
+
+
+def _two_decimals(value: float) -> str:
+    # -0.004 would print as "-0.00"; a reward that rounds to zero is written "0.00".
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 def llm_scorer_parts(question: str, answer: str, description: str) -> tuple[str, str, str]:

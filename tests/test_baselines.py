@@ -66,6 +66,9 @@ def test_conditioning_prompt_exact_strings():
             == "<Harmlessness>: 4.19; <Helpfulness>: 3.03; <Humour>: 1.58 | \n\nHuman: hi?\n\nAssistant:")
     assert (conditioned_prompt("q", HH_NAMES, [0.5, -1.234, 2])
             == "<Harmlessness>: 0.50; <Helpfulness>: -1.23; <Humour>: 2.00 | q")
+    # a reward that rounds to zero never prints as "-0.00"
+    assert conditioned_prompt("q", HH_NAMES, [-0.004, 0.0, -0.005]) == \
+        "<Harmlessness>: 0.00; <Helpfulness>: 0.00; <Humour>: -0.01 | q"
     uf = ObjectiveSpec.from_config("ultrafeedback")
     assert uf.keys == ["instruction_following", "honesty", "truthfulness", "helpfulness"]
     assert (conditioned_prompt("Write a poem.", uf.names, [5, 4.5, 3, 2.25])
