@@ -69,7 +69,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         return rows
     if suffix in (".jsonl", ".jsonl.gz"):
         rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
+        # split on \n only: str.splitlines() also splits inside JSON strings written with
+        # ensure_ascii=False at U+2028/U+2029/U+0085/\x1c-\x1e, which corrupted such rows
+        for i, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
