@@ -45,8 +45,11 @@ def find_row_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise MetaAlignerError(f"{path}: not found")
         for candidate in candidates:
-            with open(candidate, encoding="utf-8-sig", newline="") as fh:
-                header = next(csv.reader(fh), [])
+            try:
+                with open(candidate, encoding="utf-8-sig", newline="") as fh:
+                    header = next(csv.reader(fh), [])
+            except UnicodeDecodeError as exc:
+                raise DataError(candidate, f"bytes that are not UTF-8 at offset {exc.start}") from None
             if all(key in header for key in ROW_KEYS):
                 found.append(candidate)
             elif path.is_file():
@@ -244,11 +247,14 @@ def table3(rows: list[dict[str, Any]], metric: str = "win_half_tie", target: str
 
 
 def resolve_log(path: str | Path) -> list[Path]:
-    """A training log file, or the ``train_log.jsonl`` files in a training output folder."""
+    """A training log file, or the ``train_log.jsonl`` files in a training output folder
+    (``training_log.jsonl``: the name ``training/train_aligner.py`` writes)."""
     path = Path(path)
     if path.is_dir():
-        direct = path / "train_log.jsonl"
-        return [direct] if direct.exists() else sorted(path.rglob("train_log.jsonl"))
+        for name in ("train_log.jsonl", "training_log.jsonl"):
+            if (path / name).exists():
+                return [path / name]
+        return sorted(path.rglob("train_log.jsonl")) or sorted(path.rglob("training_log.jsonl"))
     return [path]
 
 
