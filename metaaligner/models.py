@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -142,6 +143,9 @@ def load_causal_lm(name_or_path: str | None, device: str | None = None, dtype: s
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except OSError as exc:
         raise MetaAlignerError(f"cannot load model {base!r}: {str(exc).splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickle (it never runs it)
+        raise MetaAlignerError(f"cannot load model {base!r}: its weights are a pickle (.bin/.pt) holding more "
+                               "than tensors, which is refused; use a safetensors copy") from None
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
     if adapter:
