@@ -141,7 +141,7 @@ def load_causal_lm(name_or_path: str | None, device: str | None = None, dtype: s
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder that is not a model ("Unrecognized model")
         raise MetaAlignerError(f"cannot load model {base!r}: {str(exc).splitlines()[0]}") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickle (it never runs it)
         raise MetaAlignerError(f"cannot load model {base!r}: its weights are a pickle (.bin/.pt) holding more "
