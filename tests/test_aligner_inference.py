@@ -92,7 +92,8 @@ def test_dry_run_claude3_writes_1200_exact_prompts(tmp_path, capsys):
 
 
 def test_vicuna7b_empty_answers_are_empty_and_counted(tmp_path, capsys):
-    code, out, err = run_inprocess(["--dataset", "ultrafeedback", "--aligned_model", "Vicuna-7B",
+    # the raw embedded model has no metaaligner.json, so the dataset config names the template
+    code, out, err = run_inprocess(["--aligner_path", "embedded", "--dataset", "ultrafeedback", "--aligned_model", "Vicuna-7B",
                                     "--model_output_path", str(tmp_path), "--dry_run"], capsys)
     assert code == 0, err
     assert "Vicuna-7B: 1200 prompts (227 empty answers" in out
@@ -104,7 +105,7 @@ def test_vicuna7b_empty_answers_are_empty_and_counted(tmp_path, capsys):
 
 
 def test_dry_run_imhi_policy_folder_and_whole_dataset(tmp_path, capsys):
-    code, out, _ = run_inprocess(["--dataset", "imhi", "--aligned_model", "llama2-chat-70B", "--limit", "2",
+    code, out, _ = run_inprocess(["--aligner_path", "embedded", "--dataset", "imhi", "--aligned_model", "llama2-chat-70B", "--limit", "2",
                                   "--model_output_path", str(tmp_path), "--dry_run"], capsys)
     assert code == 0
     files = sorted(p.name for p in (tmp_path / "llama2-chat-70B").iterdir())
