@@ -1,11 +1,100 @@
-"""Pieces every trainer shares: precision by device and a JSONL log of loss, tokens/s and device hours."""
+"""Pieces every trainer shares: the base config dataclass (common hyper-parameters, LoRA config,
+TrainingArguments kwargs), precision by device and a JSONL log of loss, tokens/s and device hours."""
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class TrainerConfigBase:
+    """Hyper-parameters every trainer config shares (TRL style: each field documented once, here).
+
+    Subclasses (``DPOTrainConfig``, ``SePOTrainConfig``, ``MORLHFTrainConfig``, ``RewardModelTrainConfig``,
+    ``SFTStageConfig``) redeclare a field only to change its default (``override``) and add their own
+    fields after these. ``training_kwargs`` turns the config into keyword arguments of a
+    ``TrainingArguments``-like class (``trl.DPOConfig``, ``trl.RewardConfig``, ...)."""
+
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7 for DPO/SePO)"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data"})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples per device per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
+
+    def lora_targets(self) -> Any:
+        """``lora_target_modules`` as PEFT wants it: ``"all-linear"`` or a list of names
+        (configs without that field: ``"all-linear"``)."""
+        targets: Any = getattr(self, "lora_target_modules", "all-linear")
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return targets
+
+    def lora_config(self, task_type: str = "CAUSAL_LM"):
+        """A ``peft.LoraConfig`` from the ``lora_*`` fields."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_targets(), task_type=task_type)
+
+    def eval_kwargs(self, has_eval: bool) -> dict[str, Any]:
+        """Evaluate every ``eval_steps`` steps when > 0, else once per epoch; never without eval data."""
+        if not has_eval:
+            return {"eval_strategy": "no"}
+        eval_steps = getattr(self, "eval_steps", 0)
+        return {"eval_strategy": "steps", "eval_steps": eval_steps} if eval_steps > 0 else {"eval_strategy": "epoch"}
+
+    def training_kwargs(self, args_cls, output_dir: str, device: str | None = None, has_eval: bool = False,
+                        count_tokens: bool = True, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments of ``args_cls`` (a ``TrainingArguments`` subclass): every field of this
+        config that ``args_cls`` has, ``warmup_ratio`` passed as ``warmup_steps`` (transformers 5: a
+        float < 1 is a ratio), step-wise saving, ``eval_kwargs``, the tokens-seen counter
+        (``count_tokens``), then ``extra``, then precision by device (float32 on CPU)."""
+        keep = {f.name for f in fields(args_cls)}
+        values: dict[str, Any] = {k: v for k, v in asdict(self).items()
+                                  if k in keep and k not in ("eval_steps", "warmup_ratio")}
+        values.update(output_dir=output_dir, warmup_steps=self.warmup_ratio, save_strategy="steps",
+                      **self.eval_kwargs(has_eval))
+        if count_tokens:
+            values["include_num_input_tokens_seen"] = "non_padding"
+        values.update(extra)
+        values.update(precision_kwargs(device))
+        return values
+
+
+@dataclass
+class PreferenceTrainConfigBase(TrainerConfigBase):
+    """``TrainerConfigBase`` plus the fields of offline preference training on pairs (DPO, SePO)."""
+
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step"})
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response (longer are cut at the end)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: once per epoch when eval pairs exist)"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules, comma-separated or all-linear"})
+    report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
+
+
+def override(name: str, default: Any, help_text: str | None = None) -> Any:
+    """Redeclare a ``TrainerConfigBase`` field in a subclass with another default (and optionally a
+    more specific help text); the field keeps its place and, by default, its help."""
+    metadata = dict(TrainerConfigBase.__dataclass_fields__[name].metadata)
+    if help_text is not None:
+        metadata["help"] = help_text
+    return field(default=default, metadata=metadata)
 
 
 def precision_kwargs(device: str | None = None) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,17 @@ METADATA_FILE = "baseline.json"
 
 
 @dataclass
-class MORLHFTrainConfig:
-    """Online-RL settings of the MORLHF policy (every field documented once, TRL style)."""
+class MORLHFTrainConfig(TrainerConfigBase):
+    """Online-RL settings of the MORLHF policy (the shared fields are documented in ``TrainerConfigBase``)."""
 
+    learning_rate: float = override("learning_rate", 1e-6, "Peak learning rate (paper's PPO with LoRA: 1e-5)")
+    per_device_train_batch_size: int = override("per_device_train_batch_size", 4, (
+        "Completions per device per step (times processes x accumulation must divide by num_generations)"))
+    lr_scheduler_type: str = override("lr_scheduler_type", "linear")
+    warmup_ratio: float = override("warmup_ratio", 0.0)
+    lora_r: int = override("lora_r", 64, "LoRA rank (with --lora; paper: 64)")
+    lora_alpha: int = override("lora_alpha", 128, "LoRA alpha (with --lora; paper: 128)")
     algorithm: str = field(default="rloo", metadata={"help": "rloo (default) or grpo; both from trl>=1.16 (no PPO)"})
-    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (paper's PPO with LoRA: 1e-5)"})
     beta: float = field(default=0.05, metadata={
         "help": "KL coefficient to the reference (rloo: in the reward; grpo: in the loss); 0 loads no reference"})
     max_new_tokens: int = field(default=128, metadata={"help": "Max tokens sampled per response"})
@@ -51,32 +58,16 @@ class MORLHFTrainConfig:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)"})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling p"})
     num_generations: int = field(default=4, metadata={"help": "Completions per prompt (k >= 2)"})
-    per_device_train_batch_size: int = field(default=4, metadata={
-        "help": "Completions per device per step (times processes x accumulation must divide by num_generations)"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the prompts"})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
     num_iterations: int = field(default=1, metadata={"help": "Optimisation passes per generated batch (mu)"})
     normalize_advantages: bool = field(default=False, metadata={"help": "rloo: normalise advantages per batch"})
     multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
         "help": "grpo only: sum_then_normalize (linear scalarisation) or normalize_then_sum"})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with linear warm-up"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
-    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
-    seed: int = field(default=0, metadata={"help": "Seed of sampling, data order and LoRA init"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank (with --lora; paper: 64)"})
-    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (with --lora; paper: 128)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
     reward_batch_size: int = field(default=16, metadata={"help": "Batch size of the reward models"})
     reward_max_length: int = field(default=1024, metadata={"help": "Max tokens a reward model reads (left-cut)"})
     score_until_next_turn: bool = field(default=True, metadata={
         "help": "Score a completion only up to a '\\nHuman:'/'\\nAssistant:' turn the policy writes itself (as the "
                 "released script cleaned responses); the sampled tokens are still all trained on"})
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU, vllm installed)"})
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
     def __post_init__(self):
@@ -91,22 +82,10 @@ class MORLHFTrainConfig:
         """The equivalent ``trl.RLOOConfig`` or ``trl.GRPOConfig`` (precision by device)."""
         from trl import GRPOConfig, RLOOConfig
 
-        from metaaligner.training.common import precision_kwargs
-
         cls = RLOOConfig if self.algorithm == "rloo" else GRPOConfig
-        keep = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in keep}
-        values.pop("warmup_ratio", None)
-        values.update(output_dir=output_dir, max_completion_length=self.max_new_tokens, warmup_steps=self.warmup_ratio,
-                      reward_weights=[float(w) for w in weights], save_strategy="steps", remove_unused_columns=False)
-        values.update(precision_kwargs(device))
-        return cls(**values)
-
-    def lora_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        return cls(**self.training_kwargs(cls, output_dir, device, count_tokens=False,
+                                          max_completion_length=self.max_new_tokens,
+                                          reward_weights=[float(w) for w in weights], remove_unused_columns=False))
 
 
 @dataclass

@@ -19,11 +19,12 @@ import json
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
 
@@ -32,56 +33,34 @@ PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
-class RewardModelTrainConfig:
-    """Training settings of one reward model (every field documented once, TRL style)."""
+class RewardModelTrainConfig(TrainerConfigBase):
+    """Training settings of one reward model (the shared fields are documented in ``TrainerConfigBase``)."""
 
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of the reward model"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training pairs"})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step"})
+    learning_rate: float = override("learning_rate", 2e-5, "Peak learning rate of the reward model")
+    per_device_train_batch_size: int = override("per_device_train_batch_size", 8)
+    lr_scheduler_type: str = override("lr_scheduler_type", "linear")
+    warmup_ratio: float = override("warmup_ratio", 0.03)
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per eval step"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
     max_length: int = field(default=1024, metadata={
         "help": "Max tokens of prompt + response; longer training pairs are dropped by TRL, longer texts are "
                 "cut from the left when scoring"})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of steps with linear warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     center_rewards_coefficient: float | None = field(default=None, metadata={
         "help": "Pull scores towards mean zero (TRL's center_rewards_coefficient; e.g. 0.01)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
-    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
-    seed: int = field(default=0, metadata={"help": "Seed of data order and of the fresh score head"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
     stats_samples: int = field(default=2000, metadata={
         "help": "Training pairs (seeded sample) scored after training for the normalisation mean/std"})
     score_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring for the statistics"})
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
     def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+        """The equivalent ``trl.RewardConfig`` (evaluated once per epoch with eval pairs; precision by device)."""
         from trl import RewardConfig
 
-        from metaaligner.training.common import precision_kwargs
+        return RewardConfig(**self.training_kwargs(RewardConfig, output_dir, device, has_eval))
 
-        keep = {f.name for f in fields(RewardConfig)}
-        values: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in keep}
-        values.update(output_dir=output_dir, warmup_steps=self.warmup_ratio, save_strategy="steps",
-                      include_num_input_tokens_seen="non_padding",
-                      eval_strategy="epoch" if has_eval else "no")
-        values.pop("warmup_ratio", None)
-        values.update(precision_kwargs(device))
-        return RewardConfig(**values)
-
-    def lora_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules="all-linear", task_type="SEQ_CLS")
+    def lora_config(self, task_type: str = "SEQ_CLS"):
+        """A ``peft.LoraConfig`` on all linear layers of the sequence classifier."""
+        return super().lora_config(task_type)
 
 
 def load_reward_model(path: str | None, device: str | None = None, dtype: str | None = None):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.training.common import PreferenceTrainConfigBase
 
 log = logging.getLogger(__name__)
 
@@ -49,60 +50,19 @@ def masked_mean_logps(per_token_logps, mask):
 
 
 @dataclass
-class SePOTrainConfig:
-    """Training settings of the SePO policy stage (defaults: the paper's lr 5e-7, 1 epoch)."""
+class SePOTrainConfig(PreferenceTrainConfigBase):
+    """Training settings of the SePO policy stage (defaults: the paper's lr 5e-7, 1 epoch; the shared
+    fields are documented in ``TrainerConfigBase``)."""
 
     gamma: float = field(default=1.0, metadata={"help": "Scale of the selected-token margin inside the sigmoid "
                                                          "(1.0 = the published loss)"})
-    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7)"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the selected pairs (paper: 1)"})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per step"})
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response (longer are cut at the end)"})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: once per epoch when eval data exist)"})
-    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
-    seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules, comma-separated or all-linear"})
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config"})
-    report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
     def to_training_args(self, output_dir: str, device: str | None = None, has_eval: bool = False):
         """``transformers.TrainingArguments`` with precision by device (float32 on CPU)."""
         from transformers import TrainingArguments
 
-        from metaaligner.training.common import precision_kwargs
-
-        keep = {f.name for f in fields(TrainingArguments)}
-        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name in keep}
-        values.pop("eval_steps", None)
-        values.pop("warmup_ratio", None)
-        values.update(output_dir=output_dir, warmup_steps=self.warmup_ratio, remove_unused_columns=False,
-                      include_num_input_tokens_seen="non_padding", save_strategy="steps", eval_strategy="no")
-        if has_eval:
-            values.update({"eval_strategy": "steps", "eval_steps": self.eval_steps} if self.eval_steps > 0
-                          else {"eval_strategy": "epoch"})
-        values.update(precision_kwargs(device))
-        return TrainingArguments(**values)
-
-    def lora_config(self):
-        from peft import LoraConfig
-
-        targets: Any = self.lora_target_modules
-        if targets != "all-linear":
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
+        return TrainingArguments(**self.training_kwargs(TrainingArguments, output_dir, device, has_eval,
+                                                        remove_unused_columns=False))
 
 
 def _collator_base():

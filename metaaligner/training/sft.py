@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
 
@@ -35,40 +36,29 @@ STAGE_DONE = "stage_done.json"
 
 
 @dataclass
-class SFTStageConfig:
-    """Hyper-parameters of one SFT stage (TRL-style: every field documented once, here).
+class SFTStageConfig(TrainerConfigBase):
+    """Hyper-parameters of one SFT stage (the shared fields are documented in ``TrainerConfigBase``).
 
     Defaults are the paper's run (FastChat, lr 1e-5, weight decay 1e-5, warm-up ratio 0.05, cosine,
     2 epochs, 4096 tokens); ``configs/training/cpu.yaml`` scales them down for a laptop CPU.
     """
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    learning_rate: float = override("learning_rate", 1e-5, "Peak learning rate (AdamW; paper: 1e-5)")
+    num_train_epochs: float = override("num_train_epochs", 2.0, "Epochs per stage (ignored when max_steps > 0)")
+    gradient_accumulation_steps: int = override("gradient_accumulation_steps", 4)
+    warmup_ratio: float = override("warmup_ratio", 0.05)
+    seed: int = override("seed", 42)
     weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent on the linear warm-up."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up (cosine, linear, constant, ...)."})
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs per stage (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps per stage; > 0 overrides num_train_epochs."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Sequences per device per micro-batch."})
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "Sequences per device per eval batch."})
-    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass (less memory, more compute)."})
     max_length: int = field(default=4096, metadata={"help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
     padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or 'all-linear'."})
     lora_top_layers: int = field(default=0, metadata={"help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N (faster; the frozen lower layers need no gradients)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss / tokens/s every N optimizer steps."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate on the val split every N steps (0: once at the end of the stage)."})
-    save_steps: int = field(default=500, metadata={"help": "Save a checkpoint (weights + optimizer + scheduler + RNG) every N steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints per stage (oldest deleted)."})
-    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; precision follows it (float32 on CPU, bf16/fp16 on GPU)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); default: the model's."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name as in transformers.TrainingArguments."})
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json); launch with torchrun/deepspeed/accelerate."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: torch's default). On a busy shared CPU, 1 avoids oversubscription (measured 3x faster here)."})
 
@@ -83,6 +73,13 @@ class SFTStageConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def eval_kwargs(self, has_eval: bool) -> dict[str, Any]:
+        """In-training evaluation only every ``eval_steps`` > 0 steps (else ``train_sft`` evaluates
+        once at the end of the stage)."""
+        if has_eval and self.eval_steps > 0:
+            return {"eval_strategy": "steps", "eval_steps": self.eval_steps}
+        return {"eval_strategy": "no"}
 
 
 # ---------------------------------------------------------------- tokenization
@@ -164,8 +161,7 @@ def load_trainable_model(model_name_or_path: str | None, config: SFTStageConfig,
     elif config.lora:
         from peft import LoraConfig
 
-        targets = config.lora_target_modules
-        target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        target_modules = config.lora_targets()
         layers = None
         if config.lora_top_layers > 0:
             n_layers = model.config.get_text_config().num_hidden_layers
@@ -192,42 +188,14 @@ def build_sft_args(config: SFTStageConfig, output_dir: str, has_eval: bool, devi
     """The ``trl.SFTConfig`` for one stage; precision set by device (TRL defaults to bf16=True)."""
     from trl import SFTConfig
 
-    from metaaligner.training.common import precision_kwargs
-
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
-    if has_eval and config.eval_steps > 0:
-        eval_kwargs = {"eval_strategy": "steps", "eval_steps": config.eval_steps}
-    return SFTConfig(
-        output_dir=output_dir,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type=config.lr_scheduler_type,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    kwargs = config.training_kwargs(
+        SFTConfig, output_dir, device, has_eval,
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         max_length=None,  # we truncate while tokenizing; None also lets padding_free run without packing
-        padding_free=config.padding_free,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        optim=config.optim,
-        deepspeed=config.deepspeed,
-        dataloader_num_workers=config.dataloader_num_workers,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=False,
-        remove_unused_columns=False,
-        **eval_kwargs,
-        **precision_kwargs(device),
-    )
+        logging_first_step=True, report_to="none", disable_tqdm=False, remove_unused_columns=False)
+    kwargs.pop("gradient_checkpointing", None)
+    return SFTConfig(**kwargs)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
