@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metaaligner.errors import MetaAlignerError
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
 
 @dataclass
 class TrainerConfigBase:
@@ -95,6 +99,17 @@ def override(name: str, default: Any, help_text: str | None = None) -> Any:
     if help_text is not None:
         metadata["help"] = help_text
     return field(default=default, metadata=metadata)
+
+
+def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
+    """Keep only ``prompt``/``chosen``/``rejected`` (all text); raise a one-line error otherwise."""
+    out = []
+    for i, pair in enumerate(pairs, start=1):
+        missing = [k for k in PAIR_KEYS if not isinstance(pair.get(k), str)]
+        if missing:
+            raise MetaAlignerError(f"{name} pair {i}: {', '.join(missing)} must be text")
+        out.append({k: pair[k] for k in PAIR_KEYS})
+    return out
 
 
 def precision_kwargs(device: str | None = None) -> dict[str, Any]:

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import MetaAlignerError
-from metaaligner.training.common import PreferenceTrainConfigBase
+from metaaligner.training.common import PreferenceTrainConfigBase, check_pairs
 
 log = logging.getLogger(__name__)
-
-PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
@@ -44,17 +42,6 @@ class DPOTrainConfig(PreferenceTrainConfigBase):
         from trl import DPOConfig
 
         return DPOConfig(**self.training_kwargs(DPOConfig, output_dir, device, has_eval, loss_type=["sigmoid"]))
-
-
-def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
-    """Keep only ``prompt``/``chosen``/``rejected`` (all text); raise a one-line error otherwise."""
-    out = []
-    for i, pair in enumerate(pairs, start=1):
-        missing = [k for k in PAIR_KEYS if not isinstance(pair.get(k), str)]
-        if missing:
-            raise MetaAlignerError(f"{name} pair {i}: {', '.join(missing)} must be text")
-        out.append({k: pair[k] for k in PAIR_KEYS})
-    return out
 
 
 def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]] | None,

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import MetaAlignerError
-from metaaligner.training.common import TrainerConfigBase, override
+from metaaligner.training.common import TrainerConfigBase, check_pairs, override
 
 log = logging.getLogger(__name__)
 
 STATS_FILE = "reward_stats.json"
-PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
@@ -105,16 +104,6 @@ def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[st
         for i, value in zip(idx, logits):
             scores[i] = value
     return scores
-
-
-def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
-    out = []
-    for i, pair in enumerate(pairs, start=1):
-        missing = [k for k in PAIR_KEYS if not isinstance(pair.get(k), str)]
-        if missing:
-            raise MetaAlignerError(f"{name} pair {i}: {', '.join(missing)} must be text")
-        out.append({k: pair[k] for k in PAIR_KEYS})
-    return out
 
 
 def score_statistics(scores: Sequence[float]) -> dict[str, float]:
