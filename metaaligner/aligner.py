@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import TEXT_SUFFIXES, ResumableWriter, read_records, read_table, write_jsonl
+from metaaligner.io import TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable, write_jsonl
 from metaaligner.objectives import ObjectiveRegistry, build_registry
 from metaaligner.templates import TEMPLATES, Template, get_template, render
 
@@ -370,8 +370,6 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
     """Align one table into ``job.output_path``, appending finished chunks to a partial file so a
     killed run continues with ``resume=True`` (every row exactly once). ``generator`` may be a
     callable returning the backend, so nothing is loaded when every row is already done."""
-    from tqdm.auto import tqdm
-
     start = time.time()
     rows = load_policy_rows(job.input_path, columns, limit)
     stats = AlignStats(name=job.name, rows_in=len(rows), output=str(job.output_path),
@@ -391,33 +389,23 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
             writer.close()
             raise MetaAlignerError(f"{writer.partial}: made with other settings ({', '.join(mismatch)} differ); "
                                    "delete it or run without --resume")
-    todo = [r for r in rows if r["row_id"] not in writer.done]
-    stats.resumed = len(rows) - len(todo)
+
+    def make_rows(backend, part: list[dict]) -> list[dict]:
+        history = align_iteratively(backend, settings.params, settings.source.template,
+                                    [r["query"] for r in part], [r["answer"] for r in part],
+                                    settings.descriptions, settings.iterations)
+        out_rows = []
+        for j, row in enumerate(part):
+            out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
+                   "origin_responses": row["answer"], "aligned_responses": history[-1][j], **provenance}
+            for k in range(1, settings.iterations):
+                out[f"aligned_responses_{k}"] = history[k - 1][j]
+            out_rows.append(out)
+        return out_rows
+
     chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
-    backend = None
-    bar = tqdm(total=len(rows), initial=stats.resumed, desc=job.name, unit="row", disable=not progress)
-    try:
-        for begin in range(0, len(todo), chunk):
-            part = todo[begin:begin + chunk]
-            if backend is None:
-                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
-            history = align_iteratively(backend, settings.params, settings.source.template,
-                                        [r["query"] for r in part], [r["answer"] for r in part],
-                                        settings.descriptions, settings.iterations)
-            out_rows = []
-            for j, row in enumerate(part):
-                out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
-                       "origin_responses": row["answer"], "aligned_responses": history[-1][j], **provenance}
-                for k in range(1, settings.iterations):
-                    out[f"aligned_responses_{k}"] = history[k - 1][j]
-                out_rows.append(out)
-            writer.append(out_rows)
-            stats.aligned += len(part)
-            bar.update(len(part))
-    finally:
-        bar.close()
-        writer.close()
-    final = writer.finish(order=[r["row_id"] for r in rows])
+    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, chunk, job.name, progress)
+    stats.aligned = len(rows) - stats.resumed
     stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
     stats.seconds = time.time() - start
     return stats

@@ -274,6 +274,32 @@ class ResumableWriter:
         return rows
 
 
+def run_resumable(rows: list[dict[str, Any]], writer: ResumableWriter, generator: Any, make_rows, chunk: int,
+                  desc: str, progress: bool = True) -> tuple[int, list[dict[str, Any]]]:
+    """Feed the rows ``writer`` has not done yet (by ``writer.key``) to ``make_rows(backend, part)``
+    in chunks of ``chunk`` rows and append each chunk's output rows (the resume granularity), under a
+    tqdm bar. ``generator`` is the backend, or a zero-argument factory called only before the first
+    chunk (nothing is loaded when every row is done). The writer is closed also on error. Returns
+    (rows already done, the finished rows in the order of ``rows``)."""
+    from tqdm.auto import tqdm
+
+    todo = [r for r in rows if r[writer.key] not in writer.done]
+    resumed = len(rows) - len(todo)
+    backend = None
+    bar = tqdm(total=len(rows), initial=resumed, desc=desc, unit="row", disable=not progress)
+    try:
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            if backend is None:
+                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
+            writer.append(make_rows(backend, part))
+            bar.update(len(part))
+    finally:
+        bar.close()
+        writer.close()
+    return resumed, writer.finish(order=[r[writer.key] for r in rows])
+
+
 def iter_batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), max(1, size)):
         yield items[start:start + size]

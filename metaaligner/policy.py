@@ -11,7 +11,7 @@ from pathlib import Path
 from metaaligner.aligner import FileJob
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import ResumableWriter, read_records, read_table, write_jsonl
+from metaaligner.io import ResumableWriter, read_records, read_table, run_resumable, write_jsonl
 
 POLICY_COLUMNS = ["query", "goldens", "generated_text", "model"]
 
@@ -67,8 +67,6 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
                   resume: bool = False, dry_run: bool = False, progress: bool = True) -> PolicyStats:
     """Answer ``rows`` into ``job.output_path`` (resumable, chunks of 4 batches). ``generator``
     may be a factory, called only when some row still needs an answer."""
-    from tqdm.auto import tqdm
-
     start = time.time()
     stats = PolicyStats(job.name, rows_in=len(rows))
     if dry_run:
@@ -80,26 +78,16 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
     if writer.rows and next(iter(writer.rows.values())).get("model") != model_label:
         writer.close()
         raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
-    todo = [r for r in rows if r["row_id"] not in writer.done]
-    stats.resumed = len(rows) - len(todo)
-    chunk = max(1, params.batch_size * 4)
-    backend = None
-    bar = tqdm(total=len(rows), initial=stats.resumed, desc=job.name, unit="row", disable=not progress)
-    try:
-        for begin in range(0, len(todo), chunk):
-            part = todo[begin:begin + chunk]
-            if backend is None:
-                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
-            answers = backend.generate([r["query"] for r in part], params)
-            if len(answers) != len(part):
-                raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
-            writer.append([{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)])
-            stats.generated += len(part)
-            bar.update(len(part))
-    finally:
-        bar.close()
-        writer.close()
-    final = writer.finish(order=[r["row_id"] for r in rows])
+
+    def make_rows(backend, part: list[dict]) -> list[dict]:
+        answers = backend.generate([r["query"] for r in part], params)
+        if len(answers) != len(part):
+            raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
+        return [{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)]
+
+    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
+                                         job.name, progress)
+    stats.generated = len(rows) - stats.resumed
     stats.empty_outputs = sum(1 for r in final if not str(r["generated_text"]).strip())
     stats.seconds = time.time() - start
     return stats
