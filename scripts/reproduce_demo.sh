@@ -40,19 +40,21 @@ PY=${PYTHON:-python}
 THREADS=${THREADS:-$(nproc 2>/dev/null || echo 2)}
 
 case "$SCALE" in
-  demo)
+  demo)   # sized for < 30 min on 2 CPU cores (measured: docs/readme/end_to_end.md)
     : "${PAIRS:=200}"             # HH-RLHF preference pairs to label (first N of samples/hh-rlhf)
-    : "${MAX_PAIR_TOKENS:=384}"   # longer transcripts are dropped and counted by the labeller
+    : "${MAX_PAIR_TOKENS:=256}"   # longer transcripts are dropped and counted by the labeller
     : "${ROUND:=1}"               # released behaviour: raw scores rounded to 1 decimal (ties -> equal set)
-    : "${TRAIN_STEPS:=warmup=8,equal=8,contrastive=24}"
+    : "${TRAIN_STEPS:=warmup=6,equal=6,contrastive=18}"
     : "${BATCH:=4}"
-    : "${MAX_LENGTH:=384}"
+    : "${MAX_LENGTH:=256}"
     : "${LORA_TOP_LAYERS:=8}"
-    : "${EVAL_ITEMS:=16}"
-    : "${QUERIES:=4}"             # policy generation: shipped queries answered by the embedded policy
-    : "${ROWS:=4}"                # rows aligned per policy file
-    : "${NEW_TOKENS:=64}"
-    : "${IMHI_POLICIES:=vicuna_7B llama2-chat-7B}"   # one IMHI task (SAD: the shortest posts) each
+    : "${EVAL_ITEMS:=8}"
+    : "${QUERIES:=3}"             # policy generation: shipped queries answered by the embedded policy
+    : "${ROWS:=3}"                # rows aligned (and judged) per policy file
+    : "${NEW_TOKENS:=48}"
+    : "${HH_POLICIES:=Claude-3 gpt-3.5-turbo}"       # shipped policy outputs aligned
+    : "${UF_POLICIES:=Vicuna-7B gpt-3.5-turbo}"      # (the last one also with the unseen objectives)
+    : "${IMHI_POLICIES:=vicuna_7B llama2-chat-7B}"   # one IMHI task (SAD) each
     : "${TABLE3_BASELINE:=1}"     # Table 3: also align with the untrained base model as a method
     : "${BOOTSTRAP:=1000}"
     ;;
@@ -68,6 +70,8 @@ case "$SCALE" in
     : "${QUERIES:=2}"
     : "${ROWS:=2}"
     : "${NEW_TOKENS:=4}"
+    : "${HH_POLICIES:=Claude-3}"
+    : "${UF_POLICIES:=gpt-3.5-turbo}"
     : "${IMHI_POLICIES:=vicuna_7B}"
     : "${TABLE3_BASELINE:=0}"
     : "${BOOTSTRAP:=50}"
@@ -103,7 +107,7 @@ stage() {
   local id=$1 name=$2 artefact=$3
   shift 3
   local key stamp="$OUT/.stamps/$id-$name" log="$LOGS/$id-$name.log" t0=$SECONDS
-  key=$(printf '%s\n' "$SCALE" "$*" "$UPSTREAM" | sha256sum | cut -c1-16)
+  key=$(printf '%s\n' "$SCALE" "$*" "${KEY_EXTRA:-}" "$UPSTREAM" | sha256sum | cut -c1-16)
   UPSTREAM="$UPSTREAM $key"
   ARTEFACTS+=("$id $name: $artefact")
   if [[ -e "$artefact" && -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
@@ -125,6 +129,8 @@ stage() {
   grep -v -e '%|' -e '^\s*$' "$log" | tail -n 3 | sed 's/^/    /'
   echo "[$id] $name: $((SECONDS - t0)) s -> $artefact"
 }
+
+copy_file() { mkdir -p "$(dirname "$2")" && cp "$1" "$2" && echo "copied $1 -> $2"; }
 
 model_path() {  # the local folder behind MODEL (converts the embedded GGUF once, cached)
   "$PY" -c "from metaaligner.models import resolve_model_path; print(resolve_model_path('$MODEL'))"
@@ -213,33 +219,38 @@ stage 4 policy_generation "$OUT/4_policy/SmolLM2-policy.csv" \
     --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit "$QUERIES" --max_new_tokens "$NEW_TOKENS" \
     --model_output_path "$OUT/4_policy" --resume
 
+# inputs of stage 5: one folder per dataset, one table per policy (links to the shipped samples, plus
+# the policy answers of stage 4), so that one aligner run covers a whole dataset
+IN=$OUT/5_inputs
+link() { mkdir -p "$(dirname "$2")" && ln -sfn "$1" "$2"; }
+for p in $HH_POLICIES; do link "$ROOT/samples/HH-RLHF/$p.csv.gz" "$IN/hh-rlhf/$p.csv.gz"; done
+link "$OUT/4_policy/SmolLM2-policy.csv" "$IN/hh-rlhf/SmolLM2-policy.csv"
+for p in $UF_POLICIES; do link "$ROOT/samples/UltraFeedback/$p.csv.gz" "$IN/ultrafeedback/$p.csv.gz"; done
+for p in $IMHI_POLICIES; do link "$ROOT/samples/IMHI/$p/SAD.csv.gz" "$IN/imhi/$p.csv.gz"; done  # SAD: shortest posts
+UF_UNSEEN_POLICY=${UF_POLICIES##* }
+T3_POLICY=${HH_POLICIES%% *}
+
 ALIGN=("$PY" inference/aligner_inference.py --aligner_path "$OUT/3_aligner" --limit "$ROWS"
        --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume)
-stage 5a align_hh-rlhf "$D/hh-rlhf/llama2-chat-70B.csv" \
-  "${ALIGN[@]}" --dataset hh-rlhf --model_output_path "$D/hh-rlhf"
-stage 5b align_hh-rlhf_policy "$D/hh-rlhf/SmolLM2-policy.csv" \
-  "${ALIGN[@]}" --dataset hh-rlhf --data_dir "$OUT/4_policy/SmolLM2-policy.csv" --aligned_model SmolLM2-policy \
-    --model_output_path "$D/hh-rlhf"
-stage 5c align_ultrafeedback "$D/ultrafeedback/gpt-3.5-turbo.csv" \
-  "${ALIGN[@]}" --dataset ultrafeedback --model_output_path "$D/ultrafeedback"
-stage 5d align_ultrafeedback_unseen "$D/ultrafeedback-unseen/gpt-3.5-turbo.csv" \
-  "${ALIGN[@]}" --dataset ultrafeedback --aligned_model gpt-3.5-turbo \
+KEY_EXTRA="$HH_POLICIES" stage 5a align_hh-rlhf "$D/hh-rlhf/SmolLM2-policy.csv" \
+  "${ALIGN[@]}" --dataset hh-rlhf --data_dir "$IN/hh-rlhf" --model_output_path "$D/hh-rlhf"
+KEY_EXTRA="$UF_POLICIES" stage 5b align_ultrafeedback "$D/ultrafeedback/$UF_UNSEEN_POLICY.csv" \
+  "${ALIGN[@]}" --dataset ultrafeedback --data_dir "$IN/ultrafeedback" --model_output_path "$D/ultrafeedback"
+stage 5c align_ultrafeedback_unseen "$D/ultrafeedback-unseen/$UF_UNSEEN_POLICY.csv" \
+  "${ALIGN[@]}" --dataset ultrafeedback --data_dir "$IN/ultrafeedback" --aligned_model "$UF_UNSEEN_POLICY" \
     --aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len \
     --model_output_path "$D/ultrafeedback-unseen"
-for policy in $IMHI_POLICIES; do   # IMHI: one task (SAD, the shortest posts) per policy
-  stage "5e-$policy" "align_imhi_$policy" "$D/imhi/$policy.csv" \
-    "${ALIGN[@]}" --dataset imhi --data_dir "samples/IMHI/$policy/SAD.csv.gz" --aligned_model "$policy" \
-      --model_output_path "$D/imhi"
-done
-# Table 3: methods on the same HH-RLHF rows: the trained aligner vs the untrained base used as an aligner
-stage 5f table3_metaaligner "$D/table3/MetaAligner.csv" \
-  "${ALIGN[@]}" --dataset hh-rlhf --data_dir samples/HH-RLHF/Claude-3.csv.gz --aligned_model MetaAligner \
-    --model_output_path "$D/table3"
+KEY_EXTRA="$IMHI_POLICIES" stage 5d align_imhi "$D/imhi/${IMHI_POLICIES##* }.csv" \
+  "${ALIGN[@]}" --dataset imhi --data_dir "$IN/imhi" --model_output_path "$D/imhi"
+# Table 3: methods on the same HH-RLHF rows: the trained aligner (its stage-5a output, copied under the
+# method's name) and, at demo scale, the untrained base model used as an aligner
+stage 5e table3_metaaligner "$D/table3/MetaAligner.csv" \
+  copy_file "$D/hh-rlhf/$T3_POLICY.csv" "$D/table3/MetaAligner.csv"
 if [[ "$TABLE3_BASELINE" == 1 ]]; then
-  stage 5g table3_untrained_base "$D/table3/Untrained-base.csv" \
+  stage 5f table3_untrained_base "$D/table3/Untrained-base.csv" \
     "$PY" inference/aligner_inference.py --aligner_path "$MODEL_PATH" --template hh-rlhf --limit "$ROWS" \
       --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume --dataset hh-rlhf \
-      --data_dir samples/HH-RLHF/Claude-3.csv.gz --aligned_model Untrained-base --model_output_path "$D/table3"
+      --data_dir "samples/HH-RLHF/$T3_POLICY.csv.gz" --aligned_model Untrained-base --model_output_path "$D/table3"
 fi
 
 BOTH=--target=aligned_responses,origin_responses
