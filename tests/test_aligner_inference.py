@@ -326,3 +326,16 @@ def test_policy_generation_joins_imhi_queries_and_resumes(tmp_path, capsys):
                                     "--model_output_path", str(tmp_path / "aligned"), "--dry_run"], capsys)
     assert code == 0, err
     assert "DR: 2 prompts (0 empty answers" in out
+
+
+def test_repeatable_add_objective_and_objectives_file(tmp_path, capsys):
+    (tmp_path / "mine.yaml").write_text("brief: 'Brevity: the response should be short'\n")
+    code, _, err = run_inprocess(["--dataset", "ultrafeedback", "--aligned_model", "gpt-3.5-turbo", "--limit", "1",
+                                  "--add_objective", "safety=Safety: never endanger anyone, ever",
+                                  "--add_objective", "kind=Kindness: be kind", "--objectives_file", str(tmp_path / "mine.yaml"),
+                                  "--aspects", "honesty,safety,kind,brief", "--model_output_path", str(tmp_path),
+                                  "--dry_run"], capsys)
+    assert code == 0, err
+    prompt = json.loads((tmp_path / "gpt-3.5-turbo.prompts.jsonl").read_text())["prompt"]
+    assert ("aspects: Honesty: the response should not tell lies; Safety: never endanger anyone, ever; "
+            "Kindness: be kind; Brevity: the response should be short | ") in prompt
