@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import atomic_open, read_records, write_csv
+from metaaligner.judge.positions import VERDICTS
 from metaaligner.judge.metrics import METRIC_LABELS, METRICS, bootstrap_ci, paired_bootstrap_diff, verdict_scores
 
 ROW_KEYS = ("dataset", "policy", "target", "objective", "row", "verdict")
@@ -68,6 +69,10 @@ def load_verdicts(paths: Iterable[str | Path], mode: str | None = None) -> list[
                 row["row"] = int(row["row"])
             except (TypeError, ValueError):
                 raise DataError(file, f"row id {row.get('row')!r} is not an integer", row=i, column="row") from None
+            if row.get("mode", "pairwise") == "pairwise" and row.get("verdict") not in VERDICTS:
+                # An unknown verdict would silently score 0; refuse it instead.
+                raise DataError(file, f"unknown verdict {row.get('verdict')!r}; expected one of {', '.join(VERDICTS)}",
+                                row=i, column="verdict")
             row["_file"] = str(file)
             rows.append(row)
     return rows

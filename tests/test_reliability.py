@@ -20,7 +20,7 @@ server of ``metaaligner.testing`` (real HTTP, real ``openai`` client).
 | policy_generation      | error        | error   | error | error     | generated        | truncated + warning | (n/a) | error |
 | aligner_inference      | error        | error   | error | error     | '' aligned, counted; null -> error | truncated + warning | error | error |
 | judge                  | error        | error   | error | error     | judged           | judged     | error       | error          |
-| report                 | error        | error   | error | error     | xfail (see test) | (n/a)      | (n/a)       | error          |
+| report                 | error        | error   | error | error     | unknown verdict: error | (n/a)      | (n/a)       | error          |
 """
 from __future__ import annotations
 
@@ -455,10 +455,7 @@ ERRORS = [
     ("ta:empty_file", ["train_empty/warmup/train.json", "file is empty"], "ta_empty/metaaligner.json"),
     ("ta:non_utf8", ["train_latin1/warmup/train.json", "not UTF-8"], "ta_utf8/metaaligner.json"),
     ("ta:unknown_template", ["unknown template 'no-such-template'"], "ta_tpl/metaaligner.json"),
-    pytest.param("ta:model_mismatch", ["cannot load model", "not_a_model"], "ta_model/metaaligner.json",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "training/sft.py load_trainable_model catches OSError only: a folder that is not a model "
-                     "gives transformers' ValueError traceback (owner's file has uncommitted work; reported)"))),
+    ("ta:model_mismatch", ["cannot load model", "not_a_model"], "ta_model/metaaligner.json"),
     ("pg:missing_file", ["nope.csv", "no such file"], "pg_missing"),
     ("pg:missing_columns", ["queries_nocol.csv", "column 'query'", "missing column"], "pg_cols"),
     ("pg:empty_file", ["empty.csv", "file is empty"], "pg_empty"),
@@ -569,8 +566,6 @@ def test_judge_judges_empty_and_long_answers_without_crashing(world):
     assert "2/2 output files complete" in r["stdout"]
 
 
-@pytest.mark.xfail(reason="report.py scores a verdict it does not know ('nan', '') as 0, like 'invalid', "
-                          "without counting or reporting it (metaaligner.judge.metrics.verdict_scores)", strict=True)
 def test_report_rejects_or_counts_unknown_verdicts(world, tmp_path):
     import shutil
 

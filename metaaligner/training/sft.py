@@ -145,7 +145,7 @@ def load_trainable_model(model_name_or_path: str | None, config: SFTStageConfig,
         kwargs["attn_implementation"] = config.attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder that is not a model ("Unrecognized model")
         raise MetaAlignerError(f"cannot load model {base!r}: {str(exc).splitlines()[0]}") from None
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
     tokenizer = load_tokenizer(tokenizer_source, padding_side="right")
