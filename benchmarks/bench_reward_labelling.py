@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+DATA = REPO / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
 
 
 def main(argv: list[str] | None = None) -> None:

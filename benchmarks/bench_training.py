@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+DATA = REPO / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
 
 
 def aligner_items(n: int, seed: int = 0) -> list[dict]:

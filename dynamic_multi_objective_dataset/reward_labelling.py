@@ -2,7 +2,7 @@ r"""Stage 1: score preference pairs with one reward per objective (offline by de
 
     # offline, CPU: the embedded SmolLM2 answers "does the answer meet <objective>?" (logit Yes - No)
     python dynamic_multi_objective_dataset/reward_labelling.py \
-        --input samples/hh-rlhf/harmless-base-test.jsonl.gz --limit 64 \
+        --input samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz --limit 64 \
         --output runs/hh/rewards.csv --reward_names harmless,helpful,humor --batch_size 16
 
     # the released reward models (hub or local copies), one shard per GPU, merged in input order

@@ -41,7 +41,7 @@ THREADS=${THREADS:-$(nproc 2>/dev/null || echo 2)}
 
 case "$SCALE" in
   demo)   # sized for < 30 min on 2 CPU cores (measured: docs/readme/end_to_end.md)
-    : "${PAIRS:=200}"             # HH-RLHF preference pairs to label (first N of samples/hh-rlhf)
+    : "${PAIRS:=200}"             # HH-RLHF preference pairs to label (first N of samples/hh-rlhf-harmless-base)
     : "${MAX_PAIR_TOKENS:=256}"   # longer transcripts are dropped and counted by the labeller
     : "${ROUND:=1}"               # released behaviour: raw scores rounded to 1 decimal (ties -> equal set)
     : "${TRAIN_STEPS:=warmup=6,equal=6,contrastive=18}"
@@ -188,7 +188,7 @@ D=$OUT/5_aligned
 J=$OUT/6_judged
 
 stage 1 reward_labelling "$OUT/1_rewards/rewards.csv" \
-  "$PY" dynamic_multi_objective_dataset/reward_labelling.py --input samples/hh-rlhf/harmless-base-test.jsonl.gz \
+  "$PY" dynamic_multi_objective_dataset/reward_labelling.py --input samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz \
     --limit "$PAIRS" --output "$OUT/1_rewards/rewards.csv" --reward_names harmless,helpful,humor --scorer llm \
     --model "$MODEL_PATH" --batch_size 8 --max_length "$MAX_PAIR_TOKENS" --round "$ROUND" --resume
 

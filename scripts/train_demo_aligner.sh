@@ -15,7 +15,7 @@ export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1   # 1 thr
 mkdir -p "$RUN"
 
 # 1. 280 short pairs (prompt <= 96 tokens, responses <= 64) of the shipped harmless-base slice
-python training/demo_aligner_data.py --step slice --input samples/hh-rlhf/harmless-base-test.jsonl.gz \
+python training/demo_aligner_data.py --step slice --input samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz \
     --output "$RUN/slice.csv" --n_pairs 280 --max_prompt_tokens 96 --max_response_tokens 64 --seed 0
 
 # 2. stage 1 (reward labelling): helpfulness with the offline LLM scorer

@@ -164,7 +164,7 @@ def _synthetic(text: str, j: int) -> float:
 
 @pytest.fixture(scope="module")
 def slice_csv(tmp_path_factory, repo_root) -> Path:
-    path = repo_root / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+    path = repo_root / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
     rows = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:

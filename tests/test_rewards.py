@@ -19,7 +19,7 @@ from metaaligner.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TU
                                  resolve_rewards, score_sequences, shard_range, split_transcript, stats_path_for)
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
 
 
 @pytest.fixture(scope="module")

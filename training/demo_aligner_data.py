@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 class DemoDataConfig:
     step: str = field(metadata={"help": "slice: pick short pairs; merge: add the human preference as score 1"})
     output: str = field(metadata={"help": "output CSV"})
-    input: str = field(default="samples/hh-rlhf/harmless-base-test.jsonl.gz", metadata={
+    input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "slice: HH-RLHF JSONL(.gz) transcripts; merge: the reward_labelling.py CSV"})
     n_pairs: int = field(default=300, metadata={"help": "slice: pairs to keep (seeded sample, input order kept)"})
     max_prompt_tokens: int = field(default=96, metadata={"help": "slice: longest prompt (transcript up to the last Assistant:)"})

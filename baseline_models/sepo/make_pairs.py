@@ -2,7 +2,7 @@
 HH-RLHF transcripts or a stage-1 rewards table. The CDPO data (``make_cdpo_data.py``) is already in
 this format and needs no conversion.
 
-    python baseline_models/sepo/make_pairs.py --input samples/hh-rlhf/harmless-base-test.jsonl.gz \
+    python baseline_models/sepo/make_pairs.py --input samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz \
         --output runs/sepo/pairs.jsonl
     python baseline_models/sepo/make_pairs.py --input rewards.csv --output runs/sepo/pairs.jsonl --limit 1000
 
