@@ -2,7 +2,7 @@
 R = sum_j w_j * normalised r_j, on TRL 1.16's RLOOTrainer (default) or GRPOTrainer.
 
 The paper's released script used PPO (``PPOTrainer.step``, trl <= 0.11), which TRL has removed; see
-``metaaligner/training/morlhf.py`` and docs/readme/baselines.md for the differences.
+``metaaligner/training/morlhf.py`` and the README's baselines section for the differences.
 
     python baseline_models/morlhf/train_morlhf.py --input rewards.csv --reward_models runs/baselines/morlhf/reward_models \
         --policy_model embedded --output_dir runs/baselines/morlhf/policy --max_steps 20 --max_new_tokens 64
