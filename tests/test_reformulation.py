@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.errors import DataError
+from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_fastchat, write_csv
 from metaaligner.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
                                        build_dataset, compare_scores, pairs_from_rows, reformulate_pair,
@@ -242,3 +242,48 @@ def test_ultrafeedback_config_four_ratings(tmp_path):
         "You are an assistant to human. You will be provided with a query and an answer. Consider the query, "
         "then edit the answer to make it equal considering these aspects: Honesty: the response should not "
         "tell lies | Query: Name a colour. | Answer: A car. | Edit: ")}]
+
+
+# ---------------------------------------------------------------- warm-up switch, held-out test split
+
+def test_warmup_none_writes_the_released_layout_and_stats_say_which(tmp_path):
+    write_csv(tmp_path / "six.csv", six_rows(), list(six_rows()[0]))
+    copy = build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "copy"), val_size=0))
+    assert copy["warmup"] == {"mode": "copy", "note": (
+        "this project's reading of the paper's warm-up step (copy task: answer y1 -> target y1, all objectives); "
+        "the release ships only no_equal/ and all_equal/")}
+    assert len(read_fastchat(tmp_path / "copy" / "warmup" / "train.json")) == 6
+    none = build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "none"), val_size=0,
+                                  warmup="none"))
+    assert none["warmup"]["mode"] == "none" and none["items"]["warmup/train"] == 0
+    assert sorted(p.relative_to(tmp_path / "none").as_posix() for p in (tmp_path / "none").rglob("*.json")) == [
+        "all_equal/train.json", "no_equal/train.json", "no_equal/val.json", "stats.json"]
+    for name in ("all_equal/train.json", "no_equal/train.json"):   # the other sets do not move
+        assert (tmp_path / "none" / name).read_bytes() == (tmp_path / "copy" / name).read_bytes()
+    # re-using a folder of a copy run: its warm-up file does not survive to mix the settings
+    build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "copy"), val_size=0,
+                           warmup="none"))
+    assert not (tmp_path / "copy" / "warmup" / "train.json").exists()
+    with pytest.raises(MetaAlignerError, match="--warmup must be one of copy, none, got 'off'"):
+        build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "x"), warmup="off"))
+
+
+def test_test_input_builds_no_equal_test_json_in_input_order(tmp_path):
+    write_csv(tmp_path / "six.csv", six_rows(), list(six_rows()[0]))
+    test_rows = six_rows()[3:] + [dict(six_rows()[0], chosen_response="")]   # an empty response is dropped
+    write_csv(tmp_path / "test.csv", test_rows, list(test_rows[0]))
+    stats = build_main(BuildConfig(input=str(tmp_path / "six.csv"), test_input=str(tmp_path / "test.csv"),
+                                   output_dir=str(tmp_path / "out"), val_size=0))
+    test = read_fastchat(tmp_path / "out" / "no_equal" / "test.json")
+    assert [(t["id"], t["completion"]) for t in test] == [
+        ("test-0-chosen_better", "c4"), ("test-0-rejected_better", "r4"), ("test-1-chosen_better", "c5"),
+        ("test-2-chosen_better", "c6"), ("test-2-rejected_better", "r6")]
+    assert test[0]["prompt"] == HH_BETTER.format(a=HARM, q="Q4", y="r4")
+    assert test[1]["prompt"] == HH_BETTER.format(a=HELP, q="Q4", y="c4")
+    assert stats["items"]["no_equal/test"] == 5
+    assert stats["test"] == {"input": str(tmp_path / "test.csv"), "rows_in": 4, "pairs": 3,
+                             "dropped_rows": {"empty_response": 1}, "items": 5}
+    # the training files are those of a run without --test_input
+    build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "plain"), val_size=0))
+    assert (tmp_path / "out/no_equal/train.json").read_bytes() == (tmp_path / "plain/no_equal/train.json").read_bytes()
+    assert not (tmp_path / "plain/no_equal/test.json").exists()
