@@ -184,3 +184,19 @@ def test_missing_file_and_unreachable_hub_are_one_line_errors(tmp_path, capsys, 
                                                "(ConnectionError: offline); give a local JSONL / parquet / "
                                                "save_to_disk copy with --input"))
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_paper_config_prepares_ultrafeedback_instead_of_a_hand_made_csv(capsys):
+    from metaaligner.cli import parse, run_main
+    from scripts import run_paper
+
+    argv = ["--config", "configs/paper/ultrafeedback.yaml", "--variant", "7B", "--dry_run"]
+    code = run_main(run_paper.main, *parse(run_paper.make_parser(), argv))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [line.strip() for line in out.splitlines()]
+    assert lines[2].startswith("[1/") and "] prepare_ultrafeedback (" in lines[2]
+    assert lines[4].endswith("dynamic_multi_objective_dataset/prepare_ultrafeedback.py --input openbmb/UltraFeedback "
+                             "--output_dir data/ultrafeedback --test_size 15000")
+    build = next(line for line in lines if "build_aligner_dataset.py" in line)
+    assert "--input data/ultrafeedback/rewards.csv --config ultrafeedback " in build

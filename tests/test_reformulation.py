@@ -287,3 +287,57 @@ def test_test_input_builds_no_equal_test_json_in_input_order(tmp_path):
     build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "plain"), val_size=0))
     assert (tmp_path / "out/no_equal/train.json").read_bytes() == (tmp_path / "plain/no_equal/train.json").read_bytes()
     assert not (tmp_path / "plain/no_equal/test.json").exists()
+
+
+def _dry_run(argv, capsys):
+    from metaaligner.cli import parse, run_main
+    from scripts import run_paper
+
+    code = run_main(run_paper.main, *parse(run_paper.make_parser(), argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _command(out: str, stage: str) -> str:
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("[") and f"] {stage} (" in line)
+    return next(line.strip() for line in lines[head + 1:] if not line.strip().startswith("note:"))
+
+
+@pytest.mark.parametrize("dataset", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_table3_ablations_are_named_variants_of_the_paper_configs(dataset, capsys):
+    """Table 3's "-Equal Pref." and "-Warm Up" rows: the same pipeline with the curriculum steps and the
+    warm-up data changed, in a run folder of their own."""
+    config = f"configs/paper/{dataset}.yaml"
+    runs = {}
+    for ablation in (None, "no_equal", "no_warmup"):
+        code, out, err = _dry_run(["--config", config, "--variant", "7B", "--dry_run"]
+                                  + (["--ablation", ablation] if ablation else []), capsys)
+        assert code == 0, err
+        runs[ablation] = out
+    label = {None: "", "no_equal": ", ablation no_equal (-Equal Pref.)", "no_warmup": ", ablation no_warmup (-Warm Up)"}
+    expected = {None: ("warmup,equal,contrastive", "copy"), "no_equal": ("warmup,contrastive", "copy"),
+                "no_warmup": ("equal,contrastive", "none")}
+    for ablation, out in runs.items():
+        folder = f"runs/paper/{dataset}-7B" + (f"-{ablation}" if ablation else "")
+        assert out.splitlines()[0].startswith(f"{dataset} (7B{label[ablation]}): ")
+        train = _command(out, "train_aligner")
+        assert f"--data_dir {folder}/aligner_data --output_dir {folder}/aligner " in train
+        assert f" --stages {expected[ablation][0]} " in train
+        build = _command(out, "build_aligner_dataset")
+        assert build.endswith(f" --warmup {expected[ablation][1]}") and f"--output_dir {folder}/aligner_data " in build
+        assert f"--aligner_path {folder}/aligner " in _command(out, "align")
+    if dataset == "hh-rlhf":   # stage 1 is shared: the ablations do not label the data again elsewhere
+        assert {_command(out, "reward_labelling").split(" --output ")[1].split()[0] for out in runs.values()} == {
+            "runs/paper/hh-rlhf-7B/rewards.csv"}
+    code, _, err = _dry_run(["--config", config, "--ablation", "no_judge", "--dry_run"], capsys)
+    assert (code, err) == (2, f"error: {config}: unknown ablation 'no_judge'; ablations: no_equal, no_warmup\n")
+
+
+def test_hh_rlhf_paper_config_builds_the_released_test_split(capsys):
+    code, out, err = _dry_run(["--config", "configs/paper/hh-rlhf.yaml", "--variant", "13B", "--dry_run"], capsys)
+    assert code == 0, err
+    assert _command(out, "reward_labelling_test").split(" dynamic_multi_objective_dataset/reward_labelling.py ")[1] \
+        .startswith("--input data/hh-rlhf/test.jsonl.gz --output runs/paper/hh-rlhf-13B/test_rewards.csv ")
+    assert ("build_aligner_dataset.py --input runs/paper/hh-rlhf-13B/rewards.csv "
+            "--test_input runs/paper/hh-rlhf-13B/test_rewards.csv ") in _command(out, "build_aligner_dataset")
