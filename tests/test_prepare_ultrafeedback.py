@@ -173,6 +173,7 @@ def test_missing_file_and_unreachable_hub_are_one_line_errors(tmp_path, capsys, 
     code, _, err = run_script(["--input", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2 and err.startswith(f"error: {tmp_path / 'nope.jsonl'}: file not found")
     assert uf.is_hub_name("openbmb/UltraFeedback") and not uf.is_hub_name("data/uf.jsonl")
+    assert not uf.is_hub_name("data/uf.csv") and not uf.is_hub_name("/abs/openbmb/UltraFeedback")
 
     def offline(*args, **kwargs):
         raise ConnectionError("offline")

@@ -35,6 +35,7 @@ ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 NAN_RESPONSE, NON_DIGIT_RATING, MISSING_RATING = "nan_response", "non_digit_rating", "missing_rating"
 _HUB_FORM = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+_NOT_HUB = _FILE_SUFFIXES + (".csv", ".csv.gz", ".gz", ".arrow")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Prepared:
 def is_hub_name(source: str) -> bool:
     """``owner/name`` that is not a local path and has no file suffix (e.g. ``openbmb/UltraFeedback``)."""
     return not Path(source).exists() and bool(_HUB_FORM.match(source)) \
-        and not source.lower().endswith(_FILE_SUFFIXES)
+        and not source.lower().endswith(_NOT_HUB)
 
 
 def open_records(source: str) -> tuple[int, Iterator[dict[str, Any]]]:
@@ -273,12 +274,14 @@ def _stats(source: str, test_size: int, n: int, n_train: int, out: Prepared, cou
 
 def write_prepared(result: Prepared, output_dir: str | Path) -> dict[str, Path]:
     """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``), ``stats.json``, each
-    written atomically; returns their paths."""
+    written atomically, ``stats.json`` last (an old one is removed first, so its presence marks a
+    complete, consistent folder); returns their paths."""
     from metaaligner.io import write_csv, write_json
     from metaaligner.rewards import output_columns
 
     out = Path(output_dir)
     paths = {"rewards": out / "rewards.csv", "test": out / "test.csv", "stats": out / "stats.json"}
+    paths["stats"].unlink(missing_ok=True)
     write_csv(paths["rewards"], result.rewards, output_columns(len(ASPECTS)))
     write_csv(paths["test"], result.test, ["query", "goldens"])
     write_json(paths["stats"], result.stats)
