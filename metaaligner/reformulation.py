@@ -12,7 +12,8 @@ and the pair yields up to four training items (``T`` = the dataset's template):
     O> non-empty  ->  contrastive: T(q, answer=y2, shuffle(O>), "better")  -> target y1
     O< non-empty  ->  contrastive: T(q, answer=y1, shuffle(O<), "better")  -> target y2
     O= non-empty  ->  equal:       T(q, answer=y2, shuffle(O=), "equal")   -> target y1
-    always        ->  warm-up:     T(q, answer=y1, shuffle(all), "better") -> target y1 (copy task)
+    always        ->  warm-up:     T(q, answer=y1, shuffle(all), "better") -> target y1 (copy task;
+                                   this project's reading, the release ships none: warmup=False)
 
 Both contrastive directions are emitted whenever both sets are non-empty. Aspect order comes from
 ``random.Random`` seeded per pair (``aspects|<seed>|<pair key>``, the key a hash of the pair's
