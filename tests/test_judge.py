@@ -538,3 +538,42 @@ def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
             serve.wait(timeout=10)
         except subprocess.TimeoutExpired:
             serve.kill()
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_paper_configs_judge_with_the_paper_profile(name):
+    from metaaligner.paper import load_paper_config
+
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml")
+    judges = [s for s in run.stages if s.script == "evaluation/judge.py"]
+    assert judges and all(s.args["profile"] == "paper" and "judge_prompt" not in s.args for s in judges)
+    assert {s.args["judge_model"] for s in judges} == {"gpt-4-turbo-preview"}
+    assert not any({"temperature", "max_tokens"} & set(s.args) for s in judges)  # API defaults
+    report = next(s for s in run.stages if s.name == "report")
+    assert report.args["metric"] == "win_plus_tie,win_half_tie" and report.args["profile"] == "paper"
+
+
+def test_ultrafeedback_config_runs_figure3_as_the_paper_draws_it():
+    from metaaligner.paper import load_paper_config
+
+    run = load_paper_config(REPO / "configs/paper/ultrafeedback.yaml", "7B")
+    stages = {s.name: s for s in run.stages}
+    seen = "instruction_following,honesty,truthfulness,helpfulness"
+    unseen = ["speci", "factual", "read", "fair", "repeat", "len"]
+    aligns = [stages["align"]] + [stages[f"fig3_align_{k}_{u}"] for k, u in enumerate(unseen, start=2)]
+    assert [s.args["aspects"] for s in aligns] == [",".join([seen, *unseen[:k]]) for k in range(7)]
+    steps = [f"{k}_{u}" for k, u in enumerate(["aligned_obj", *unseen], start=1)]
+    judges = [stages[f"fig3_judge_{step}"] for step in steps]
+    assert [j.args["input"] for j in judges] == [s.args["model_output_path"] for s in aligns]
+    assert {j.args["aspects"] for j in judges} == {",".join([seen, *unseen])} and {j.args.get("mode") for j in judges} == {None}
+    assert [j.args["target"] for j in judges] == ["aligned_responses,origin_responses"] + ["aligned_responses"] * 6
+    report = stages["report"].args
+    assert report["figure3_inputs"] == ",".join(j.args["output_dir"] for j in judges)
+    # the rating study: gpt-3.5-turbo unaligned, aligned on all 4 and on each single objective, rated on the 4
+    rates = [s for s in run.stages if s.name.startswith("rate_judge_")]
+    assert [s.args["mode"] for s in rates] == ["rating"] * 5 and {s.args["aspects"] for s in rates} == {seen}
+    assert rates[0].args["input"].endswith("/aligned/gpt-3.5-turbo.csv")
+    singles = [s for s in run.stages if s.name.startswith("rate_align_")]
+    assert [s.args["aspects"] for s in singles] == seen.split(",")
+    assert {s.args["aligned_model"] for s in singles} == {"gpt-3.5-turbo"}
+    assert report["ratings"].split(",")[0] == "All 4 objectives=runs/paper/ultrafeedback-7B/judged_ratings/all"
