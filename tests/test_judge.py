@@ -213,7 +213,7 @@ def test_judge_script_profile_flag_dry_run(tmp_path):
     inp = make_outputs(tmp_path / "pol.csv", n=2)
     out = subprocess.run([sys.executable, "evaluation/judge.py", "--input", str(inp), "--output_dir",
                           str(tmp_path / "out"), "--profile", "paper", "--dry_run", "--aspects", "harmlessness"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert ("  judge: gpt-4-turbo-preview, prompts released, parser released, profile paper; decoding sent: "
