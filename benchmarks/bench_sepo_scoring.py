@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from metaaligner.io import read_records
     from metaaligner.models import load_causal_lm
-    from metaaligner.sepo import pairs_from_records, prepare_rows, token_rewards
+    from metaaligner.methods.sepo import pairs_from_records, prepare_rows, token_rewards
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,11 +42,11 @@ class BuildConfig:
 
 def main(cfg: BuildConfig) -> dict:
     from metaaligner.cli import split_csv
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.io import read_records, write_fastchat, write_json
-    from metaaligner.objectives import build_registry
-    from metaaligner.reformulation import build_dataset, pairs_from_rows, to_fastchat
-    from metaaligner.templates import get_template
+    from metaaligner.registry.objectives import build_registry
+    from metaaligner.dataset.reformulation import build_dataset, pairs_from_rows, to_fastchat
+    from metaaligner.registry.templates import get_template
 
     start = time.perf_counter()
     dataset = load_dataset_config(cfg.config)

@@ -138,7 +138,7 @@ def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int
 
 def objective_rank(dataset: str, objective: str) -> tuple[int, str]:
     """Sort key: the dataset config's objective order (seen, then unseen), then others by name."""
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
 
     try:
         config = load_dataset_config(dataset)

@@ -13,7 +13,7 @@ import pytest
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_records
-from metaaligner.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE, TOO_LONG,
+from metaaligner.dataset.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE, TOO_LONG,
                                  TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise, label_rows,
                                  label_shard, load_preference_rows, merge_shards, normalise, parse_overrides,
                                  resolve_rewards, score_sequences, shard_range, split_transcript, stats_path_for)
@@ -133,7 +133,7 @@ def test_classifiers_batched_equal_batch1_and_read_the_right_logit(tiny_classifi
 def test_llm_scorer_prompt_tokens_and_scores(tiny_llama_dir, sample_rows):
     import torch
 
-    from metaaligner.templates import llm_scorer_prompt
+    from metaaligner.registry.templates import llm_scorer_prompt
 
     specs = resolve_rewards(["harmless", "helpful", "humor"], scorer="llm", model=str(tiny_llama_dir))
     scorers = build_scorers(specs, device="cpu")
@@ -188,7 +188,7 @@ class FakeScorer(ClassifierScorer):
 
 
 def _rows(texts):
-    from metaaligner.rewards import PreferenceRow
+    from metaaligner.dataset.rewards import PreferenceRow
 
     return [PreferenceRow(i, "w " * 4, c, r) for i, (c, r) in enumerate(texts)]
 

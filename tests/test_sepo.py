@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from metaaligner.errors import DataError, MetaAlignerError  # noqa: E402
-from metaaligner import sepo  # noqa: E402
+from metaaligner.methods import sepo  # noqa: E402
 
 
 # ---------------------------------------------------------------- fixtures

@@ -116,7 +116,7 @@ class NormalisedRewardModel:
         self.batch_size, self.max_length, self.cut_next_turn = batch_size, max_length, cut_next_turn
 
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from metaaligner.baselines import cut_at_next_turn
+        from metaaligner.methods.common import cut_at_next_turn
         from metaaligner.training.reward_model import score_texts
 
         if self.cut_next_turn:
@@ -125,7 +125,7 @@ class NormalisedRewardModel:
         return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
-        from metaaligner.baselines import normalise
+        from metaaligner.methods.common import normalise
 
         return [normalise(r, self.spec.mean, self.spec.std) for r in self.raw_scores(prompts, completions)]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.templates import reward_conditioned_prompt
+from metaaligner.registry.templates import reward_conditioned_prompt
 
 TIE_TOLERANCE = 1e-9  # closeness / score differences at or below this are ties (float round-off)
 TARGET_DECIMALS = 2  # targets are rounded to what the conditioning prompt shows
@@ -276,7 +276,7 @@ class ObjectiveSpec:
 
     @classmethod
     def from_config(cls, config_name_or_path: str) -> "ObjectiveSpec":
-        from metaaligner.datasets import load_dataset_config
+        from metaaligner.registry.datasets import load_dataset_config
 
         config = load_dataset_config(config_name_or_path)
         return cls(keys=list(config.objectives), names=config.objective_names())

@@ -182,7 +182,7 @@ def resolve_rewards(names: list[str], scorer: str = LLM, model: str | None = Non
     name is a registered reward (its objective's description) or any objective key of the registry.
     An override ``name=path`` always makes that name a classifier at ``path``.
     """
-    from metaaligner.objectives import ObjectiveRegistry
+    from metaaligner.registry.objectives import ObjectiveRegistry
 
     if scorer not in ("llm", "classifier"):
         raise MetaAlignerError(f"--scorer must be llm or classifier, got {scorer!r}")
@@ -339,7 +339,7 @@ class CausalLMJudge:
         """(context ids, one answer-ids list per response, one objective-ids list per description);
         the question for (response a, objective k) is context + answers[a] + objectives[k]. The
         conversation loses its start when the longest question exceeds ``max_length``."""
-        from metaaligner.templates import llm_scorer_parts
+        from metaaligner.registry.templates import llm_scorer_parts
 
         answers = [self._ids(llm_scorer_parts(prompt, r, "")[1]) for r in responses]
         objectives = [self._ids(llm_scorer_parts("", "", d)[2] + self.post) for d in descriptions]

@@ -9,8 +9,8 @@ import yaml
 
 from metaaligner.errors import MetaAlignerError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs" / "datasets"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "datasets"
 
 
 @dataclass
@@ -27,13 +27,13 @@ class DatasetConfig:
     path: str | None = None
 
     def objective_descriptions(self, registry=None) -> list[str]:
-        from metaaligner.objectives import ObjectiveRegistry
+        from metaaligner.registry.objectives import ObjectiveRegistry
 
         registry = registry or ObjectiveRegistry.builtin()
         return registry.descriptions(self.objectives, self.objective_group)
 
     def objective_names(self, registry=None) -> list[str]:
-        from metaaligner.objectives import ObjectiveRegistry
+        from metaaligner.registry.objectives import ObjectiveRegistry
 
         registry = registry or ObjectiveRegistry.builtin()
         return [o.name for o in registry.resolve(self.objectives, self.objective_group)]

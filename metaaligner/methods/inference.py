@@ -88,7 +88,7 @@ def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
 def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: dict[str, Any],
                     rewards_csv: str | None) -> list[float]:
     """Targets per objective: ``spec`` > ``meta['targets']`` > max of ``rewards_csv``."""
-    from metaaligner.baselines import default_targets, parse_target_rewards, read_reward_pairs
+    from metaaligner.methods.common import default_targets, parse_target_rewards, read_reward_pairs
 
     defaults: list[float | None] = [None] * len(keys)
     recorded = meta.get("targets") or {}
@@ -105,7 +105,7 @@ def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: d
 
 
 def build_queries(queries: list[str], names: list[str], targets: list[float] | None) -> list[str]:
-    from metaaligner.baselines import conditioned_prompt
+    from metaaligner.methods.common import conditioned_prompt
 
     if targets is None:
         return list(queries)
@@ -129,8 +129,8 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from metaaligner.baselines import ObjectiveSpec, cut_at_next_turn, format_targets
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
+    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import ResumableWriter, read_records
 

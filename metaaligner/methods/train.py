@@ -26,7 +26,7 @@ def _read_stats(data_dir: Path) -> dict[str, Any]:
 
 
 def _finish(method: str, output_dir: Path, meta: dict[str, Any], started: float) -> None:
-    from metaaligner.baseline_inference import write_metadata
+    from metaaligner.methods.inference import write_metadata
     from metaaligner.training.common import read_device_hours
 
     hours = read_device_hours(output_dir / LOG_FILE)
@@ -103,7 +103,7 @@ def train_reward_models(input_path: str | Path, config: str, output_dir: str | P
                         limit: int | None = None, lora: bool = False, resume: bool = False) -> dict[str, Any]:
     """One reward model per objective, each on the pairs ordered by that objective's score (ties
     dropped), into ``output_dir/<objective>/``; ``output_dir/reward_models.json`` lists them."""
-    from metaaligner.baselines import ObjectiveSpec, read_reward_pairs, reward_model_pairs, split_by_group, strip_keys
+    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, reward_model_pairs, split_by_group, strip_keys
     from metaaligner.io import write_json
     from metaaligner.training.reward_model import read_reward_stats, train_reward_model
 
@@ -182,7 +182,7 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
                           policy_model: str | None, output_dir: str | Path, morlhf_config,
                           prompt_column: str = "prompt", limit: int | None = None, lora: bool = False,
                           resume: bool = False) -> str:
-    from metaaligner.baselines import parse_weights
+    from metaaligner.methods.common import parse_weights
     from metaaligner.training.morlhf import train_morlhf
 
     started = time.time()
@@ -194,7 +194,7 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
     prompts = read_prompts(input_path, prompt_column, limit, morlhf_config.seed)
     train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config, stage="morlhf",
                  log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
-    from metaaligner.baseline_inference import read_metadata
+    from metaaligner.methods.inference import read_metadata
 
     meta = read_metadata(str(output_dir))
     meta.pop("method", None)
