@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.methods.common import (ObjectiveSpec, cdpo_order, closeness, conditioned_prompt, default_targets,
-                                   make_cdpo_data, make_sft_data, parse_target_rewards, parse_weights,
-                                   read_reward_pairs, reward_model_pairs, scalarise, split_by_group)
+from metaaligner.methods.cdpo import cdpo_order, closeness, make_cdpo_data
+from metaaligner.methods.common import (ObjectiveSpec, conditioned_prompt, default_targets, parse_target_rewards,
+                                        read_reward_pairs, split_by_group)
+from metaaligner.methods.morlhf import parse_weights, reward_model_pairs, scalarise
+from metaaligner.methods.sft import make_sft_data
 from metaaligner.errors import DataError, MetaAlignerError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,7 +344,8 @@ def test_inference_outputs_in_aligner_format(pipeline):
 
 
 def test_conditioned_queries_sent_to_the_generator(tmp_path):
-    from metaaligner.methods.inference import BaselineInferenceConfig, run_inference, write_metadata
+    from metaaligner.methods.common import write_metadata
+    from metaaligner.methods.inference import BaselineInferenceConfig, run_inference
 
     class Recorder:
         def __init__(self):

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable, write_jsonl
+from metaaligner.io import (OUTPUT_COLUMNS, TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable,
+                            write_jsonl)
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
 from metaaligner.registry.templates import TEMPLATES, Template, get_template, render
 
@@ -38,7 +39,6 @@ DEFAULT_NAMES = ("", "default")
 EMBEDDED_NAMES = ("embedded", "smollm2")
 EMBEDDED_LABEL = "embedded:SmolLM2-135M-Instruct"
 
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
 PROVENANCE_COLUMNS = ["aligner", "template", "aspects"]
 INPUT_COLUMNS = {"query": "query", "goldens": "goldens", "answer": "generated_text"}
 

@@ -284,7 +284,7 @@ class ClassifierScorer(Scorer):
         return column.cpu().tolist()
 
 
-class CausalLMJudge:
+class SharedLMScorer:
     """One causal LM shared by every LLM-scored reward: score = logit("Yes") - logit("No") at the
     next token after ``templates.llm_scorer_parts`` (context, answer, objective), optionally wrapped
     in the tokenizer's chat template.
@@ -489,9 +489,9 @@ def _pack_tree(context: list[int], answers: list[list[int]], objectives: list[li
 
 
 class LLMScorer(Scorer):
-    """One LLM-scored reward: the shared ``CausalLMJudge`` asked about ``description``."""
+    """One LLM-scored reward: the shared ``SharedLMScorer`` asked about ``description``."""
 
-    def __init__(self, spec: RewardSpec, judge: CausalLMJudge):
+    def __init__(self, spec: RewardSpec, judge: SharedLMScorer):
         self.name, self.kind, self.description, self.judge = spec.name, LLM, spec.description, judge
         self.model_name, self.max_length, self.tokenizer = judge.model_name, judge.max_length, judge.tokenizer
 
@@ -509,7 +509,7 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
     from metaaligner.models import load_causal_lm, pick_device, quiet_transformers
 
     device = pick_device(device)
-    judges: dict[str | None, CausalLMJudge] = {}
+    judges: dict[str | None, SharedLMScorer] = {}
     classifiers: dict[str, tuple] = {}
     scorers: list[Scorer] = []
     for spec in specs:
@@ -523,8 +523,8 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
                 if use_chat[chat_template] and not getattr(tokenizer, "chat_template", None):
                     raise MetaAlignerError(f"{spec.model}: the tokenizer has no chat template; use --chat_template no")
                 name = str(spec.model) if spec.model else "embedded:SmolLM2-135M-Instruct"
-                judges[spec.model] = CausalLMJudge(model, tokenizer, dev, name, _max_len(tokenizer, max_length),
-                                                   use_chat[chat_template], prefix_sharing)
+                judges[spec.model] = SharedLMScorer(model, tokenizer, dev, name, _max_len(tokenizer, max_length),
+                                                    use_chat[chat_template], prefix_sharing)
             scorers.append(LLMScorer(spec, judges[spec.model]))
         else:
             if spec.model not in classifiers:
@@ -714,8 +714,8 @@ class RewardStat:
     description: str | None = None
 
 
-def normalise(results: list[dict[str, Any]], n_rewards: int, round_digits: int | None = 1,
-              normalize: bool = True) -> tuple[list[list[float]], list[list[float]], list[tuple[float, float]]]:
+def normalise_scores(results: list[dict[str, Any]], n_rewards: int, round_digits: int | None = 1,
+                     normalize: bool = True) -> tuple[list[list[float]], list[list[float]], list[tuple[float, float]]]:
     """Per reward: round the raw scores (``round_digits``; None/negative = off), then z-score them with
     the population mean/std over chosen + rejected of the kept rows. Returns (chosen, rejected, stats)
     with ``chosen[i][k]`` = reward i of kept row k."""
@@ -767,7 +767,7 @@ def finalise(rows: list[PreferenceRow], results: list[dict[str, Any]], scorers_i
     from metaaligner.io import write_csv, write_json, write_jsonl
 
     n = len(scorers_info)
-    chosen, rejected, moments = normalise(results, n, round_digits, normalize)
+    chosen, rejected, moments = normalise_scores(results, n, round_digits, normalize)
     kept_rows = [row for row, res in zip(rows, results) if res["status"] == OK]
     table = []
     for k, row in enumerate(kept_rows):

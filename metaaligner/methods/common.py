@@ -1,29 +1,28 @@
-"""The paper's baselines as pure functions over the stage-1 reward CSV (no models here).
+"""What the baselines share, as pure functions over the stage-1 reward CSV plus the model-folder
+metadata (``baseline.json``). Each method's own rule is in its module (``sft``, ``cdpo``, ``morlhf``,
+``sepo``); the one conditioned inference for SFT, CDPO and MORLHF is ``inference``.
 
 Input rows come from ``rewards.csv``: ``prompt, chosen_response, rejected_response,
 chosen_score{i}, rejected_score{i}`` with i = 1..n in the dataset config's objective order.
-
-- SFT (Rewards-in-Context stage 1): every response becomes an item whose prompt carries its own
-  rewards, ``<Harmlessness>: 0.50; <Helpfulness>: -1.20; <Humour>: 0.10 | {question}``.
-- CDPO: the prompt carries the *target* rewards t; of the two responses the preferred one has the
-  higher closeness  c(y) = -sum_j |t_j - s_j(y)|;  equal closeness (a tie) drops the pair.
-- MORLHF: one reward model per objective, trained on pairs ordered by that objective's score (ties
-  dropped); the policy reward is the linear scalarisation  R(x, y) = sum_j w_j * r_j(x, y).
 """
 from __future__ import annotations
 
+import json
 import math
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.registry.templates import reward_conditioned_prompt
 
 TIE_TOLERANCE = 1e-9  # closeness / score differences at or below this are ties (float round-off)
 TARGET_DECIMALS = 2  # targets are rounded to what the conditioning prompt shows
+METADATA_FILE = "baseline.json"  # every baseline model folder: what inference needs
+LOG_FILE = "train_log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -133,99 +132,6 @@ def format_targets(keys: Sequence[str], targets: Sequence[float]) -> str:
     return ",".join(f"{k}={t:.{TARGET_DECIMALS}f}" for k, t in zip(keys, targets))
 
 
-# ---------------------------------------------------------------- SFT (RiC stage 1)
-
-def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
-    """Two items per pair, each response under a prompt that carries its own rewards.
-    ``group`` (the source row) keeps both items of a pair in the same split."""
-    items = []
-    for p in pairs:
-        for side, response, scores in (("chosen", p.chosen, p.chosen_scores), ("rejected", p.rejected, p.rejected_scores)):
-            items.append({"id": f"{p.row}-{side}", "group": p.row,
-                          "prompt": conditioned_prompt(p.prompt, names, scores), "completion": response})
-    return items
-
-
-# ---------------------------------------------------------------- CDPO
-
-def closeness(scores: Sequence[float], targets: Sequence[float]) -> float:
-    """c(y) = -sum_j |t_j - s_j(y)|: 0 when y hits every target, more negative the further away."""
-    return -sum(abs(t - s) for t, s in zip(targets, scores))
-
-
-def cdpo_order(chosen_scores: Sequence[float], rejected_scores: Sequence[float],
-               targets: Sequence[float], tolerance: float = TIE_TOLERANCE) -> int:
-    """+1: keep (chosen closer to the targets), -1: swap (rejected closer), 0: tie (drop)."""
-    diff = closeness(chosen_scores, targets) - closeness(rejected_scores, targets)
-    if abs(diff) <= tolerance:
-        return 0
-    return 1 if diff > 0 else -1
-
-
-def cdpo_pairs(pairs: Iterable[ScoredPair], names: Sequence[str], targets: Sequence[float]) -> tuple[list[dict], dict]:
-    """TRL preference rows ``{prompt, chosen, rejected}`` (+ ``group``) under the target-conditioned prompt."""
-    rows, kept, swapped, ties = [], 0, 0, 0
-    for p in pairs:
-        order = cdpo_order(p.chosen_scores, p.rejected_scores, targets)
-        if order == 0:
-            ties += 1
-            continue
-        chosen, rejected = (p.chosen, p.rejected) if order > 0 else (p.rejected, p.chosen)
-        kept += order > 0
-        swapped += order < 0
-        rows.append({"prompt": conditioned_prompt(p.prompt, names, targets), "chosen": chosen,
-                     "rejected": rejected, "group": p.row})
-    return rows, {"pairs_out": len(rows), "kept_order": kept, "swapped_order": swapped, "ties_dropped": ties}
-
-
-# ---------------------------------------------------------------- MORLHF
-
-def reward_model_pairs(pairs: Iterable[ScoredPair], objective_index: int,
-                       tolerance: float = TIE_TOLERANCE) -> tuple[list[dict], dict]:
-    """Pairs ordered by one objective's score for that objective's reward model; ties dropped."""
-    rows, swapped, ties = [], 0, 0
-    for p in pairs:
-        c, r = p.chosen_scores[objective_index], p.rejected_scores[objective_index]
-        if abs(c - r) <= tolerance:
-            ties += 1
-            continue
-        better, worse = (p.chosen, p.rejected) if c > r else (p.rejected, p.chosen)
-        swapped += c < r
-        rows.append({"prompt": p.prompt, "chosen": better, "rejected": worse, "group": p.row})
-    return rows, {"pairs_out": len(rows), "swapped_order": swapped, "ties_dropped": ties}
-
-
-def uniform_weights(n: int) -> list[float]:
-    return [1.0 / n] * n
-
-
-def parse_weights(spec: str | Sequence[float] | None, n: int) -> list[float]:
-    """``"0.5,0.3,0.2"`` (one per reward model, in order) or None for uniform 1/n weights."""
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return uniform_weights(n)
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    try:
-        weights = [float(w) for w in parts]
-    except ValueError:
-        raise MetaAlignerError(f"--weights expects comma-separated numbers, got {spec!r}") from None
-    if len(weights) != n:
-        raise MetaAlignerError(f"--weights has {len(weights)} values for {n} reward models")
-    if not all(math.isfinite(w) for w in weights):
-        raise MetaAlignerError(f"--weights must be finite, got {spec!r}")
-    return weights
-
-
-def normalise(value: float, mean: float, std: float) -> float:
-    return (value - mean) / std if std > 0 else value - mean
-
-
-def scalarise(rewards: Sequence[float], weights: Sequence[float]) -> float:
-    """Linear scalarisation R = sum_j w_j * r_j of one response's per-objective (normalised) rewards."""
-    if len(rewards) != len(weights):
-        raise MetaAlignerError(f"{len(rewards)} rewards but {len(weights)} weights")
-    return float(sum(w * r for w, r in zip(weights, rewards)))
-
-
 # ---------------------------------------------------------------- responses
 
 NEXT_TURN_MARKERS = ("\nHuman:", "\nAssistant:")
@@ -282,70 +188,59 @@ class ObjectiveSpec:
         return cls(keys=list(config.objectives), names=config.objective_names())
 
 
-def _summary(step: str, rows_in: int, out: dict, skipped: Counter, seconds: float) -> str:
+def summary_line(step: str, rows_in: int, out: dict, skipped: Counter, seconds: float) -> str:
     skipped_text = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"
     outs = ", ".join(f"{k} {v}" for k, v in out.items())
     rate = rows_in / seconds if seconds > 0 else float("inf")
     return f"{step}: {rows_in} rows in; {outs}; skipped: {skipped_text}; {seconds:.2f}s ({rate:.0f} rows/s)"
 
 
-def make_sft_data(input_path: str | Path, config: str, output_dir: str | Path, seed: int = 0,
-                  val_size: float = 0.1) -> dict:
-    """``rewards.csv`` -> ``train.json``/``val.json`` (FastChat) + ``stats.json``; returns the stats."""
-    import time
+# ---------------------------------------------------------------- model folders
 
-    from metaaligner.io import fastchat_item, write_fastchat, write_json
-
-    start = time.time()
-    spec = ObjectiveSpec.from_config(config)
-    data = read_reward_pairs(input_path, len(spec.keys))
-    items = sft_items(data.pairs, spec.names)
-    train, val = split_by_group(items, val_size, seed)
-    out = Path(output_dir)
-    write_fastchat(out / "train.json", [fastchat_item(it["id"], it["prompt"], it["completion"]) for it in train])
-    write_fastchat(out / "val.json", [fastchat_item(it["id"], it["prompt"], it["completion"]) for it in val])
-    targets = default_targets(data.pairs)
-    stats = {"input": str(input_path), "config": config, "objectives": spec.keys, "names": spec.names,
-             "seed": seed, "val_size": val_size, "rows_in": data.rows_in, "pairs_used": len(data.pairs),
-             "skipped": dict(data.skipped), "items": len(items), "train": len(train), "val": len(val),
-             "max_rewards": dict(zip(spec.keys, targets))}
-    write_json(out / "stats.json", stats)
-    print(f"max normalised rewards (default inference targets): {format_targets(spec.keys, targets)}")
-    print(_summary("make_sft_data", data.rows_in, {"train items": len(train), "val items": len(val)},
-                   data.skipped, time.time() - start))
-    return stats
+def read_metadata(model_path: str | None) -> dict[str, Any]:
+    if not model_path:
+        return {}
+    path = Path(model_path) / METADATA_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def make_cdpo_data(input_path: str | Path, config: str, output_dir: str | Path, seed: int = 0,
-                   val_size: float = 0.1, target_rewards: str | None = None) -> dict:
-    """``rewards.csv`` -> ``train.jsonl``/``val.jsonl`` (TRL prompt/chosen/rejected) + ``stats.json``."""
-    import time
+def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
+    from metaaligner.io import write_json
 
-    from metaaligner.io import write_json, write_jsonl
+    write_json(Path(model_path) / METADATA_FILE, meta)
 
-    start = time.time()
-    spec = ObjectiveSpec.from_config(config)
-    data = read_reward_pairs(input_path, len(spec.keys))
-    maxima = default_targets(data.pairs)
-    targets = parse_target_rewards(target_rewards, spec.keys, spec.names, defaults=maxima)
-    print(f"CDPO targets: {format_targets(spec.keys, targets)}"
-          + ("" if target_rewards else " (maximum normalised reward per objective)"))
-    rows, order_stats = cdpo_pairs(data.pairs, spec.names, targets)
-    train, val = split_by_group(rows, val_size, seed)
-    out = Path(output_dir)
-    keep = ("prompt", "chosen", "rejected")
-    write_jsonl(out / "train.jsonl", strip_keys(train, keep))
-    write_jsonl(out / "val.jsonl", strip_keys(val, keep))
-    stats = {"input": str(input_path), "config": config, "objectives": spec.keys, "names": spec.names,
-             "seed": seed, "val_size": val_size, "targets": dict(zip(spec.keys, targets)),
-             "targets_source": "--target_rewards" if target_rewards else "max normalised reward",
-             "max_rewards": dict(zip(spec.keys, maxima)), "rows_in": data.rows_in, "pairs_used": len(data.pairs),
-             "skipped": dict(data.skipped), **order_stats, "train": len(train), "val": len(val)}
-    write_json(out / "stats.json", stats)
-    skipped = Counter(data.skipped)
-    if order_stats["ties_dropped"]:
-        skipped["ties"] = order_stats["ties_dropped"]
-    print(_summary("make_cdpo_data", data.rows_in, {"train pairs": len(train), "val pairs": len(val),
-                                                   "swapped": order_stats["swapped_order"]},
-                   skipped, time.time() - start))
-    return stats
+
+def read_stats(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "stats.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def finish_run(method: str, output_dir: Path, meta: dict[str, Any], started: float) -> None:
+    from metaaligner.training.common import read_device_hours
+
+    hours = read_device_hours(output_dir / LOG_FILE)
+    meta = {"method": method, **meta, "wall_s": round(time.time() - started, 2), "device_hours": hours}
+    write_metadata(output_dir, meta)
+    print(f"{method}: done in {meta['wall_s']:.1f}s, {hours if hours is not None else 'n/a'} device hours "
+          f"-> {output_dir}")
+
+
+def full_model_path(model_name_or_path: str | None, workdir: Path) -> str | None:
+    """A LoRA adapter folder (e.g. an SFT baseline trained with ``--lora``) merged once into a full
+    model under ``workdir/start_model_merged`` (the DPO/RL trainers load the start model by path and
+    use it as the frozen reference); any other path is returned as is."""
+    if not model_name_or_path or not (Path(model_name_or_path) / "adapter_config.json").exists():
+        return model_name_or_path
+    from metaaligner.models import load_causal_lm
+
+    target = workdir / "start_model_merged"
+    if not (target / "config.json").exists():
+        model, tokenizer, _ = load_causal_lm(model_name_or_path, device="cpu", dtype="float32")
+        model.save_pretrained(target, safe_serialization=True)
+        tokenizer.save_pretrained(target)
+        print(f"merged the LoRA adapter {model_name_or_path} into {target}")
+    return str(target)
+
+

@@ -1,4 +1,4 @@
-"""Inference for every baseline (SFT, CDPO, MORLHF), written in the aligner output format.
+"""The one inference of the conditioned baselines (SFT, CDPO, MORLHF), written in the aligner output format.
 
 One function serves all three: SFT and CDPO models were trained on reward-conditioned prompts, so
 their queries carry the desired rewards (``<Harmlessness>: 4.19; ... | {query}``); the MORLHF policy
@@ -15,7 +15,6 @@ reward in the training data unless overridden there); the maximum normalised rew
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.io import OUTPUT_COLUMNS
+from metaaligner.methods.common import METADATA_FILE, read_metadata, write_metadata  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "baseline.json"
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
 # Provenance, as the aligner writes it (``evaluation/judge.py`` reads ``template`` as the dataset config).
 PROVENANCE_COLUMNS = ["aligner", "template", "aspects", "targets"]
 CONDITIONING = ("auto", "targets", "none")
@@ -68,21 +67,6 @@ class BaselineInferenceConfig:
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
             raise MetaAlignerError(f"--conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
-
-
-def read_metadata(model_path: str | None) -> dict[str, Any]:
-    if not model_path:
-        return {}
-    path = Path(model_path) / METADATA_FILE
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
-    from metaaligner.io import write_json
-
-    write_json(Path(model_path) / METADATA_FILE, meta)
 
 
 def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: dict[str, Any],

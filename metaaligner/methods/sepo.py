@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.io import OUTPUT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -535,9 +536,6 @@ def pairs_from_records(rows: list[dict[str, Any]], marker: str = "\n\nAssistant:
 
 
 # ---------------------------------------------------------------- inference in the aligner output format
-
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
-
 
 def generate_outputs(input_path: str | Path, model: str, output: str | Path, params, backend: str = "hf",
                      origin_model: str | None = None, prompt_template: str = "{query}", limit: int | None = None,

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.methods.common import METADATA_FILE
 from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("rloo", "grpo")
-METADATA_FILE = "baseline.json"
 
 
 @dataclass
@@ -125,9 +125,9 @@ class NormalisedRewardModel:
         return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
-        from metaaligner.methods.common import normalise
+        from metaaligner.methods.morlhf import standardise
 
-        return [normalise(r, self.spec.mean, self.spec.std) for r in self.raw_scores(prompts, completions)]
+        return [standardise(r, self.spec.mean, self.spec.std) for r in self.raw_scores(prompts, completions)]
 
 
 def reward_specs_from_dirs(paths: Sequence[str], names: Sequence[str] | None = None) -> list[RewardModelSpec]:
