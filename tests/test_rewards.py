@@ -13,10 +13,12 @@ import pytest
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_records
-from metaaligner.dataset.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE, TOO_LONG,
-                                 TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise, label_rows,
-                                 label_shard, load_preference_rows, merge_shards, normalise_scores, parse_overrides,
-                                 resolve_rewards, score_sequences, shard_range, split_transcript, stats_path_for)
+from metaaligner.dataset.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE,
+                                         TOO_LONG, TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise,
+                                         label_rows, label_shard, load_preference_rows, merge_shards, normalise_scores,
+                                         parse_overrides, resolve_rewards, score_sequences, split_transcript,
+                                         stats_path_for)
+from metaaligner.distributed import shard_range
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"

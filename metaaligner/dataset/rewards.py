@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from metaaligner.distributed import in_input_order, length_sorted_batches, shard_range
 from metaaligner.errors import DataError, MetaAlignerError
 
 log = logging.getLogger(__name__)
@@ -563,10 +563,8 @@ def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int,
                     on_batch: Callable[[int], None] | None = None) -> list[float]:
     """Scores in input order; batches of ``batch_size`` sequences after sorting by length (longest
     first, so an out-of-memory error shows up at once), each padded to its own longest."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
     out: list[float] = [math.nan] * len(sequences)
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start:start + batch_size]
+    for idx in length_sorted_batches([len(s) for s in sequences], batch_size):
         for i, score in zip(idx, scorer.score_batch([sequences[i] for i in idx])):
             out[i] = float(score)
         if on_batch:
@@ -575,19 +573,6 @@ def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int,
 
 
 # ---------------------------------------------------------------- one process's share
-
-def shard_range(n_rows: int, rank: int, world: int) -> range:
-    """Contiguous row slice of ``rank`` among ``world`` processes (covers 0..n-1 exactly once)."""
-    return range(rank * n_rows // world, (rank + 1) * n_rows // world)
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the variables ``torchrun``/``accelerate launch`` set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
-
 
 def shard_path(output: str | Path, rank: int, world: int) -> Path:
     output = Path(output)
@@ -695,11 +680,11 @@ def merge_shards(paths: list[Path], n_rows: int) -> list[dict[str, Any]]:
             if rid in merged:
                 raise MetaAlignerError(f"{path}: row {rid} appears in two shards")
             merged[rid] = rec
-    missing = [i for i in range(n_rows) if i not in merged]
+    ordered, missing = in_input_order(merged, n_rows)
     if missing or len(merged) != n_rows:
         raise MetaAlignerError(f"shards cover {len(merged)} of {n_rows} rows (missing e.g. {missing[:5]}); "
                                "re-run with --resume")
-    return [merged[i] for i in range(n_rows)]
+    return ordered
 
 
 # ---------------------------------------------------------------- rounding, normalisation, output
