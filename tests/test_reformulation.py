@@ -1,4 +1,4 @@
-"""Algorithm 1 (metaaligner.reformulation) and the stage-2 script build_aligner_dataset.py."""
+"""Algorithm 1 (metaaligner.dataset.reformulation) and the stage-2 script build_aligner_dataset.py."""
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,4 @@
-"""Stage 1 (metaaligner.rewards, reward_labelling.py) on tiny random models built here, offline."""
+"""Stage 1 (metaaligner.dataset.rewards, reward_labelling.py) on tiny random models built here, offline."""
 from __future__ import annotations
 
 import gzip

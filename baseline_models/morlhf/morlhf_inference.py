@@ -1,5 +1,5 @@
 """Inference for the MORLHF policy: plain queries (its ``baseline.json`` says no conditioning).
-Same code as SFT inference (``metaaligner/baseline_inference.py``); output in the aligner format.
+Same code as SFT inference (``metaaligner/methods/inference.py``); output in the aligner format.
 
     python baseline_models/morlhf/morlhf_inference.py --aligner_path runs/baselines/morlhf/policy \
         --data_dir samples/HH-RLHF/gpt-3.5-turbo.csv.gz --config hh-rlhf \
