@@ -1,5 +1,6 @@
 """Dataset configs (shipped as ``metaaligner/data/datasets/<name>.yaml``, or any YAML path):
-template, objective keys in score order, column names. Code never branches on a dataset's name; it reads one of these."""
+template, objective keys in score order, column names. Code never branches on a dataset's name;
+it reads one of these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
