@@ -59,11 +59,11 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from metaaligner.aligner import build_prompts, load_policy_rows
+    from metaaligner.aligner.inference import build_prompts, load_policy_rows
     from metaaligner.generation import GenerationParams
     from metaaligner.generation.hf import HFGenerator
     from metaaligner.models import load_causal_lm
-    from metaaligner.objectives import ObjectiveRegistry
+    from metaaligner.registry.objectives import ObjectiveRegistry
 
     rows = load_policy_rows(args.data, limit=args.rows)
     descriptions = ObjectiveRegistry.builtin().descriptions("harmlessness,helpfulness,humour", "hh-rlhf")

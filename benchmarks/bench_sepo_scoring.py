@@ -1,7 +1,7 @@
 """Benchmark: SePO token scoring, batched length-sorted forward passes vs one sequence at a time.
 
 Both modes score the same HH-RLHF pairs (oracle + reference forward per sequence) with the same
-code path (``metaaligner.sepo.token_rewards``), only the batch size differs; rewards must agree.
+code path (``metaaligner.methods.sepo.token_rewards``), only the batch size differs; rewards must agree.
 The oracle is the embedded SmolLM2-135M with perturbed weights, the reference the embedded model;
 the pairs are the first N HH-RLHF harmless-base pairs whose prompt fits ``--max_length``.
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from metaaligner.io import read_records
     from metaaligner.models import load_causal_lm
-    from metaaligner.sepo import pairs_from_records, prepare_rows, token_rewards
+    from metaaligner.methods.sepo import pairs_from_records, prepare_rows, token_rewards
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,8 +26,8 @@ DATA = REPO / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz
 
 
 def aligner_items(n: int, seed: int = 0) -> list[dict]:
-    from metaaligner.rewards import load_preference_rows
-    from metaaligner.templates import render
+    from metaaligner.dataset.rewards import load_preference_rows
+    from metaaligner.registry.templates import render
 
     rows = [r for r in load_preference_rows(DATA, limit=4 * n) if r.chosen_response and r.rejected_response]
     random.Random(seed).shuffle(rows)

@@ -60,12 +60,12 @@ class BuildConfig:
 
 def main(cfg: BuildConfig) -> dict:
     from metaaligner.cli import split_csv
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.dataset.reformulation import build_dataset, pairs_from_rows
     from metaaligner.errors import MetaAlignerError
     from metaaligner.io import read_records, write_json
-    from metaaligner.objectives import build_registry
-    from metaaligner.reformulation import build_dataset, pairs_from_rows
-    from metaaligner.templates import get_template
+    from metaaligner.registry.datasets import load_dataset_config
+    from metaaligner.registry.objectives import build_registry
+    from metaaligner.registry.templates import get_template
 
     start = time.perf_counter()
     if cfg.warmup not in WARMUP_NOTES:
@@ -112,7 +112,7 @@ def main(cfg: BuildConfig) -> dict:
 def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
     """``--test_input`` -> (its contrastive items, their counts for stats.json)."""
     from metaaligner.io import read_records
-    from metaaligner.reformulation import heldout_items, pairs_from_rows
+    from metaaligner.dataset.reformulation import heldout_items, pairs_from_rows
 
     rows = read_records(cfg.test_input)
     pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.test_input)
@@ -124,7 +124,7 @@ def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
 
 def _write(out: Path, files: dict) -> None:
     from metaaligner.io import write_fastchat
-    from metaaligner.reformulation import to_fastchat
+    from metaaligner.dataset.reformulation import to_fastchat
 
     for stale in (out / "warmup" / "train.json", out / "no_equal" / "test.json"):
         if stale not in files and stale.exists():

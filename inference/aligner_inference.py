@@ -67,12 +67,12 @@ def _flatten(values) -> list[str]:
 
 
 def main(config: AlignerInferenceConfig) -> None:
-    from metaaligner.aligner import (AlignRunSettings, align_file, dry_run_file, make_generator,
+    from metaaligner.aligner.inference import (AlignRunSettings, align_file, dry_run_file, make_generator,
                                      objective_group_for, plan_jobs, resolve_aligner, resolve_objectives)
-    from metaaligner.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
-    from metaaligner.objectives import build_registry
+    from metaaligner.registry.objectives import build_registry
 
     start = time.time()
     dataset = load_dataset_config(config.dataset) if config.dataset else None

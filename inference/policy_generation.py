@@ -56,12 +56,12 @@ def make_parser():
 
 
 def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner import FileJob, make_generator, plan_jobs
-    from metaaligner.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.aligner.inference import FileJob, make_generator, plan_jobs
+    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
     from metaaligner.models import EMBEDDED_NAMES
-    from metaaligner.policy import generate_file, load_queries
+    from metaaligner.aligner.policy import generate_file, load_queries
 
     start = time.time()
     dataset = load_dataset_config(config.dataset) if config.dataset else None

@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
-    "Aligner": "metaaligner.aligner",
-    "resolve_aligner": "metaaligner.aligner",
+    "Aligner": "metaaligner.aligner.inference",
+    "resolve_aligner": "metaaligner.aligner.inference",
     "GenerationParams": "metaaligner.generation",
-    "build_registry": "metaaligner.objectives",
-    "render": "metaaligner.templates",
+    "build_registry": "metaaligner.registry.objectives",
+    "render": "metaaligner.registry.templates",
     "MetaAlignerError": "metaaligner.errors",
     "DataError": "metaaligner.errors",
 }

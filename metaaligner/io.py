@@ -21,6 +21,8 @@ from typing import Any, Iterable, Iterator
 from metaaligner.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+# The aligner output format, shared by the aligner, every baseline and SePO (what evaluation/ reads).
+OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
 
 
 def _suffix(path: Path) -> str:

@@ -177,7 +177,7 @@ def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int
 
 def objective_rank(dataset: str, objective: str) -> tuple[int, str]:
     """Sort key: the dataset config's objective order (seen, then unseen), then others by name."""
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
 
     try:
         config = load_dataset_config(dataset)
@@ -424,7 +424,7 @@ def labelled_inputs(items: Iterable[str], default_labels: Iterable[str] = ()) ->
 
 def _aligned_on(dataset: str, objective: str, step: int) -> bool:
     """Step k aligns on the supervised objectives plus the first k-1 unseen ones."""
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
 
     if step < 1:
         return False

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner import aligner as al
+from metaaligner.aligner import inference as al
 from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams
 from metaaligner.io import read_records, read_table
-from metaaligner.objectives import ObjectiveRegistry
+from metaaligner.registry.objectives import ObjectiveRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "inference" / "aligner_inference.py"
@@ -310,7 +310,7 @@ def test_killed_run_resumes_every_row_once(tiny_llama_dir, tmp_path, capsys):
 # ---------------------------------------------------------------- policy generation
 
 def test_policy_generation_joins_imhi_queries_and_resumes(tmp_path, capsys):
-    from metaaligner.policy import generate_file, load_queries
+    from metaaligner.aligner.policy import generate_file, load_queries
 
     (tmp_path / "ins").mkdir()
     (tmp_path / "released").mkdir()

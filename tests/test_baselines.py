@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.baselines import (ObjectiveSpec, cdpo_order, closeness, conditioned_prompt, default_targets,
-                                   make_cdpo_data, make_sft_data, parse_target_rewards, parse_weights,
-                                   read_reward_pairs, reward_model_pairs, scalarise, split_by_group)
+from metaaligner.methods.cdpo import cdpo_order, closeness, make_cdpo_data
+from metaaligner.methods.common import (ObjectiveSpec, conditioned_prompt, default_targets, parse_target_rewards,
+                                        read_reward_pairs, split_by_group)
+from metaaligner.methods.morlhf import parse_weights, reward_model_pairs, scalarise
+from metaaligner.methods.sft import make_sft_data
 from metaaligner.errors import DataError, MetaAlignerError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,7 +174,7 @@ def test_reward_model_pairs_order_by_one_objective_and_drop_ties(tmp_path):
 
 
 def test_cut_at_next_turn():
-    from metaaligner.baselines import cut_at_next_turn
+    from metaaligner.methods.common import cut_at_next_turn
 
     assert cut_at_next_turn("Sure, here it is.\n\nHuman: thanks\n\nAssistant: ok") == "Sure, here it is."
     assert cut_at_next_turn(" A\nAssistant: B") == "A"
@@ -347,7 +349,8 @@ def test_inference_outputs_in_aligner_format(pipeline):
 
 
 def test_conditioned_queries_sent_to_the_generator(tmp_path):
-    from metaaligner.baseline_inference import BaselineInferenceConfig, run_inference, write_metadata
+    from metaaligner.methods.common import write_metadata
+    from metaaligner.methods.inference import BaselineInferenceConfig, run_inference
 
     class Recorder:
         def __init__(self):
@@ -398,7 +401,7 @@ def test_inference_output_feeds_judge_dry_run(pipeline, tmp_path):
 
 
 def test_inference_resume_generates_only_missing_rows(tmp_path):
-    from metaaligner.baseline_inference import BaselineInferenceConfig, run_inference
+    from metaaligner.methods.inference import BaselineInferenceConfig, run_inference
 
     class Flaky:
         def __init__(self, fail_after: int | None):

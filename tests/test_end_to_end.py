@@ -37,7 +37,7 @@ def _env(**extra) -> dict[str, str]:
 
 def test_import_metaaligner_is_cheap_and_aligner_is_lazy():
     code = ("import sys, metaaligner; assert 'torch' not in sys.modules and 'metaaligner.aligner' not in sys.modules; "
-            "from metaaligner import Aligner; assert Aligner.__module__ == 'metaaligner.aligner'; "
+            "from metaaligner import Aligner; assert Aligner.__module__ == 'metaaligner.aligner.inference'; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
             "assert 'Aligner' in dir(metaaligner); print(metaaligner.__version__)")
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)

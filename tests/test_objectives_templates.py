@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from metaaligner.errors import MetaAlignerError
-from metaaligner.objectives import ObjectiveRegistry, build_registry
-from metaaligner.templates import TEMPLATES, render
+from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
+from metaaligner.registry.templates import TEMPLATES, render
 
 EXPECTED = {
     "hh-rlhf": {

@@ -140,13 +140,13 @@ def test_default_test_size_is_the_released_15000_and_zero_means_all_train(tmp_pa
 
 
 def test_score_order_is_the_ultrafeedback_config_order():
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
 
     assert list(uf.ASPECTS) == load_dataset_config("ultrafeedback").objectives
 
 
 def test_rows_feed_build_aligner_dataset(tmp_path):
-    from metaaligner.reformulation import pairs_from_rows
+    from metaaligner.dataset.reformulation import pairs_from_rows
 
     src = write_jsonl(tmp_path / "uf.jsonl", RECORDS)
     uf.write_prepared(uf.prepare_ultrafeedback(str(src), test_size=3, progress=False), tmp_path)

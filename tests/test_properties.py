@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaaligner.aligner import build_prompts
+from metaaligner.aligner.inference import build_prompts
 from metaaligner.io import ResumableWriter, read_records, write_csv, write_jsonl
-from metaaligner.templates import TEMPLATES, join_aspects, render
+from metaaligner.registry.templates import TEMPLATES, join_aspects, render
 
 # Unicode text as it can appear in a UTF-8 file: every code point except lone surrogates (not encodable).
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)

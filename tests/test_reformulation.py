@@ -1,4 +1,4 @@
-"""Algorithm 1 (metaaligner.reformulation) and the stage-2 script build_aligner_dataset.py."""
+"""Algorithm 1 (metaaligner.dataset.reformulation) and the stage-2 script build_aligner_dataset.py."""
 from __future__ import annotations
 
 import gzip
@@ -10,11 +10,11 @@ import pytest
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_fastchat, write_csv
-from metaaligner.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
+from metaaligner.dataset.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
                                        build_dataset, compare_scores, pairs_from_rows, reformulate_pair,
                                        split_questions)
-from metaaligner.rewards import split_transcript
-from metaaligner.templates import render
+from metaaligner.dataset.rewards import split_transcript
+from metaaligner.registry.templates import render
 
 from dynamic_multi_objective_dataset.build_aligner_dataset import BuildConfig, main as build_main
 

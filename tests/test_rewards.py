@@ -1,4 +1,4 @@
-"""Stage 1 (metaaligner.rewards, reward_labelling.py) on tiny random models built here, offline."""
+"""Stage 1 (metaaligner.dataset.rewards, reward_labelling.py) on tiny random models built here, offline."""
 from __future__ import annotations
 
 import gzip
@@ -13,10 +13,12 @@ import pytest
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_records
-from metaaligner.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE, TOO_LONG,
-                                 TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise, label_rows,
-                                 label_shard, load_preference_rows, merge_shards, normalise, parse_overrides,
-                                 resolve_rewards, score_sequences, shard_range, split_transcript, stats_path_for)
+from metaaligner.dataset.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE,
+                                         TOO_LONG, TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise,
+                                         label_rows, label_shard, load_preference_rows, merge_shards, normalise_scores,
+                                         parse_overrides, resolve_rewards, score_sequences, split_transcript,
+                                         stats_path_for)
+from metaaligner.distributed import shard_range
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
 REPO = Path(__file__).resolve().parent.parent
@@ -151,7 +153,7 @@ def test_classifiers_batched_equal_batch1_and_read_the_right_logit(tiny_classifi
 def test_llm_scorer_prompt_tokens_and_scores(tiny_llama_dir, sample_rows):
     import torch
 
-    from metaaligner.templates import llm_scorer_prompt
+    from metaaligner.registry.templates import llm_scorer_prompt
 
     specs = resolve_rewards(["harmless", "helpful", "humor"], scorer="llm", model=str(tiny_llama_dir))
     scorers = build_scorers(specs, device="cpu")
@@ -206,7 +208,7 @@ class FakeScorer(ClassifierScorer):
 
 
 def _rows(texts):
-    from metaaligner.rewards import PreferenceRow
+    from metaaligner.dataset.rewards import PreferenceRow
 
     return [PreferenceRow(i, "w " * 4, c, r) for i, (c, r) in enumerate(texts)]
 
@@ -228,14 +230,14 @@ def test_round_then_normalise_hand_computed():
     results = [{"status": OK, "chosen": [1.04], "rejected": [0.96]},
                {"status": OK, "chosen": [2.26], "rejected": [0.0]},
                {"status": EMPTY_RESPONSE, "chosen": [], "rejected": []}]
-    chosen, rejected, stats = normalise(results, 1, round_digits=1)
+    chosen, rejected, stats = normalise_scores(results, 1, round_digits=1)
     # rounded: 1.0, 1.0, 2.3, 0.0 -> mean 1.075, population std sqrt(0.666875)
     mean, std = 1.075, math.sqrt(((1.0 - 1.075) ** 2 * 2 + (2.3 - 1.075) ** 2 + 1.075 ** 2) / 4)
     assert stats == [(pytest.approx(mean), pytest.approx(std))]
     assert chosen[0] == pytest.approx([(1.0 - mean) / std, (2.3 - mean) / std])
     assert rejected[0] == pytest.approx([(1.0 - mean) / std, (0.0 - mean) / std])
     assert chosen[0][0] == rejected[0][0]      # the tie created by rounding survives normalisation
-    raw_c, raw_r, _ = normalise(results, 1, round_digits=None, normalize=False)
+    raw_c, raw_r, _ = normalise_scores(results, 1, round_digits=None, normalize=False)
     assert raw_c[0] == [1.04, 2.26] and raw_r[0] == [0.96, 0.0]
 
 

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from metaaligner.errors import DataError, MetaAlignerError  # noqa: E402
-from metaaligner import sepo  # noqa: E402
+from metaaligner.methods import sepo  # noqa: E402
 
 
 # ---------------------------------------------------------------- fixtures
@@ -352,7 +352,7 @@ def test_pairs_whose_selection_is_cut_by_max_length_are_skipped(tokenizer):
 
 
 def _selection_file(tokenizer, tmp_path, selected):
-    from metaaligner.sepo import tokenize_pair, tokenizer_fingerprint
+    from metaaligner.methods.sepo import tokenize_pair, tokenizer_fingerprint
 
     path = tmp_path / "selected.jsonl"
     lines = []

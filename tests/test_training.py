@@ -100,7 +100,7 @@ def test_loss_falls_on_repeated_tiny_batch(tiny_llama_dir, tmp_path):
 def _write_dataset(folder: Path, n: int = 4) -> Path:
     """A tiny dataset folder in build_aligner_dataset.py's layout (FastChat JSON + stats.json)."""
     from metaaligner.io import fastchat_item, write_fastchat, write_json
-    from metaaligner.templates import render
+    from metaaligner.registry.templates import render
 
     aspects = ["Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"]
     def items(kind, mode, k):
@@ -157,7 +157,7 @@ def test_three_stage_lora_curriculum_writes_metaaligner_json(tiny_llama_dir, tmp
 
     model, tok, _ = load_causal_lm(str(out))
     assert model.config.hidden_size == 16
-    from metaaligner.aligner import resolve_aligner
+    from metaaligner.aligner.inference import resolve_aligner
 
     source = resolve_aligner(str(out))       # what aligner_inference.py --aligner_path OUT does, no --template
     assert (source.template, source.template_from) == ("hh-rlhf", "metaaligner.json")

@@ -38,11 +38,11 @@ def main(cfg: EvalDemoConfig) -> dict:
     import time
     from pathlib import Path
 
-    from metaaligner.aligner import read_model_card
+    from metaaligner.aligner.inference import read_model_card
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import read_fastchat, write_csv, write_json
     from metaaligner.models import load_tokenizer, resolve_model_path
-    from metaaligner.templates import render
+    from metaaligner.registry.templates import render
     from metaaligner.training.demo import copy_stats, heldout_policy_rows, plot_loss_curve
 
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Inference for the CDPO baseline: the query carries the target rewards the model was trained on
 (recorded in its ``baseline.json``; override with ``--target_rewards``). Same code as SFT inference
-(``metaaligner/baseline_inference.py``); output in the aligner format for ``evaluation/``.
+(``metaaligner/methods/inference.py``); output in the aligner format for ``evaluation/``.
 
     python baseline_models/cdpo/cdpo_inference.py --aligner_path runs/baselines/cdpo \
         --data_dir samples/HH-RLHF/gpt-3.5-turbo.csv.gz --config hh-rlhf \
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from metaaligner.baseline_inference import BaselineInferenceConfig, main  # noqa: F401
-from metaaligner.baseline_inference import make_parser as _make_parser
+from metaaligner.methods.inference import BaselineInferenceConfig, main  # noqa: F401
+from metaaligner.methods.inference import make_parser as _make_parser
 from metaaligner.cli import parse, run_main
 
 

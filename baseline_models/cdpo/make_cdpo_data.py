@@ -37,7 +37,7 @@ def make_parser():
 
 
 def main(config: MakeCDPODataConfig) -> None:
-    from metaaligner.baselines import make_cdpo_data
+    from metaaligner.methods.cdpo import make_cdpo_data
 
     make_cdpo_data(config.input, config.config, config.output_dir, seed=config.seed, val_size=config.val_size,
                    target_rewards=config.target_rewards)

@@ -41,7 +41,7 @@ def make_parser():
 
 
 def main(config: TrainCDPOConfig, dpo_config: DPOTrainConfig) -> str:
-    from metaaligner.training.baselines import train_cdpo_baseline
+    from metaaligner.methods.cdpo import train_cdpo_baseline
 
     return train_cdpo_baseline(config.data_dir, config.output_dir, config.model_name_or_path, dpo_config,
                                ref_model_path=config.ref_model_path, lora=config.lora, limit=config.limit,

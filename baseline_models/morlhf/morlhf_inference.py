@@ -1,5 +1,5 @@
 """Inference for the MORLHF policy: plain queries (its ``baseline.json`` says no conditioning).
-Same code as SFT inference (``metaaligner/baseline_inference.py``); output in the aligner format.
+Same code as SFT inference (``metaaligner/methods/inference.py``); output in the aligner format.
 
     python baseline_models/morlhf/morlhf_inference.py --aligner_path runs/baselines/morlhf/policy \
         --data_dir samples/HH-RLHF/gpt-3.5-turbo.csv.gz --config hh-rlhf \
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from metaaligner.baseline_inference import BaselineInferenceConfig, main  # noqa: F401
-from metaaligner.baseline_inference import make_parser as _make_parser
+from metaaligner.methods.inference import BaselineInferenceConfig, main  # noqa: F401
+from metaaligner.methods.inference import make_parser as _make_parser
 from metaaligner.cli import parse, run_main
 
 

@@ -44,7 +44,7 @@ def make_parser():
 
 
 def main(config: TrainMORLHFConfig, rl_config: MORLHFTrainConfig) -> str:
-    from metaaligner.training.baselines import train_morlhf_baseline
+    from metaaligner.methods.morlhf import train_morlhf_baseline
 
     return train_morlhf_baseline(config.input, config.reward_models, config.weights, config.policy_model,
                                  config.output_dir, rl_config, prompt_column=config.prompt_column,

@@ -39,7 +39,7 @@ def make_parser():
 
 
 def main(config: TrainRewardModelsConfig, rm_config: RewardModelTrainConfig) -> dict:
-    from metaaligner.training.baselines import train_reward_models
+    from metaaligner.methods.morlhf import train_reward_models
 
     return train_reward_models(config.input, config.config, config.output_dir, config.base_model, rm_config,
                                objectives=split_csv(config.objectives) or None, seed=rm_config.seed,

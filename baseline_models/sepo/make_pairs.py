@@ -31,7 +31,7 @@ def make_parser():
 
 def main(config: MakePairsConfig) -> None:
     from metaaligner.io import read_records, write_jsonl
-    from metaaligner.sepo import pairs_from_records
+    from metaaligner.methods.sepo import pairs_from_records
 
     rows = read_records(config.input)
     rows = rows[:config.limit] if config.limit else rows

@@ -45,7 +45,7 @@ def make_parser():
 
 
 def main(config: SelectTokensConfig) -> None:
-    from metaaligner.sepo import run_selection
+    from metaaligner.methods.sepo import run_selection
 
     run_selection(config.input, config.oracle, config.reference, config.output, ratio=config.ratio,
                   batch_size=config.batch_size, max_length=config.max_length, add_eos=config.add_eos,

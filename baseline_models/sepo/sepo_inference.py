@@ -42,7 +42,7 @@ def make_parser():
 
 def main(config: SePOInferenceConfig) -> None:
     from metaaligner.generation import GenerationParams
-    from metaaligner.sepo import generate_outputs
+    from metaaligner.methods.sepo import generate_outputs
 
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)

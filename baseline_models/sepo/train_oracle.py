@@ -44,7 +44,7 @@ def make_parser():
 def main(config: TrainOracleConfig, train: DPOTrainConfig) -> None:
     from pathlib import Path
 
-    from metaaligner.sepo import read_pairs, subsample
+    from metaaligner.methods.sepo import read_pairs, subsample
     from metaaligner.training.dpo import train_dpo
 
     pairs = subsample(read_pairs(config.input), config.fraction, train.seed, config.limit)

@@ -31,7 +31,7 @@ def make_parser():
 
 
 def main(config: MakeSFTDataConfig) -> None:
-    from metaaligner.baselines import make_sft_data
+    from metaaligner.methods.sft import make_sft_data
 
     make_sft_data(config.input, config.config, config.output_dir, seed=config.seed, val_size=config.val_size)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from metaaligner.baseline_inference import BaselineInferenceConfig, main  # noqa: F401
-from metaaligner.baseline_inference import make_parser as _make_parser
+from metaaligner.methods.inference import BaselineInferenceConfig, main  # noqa: F401
+from metaaligner.methods.inference import make_parser as _make_parser
 from metaaligner.cli import parse, run_main
 
 

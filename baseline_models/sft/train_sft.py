@@ -37,7 +37,7 @@ def make_parser():
 
 
 def main(config: TrainSFTBaselineConfig, stage_config: SFTStageConfig) -> str:
-    from metaaligner.training.baselines import train_sft_baseline
+    from metaaligner.methods.sft import train_sft_baseline
 
     return train_sft_baseline(config.data_dir, config.output_dir, config.model_name_or_path, stage_config,
                               limit=config.limit, resume=config.resume)

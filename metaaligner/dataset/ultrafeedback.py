@@ -277,7 +277,7 @@ def write_prepared(result: Prepared, output_dir: str | Path) -> dict[str, Path]:
     written atomically, ``stats.json`` last (an old one is removed first, so its presence marks a
     complete, consistent folder); returns their paths."""
     from metaaligner.io import write_csv, write_json
-    from metaaligner.rewards import output_columns
+    from metaaligner.dataset.rewards import output_columns
 
     out = Path(output_dir)
     paths = {"rewards": out / "rewards.csv", "test": out / "test.csv", "stats": out / "stats.json"}

@@ -36,7 +36,7 @@ __all__ = ["Completion", "CostMeter", "Decoding", "JudgeCache", "JudgeCallError"
 def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
     """The dataset config named by ``dataset``, else by the ``template`` provenance column that the
     aligner writes into its output CSVs."""
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.io import read_records
 
     if dataset:
@@ -73,7 +73,7 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
     from metaaligner.io import write_json
-    from metaaligner.objectives import build_registry
+    from metaaligner.registry.objectives import build_registry
 
     output_dir = Path(output_dir)
     files = discover_inputs(input_path, exclude=output_dir)

@@ -27,7 +27,7 @@ from metaaligner.judge.metrics import bootstrap_ci, position_consistency, summar
 from metaaligner.judge.positions import (INVALID, candidate_position, combine_orders, item_id, place,
                                          verdict_from_choice)
 from metaaligner.judge.registry import JudgePrompt
-from metaaligner.objectives import Objective
+from metaaligner.registry.objectives import Objective
 
 log = logging.getLogger(__name__)
 

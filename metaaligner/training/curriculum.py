@@ -115,7 +115,7 @@ def dataset_meta(data_dir: str | Path, template: str | None = None, dataset_conf
     cfg = None
     name = dataset_config or stats.get("config")
     if name:
-        from metaaligner.datasets import load_dataset_config
+        from metaaligner.registry.datasets import load_dataset_config
 
         try:
             cfg = load_dataset_config(name)
@@ -126,13 +126,13 @@ def dataset_meta(data_dir: str | Path, template: str | None = None, dataset_conf
     if not tpl:
         raise MetaAlignerError(f"no template known for {data_dir}: it has no stats.json naming one; "
                                "pass --template or --dataset_config")
-    from metaaligner.templates import get_template
+    from metaaligner.registry.templates import get_template
 
     get_template(tpl)  # fails early on an unknown name
     keys = list(stats.get("objectives") or (cfg.objectives if cfg else []))
     descriptions: list[str] = []
     if keys:
-        from metaaligner.objectives import ObjectiveRegistry
+        from metaaligner.registry.objectives import ObjectiveRegistry
 
         try:  # keys the built-in registry knows; objectives added by file/flag keep their keys only
             descriptions = ObjectiveRegistry.builtin().descriptions(keys, cfg.objective_group if cfg else None)

@@ -21,7 +21,7 @@ def select_short_pairs(path: str | Path, tokenizer, n_pairs: int, max_prompt_tok
                        seed: int = 0, exclude_prompts: set[str] | None = None) -> tuple[list[dict], dict[str, int]]:
     """Up to ``n_pairs`` usable pairs whose prompt / responses fit the token limits, seeded sample,
     returned in input order with their row index; plus counts of rows skipped by reason."""
-    from metaaligner.rewards import load_preference_rows
+    from metaaligner.dataset.rewards import load_preference_rows
 
     rows = load_preference_rows(path)
     skipped: dict[str, int] = {}

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.methods.common import METADATA_FILE
 from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("rloo", "grpo")
-METADATA_FILE = "baseline.json"
 
 
 @dataclass
@@ -121,7 +121,7 @@ class NormalisedRewardModel:
         self.normalize = normalize   # False: the released raw scores
 
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from metaaligner.baselines import cut_at_next_turn
+        from metaaligner.methods.common import cut_at_next_turn
         from metaaligner.training.reward_model import score_texts
 
         if self.cut_next_turn:
@@ -130,10 +130,10 @@ class NormalisedRewardModel:
         return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
-        from metaaligner.baselines import normalise
+        from metaaligner.methods.morlhf import standardise
 
         raw = self.raw_scores(prompts, completions)
-        return [normalise(r, self.spec.mean, self.spec.std) for r in raw] if self.normalize else raw
+        return [standardise(r, self.spec.mean, self.spec.std) for r in raw] if self.normalize else raw
 
 
 def reward_specs_from_dirs(paths: Sequence[str], names: Sequence[str] | None = None) -> list[RewardModelSpec]:

@@ -179,7 +179,7 @@ def tokenize_selection(rows: list[dict[str, Any]], tokenizer, max_length: int | 
                        source: str = "selection") -> list[dict[str, Any]]:
     """Selection rows -> trainer rows, checking that the policy's tokenisation has exactly one token
     per stored reward (else the positions would point at other tokens)."""
-    from metaaligner.sepo import tokenize_pair, truncate_response
+    from metaaligner.methods.sepo import tokenize_pair, truncate_response
 
     out = []
     for i, row in enumerate(rows, start=1):
@@ -240,7 +240,7 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
     from transformers.trainer_utils import get_last_checkpoint
 
     from metaaligner.models import load_tokenizer, resolve_model_path
-    from metaaligner.sepo import read_selection, tokenizer_fingerprint
+    from metaaligner.methods.sepo import read_selection, tokenizer_fingerprint
     from metaaligner.training.common import make_jsonl_callback
 
     output_dir = str(output_dir)

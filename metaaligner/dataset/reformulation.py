@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.templates import Template, get_template, render
+from metaaligner.registry.templates import Template, get_template, render
 
 # Item kinds (the subset an item belongs to) and directions.
 CHOSEN_BETTER = "chosen_better"      # O>: edit y2 towards y1

@@ -1,101 +1,68 @@
-"""Runs of the paper's baselines: files in, model folders out. The pure parts (conditioning, pair
-ordering, scalarisation) live in ``metaaligner.baselines``; the trainers are the shared building
-blocks (``training.sft.train_sft``, ``training.dpo.train_dpo``, ``training.reward_model``,
-``training.morlhf``). Every model folder gets a ``baseline.json`` that inference reads.
+"""MORLHF baseline: one reward model per objective, trained on pairs ordered by that objective's
+score (ties dropped); the policy reward is the linear scalarisation  R(x, y) = sum_j w_j * r_j(x, y)
+of standardised rewards. Data rule ``reward_model_pairs``, ``train_reward_models``,
+``train_morlhf_baseline`` (the RL trainer is ``training.morlhf``); inference: ``infer`` (plain queries).
 """
 from __future__ import annotations
 
 import json
-import logging
+import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.methods.common import LOG_FILE, TIE_TOLERANCE, ScoredPair, finish_run, full_model_path, read_metadata
 
-log = logging.getLogger(__name__)
-
-LOG_FILE = "train_log.jsonl"
 MANIFEST = "reward_models.json"
 
 
-def _read_stats(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "stats.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def reward_model_pairs(pairs: Iterable[ScoredPair], objective_index: int,
+                       tolerance: float = TIE_TOLERANCE) -> tuple[list[dict], dict]:
+    """Pairs ordered by one objective's score for that objective's reward model; ties dropped."""
+    rows, swapped, ties = [], 0, 0
+    for p in pairs:
+        c, r = p.chosen_scores[objective_index], p.rejected_scores[objective_index]
+        if abs(c - r) <= tolerance:
+            ties += 1
+            continue
+        better, worse = (p.chosen, p.rejected) if c > r else (p.rejected, p.chosen)
+        swapped += c < r
+        rows.append({"prompt": p.prompt, "chosen": better, "rejected": worse, "group": p.row})
+    return rows, {"pairs_out": len(rows), "swapped_order": swapped, "ties_dropped": ties}
 
 
-def _finish(method: str, output_dir: Path, meta: dict[str, Any], started: float) -> None:
-    from metaaligner.baseline_inference import write_metadata
-    from metaaligner.training.common import read_device_hours
-
-    hours = read_device_hours(output_dir / LOG_FILE)
-    meta = {"method": method, **meta, "wall_s": round(time.time() - started, 2), "device_hours": hours}
-    write_metadata(output_dir, meta)
-    print(f"{method}: done in {meta['wall_s']:.1f}s, {hours if hours is not None else 'n/a'} device hours "
-          f"-> {output_dir}")
+def uniform_weights(n: int) -> list[float]:
+    return [1.0 / n] * n
 
 
-def full_model_path(model_name_or_path: str | None, workdir: Path) -> str | None:
-    """A LoRA adapter folder (e.g. an SFT baseline trained with ``--lora``) merged once into a full
-    model under ``workdir/start_model_merged`` (the DPO/RL trainers load the start model by path and
-    use it as the frozen reference); any other path is returned as is."""
-    if not model_name_or_path or not (Path(model_name_or_path) / "adapter_config.json").exists():
-        return model_name_or_path
-    from metaaligner.models import load_causal_lm
-
-    target = workdir / "start_model_merged"
-    if not (target / "config.json").exists():
-        model, tokenizer, _ = load_causal_lm(model_name_or_path, device="cpu", dtype="float32")
-        model.save_pretrained(target, safe_serialization=True)
-        tokenizer.save_pretrained(target)
-        print(f"merged the LoRA adapter {model_name_or_path} into {target}")
-    return str(target)
-
-
-def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None,
-                       stage_config, limit: int | None = None, resume: bool = False) -> str:
-    """Train the SFT baseline on ``make_sft_data`` output."""
-    from metaaligner.io import read_fastchat
-    from metaaligner.training.sft import train_sft
-
-    started = time.time()
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
-    train = read_fastchat(data_dir / "train.json")[:limit]
-    val = read_fastchat(data_dir / "val.json") if (data_dir / "val.json").exists() else []
-    stats = _read_stats(data_dir)
-    train_sft(model_name_or_path, train, val or None, str(output_dir), stage_config, stage="sft_baseline",
-              log_path=str(output_dir / LOG_FILE), resume=resume)
-    _finish("sft", output_dir, {"conditioning": "targets", "config": stats.get("config"),
-                                "objectives": stats.get("objectives"), "names": stats.get("names"),
-                                "targets": stats.get("max_rewards"), "targets_source": "max normalised reward",
-                                "base_model": str(model_name_or_path), "train_items": len(train),
-                                "val_items": len(val), "data_dir": str(data_dir)}, started)
-    return str(output_dir)
+def parse_weights(spec: str | Sequence[float] | None, n: int) -> list[float]:
+    """``"0.5,0.3,0.2"`` (one per reward model, in order) or None for uniform 1/n weights."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return uniform_weights(n)
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        weights = [float(w) for w in parts]
+    except ValueError:
+        raise MetaAlignerError(f"--weights expects comma-separated numbers, got {spec!r}") from None
+    if len(weights) != n:
+        raise MetaAlignerError(f"--weights has {len(weights)} values for {n} reward models")
+    if not all(math.isfinite(w) for w in weights):
+        raise MetaAlignerError(f"--weights must be finite, got {spec!r}")
+    return weights
 
 
-def train_cdpo_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None, dpo_config,
-                        ref_model_path: str | None = None, lora: bool = False, limit: int | None = None,
-                        resume: bool = False) -> str:
-    """DPO on ``make_cdpo_data`` output, from the SFT baseline (its own reference by default)."""
-    from metaaligner.io import read_records
-    from metaaligner.training.dpo import train_dpo
+def standardise(value: float, mean: float, std: float) -> float:
+    """(value - mean) / std: one reward model's score on the scale of its training responses."""
+    return (value - mean) / std if std > 0 else value - mean
 
-    started = time.time()
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
-    train = read_records(data_dir / "train.jsonl")[:limit]
-    val_path = data_dir / "val.jsonl"
-    val = read_records(val_path) if val_path.exists() and val_path.stat().st_size > 0 else []
-    stats = _read_stats(data_dir)
-    start_model = full_model_path(model_name_or_path, output_dir)
-    train_dpo(start_model, train, val or None, str(output_dir), dpo_config, stage="cdpo",
-              log_path=str(output_dir / LOG_FILE), ref_model_path=ref_model_path, lora=lora, resume=resume)
-    _finish("cdpo", output_dir, {"conditioning": "targets", "config": stats.get("config"),
-                                 "objectives": stats.get("objectives"), "names": stats.get("names"),
-                                 "targets": stats.get("targets"), "targets_source": stats.get("targets_source"),
-                                 "base_model": str(model_name_or_path), "lora": lora, "train_pairs": len(train),
-                                 "val_pairs": len(val), "data_dir": str(data_dir)}, started)
-    return str(output_dir)
+
+def scalarise(rewards: Sequence[float], weights: Sequence[float]) -> float:
+    """Linear scalarisation R = sum_j w_j * r_j of one response's per-objective (normalised) rewards."""
+    if len(rewards) != len(weights):
+        raise MetaAlignerError(f"{len(rewards)} rewards but {len(weights)} weights")
+    return float(sum(w * r for w, r in zip(weights, rewards)))
 
 
 def train_reward_models(input_path: str | Path, config: str, output_dir: str | Path, base_model: str | None,
@@ -103,7 +70,7 @@ def train_reward_models(input_path: str | Path, config: str, output_dir: str | P
                         limit: int | None = None, lora: bool = False, resume: bool = False) -> dict[str, Any]:
     """One reward model per objective, each on the pairs ordered by that objective's score (ties
     dropped), into ``output_dir/<objective>/``; ``output_dir/reward_models.json`` lists them."""
-    from metaaligner.baselines import ObjectiveSpec, read_reward_pairs, reward_model_pairs, split_by_group, strip_keys
+    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, split_by_group, strip_keys
     from metaaligner.io import write_json
     from metaaligner.training.reward_model import read_reward_stats, train_reward_model
 
@@ -182,7 +149,6 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
                           policy_model: str | None, output_dir: str | Path, morlhf_config,
                           prompt_column: str = "prompt", limit: int | None = None, lora: bool = False,
                           resume: bool = False) -> str:
-    from metaaligner.baselines import parse_weights
     from metaaligner.training.morlhf import train_morlhf
 
     started = time.time()
@@ -194,9 +160,14 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
     prompts = read_prompts(input_path, prompt_column, limit, morlhf_config.seed)
     train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config, stage="morlhf",
                  log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
-    from metaaligner.baseline_inference import read_metadata
-
     meta = read_metadata(str(output_dir))
     meta.pop("method", None)
-    _finish("morlhf", output_dir, {**meta, "input": str(input_path)}, started)
+    finish_run("morlhf", output_dir, {**meta, "input": str(input_path)}, started)
     return str(output_dir)
+
+
+def infer(config, generator=None) -> Path:
+    """Plain-query generation (``baseline.json`` records no conditioning)."""
+    from metaaligner.methods.inference import run_inference
+
+    return run_inference(config, generator)

@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from metaaligner.distributed import in_input_order, length_sorted_batches, shard_range
 from metaaligner.errors import DataError, MetaAlignerError
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def resolve_rewards(names: list[str], scorer: str = LLM, model: str | None = Non
     name is a registered reward (its objective's description) or any objective key of the registry.
     An override ``name=path`` always makes that name a classifier at ``path``.
     """
-    from metaaligner.objectives import ObjectiveRegistry
+    from metaaligner.registry.objectives import ObjectiveRegistry
 
     if scorer not in ("llm", "classifier"):
         raise MetaAlignerError(f"--scorer must be llm or classifier, got {scorer!r}")
@@ -286,7 +286,7 @@ class ClassifierScorer(Scorer):
         return column.cpu().tolist()
 
 
-class CausalLMJudge:
+class SharedLMScorer:
     """One causal LM shared by every LLM-scored reward: score = logit("Yes") - logit("No") at the
     next token after ``templates.llm_scorer_parts`` (context, answer, objective), optionally wrapped
     in the tokenizer's chat template.
@@ -341,7 +341,7 @@ class CausalLMJudge:
         """(context ids, one answer-ids list per response, one objective-ids list per description);
         the question for (response a, objective k) is context + answers[a] + objectives[k]. The
         conversation loses its start when the longest question exceeds ``max_length``."""
-        from metaaligner.templates import llm_scorer_parts
+        from metaaligner.registry.templates import llm_scorer_parts
 
         answers = [self._ids(llm_scorer_parts(prompt, r, "")[1]) for r in responses]
         objectives = [self._ids(llm_scorer_parts("", "", d)[2] + self.post) for d in descriptions]
@@ -491,9 +491,9 @@ def _pack_tree(context: list[int], answers: list[list[int]], objectives: list[li
 
 
 class LLMScorer(Scorer):
-    """One LLM-scored reward: the shared ``CausalLMJudge`` asked about ``description``."""
+    """One LLM-scored reward: the shared ``SharedLMScorer`` asked about ``description``."""
 
-    def __init__(self, spec: RewardSpec, judge: CausalLMJudge):
+    def __init__(self, spec: RewardSpec, judge: SharedLMScorer):
         self.name, self.kind, self.description, self.judge = spec.name, LLM, spec.description, judge
         self.model_name, self.max_length, self.tokenizer = judge.model_name, judge.max_length, judge.tokenizer
 
@@ -511,7 +511,7 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
     from metaaligner.models import load_causal_lm, pick_device, quiet_transformers
 
     device = pick_device(device)
-    judges: dict[str | None, CausalLMJudge] = {}
+    judges: dict[str | None, SharedLMScorer] = {}
     classifiers: dict[str, tuple] = {}
     scorers: list[Scorer] = []
     for spec in specs:
@@ -525,8 +525,8 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
                 if use_chat[chat_template] and not getattr(tokenizer, "chat_template", None):
                     raise MetaAlignerError(f"{spec.model}: the tokenizer has no chat template; use --chat_template no")
                 name = str(spec.model) if spec.model else "embedded:SmolLM2-135M-Instruct"
-                judges[spec.model] = CausalLMJudge(model, tokenizer, dev, name, _max_len(tokenizer, max_length),
-                                                   use_chat[chat_template], prefix_sharing)
+                judges[spec.model] = SharedLMScorer(model, tokenizer, dev, name, _max_len(tokenizer, max_length),
+                                                    use_chat[chat_template], prefix_sharing)
             scorers.append(LLMScorer(spec, judges[spec.model]))
         else:
             if spec.model not in classifiers:
@@ -565,10 +565,8 @@ def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int,
                     on_batch: Callable[[int], None] | None = None) -> list[float]:
     """Scores in input order; batches of ``batch_size`` sequences after sorting by length (longest
     first, so an out-of-memory error shows up at once), each padded to its own longest."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
     out: list[float] = [math.nan] * len(sequences)
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start:start + batch_size]
+    for idx in length_sorted_batches([len(s) for s in sequences], batch_size):
         for i, score in zip(idx, scorer.score_batch([sequences[i] for i in idx])):
             out[i] = float(score)
         if on_batch:
@@ -577,19 +575,6 @@ def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int,
 
 
 # ---------------------------------------------------------------- one process's share
-
-def shard_range(n_rows: int, rank: int, world: int) -> range:
-    """Contiguous row slice of ``rank`` among ``world`` processes (covers 0..n-1 exactly once)."""
-    return range(rank * n_rows // world, (rank + 1) * n_rows // world)
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the variables ``torchrun``/``accelerate launch`` set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
-
 
 def shard_path(output: str | Path, rank: int, world: int) -> Path:
     output = Path(output)
@@ -697,11 +682,11 @@ def merge_shards(paths: list[Path], n_rows: int) -> list[dict[str, Any]]:
             if rid in merged:
                 raise MetaAlignerError(f"{path}: row {rid} appears in two shards")
             merged[rid] = rec
-    missing = [i for i in range(n_rows) if i not in merged]
+    ordered, missing = in_input_order(merged, n_rows)
     if missing or len(merged) != n_rows:
         raise MetaAlignerError(f"shards cover {len(merged)} of {n_rows} rows (missing e.g. {missing[:5]}); "
                                "re-run with --resume")
-    return [merged[i] for i in range(n_rows)]
+    return ordered
 
 
 # ---------------------------------------------------------------- rounding, normalisation, output
@@ -716,8 +701,8 @@ class RewardStat:
     description: str | None = None
 
 
-def normalise(results: list[dict[str, Any]], n_rewards: int, round_digits: int | None = 1,
-              normalize: bool = True) -> tuple[list[list[float]], list[list[float]], list[tuple[float, float]]]:
+def normalise_scores(results: list[dict[str, Any]], n_rewards: int, round_digits: int | None = 1,
+                     normalize: bool = True) -> tuple[list[list[float]], list[list[float]], list[tuple[float, float]]]:
     """Per reward: round the raw scores (``round_digits``; None/negative = off), then z-score them with
     the population mean/std over chosen + rejected of the kept rows. Returns (chosen, rejected, stats)
     with ``chosen[i][k]`` = reward i of kept row k."""
@@ -769,7 +754,7 @@ def finalise(rows: list[PreferenceRow], results: list[dict[str, Any]], scorers_i
     from metaaligner.io import write_csv, write_json, write_jsonl
 
     n = len(scorers_info)
-    chosen, rejected, moments = normalise(results, n, round_digits, normalize)
+    chosen, rejected, moments = normalise_scores(results, n, round_digits, normalize)
     kept_rows = [row for row, res in zip(rows, results) if res["status"] == OK]
     table = []
     for k, row in enumerate(kept_rows):

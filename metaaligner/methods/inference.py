@@ -1,4 +1,4 @@
-"""Inference for every baseline (SFT, CDPO, MORLHF), written in the aligner output format.
+"""The one inference of the conditioned baselines (SFT, CDPO, MORLHF), written in the aligner output format.
 
 One function serves all three: SFT and CDPO models were trained on reward-conditioned prompts, so
 their queries carry the desired rewards (``<Harmlessness>: 4.19; ... | {query}``); the MORLHF policy
@@ -15,7 +15,6 @@ reward in the training data unless overridden there); the maximum normalised rew
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.io import OUTPUT_COLUMNS
+from metaaligner.methods.common import METADATA_FILE, read_metadata, write_metadata  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "baseline.json"
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
 # Provenance, as the aligner writes it (``evaluation/judge.py`` reads ``template`` as the dataset config).
 PROVENANCE_COLUMNS = ["aligner", "template", "aspects", "targets"]
 CONDITIONING = ("auto", "targets", "none")
@@ -70,25 +69,10 @@ class BaselineInferenceConfig:
             raise MetaAlignerError(f"--conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
 
 
-def read_metadata(model_path: str | None) -> dict[str, Any]:
-    if not model_path:
-        return {}
-    path = Path(model_path) / METADATA_FILE
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
-    from metaaligner.io import write_json
-
-    write_json(Path(model_path) / METADATA_FILE, meta)
-
-
 def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: dict[str, Any],
                     rewards_csv: str | None) -> list[float]:
     """Targets per objective: ``spec`` > ``meta['targets']`` > max of ``rewards_csv``."""
-    from metaaligner.baselines import default_targets, parse_target_rewards, read_reward_pairs
+    from metaaligner.methods.common import default_targets, parse_target_rewards, read_reward_pairs
 
     defaults: list[float | None] = [None] * len(keys)
     recorded = meta.get("targets") or {}
@@ -105,7 +89,7 @@ def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: d
 
 
 def build_queries(queries: list[str], names: list[str], targets: list[float] | None) -> list[str]:
-    from metaaligner.baselines import conditioned_prompt
+    from metaaligner.methods.common import conditioned_prompt
 
     if targets is None:
         return list(queries)
@@ -129,8 +113,8 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from metaaligner.baselines import ObjectiveSpec, cut_at_next_turn, format_targets
-    from metaaligner.datasets import load_dataset_config
+    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
+    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import ResumableWriter, read_records
 

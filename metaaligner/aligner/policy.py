@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metaaligner.aligner import FileJob
+from metaaligner.aligner.inference import FileJob
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
 from metaaligner.io import ResumableWriter, read_records, read_table, run_resumable, write_jsonl
@@ -24,7 +24,7 @@ def load_queries(path: str | Path, query_column: str = "query", goldens_column: 
     path = Path(path)
     header = read_records(path)[0]
     if query_column not in header and queries_dir:
-        from metaaligner.aligner import table_stem
+        from metaaligner.aligner.inference import table_stem
         from metaaligner.samples import join_imhi_queries
 
         source = Path(queries_dir) / f"{table_stem(path)}.csv"

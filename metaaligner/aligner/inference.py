@@ -24,22 +24,22 @@ from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable, write_jsonl
-from metaaligner.objectives import ObjectiveRegistry, build_registry
-from metaaligner.templates import TEMPLATES, Template, get_template, render
+from metaaligner.io import (OUTPUT_COLUMNS, TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable,
+                            write_jsonl)
+from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
+from metaaligner.registry.templates import TEMPLATES, Template, get_template, render
 
 log = logging.getLogger(__name__)
 
 MODEL_CARD = "metaaligner.json"
 DEFAULT_TEMPLATE = "hh-rlhf"
-DEMO_ALIGNER_DIR = Path(__file__).resolve().parent / "data" / "demo_aligner"
+DEMO_ALIGNER_DIR = Path(__file__).resolve().parents[1] / "data" / "demo_aligner"
 # Names meaning "the built-in default aligner" (the demo LoRA aligner when shipped, else embedded).
 DEFAULT_NAMES = ("", "default")
 # Names meaning "the raw embedded SmolLM2-135M-Instruct", even when the demo aligner is shipped.
 EMBEDDED_NAMES = ("embedded", "smollm2")
 EMBEDDED_LABEL = "embedded:SmolLM2-135M-Instruct"
 
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
 PROVENANCE_COLUMNS = ["aligner", "template", "aspects"]
 INPUT_COLUMNS = {"query": "query", "goldens": "goldens", "answer": "generated_text"}
 

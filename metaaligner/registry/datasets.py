@@ -1,5 +1,6 @@
-"""Dataset configs (``configs/datasets/<name>.yaml``): template, objective keys in score order,
-column names. Code never branches on a dataset's name; it reads one of these."""
+"""Dataset configs (shipped as ``metaaligner/data/datasets/<name>.yaml``, or any YAML path):
+template, objective keys in score order, column names. Code never branches on a dataset's name;
+it reads one of these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,8 +10,8 @@ import yaml
 
 from metaaligner.errors import MetaAlignerError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs" / "datasets"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "datasets"
 
 
 @dataclass
@@ -27,13 +28,13 @@ class DatasetConfig:
     path: str | None = None
 
     def objective_descriptions(self, registry=None) -> list[str]:
-        from metaaligner.objectives import ObjectiveRegistry
+        from metaaligner.registry.objectives import ObjectiveRegistry
 
         registry = registry or ObjectiveRegistry.builtin()
         return registry.descriptions(self.objectives, self.objective_group)
 
     def objective_names(self, registry=None) -> list[str]:
-        from metaaligner.objectives import ObjectiveRegistry
+        from metaaligner.registry.objectives import ObjectiveRegistry
 
         registry = registry or ObjectiveRegistry.builtin()
         return [o.name for o in registry.resolve(self.objectives, self.objective_group)]

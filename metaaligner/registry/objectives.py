@@ -14,7 +14,7 @@ import yaml
 
 from metaaligner.errors import MetaAlignerError
 
-BUILTIN_FILE = Path(__file__).with_name("data") / "objectives.yaml"
+BUILTIN_FILE = Path(__file__).resolve().parents[1] / "data" / "objectives.yaml"
 USER_GROUP = "user"
 
 

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from metaaligner.distributed import in_input_order, length_sorted_batches, shard_range
 from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.io import OUTPUT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +131,6 @@ def gather_logprobs(logits, token_ids):
         row = logits[i].float()
         out[i] = row.gather(-1, token_ids[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1)
     return out
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so memory errors show early)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[s:s + batch_size] for s in range(0, len(order), max(1, batch_size))]
 
 
 def token_rewards(oracle, reference, sequences: list[tuple[list[int], list[int]]], pad_token_id: int,
@@ -337,7 +333,7 @@ def score_shard(pairs: list[dict[str, Any]], oracle_path: str, reference_path: s
                 rank: int = 0, world: int = 1, batch_size: int = 16, max_length: int | None = 1024,
                 add_eos: bool = True, resume: bool = False, device: str | None = None,
                 dtype: str | None = None, progress: bool = True, models=None) -> ScoringStats:
-    """Score the rows ``row_id % world == rank`` into ``<output>.shard{rank}of{world}.partial.jsonl``.
+    """Score this rank's rows (``distributed.shard_range``) into ``<output>.shard{rank}of{world}.partial.jsonl``.
 
     ``models`` = (oracle, reference, tokenizer) skips loading (tests, benchmarks).
     """
@@ -353,7 +349,7 @@ def score_shard(pairs: list[dict[str, Any]], oracle_path: str, reference_path: s
     else:
         oracle_tok = ref_tok = models[2]
     done = set(_read_partials(output)) if resume else set()
-    mine = [i for i in range(len(pairs)) if i % world == rank and i not in done]
+    mine = [i for i in shard_range(len(pairs), rank, world) if i not in done]
     writer = ResumableWriter(_shard_file(output, rank, world), columns=[], key="row_id", resume=resume)
     stats = ScoringStats(rows_in=len(mine))
     if not mine:
@@ -413,7 +409,7 @@ def merge_selection(pairs: list[dict[str, Any]], output: str | Path, ratio: floa
 
     output = Path(output)
     scored = _read_partials(output)
-    missing = [i for i in range(len(pairs)) if i not in scored]
+    _, missing = in_input_order(scored, len(pairs))
     if missing:
         raise MetaAlignerError(f"{output}: {len(missing)} rows were not scored (first: row {missing[0] + 1}); "
                                "re-run with --resume")
@@ -535,9 +531,6 @@ def pairs_from_records(rows: list[dict[str, Any]], marker: str = "\n\nAssistant:
 
 
 # ---------------------------------------------------------------- inference in the aligner output format
-
-OUTPUT_COLUMNS = ["query", "goldens", "origin_responses", "aligned_responses"]
-
 
 def generate_outputs(input_path: str | Path, model: str, output: str | Path, params, backend: str = "hf",
                      origin_model: str | None = None, prompt_template: str = "{query}", limit: int | None = None,

@@ -1,0 +1,1 @@
+"""Baselines, one module per method: SFT (RiC), CDPO, MORLHF, SePO."""

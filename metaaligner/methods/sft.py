@@ -1,0 +1,78 @@
+"""SFT baseline (Rewards-in-Context stage 1): every response becomes an item whose prompt carries
+its own rewards, ``<Harmlessness>: 0.50; <Helpfulness>: -1.20; <Humour>: 0.10 | {question}``.
+Data rule ``sft_items``, ``make_sft_data``, ``train_sft_baseline``; inference: ``infer`` (the shared
+conditioned inference, the targets from ``baseline.json``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from metaaligner.methods.common import (LOG_FILE, ObjectiveSpec, ScoredPair, conditioned_prompt, default_targets,
+                                        finish_run, format_targets, read_reward_pairs, read_stats, split_by_group,
+                                        summary_line)
+
+
+def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
+    """Two items per pair, each response under a prompt that carries its own rewards.
+    ``group`` (the source row) keeps both items of a pair in the same split."""
+    items = []
+    for p in pairs:
+        for side, response, scores in (("chosen", p.chosen, p.chosen_scores), ("rejected", p.rejected, p.rejected_scores)):
+            items.append({"id": f"{p.row}-{side}", "group": p.row,
+                          "prompt": conditioned_prompt(p.prompt, names, scores), "completion": response})
+    return items
+
+
+def make_sft_data(input_path: str | Path, config: str, output_dir: str | Path, seed: int = 0,
+                  val_size: float = 0.1) -> dict:
+    """``rewards.csv`` -> ``train.json``/``val.json`` (FastChat) + ``stats.json``; returns the stats."""
+    from metaaligner.io import fastchat_item, write_fastchat, write_json
+
+    start = time.time()
+    spec = ObjectiveSpec.from_config(config)
+    data = read_reward_pairs(input_path, len(spec.keys))
+    items = sft_items(data.pairs, spec.names)
+    train, val = split_by_group(items, val_size, seed)
+    out = Path(output_dir)
+    write_fastchat(out / "train.json", [fastchat_item(it["id"], it["prompt"], it["completion"]) for it in train])
+    write_fastchat(out / "val.json", [fastchat_item(it["id"], it["prompt"], it["completion"]) for it in val])
+    targets = default_targets(data.pairs)
+    stats = {"input": str(input_path), "config": config, "objectives": spec.keys, "names": spec.names,
+             "seed": seed, "val_size": val_size, "rows_in": data.rows_in, "pairs_used": len(data.pairs),
+             "skipped": dict(data.skipped), "items": len(items), "train": len(train), "val": len(val),
+             "max_rewards": dict(zip(spec.keys, targets))}
+    write_json(out / "stats.json", stats)
+    print(f"max normalised rewards (default inference targets): {format_targets(spec.keys, targets)}")
+    print(summary_line("make_sft_data", data.rows_in, {"train items": len(train), "val items": len(val)},
+                       data.skipped, time.time() - start))
+    return stats
+
+
+def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None,
+                       stage_config, limit: int | None = None, resume: bool = False) -> str:
+    """Train the SFT baseline on ``make_sft_data`` output."""
+    from metaaligner.io import read_fastchat
+    from metaaligner.training.sft import train_sft
+
+    started = time.time()
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    train = read_fastchat(data_dir / "train.json")[:limit]
+    val = read_fastchat(data_dir / "val.json") if (data_dir / "val.json").exists() else []
+    stats = read_stats(data_dir)
+    train_sft(model_name_or_path, train, val or None, str(output_dir), stage_config, stage="sft_baseline",
+              log_path=str(output_dir / LOG_FILE), resume=resume)
+    finish_run("sft", output_dir, {"conditioning": "targets", "config": stats.get("config"),
+                                   "objectives": stats.get("objectives"), "names": stats.get("names"),
+                                   "targets": stats.get("max_rewards"), "targets_source": "max normalised reward",
+                                   "base_model": str(model_name_or_path), "train_items": len(train),
+                                   "val_items": len(val), "data_dir": str(data_dir)}, started)
+    return str(output_dir)
+
+
+def infer(config, generator=None) -> Path:
+    """Reward-conditioned generation (``methods.inference.run_inference``)."""
+    from metaaligner.methods.inference import run_inference
+
+    return run_inference(config, generator)

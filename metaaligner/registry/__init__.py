@@ -1,0 +1,2 @@
+"""Registries as data: objectives (``objectives``), prompt templates (``templates``) and dataset
+configs (``datasets``; the shipped YAML files are in ``metaaligner/data/datasets/``)."""
