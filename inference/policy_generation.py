@@ -1,7 +1,7 @@
 """Generate policy answers for a file of queries, in the samples format aligner inference reads.
 
     # the embedded SmolLM2 answers 4 HH-RLHF queries (CPU, offline) -> outputs/policy/smollm2.csv
-    python inference/policy_generation.py --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit 4 --model_name smollm2
+    python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --limit 4 --model_name smollm2
     # IMHI: the test instructions carry the golden answers in column gpt-3.5-turbo
     python inference/policy_generation.py --data_dir ../shared/data/imhi-test-instruction \
         --goldens_column gpt-3.5-turbo --model my/policy --model_name my-policy --limit 100
@@ -10,7 +10,7 @@
         --queries_dir ../shared/data/imhi-test-instruction --model_name smollm2 --limit 4
     # any OpenAI-compatible endpoint (key from OPENAI_API_KEY)
     python inference/policy_generation.py --backend openai --model gpt-3.5-turbo \
-        --base_url https://api.openai.com/v1 --data_dir samples/UltraFeedback/gpt-3.5-turbo.csv.gz
+        --base_url https://api.openai.com/v1 --data_dir samples/UltraFeedback_model_output/gpt-3.5-turbo.csv.gz
 
 Writes ``<model_output_path>/<model_name>.csv`` for a file, ``<model_output_path>/<model_name>/<file>.csv``
 for a folder, with columns ``query, goldens, generated_text, model``.

@@ -76,12 +76,12 @@ class RecordingGenerator:
 def test_dry_run_claude3_writes_1200_exact_prompts(tmp_path, capsys):
     # a bogus aligner path: the dry run must not load (or even look for) a model
     code, out, err = run_inprocess(["--aligner_path", str(tmp_path / "no-such-model"), "--template", "hh-rlhf",
-                                    "--data_dir", "samples/HH-RLHF", "--aligned_model", "Claude-3",
+                                    "--data_dir", "samples/HH-RLHF_model_output", "--aligned_model", "Claude-3",
                                     "--aspects", "harmlessness,helpfulness,humour",
                                     "--model_output_path", str(tmp_path), "--dry_run"], capsys)
     assert code == 0, err
     lines = (tmp_path / "Claude-3.prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    rows = read_table(REPO / "samples/HH-RLHF/Claude-3.csv.gz", required=["query", "generated_text"])
+    rows = read_table(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz", required=["query", "generated_text"])
     assert len(lines) == len(rows) == 1200
     for line, row in zip(lines, rows):
         item = json.loads(line)
@@ -258,7 +258,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert (code, err) == (2, f"error: {tmp_path / 'empty.csv'}: file is empty\n")
     code, _, err = run_inprocess(["--data_dir", str(tmp_path / "missing.csv"), *base], capsys)
     assert (code, err) == (2, f"error: {tmp_path / 'missing.csv'}: no such file or folder (--data_dir)\n")
-    code, _, err = run_inprocess(["--data_dir", "samples/HH-RLHF", "--aspects", "harmlessness", "--dry_run",
+    code, _, err = run_inprocess(["--data_dir", "samples/HH-RLHF_model_output", "--aspects", "harmlessness", "--dry_run",
                                   "--aligner_path", str(tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1 and "cannot tell which prompt template" in err
     # a real interpreter: exit status 2, one line on stderr, no traceback

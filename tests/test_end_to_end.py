@@ -165,7 +165,7 @@ def test_demo_pipeline_tiny_end_to_end_and_resume(tmp_path, tiny_llama_dir):
     assert {r["stage"] for r in log} == {s for s, k in subsets.items() if stats["items"][k] > 0}
     # 4: the policy answered 2 shipped queries
     policy = read_records(out / "4_policy/SmolLM2-policy.csv")
-    claude = read_records(REPO / "samples/HH-RLHF/Claude-3.csv.gz")
+    claude = read_records(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz")
     assert [r["query"] for r in policy] == [r["query"] for r in claude[:2]]
     # 5: every dataset aligned with the trained aligner, 2 rows per policy, provenance kept
     aligned = {p.relative_to(out / "5_aligned").as_posix(): read_records(p) for p in (out / "5_aligned").rglob("*.csv")}
