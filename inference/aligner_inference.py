@@ -4,9 +4,13 @@
     python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --limit 4
     # the exact prompts only, no model loaded
     python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --dry_run
-    # a released checkpoint where a hub is reachable, GPU
+    # a released checkpoint where a hub is reachable, GPU (known names need no --template)
     python inference/aligner_inference.py --aligner_path MetaAligner/MetaAligner-UltraFeedback-7B \
-        --template ultrafeedback --dataset ultrafeedback --aspects honesty,truthfulness,speci
+        --dataset ultrafeedback --aspects honesty,truthfulness,specificity
+    # the released README's command, as written, from inference/ (--dry_run: offline, no hub)
+    cd inference && python aligner_inference.py --aligner_path MetaAligner/MetaAligner-HH-RLHF-1.1B \
+        --data_dir ../samples/HH-RLHF_model_output --aligned_model Claude-3 --model_output_path OUT \
+        --cuda --batch_size 16 --llama --aspects harmlessness,helpfulness,humour --dry_run
     # an OpenAI-compatible server (vLLM, transformers serve); key from OPENAI_API_KEY
     python inference/aligner_inference.py --backend openai --base_url http://127.0.0.1:8000/v1 \
         --aligner_path my-served-aligner --template hh-rlhf --dataset hh-rlhf
@@ -53,6 +57,9 @@ class AlignerInferenceConfig:
     device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' to spread a large aligner over several GPUs"})
+    cuda: bool = field(default=False, metadata={"help": "the released flag: same as --device cuda (an error, not a silent CPU run, when no GPU is visible)"})
+    llama: bool = field(default=False, metadata={"help": "the released flag (LlamaForCausalLM/LlamaTokenizer); accepted, not needed: the model class comes from the checkpoint's config"})
+    lora: bool = field(default=False, metadata={"help": "the released flag; accepted, not needed: --lora_path alone applies the adapter"})
 
 
 def make_parser():
@@ -66,6 +73,32 @@ def _flatten(values) -> list[str]:
     return out
 
 
+def released_flags(config: AlignerInferenceConfig) -> str | None:
+    """Apply the released spellings: ``--cuda`` -> ``--device cuda``; ``--llama``/``--lora`` only noted.
+    Returns the device to use."""
+    from metaaligner.errors import MetaAlignerError
+
+    if config.llama:
+        log.info("--llama is not needed: the model and tokenizer classes come from the checkpoint's config")
+    if config.lora and not config.lora_path:
+        raise MetaAlignerError("--lora needs --lora_path ADAPTER_FOLDER")
+    if not config.cuda:
+        return config.device
+    if config.device and not config.device.startswith("cuda"):
+        raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
+    return config.device or "cuda"
+
+
+def check_cuda(device: str | None, backend: str) -> None:
+    """A GPU was asked for (--cuda / --device cuda): say so in one line when none is visible."""
+    import torch
+
+    from metaaligner.errors import MetaAlignerError
+
+    if device and device.startswith("cuda") and backend in ("auto", "hf") and not torch.cuda.is_available():
+        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; drop the flag to run on the CPU")
+
+
 def main(config: AlignerInferenceConfig) -> None:
     from metaaligner.aligner import (AlignRunSettings, align_file, dry_run_file, make_generator,
                                      objective_group_for, plan_jobs, resolve_aligner, resolve_objectives)
@@ -75,6 +108,9 @@ def main(config: AlignerInferenceConfig) -> None:
     from metaaligner.objectives import build_registry
 
     start = time.time()
+    device = released_flags(config)
+    if not config.dry_run:  # fail before any file is touched
+        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
     dataset = load_dataset_config(config.dataset) if config.dataset else None
     source = resolve_aligner(config.aligner_path, config.template, config.lora_path,
                              dataset.template if dataset else None)
@@ -106,7 +142,7 @@ def main(config: AlignerInferenceConfig) -> None:
     def get_backend():
         nonlocal backend
         if backend is None:
-            backend = make_generator(config.backend, source, device=config.device, dtype=config.dtype,
+            backend = make_generator(config.backend, source, device=device, dtype=config.dtype,
                                      base_url=config.base_url, device_map=config.device_map)
         return backend
 
