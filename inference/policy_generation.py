@@ -89,12 +89,11 @@ def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str
 
 
 def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner import FileJob, make_generator, plan_jobs
+    from metaaligner.aligner import FileJob, load_policy_rows, make_generator, plan_jobs
     from metaaligner.datasets import REPO_ROOT, load_dataset_config
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
     from metaaligner.models import EMBEDDED_NAMES
-    from metaaligner.aligner import load_policy_rows
     from metaaligner.policy import generate_file, load_queries, self_refine_file
 
     start = time.time()

@@ -161,6 +161,6 @@ def test_release_spellings_are_aliases_of_our_keys():
                                                r"hh-rlhf:helpfulness, ultrafeedback:helpfulness$"):
         registry.get("helpful")
     # aliases are not keys: the registry lists only ours, and a user objective of that name wins
-    assert "humor" not in registry.keys() and "length" not in registry.keys()
+    assert {"humor", "length"}.isdisjoint(registry.keys())
     mine = build_registry(None, ["length=Length: at most three sentences"])
     assert mine.get("length", "ultrafeedback").description == "Length: at most three sentences"
