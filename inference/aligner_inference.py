@@ -41,7 +41,7 @@ class AlignerInferenceConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
     aspects: str = field(default=None, metadata={"help": "comma-separated objective keys, in order (default: the --dataset config's objectives, else those in the aligner's metaaligner.json)"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
-    template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | a YAML file (default: metaaligner.json in the model folder, then --dataset)"})
+    template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | aligner | a YAML file (default: metaaligner.json in the model folder, a known checkpoint's, then --dataset)"})
     dataset: str = field(default=None, metadata={"help": "dataset config: hh-rlhf | ultrafeedback | imhi | path.yaml (template, objective group, columns, samples folder)"})
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
