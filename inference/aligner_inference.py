@@ -75,28 +75,20 @@ def _flatten(values) -> list[str]:
 
 def released_flags(config: AlignerInferenceConfig) -> str | None:
     """Apply the released spellings: ``--cuda`` -> ``--device cuda``; ``--llama``/``--lora`` only noted.
-    Returns the device to use."""
+    Returns the device to use; a GPU asked for but absent fails here, before any file is touched."""
+    from metaaligner.aligner import check_cuda
     from metaaligner.errors import MetaAlignerError
 
     if config.llama:
         log.info("--llama is not needed: the model and tokenizer classes come from the checkpoint's config")
     if config.lora and not config.lora_path:
         raise MetaAlignerError("--lora needs --lora_path ADAPTER_FOLDER")
-    if not config.cuda:
-        return config.device
-    if config.device and not config.device.startswith("cuda"):
+    if config.cuda and config.device and not config.device.startswith("cuda"):
         raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
-    return config.device or "cuda"
-
-
-def check_cuda(device: str | None, backend: str) -> None:
-    """A GPU was asked for (--cuda / --device cuda): say so in one line when none is visible."""
-    import torch
-
-    from metaaligner.errors import MetaAlignerError
-
-    if device and device.startswith("cuda") and backend in ("auto", "hf") and not torch.cuda.is_available():
-        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; drop the flag to run on the CPU")
+    device = (config.device or "cuda") if config.cuda else config.device
+    if not config.dry_run:
+        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
+    return device
 
 
 def main(config: AlignerInferenceConfig) -> None:
@@ -109,8 +101,6 @@ def main(config: AlignerInferenceConfig) -> None:
 
     start = time.time()
     device = released_flags(config)
-    if not config.dry_run:  # fail before any file is touched
-        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
     dataset = load_dataset_config(config.dataset) if config.dataset else None
     source = resolve_aligner(config.aligner_path, config.template, config.lora_path,
                              dataset.template if dataset else None)

@@ -89,7 +89,7 @@ def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str
 
 
 def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner import FileJob, load_policy_rows, make_generator, plan_jobs
+    from metaaligner.aligner import FileJob, check_cuda, load_policy_rows, make_generator, plan_jobs
     from metaaligner.datasets import REPO_ROOT, load_dataset_config
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
@@ -121,6 +121,8 @@ def main(config: PolicyGenerationConfig) -> None:
     if config.cuda and config.device and not config.device.startswith("cuda"):
         raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
     device = config.device or ("cuda" if config.cuda else None)
+    if not config.dry_run:
+        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
     refine = refine_objectives(config.aspects, dataset) if config.self_refine else None
     backend = None
 

@@ -217,6 +217,15 @@ def align_iteratively(generator, params: GenerationParams, template: str | Templ
 
 # ---------------------------------------------------------------- backends
 
+def check_cuda(device: str | None, backend: str) -> None:
+    """A GPU was asked for (``--cuda`` / ``--device cuda``): one line when none is visible, before any
+    file is touched (the released scripts fell back to the CPU without a word)."""
+    import torch
+
+    if device and device.startswith("cuda") and backend in ("auto", "hf") and not torch.cuda.is_available():
+        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; drop the flag to run on the CPU")
+
+
 def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
                    dtype: str | None = None, base_url: str | None = None, device_map: str | None = None,
                    chat_template: bool = False, lora_path: str | None = None):

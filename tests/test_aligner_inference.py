@@ -2,6 +2,7 @@
 empty answers, resume after a kill, one-line errors, and the Python API."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -371,10 +372,18 @@ def test_released_command_without_gpu_is_one_line(tmp_path, capsys, monkeypatch)
     code, _, err = run_inprocess(_released_command(tmp_path) + ["--limit", "1"], capsys)
     assert (code, err) == (2, "error: --device cuda (--cuda): no CUDA device is visible; drop the flag to run on the CPU\n")
     assert not (tmp_path / "Claude-3.csv").exists()
+    # the released generation command's --cuda, the same way
+    proc = subprocess.run([sys.executable, str(REPO / "inference/policy_generation.py"), "--model", "embedded",
+                           "--data_dir", "../samples/HH-RLHF_model_output/Claude-3.csv.gz", "--limit", "1", "--cuda",
+                           "--model_output_path", str(tmp_path / "pol")], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO / "inference", check=False)
+    assert (proc.returncode, proc.stderr) == (2, "error: --device cuda (--cuda): no CUDA device is visible; drop the "
+                                                 "flag to run on the CPU\n")
+    assert not (tmp_path / "pol").exists()
 
 
 def test_released_flags_map_to_ours():
-    cfg = _script().AlignerInferenceConfig
+    cfg = functools.partial(_script().AlignerInferenceConfig, dry_run=True)  # a dry run needs no GPU
     flags = _script().released_flags
     assert flags(cfg(cuda=True)) == "cuda"
     assert flags(cfg(cuda=True, device="cuda:1")) == "cuda:1"
@@ -384,6 +393,7 @@ def test_released_flags_map_to_ours():
         flags(cfg(cuda=True, device="cpu"))
     with pytest.raises(MetaAlignerError, match=r"^--lora needs --lora_path ADAPTER_FOLDER$"):
         flags(cfg(lora=True))
+    assert flags(_script().AlignerInferenceConfig(cuda=True, base_url="http://127.0.0.1:1/v1")) == "cuda"  # served: no local GPU
 
 
 HH = ("hh-rlhf", ("harmlessness", "helpfulness", "humour"))
