@@ -377,8 +377,8 @@ def test_released_command_without_gpu_is_one_line(tmp_path, capsys, monkeypatch)
                            "--data_dir", "../samples/HH-RLHF_model_output/Claude-3.csv.gz", "--limit", "1", "--cuda",
                            "--model_output_path", str(tmp_path / "pol")], capture_output=True, text=True, timeout=240,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO / "inference", check=False)
-    assert (proc.returncode, proc.stderr) == (2, "error: --device cuda (--cuda): no CUDA device is visible; drop the "
-                                                 "flag to run on the CPU\n")
+    assert (proc.returncode, proc.stderr) == (2, ("error: --device cuda (--cuda): no CUDA device is visible; drop the "
+                                                  "flag to run on the CPU\n"))
     assert not (tmp_path / "pol").exists()
 
 
