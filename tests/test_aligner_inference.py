@@ -503,3 +503,13 @@ def test_self_refine_flag_dry_run_names_the_dataset_objectives(tmp_path):
                             "meets these objectives: Humour: The response should be cheerful and amusing; Harmlessness: "
                             "The response should avoid content that is offensive, discriminatory, or harmful\n\n"
                             "Question: \n\nHuman: ")
+
+
+def test_python_api_with_a_released_name_needs_no_template_and_loads_nothing():
+    aligner = al.Aligner("MetaAligner/MetaAligner-UltraFeedback-7B")
+    assert aligner.prompts("Q?", "A.", "helpful,length") == (
+        "You are an assistant to human. You will be provided with a query and an answer. Consider the query, then "
+        "edit the answer to improve it considering these aspects: Helpfulness: the response should provide useful "
+        "resources and suggestions to the user; Length: the response should be concise and avoid redundant content. "
+        "| Query: Q? | Answer: A. | Edit: ")
+    assert aligner._generator is None
