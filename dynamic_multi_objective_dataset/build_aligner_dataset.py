@@ -7,6 +7,14 @@ Input columns: ``prompt, chosen_response, rejected_response, chosen_score{i}, re
 (i = 1..n, in the dataset config's objective order; what ``reward_labelling.py`` writes). Output, in
 FastChat conversation JSON: ``no_equal/{train,val}.json`` (contrastive items), ``all_equal/train.json``
 (equal items), ``warmup/train.json`` (copy items) and ``stats.json``.
+
+The warm-up copy set is this project's reading of the paper's "warming up" step (the release ships
+only ``no_equal/`` and ``all_equal/``); ``--warmup none`` writes the release's data. ``--test_input``
+(a stage-1 CSV of a held-out split, e.g. the HH-RLHF test split labelled like ``--input``) adds
+``no_equal/test.json``, its contrastive items, as released:
+
+    python dynamic_multi_objective_dataset/build_aligner_dataset.py --input runs/hh/rewards.csv \
+        --test_input runs/hh/test_rewards.csv --config hh-rlhf --output_dir runs/hh/aligner_data --warmup none
 """
 from __future__ import annotations
 
@@ -17,6 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("build_aligner_dataset")
+WARMUP_NOTES = {
+    "copy": "this project's reading of the paper's warm-up step (copy task: answer y1 -> target y1, all "
+            "objectives); the release ships only no_equal/ and all_equal/",
+    "none": "no warm-up set, as released (only no_equal/ and all_equal/)",
+}
 
 
 @dataclass
@@ -38,17 +51,25 @@ class BuildConfig:
         "help": "extra objective 'key=description' (repeatable)"})
     tie_tolerance: float = field(default=0.0, metadata={"help": "|chosen - rejected| <= this counts as equal"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N input rows"})
+    warmup: str = field(default="copy", metadata={
+        "help": "copy: warmup/train.json of copy items (this project's reading of the paper's warm-up step); "
+                "none: no warm-up set (the release's data: only no_equal/ and all_equal/)"})
+    test_input: str | None = field(default=None, metadata={
+        "help": "stage-1 CSV of a held-out split (e.g. HH-RLHF test) -> no_equal/test.json, its contrastive items"})
 
 
 def main(cfg: BuildConfig) -> dict:
     from metaaligner.cli import split_csv
     from metaaligner.datasets import load_dataset_config
-    from metaaligner.io import read_records, write_fastchat, write_json
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.io import read_records, write_json
     from metaaligner.objectives import build_registry
-    from metaaligner.reformulation import build_dataset, pairs_from_rows, to_fastchat
+    from metaaligner.reformulation import build_dataset, pairs_from_rows
     from metaaligner.templates import get_template
 
     start = time.perf_counter()
+    if cfg.warmup not in WARMUP_NOTES:
+        raise MetaAlignerError(f"--warmup must be one of {', '.join(WARMUP_NOTES)}, got {cfg.warmup!r}")
     dataset = load_dataset_config(cfg.config)
     registry = build_registry(cfg.objectives_file, cfg.add_objective)
     keys = split_csv(cfg.objectives) or list(dataset.objectives)
@@ -61,22 +82,55 @@ def main(cfg: BuildConfig) -> dict:
     pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input)
     result = build_dataset(pairs, [o.key for o in objectives], [o.description for o in objectives], template,
                            seed=cfg.seed, val_size=cfg.val_size, tolerance=cfg.tie_tolerance,
-                           dropped=dropped, rows_in=len(rows))
+                           dropped=dropped, rows_in=len(rows), warmup=cfg.warmup == "copy")
+    test, test_stats = _heldout(cfg, objectives, template) if cfg.test_input else ([], None)
     out = Path(cfg.output_dir)
-    write_fastchat(out / "no_equal" / "train.json", to_fastchat(result.no_equal_train))
-    write_fastchat(out / "no_equal" / "val.json", to_fastchat(result.no_equal_val))
-    write_fastchat(out / "all_equal" / "train.json", to_fastchat(result.all_equal))
-    write_fastchat(out / "warmup" / "train.json", to_fastchat(result.warmup))
-    stats = dict(result.stats, input=str(cfg.input), config=dataset.name, rows_in_file=rows_in)
+    files = {out / "no_equal" / "train.json": result.no_equal_train, out / "no_equal" / "val.json": result.no_equal_val,
+             out / "all_equal" / "train.json": result.all_equal}
+    if cfg.warmup == "copy":
+        files[out / "warmup" / "train.json"] = result.warmup
+    if cfg.test_input:
+        files[out / "no_equal" / "test.json"] = test
+    _write(out, files)
+    stats = dict(result.stats, input=str(cfg.input), config=dataset.name, rows_in_file=rows_in,
+                 warmup={"mode": cfg.warmup, "note": WARMUP_NOTES[cfg.warmup]})
+    if test_stats:
+        stats["items"]["no_equal/test"] = len(test)
+        stats["test"] = test_stats
     write_json(out / "stats.json", stats)
     seconds = time.perf_counter() - start
     items = stats["items"]
     print(f"build_aligner_dataset: {len(rows)} rows in, {len(pairs)} pairs used, dropped "
           f"{sum(dropped.values())} ({', '.join(f'{k}={v}' for k, v in sorted(dropped.items())) or 'none'}); "
           f"no_equal train/val {items['no_equal/train']}/{items['no_equal/val']}, "
-          f"all_equal {items['all_equal/train']}, warmup {items['warmup/train']}; "
+          f"all_equal {items['all_equal/train']}, warmup {items['warmup/train'] if cfg.warmup == 'copy' else 'none'}"
+          f"{'' if not test_stats else ', test ' + str(len(test))}; "
           f"{seconds:.1f}s ({len(rows) / max(seconds, 1e-9):.0f} rows/s) -> {out}")
     return stats
+
+
+def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
+    """``--test_input`` -> (its contrastive items, their counts for stats.json)."""
+    from metaaligner.io import read_records
+    from metaaligner.reformulation import heldout_items, pairs_from_rows
+
+    rows = read_records(cfg.test_input)
+    pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.test_input)
+    items = heldout_items(pairs, [o.key for o in objectives], [o.description for o in objectives], template,
+                          seed=cfg.seed, tolerance=cfg.tie_tolerance)
+    return items, {"input": str(cfg.test_input), "rows_in": len(rows), "pairs": len(pairs),
+                   "dropped_rows": dict(sorted(dropped.items())), "items": len(items)}
+
+
+def _write(out: Path, files: dict) -> None:
+    from metaaligner.io import write_fastchat
+    from metaaligner.reformulation import to_fastchat
+
+    for stale in (out / "warmup" / "train.json", out / "no_equal" / "test.json"):
+        if stale not in files and stale.exists():
+            stale.unlink()   # left by an earlier run with other settings
+    for path, items in files.items():
+        write_fastchat(path, to_fastchat(items))
 
 
 def make_parser():

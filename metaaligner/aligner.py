@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,15 +178,16 @@ def resolve_objectives(objectives: str | Sequence[str], registry: ObjectiveRegis
 
 
 def normalize_answer(answer: Any) -> str:
-    """Empty, whitespace-only or missing answers become ``""`` (never ``"nan"``)."""
-    if answer is None:
+    """The answer verbatim (whitespace-only included, as the release sends it); only a missing/NaN
+    cell becomes ``""`` (never ``"nan"``)."""
+    if answer is None or (isinstance(answer, float) and math.isnan(answer)):
         return ""
-    text = str(answer)
-    return "" if not text.strip() else text
+    return str(answer)
 
 
 def is_empty_answer(answer: Any) -> bool:
-    return normalize_answer(answer) == ""
+    """Empty or whitespace only (counted in the stats; still aligned verbatim)."""
+    return not normalize_answer(answer).strip()
 
 
 def build_prompts(template: str | Template, questions: Sequence[str], answers: Sequence[Any],

@@ -6,9 +6,12 @@ script's real flag names (``check_flags`` verifies them against the script's own
 can never drift from the code). ``${NAME}`` in a value is replaced from ``variables`` (a ``variants``
 entry such as ``7B`` and ``--set NAME=VALUE`` override them). ``requires`` lists input files that must
 exist before the stage may start (e.g. a preference CSV that this repository cannot download).
+``ablations`` names Table 3's ablation rows (``no_equal`` = "-Equal Pref.", ``no_warmup`` = "-Warm Up"):
+each sets variables after the variant's, and ``${ABLATION_SUFFIX}`` (``-<name>``, empty for the full
+run) keeps its outputs in a run folder of their own.
 
     from metaaligner.paper import load_paper_config
-    run = load_paper_config("configs/paper/hh-rlhf.yaml", variant="7B")
+    run = load_paper_config("configs/paper/hh-rlhf.yaml", variant="7B", ablation="no_equal")
     for stage in run.stages:
         print(stage.command())
 """
@@ -69,6 +72,8 @@ class PaperRun:
     variables: dict[str, str]
     stages: list[PaperStage]
     description: str = ""
+    ablation: str | None = None
+    ablation_label: str = ""
 
     def select(self, names: list[str] | None) -> list[PaperStage]:
         if not names:
@@ -98,9 +103,24 @@ def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
     return value
 
 
+def _apply_ablation(path: Path, data: dict, ablation: str | None, variables: dict[str, str]) -> str:
+    """Set an ablation's variables (and ``ABLATION``, ``ABLATION_SUFFIX``); return its label."""
+    ablations = data.get("ablations") or {}
+    variables["ABLATION"], variables["ABLATION_SUFFIX"] = "none", ""
+    if ablation is None:
+        return ""
+    if ablation not in ablations:
+        raise MetaAlignerError(f"{path}: unknown ablation {ablation!r}; ablations: "
+                               f"{', '.join(map(str, ablations)) or 'none'}")
+    entry = ablations[ablation] or {}
+    variables.update({k: str(v) for k, v in (entry.get("variables") or {}).items()})
+    variables["ABLATION"], variables["ABLATION_SUFFIX"] = ablation, f"-{ablation}"
+    return str(entry.get("label") or ablation)
+
+
 def load_paper_config(path: str | Path, variant: str | None = None,
-                      overrides: dict[str, str] | None = None) -> PaperRun:
-    """Read a paper config; apply the ``variant``'s variables, then ``overrides``."""
+                      overrides: dict[str, str] | None = None, ablation: str | None = None) -> PaperRun:
+    """Read a paper config; apply the ``variant``'s variables, then the ``ablation``'s, then ``overrides``."""
     path = Path(path)
     if not path.is_file():
         raise MetaAlignerError(f"{path}: no such paper config (see configs/paper/)")
@@ -118,6 +138,7 @@ def load_paper_config(path: str | Path, variant: str | None = None,
             raise MetaAlignerError(f"{path}: unknown variant {variant!r}; variants: {', '.join(map(str, variants))}")
         variables.update({k: str(v) for k, v in (variants[str(variant)] or {}).items()})
         variables["VARIANT"] = str(variant)
+    label = _apply_ablation(path, data, ablation, variables)
     for key, value in (overrides or {}).items():
         variables[key] = str(value)
     stages = []
@@ -135,9 +156,9 @@ def load_paper_config(path: str | Path, variant: str | None = None,
             launcher=_substitute(str(raw.get("launcher") or ""), variables, where),
             device_hours=str(raw.get("device_hours", "fill from your logs")),
             requires=[_substitute(str(r), variables, where) for r in raw.get("requires") or []],
-            note=str(raw.get("note") or "")))
+            note=_substitute(str(raw.get("note") or ""), variables, where)))
     return PaperRun(name=str(data.get("name", path.stem)), path=path, variables=variables, stages=stages,
-                    description=str(data.get("description") or ""))
+                    description=str(data.get("description") or ""), ablation=ablation, ablation_label=label)
 
 
 def script_flags(script: str | Path, repo_root: Path = REPO_ROOT) -> set[str]:

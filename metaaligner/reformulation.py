@@ -12,7 +12,8 @@ and the pair yields up to four training items (``T`` = the dataset's template):
     O> non-empty  ->  contrastive: T(q, answer=y2, shuffle(O>), "better")  -> target y1
     O< non-empty  ->  contrastive: T(q, answer=y1, shuffle(O<), "better")  -> target y2
     O= non-empty  ->  equal:       T(q, answer=y2, shuffle(O=), "equal")   -> target y1
-    always        ->  warm-up:     T(q, answer=y1, shuffle(all), "better") -> target y1 (copy task)
+    always        ->  warm-up:     T(q, answer=y1, shuffle(all), "better") -> target y1 (copy task;
+                                   this project's reading, the release ships none: warmup=False)
 
 Both contrastive directions are emitted whenever both sets are non-empty. Aspect order comes from
 ``random.Random`` seeded per pair (``aspects|<seed>|<pair key>``, the key a hash of the pair's
@@ -227,16 +228,17 @@ def split_questions(questions: list[str], val_size: float, seed: int) -> set[str
 
 def build_dataset(pairs: list[PreferencePair], objective_keys: list[str], descriptions: list[str],
                   template: str | Template, seed: int = 0, val_size: float = 0.1,
-                  tolerance: float = 0.0, dropped: Counter | None = None, rows_in: int | None = None
-                  ) -> DatasetSplit:
-    """Algorithm 1 over all pairs, the grouped split, the seeded item order, and the stats."""
+                  tolerance: float = 0.0, dropped: Counter | None = None, rows_in: int | None = None,
+                  warmup: bool = True) -> DatasetSplit:
+    """Algorithm 1 over all pairs, the grouped split, the seeded item order, and the stats.
+    ``warmup=False``: no copy items (the release's data: only no_equal/ and all_equal/)."""
     tpl = template if isinstance(template, Template) else get_template(template)
     val_questions = split_questions([p.prompt for p in pairs], val_size, seed)
     out = DatasetSplit()
     excluded = Counter()
     for pair in pairs:
         in_val = pair.prompt in val_questions
-        for item in reformulate_pair(pair, objective_keys, descriptions, tpl, seed, tolerance):
+        for item in reformulate_pair(pair, objective_keys, descriptions, tpl, seed, tolerance, warmup):
             if item.direction in (CHOSEN_BETTER, REJECTED_BETTER):
                 (out.no_equal_val if in_val else out.no_equal_train).append(item)
             elif in_val:
@@ -253,6 +255,20 @@ def build_dataset(pairs: list[PreferencePair], objective_keys: list[str], descri
     out.stats.update(seed=seed, val_size=val_size, tie_tolerance=tolerance, template=tpl.name,
                      objectives=list(objective_keys))
     return out
+
+
+def heldout_items(pairs: list[PreferencePair], objective_keys: list[str], descriptions: list[str],
+               template: str | Template, seed: int = 0, tolerance: float = 0.0) -> list[Item]:
+    """The contrastive items of a held-out split (the release's ``no_equal/test.json``), in input
+    order; ids start with ``test-`` so they never collide with training ids."""
+    tpl = template if isinstance(template, Template) else get_template(template)
+    items = []
+    for pair in pairs:
+        for item in reformulate_pair(pair, objective_keys, descriptions, tpl, seed, tolerance, warmup=False):
+            if item.direction in (CHOSEN_BETTER, REJECTED_BETTER):
+                items.append(Item(f"test-{item.id}", item.direction, item.pair_index, item.question,
+                                  item.prompt, item.target, item.aspects))
+    return items
 
 
 def dataset_stats(out: DatasetSplit, pairs: list[PreferencePair], val_questions: set[str],

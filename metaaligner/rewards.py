@@ -59,13 +59,15 @@ class PreferenceRow:
 
 
 def split_transcript(text: str) -> tuple[str, str] | None:
-    """An HH-RLHF transcript -> (prompt, response): the prompt is everything up to and including the
-    last ``\\n\\nAssistant:``, the response the text after it, stripped. ``None`` without that cue."""
+    """An HH-RLHF transcript -> (prompt, response), as released: the prompt is the text before the
+    last ``\\n\\nAssistant:``, then ``" \\n\\nAssistant:"`` (the release's
+    ``'\\n\\nAssistant:'.join(parts[:-1]) + ' ' + '\\n\\nAssistant:'``: a space before the cue, as in
+    every released test query); the response is the text after the cue, stripped. ``None`` without
+    that cue."""
     cut = text.rfind(ASSISTANT_CUE)
     if cut < 0:
         return None
-    end = cut + len(ASSISTANT_CUE)
-    return text[:end], text[end:].strip()
+    return text[:cut] + " " + ASSISTANT_CUE, text[cut + len(ASSISTANT_CUE):].strip()
 
 
 def _text(value: Any, path: Path, row: int, column: str) -> str | None:

@@ -4,6 +4,8 @@
     python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --variant 7B --dry_run
     # run two stages on a GPU node (hub + GPUs needed; the judge needs OPENAI_API_KEY in the environment)
     python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --variant 7B --stages train_aligner,align
+    # Table 3's ablation rows: "-Equal Pref." (no_equal) and "-Warm Up" (no_warmup), each in its own run folder
+    python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --variant 7B --ablation no_equal --dry_run
     # override a variable, e.g. where the HH-RLHF training transcripts are
     python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --set HH_TRAIN=/data/hh/train.jsonl.gz
 
@@ -22,6 +24,8 @@ from metaaligner.cli import make_parser as _make_parser, parse, run_main, split_
 class RunPaperConfig:
     config: str = field(metadata={"help": "paper config: configs/paper/{hh-rlhf,ultrafeedback,imhi}.yaml"})
     variant: str = field(default=None, metadata={"help": "model size variant (1.1B, 7B, 13B; see the config's variants)"})
+    ablation: str = field(default=None, metadata={"help": "Table 3 ablation: no_equal (-Equal Pref.), no_warmup "
+                                                          "(-Warm Up); see the config's ablations (default: the full run)"})
     stages: str = field(default=None, metadata={"help": "comma-separated stage names to run (default: all, in order)"})
     set: list[str] = field(default_factory=list, metadata={"help": "override a variable: NAME=VALUE (repeatable)"})
     dry_run: bool = field(default=False, metadata={"help": "print the checked commands; run nothing"})
@@ -45,14 +49,15 @@ def main(config: RunPaperConfig) -> None:
             raise MetaAlignerError(f"--set expects NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
-    run = load_paper_config(config.config, config.variant, overrides)
+    run = load_paper_config(config.config, config.variant, overrides, config.ablation)
     stages = run.select(split_csv(config.stages))
     for stage in stages:
         unknown = check_flags(stage)
         if unknown:
             raise MetaAlignerError(f"{run.path}: stage {stage.name!r}: {stage.script} has no flag(s) "
                                    f"{', '.join('--' + u for u in unknown)}")
-    print(f"{run.name} ({run.variables.get('VARIANT', 'default')}): {len(stages)} stage(s)")
+    ablation = f", ablation {run.ablation} ({run.ablation_label})" if run.ablation else ""
+    print(f"{run.name} ({run.variables.get('VARIANT', 'default')}{ablation}): {len(stages)} stage(s)")
     for i, stage in enumerate(stages, start=1):
         print(f"\n[{i}/{len(stages)}] {stage.name} (expected device hours: {stage.device_hours})")
         if stage.note:

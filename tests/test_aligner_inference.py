@@ -99,10 +99,20 @@ def test_vicuna7b_empty_answers_are_empty_and_counted(tmp_path, capsys):
     assert code == 0, err
     assert "Vicuna-7B: 1200 prompts (227 empty answers" in out
     prompts = [json.loads(x)["prompt"] for x in (tmp_path / "Vicuna-7B.prompts.jsonl").read_text().splitlines()]
-    assert sum(p.endswith("| Answer:  | Edit: ") for p in prompts) == 227
+    assert sum(p.endswith("| Answer:  | Edit: ") for p in prompts) == 226
+    # row 981 is whitespace only: it reaches the aligner verbatim (as released), not as ""
+    blank = read_records(REPO / "samples" / "UltraFeedback_model_output" / "Vicuna-7B.csv.gz")[981]["generated_text"]
+    assert blank.startswith("\n \n") and not blank.strip() and len(blank) > 100
+    assert prompts[981].endswith("| Answer: " + blank + " | Edit: ")
     assert not any("| Answer: nan |" in p for p in prompts)
     assert all(p.startswith("You are an assistant to human. You will be provided with a query and an answer.")
                for p in prompts)
+
+
+def test_answers_are_verbatim_only_missing_cells_become_empty():
+    assert [al.normalize_answer(a) for a in (None, float("nan"), "", " \n ", " a ")] == ["", "", "", " \n ", " a "]
+    assert [al.is_empty_answer(a) for a in (None, float("nan"), " \n ", " a ")] == [True, True, True, False]
+    assert al.build_prompts("hh-rlhf", ["q"], ["  "], ["H"])[0].endswith("| Context: q | Answer:    | Edit: ")
 
 
 def test_dry_run_imhi_policy_folder_and_whole_dataset(tmp_path, capsys):

@@ -221,6 +221,11 @@ def test_normalised_reward_models_scalarise_by_hand(tiny_rm_dir):
     # A turn the policy writes itself is not scored when cut_next_turn is on (the released cleaning).
     cut = NormalisedRewardModel(a.spec, model=a.model, tokenizer=a.tokenizer, cut_next_turn=True)
     assert cut.raw_scores(prompts[:1], [" Sure.\n\nHuman: and more?"]) == pytest.approx(raw[:1], abs=1e-6)
+    # --normalize_rewards false: the released scalarisation of raw, unnormalised scores
+    from metaaligner.training.morlhf import MORLHFTrainConfig
+
+    plain = NormalisedRewardModel(a.spec, model=a.model, tokenizer=a.tokenizer, normalize=False)
+    assert plain(prompts, completions) == pytest.approx(raw) and MORLHFTrainConfig().normalize_rewards is True
 
 
 # ---------------------------------------------------------------- every baseline trains and infers

@@ -88,8 +88,8 @@ def test_paper_configs_list_table2s_ten_policies(name):
         else:
             stage = stages[source["stage"]]
             assert stage.script == "inference/policy_generation.py" and check_flags(stage) == []
-            assert (stage.args["model"], stage.args["model_output_path"]) == (source["model"], f"runs/paper/{name}-7B/policies")
-    assert stages["align_generated"].args["data_dir"] == f"runs/paper/{name}-7B/policies"
+            assert (stage.args["model"], stage.args["model_output_path"]) == (source["model"], f"runs/paper/{name}-policies")
+    assert stages["align_generated"].args["data_dir"] == f"runs/paper/{name}-policies"
     train = stages["train_aligner"]
     assert train.launcher == ("env TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 accelerate launch --config_file "
                               "configs/accelerate/fsdp.yaml --num_processes 4")
@@ -101,7 +101,7 @@ def test_hh_rlhf_generation_stage_is_the_released_generation():
     stage = next(s for s in run.stages if s.name == "policy_Vicuna-33B")
     assert stage.command("python") == (
         "python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz "
-        "--model_output_path runs/paper/hh-rlhf-13B/policies --chat_template false --max_new_tokens 1024 "
+        "--model_output_path runs/paper/hh-rlhf-policies --chat_template false --max_new_tokens 1024 "
         "--batch_size 32 --resume --model lmsys/vicuna-33b-v1.3 --model_name Vicuna-33B")
 
 
@@ -109,7 +109,7 @@ def test_hh_rlhf_generation_stage_is_the_released_generation():
 def test_table3_has_aligner7b_and_self_refinement(name):
     run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B")
     stages = {s.name: s for s in run.stages}
-    out, policy_file = f"runs/paper/{name}-7B/table3", f"runs/paper/{name}-7B/policies/llama2-chat-7B.csv"
+    out, policy_file = f"runs/paper/{name}-7B/table3", f"runs/paper/{name}-policies/llama2-chat-7B.csv"
     aligner7b, refine = stages["table3_aligner7b"], stages["table3_self_refine"]
     assert (aligner7b.args["aligner_path"], aligner7b.args["aligned_model"], aligner7b.args["data_dir"],
             aligner7b.args["model_output_path"]) == ("aligner/aligner-7b-v1.0", "Aligner-7B", policy_file, out)

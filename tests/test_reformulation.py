@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.errors import DataError
+from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_fastchat, write_csv
 from metaaligner.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
                                        build_dataset, compare_scores, pairs_from_rows, reformulate_pair,
@@ -242,3 +242,102 @@ def test_ultrafeedback_config_four_ratings(tmp_path):
         "You are an assistant to human. You will be provided with a query and an answer. Consider the query, "
         "then edit the answer to make it equal considering these aspects: Honesty: the response should not "
         "tell lies | Query: Name a colour. | Answer: A car. | Edit: ")}]
+
+
+# ---------------------------------------------------------------- warm-up switch, held-out test split
+
+def test_warmup_none_writes_the_released_layout_and_stats_say_which(tmp_path):
+    write_csv(tmp_path / "six.csv", six_rows(), list(six_rows()[0]))
+    copy = build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "copy"), val_size=0))
+    assert copy["warmup"] == {"mode": "copy", "note": (
+        "this project's reading of the paper's warm-up step (copy task: answer y1 -> target y1, all objectives); "
+        "the release ships only no_equal/ and all_equal/")}
+    assert len(read_fastchat(tmp_path / "copy" / "warmup" / "train.json")) == 6
+    none = build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "none"), val_size=0,
+                                  warmup="none"))
+    assert none["warmup"]["mode"] == "none" and none["items"]["warmup/train"] == 0
+    assert sorted(p.relative_to(tmp_path / "none").as_posix() for p in (tmp_path / "none").rglob("*.json")) == [
+        "all_equal/train.json", "no_equal/train.json", "no_equal/val.json", "stats.json"]
+    for name in ("all_equal/train.json", "no_equal/train.json"):   # the other sets do not move
+        assert (tmp_path / "none" / name).read_bytes() == (tmp_path / "copy" / name).read_bytes()
+    # re-using a folder of a copy run: its warm-up file does not survive to mix the settings
+    build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "copy"), val_size=0,
+                           warmup="none"))
+    assert not (tmp_path / "copy" / "warmup" / "train.json").exists()
+    with pytest.raises(MetaAlignerError, match="--warmup must be one of copy, none, got 'off'"):
+        build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "x"), warmup="off"))
+
+
+def test_test_input_builds_no_equal_test_json_in_input_order(tmp_path):
+    write_csv(tmp_path / "six.csv", six_rows(), list(six_rows()[0]))
+    test_rows = six_rows()[3:] + [dict(six_rows()[0], chosen_response="")]   # an empty response is dropped
+    write_csv(tmp_path / "test.csv", test_rows, list(test_rows[0]))
+    stats = build_main(BuildConfig(input=str(tmp_path / "six.csv"), test_input=str(tmp_path / "test.csv"),
+                                   output_dir=str(tmp_path / "out"), val_size=0))
+    test = read_fastchat(tmp_path / "out" / "no_equal" / "test.json")
+    assert [(t["id"], t["completion"]) for t in test] == [
+        ("test-0-chosen_better", "c4"), ("test-0-rejected_better", "r4"), ("test-1-chosen_better", "c5"),
+        ("test-2-chosen_better", "c6"), ("test-2-rejected_better", "r6")]
+    assert test[0]["prompt"] == HH_BETTER.format(a=HARM, q="Q4", y="r4")
+    assert test[1]["prompt"] == HH_BETTER.format(a=HELP, q="Q4", y="c4")
+    assert stats["items"]["no_equal/test"] == 5
+    assert stats["test"] == {"input": str(tmp_path / "test.csv"), "rows_in": 4, "pairs": 3,
+                             "dropped_rows": {"empty_response": 1}, "items": 5}
+    # the training files are those of a run without --test_input
+    build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "plain"), val_size=0))
+    assert (tmp_path / "out/no_equal/train.json").read_bytes() == (tmp_path / "plain/no_equal/train.json").read_bytes()
+    assert not (tmp_path / "plain/no_equal/test.json").exists()
+
+
+def _dry_run(argv, capsys):
+    from metaaligner.cli import parse, run_main
+    from scripts import run_paper
+
+    code = run_main(run_paper.main, *parse(run_paper.make_parser(), argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _command(out: str, stage: str) -> str:
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("[") and f"] {stage} (" in line)
+    return next(line.strip() for line in lines[head + 1:] if not line.strip().startswith("note:"))
+
+
+@pytest.mark.parametrize("dataset", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_table3_ablations_are_named_variants_of_the_paper_configs(dataset, capsys):
+    """Table 3's "-Equal Pref." and "-Warm Up" rows: the same pipeline with the curriculum steps and the
+    warm-up data changed, in a run folder of their own."""
+    config = f"configs/paper/{dataset}.yaml"
+    runs = {}
+    for ablation in (None, "no_equal", "no_warmup"):
+        code, out, err = _dry_run(["--config", config, "--variant", "7B", "--dry_run"]
+                                  + (["--ablation", ablation] if ablation else []), capsys)
+        assert code == 0, err
+        runs[ablation] = out
+    label = {None: "", "no_equal": ", ablation no_equal (-Equal Pref.)", "no_warmup": ", ablation no_warmup (-Warm Up)"}
+    expected = {None: ("warmup,equal,contrastive", "copy"), "no_equal": ("warmup,contrastive", "copy"),
+                "no_warmup": ("equal,contrastive", "none")}
+    for ablation, out in runs.items():
+        folder = f"runs/paper/{dataset}-7B" + (f"-{ablation}" if ablation else "")
+        assert out.splitlines()[0].startswith(f"{dataset} (7B{label[ablation]}): ")
+        train = _command(out, "train_aligner")
+        assert f"--data_dir {folder}/aligner_data --output_dir {folder}/aligner " in train
+        assert f" --stages {expected[ablation][0]} " in train
+        build = _command(out, "build_aligner_dataset")
+        assert build.endswith(f" --warmup {expected[ablation][1]}") and f"--output_dir {folder}/aligner_data " in build
+        assert f"--aligner_path {folder}/aligner " in _command(out, "align")
+    if dataset == "hh-rlhf":   # stage 1 is shared: the ablations do not label the data again elsewhere
+        assert {_command(out, "reward_labelling").split(" --output ")[1].split()[0] for out in runs.values()} == {
+            "runs/paper/hh-rlhf-7B/rewards.csv"}
+    code, _, err = _dry_run(["--config", config, "--ablation", "no_judge", "--dry_run"], capsys)
+    assert (code, err) == (2, f"error: {config}: unknown ablation 'no_judge'; ablations: no_equal, no_warmup\n")
+
+
+def test_hh_rlhf_paper_config_builds_the_released_test_split(capsys):
+    code, out, err = _dry_run(["--config", "configs/paper/hh-rlhf.yaml", "--variant", "13B", "--dry_run"], capsys)
+    assert code == 0, err
+    assert _command(out, "reward_labelling_test").split(" dynamic_multi_objective_dataset/reward_labelling.py ")[1] \
+        .startswith("--input data/hh-rlhf/test.jsonl.gz --output runs/paper/hh-rlhf-13B/test_rewards.csv ")
+    assert ("build_aligner_dataset.py --input runs/paper/hh-rlhf-13B/rewards.csv "
+            "--test_input runs/paper/hh-rlhf-13B/test_rewards.csv ") in _command(out, "build_aligner_dataset")

@@ -19,7 +19,8 @@ from metaaligner.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TU
                                  resolve_rewards, score_sequences, shard_range, split_transcript, stats_path_for)
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,25 @@ def tiny_classifier_dirs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
 
 def test_split_transcript_last_assistant_turn():
     text = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:  Why not.  \n"
-    assert split_transcript(text) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:", "Why not.")
+    # as released: a space before the last cue ('\n\nAssistant:'.join(parts[:-1]) + ' ' + '\n\nAssistant:')
+    assert split_transcript(text) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke? \n\nAssistant:", "Why not.")
     assert split_transcript("\n\nHuman: no answer") is None
+
+
+def test_split_transcript_prompts_are_the_released_test_queries():
+    """A real harmless-base transcript splits into exactly the query the release's Claude-3 test file
+    holds, so training prompts match what the aligner meets at test time."""
+    from metaaligner.io import read_records
+
+    queries = [r["query"] for r in read_records(REPO / "samples" / "HH-RLHF_model_output" / "Claude-3.csv.gz")]
+    assert len(queries) == 1200 and all(q.endswith(" \n\nAssistant:") for q in queries)
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
+        first = json.loads(fh.readline())
+    prompt, response = split_transcript(first["chosen"])
+    assert prompt.startswith("\n\nHuman: what are some pranks with a pen i can do?\n\nAssistant: Are you looking")
+    assert prompt.endswith("\n\nHuman: okay some of these do not have anything to do with pens \n\nAssistant:")
+    assert prompt in queries   # byte for byte one of the released test queries
+    assert response.startswith("No, sorry!  All of these involve a pen, the point is")
 
 
 def test_load_rows_transcripts_and_bad_rows(tmp_path):
@@ -66,7 +84,7 @@ def test_load_rows_transcripts_and_bad_rows(tmp_path):
     path.write_bytes(gzip.compress("".join(json.dumps(x) + "\n" for x in lines).encode()))
     rows = load_preference_rows(path)
     assert [(r.prompt, r.chosen_response, r.rejected_response, r.status) for r in rows[:1]] == [
-        ("\n\nHuman: a\n\nAssistant:", "good", "bad", OK)]
+        ("\n\nHuman: a \n\nAssistant:", "good", "bad", OK)]
     assert [r.status for r in rows] == [OK, EMPTY_RESPONSE, EMPTY_RESPONSE, NO_ASSISTANT_TURN, OK]
     assert rows[4].prompt_mismatch and not rows[0].prompt_mismatch
     assert len(load_preference_rows(SAMPLE)) == 2312

@@ -331,3 +331,59 @@ def test_policy_tokenizer_mismatch_and_reward_count_checks(tokenizer, tmp_path):
            "chosen_selected": [0], "rejected_selected": [0]}
     with pytest.raises(DataError, match=r"sel.jsonl: row 5, column 'chosen_token_rewards': the policy tokenises"):
         tokenize_selection([row], tokenizer, 1024, source="sel.jsonl")
+
+
+# ---------------------------------------------------------------- --max_length below the selection's
+
+def test_pairs_whose_selection_is_cut_by_max_length_are_skipped(tokenizer):
+    from metaaligner.training.sepo_trainer import drop_lost_selections, make_collator, masked_mean_logps
+
+    rows = _rows(tokenizer)   # prompts of 10 and 14 tokens; row 1 selects chosen [1, 4], rejected [0, 2, 5]
+    assert [len(r["prompt_ids"]) for r in rows] == [10, 14]
+    # at 15 tokens row 1 keeps rejected position 0 (absolute 14) but no chosen one (15, 18): its chosen
+    # mean log-prob would silently be 0
+    batch = make_collator(tokenizer.pad_token_id, max_length=15)(rows)
+    assert batch["selection_mask"][1].sum().item() == 0 and batch["selection_mask"][3].sum().item() == 1
+    assert masked_mean_logps(torch.full((1, 14), -3.0), batch["selection_mask"][1:2, 1:]).item() == 0.0
+    assert drop_lost_selections(rows, 15) == ([rows[0]], 1)
+    assert drop_lost_selections(rows, 12) == ([rows[0]], 1)      # row 1's prompt alone fills 12 tokens
+    assert drop_lost_selections(rows, 16) == (rows, 0)           # chosen position 1 (absolute 15) survives
+    assert drop_lost_selections(rows, None) == (rows, 0)
+
+
+def _selection_file(tokenizer, tmp_path, selected):
+    from metaaligner.sepo import tokenize_pair, tokenizer_fingerprint
+
+    path = tmp_path / "selected.jsonl"
+    lines = []
+    for i, (pair, (cs, rs)) in enumerate(zip(PAIRS, selected)):
+        _, c, r = tokenize_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"])
+        lines.append({"row_id": i, **pair, "chosen_token_rewards": [0.0] * len(c),
+                      "rejected_token_rewards": [0.0] * len(r), "chosen_selected": cs, "rejected_selected": rs})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    meta = {"max_length": 64, "add_eos": True, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
+    (tmp_path / "selected.meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_train_policy_skips_and_counts_pairs_cut_by_a_shorter_max_length(tiny_llama_dir, tokenizer, tmp_path, capsys):
+    from baseline_models.sepo import train_policy
+    from metaaligner.cli import run_main
+
+    # prompts of 15, 10 and 14 tokens; the first pair's chosen token sits at absolute position 35
+    selection = _selection_file(tokenizer, tmp_path, [([20], [1]), ([0], [0]), ([1], [2])])
+    base = ["--input", str(selection), "--model_name_or_path", str(tiny_llama_dir), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "10000"]
+    code = run_main(train_policy.main, *train_policy.parse(train_policy.make_parser(), base + [
+        "--output_dir", str(tmp_path / "p30"), "--max_length", "30"]))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (f"train_policy: skipped 1 of 3 pairs of {selection}: a side keeps no selected token within "
+            "--max_length 30 (tokens were selected with max_length 64)") in out
+    log = _read_jsonl(tmp_path / "p30" / "train_log.jsonl")
+    assert [r["selected_tokens"] for r in log if "selected_tokens" in r] == [4.0]   # the 2 kept pairs, 1 + 1 each
+    code = run_main(train_policy.main, *train_policy.parse(train_policy.make_parser(), base + [
+        "--output_dir", str(tmp_path / "p10"), "--max_length", "10"]))
+    assert (code, capsys.readouterr().err.splitlines()[-1]) == (2, (
+        f"error: {selection}: no pair keeps selected tokens on both sides within --max_length 10; raise it to "
+        "the selection's max_length (64)"))

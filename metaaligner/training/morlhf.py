@@ -67,6 +67,9 @@ class MORLHFTrainConfig(TrainerConfigBase):
     score_until_next_turn: bool = field(default=True, metadata={
         "help": "Score a completion only up to a '\\nHuman:'/'\\nAssistant:' turn the policy writes itself (as the "
                 "released script cleaned responses); the sampled tokens are still all trained on"})
+    normalize_rewards: bool = field(default=True, metadata={
+        "help": "Z-score each reward model's score (its reward_stats.json mean/std) before weighting; "
+                "--normalize_rewards false scalarises the raw scores, as the released script did"})
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU, vllm installed)"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
@@ -105,7 +108,8 @@ class NormalisedRewardModel:
     """
 
     def __init__(self, spec: RewardModelSpec, device: str | None = None, batch_size: int = 16,
-                 max_length: int | None = 1024, model=None, tokenizer=None, cut_next_turn: bool = False):
+                 max_length: int | None = 1024, model=None, tokenizer=None, cut_next_turn: bool = False,
+                 normalize: bool = True):
         from metaaligner.training.reward_model import load_reward_model
 
         self.spec = spec
@@ -114,6 +118,7 @@ class NormalisedRewardModel:
             model, tokenizer = load_reward_model(spec.path, device=device)
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.cut_next_turn = batch_size, max_length, cut_next_turn
+        self.normalize = normalize   # False: the released raw scores
 
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         from metaaligner.baselines import cut_at_next_turn
@@ -127,7 +132,8 @@ class NormalisedRewardModel:
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
         from metaaligner.baselines import normalise
 
-        return [normalise(r, self.spec.mean, self.spec.std) for r in self.raw_scores(prompts, completions)]
+        raw = self.raw_scores(prompts, completions)
+        return [normalise(r, self.spec.mean, self.spec.std) for r in raw] if self.normalize else raw
 
 
 def reward_specs_from_dirs(paths: Sequence[str], names: Sequence[str] | None = None) -> list[RewardModelSpec]:
@@ -193,7 +199,8 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
         rm_device = str(PartialState().device)
         reward_funcs = [NormalisedRewardModel(spec, device=rm_device, batch_size=config.reward_batch_size,
                                               max_length=config.reward_max_length,
-                                              cut_next_turn=config.score_until_next_turn) for spec in reward_models]
+                                              cut_next_turn=config.score_until_next_turn,
+                                              normalize=config.normalize_rewards) for spec in reward_models]
     trainer_cls = RLOOTrainer if config.algorithm == "rloo" else GRPOTrainer
     trainer = trainer_cls(model=policy, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),

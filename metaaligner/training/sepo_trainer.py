@@ -200,6 +200,33 @@ def tokenize_selection(rows: list[dict[str, Any]], tokenizer, max_length: int | 
     return out
 
 
+def surviving_selection(n_prompt: int, selected: list[int], max_length: int | None) -> list[int]:
+    """The selected response positions the trainer still sees: the collator keeps the first
+    ``max_length`` tokens of prompt + response, and position 0 is never predicted (the shift)."""
+    limit = float("inf") if max_length is None else max_length
+    return [j for j in selected if 1 <= n_prompt + j < limit]
+
+
+def drop_lost_selections(rows: list[dict[str, Any]], max_length: int | None) -> tuple[list[dict[str, Any]], int]:
+    """Trainer rows minus those where a side keeps no selected token within ``max_length`` (its
+    mean log-prob would silently be 0, see ``masked_mean_logps``), and how many were dropped."""
+    kept = [r for r in rows if all(surviving_selection(len(r["prompt_ids"]), r[f"{side}_selected"], max_length)
+                                   for side in ("chosen", "rejected"))]
+    return kept, len(rows) - len(kept)
+
+
+def _drop_and_report(rows: list[dict[str, Any]], max_length: int | None, score_max_length: int | None,
+                     source: str) -> list[dict[str, Any]]:
+    kept, lost = drop_lost_selections(rows, max_length)
+    if lost:
+        print(f"train_policy: skipped {lost} of {len(rows)} pairs of {source}: a side keeps no selected token "
+              f"within --max_length {max_length} (tokens were selected with max_length {score_max_length})")
+    if not kept:
+        raise MetaAlignerError(f"{source}: no pair keeps selected tokens on both sides within --max_length "
+                               f"{max_length}; raise it to the selection's max_length ({score_max_length})")
+    return kept
+
+
 def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: str | Path, config: SePOTrainConfig,
                log_path: str | Path, ratio: float | None = None, eval_selection_path: str | Path | None = None,
                lora: bool = False, resume: bool = False, stage: str = "sepo", limit: int | None = None) -> str:
@@ -233,11 +260,14 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
     score_max_length = meta.get("max_length", config.max_length)
     add_eos = meta.get("add_eos", True)
     train_rows = tokenize_selection(rows, tokenizer, score_max_length, add_eos, str(selection_path))
+    train_rows = _drop_and_report(train_rows, config.max_length, score_max_length, str(selection_path))
     eval_rows = None
     if eval_selection_path:
         eval_sel, eval_meta, _ = read_selection(eval_selection_path, ratio)
         eval_rows = tokenize_selection(eval_sel, tokenizer, eval_meta.get("max_length", score_max_length),
                                        eval_meta.get("add_eos", add_eos), str(eval_selection_path))
+        eval_rows = _drop_and_report(eval_rows, config.max_length, eval_meta.get("max_length", score_max_length),
+                                     str(eval_selection_path))
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except OSError as exc:

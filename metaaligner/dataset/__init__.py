@@ -1,0 +1,1 @@
+"""Dataset stage: preference-pair loading, reward labelling, Algorithm 1."""
