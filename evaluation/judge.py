@@ -6,7 +6,15 @@ Pairwise vs the golden answer (Table 2/3), per objective, candidate position see
         --target aligned_responses,origin_responses --aspects harmlessness,helpfulness,humour \
         --judge_model gpt-4 --output_dir judged/hh-rlhf --concurrency 16 --seed 0
 
-Rating 0-10 (Figure 3; seen + unseen UltraFeedback objectives by default), against a local server:
+The paper as published (profile ``paper``: released prompts and substring parser, gpt-4-turbo-preview,
+API-default decoding; ``clean`` is the default profile); any part can be overridden, e.g. ``--parser``:
+
+    OPENAI_API_KEY=... python evaluation/judge.py --input outputs/hh-rlhf --template hh-rlhf --profile paper \
+        --output_dir judged/hh-rlhf-paper
+    python evaluation/judge.py --input outputs/hh-rlhf --template hh-rlhf --profile paper --parser released_choice \
+        --output_dir judged/hh-rlhf-paper-strict --dry_run
+
+Rating 0-10 (the rating study; seen + unseen UltraFeedback objectives by default), against a local server:
 
     python evaluation/judge.py --input outputs/uf/gpt-3.5-turbo.csv --template ultrafeedback --mode rating \
         --base_url http://127.0.0.1:8000/v1 --judge_model /path/to/served/model --output_dir judged/uf-rating
@@ -41,16 +49,28 @@ class JudgeConfig:
                                                "action": "append"})
     mode: str = field(default="pairwise", metadata={"help": "pairwise (vs golden) or rating (0-10)",
                                                     "choices": ["pairwise", "rating"]})
-    judge_prompt: str = field(default="clean", metadata={"help": "prompt set: clean | released (the paper's, byte "
-                                                                 "for byte) | path to a YAML set"})
+    profile: str = field(default="clean", metadata={"help": "judging profile (metaaligner/judge/profiles.yaml): "
+                                                            "clean (default: strict [[x]] parser, greedy) | paper "
+                                                            "(released prompts and substring parser, "
+                                                            "gpt-4-turbo-preview, API-default decoding) | a YAML file; "
+                                                            "the flags below override its parts"})
+    judge_prompt: str = field(default=None, metadata={"help": "prompt set: clean | released (the paper's, byte "
+                                                              "for byte) | path to a YAML set; default: the profile's"})
+    parser: str = field(default=None, metadata={"help": "verdict parser of metaaligner/judge/prompts.yaml: released "
+                                                        "(substring: the candidate's digit anywhere = win, else '0' = "
+                                                        "tie, else loss) | released_choice | bracket_choice | ...; "
+                                                        "default: the profile's, else the prompt set's own"})
     base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. "
                                                           "http://127.0.0.1:8000/v1; default: the OpenAI API. "
                                                           "The key is read from OPENAI_API_KEY only"})
-    judge_model: str = field(default="gpt-4", metadata={"help": "model name sent to the endpoint"})
+    judge_model: str = field(default=None, metadata={"help": "model name sent to the endpoint; default: the "
+                                                             "profile's (clean: gpt-4, paper: gpt-4-turbo-preview)"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight (1 = the released sequential loop)"})
     seed: int = field(default=0, metadata={"help": "seed of the per-row candidate position and of the request"})
-    temperature: float = field(default=0.0, metadata={"help": "judge sampling temperature"})
-    max_tokens: int = field(default=0, metadata={"help": "reply token limit; 0 = the prompt set's default"})
+    temperature: float = field(default=None, metadata={"help": "judge sampling temperature; default: the profile's "
+                                                               "(clean: 0; paper: not sent)"})
+    max_tokens: int = field(default=0, metadata={"help": "reply token limit; 0 = the profile's (clean: the prompt "
+                                                         "set's; paper: not sent)"})
     both_orders: bool = field(default=False, metadata={"help": "judge each pair in both positions; a win needs "
                                                                "both orders to agree (MT-Bench convention)"})
     dry_run: bool = field(default=False, metadata={"help": "print the calls and a cost estimate; call nothing"})
@@ -77,6 +97,10 @@ def _flatten(values) -> list[str]:
     return out
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main(config: JudgeConfig) -> None:
     import logging
 
@@ -90,8 +114,9 @@ def main(config: JudgeConfig) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = judge_outputs(
         config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
-        dataset=config.template or None, mode=config.mode, judge_prompt=config.judge_prompt,
-        base_url=config.base_url, judge_model=config.judge_model, concurrency=config.concurrency,
+        dataset=config.template or None, mode=config.mode, judge_prompt=config.judge_prompt or None,
+        profile=config.profile, parser=config.parser or None,
+        base_url=config.base_url, judge_model=config.judge_model or None, concurrency=config.concurrency,
         seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens or None,
         both_orders=config.both_orders, dry_run=config.dry_run, resume=config.resume, limit=config.limit,
         max_cost=config.max_cost, price_per_1k_input=config.price_per_1k_input,
@@ -99,14 +124,15 @@ def main(config: JudgeConfig) -> None:
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
         add_objective=_flatten(config.add_objective))
     if config.dry_run:
-        print(format_dry_run(result, config.judge_model))
+        print(format_dry_run(result, result.get("judge_model") or config.judge_model))
         return
     print(result.line())
     for summary in result.summaries:
         if summary["mode"] == "pairwise":
             print(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "
                   f"W/T/L/invalid={summary['wins']}/{summary['ties']}/{summary['losses']}/{summary['invalid']} "
-                  f"win={summary['win']:.3f} (W+T/2)/N={summary['win_half_tie']:.3f} paper (W+T)/N={summary['paper']:.3f}")
+                  f"win={summary['win']:.3f} (W+T/2)/N={_fmt(summary['win_half_tie'])} "
+                  f"paper (W+T)/(W+T+L)={_fmt(summary['win_plus_tie'])}")
         else:
             mean = "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"
             print(f"  {summary['policy']} {summary['target']} {summary['objective']}: mean rating {mean} "

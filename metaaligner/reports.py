@@ -1,4 +1,4 @@
-"""The paper's Table 2, Table 3 and Figure 3 from the judge's per-row verdict files.
+"""The paper's Table 2, Table 3, Figure 3 and the rating study from the judge's per-row verdict files.
 
 - Table 2: rows = policy models, columns = objectives grouped by dataset; a cell is
   metric(aligned) - metric(original) over the same rows (same judge, same candidate positions), with a
@@ -6,16 +6,22 @@
 - Table 3: methods (MetaAligner, MORLHF, MODPO, SFT, then any other) x objectives: metric of each
   method's ``aligned_responses`` vs the golden answer, plus training GPU hours read from each method's
   training log (``read_device_hours``) when given.
-- Figure 3: mean 0-10 rating per objective, seen vs unseen (zero-shot) objectives, aligned vs
-  unaligned, with bootstrap 95% intervals; PNG via matplotlib (Agg) plus the numbers as CSV/Markdown.
+- Figure 3 (the paper's protocol): win rate against the golden answer on all 10 UltraFeedback
+  objectives after each of the cumulative alignment steps ("Aligned Obj.", "+Specificity", ...,
+  "+Length"), one line per objective (o supervised, ^ unseen; solid = after alignment, dashed = the
+  unaligned answers); ``figure3.{png,md,csv}`` with every point and its bootstrap 95% interval.
+- The rating study (released UltraFeedback_GPT4_rate.py): mean 0-10 ratings per alignment condition
+  (unaligned, aligned on all objectives, on each single one) and objective; ``ratings.{png,md,csv}``.
 
 Metrics (see ``metaaligner.judge.metrics``): ``win_half_tie`` = (W + T/2)/N (default), ``win`` = W/N,
-``paper`` = (W + T)/N, which is what the released scripts printed.
+``win_plus_tie`` (alias ``paper``) = (W + T)/(W + T + L), what the released scripts printed. Every
+caption names its metric(s) and the verdict parser recorded in the rows (``judge_parser``).
 """
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +30,8 @@ from typing import Any, Iterable
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import atomic_open, read_records, write_csv
 from metaaligner.judge.positions import VERDICTS
-from metaaligner.judge.metrics import METRIC_LABELS, METRICS, bootstrap_ci, paired_bootstrap_diff, verdict_scores
+from metaaligner.judge.metrics import (METRIC_LABELS, METRIC_SHORT, METRICS, bootstrap_ci, paired_bootstrap_diff, rate,
+                                       verdict_scores)
 
 ROW_KEYS = ("dataset", "policy", "target", "objective", "row", "verdict")
 ALIGNED, ORIGIN = "aligned_responses", "origin_responses"
@@ -90,6 +97,37 @@ def _check_metric(metric: str) -> None:
         raise MetaAlignerError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
 
 
+def parse_metrics(metric: str | list[str] | None, default: str = "win_half_tie") -> list[str]:
+    """``"win_plus_tie,win_half_tie"`` -> both, in that order (the first is the headline)."""
+    names = [m.strip() for m in (metric.split(",") if isinstance(metric, str) else metric or []) if m.strip()]
+    for name in names or [default]:
+        _check_metric(name)
+    return list(dict.fromkeys(names or [default]))
+
+
+def parser_of(rows: list[dict[str, Any]]) -> str:
+    """The verdict parser(s) named by the rows' ``judge_parser`` column ('' for files written before it)."""
+    return ",".join(sorted({str(r.get("judge_parser") or "") for r in rows} - {""}))
+
+
+def parser_label(parsers: Iterable[str]) -> str:
+    names = sorted({p for value in parsers for p in str(value).split(",") if p})
+    if not names:
+        return "verdict parser not recorded (judged before the judge_parser column)"
+    parts = []
+    for name in names:
+        if name == "released":
+            parts.append("the released substring parser (the candidate's position digit anywhere in the reply = "
+                         "win, else '0' anywhere = tie, else loss; never invalid)")
+        else:
+            parts.append(f"the strict parser {name} (anchored; a reply unparsable after one reminder = invalid)")
+    return "verdict parser " + " and ".join(parts)
+
+
+def _caption_metrics(metrics: list[str]) -> str:
+    return "metric " + "; ".join(METRIC_LABELS[m] for m in metrics)
+
+
 # ----------------------------------------------------------------------------- Table 2
 
 @dataclass
@@ -105,6 +143,7 @@ class GainCell:
     low: float
     high: float
     metric: str
+    parser: str = ""
 
 
 def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int = 1000, seed: int = 0) -> list[GainCell]:
@@ -131,8 +170,8 @@ def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int
         so = verdict_scores([origin[i]["verdict"] for i in common], metric)
         gain, low, high = paired_bootstrap_diff(sa, so, n_boot=n_boot, seed=seed)
         name = aligned[common[0]].get("objective_name") or objective
-        cells.append(GainCell(dataset, policy, objective, name, len(common), float(sa.mean()), float(so.mean()),
-                              gain, low, high, metric))
+        cells.append(GainCell(dataset, policy, objective, name, len(common), rate(sa), rate(so),
+                              gain, low, high, metric, parser_of(group)))
     return cells
 
 
@@ -163,6 +202,8 @@ def _row_names(cells: list[Any], attr: str, order: Iterable[str] = ()) -> list[s
 
 
 def fmt_pct(value: float, signed: bool = True) -> str:
+    if math.isnan(value):  # no row counted (e.g. all invalid under win_plus_tie)
+        return "n/a"
     return f"{value * 100:+.2f}%" if signed else f"{value * 100:.2f}%"
 
 
@@ -171,22 +212,34 @@ def _ci(low: float, high: float, signed: bool = True) -> str:
     return f"[{fmt.format(low * 100)}, {fmt.format(high * 100)}]"
 
 
+def _metrics_of(cells: list[Any]) -> list[str]:
+    return list(dict.fromkeys(c.metric for c in cells)) or ["win_half_tie"]
+
+
+def _header(columns: list[tuple[str, str, str]], metrics: list[str]) -> list[str]:
+    """One column per objective, or per (objective, metric) when several metrics sit side by side."""
+    if len(metrics) == 1:
+        return [f"{d}: {name}" for d, _, name in columns]
+    return [f"{d}: {name} {METRIC_SHORT[m]}" for d, _, name in columns for m in metrics]
+
+
 def table2_markdown(cells: list[GainCell]) -> str:
     columns = _columns(cells)
-    index = {(c.policy, c.dataset, c.objective): c for c in cells}
-    metric = cells[0].metric if cells else "win_half_tie"
-    header = ["Policy"] + [f"{d}: {name}" for d, _, name in columns]
+    metrics = _metrics_of(cells)
+    index = {(c.policy, c.dataset, c.objective, c.metric): c for c in cells}
+    header = ["Policy"] + _header(columns, metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for policy in _row_names(cells, "policy"):
         out = [policy]
         for dataset, objective, _ in columns:
-            cell = index.get((policy, dataset, objective))
-            out.append(DASH if cell is None else f"{fmt_pct(cell.gain)} {_ci(cell.low, cell.high)}")
+            for metric in metrics:
+                cell = index.get((policy, dataset, objective, metric))
+                out.append(DASH if cell is None else f"{fmt_pct(cell.gain)} {_ci(cell.low, cell.high)}")
         lines.append("| " + " | ".join(out) + " |")
     lines.append("")
-    lines.append(f"Gain in win rate after alignment, metric {METRIC_LABELS[metric]}: aligned minus original answer, "
-                 "each judged against the golden answer with the same judge and candidate positions; "
-                 "[95% paired bootstrap interval], percentage points.")
+    lines.append(f"Gain in win rate after alignment, {_caption_metrics(metrics)}; {parser_label(c.parser for c in cells)}: "
+                 "aligned minus original answer, each judged against the golden answer with the same judge and "
+                 "candidate positions; [95% paired bootstrap interval], percentage points.")
     return "\n".join(lines) + "\n"
 
 
@@ -196,12 +249,16 @@ def _tex(text: str) -> str:
 
 
 def table2_latex(cells: list[GainCell]) -> str:
+    """The headline (first) metric; its metric and parser as a LaTeX comment line (the caption)."""
+    metric = _metrics_of(cells)[0]
+    cells = [c for c in cells if c.metric == metric]
     columns = _columns(cells)
     index = {(c.policy, c.dataset, c.objective): c for c in cells}
     groups: dict[str, int] = {}
     for dataset, _, _ in columns:
         groups[dataset] = groups.get(dataset, 0) + 1
-    lines = [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule"]
+    lines = [f"% {_caption_metrics([metric])}; {parser_label(c.parser for c in cells)}",
+             r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule"]
     lines.append(" & ".join([""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex(d)}}}" for d, n in groups.items()]) + r" \\")
     start = 2
     rules = []
@@ -235,6 +292,7 @@ class RateCell:
     low: float
     high: float
     metric: str
+    parser: str = ""
 
 
 def table3(rows: list[dict[str, Any]], metric: str = "win_half_tie", target: str = ALIGNED, n_boot: int = 1000,
@@ -247,7 +305,8 @@ def table3(rows: list[dict[str, Any]], metric: str = "win_half_tie", target: str
         scores = verdict_scores([r["verdict"] for r in group], metric)
         low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed)
         name = group[0].get("objective_name") or objective
-        cells.append(RateCell(dataset, method, objective, name, len(group), float(scores.mean()), low, high, metric))
+        cells.append(RateCell(dataset, method, objective, name, len(group), rate(scores), low, high, metric,
+                              parser_of(group)))
     return cells
 
 
@@ -278,20 +337,22 @@ def table3_markdown(cells: list[RateCell], hours: dict[str, float | None] | None
                     order: Iterable[str] = TABLE3_ORDER) -> str:
     hours = hours or {}
     columns = _columns(cells)
-    index = {(c.method, c.dataset, c.objective): c for c in cells}
-    metric = cells[0].metric if cells else "win_half_tie"
-    header = ["Method"] + [f"{d}: {name}" for d, _, name in columns] + ["GPU hours"]
+    metrics = _metrics_of(cells)
+    index = {(c.method, c.dataset, c.objective, c.metric): c for c in cells}
+    header = ["Method"] + _header(columns, metrics) + ["GPU hours"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in _row_names(cells, "method", order):
         out = [method]
         for dataset, objective, _ in columns:
-            cell = index.get((method, dataset, objective))
-            out.append(DASH if cell is None else f"{fmt_pct(cell.rate, False)} {_ci(cell.low, cell.high, False)}")
+            for metric in metrics:
+                cell = index.get((method, dataset, objective, metric))
+                out.append(DASH if cell is None else f"{fmt_pct(cell.rate, False)} {_ci(cell.low, cell.high, False)}")
         h = hours.get(method)
         out.append(DASH if h is None else f"{h:.2f}")
         lines.append("| " + " | ".join(out) + " |")
     lines.append("")
-    lines.append(f"Win rate against the golden answer, metric {METRIC_LABELS[metric]} [95% bootstrap interval]; "
+    lines.append(f"Win rate against the golden answer, {_caption_metrics(metrics)}; "
+                 f"{parser_label(c.parser for c in cells)} [95% bootstrap interval]; "
                  "GPU hours = training device hours from the training logs (– = no log given).")
     return "\n".join(lines) + "\n"
 
@@ -299,9 +360,12 @@ def table3_markdown(cells: list[RateCell], hours: dict[str, float | None] | None
 def table3_latex(cells: list[RateCell], hours: dict[str, float | None] | None = None,
                  order: Iterable[str] = TABLE3_ORDER) -> str:
     hours = hours or {}
+    metric = _metrics_of(cells)[0]
+    cells = [c for c in cells if c.metric == metric]
     columns = _columns(cells)
     index = {(c.method, c.dataset, c.objective): c for c in cells}
-    lines = [r"\begin{tabular}{l" + "c" * len(columns) + "r}", r"\toprule",
+    lines = [f"% {_caption_metrics([metric])}; {parser_label(c.parser for c in cells)}",
+             r"\begin{tabular}{l" + "c" * len(columns) + "r}", r"\toprule",
              " & ".join(["Method"] + [_tex(f"{d}: {n}") for d, _, n in columns] + ["GPU hours"]) + r" \\",
              r"\midrule"]
     for method in _row_names(cells, "method", order):
@@ -316,81 +380,154 @@ def table3_latex(cells: list[RateCell], hours: dict[str, float | None] | None = 
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- Figure 3
+# ----------------------------------------------------------------------------- Figure 3 (paper protocol)
+
+# The paper's Figure 3 x axis: the aligner gets the 4 supervised UltraFeedback objectives, then the
+# unseen ones one by one (cumulatively) in the dataset config's unseen order.
+PAPER_STEPS = ("Aligned Obj.", "+Specificity", "+Factuality", "+Readability", "+Fairness", "+Repetition", "+Length")
+BEFORE = "before alignment"
+
 
 @dataclass
-class RatingBar:
+class Figure3Point:
     dataset: str
     policy: str
+    step_index: int        # 0 = the unaligned answers (dashed lines), 1.. = the cumulative alignment steps
+    step: str
     objective: str
     objective_name: str
     unseen: bool
+    aligned_on: bool       # the objective was among the aligner's objectives at this step
     target: str
     n: int
-    valid: int
-    mean: float | None
-    low: float | None
-    high: float | None
+    rate: float
+    low: float
+    high: float
+    metric: str
+    parser: str = ""
 
 
-def figure3_data(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> list[RatingBar]:
-    bars = []
-    rating = [r for r in rows if r.get("mode") == "rating"]
-    for (dataset, policy, objective, target), group in _group(rating, "dataset", "policy", "objective",
-                                                              "target").items():
-        scores = [float(r["score"]) for r in group if r.get("verdict") != "invalid" and str(r.get("score", "")) != ""]
-        mean = sum(scores) / len(scores) if scores else None
-        low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed) if scores else (None, None)
-        unseen = str(group[0].get("unseen", "0")).lower() in ("1", "true")
-        bars.append(RatingBar(dataset, policy, objective, group[0].get("objective_name") or objective, unseen, target,
-                              len(group), len(scores), mean, low, high))
-    return bars
+def labelled_inputs(items: Iterable[str], default_labels: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``label=path`` or ``path`` entries -> (label, path); a bare path takes the next default label,
+    else its folder name."""
+    defaults = list(default_labels)
+    items = list(items)
+    out = []
+    for i, item in enumerate(items):
+        label, sep, path = item.partition("=")
+        if not sep:
+            path = item
+            label = defaults[i] if len(items) <= len(defaults) else Path(item.rstrip("/")).name
+        out.append((label.strip(), path.strip()))
+    return out
 
 
-def plot_figure3(bars: list[RatingBar], path: str | Path) -> Path:
-    """Grouped bars per objective (seen first, then unseen), unaligned vs aligned, one panel per policy."""
+def _aligned_on(dataset: str, objective: str, step: int) -> bool:
+    """Step k aligns on the supervised objectives plus the first k-1 unseen ones."""
+    from metaaligner.datasets import load_dataset_config
+
+    if step < 1:
+        return False
+    try:
+        config = load_dataset_config(dataset)
+    except MetaAlignerError:
+        return False
+    return objective in config.objectives or objective in list(config.unseen_objectives)[: step - 1]
+
+
+def _point(group: list[dict[str, Any]], step_index: int, step: str, metric: str, n_boot: int,
+           seed: int) -> Figure3Point:
+    first = group[0]
+    scores = verdict_scores([r["verdict"] for r in group], metric)
+    low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed)
+    unseen = str(first.get("unseen", "0")).lower() in ("1", "true")
+    return Figure3Point(first["dataset"], first["policy"], step_index, step, first["objective"],
+                        first.get("objective_name") or first["objective"], unseen,
+                        _aligned_on(first["dataset"], first["objective"], step_index), first["target"], len(group),
+                        rate(scores), low, high, metric, parser_of(group))
+
+
+def figure3_points(steps: list[tuple[str, list[dict[str, Any]]]], metric: str = "win_half_tie", n_boot: int = 1000,
+                   seed: int = 0) -> list[Figure3Point]:
+    """Win rate vs the golden answer per (policy, objective) at every step (aligned answers), plus the
+    unaligned answers (step 0, from the first step folder that judged them)."""
+    _check_metric(metric)
+    points: list[Figure3Point] = []
+    unaligned_done = False
+    for k, (label, rows) in enumerate(steps, start=1):
+        pairwise = [r for r in rows if r.get("mode", "pairwise") == "pairwise"]
+        if not unaligned_done and any(r["target"] == ORIGIN for r in pairwise):
+            for group in _group([r for r in pairwise if r["target"] == ORIGIN], "dataset", "policy",
+                                "objective").values():
+                points.append(_point(group, 0, BEFORE, metric, n_boot, seed))
+            unaligned_done = True
+        for group in _group([r for r in pairwise if r["target"] == ALIGNED], "dataset", "policy",
+                            "objective").values():
+            points.append(_point(group, k, label, metric, n_boot, seed))
+    return points
+
+
+def _fig3_objectives(points: list[Figure3Point]) -> list[tuple[str, str, bool]]:
+    """(key, name, unseen) in the dataset config's order: supervised first, then unseen."""
+    seen: dict[str, tuple[str, str, bool]] = {}
+    for p in sorted(points, key=lambda p: (p.unseen, objective_rank(p.dataset, p.objective))):
+        seen.setdefault(p.objective, (p.objective, p.objective_name, p.unseen))
+    return list(seen.values())
+
+
+def _fig3_panel(ax, points: list[Figure3Point], steps: list[str], metric: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10").colors
+    xs = list(range(1, len(steps) + 1))
+    for i, (key, name, unseen) in enumerate(_fig3_objectives(points)):
+        color, marker = colors[i % len(colors)], ("^" if unseen else "o")
+        after = sorted((p for p in points if p.objective == key and p.step_index > 0), key=lambda p: p.step_index)
+        before = next((p for p in points if p.objective == key and p.step_index == 0), None)
+        if after:
+            ax.plot([p.step_index for p in after], [p.rate * 100 for p in after], linestyle="-", marker=marker,
+                    color=color, markersize=5, linewidth=1.4, label=name)
+        if before is not None:
+            ax.plot([xs[0], xs[-1]], [before.rate * 100] * 2, linestyle="--", color=color, linewidth=1.0,
+                    marker=marker, markersize=3, markevery=[0], label=None if after else name)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(steps, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(0.7, len(steps) + 0.3)
+    ax.set_ylabel(f"win rate vs golden, {METRIC_SHORT[metric]} (%)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def plot_figure3(points: list[Figure3Point], steps: list[str], path: str | Path) -> Path:
+    """The paper's layout: x = the alignment steps, one line per objective (o supervised, ^ unseen),
+    solid = after alignment, dashed = before (the unaligned answers); one panel per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    policies = list(dict.fromkeys(b.policy for b in bars))
+    policies = list(dict.fromkeys(p.policy for p in points))
     if not policies:
-        raise MetaAlignerError("no rating rows found for Figure 3 (run evaluation/judge.py --mode rating)")
-    fig, axes = plt.subplots(len(policies), 1, figsize=(max(6.0, 1.1 * _n_objectives(bars) + 2), 3.6 * len(policies)),
-                             squeeze=False)
-    styles = {ORIGIN: ("unaligned", "#9e9e9e"), ALIGNED: ("aligned", "#1f77b4")}
-    for ax, policy in zip(axes[:, 0], policies):
-        mine = [b for b in bars if b.policy == policy]
-        objectives = list(dict.fromkeys(b.objective for b in sorted(
-            mine, key=lambda b: (b.unseen, objective_rank(b.dataset, b.objective)))))
-        names = {b.objective: b.objective_name for b in mine}
-        unseen = {b.objective: b.unseen for b in mine}
-        width = 0.38
-        for k, target in enumerate((ORIGIN, ALIGNED)):
-            label, color = styles[target]
-            xs, means, errs = [], [], [[], []]
-            for x, objective in enumerate(objectives):
-                bar = next((b for b in mine if b.objective == objective and b.target == target), None)
-                if bar is None or bar.mean is None:
-                    continue
-                xs.append(x + (k - 0.5) * width)
-                means.append(bar.mean)
-                errs[0].append(max(0.0, bar.mean - bar.low))
-                errs[1].append(max(0.0, bar.high - bar.mean))
-            if xs:
-                ax.bar(xs, means, width, yerr=errs, capsize=2, color=color, label=label)
-        n_seen = sum(1 for o in objectives if not unseen[o])
-        if 0 < n_seen < len(objectives):
-            ax.axvline(n_seen - 0.5, color="black", linestyle="--", linewidth=0.8)
-            ax.text(n_seen - 0.45, 10.2, "unseen (zero-shot) →", fontsize=8, va="bottom")
-        ax.set_xticks(range(len(objectives)))
-        ax.set_xticklabels([names[o] for o in objectives], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 11)
-        ax.set_ylabel("judge rating (0-10)")
-        ax.set_title(policy, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+        raise MetaAlignerError("no pairwise verdicts found for Figure 3 (judge each step folder with "
+                               "evaluation/judge.py on all 10 objectives)")
+    metric = points[0].metric
+    fig, axes = plt.subplots(1, len(policies), figsize=(4.8 * len(policies) + 2.2, 4.2), squeeze=False)
+    for ax, policy in zip(axes[0], policies):
+        _fig3_panel(ax, [p for p in points if p.policy == policy], steps, metric, policy)
+    handles = axes[0][0].get_legend_handles_labels()[0]
+    handles += [Line2D([], [], color="black", linestyle="-", label="after alignment"),
+                Line2D([], [], color="black", linestyle="--", label="before alignment"),
+                Line2D([], [], color="black", marker="o", linestyle="", label="supervised objective"),
+                Line2D([], [], color="black", marker="^", linestyle="", label="unseen objective")]
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -401,20 +538,131 @@ def plot_figure3(bars: list[RatingBar], path: str | Path) -> Path:
     return path
 
 
-def _n_objectives(bars: list[RatingBar]) -> int:
-    return len({b.objective for b in bars})
+def figure3_markdown(points: list[Figure3Point], steps: list[str]) -> str:
+    """One table per policy: objectives x (before alignment, step 1, ..., step K), win rate in %."""
+    metric = points[0].metric if points else "win_half_tie"
+    index = {(p.policy, p.objective, p.step_index): p for p in points}
+    lines = []
+    for policy in dict.fromkeys(p.policy for p in points):
+        mine = [p for p in points if p.policy == policy]
+        lines += [f"**{policy}**", "", "| Objective | Unseen | Before | " + " | ".join(steps) + " |",
+                  "|---|---|---|" + "---|" * len(steps)]
+        for key, name, unseen in _fig3_objectives(mine):
+            cells = []
+            for k in range(len(steps) + 1):
+                p = index.get((policy, key, k))
+                cells.append(DASH if p is None else fmt_pct(p.rate, False))
+            lines.append(f"| {name} | {'yes' if unseen else 'no'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(f"Figure 3: win rate against the golden answer, {_caption_metrics([metric])}; "
+                 f"{parser_label(p.parser for p in points)}; Before = the unaligned answers (dashed lines), "
+                 "steps = the aligner given the objectives named cumulatively (solid lines); 95% bootstrap "
+                 "intervals in figure3.csv.")
+    return "\n".join(lines) + "\n"
 
 
-def figure3_markdown(bars: list[RatingBar]) -> str:
-    lines = ["| Policy | Objective | Unseen | Unaligned | Aligned | Δ |", "|---|---|---|---|---|---|"]
-    index = {(b.policy, b.objective, b.target): b for b in bars}
-    ordered = sorted(bars, key=lambda b: (b.policy, b.unseen, objective_rank(b.dataset, b.objective)))
-    for policy, objective in dict.fromkeys((b.policy, b.objective) for b in ordered):
-        o, a = index.get((policy, objective, ORIGIN)), index.get((policy, objective, ALIGNED))
-        ref = o or a
-        fmt = (lambda b: DASH if b is None or b.mean is None else f"{b.mean:.2f} [{b.low:.2f}, {b.high:.2f}]")
-        delta = DASH if not (o and a and o.mean is not None and a.mean is not None) else f"{a.mean - o.mean:+.2f}"
-        lines.append(f"| {policy} | {ref.objective_name} | {'yes' if ref.unseen else 'no'} | {fmt(o)} | {fmt(a)} | {delta} |")
+# ----------------------------------------------------------------------------- the 0-10 rating study
+
+UNALIGNED = "Unaligned"
+
+
+@dataclass
+class RatingCell:
+    dataset: str
+    policy: str
+    condition: str         # "Unaligned" or the label of the alignment run
+    objective: str
+    objective_name: str
+    unseen: bool
+    n: int
+    valid: int
+    mean: float | None
+    low: float | None
+    high: float | None
+
+
+def _rating_cell(group: list[dict[str, Any]], condition: str, n_boot: int, seed: int) -> RatingCell:
+    first = group[0]
+    scores = [float(r["score"]) for r in group if r.get("verdict") != "invalid" and str(r.get("score", "")) != ""]
+    low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed) if scores else (None, None)
+    return RatingCell(first["dataset"], first["policy"], condition, first["objective"],
+                      first.get("objective_name") or first["objective"],
+                      str(first.get("unseen", "0")).lower() in ("1", "true"), len(group), len(scores),
+                      sum(scores) / len(scores) if scores else None, low, high)
+
+
+def ratings_data(runs: list[tuple[str, list[dict[str, Any]]]], n_boot: int = 1000, seed: int = 0) -> list[RatingCell]:
+    """Mean 0-10 rating per (policy, condition, objective): ``Unaligned`` from the first run that rated
+    the original answers, then each run's aligned answers under its label."""
+    cells: list[RatingCell] = []
+    unaligned_done = False
+    for label, rows in runs:
+        rating = [r for r in rows if r.get("mode") == "rating"]
+        if not unaligned_done and any(r["target"] == ORIGIN for r in rating):
+            for group in _group([r for r in rating if r["target"] == ORIGIN], "dataset", "policy", "objective").values():
+                cells.append(_rating_cell(group, UNALIGNED, n_boot, seed))
+            unaligned_done = True
+        for group in _group([r for r in rating if r["target"] == ALIGNED], "dataset", "policy", "objective").values():
+            cells.append(_rating_cell(group, label, n_boot, seed))
+    return cells
+
+
+def _rating_axes(cells: list[RatingCell]) -> tuple[list[str], list[tuple[str, str]]]:
+    conditions = list(dict.fromkeys(c.condition for c in cells))
+    ordered = sorted(cells, key=lambda c: (c.unseen, objective_rank(c.dataset, c.objective)))
+    objectives = list(dict.fromkeys((c.objective, c.objective_name) for c in ordered))
+    return conditions, objectives
+
+
+def plot_ratings(cells: list[RatingCell], path: str | Path) -> Path:
+    """A heat-map per policy: rows = conditions (unaligned, aligned on ...), columns = rated objectives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(c.policy for c in cells))
+    if not policies:
+        raise MetaAlignerError("no rating rows found (run evaluation/judge.py --mode rating)")
+    conditions, objectives = _rating_axes(cells)
+    fig, axes = plt.subplots(1, len(policies), figsize=(1.3 * len(objectives) * len(policies) + 3,
+                                                        0.5 * len(conditions) + 2), squeeze=False)
+    index = {(c.policy, c.condition, c.objective): c for c in cells}
+    for ax, policy in zip(axes[0], policies):
+        grid = [[(index.get((policy, cond, key)) or RatingCell("", "", "", "", "", False, 0, 0, None, None, None)).mean
+                 for key, _ in objectives] for cond in conditions]
+        values = [[float("nan") if v is None else v for v in row] for row in grid]
+        image = ax.imshow(values, vmin=0, vmax=10, cmap="viridis", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, DASH if v is None else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if v is not None and v < 6 else "black")
+        ax.set_xticks(range(len(objectives)))
+        ax.set_xticklabels([name for _, name in objectives], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(conditions)))
+        ax.set_yticklabels(conditions, fontsize=8)
+        ax.set_title(f"{policy}: mean judge rating (0-10)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def ratings_markdown(cells: list[RatingCell]) -> str:
+    conditions, objectives = _rating_axes(cells)
+    index = {(c.policy, c.condition, c.objective): c for c in cells}
+    lines = ["| Policy | Condition | " + " | ".join(name for _, name in objectives) + " |",
+             "|---|---|" + "---|" * len(objectives)]
+    for policy in dict.fromkeys(c.policy for c in cells):
+        for cond in conditions:
+            out = []
+            for key, _ in objectives:
+                c = index.get((policy, cond, key))
+                out.append(DASH if c is None or c.mean is None else f"{c.mean:.2f} [{c.low:.2f}, {c.high:.2f}]")
+            lines.append(f"| {policy} | {cond} | " + " | ".join(out) + " |")
+    lines.append("")
+    lines.append("The rating study (released UltraFeedback_GPT4_rate.py): mean 0-10 judge rating of each answer "
+                 "on each objective [95% bootstrap interval]; Unaligned = the policy's own answers, the other rows "
+                 "= the answers aligned on the objectives named.")
     return "\n".join(lines) + "\n"
 
 
@@ -425,43 +673,82 @@ def _write_text(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def _write_table2(output_dir: Path, inputs: list[str], metrics: list[str], n_boot: int, seed: int,
+                  written: dict[str, Any]) -> None:
+    rows = load_verdicts(inputs, "pairwise")
+    cells = [c for m in metrics for c in table2(rows, m, n_boot, seed)]
+    if not cells:
+        raise MetaAlignerError("Table 2 needs pairwise verdicts for both aligned_responses and origin_responses "
+                               f"under {inputs}")
+    _write_text(output_dir / "table2.md", table2_markdown(cells))
+    _write_text(output_dir / "table2.tex", table2_latex(cells))
+    write_csv(output_dir / "table2.csv", [asdict(c) for c in cells], list(GainCell.__dataclass_fields__))
+    written["table2"] = cells
+    written["files"] += [output_dir / f"table2.{ext}" for ext in ("md", "tex", "csv")]
+
+
+def _write_table3(output_dir: Path, inputs: list[str], metrics: list[str], n_boot: int, seed: int,
+                  training_logs: dict[str, str] | None, methods: list[str] | None, written: dict[str, Any]) -> None:
+    rows = load_verdicts(inputs, "pairwise")
+    cells = [c for m in metrics for c in table3(rows, m, ALIGNED, n_boot, seed)]
+    if not cells:
+        raise MetaAlignerError(f"Table 3 found no pairwise aligned_responses verdicts under {inputs}")
+    hours = device_hours(training_logs or {})
+    order = methods or list(TABLE3_ORDER)
+    _write_text(output_dir / "table3.md", table3_markdown(cells, hours, order))
+    _write_text(output_dir / "table3.tex", table3_latex(cells, hours, order))
+    out_rows = [{**asdict(c), "gpu_hours": hours.get(c.method)} for c in cells]
+    write_csv(output_dir / "table3.csv", out_rows, list(RateCell.__dataclass_fields__) + ["gpu_hours"])
+    written.update(table3=cells, gpu_hours=hours)
+    written["files"] += [output_dir / f"table3.{ext}" for ext in ("md", "tex", "csv")]
+
+
+def _write_figure3(output_dir: Path, inputs: list[str], metric: str, n_boot: int, seed: int,
+                   written: dict[str, Any]) -> None:
+    steps = labelled_inputs(inputs, PAPER_STEPS)
+    points = figure3_points([(label, load_verdicts([path], "pairwise")) for label, path in steps], metric, n_boot, seed)
+    labels = [label for label, _ in steps]
+    plot_figure3(points, labels, output_dir / "figure3.png")
+    _write_text(output_dir / "figure3.md", figure3_markdown(points, labels))
+    write_csv(output_dir / "figure3.csv", [asdict(p) for p in points], list(Figure3Point.__dataclass_fields__))
+    written["figure3"] = points
+    written["files"] += [output_dir / f"figure3.{ext}" for ext in ("png", "md", "csv")]
+
+
+def _write_ratings(output_dir: Path, inputs: list[str], n_boot: int, seed: int, written: dict[str, Any]) -> None:
+    runs = [(label, load_verdicts([path], "rating")) for label, path in labelled_inputs(inputs)]
+    cells = ratings_data(runs, n_boot, seed)
+    plot_ratings(cells, output_dir / "ratings.png")
+    _write_text(output_dir / "ratings.md", ratings_markdown(cells))
+    write_csv(output_dir / "ratings.csv", [asdict(c) for c in cells], list(RatingCell.__dataclass_fields__))
+    written["ratings"] = cells
+    written["files"] += [output_dir / f"ratings.{ext}" for ext in ("png", "md", "csv")]
+
+
 def write_reports(output_dir: str | Path, table2_inputs: list[str] | None = None,
                   table3_inputs: list[str] | None = None, rating_inputs: list[str] | None = None,
-                  metric: str = "win_half_tie", n_boot: int = 1000, seed: int = 0,
-                  training_logs: dict[str, str] | None = None, methods: list[str] | None = None) -> dict[str, Any]:
-    """Write every report whose inputs are given; returns the paths written and the cells."""
+                  metric: str | list[str] = "win_half_tie", n_boot: int = 1000, seed: int = 0,
+                  training_logs: dict[str, str] | None = None, methods: list[str] | None = None,
+                  figure3_inputs: list[str] | None = None) -> dict[str, Any]:
+    """Write every report whose inputs are given; returns the paths written and the cells.
+
+    ``metric``: one name or several (comma-separated or a list), shown side by side in Tables 2/3;
+    Figure 3 uses the first. ``figure3_inputs``: the step folders in order (``label=path`` or a path;
+    up to 7 bare paths take the paper's step labels). ``rating_inputs``: rating-mode judge folders,
+    one per alignment condition (``label=path`` or a path labelled by its folder name).
+    """
     output_dir = Path(output_dir)
+    metrics = parse_metrics(metric)
     written: dict[str, Any] = {"files": []}
     if table2_inputs:
-        cells = table2(load_verdicts(table2_inputs, "pairwise"), metric, n_boot, seed)
-        if not cells:
-            raise MetaAlignerError("Table 2 needs pairwise verdicts for both aligned_responses and origin_responses "
-                                   f"under {table2_inputs}")
-        _write_text(output_dir / "table2.md", table2_markdown(cells))
-        _write_text(output_dir / "table2.tex", table2_latex(cells))
-        write_csv(output_dir / "table2.csv", [asdict(c) for c in cells], list(GainCell.__dataclass_fields__))
-        written["table2"] = cells
-        written["files"] += [output_dir / f"table2.{ext}" for ext in ("md", "tex", "csv")]
+        _write_table2(output_dir, table2_inputs, metrics, n_boot, seed, written)
     if table3_inputs:
-        cells3 = table3(load_verdicts(table3_inputs, "pairwise"), metric, ALIGNED, n_boot, seed)
-        if not cells3:
-            raise MetaAlignerError(f"Table 3 found no pairwise aligned_responses verdicts under {table3_inputs}")
-        hours = device_hours(training_logs or {})
-        order = methods or list(TABLE3_ORDER)
-        _write_text(output_dir / "table3.md", table3_markdown(cells3, hours, order))
-        _write_text(output_dir / "table3.tex", table3_latex(cells3, hours, order))
-        rows = [{**asdict(c), "gpu_hours": hours.get(c.method)} for c in cells3]
-        write_csv(output_dir / "table3.csv", rows, list(RateCell.__dataclass_fields__) + ["gpu_hours"])
-        written["table3"] = cells3
-        written["gpu_hours"] = hours
-        written["files"] += [output_dir / f"table3.{ext}" for ext in ("md", "tex", "csv")]
+        _write_table3(output_dir, table3_inputs, metrics, n_boot, seed, training_logs, methods, written)
+    if figure3_inputs:
+        _write_figure3(output_dir, figure3_inputs, metrics[0], n_boot, seed, written)
     if rating_inputs:
-        bars = figure3_data(load_verdicts(rating_inputs, "rating"), n_boot, seed)
-        plot_figure3(bars, output_dir / "figure3.png")
-        _write_text(output_dir / "figure3.md", figure3_markdown(bars))
-        write_csv(output_dir / "figure3.csv", [asdict(b) for b in bars], list(RatingBar.__dataclass_fields__))
-        written["figure3"] = bars
-        written["files"] += [output_dir / f"figure3.{ext}" for ext in ("png", "md", "csv")]
+        _write_ratings(output_dir, rating_inputs, n_boot, seed, written)
     if not written["files"]:
-        raise MetaAlignerError("nothing to report: give --inputs (Table 2), --table3_inputs and/or --ratings")
+        raise MetaAlignerError("nothing to report: give --inputs (Table 2), --table3_inputs, --figure3_inputs "
+                               "and/or --ratings")
     return written

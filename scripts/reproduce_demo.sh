@@ -9,10 +9,12 @@
 #   2  Algorithm 1 (dynamic objectives reformulation) -> warmup/ all_equal/ no_equal/
 #   3  three-step LoRA training (warm-up -> equal -> contrastive) on the embedded model
 #   4  policy generation for a few shipped HH-RLHF queries
-#   5  aligner inference on shipped policy outputs: HH-RLHF, UltraFeedback (seen + unseen objectives), IMHI
+#   5  aligner inference on shipped policy outputs: HH-RLHF, UltraFeedback, IMHI, and Figure 3's cumulative
+#      steps (the 4 supervised UltraFeedback objectives, then +Specificity, +Factuality, ... one at a time)
 #   6  judging through a local OpenAI-compatible server (`transformers serve` on the embedded model),
-#      started and stopped by this script
-#   7  evaluation/report.py: Table 2, Table 3, Figure 3
+#      started and stopped by this script: pairwise (Tables 2/3, Figure 3 on all 10 objectives) and the
+#      0-10 rating study (answers aligned on all 4 objectives and unaligned)
+#   7  evaluation/report.py: Table 2, Table 3, Figure 3 (paper layout), the rating study
 #
 # Every stage skips finished work: a stage whose artefact exists and whose command is unchanged is not
 # run again (stamps in $OUT/.stamps), and the long stages run with --resume, so a killed run continues
@@ -26,6 +28,7 @@
 #   THREADS   torch/OpenMP threads per process (default: nproc; on a busy shared machine 1 is faster)
 #   PYTHON    interpreter (default: python)
 #   PAIRS ROWS QUERIES NEW_TOKENS TRAIN_STEPS ...  override single sizes of the chosen SCALE
+#   FIG3_STEPS  Figure 3 steps run (2-7; the paper's 7 at demo scale, 3 at tiny)
 #   JUDGE_BASE_URL, JUDGE_MODEL  judge on this OpenAI-compatible endpoint instead of the local server
 #             (key from OPENAI_API_KEY only); JUDGE_PROMPT then defaults to `clean`
 #   JUDGE_PROMPT  judge prompt set (default for the local SmolLM2 judge: configs/judges/smollm2-demo.yaml)
@@ -53,7 +56,8 @@ case "$SCALE" in
     : "${ROWS:=3}"                # rows aligned (and judged) per policy file
     : "${NEW_TOKENS:=48}"
     : "${HH_POLICIES:=Claude-3 gpt-3.5-turbo}"       # shipped policy outputs aligned
-    : "${UF_POLICIES:=Vicuna-7B gpt-3.5-turbo}"      # (the last one also with the unseen objectives)
+    : "${UF_POLICIES:=Vicuna-7B gpt-3.5-turbo}"      # (the last one also for Figure 3 and the ratings)
+    : "${FIG3_STEPS:=7}"          # Figure 3: the 4 supervised objectives, then +1 unseen objective per step
     : "${IMHI_POLICIES:=vicuna_7B llama2-chat-7B}"   # one IMHI task (SAD) each
     : "${TABLE3_BASELINE:=1}"     # Table 3: also align with the untrained base model as a method
     : "${BOOTSTRAP:=1000}"
@@ -72,6 +76,7 @@ case "$SCALE" in
     : "${NEW_TOKENS:=4}"
     : "${HH_POLICIES:=Claude-3}"
     : "${UF_POLICIES:=gpt-3.5-turbo}"
+    : "${FIG3_STEPS:=3}"
     : "${IMHI_POLICIES:=vicuna_7B}"
     : "${TABLE3_BASELINE:=0}"
     : "${BOOTSTRAP:=50}"
@@ -169,6 +174,32 @@ judge() {  # judge ID ARGS...: evaluation/judge.py on the judge endpoint, one sh
       --cache_path "$J/judge_cache.sqlite" --concurrency "$JUDGE_CONCURRENCY" --seed 0 --resume "$@"
 }
 
+# Figure 3's steps: step 1 = the 4 supervised UltraFeedback objectives, step k adds the (k-1)-th unseen
+# objective, in the paper's order (Specificity, Factuality, Readability, Fairness, Repetition, Length)
+SEEN_UF=instruction_following,honesty,truthfulness,helpfulness
+UNSEEN_UF=(speci factual read fair repeat len)
+ALL_UF="$SEEN_UF,$(IFS=,; echo "${UNSEEN_UF[*]}")"
+fig3_step() { if (( $1 == 1 )); then echo 1_aligned_obj; else echo "$1_${UNSEEN_UF[$(($1 - 2))]}"; fi; }
+fig3_aspects() { local a=$SEEN_UF k; for ((k = 2; k <= $1; k++)); do a="$a,${UNSEEN_UF[$((k - 2))]}"; done; echo "$a"; }
+
+align_figure3() {  # align_figure3 STEPS POLICY: steps 2..STEPS (step 1 is the 4-objective run of stage 5b)
+  local steps=$1 policy=$2 k
+  for ((k = 2; k <= steps; k++)); do
+    "${ALIGN[@]}" --dataset ultrafeedback --data_dir "$IN/ultrafeedback" --aligned_model "$policy" \
+      --aspects "$(fig3_aspects "$k")" --model_output_path "$D/figure3/$(fig3_step "$k")" || return 1
+  done
+}
+
+judge_figure3() {  # judge_figure3 ID STEPS POLICY: every step pairwise on all 10 objectives (+ unaligned once)
+  local steps=$2 policy=$3 k input target
+  for ((k = 1; k <= steps; k++)); do
+    input=$D/figure3/$(fig3_step "$k")/$policy.csv target=aligned_responses
+    (( k == 1 )) && input=$D/ultrafeedback/$policy.csv target=aligned_responses,origin_responses
+    judge "$1" --input "$input" --template ultrafeedback --target "$target" --aspects "$ALL_UF" \
+      --output_dir "$J/figure3/$(fig3_step "$k")" || return 1
+  done
+}
+
 # ------------------------------------------------------------------ the pipeline
 echo "MetaAligner demo: SCALE=$SCALE MODEL=$MODEL THREADS=$THREADS OUT=$OUT"
 MODEL_PATH=$(model_path)
@@ -227,19 +258,19 @@ for p in $HH_POLICIES; do link "$ROOT/samples/HH-RLHF_model_output/$p.csv.gz" "$
 link "$OUT/4_policy/SmolLM2-policy.csv" "$IN/hh-rlhf/SmolLM2-policy.csv"
 for p in $UF_POLICIES; do link "$ROOT/samples/UltraFeedback_model_output/$p.csv.gz" "$IN/ultrafeedback/$p.csv.gz"; done
 for p in $IMHI_POLICIES; do link "$ROOT/samples/IMHI_model_output/$p/SAD.csv.gz" "$IN/imhi/$p.csv.gz"; done  # SAD: shortest posts
-UF_UNSEEN_POLICY=${UF_POLICIES##* }
+UF_FIG3_POLICY=${UF_POLICIES##* }
+FIG3_LAST=$(fig3_step "$FIG3_STEPS")
 T3_POLICY=${HH_POLICIES%% *}
 
 ALIGN=("$PY" inference/aligner_inference.py --aligner_path "$OUT/3_aligner" --limit "$ROWS"
        --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume)
 KEY_EXTRA="$HH_POLICIES" stage 5a align_hh-rlhf "$D/hh-rlhf/SmolLM2-policy.csv" \
   "${ALIGN[@]}" --dataset hh-rlhf --data_dir "$IN/hh-rlhf" --model_output_path "$D/hh-rlhf"
-KEY_EXTRA="$UF_POLICIES" stage 5b align_ultrafeedback "$D/ultrafeedback/$UF_UNSEEN_POLICY.csv" \
+KEY_EXTRA="$UF_POLICIES" stage 5b align_ultrafeedback "$D/ultrafeedback/$UF_FIG3_POLICY.csv" \
   "${ALIGN[@]}" --dataset ultrafeedback --data_dir "$IN/ultrafeedback" --model_output_path "$D/ultrafeedback"
-stage 5c align_ultrafeedback_unseen "$D/ultrafeedback-unseen/$UF_UNSEEN_POLICY.csv" \
-  "${ALIGN[@]}" --dataset ultrafeedback --data_dir "$IN/ultrafeedback" --aligned_model "$UF_UNSEEN_POLICY" \
-    --aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len \
-    --model_output_path "$D/ultrafeedback-unseen"
+(( FIG3_STEPS >= 2 && FIG3_STEPS <= 7 )) || { echo "error: FIG3_STEPS must be 2..7, got $FIG3_STEPS" >&2; exit 2; }
+KEY_EXTRA="${ALIGN[*]}" stage 5c align_figure3_steps "$D/figure3/$FIG3_LAST/$UF_FIG3_POLICY.csv" \
+  align_figure3 "$FIG3_STEPS" "$UF_FIG3_POLICY"
 KEY_EXTRA="$IMHI_POLICIES" stage 5d align_imhi "$D/imhi/${IMHI_POLICIES##* }.csv" \
   "${ALIGN[@]}" --dataset imhi --data_dir "$IN/imhi" --model_output_path "$D/imhi"
 # Table 3: methods on the same HH-RLHF rows: the trained aligner (its stage-5a output, copied under the
@@ -260,18 +291,23 @@ stage 6b judge_ultrafeedback "$J/ultrafeedback/summary.json" \
 stage 6c judge_imhi "$J/imhi/summary.json" judge "$JUDGE_ID" --input "$D/imhi" --template imhi "$BOTH" --output_dir "$J/imhi"
 stage 6d judge_table3 "$J/table3/summary.json" \
   judge "$JUDGE_ID" --input "$D/table3" --template hh-rlhf --target aligned_responses --output_dir "$J/table3"
-stage 6e judge_ratings "$J/ultrafeedback-rating/summary.json" \
-  judge "$JUDGE_ID" --input "$D/ultrafeedback-unseen" --template ultrafeedback --mode rating "$BOTH" \
-    --output_dir "$J/ultrafeedback-rating"
+stage 6e judge_figure3 "$J/figure3/$FIG3_LAST/summary.json" judge_figure3 "$JUDGE_ID" "$FIG3_STEPS" "$UF_FIG3_POLICY"
+# the rating study at demo scale: answers aligned on all 4 objectives and the unaligned ones, rated 0-10 on
+# the 4 (the single-objective runs of the release are stages rate_* of configs/paper/ultrafeedback.yaml)
+stage 6f judge_ratings "$J/ratings/all/summary.json" \
+  judge "$JUDGE_ID" --input "$D/ultrafeedback/$UF_FIG3_POLICY.csv" --template ultrafeedback --mode rating "$BOTH" \
+    --aspects "$SEEN_UF" --output_dir "$J/ratings/all"
 stop_server
 
+FIG3_INPUTS=$(for ((k = 1; k <= FIG3_STEPS; k++)); do printf '%s,' "$J/figure3/$(fig3_step "$k")"; done)
 stage 7 report "$OUT/7_report/figure3.png" \
   "$PY" evaluation/report.py --inputs "$J/hh-rlhf,$J/ultrafeedback,$J/imhi" --table3_inputs "$J/table3" \
-    --ratings "$J/ultrafeedback-rating" --training_logs "MetaAligner=$OUT/3_aligner/training_log.jsonl" \
+    --figure3_inputs "${FIG3_INPUTS%,}" --ratings "All 4 objectives=$J/ratings/all" \
+    --metric win_half_tie,win_plus_tie --training_logs "MetaAligner=$OUT/3_aligner/training_log.jsonl" \
     --methods MetaAligner,Untrained-base --bootstrap "$BOOTSTRAP" --seed 0 --output_dir "$OUT/7_report"
 
 echo
 echo "artefacts:"
 printf '  %s\n' "${ARTEFACTS[@]}"
-echo "  reports: $OUT/7_report/{table2,table3}.{md,csv,tex}, $OUT/7_report/figure3.{png,md,csv}"
+echo "  reports: $OUT/7_report/{table2,table3}.{md,csv,tex}, $OUT/7_report/{figure3,ratings}.{png,md,csv}"
 echo "done in $((SECONDS - START)) s (SCALE=$SCALE, THREADS=$THREADS)"

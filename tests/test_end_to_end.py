@@ -115,7 +115,7 @@ def test_paper_runner_prints_commands_and_refuses_missing_inputs():
     dry = subprocess.run(base + ["--variant", "13B", "--dry_run"], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
-    assert "ultrafeedback (13B): 20 stage(s)" in dry.stdout   # prepare_ultrafeedback first
+    assert "ultrafeedback (13B): 40 stage(s)" in dry.stdout   # prepare_ultrafeedback, Table 2's policies, Figure 3, ratings, Table 3
     assert ("--aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len"
             in dry.stdout)
     assert "--model_name_or_path meta-llama/Llama-2-13b-hf" in dry.stdout
@@ -128,7 +128,7 @@ def test_paper_runner_prints_commands_and_refuses_missing_inputs():
 
 # ----------------------------------------------------------------------------- the demo pipeline
 
-STAGES = ["1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "7"]
+STAGES = ["1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "6f", "7"]
 
 
 def _run_demo(out: Path, model: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -168,28 +168,38 @@ def test_demo_pipeline_tiny_end_to_end_and_resume(tmp_path, tiny_llama_dir):
     assert [r["query"] for r in policy] == [r["query"] for r in claude[:2]]
     # 5: every dataset aligned with the trained aligner, 2 rows per policy, provenance kept
     aligned = {p.relative_to(out / "5_aligned").as_posix(): read_records(p) for p in (out / "5_aligned").rglob("*.csv")}
-    assert sorted(aligned) == ["hh-rlhf/Claude-3.csv", "hh-rlhf/SmolLM2-policy.csv", "imhi/vicuna_7B.csv",
-                               "table3/MetaAligner.csv", "ultrafeedback-unseen/gpt-3.5-turbo.csv",
-                               "ultrafeedback/gpt-3.5-turbo.csv"]
+    assert sorted(aligned) == ["figure3/2_speci/gpt-3.5-turbo.csv", "figure3/3_factual/gpt-3.5-turbo.csv",
+                               "hh-rlhf/Claude-3.csv", "hh-rlhf/SmolLM2-policy.csv", "imhi/vicuna_7B.csv",
+                               "table3/MetaAligner.csv", "ultrafeedback/gpt-3.5-turbo.csv"]
     for name, rows in aligned.items():
         assert len(rows) == 2, name
         assert all(r["template"] == "hh-rlhf" and r["aligner"] == str(out / "3_aligner") for r in rows), name
-    assert aligned["ultrafeedback-unseen/gpt-3.5-turbo.csv"][0]["aspects"] == (
-        "instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len")
+    # Figure 3's cumulative steps (tiny: 3 of the paper's 7)
+    assert aligned["figure3/2_speci/gpt-3.5-turbo.csv"][0]["aspects"] == (
+        "instruction_following,honesty,truthfulness,helpfulness,speci")
+    assert aligned["figure3/3_factual/gpt-3.5-turbo.csv"][0]["aspects"] == (
+        "instruction_following,honesty,truthfulness,helpfulness,speci,factual")
     assert aligned["imhi/vicuna_7B.csv"][0]["aspects"] == "correct,informative,professional"
     assert aligned["table3/MetaAligner.csv"] == aligned["hh-rlhf/Claude-3.csv"]
     # 6: the judge (the tiny model behind `transformers serve`) answered every planned row
     summary = json.loads((out / "6_judged/hh-rlhf/summary.json").read_text())
     assert sum(s["n"] for s in summary) == 2 * 2 * 3 * 2  # 2 policies x 2 rows x 3 objectives x 2 targets
-    ratings = json.loads((out / "6_judged/ultrafeedback-rating/summary.json").read_text())
-    assert {s["objective"] for s in ratings} == {"instruction_following", "honesty", "truthfulness", "helpfulness",
-                                                 "speci", "factual", "read", "fair", "repeat", "len"}
+    fig3 = json.loads((out / "6_judged/figure3/1_aligned_obj/summary.json").read_text())
+    assert {s["objective"] for s in fig3} == {"instruction_following", "honesty", "truthfulness", "helpfulness",
+                                              "speci", "factual", "read", "fair", "repeat", "len"}
+    assert {s["target"] for s in fig3} == {"aligned_responses", "origin_responses"}
+    ratings = json.loads((out / "6_judged/ratings/all/summary.json").read_text())
+    assert {s["objective"] for s in ratings} == {"instruction_following", "honesty", "truthfulness", "helpfulness"}
     # 7: the paper's tables and figure
     report = out / "7_report"
     for name in ("table2.md", "table2.csv", "table2.tex", "table3.md", "table3.csv", "table3.tex", "figure3.md",
-                 "figure3.csv"):
+                 "figure3.csv", "ratings.md", "ratings.csv"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = read_records(report / "figure3.csv")  # 10 objectives: before alignment + 3 steps
+    assert len(points) == 10 * 4 and {p["step"] for p in points} == {"before alignment", "Aligned Obj.",
+                                                                      "+Specificity", "+Factuality"}
     table2 = (report / "table2.md").read_text()
     for policy_name in ("Claude-3", "SmolLM2-policy", "gpt-3.5-turbo", "vicuna_7B"):
         assert f"| {policy_name} |" in table2

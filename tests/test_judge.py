@@ -115,6 +115,112 @@ def test_positions_round_trip_and_seeded_per_item():
     assert default_prices("gpt-4-0613") == (0.03, 0.06) and default_prices("/models/local") is None
 
 
+# The fixed list of replies that the paper profile's parser and metric are checked on, by hand.
+REPLIES = ["Response 1 is better than Response 2", "0", "I cannot decide", "", "1", "2", "10", "[[2]]"]
+# released substring reading (position digit anywhere -> win, else '0' anywhere -> tie, else loss)
+RELEASED_AT_1 = ["win", "tie", "loss", "loss", "win", "loss", "win", "loss"]
+RELEASED_AT_2 = ["win", "tie", "loss", "loss", "loss", "win", "tie", "win"]
+# the strict anchored parser of the released prompts (released_choice): a reply must BE 1, 2 or 0
+STRICT_AT_1 = ["invalid", "tie", "invalid", "invalid", "win", "loss", "invalid", "invalid"]
+
+
+def test_released_parser_by_hand_on_fixed_replies():
+    from metaaligner.judge.positions import released_verdict
+
+    parser = get_prompt("released", "pairwise", "general", parser="released").parser
+    assert parser.name == "released" and parser.never_invalid
+    assert [parser.verdict(r, 1) for r in REPLIES] == RELEASED_AT_1
+    assert [parser.verdict(r, 2) for r in REPLIES] == RELEASED_AT_2
+    assert [released_verdict(r, 1) for r in REPLIES] == RELEASED_AT_1
+    assert released_verdict(None, 2) == "loss"
+    # the strict parser next to it reads the same replies as invalid unless the reply IS the answer
+    strict = get_prompt("released", "pairwise", "general").parser
+    assert strict.name == "released_choice" and not strict.never_invalid
+    assert [strict.verdict(r, 1) for r in REPLIES] == STRICT_AT_1
+    # the substring parser is pairwise only, and only a known parser can be named
+    with pytest.raises(MetaAlignerError, match="a rating prompt needs a score parser"):
+        get_prompt("released", "rating", "general", parser="released")
+    with pytest.raises(MetaAlignerError, match="unknown parser 'nope'"):
+        get_prompt("clean", "pairwise", "general", parser="nope")
+
+
+def test_metrics_by_hand_on_fixed_replies():
+    from metaaligner.judge.metrics import summarize_pairwise
+
+    released = summarize_pairwise(RELEASED_AT_1)  # W=3 T=1 L=4 I=0, N=8
+    assert (released["wins"], released["ties"], released["losses"], released["invalid"]) == (3, 1, 4, 0)
+    assert released["win"] == 3 / 8 and released["win_half_tie"] == 3.5 / 8
+    assert released["win_plus_tie"] == 4 / 8 == released["paper"]
+    strict = summarize_pairwise(STRICT_AT_1)      # W=1 T=1 L=1 I=5, N=8
+    assert (strict["wins"], strict["ties"], strict["losses"], strict["invalid"]) == (1, 1, 1, 5)
+    assert strict["win"] == 1 / 8 and strict["win_half_tie"] == 1.5 / 8
+    assert strict["win_plus_tie"] == pytest.approx(2 / 3)  # (W+T)/(W+T+L): invalid rows leave the denominator
+    assert summarize_pairwise(["invalid"])["win_plus_tie"] is None
+
+
+def test_profiles_are_data_and_flags_override_their_parts():
+    from metaaligner.judge.profiles import load_profile, resolve_judge
+
+    paper = load_profile("paper")
+    assert (paper.judge_prompt, paper.judge_model, paper.decoding, paper.metric) == (
+        "released", "gpt-4-turbo-preview", "api_default", "win_plus_tie")
+    _, prompt, model, decoding = resolve_judge("paper", "pairwise", "general", seed=3)
+    assert prompt.set_name == "released" and prompt.parser.name == "released" and model == "gpt-4-turbo-preview"
+    assert decoding.to_dict() == {"temperature": None, "seed": None, "max_tokens": None}
+    _, prompt, _, _ = resolve_judge("paper", "rating", "general")
+    assert prompt.parser.name == "released_score"  # the substring parser reads choices only
+    _, prompt, model, decoding = resolve_judge("paper", "pairwise", "imhi", parser="released_choice",
+                                               judge_model="gpt-4", temperature=0.0, max_tokens=8)
+    assert (prompt.parser.name, prompt.system is not None, model) == ("released_choice", True, "gpt-4")
+    assert decoding.to_dict() == {"temperature": 0.0, "seed": None, "max_tokens": 8}
+    clean, prompt, model, decoding = resolve_judge(None, "pairwise", "general", seed=5)
+    assert clean.name == "clean" and prompt.parser.name == "bracket_choice" and model == "gpt-4"
+    assert decoding.to_dict() == {"temperature": 0.0, "seed": 5, "max_tokens": 32}
+    with pytest.raises(MetaAlignerError, match="unknown judge profile 'papr'"):
+        load_profile("papr")
+
+
+def test_paper_profile_over_http_sends_api_defaults_and_reads_substrings(tmp_path):
+    inp = make_outputs(tmp_path / "pol.csv", n=len(REPLIES))
+    with ScriptedOpenAIServer(lambda r: REPLIES[query_index(r)]) as server:
+        result = judge(inp, tmp_path / "out", server, profile="paper", judge_model=None,
+                       targets=["aligned_responses", "origin_responses"])
+        bodies = [r.body for r in server.requests]
+    assert server.request_count == 2 * len(REPLIES) and result.invalid == 0  # no reminder, never invalid
+    for body in bodies:
+        assert body["model"] == "gpt-4-turbo-preview"
+        assert not {"temperature", "max_tokens", "seed"} & set(body), sorted(body)
+        assert "You must only return 1, 2, or 0." in last_user_text(body)
+    rows = rows_of(tmp_path / "out")
+    for row in rows:
+        expected = (RELEASED_AT_1 if row["position"] == "1" else RELEASED_AT_2)[int(row["row"])]
+        assert row["verdict"] == expected and row["judge_parser"] == "released" and row["judge_prompt"] == "released"
+    assert {r["position"] for r in rows} == {"1", "2"}
+    run = json.loads((tmp_path / "out/run.json").read_text())
+    assert run["profile"] == "paper" and run["decoding"] == {"temperature": None, "seed": None, "max_tokens": None}
+    # the same profile with the strict parser: unparsable replies get one reminder, then invalid
+    def same_reply(request):  # the reminder turn carries the first user message too
+        return REPLIES[int(re.search(r"QUERY: Q(\d+):", json.dumps(request)).group(1))]
+
+    with ScriptedOpenAIServer(same_reply) as server:
+        strict = judge(inp, tmp_path / "strict", server, profile="paper", parser="released_choice", judge_model=None)
+    verdicts = [r["verdict"] for r in rows_of(tmp_path / "strict")]
+    assert [v for v, r in zip(verdicts, REPLIES) if r not in ("0", "1", "2")] == ["invalid"] * 5
+    assert strict.invalid == 5 and server.request_count == len(REPLIES) + 5
+
+
+def test_judge_script_profile_flag_dry_run(tmp_path):
+    inp = make_outputs(tmp_path / "pol.csv", n=2)
+    out = subprocess.run([sys.executable, "evaluation/judge.py", "--input", str(inp), "--output_dir",
+                          str(tmp_path / "out"), "--profile", "paper", "--dry_run", "--aspects", "harmlessness"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert ("  judge: gpt-4-turbo-preview, prompts released, parser released, profile paper; decoding sent: "
+            "none (API defaults)") in out.stdout
+    assert "price for gpt-4-turbo-preview: $0.01 in / $0.03 out" in out.stdout
+
+
 # ----------------------------------------------------------------------------- verdicts over HTTP
 
 def test_always_one_judge_wins_exactly_where_candidate_sat_first(tmp_path):
@@ -432,3 +538,42 @@ def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
             serve.wait(timeout=10)
         except subprocess.TimeoutExpired:
             serve.kill()
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_paper_configs_judge_with_the_paper_profile(name):
+    from metaaligner.paper import load_paper_config
+
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml")
+    judges = [s for s in run.stages if s.script == "evaluation/judge.py"]
+    assert judges and all(s.args["profile"] == "paper" and "judge_prompt" not in s.args for s in judges)
+    assert {s.args["judge_model"] for s in judges} == {"gpt-4-turbo-preview"}
+    assert not any({"temperature", "max_tokens"} & set(s.args) for s in judges)  # API defaults
+    report = next(s for s in run.stages if s.name == "report")
+    assert report.args["metric"] == "win_plus_tie,win_half_tie" and report.args["profile"] == "paper"
+
+
+def test_ultrafeedback_config_runs_figure3_as_the_paper_draws_it():
+    from metaaligner.paper import load_paper_config
+
+    run = load_paper_config(REPO / "configs/paper/ultrafeedback.yaml", "7B")
+    stages = {s.name: s for s in run.stages}
+    seen = "instruction_following,honesty,truthfulness,helpfulness"
+    unseen = ["speci", "factual", "read", "fair", "repeat", "len"]
+    aligns = [stages["align"]] + [stages[f"fig3_align_{k}_{u}"] for k, u in enumerate(unseen, start=2)]
+    assert [s.args["aspects"] for s in aligns] == [",".join([seen, *unseen[:k]]) for k in range(7)]
+    steps = [f"{k}_{u}" for k, u in enumerate(["aligned_obj", *unseen], start=1)]
+    judges = [stages[f"fig3_judge_{step}"] for step in steps]
+    assert [j.args["input"] for j in judges] == [s.args["model_output_path"] for s in aligns]
+    assert {j.args["aspects"] for j in judges} == {",".join([seen, *unseen])} and {j.args.get("mode") for j in judges} == {None}
+    assert [j.args["target"] for j in judges] == ["aligned_responses,origin_responses"] + ["aligned_responses"] * 6
+    report = stages["report"].args
+    assert report["figure3_inputs"] == ",".join(j.args["output_dir"] for j in judges)
+    # the rating study: gpt-3.5-turbo unaligned, aligned on all 4 and on each single objective, rated on the 4
+    rates = [s for s in run.stages if s.name.startswith("rate_judge_")]
+    assert [s.args["mode"] for s in rates] == ["rating"] * 5 and {s.args["aspects"] for s in rates} == {seen}
+    assert rates[0].args["input"].endswith("/aligned/gpt-3.5-turbo.csv")
+    singles = [s for s in run.stages if s.name.startswith("rate_align_")]
+    assert [s.args["aspects"] for s in singles] == seen.split(",")
+    assert {s.args["aligned_model"] for s in singles} == {"gpt-3.5-turbo"}
+    assert report["ratings"].split(",")[0] == "All 4 objectives=runs/paper/ultrafeedback-7B/judged_ratings/all"

@@ -1,4 +1,5 @@
-"""Table 2 / Table 3 / Figure 3 from fixed per-row verdict files, checked against hand-computed values."""
+"""Table 2 / Table 3 / Figure 3 / the rating study from fixed per-row verdict files, checked against
+hand-computed values."""
 from __future__ import annotations
 
 import json
@@ -13,21 +14,22 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.io import read_records, write_csv
 from metaaligner.judge.metrics import bootstrap_ci, paired_bootstrap_diff, summarize_pairwise
 from metaaligner.judge.runner import ROW_COLUMNS
-from metaaligner.reports import (device_hours, figure3_data, load_verdicts, table2, table2_latex, table2_markdown,
-                                 table3, table3_markdown, write_reports)
+from metaaligner.reports import (PAPER_STEPS, device_hours, labelled_inputs, load_verdicts, ratings_data, table2,
+                                 table2_latex, table2_markdown, table3, table3_markdown, write_reports)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def verdict_rows(policy, objective, target, verdicts, positions=None, dataset="hh-rlhf", name=None, mode="pairwise",
-                 scores=None, unseen=0):
+                 scores=None, unseen=0, parser=""):
     rows = []
     for i, verdict in enumerate(verdicts):
         rows.append({"dataset": dataset, "policy": policy, "target": target, "objective": objective,
                      "objective_name": name or objective.capitalize(), "unseen": unseen, "mode": mode, "row": i,
                      "item_id": f"id{i}", "position": (positions or [1 + i % 2] * len(verdicts))[i]
                      if mode == "pairwise" else "", "reply": "", "verdict": verdict,
-                     "score": "" if scores is None else scores[i], "judge_model": "j", "judge_prompt": "clean"})
+                     "score": "" if scores is None else scores[i], "judge_model": "j", "judge_prompt": "clean",
+                     "judge_parser": parser})
     return rows
 
 
@@ -37,9 +39,9 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 # Hand-computed: aligned W,T,T,L,L vs original W,L,L,L,invalid over the same 5 rows
-#   W/N:        0.2 - 0.2 = +0.00%
-#   (W+T/2)/N:  0.4 - 0.2 = +20.00%
-#   (W+T)/N:    0.6 - 0.2 = +40.00%
+#   W/N:            0.2 - 0.2 = +0.00%
+#   (W+T/2)/N:      0.4 - 0.2 = +20.00%
+#   (W+T)/(W+T+L):  3/5 - 1/4 = +35.00%   (the invalid row leaves the original's denominator)
 ALIGNED = ["win", "tie", "tie", "loss", "loss"]
 ORIGIN = ["win", "loss", "loss", "loss", "invalid"]
 
@@ -62,7 +64,7 @@ def judged(tmp_path) -> Path:
 def test_table2_matches_hand_computed_values(judged):
     rows = load_verdicts([judged])
     assert len(rows) == 14
-    expected = {"win": 0.0, "win_half_tie": 0.20, "paper": 0.40}
+    expected = {"win": 0.0, "win_half_tie": 0.20, "win_plus_tie": 0.35, "paper": 0.35}
     for metric, gain in expected.items():
         cells = {(c.policy, c.objective): c for c in table2(rows, metric=metric, n_boot=500)}
         p = cells[("P", "harmlessness")]
@@ -77,11 +79,12 @@ def test_table2_matches_hand_computed_values(judged):
     assert md.splitlines()[0] == "| Policy | hh-rlhf: Harmlessness | hh-rlhf: Helpfulness |"
     assert re.search(r"^\| P \| \+20\.00% \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \| – \|$", md, re.M)
     assert re.search(r"^\| Q \| – \| \+50\.00% \[", md, re.M)
-    assert "(W + T/2)/N" in md
+    assert "metric (W + T/2)/N; verdict parser not recorded" in md
     tex = table2_latex(cells)
     assert r"\multicolumn{2}{c}{hh-rlhf}" in tex and r"+20.00\%" in tex and "Policy & Harmlessness & Helpfulness" in tex
     assert summarize_pairwise(ORIGIN) == {"n": 5, "wins": 1, "ties": 0, "losses": 3, "invalid": 1, "win": 0.2,
-                                          "win_half_tie": 0.2, "paper": 0.2, "tie_rate": 0.0, "invalid_rate": 0.2}
+                                          "win_half_tie": 0.2, "win_plus_tie": 0.25, "paper": 0.25, "tie_rate": 0.0,
+                                          "invalid_rate": 0.2}
 
 
 def test_bootstrap_intervals_contain_the_point_estimate():
@@ -125,25 +128,125 @@ def test_table3_with_gpu_hours_from_training_logs(tmp_path):
     assert lines[3].endswith(" | – |")
 
 
-def test_figure3_png_and_numbers(tmp_path):
-    root = tmp_path / "rating"
-    for target, base in (("origin_responses", 4), ("aligned_responses", 6)):
-        write_rows(root / f"{target}/honesty.csv", verdict_rows(
-            "gpt-3.5-turbo", "honesty", target, [str(base), str(base + 2), "invalid"], dataset="ultrafeedback",
-            mode="rating", scores=[base, base + 2, ""]))
-        write_rows(root / f"{target}/speci.csv", verdict_rows(
-            "gpt-3.5-turbo", "speci", target, [str(base + 1)] * 2, dataset="ultrafeedback", name="Specificity",
-            mode="rating", scores=[base + 1] * 2, unseen=1))
-    bars = {(b.objective, b.target): b for b in figure3_data(load_verdicts([root], "rating"), n_boot=100)}
-    assert bars[("honesty", "origin_responses")].mean == 5.0 and bars[("honesty", "origin_responses")].valid == 2
-    assert bars[("honesty", "aligned_responses")].mean == 7.0 and bars[("speci", "aligned_responses")].unseen
-    written = write_reports(tmp_path / "rep", rating_inputs=[str(root)], n_boot=100)
-    png = (tmp_path / "rep" / "figure3.png").read_bytes()
+def test_both_metrics_side_by_side_and_captions_name_metric_and_parser(tmp_path):
+    root = tmp_path / "judged"
+    write_rows(root / "a.csv", verdict_rows("P", "harmlessness", "aligned_responses", ALIGNED, parser="released"))
+    write_rows(root / "o.csv", verdict_rows("P", "harmlessness", "origin_responses", ORIGIN, parser="released"))
+    written = write_reports(tmp_path / "rep", [str(root)], [str(root)], metric="win_plus_tie,win_half_tie", n_boot=100)
+    md = (tmp_path / "rep/table2.md").read_text().splitlines()
+    assert md[0] == "| Policy | hh-rlhf: Harmlessness (W+T)/(W+T+L) | hh-rlhf: Harmlessness (W+T/2)/N |"
+    assert re.match(r"^\| P \| \+35\.00% \[[^]]+\] \| \+20\.00% \[[^]]+\] \|$", md[2])
+    caption = ("metric (W + T)/(W + T + L), the paper's metric (ties counted as wins); (W + T/2)/N; verdict parser "
+               "the released substring parser (the candidate's position digit anywhere in the reply = win, else '0' "
+               "anywhere = tie, else loss; never invalid)")
+    assert caption in md[-1]
+    assert {(c.metric, c.parser) for c in written["table2"]} == {("win_plus_tie", "released"),
+                                                                 ("win_half_tie", "released")}
+    csv_rows = read_records(tmp_path / "rep/table2.csv")
+    assert [(r["metric"], r["gain"][:5], r["parser"]) for r in csv_rows] == [
+        ("win_plus_tie", "0.35", "released"), ("win_half_tie", "0.2", "released")]
+    tex = (tmp_path / "rep/table2.tex").read_text()
+    assert tex.startswith("% metric (W + T)/(W + T + L)") and r"+35.00\%" in tex and r"+20.00\%" not in tex
+    t3 = (tmp_path / "rep/table3.md").read_text().splitlines()
+    assert t3[0] == "| Method | hh-rlhf: Harmlessness (W+T)/(W+T+L) | hh-rlhf: Harmlessness (W+T/2)/N | GPU hours |"
+    assert t3[2].startswith("| P | 60.00% [") and " | 40.00% [" in t3[2]  # aligned W,T,T,L,L: 3/5 and 2/5
+    assert caption in t3[-1]
+    strict = verdict_rows("S", "harmlessness", "aligned_responses", ["win"], parser="released_choice")
+    assert "the strict parser released_choice (anchored; a reply unparsable after one reminder = invalid)" in \
+        table3_markdown(table3(strict, n_boot=10))
+    with pytest.raises(MetaAlignerError, match="unknown metric 'win_tie'"):
+        write_reports(tmp_path / "rep", [str(root)], metric="win_tie")
+
+
+# Figure 3 by hand: 4 rows; honesty (supervised) and speci (unseen), 7 cumulative steps.
+#   before alignment: honesty L,L,T,W -> (W+T/2)/N 37.50%, (W+T)/(W+T+L) 50%; speci L,L,L,L -> 0%
+#   after, every step: honesty W,W,T,L -> 62.50% / 75%; speci 0% at step 1 (not yet aligned on), then W,W,T,L
+def figure3_steps(root: Path) -> list[str]:
+    folders = []
+    for k in range(1, 8):
+        folder = root / f"{k}_step"
+        speci = ["loss"] * 4 if k == 1 else ["win", "win", "tie", "loss"]
+        for objective, verdicts, unseen, name in (("honesty", ["win", "win", "tie", "loss"], 0, "Honesty"),
+                                                  ("speci", speci, 1, "Specificity")):
+            write_rows(folder / f"aligned/{objective}.csv", verdict_rows(
+                "gpt-3.5-turbo", objective, "aligned_responses", verdicts, dataset="ultrafeedback", name=name,
+                unseen=unseen, parser="released"))
+            if k == 1:
+                before = ["loss", "loss", "tie", "win"] if objective == "honesty" else ["loss"] * 4
+                write_rows(folder / f"origin/{objective}.csv", verdict_rows(
+                    "gpt-3.5-turbo", objective, "origin_responses", before, dataset="ultrafeedback", name=name,
+                    unseen=unseen, parser="released"))
+        folders.append(str(folder))
+    return folders
+
+
+def test_figure3_paper_protocol_points_csv_and_png(tmp_path):
+    folders = figure3_steps(tmp_path / "fig3")
+    written = write_reports(tmp_path / "rep", figure3_inputs=folders, n_boot=100)
+    points = {(p.objective, p.step_index): p for p in written["figure3"]}
+    assert len(points) == 2 + 7 * 2
+    assert [points[("honesty", k)].rate for k in range(8)] == [0.375] + [0.625] * 7
+    assert [points[("speci", k)].rate for k in range(8)] == [0.0, 0.0] + [0.625] * 6
+    assert [points[("speci", k)].aligned_on for k in range(8)] == [False, False] + [True] * 6
+    assert [points[("honesty", k)].aligned_on for k in range(8)] == [False] + [True] * 7
+    assert [points[("honesty", k)].step for k in range(8)] == ["before alignment", *PAPER_STEPS]
+    assert points[("honesty", 0)].target == "origin_responses" and points[("honesty", 3)].target == "aligned_responses"
+    p = points[("speci", 1)]
+    assert (p.low, p.high, p.n, p.unseen, p.metric) == (0.0, 0.0, 4, True, "win_half_tie")
+    assert all(q.low <= q.rate <= q.high for q in points.values())
+    csv_rows = read_records(tmp_path / "rep/figure3.csv")
+    assert len(csv_rows) == 16 and {"low", "high", "step", "aligned_on", "parser"} <= set(csv_rows[0])
+    md = (tmp_path / "rep/figure3.md").read_text()
+    assert "| Objective | Unseen | Before | Aligned Obj. | +Specificity | +Factuality | +Readability | +Fairness | " \
+           "+Repetition | +Length |" in md
+    assert "| Honesty | no | 37.50% | " + " | ".join(["62.50%"] * 7) + " |" in md
+    assert "| Specificity | yes | 0.00% | 0.00% | " + " | ".join(["62.50%"] * 6) + " |" in md
+    assert "metric (W + T/2)/N; verdict parser the released substring parser" in md
+    png = (tmp_path / "rep/figure3.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
+    # the paper's metric: honesty after = (2 + 1) / 4, before = (1 + 1) / 4
+    paper = write_reports(tmp_path / "rep2", figure3_inputs=folders, metric="win_plus_tie", n_boot=50)["figure3"]
+    assert {(q.objective, q.step_index): q.rate for q in paper}[("honesty", 0)] == 0.5
+    assert {(q.objective, q.step_index): q.rate for q in paper}[("honesty", 7)] == 0.75
+
+
+def test_labelled_inputs_for_steps_and_conditions():
+    assert labelled_inputs(["a/x", "b/y"], PAPER_STEPS) == [("Aligned Obj.", "a/x"), ("+Specificity", "b/y")]
+    assert labelled_inputs(["All 4=r/all", "r/honesty/"]) == [("All 4", "r/all"), ("honesty", "r/honesty/")]
+    eight = [f"s{i}" for i in range(8)]  # more folders than paper steps: folder names
+    assert [label for label, _ in labelled_inputs(eight, PAPER_STEPS)] == eight
+
+
+def test_rating_study_report_png_and_numbers(tmp_path):
+    runs = {}
+    for label, base in (("all", 6), ("honesty", 5)):
+        root = tmp_path / "rating" / label
+        for target, score in (("origin_responses", 4), ("aligned_responses", base)):
+            write_rows(root / f"{target}/honesty.csv", verdict_rows(
+                "gpt-3.5-turbo", "honesty", target, [str(score), str(score + 2), "invalid"], dataset="ultrafeedback",
+                mode="rating", scores=[score, score + 2, ""]))
+            write_rows(root / f"{target}/helpfulness.csv", verdict_rows(
+                "gpt-3.5-turbo", "helpfulness", target, [str(score + 1)] * 2, dataset="ultrafeedback",
+                name="Helpfulness", mode="rating", scores=[score + 1] * 2))
+        runs[label] = root
+    cells = {(c.condition, c.objective): c for c in ratings_data(
+        [("All 4", load_verdicts([runs["all"]], "rating")), ("Honesty", load_verdicts([runs["honesty"]], "rating"))],
+        n_boot=100)}
+    assert sorted(cells) == [("All 4", "helpfulness"), ("All 4", "honesty"), ("Honesty", "helpfulness"),
+                             ("Honesty", "honesty"), ("Unaligned", "helpfulness"), ("Unaligned", "honesty")]
+    assert cells[("Unaligned", "honesty")].mean == 5.0 and cells[("Unaligned", "honesty")].valid == 2
+    assert cells[("All 4", "honesty")].mean == 7.0 and cells[("Honesty", "honesty")].mean == 6.0
+    assert cells[("All 4", "helpfulness")].mean == 7.0 and cells[("All 4", "helpfulness")].low == 7.0
+    written = write_reports(tmp_path / "rep", rating_inputs=[f"All 4={runs['all']}", f"Honesty={runs['honesty']}"],
+                            n_boot=100)
+    assert [p.name for p in written["files"]] == ["ratings.png", "ratings.md", "ratings.csv"]
+    png = (tmp_path / "rep/ratings.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    md = (tmp_path / "rep" / "figure3.md").read_text()
-    assert "| gpt-3.5-turbo | Honesty | no | 5.00 [" in md and "| +2.00 |" in md
-    assert "| gpt-3.5-turbo | Specificity | yes | 5.00 [5.00, 5.00] | 7.00 [7.00, 7.00] | +2.00 |" in md
-    assert len(written["figure3"]) == 4
+    md = (tmp_path / "rep/ratings.md").read_text().splitlines()
+    assert md[0] == "| Policy | Condition | Honesty | Helpfulness |"  # the dataset config's objective order
+    assert re.match(r"^\| gpt-3\.5-turbo \| Unaligned \| 5\.00 \[4\.00, 6\.00\] \| 5\.00 \[5\.00, 5\.00\] \|$", md[2])
+    assert [line.split(" | ")[1] for line in md[2:5]] == ["Unaligned", "All 4", "Honesty"]
+    assert len(read_records(tmp_path / "rep/ratings.csv")) == 6
 
 
 def test_report_script_writes_all_formats(judged, tmp_path, capsys):
@@ -156,7 +259,23 @@ def test_report_script_writes_all_formats(judged, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["table2.csv", "table2.md", "table2.tex", "table3.csv", "table3.md", "table3.tex"]
     csv_rows = {r["policy"]: r for r in read_records(out / "table2.csv")}
-    assert float(csv_rows["P"]["gain"]) == pytest.approx(0.4) and csv_rows["P"]["metric"] == "paper"
-    assert "+40.00%" in capsys.readouterr().out
+    assert float(csv_rows["P"]["gain"]) == pytest.approx(0.35) and csv_rows["P"]["metric"] == "paper"
+    assert "+35.00%" in capsys.readouterr().out
     with pytest.raises(MetaAlignerError, match="nothing to report"):
         report.main(report.ReportConfig(output_dir=str(out)))
+
+
+def test_report_script_profile_metric_and_figure3_flag(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "evaluation"))
+    import report
+
+    folders = figure3_steps(tmp_path / "fig3")
+    out = tmp_path / "reports"
+    labelled = ",".join(f"S{k}={f}" for k, f in enumerate(folders, start=1))
+    report.main(report.ReportConfig(figure3_inputs=labelled, output_dir=str(out), profile="paper", bootstrap=50))
+    rows = read_records(out / "figure3.csv")
+    assert {r["metric"] for r in rows} == {"win_plus_tie"}  # the paper profile's metric
+    assert [r["step"] for r in rows if r["objective"] == "honesty"] == ["before alignment"] + [f"S{k}" for k in range(1, 8)]
+    assert "| Honesty | no | 50.00% | " + " | ".join(["75.00%"] * 7) + " |" in capsys.readouterr().out
+    with pytest.raises(MetaAlignerError, match="unknown judge profile"):
+        report.main(report.ReportConfig(figure3_inputs=labelled, output_dir=str(out), profile="nope"))

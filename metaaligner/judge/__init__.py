@@ -4,9 +4,11 @@ answer parsing, a SQLite cache keyed on the full request, concurrency, retries a
     from metaaligner.judge import judge_outputs
     result = judge_outputs("outputs/hh", "judged/hh", targets=["aligned_responses", "origin_responses"],
                            dataset="hh-rlhf", base_url="http://127.0.0.1:8000/v1", judge_model="gpt-4")
+    # the paper as published: released prompts and parser, gpt-4-turbo-preview, API-default decoding
+    judge_outputs("outputs/hh", "judged/hh-paper", targets=["aligned_responses"], profile="paper")
 
-Modules: ``registry`` (prompts.yaml: prompt sets, parsers, prices), ``positions`` (swap/unswap,
-verdicts), ``engine`` (openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run),
+Modules: ``registry`` (prompts.yaml: prompt sets, parsers, prices), ``profiles`` (profiles.yaml:
+named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine`` (openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run),
 ``metrics`` (win rates, bootstrap).
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from metaaligner.errors import MetaAlignerError
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import CostMeter, Decoding, JudgeCallError, OpenAIChatEngine
-from metaaligner.judge.registry import JudgePrompt, default_decoding, default_prices, get_prompt
+from metaaligner.judge.profiles import load_profile, resolve_judge
+from metaaligner.judge.registry import JudgePrompt, default_prices, get_prompt
 from metaaligner.judge.runner import (JudgeRunner, JudgeSettings, RunResult, discover_inputs, dry_run_plan,
                                       plan_tasks, write_run_summary)
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Completion", "CostMeter", "Decoding", "JudgeCache", "JudgeCallError", "JudgePrompt", "JudgeRunner",
            "JudgeSettings", "OpenAIChatEngine", "RunResult", "default_prices", "get_prompt", "judge_outputs",
-           "request_key", "resolve_dataset"]
+           "load_profile", "request_key", "resolve_dataset", "resolve_judge"]
 
 
 def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
@@ -51,7 +54,7 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
 
 def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: list[str],
                   aspects: list[str] | None = None, dataset: str | None = None, mode: str = "pairwise",
-                  judge_prompt: str = "clean", base_url: str | None = None, judge_model: str = "gpt-4",
+                  judge_prompt: str | None = None, base_url: str | None = None, judge_model: str | None = None,
                   concurrency: int = 8, seed: int = 0, temperature: float | None = None,
                   max_tokens: int | None = None, both_orders: bool = False, dry_run: bool = False,
                   resume: bool = False, limit: int = 0, max_cost: float = 0.0,
@@ -59,8 +62,13 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
                   max_retries: int = 6, timeout: float = 60.0, use_cache: bool = True,
                   cache_path: str | Path | None = None, objectives_file: str | None = None,
                   add_objective: list[str] | None = None, max_failures: int = 20, progress: bool = True,
-                  engine: Any = None) -> RunResult | dict[str, Any]:
+                  engine: Any = None, profile: str | None = None,
+                  parser: str | None = None) -> RunResult | dict[str, Any]:
     """Judge every row of the aligner output file(s) at ``input_path`` for each target and objective.
+
+    ``profile`` (``clean`` by default, ``paper``, or a YAML file) sets the prompt set, judge model,
+    decoding and parser; ``judge_prompt``, ``judge_model``, ``parser``, ``temperature`` and
+    ``max_tokens`` override its parts when given.
 
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
@@ -75,10 +83,9 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     if not keys:
         keys = list(config.objectives) + (list(config.unseen_objectives) if mode == "rating" else [])
     objectives = registry.resolve(keys, config.objective_group)
-    prompt = get_prompt(judge_prompt, mode, config.judge_family)
-    decoding_defaults = default_decoding()
-    decoding = Decoding(temperature=float(decoding_defaults.get("temperature", 0.0) if temperature is None else temperature),
-                        seed=seed, max_tokens=int(max_tokens or prompt.max_tokens))
+    judge_profile, prompt, judge_model, decoding = resolve_judge(
+        profile, mode, config.judge_family, judge_prompt=judge_prompt, judge_model=judge_model, parser=parser,
+        temperature=temperature, max_tokens=max_tokens, seed=seed)
     settings = JudgeSettings(mode=mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=seed,
                              both_orders=both_orders)
     prices = default_prices(judge_model)
@@ -98,11 +105,11 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     try:
         if dry_run:
             runner = JudgeRunner(settings, None, cache, meter, concurrency=concurrency, resume=resume)
-            return dry_run_plan(tasks, runner, output_dir, resume=resume)
+            return {**dry_run_plan(tasks, runner, output_dir, resume=resume), "profile": judge_profile.name}
         if engine is None:
             engine = OpenAIChatEngine(judge_model, base_url=base_url, timeout=timeout, max_retries=max_retries)
         write_json(output_dir / "run.json", {
-            **settings.describe(), "prompt_user": prompt.user, "prompt_system": prompt.system,
+            **settings.describe(), "profile": judge_profile.name, "prompt_user": prompt.user, "prompt_system": prompt.system,
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
             "base_url": base_url, "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,

@@ -35,11 +35,22 @@ class BudgetExceeded(Exception):
     """The next call could push the spend past ``--max_cost``."""
 
 
+# Reply tokens booked per call by the cost meter when no max_tokens is sent (API-default decoding).
+UNSET_MAX_TOKENS_ESTIMATE = 64
+
+
 @dataclass(frozen=True)
 class Decoding:
-    temperature: float = 0.0
+    """What is sent with each request; None = not sent (the endpoint's default)."""
+
+    temperature: float | None = 0.0
     seed: int | None = 0
-    max_tokens: int = 32
+    max_tokens: int | None = 32
+
+    @property
+    def reply_budget(self) -> int:
+        """Reply tokens to book for a call: ``max_tokens``, or an estimate when none is sent."""
+        return self.max_tokens if self.max_tokens else UNSET_MAX_TOKENS_ESTIMATE
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "seed": self.seed, "max_tokens": self.max_tokens}
@@ -83,10 +94,10 @@ class OpenAIChatEngine:
     def _complete_once(self, messages: list[dict[str, str]], decoding: Decoding) -> Completion:
         import openai
 
-        kwargs = {"model": self.model, "messages": messages, "temperature": decoding.temperature,
-                  "max_tokens": decoding.max_tokens}
-        if decoding.seed is not None:
-            kwargs["seed"] = decoding.seed
+        kwargs = {"model": self.model, "messages": messages}
+        for name in ("temperature", "max_tokens", "seed"):  # None: not sent, the API's default applies
+            if getattr(decoding, name) is not None:
+                kwargs[name] = getattr(decoding, name)
         try:
             response = self.client.chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:

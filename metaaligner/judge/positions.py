@@ -59,3 +59,21 @@ def combine_orders(first: str, swapped: str) -> str:
     if first == swapped:
         return first
     return TIE
+
+
+def released_verdict(reply: str | None, position: int) -> str:
+    """The released ``*_GPT4_score.py`` reading of a reply, checks in this order: the candidate's
+    position digit anywhere in the reply -> win; else '0' anywhere -> tie; else loss. Never invalid.
+
+    The order is the precedence: "10" with the candidate at 1 is a win; "Response 1 is better than
+    Response 2" is a win wherever the candidate sat (both digits occur); "I cannot decide" and an
+    empty reply are losses.
+    """
+    if position not in (1, 2):
+        raise ValueError(f"position must be 1 or 2, got {position!r}")
+    text = reply or ""
+    if str(position) in text:
+        return WIN
+    if "0" in text:
+        return TIE
+    return LOSS

@@ -23,18 +23,32 @@ _FIELD_RE = re.compile(r"\{(query|output1|output2|output|aspects)\}")
 _FLAG_NAMES = {"IGNORECASE": re.IGNORECASE, "DOTALL": re.DOTALL, "MULTILINE": re.MULTILINE}
 
 
+PARSER_METHODS = ("regex", "released_substring")
+
+
 @dataclass(frozen=True)
 class ParserSpec:
-    """An anchored regex whose first group is the answer: ``choice`` (0/1/2) or ``score`` (int)."""
+    """An anchored regex whose first group is the answer: ``choice`` (0/1/2) or ``score`` (int).
+
+    ``method: released_substring`` (choice only) is the released scripts' substring check instead
+    (``positions.released_verdict``): it needs the candidate's position, never fails, never reminds.
+    """
 
     name: str
     kind: str
     pattern: str
     flags: tuple[str, ...] = ()
+    method: str = "regex"
 
     def __post_init__(self):
         if self.kind not in ("choice", "score"):
             raise MetaAlignerError(f"parser {self.name!r}: kind must be choice or score, got {self.kind!r}")
+        if self.method not in PARSER_METHODS:
+            raise MetaAlignerError(f"parser {self.name!r}: method must be one of {PARSER_METHODS}, got {self.method!r}")
+        if self.method != "regex":
+            if self.kind != "choice":
+                raise MetaAlignerError(f"parser {self.name!r}: {self.method} reads pairwise choices only")
+            return
         unknown = [f for f in self.flags if f not in _FLAG_NAMES]
         if unknown:
             raise MetaAlignerError(f"parser {self.name!r}: unknown regex flags {unknown}")
@@ -52,7 +66,7 @@ class ParserSpec:
 
     def parse(self, reply: str | None) -> int | None:
         """The answer as an int (choice 0/1/2 or score), or None when the reply does not match."""
-        if reply is None:
+        if reply is None or self.method != "regex":
             return None
         match = self.regex.match(reply)
         if not match:
@@ -62,8 +76,23 @@ class ParserSpec:
         except (IndexError, ValueError, TypeError):
             return None
 
+    def verdict(self, reply: str | None, position: int) -> str:
+        """win / tie / loss / invalid of the candidate in ``position`` (pairwise)."""
+        from metaaligner.judge.positions import released_verdict, verdict_from_choice
+
+        if self.method == "released_substring":
+            return released_verdict(reply, position)
+        return verdict_from_choice(self.parse(reply), position)
+
+    @property
+    def never_invalid(self) -> bool:
+        return self.method == "released_substring"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "pattern": self.pattern, "flags": list(self.flags)}
+        out = {"name": self.name, "kind": self.kind, "pattern": self.pattern, "flags": list(self.flags)}
+        if self.method != "regex":  # regex specs keep their old cache keys
+            out["method"] = self.method
+        return out
 
 
 @lru_cache(maxsize=64)
@@ -124,8 +153,13 @@ def _load_set(name_or_path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
                            "or give a YAML file shaped like an entry of metaaligner/judge/prompts.yaml")
 
 
-def get_prompt(name_or_path: str, mode: str, family: str = "general") -> JudgePrompt:
-    """The prompt of set ``name_or_path`` for ``mode`` and ``family`` (falling back to ``general``)."""
+def parser_names(extra: dict[str, Any] | None = None) -> list[str]:
+    return sorted({**dict(load_registry().get("parsers", {})), **(extra or {})})
+
+
+def get_prompt(name_or_path: str, mode: str, family: str = "general", parser: str | None = None) -> JudgePrompt:
+    """The prompt of set ``name_or_path`` for ``mode`` and ``family`` (falling back to ``general``);
+    ``parser`` names a registry parser that replaces the set's own (same kind)."""
     if mode not in MODES:
         raise MetaAlignerError(f"judge mode must be one of {MODES}, got {mode!r}")
     set_name, data, parsers = _load_set(name_or_path)
@@ -140,22 +174,20 @@ def get_prompt(name_or_path: str, mode: str, family: str = "general") -> JudgePr
     for field in FIELDS[mode]:
         if "{" + field + "}" not in user:
             raise MetaAlignerError(f"{where}: the user text lacks the field {{{field}}}")
-    parser_name = spec.get("parser")
+    parser_name = parser or spec.get("parser")
     parser_spec = parsers.get(parser_name) if isinstance(parser_name, str) else parser_name
     if not isinstance(parser_spec, dict):
         raise MetaAlignerError(f"{where}: unknown parser {parser_name!r}; known: {sorted(parsers)}")
-    parser = ParserSpec(name=str(parser_spec.get("name", parser_name)), kind=parser_spec.get("kind", ""),
-                        pattern=str(parser_spec.get("pattern", "")), flags=tuple(parser_spec.get("flags") or ()))
+    spec_parser = ParserSpec(name=str(parser_spec.get("name", parser_name)), kind=parser_spec.get("kind", ""),
+                             pattern=str(parser_spec.get("pattern", "")), flags=tuple(parser_spec.get("flags") or ()),
+                             method=str(parser_spec.get("method", "regex")))
     expected_kind = "choice" if mode == "pairwise" else "score"
-    if parser.kind != expected_kind:
-        raise MetaAlignerError(f"{where}: a {mode} prompt needs a {expected_kind} parser, got {parser.kind}")
-    return JudgePrompt(set_name=set_name, mode=mode, family=family, user=user, parser=parser,
+    if spec_parser.kind != expected_kind:
+        raise MetaAlignerError(f"{where}: a {mode} prompt needs a {expected_kind} parser, got "
+                               f"{spec_parser.name!r} ({spec_parser.kind})")
+    return JudgePrompt(set_name=set_name, mode=mode, family=family, user=user, parser=spec_parser,
                        reminder=str(spec.get("reminder", "")), max_tokens=int(spec.get("max_tokens", 32)),
                        system=spec.get("system"))
-
-
-def default_decoding() -> dict[str, Any]:
-    return dict(load_registry().get("decoding") or {})
 
 
 def default_prices(model: str) -> tuple[float, float] | None:

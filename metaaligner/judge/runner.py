@@ -35,7 +35,8 @@ TARGETS = ("aligned_responses", "origin_responses")
 ROW_COLUMNS = ["dataset", "policy", "target", "objective", "objective_name", "unseen", "mode", "row", "item_id",
                "position", "reply", "reminder_reply", "verdict", "score", "verdict_first", "reply_swapped",
                "reminder_reply_swapped", "verdict_swapped", "consistent", "calls", "cached_calls",
-               "prompt_tokens", "completion_tokens", "cost_usd", "judge_model", "judge_prompt", "judge_config"]
+               "prompt_tokens", "completion_tokens", "cost_usd", "judge_model", "judge_prompt", "judge_config",
+               "judge_parser"]
 INPUT_SUFFIXES = (".csv", ".csv.gz")
 
 
@@ -228,7 +229,7 @@ class JudgeRunner:
             self._cached(stats, completion)
             return completion
         try:
-            estimate = self.meter.estimate(messages, self.settings.decoding.max_tokens)
+            estimate = self.meter.estimate(messages, self.settings.decoding.reply_budget)
             if not self.meter.reserve(estimate):
                 raise BudgetExceeded()
             try:
@@ -279,6 +280,16 @@ class JudgeRunner:
             parsed = prompt.parser.parse(second.text)
         return parsed, first.text, reminder_reply
 
+    def ask_verdict(self, messages: list[dict[str, str]], position: int, stats: _Stats) -> tuple[str, str, str]:
+        """(verdict, reply, reminder reply) of the candidate in ``position``; the released substring
+        parser reads every reply (no reminder), a regex parser goes through ``ask``."""
+        parser = self.settings.prompt.parser
+        if parser.never_invalid:
+            reply = self.call(messages, stats).text
+            return parser.verdict(reply, position), reply, ""
+        choice, reply, reminder = self.ask(messages, stats)
+        return verdict_from_choice(choice, position), reply, reminder
+
     # -------------------------------------------------------------- one row
     def unit_messages(self, unit: Unit, position: int | None) -> list[dict[str, str]]:
         prompt = self.settings.prompt
@@ -299,20 +310,19 @@ class JudgeRunner:
                        verdict=INVALID if score is None else str(score), score="" if score is None else score)
         else:
             position = candidate_position(unit.item, self.settings.seed)
-            choice, reply, reminder = self.ask(self.unit_messages(unit, position), stats)
-            first = verdict_from_choice(choice, position)
+            first, reply, reminder = self.ask_verdict(self.unit_messages(unit, position), position, stats)
             out.update(position=position, reply=reply, reminder_reply=reminder, verdict_first=first, verdict=first)
             if self.settings.both_orders:
                 swapped_pos = 3 - position
-                choice2, reply2, reminder2 = self.ask(self.unit_messages(unit, swapped_pos), stats)
-                swapped = verdict_from_choice(choice2, swapped_pos)
+                swapped, reply2, reminder2 = self.ask_verdict(self.unit_messages(unit, swapped_pos), swapped_pos,
+                                                              stats)
                 out.update(reply_swapped=reply2, reminder_reply_swapped=reminder2, verdict_swapped=swapped,
                            verdict=combine_orders(first, swapped),
                            consistent="" if INVALID in (first, swapped) else int(first == swapped))
         out.update(calls=stats.calls, cached_calls=stats.cached_calls, prompt_tokens=stats.prompt_tokens,
                    completion_tokens=stats.completion_tokens, cost_usd=round(stats.cost, 8),
                    judge_model=self.settings.judge_model, judge_prompt=self.settings.prompt.set_name,
-                   judge_config=self._fingerprint)
+                   judge_config=self._fingerprint, judge_parser=self.settings.prompt.parser.name)
         return out
 
     # -------------------------------------------------------------- the run
@@ -440,7 +450,7 @@ def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]]) -> None
         all_summaries = summaries
     write_json(output_dir / "summary.json", all_summaries)
     columns = ["mode", "dataset", "policy", "target", "objective", "n", "wins", "ties", "losses", "invalid",
-               "win", "win_half_tie", "paper", "position_consistency", "valid", "mean", "judge_model", "judge_prompt"]
+               "win", "win_half_tie", "win_plus_tie", "position_consistency", "valid", "mean", "judge_model", "judge_prompt"]
     write_csv(output_dir / "summary.csv", all_summaries, columns)
 
 
@@ -481,13 +491,15 @@ def dry_run_plan(tasks: list[Task], runner: JudgeRunner, output_dir: Path | None
                 records.append({"policy": task.policy, "target": task.target, "objective": task.objective.key,
                                 "row": unit.row, "position": position, "messages": messages})
     to_call = calls - cached
-    est_output = to_call * settings.decoding.max_tokens
+    est_output = to_call * settings.decoding.reply_budget
     meter = runner.meter
     info = {"outputs": len(tasks), "rows": sum(len(t.units) for t in tasks), "orders": orders, "calls": calls,
             "cached": cached, "to_call": to_call, "est_prompt_tokens": est_prompt_tokens,
             "max_output_tokens": est_output, "price_per_1k_input": meter.price_in,
             "price_per_1k_output": meter.price_out, "est_cost_usd": meter.cost(est_prompt_tokens, est_output),
-            "first_call": first_messages}
+            "first_call": first_messages, "judge_model": settings.judge_model,
+            "judge_prompt": settings.prompt.set_name, "parser": settings.prompt.parser.name,
+            "decoding": {k: v for k, v in settings.decoding.to_dict().items() if v is not None}}
     if output_dir is not None:
         from metaaligner.io import write_jsonl
 
@@ -503,6 +515,9 @@ def format_dry_run(info: dict[str, Any], judge_model: str) -> str:
              f"  estimated input tokens <= {info['est_prompt_tokens']:,}; output tokens <= {info['max_output_tokens']:,}",
              f"  price for {judge_model}: ${info['price_per_1k_input']:g} in / ${info['price_per_1k_output']:g} out "
              f"per 1k tokens -> estimated cost <= ${info['est_cost_usd']:.4f}"]
+    if "decoding" in info:
+        lines.append(f"  judge: {info['judge_model']}, prompts {info['judge_prompt']}, parser {info['parser']}, "
+                     f"profile {info.get('profile', '?')}; decoding sent: {info['decoding'] or 'none (API defaults)'}")
     if info.get("calls_file"):
         lines.append(f"  every call written to {info['calls_file']}")
     if info.get("first_call"):
