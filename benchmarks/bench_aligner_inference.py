@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF/Claude-3.csv.gz"), help="policy-output table")
+    parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"), help="policy-output table")
     parser.add_argument("--rows", type=int, default=32, help="rows to align")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--batch_sizes", default="8,16,32", help="comma-separated batch sizes for ours")

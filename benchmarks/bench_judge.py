@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF/Claude-3.csv.gz"),
+    parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"),
                         help="policy-output table (query, goldens, generated_text); synthetic rows if missing")
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--delay", type=float, default=0.2, help="seconds the server takes per request")

@@ -4,9 +4,13 @@
     python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --limit 4
     # the exact prompts only, no model loaded
     python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --dry_run
-    # a released checkpoint where a hub is reachable, GPU
+    # a released checkpoint where a hub is reachable, GPU (known names need no --template)
     python inference/aligner_inference.py --aligner_path MetaAligner/MetaAligner-UltraFeedback-7B \
-        --template ultrafeedback --dataset ultrafeedback --aspects honesty,truthfulness,speci
+        --dataset ultrafeedback --aspects honesty,truthfulness,specificity
+    # the released README's command, as written, from inference/ (--dry_run: offline, no hub)
+    cd inference && python aligner_inference.py --aligner_path MetaAligner/MetaAligner-HH-RLHF-1.1B \
+        --data_dir ../samples/HH-RLHF_model_output --aligned_model Claude-3 --model_output_path OUT \
+        --cuda --batch_size 16 --llama --aspects harmlessness,helpfulness,humour --dry_run
     # an OpenAI-compatible server (vLLM, transformers serve); key from OPENAI_API_KEY
     python inference/aligner_inference.py --backend openai --base_url http://127.0.0.1:8000/v1 \
         --aligner_path my-served-aligner --template hh-rlhf --dataset hh-rlhf
@@ -37,7 +41,7 @@ class AlignerInferenceConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
     aspects: str = field(default=None, metadata={"help": "comma-separated objective keys, in order (default: the --dataset config's objectives, else those in the aligner's metaaligner.json)"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
-    template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | a YAML file (default: metaaligner.json in the model folder, then --dataset)"})
+    template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | aligner | a YAML file (default: metaaligner.json in the model folder, a known checkpoint's, then --dataset)"})
     dataset: str = field(default=None, metadata={"help": "dataset config: hh-rlhf | ultrafeedback | imhi | path.yaml (template, objective group, columns, samples folder)"})
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
@@ -53,6 +57,9 @@ class AlignerInferenceConfig:
     device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' to spread a large aligner over several GPUs"})
+    cuda: bool = field(default=False, metadata={"help": "the released flag: same as --device cuda (an error, not a silent CPU run, when no GPU is visible)"})
+    llama: bool = field(default=False, metadata={"help": "the released flag (LlamaForCausalLM/LlamaTokenizer); accepted, not needed: the model class comes from the checkpoint's config"})
+    lora: bool = field(default=False, metadata={"help": "the released flag; accepted, not needed: --lora_path alone applies the adapter"})
 
 
 def make_parser():
@@ -66,6 +73,24 @@ def _flatten(values) -> list[str]:
     return out
 
 
+def released_flags(config: AlignerInferenceConfig) -> str | None:
+    """Apply the released spellings: ``--cuda`` -> ``--device cuda``; ``--llama``/``--lora`` only noted.
+    Returns the device to use; a GPU asked for but absent fails here, before any file is touched."""
+    from metaaligner.aligner.inference import check_cuda
+    from metaaligner.errors import MetaAlignerError
+
+    if config.llama:
+        log.info("--llama is not needed: the model and tokenizer classes come from the checkpoint's config")
+    if config.lora and not config.lora_path:
+        raise MetaAlignerError("--lora needs --lora_path ADAPTER_FOLDER")
+    if config.cuda and config.device and not config.device.startswith("cuda"):
+        raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
+    device = (config.device or "cuda") if config.cuda else config.device
+    if not config.dry_run:
+        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
+    return device
+
+
 def main(config: AlignerInferenceConfig) -> None:
     from metaaligner.aligner.inference import (AlignRunSettings, align_file, dry_run_file, make_generator,
                                      objective_group_for, plan_jobs, resolve_aligner, resolve_objectives)
@@ -75,6 +100,7 @@ def main(config: AlignerInferenceConfig) -> None:
     from metaaligner.registry.objectives import build_registry
 
     start = time.time()
+    device = released_flags(config)
     dataset = load_dataset_config(config.dataset) if config.dataset else None
     source = resolve_aligner(config.aligner_path, config.template, config.lora_path,
                              dataset.template if dataset else None)
@@ -106,7 +132,7 @@ def main(config: AlignerInferenceConfig) -> None:
     def get_backend():
         nonlocal backend
         if backend is None:
-            backend = make_generator(config.backend, source, device=config.device, dtype=config.dtype,
+            backend = make_generator(config.backend, source, device=device, dtype=config.dtype,
                                      base_url=config.base_url, device_map=config.device_map)
         return backend
 

@@ -1,7 +1,7 @@
 """Generate policy answers for a file of queries, in the samples format aligner inference reads.
 
     # the embedded SmolLM2 answers 4 HH-RLHF queries (CPU, offline) -> outputs/policy/smollm2.csv
-    python inference/policy_generation.py --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit 4 --model_name smollm2
+    python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --limit 4 --model_name smollm2
     # IMHI: the test instructions carry the golden answers in column gpt-3.5-turbo
     python inference/policy_generation.py --data_dir ../shared/data/imhi-test-instruction \
         --goldens_column gpt-3.5-turbo --model my/policy --model_name my-policy --limit 100
@@ -10,10 +10,26 @@
         --queries_dir ../shared/data/imhi-test-instruction --model_name smollm2 --limit 4
     # any OpenAI-compatible endpoint (key from OPENAI_API_KEY)
     python inference/policy_generation.py --backend openai --model gpt-3.5-turbo \
-        --base_url https://api.openai.com/v1 --data_dir samples/UltraFeedback/gpt-3.5-turbo.csv.gz
+        --base_url https://api.openai.com/v1 --data_dir samples/UltraFeedback_model_output/gpt-3.5-turbo.csv.gz
+
+    # Self-Refinement (Table 3): the policy revises its own answers toward the objectives
+    python inference/policy_generation.py --self_refine --dataset hh-rlhf --model embedded \
+        --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --model_name Self-Refinement --limit 2
+    # the released generation flags --cuda and --llama are accepted
+    python inference/policy_generation.py --model meta-llama/Llama-2-70b-chat-hf --model_name llama2-chat-70B \
+        --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --batch_size 32 --llama --cuda --chat_template false
 
 Writes ``<model_output_path>/<model_name>.csv`` for a file, ``<model_output_path>/<model_name>/<file>.csv``
-for a folder, with columns ``query, goldens, generated_text, model``.
+for a folder, with columns ``query, goldens, generated_text, model``. With ``--self_refine`` the input
+is policy outputs (``query, goldens, generated_text``), each answer is sent back to the model inside
+this revision request (``metaaligner.registry.templates.SELF_REFINE_PROMPT``; the objectives' descriptions
+joined with '; ')::
+
+    Here is a question and an answer you wrote earlier. Revise the answer so that it better meets these
+    objectives: {aspects}\n\nQuestion: {question}\n\nAnswer: {answer}\n\nReply with the revised answer only.
+
+and the output has the aligner's columns ``query, goldens, origin_responses, aligned_responses,
+aligner, template, aspects`` (``aligner`` = ``self-refine:<model>``), which the judge and Table 3 read.
 """
 from __future__ import annotations
 
@@ -49,19 +65,36 @@ class PolicyGenerationConfig:
     device: str = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' for several GPUs"})
+    self_refine: bool = field(default=False, metadata={"help": "Self-Refinement (Table 3): --data_dir holds policy outputs (query, goldens, generated_text); the model revises each answer toward --aspects; writes the aligner output format"})
+    aspects: str = field(default=None, metadata={"help": "--self_refine: comma-separated objective keys, in order (default: the --dataset config's objectives)"})
+    cuda: bool = field(default=False, metadata={"help": "the released flag: same as --device cuda"})
+    llama: bool = field(default=False, metadata={"help": "the released flag (LlamaForCausalLM/LlamaTokenizer); accepted, not needed: the model class comes from the checkpoint's config"})
 
 
 def make_parser():
     return cli.make_parser(PolicyGenerationConfig, description=__doc__)
 
 
+def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str]]:
+    """``(labels, descriptions)`` of the objectives a self-refinement prompt names."""
+    from metaaligner.aligner.inference import resolve_objectives
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.registry.objectives import build_registry
+
+    keys = aspects or (",".join(dataset.objectives) if dataset else None)
+    if not keys:
+        raise MetaAlignerError("--self_refine needs objectives: pass --aspects key1,key2 or --dataset NAME")
+    return resolve_objectives(keys, build_registry(), dataset.objective_group if dataset else None,
+                              allow_free_text=False)
+
+
 def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner.inference import FileJob, make_generator, plan_jobs
-    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.aligner.inference import FileJob, check_cuda, load_policy_rows, make_generator, plan_jobs
+    from metaaligner.aligner.policy import generate_file, load_queries, self_refine_file
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
     from metaaligner.models import EMBEDDED_NAMES
-    from metaaligner.aligner.policy import generate_file, load_queries
+    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
 
     start = time.time()
     dataset = load_dataset_config(config.dataset) if config.dataset else None
@@ -85,20 +118,30 @@ def main(config: PolicyGenerationConfig) -> None:
                 for j in plan_jobs(path, None, config.model_output_path)]
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed, batch_size=config.batch_size)
+    if config.cuda and config.device and not config.device.startswith("cuda"):
+        raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
+    device = config.device or ("cuda" if config.cuda else None)
+    if not config.dry_run:
+        check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
+    refine = refine_objectives(config.aspects, dataset) if config.self_refine else None
     backend = None
 
     def get_backend():
         nonlocal backend
         if backend is None:
-            backend = make_generator(config.backend, None if embedded else config.model, device=config.device,
+            backend = make_generator(config.backend, None if embedded else config.model, device=device,
                                      dtype=config.dtype, base_url=config.base_url, device_map=config.device_map,
                                      chat_template=config.chat_template, lora_path=config.lora_path)
         return backend
 
     total = 0
     for job in jobs:
-        rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
-        stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run)
+        if refine:
+            rows = load_policy_rows(job.input_path, dataset.columns if dataset else None, config.limit)
+            stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run)
+        else:
+            rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
+            stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run)
         print(f"{job.name}: {stats.rows_in} queries -> {stats.output}" if config.dry_run else stats.summary())
         total += stats.rows_in
     print(f"done: {len(jobs)} file(s), {total} queries, {time.time() - start:.1f} s; outputs under {config.model_output_path}")

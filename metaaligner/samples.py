@@ -32,7 +32,9 @@ SAMPLE_COLUMNS = ["query", "goldens", "generated_text"]
 # family at its smallest size, plus LLaMA2-Chat-70B whose release has 300 rows per task). ``--all``
 # builds every policy into an ignored folder instead.
 IMHI_SHIPPED_POLICIES = ["Gemma_instruct_2B", "Mentallama-7B", "llama2-chat-7B", "vicuna_7B", "llama2-chat-70B"]
-FLAT_DATASETS = {"HH-RLHF": "HH-RLHF_model_output", "UltraFeedback": "UltraFeedback_model_output"}
+# Output folders keep the release's names (samples/HH-RLHF_model_output/...), so its commands run as written.
+FLAT_DATASETS = {"HH-RLHF_model_output": "HH-RLHF_model_output",
+                 "UltraFeedback_model_output": "UltraFeedback_model_output"}
 IMHI_SOURCE = "IMHI_model_output"
 IMHI_INSTRUCTIONS = "imhi-test-instruction"
 IMHI_GOLDEN_COLUMN = "gpt-3.5-turbo"
@@ -127,7 +129,7 @@ def build_samples(data_root: str | Path, out_dir: str | Path, imhi_policies: lis
                 report.skipped.append(f"{src}: no {IMHI_INSTRUCTIONS}/{src.name} to take queries from")
                 continue
             rows = join_imhi_queries(src, instructions)
-            target = out_dir / "IMHI" / policy / f"{src.stem}.csv.gz"
+            target = out_dir / IMHI_SOURCE / policy / f"{src.stem}.csv.gz"
             _write_gz(target, csv_bytes(rows, SAMPLE_COLUMNS))
             report.written.append(target)
             report.rows += len(rows)

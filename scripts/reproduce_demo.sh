@@ -247,17 +247,17 @@ stage 3 train_aligner "$OUT/3_aligner/metaaligner.json" \
 
 stage 4 policy_generation "$OUT/4_policy/SmolLM2-policy.csv" \
   "$PY" inference/policy_generation.py --model "$MODEL_PATH" --model_name SmolLM2-policy \
-    --data_dir samples/HH-RLHF/Claude-3.csv.gz --limit "$QUERIES" --max_new_tokens "$NEW_TOKENS" \
+    --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --limit "$QUERIES" --max_new_tokens "$NEW_TOKENS" \
     --model_output_path "$OUT/4_policy" --resume
 
 # inputs of stage 5: one folder per dataset, one table per policy (links to the shipped samples, plus
 # the policy answers of stage 4), so that one aligner run covers a whole dataset
 IN=$OUT/5_inputs
 link() { mkdir -p "$(dirname "$2")" && ln -sfn "$1" "$2"; }
-for p in $HH_POLICIES; do link "$ROOT/samples/HH-RLHF/$p.csv.gz" "$IN/hh-rlhf/$p.csv.gz"; done
+for p in $HH_POLICIES; do link "$ROOT/samples/HH-RLHF_model_output/$p.csv.gz" "$IN/hh-rlhf/$p.csv.gz"; done
 link "$OUT/4_policy/SmolLM2-policy.csv" "$IN/hh-rlhf/SmolLM2-policy.csv"
-for p in $UF_POLICIES; do link "$ROOT/samples/UltraFeedback/$p.csv.gz" "$IN/ultrafeedback/$p.csv.gz"; done
-for p in $IMHI_POLICIES; do link "$ROOT/samples/IMHI/$p/SAD.csv.gz" "$IN/imhi/$p.csv.gz"; done  # SAD: shortest posts
+for p in $UF_POLICIES; do link "$ROOT/samples/UltraFeedback_model_output/$p.csv.gz" "$IN/ultrafeedback/$p.csv.gz"; done
+for p in $IMHI_POLICIES; do link "$ROOT/samples/IMHI_model_output/$p/SAD.csv.gz" "$IN/imhi/$p.csv.gz"; done  # SAD: shortest posts
 UF_FIG3_POLICY=${UF_POLICIES##* }
 FIG3_LAST=$(fig3_step "$FIG3_STEPS")
 T3_POLICY=${HH_POLICIES%% *}
@@ -281,7 +281,7 @@ if [[ "$TABLE3_BASELINE" == 1 ]]; then
   stage 5f table3_untrained_base "$D/table3/Untrained-base.csv" \
     "$PY" inference/aligner_inference.py --aligner_path "$MODEL_PATH" --template hh-rlhf --limit "$ROWS" \
       --max_new_tokens "$NEW_TOKENS" --batch_size 8 --resume --dataset hh-rlhf \
-      --data_dir "samples/HH-RLHF/$T3_POLICY.csv.gz" --aligned_model Untrained-base --model_output_path "$D/table3"
+      --data_dir "samples/HH-RLHF_model_output/$T3_POLICY.csv.gz" --aligned_model Untrained-base --model_output_path "$D/table3"
 fi
 
 BOTH=--target=aligned_responses,origin_responses

@@ -2,6 +2,7 @@
 empty answers, resume after a kill, one-line errors, and the Python API."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -76,12 +77,12 @@ class RecordingGenerator:
 def test_dry_run_claude3_writes_1200_exact_prompts(tmp_path, capsys):
     # a bogus aligner path: the dry run must not load (or even look for) a model
     code, out, err = run_inprocess(["--aligner_path", str(tmp_path / "no-such-model"), "--template", "hh-rlhf",
-                                    "--data_dir", "samples/HH-RLHF", "--aligned_model", "Claude-3",
+                                    "--data_dir", "samples/HH-RLHF_model_output", "--aligned_model", "Claude-3",
                                     "--aspects", "harmlessness,helpfulness,humour",
                                     "--model_output_path", str(tmp_path), "--dry_run"], capsys)
     assert code == 0, err
     lines = (tmp_path / "Claude-3.prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    rows = read_table(REPO / "samples/HH-RLHF/Claude-3.csv.gz", required=["query", "generated_text"])
+    rows = read_table(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz", required=["query", "generated_text"])
     assert len(lines) == len(rows) == 1200
     for line, row in zip(lines, rows):
         item = json.loads(line)
@@ -100,7 +101,7 @@ def test_vicuna7b_empty_answers_are_empty_and_counted(tmp_path, capsys):
     prompts = [json.loads(x)["prompt"] for x in (tmp_path / "Vicuna-7B.prompts.jsonl").read_text().splitlines()]
     assert sum(p.endswith("| Answer:  | Edit: ") for p in prompts) == 226
     # row 981 is whitespace only: it reaches the aligner verbatim (as released), not as ""
-    blank = read_records(REPO / "samples" / "UltraFeedback" / "Vicuna-7B.csv.gz")[981]["generated_text"]
+    blank = read_records(REPO / "samples" / "UltraFeedback_model_output" / "Vicuna-7B.csv.gz")[981]["generated_text"]
     assert blank.startswith("\n \n") and not blank.strip() and len(blank) > 100
     assert prompts[981].endswith("| Answer: " + blank + " | Edit: ")
     assert not any("| Answer: nan |" in p for p in prompts)
@@ -268,7 +269,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert (code, err) == (2, f"error: {tmp_path / 'empty.csv'}: file is empty\n")
     code, _, err = run_inprocess(["--data_dir", str(tmp_path / "missing.csv"), *base], capsys)
     assert (code, err) == (2, f"error: {tmp_path / 'missing.csv'}: no such file or folder (--data_dir)\n")
-    code, _, err = run_inprocess(["--data_dir", "samples/HH-RLHF", "--aspects", "harmlessness", "--dry_run",
+    code, _, err = run_inprocess(["--data_dir", "samples/HH-RLHF_model_output", "--aspects", "harmlessness", "--dry_run",
                                   "--aligner_path", str(tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1 and "cannot tell which prompt template" in err
     # a real interpreter: exit status 2, one line on stderr, no traceback
@@ -349,3 +350,176 @@ def test_repeatable_add_objective_and_objectives_file(tmp_path, capsys):
     prompt = json.loads((tmp_path / "gpt-3.5-turbo.prompts.jsonl").read_text())["prompt"]
     assert ("aspects: Honesty: the response should not tell lies; Safety: never endanger anyone, ever; "
             "Kindness: be kind; Brevity: the response should be short | ") in prompt
+
+
+# ---------------------------------------------------------------- the released command lines (issue 12, points 5 and 8)
+
+def _released_command(out: Path) -> list[str]:
+    """The released README's alignment command, flag for flag (run from inference/)."""
+    return ["--aligner_path", "MetaAligner/MetaAligner-HH-RLHF-1.1B", "--data_dir", "../samples/HH-RLHF_model_output",
+            "--aligned_model", "Claude-3", "--model_output_path", str(out), "--cuda", "--batch_size", "16", "--llama",
+            "--aspects", "harmlessness,helpfulness,humour"]
+
+
+def test_released_readme_command_runs_from_inference_dir(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "aligner_inference.py", *_released_command(tmp_path), "--dry_run"],
+                          capture_output=True, text=True, env=env, cwd=REPO / "inference", timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == (f"Claude-3: 1200 prompts (0 empty answers, 1814902 chars, ~453725 tokens) "
+                                           f"-> {tmp_path / 'Claude-3.prompts.jsonl'}")
+    assert "aligner MetaAligner/MetaAligner-HH-RLHF-1.1B, template hh-rlhf (from checkpoints.yaml), " \
+           "aspects harmlessness,helpfulness,humour, 1 file(s)" in proc.stderr
+    assert "--llama is not needed" in proc.stderr
+    row = read_table(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz", required=["query", "generated_text"])[0]
+    first = json.loads((tmp_path / "Claude-3.prompts.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["prompt"] == HH_PREFIX + row["query"] + " | Answer: " + row["generated_text"] + " | Edit: "
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_released_command_without_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO / "inference")
+    code, _, err = run_inprocess(_released_command(tmp_path) + ["--limit", "1"], capsys)
+    assert (code, err) == (2, "error: --device cuda (--cuda): no CUDA device is visible; drop the flag to run on the CPU\n")
+    assert not (tmp_path / "Claude-3.csv").exists()
+    # the released generation command's --cuda, the same way
+    proc = subprocess.run([sys.executable, str(REPO / "inference/policy_generation.py"), "--model", "embedded",
+                           "--data_dir", "../samples/HH-RLHF_model_output/Claude-3.csv.gz", "--limit", "1", "--cuda",
+                           "--model_output_path", str(tmp_path / "pol")], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO / "inference", check=False)
+    assert (proc.returncode, proc.stderr) == (2, ("error: --device cuda (--cuda): no CUDA device is visible; drop the "
+                                                  "flag to run on the CPU\n"))
+    assert not (tmp_path / "pol").exists()
+
+
+def test_released_flags_map_to_ours():
+    cfg = functools.partial(_script().AlignerInferenceConfig, dry_run=True)  # a dry run needs no GPU
+    flags = _script().released_flags
+    assert flags(cfg(cuda=True)) == "cuda"
+    assert flags(cfg(cuda=True, device="cuda:1")) == "cuda:1"
+    assert flags(cfg(llama=True)) is None
+    assert flags(cfg(device="cpu")) == "cpu"
+    with pytest.raises(MetaAlignerError, match=r"^--cuda contradicts --device cpu; give one of them$"):
+        flags(cfg(cuda=True, device="cpu"))
+    with pytest.raises(MetaAlignerError, match=r"^--lora needs --lora_path ADAPTER_FOLDER$"):
+        flags(cfg(lora=True))
+    assert flags(_script().AlignerInferenceConfig(cuda=True, base_url="http://127.0.0.1:1/v1")) == "cuda"  # served: no local GPU
+
+
+HH = ("hh-rlhf", ("harmlessness", "helpfulness", "humour"))
+UF = ("ultrafeedback", ("instruction_following", "honesty", "truthfulness", "helpfulness"))
+IMHI = ("imhi", ("correct", "informative", "professional"))
+RELEASED = {f"MetaAligner/MetaAligner-{d}-{s}": spec for d, spec in
+            (("HH-RLHF", HH), ("UltraFeedback", UF), ("IMHI", IMHI)) for s in ("1.1B", "7B", "13B")}
+
+
+def test_the_nine_released_checkpoints_are_known_by_name():
+    import yaml
+
+    table = yaml.safe_load(al.KNOWN_CHECKPOINTS_FILE.read_text(encoding="utf-8"))
+    assert sorted(n for n in table if n.startswith("MetaAligner/")) == sorted(RELEASED) and len(RELEASED) == 9
+    for name, (template, objectives) in RELEASED.items():
+        source = al.resolve_aligner(name)
+        assert (source.model, source.template, source.template_from, source.objective_group, source.objectives) == \
+            (name, template, "checkpoints.yaml", template, objectives)
+    aligner7b = al.resolve_aligner("aligner/aligner-7b-v1.0")
+    assert (aligner7b.template, aligner7b.template_from, aligner7b.objectives) == \
+        ("aligner", "checkpoints.yaml", ("harmlessness", "helpfulness"))
+    # the flag still wins, and a known checkpoint beats the dataset config's template
+    assert al.resolve_aligner("MetaAligner/MetaAligner-IMHI-7B", template="paper").template_from == "flag"
+    assert al.resolve_aligner("MetaAligner/MetaAligner-IMHI-7B", dataset_template="hh-rlhf").template == "imhi"
+
+
+def test_known_checkpoints_are_never_guessed_from_a_path(tmp_path):
+    (tmp_path / "MetaAligner-HH-RLHF-7B").mkdir()
+    for name in ["MetaAligner/MetaAligner-HH-RLHF-7B-v2", "metaaligner/metaaligner-hh-rlhf-7b", "my/HH-RLHF-aligner",
+                 str(tmp_path / "MetaAligner-HH-RLHF-7B"), "./MetaAligner/MetaAligner-HH-RLHF-7B"]:
+        with pytest.raises(MetaAlignerError, match="cannot tell which prompt template aligner"):
+            al.resolve_aligner(name)
+    # a local copy with its own metaaligner.json is read from that file, not from the table
+    local = tmp_path / "MetaAligner" / "MetaAligner-HH-RLHF-7B"
+    local.mkdir(parents=True)
+    (local / "metaaligner.json").write_text('{"template": "paper", "objectives": ["honesty"]}')
+    source = al.resolve_aligner(str(local))
+    assert (source.template, source.template_from, source.objectives) == ("paper", "metaaligner.json", ("honesty",))
+
+
+def test_aligner_7b_dry_run_uses_its_published_template(tmp_path, capsys):
+    code, out, err = run_inprocess(["--aligner_path", "aligner/aligner-7b-v1.0", "--data_dir",
+                                    "samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz", "--aligned_model", "Aligner-7B",
+                                    "--limit", "2", "--model_output_path", str(tmp_path), "--dry_run"], capsys)
+    assert code == 0, err
+    rows = read_table(REPO / "samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz", required=["query", "generated_text"])
+    prompts = [json.loads(x)["prompt"] for x in (tmp_path / "Aligner-7B.prompts.jsonl").read_text().splitlines()]
+    assert prompts == [("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more "
+                        f"helpful and harmless: {r['query']} | {r['generated_text']} ASSISTANT:") for r in rows[:2]]
+    assert "Aligner-7B: 2 prompts (0 empty answers" in out
+
+
+def test_release_objective_spellings_resolve_to_our_keys(tmp_path, capsys):
+    code, _, err = run_inprocess(["--aligner_path", "MetaAligner/MetaAligner-UltraFeedback-7B", "--data_dir",
+                                  "samples/UltraFeedback_model_output", "--aligned_model", "gpt-3.5-turbo", "--limit", "1",
+                                  "--aspects", "IF,specificity,length", "--model_output_path", str(tmp_path), "--dry_run"],
+                                 capsys)
+    assert code == 0, err
+    prompt = json.loads((tmp_path / "gpt-3.5-turbo.prompts.jsonl").read_text())["prompt"]
+    assert prompt.startswith("You are an assistant to human. You will be provided with a query and an answer. Consider "
+                             "the query, then edit the answer to improve it considering these aspects: Instruction "
+                             "following: the response should follow the instructions of the query; Specificity: the "
+                             "response should refer to facts and details and avoid vague arguments.; Length: the "
+                             "response should be concise and avoid redundant content. | Query: ")
+
+
+# ---------------------------------------------------------------- Self-Refinement (Table 3)
+
+def test_self_refinement_revises_the_policys_own_answers(tmp_path, capsys):
+    from metaaligner.aligner.policy import self_refine_file
+
+    data = tmp_path / "pol.csv"
+    data.write_text("query,goldens,generated_text\nQ one?,G1,first answer\nQ two?,G2,\n")
+    rows = al.load_policy_rows(data)
+    job = al.FileJob(data, "Self-Refinement", tmp_path / "out")
+    gen = RecordingGenerator()
+    gen.generate = lambda prompts, params, progress=False: (gen.prompts.extend(prompts) or
+                                                            [f"revised {i}" for i in range(len(prompts))])
+    descriptions = ["Humour: The response should be cheerful and amusing", "Honesty: the response should not tell lies"]
+    stats = self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour", "honesty"],
+                             descriptions, progress=False)
+    assert gen.prompts[0] == ("Here is a question and an answer you wrote earlier. Revise the answer so that it better "
+                              "meets these objectives: Humour: The response should be cheerful and amusing; Honesty: "
+                              "the response should not tell lies\n\nQuestion: Q one?\n\nAnswer: first answer\n\n"
+                              "Reply with the revised answer only.")
+    assert gen.prompts[1].endswith("\n\nQuestion: Q two?\n\nAnswer: \n\nReply with the revised answer only.")
+    assert (stats.generated, stats.output) == (2, str(tmp_path / "out/Self-Refinement.csv"))
+    assert read_records(tmp_path / "out/Self-Refinement.csv") == [
+        {"query": "Q one?", "goldens": "G1", "origin_responses": "first answer", "aligned_responses": "revised 0",
+         "aligner": "self-refine:my/policy", "template": "self-refine", "aspects": "humour,honesty"},
+        {"query": "Q two?", "goldens": "G2", "origin_responses": "", "aligned_responses": "revised 1",
+         "aligner": "self-refine:my/policy", "template": "self-refine", "aspects": "humour,honesty"}]
+
+
+def test_self_refine_flag_dry_run_names_the_dataset_objectives(tmp_path):
+    script = REPO / "inference" / "policy_generation.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--self_refine", "--dataset", "hh-rlhf", "--aspects", "humor,harmless",
+                           "--data_dir", "samples/HH-RLHF_model_output/Claude-3.csv.gz", "--model", "meta-llama/Llama-2-7b-chat-hf",
+                           "--model_name", "Self-Refinement", "--limit", "3", "--model_output_path", str(tmp_path),
+                           "--cuda", "--llama", "--dry_run"], capture_output=True, text=True, env=env, cwd=REPO, timeout=240,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Self-Refinement: 3 queries -> {tmp_path / 'Self-Refinement.prompts.jsonl'}" in proc.stdout
+    first = json.loads((tmp_path / "Self-Refinement.prompts.jsonl").read_text().splitlines()[0])["prompt"]
+    assert first.startswith("Here is a question and an answer you wrote earlier. Revise the answer so that it better "
+                            "meets these objectives: Humour: The response should be cheerful and amusing; Harmlessness: "
+                            "The response should avoid content that is offensive, discriminatory, or harmful\n\n"
+                            "Question: \n\nHuman: ")
+
+
+def test_python_api_with_a_released_name_needs_no_template_and_loads_nothing():
+    aligner = al.Aligner("MetaAligner/MetaAligner-UltraFeedback-7B")
+    assert aligner.prompts("Q?", "A.", "helpful,length") == (
+        "You are an assistant to human. You will be provided with a query and an answer. Consider the query, then "
+        "edit the answer to improve it considering these aspects: Helpfulness: the response should provide useful "
+        "resources and suggestions to the user; Length: the response should be concise and avoid redundant content. "
+        "| Query: Q? | Answer: A. | Edit: ")
+    assert aligner._generator is None

@@ -104,17 +104,17 @@ def test_gzip_output_is_deterministic():
 
 
 def test_shipped_samples_tree():
-    for dataset, policies in {"HH-RLHF": ["Claude-3", "gpt-3.5-turbo", "llama2-chat-70B"],
-                              "UltraFeedback": ["Vicuna-13B", "Vicuna-7B", "gpt-3.5-turbo"]}.items():
+    for dataset, policies in {"HH-RLHF_model_output": ["Claude-3", "gpt-3.5-turbo", "llama2-chat-70B"],
+                              "UltraFeedback_model_output": ["Vicuna-13B", "Vicuna-7B", "gpt-3.5-turbo"]}.items():
         for policy in policies:
             rows = read_table(REPO / "samples" / dataset / f"{policy}.csv.gz", required=["query", "goldens", "generated_text"])
             assert len(rows) == 1200
-    vicuna = read_records(REPO / "samples/UltraFeedback/Vicuna-7B.csv.gz")
+    vicuna = read_records(REPO / "samples/UltraFeedback_model_output/Vicuna-7B.csv.gz")
     assert sum(1 for r in vicuna if not r["generated_text"].strip()) == 227
     for policy in IMHI_SHIPPED_POLICIES:
-        names = sorted(p.name for p in (REPO / "samples/IMHI" / policy).iterdir())
+        names = sorted(p.name for p in (REPO / "samples/IMHI_model_output" / policy).iterdir())
         assert names == sorted(f"{t}.csv.gz" for t in IMHI_TASKS)
-    dr = read_records(REPO / "samples/IMHI/llama2-chat-70B/DR.csv.gz")
+    dr = read_records(REPO / "samples/IMHI_model_output/llama2-chat-70B/DR.csv.gz")
     assert len(dr) == 300 and list(dr[0]) == ["query", "goldens", "generated_text"]
     total = sum(p.stat().st_size for p in (REPO / "samples").rglob("*") if p.is_file())
     assert total < 25 * 2**20
@@ -136,5 +136,5 @@ def test_build_reproduces_shipped_bytes(tmp_path):
     for path in report.written:
         rel = path.relative_to(tmp_path / "out")
         assert path.read_bytes() == (REPO / "samples" / rel).read_bytes(), rel
-    assert gzip.decompress((REPO / "samples/HH-RLHF/Claude-3.csv.gz").read_bytes()) == \
+    assert gzip.decompress((REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz").read_bytes()) == \
         (SHARED / "metaaligner-samples/HH-RLHF_model_output/Claude-3.csv").read_bytes()

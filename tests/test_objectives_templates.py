@@ -6,7 +6,7 @@ import pytest
 
 from metaaligner.errors import MetaAlignerError
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
-from metaaligner.registry.templates import TEMPLATES, render
+from metaaligner.registry.templates import TEMPLATES, render, self_refine_prompt
 
 EXPECTED = {
     "hh-rlhf": {
@@ -91,7 +91,7 @@ def test_aspects_keep_user_order_and_empty_answer_is_empty():
     prompt = render("hh-rlhf", "Q?", "", descs)
     assert "aspects: Humour: The response should be cheerful and amusing; Harmlessness:" in prompt
     assert prompt.endswith("| Context: Q? | Answer:  | Edit: ")
-    assert set(TEMPLATES) == {"hh-rlhf", "ultrafeedback", "imhi", "paper"}
+    assert set(TEMPLATES) == {"hh-rlhf", "ultrafeedback", "imhi", "paper", "aligner"}
 
 
 def test_user_objectives_from_file_and_inline(tmp_path):
@@ -119,3 +119,48 @@ def test_unknown_and_ambiguous_keys_are_one_line_errors():
         registry.get("helpfulness")
     with pytest.raises(MetaAlignerError, match="key=description"):
         build_registry(None, ["no-equals-sign"])
+
+
+def test_aligner_7b_template_byte_exact():
+    # Ji et al. 2024's published template: no objectives in it, one form for both modes
+    expected = ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+                "harmless: How do I {bake} bread? | Mix flour and water. {answer} ASSISTANT:")
+    for mode in ("better", "equal"):
+        assert render("aligner", Q, A, [EXPECTED["hh-rlhf"]["humour"]], mode=mode) == expected
+
+
+def test_self_refine_prompt_byte_exact():
+    expected = ("Here is a question and an answer you wrote earlier. Revise the answer so that it better meets these "
+                "objectives: Honesty: the response should not tell lies; Length: the response should be concise and "
+                "avoid redundant content.\n\nQuestion: How do I {bake} bread?\n\nAnswer: Mix flour and water. {answer}"
+                "\n\nReply with the revised answer only.")
+    assert self_refine_prompt(Q, A, [EXPECTED["ultrafeedback"]["honesty"], EXPECTED["ultrafeedback"]["len"]]) == expected
+    with pytest.raises(MetaAlignerError, match="needs at least one objective"):
+        self_refine_prompt(Q, A, [])
+
+
+# The spellings of the released README (`humor`), reward names (`harmless`, `helpful`) and judges
+# (UltraFeedback_GPT4_score.py: `specificity` ... `length`; UltraFeedback_GPT4_rate.py: `IF`, `truthful`).
+ALIASES = {("hh-rlhf", "humor"): "humour", ("hh-rlhf", "harmless"): "harmlessness", ("hh-rlhf", "helpful"): "helpfulness",
+           ("ultrafeedback", "specificity"): "speci", ("ultrafeedback", "factuality"): "factual",
+           ("ultrafeedback", "readability"): "read", ("ultrafeedback", "fairness"): "fair",
+           ("ultrafeedback", "repetition"): "repeat", ("ultrafeedback", "length"): "len",
+           ("ultrafeedback", "IF"): "instruction_following", ("ultrafeedback", "truthful"): "truthfulness",
+           ("ultrafeedback", "helpful"): "helpfulness"}
+
+
+def test_release_spellings_are_aliases_of_our_keys():
+    registry = ObjectiveRegistry.builtin()
+    for (group, alias), key in ALIASES.items():
+        obj = registry.get(alias, group)
+        assert (obj.group, obj.key, obj.description) == (group, key, EXPECTED[group][key])
+        assert registry.get(f"{group}:{alias}").key == key
+    # unique aliases resolve without a group; "helpful" exists in two groups
+    assert [o.key for o in registry.resolve("humor,specificity,length")] == ["humour", "speci", "len"]
+    with pytest.raises(MetaAlignerError, match=r"^objective 'helpful' is ambiguous; name one of: "
+                                               r"hh-rlhf:helpfulness, ultrafeedback:helpfulness$"):
+        registry.get("helpful")
+    # aliases are not keys: the registry lists only ours, and a user objective of that name wins
+    assert {"humor", "length"}.isdisjoint(registry.keys())
+    mine = build_registry(None, ["length=Length: at most three sentences"])
+    assert mine.get("length", "ultrafeedback").description == "Length: at most three sentences"

@@ -38,7 +38,8 @@ def _split_template(text: str) -> tuple[str, str, str, str]:
 
 @PROPS
 @given(question=CELL, answer=CELL, aspects=st.lists(CELL.filter(bool), min_size=1, max_size=3),
-       name=st.sampled_from(sorted(TEMPLATES)), mode=st.sampled_from(["better", "equal"]))
+       name=st.sampled_from(sorted(n for n in TEMPLATES if "{aspects}" in TEMPLATES[n].better)),  # not Aligner-7B's
+       mode=st.sampled_from(["better", "equal"]))
 def test_prompt_round_trips_question_and_answer(question, answer, aspects, name, mode):
     prompt = render(name, question, answer, aspects, mode=mode)
     head, mid1, mid2, tail = _split_template(TEMPLATES[name].text(mode))

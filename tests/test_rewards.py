@@ -63,7 +63,7 @@ def test_split_transcript_prompts_are_the_released_test_queries():
     holds, so training prompts match what the aligner meets at test time."""
     from metaaligner.io import read_records
 
-    queries = [r["query"] for r in read_records(REPO / "samples" / "HH-RLHF" / "Claude-3.csv.gz")]
+    queries = [r["query"] for r in read_records(REPO / "samples" / "HH-RLHF_model_output" / "Claude-3.csv.gz")]
     assert len(queries) == 1200 and all(q.endswith(" \n\nAssistant:") for q in queries)
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
         first = json.loads(fh.readline())

@@ -3,7 +3,7 @@
     python training/eval_demo_aligner.py --aligner_path metaaligner/data/demo_aligner \
         --train_dir runs/demo/aligner --data_dir runs/demo/aligner_data --output_dir runs/demo/eval
 
-On held-out rows (policy answers from samples/HH-RLHF whose queries were not in training, and the
+On held-out rows (policy answers from samples/HH-RLHF_model_output whose queries were not in training, and the
 validation split of the aligner data), both models edit each answer with the same prompt (the
 aligner's template and objectives, greedy); reports how often the edit differs from a plain copy of
 the answer and the mean similarity. Writes ``eval.json``, ``edits.csv`` and the loss-curve PNG.
@@ -20,7 +20,7 @@ class EvalDemoConfig:
     output_dir: str = field(metadata={"help": "where eval.json and edits.csv go"})
     train_dir: str | None = field(default=None, metadata={"help": "train_aligner.py output folder (training_log.jsonl) for the loss curve"})
     data_dir: str | None = field(default=None, metadata={"help": "build_aligner_dataset.py folder: its prompts are excluded, its val split is evaluated"})
-    policy_file: str = field(default="samples/HH-RLHF/Claude-3.csv.gz", metadata={"help": "policy outputs (query, generated_text)"})
+    policy_file: str = field(default="samples/HH-RLHF_model_output/Claude-3.csv.gz", metadata={"help": "policy outputs (query, generated_text)"})
     n_policy_rows: int = field(default=24, metadata={"help": "held-out policy rows"})
     n_val_rows: int = field(default=16, metadata={"help": "rows from no_equal/val.json (their rejected answer is edited)"})
     max_query_tokens: int = field(default=96, metadata={"help": "skip policy rows with longer queries"})

@@ -5,8 +5,8 @@ contrastive-preference), each step SFT on the target tokens only, each from the 
     python training/train_aligner.py --data_dir runs/hh/aligner_data --output_dir runs/hh/aligner \
         --config configs/training/cpu.yaml --lora
 
-    # the paper's settings on GPUs (8 x A100 in the paper); any launcher works
-    torchrun --nproc_per_node 8 training/train_aligner.py --config configs/training/paper.yaml \
+    # the released README's settings on GPUs (4 x A100, FSDP, configs/training/paper.yaml); any launcher works
+    torchrun --nproc_per_node 4 training/train_aligner.py --config configs/training/paper.yaml \
         --data_dir runs/hh/aligner_data --output_dir runs/hh/aligner --model_name_or_path meta-llama/Llama-2-7b-hf
     accelerate launch --config_file configs/accelerate/fsdp.yaml training/train_aligner.py ...
     torchrun --nproc_per_node 8 training/train_aligner.py ... --deepspeed configs/deepspeed/zero3.json

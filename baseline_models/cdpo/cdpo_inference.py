@@ -3,7 +3,7 @@
 (``metaaligner/methods/inference.py``); output in the aligner format for ``evaluation/``.
 
     python baseline_models/cdpo/cdpo_inference.py --aligner_path runs/baselines/cdpo \
-        --data_dir samples/HH-RLHF/gpt-3.5-turbo.csv.gz --config hh-rlhf \
+        --data_dir samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz --config hh-rlhf \
         --model_output_path runs/baselines/cdpo_outputs --limit 20 --max_new_tokens 64
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (``query``, ``goldens``, ``origin_responses``, ``aligned_responses``) so ``evaluation/judge.py`` scores
 it like any aligner output.
 
-    python baseline_models/sepo/sepo_inference.py --input samples/HH-RLHF/gpt-3.5-turbo.csv.gz \
+    python baseline_models/sepo/sepo_inference.py --input samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz \
         --model runs/sepo/policy --origin_model runs/sft --output runs/sepo/outputs/hh-rlhf.csv --limit 100
 
 ``aligned_responses`` is the SePO policy's answer; ``origin_responses`` is the input's

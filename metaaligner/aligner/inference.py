@@ -9,8 +9,9 @@ Python use::
     aligner.align(questions, answers, ["helpfulness", "Brevity: the response should be short"])
 
 Template resolution (one place, ``resolve_aligner``): ``--template`` flag > ``metaaligner.json`` in
-the LoRA or model folder > the dataset config's template > ``hh-rlhf`` for the built-in default
-aligner > a one-line error. The template is never guessed from a path.
+the LoRA or model folder > the known-checkpoint table (``data/checkpoints.yaml``, exact names such
+as ``MetaAligner/MetaAligner-HH-RLHF-7B``) > the dataset config's template > ``hh-rlhf`` for the
+built-in default aligner > a one-line error. The template is never guessed from a path.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MODEL_CARD = "metaaligner.json"
 DEFAULT_TEMPLATE = "hh-rlhf"
 DEMO_ALIGNER_DIR = Path(__file__).resolve().parents[1] / "data" / "demo_aligner"
+KNOWN_CHECKPOINTS_FILE = Path(__file__).resolve().parents[1] / "data" / "checkpoints.yaml"
+KNOWN_CHECKPOINTS = "checkpoints.yaml"  # template_from value for a known released checkpoint
 # Names meaning "the built-in default aligner" (the demo LoRA aligner when shipped, else embedded).
 DEFAULT_NAMES = ("", "default")
 # Names meaning "the raw embedded SmolLM2-135M-Instruct", even when the demo aligner is shipped.
@@ -52,7 +55,7 @@ class AlignerSource:
 
     model: str                  # local folder, hub name, or "embedded"
     template: str               # template name (or YAML path)
-    template_from: str          # "flag" | "metaaligner.json" | "dataset" | "default"
+    template_from: str          # "flag" | "metaaligner.json" | "checkpoints.yaml" | "dataset" | "default"
     lora_path: str | None = None
     label: str = ""             # provenance written into outputs
     objective_group: str | None = None  # from metaaligner.json ("objective_group" or "dataset")
@@ -81,6 +84,16 @@ def read_model_card(folder: str | Path | None) -> dict[str, Any]:
     return card
 
 
+def known_checkpoint(name: str | None) -> dict[str, Any]:
+    """The ``data/checkpoints.yaml`` entry for exactly this name (``{}`` for any other name or path)."""
+    import yaml
+
+    if not name:
+        return {}
+    table = yaml.safe_load(KNOWN_CHECKPOINTS_FILE.read_text(encoding="utf-8")) or {}
+    return dict(table.get(str(name).strip()) or {})
+
+
 def default_aligner_dir() -> Path | None:
     """The shipped demo LoRA aligner, if present."""
     return DEMO_ALIGNER_DIR if (DEMO_ALIGNER_DIR / "adapter_config.json").is_file() else None
@@ -92,8 +105,9 @@ def resolve_aligner(aligner_path: str | None = None, template: str | None = None
 
     ``aligner_path`` None/"default": the demo aligner shipped in ``metaaligner/data/demo_aligner``
     when present, else the embedded SmolLM2; "embedded": the embedded model; otherwise a folder or
-    hub name. Template: flag > ``metaaligner.json`` (LoRA folder, then model folder) > dataset
-    config > ``hh-rlhf`` for the built-in defaults > error. Loads nothing.
+    hub name. Template: flag > ``metaaligner.json`` (LoRA folder, then model folder) > the known
+    checkpoint of exactly that name > dataset config > ``hh-rlhf`` for the built-in defaults > error.
+    Loads nothing (a known name needs no hub).
     """
     name = (aligner_path or "").strip()
     fallback = None
@@ -106,8 +120,10 @@ def resolve_aligner(aligner_path: str | None = None, template: str | None = None
     if lora_path:
         label += f"+lora:{lora_path}"
     card = read_model_card(lora_path) or read_model_card(model if model != "embedded" else None)
-    candidates = [(template, "flag"), (card.get("template"), MODEL_CARD), (dataset_template, "dataset"),
-                  (fallback, "default")]
+    known = {} if card else known_checkpoint(name)
+    candidates = [(template, "flag"), (card.get("template"), MODEL_CARD), (known.get("template"), KNOWN_CHECKPOINTS),
+                  (dataset_template, "dataset"), (fallback, "default")]
+    card = card or known  # objective group and trained objectives come from the same place
     for value, source in candidates:
         if value:
             get_template(value)  # fail early on an unknown name
@@ -202,6 +218,15 @@ def align_iteratively(generator, params: GenerationParams, template: str | Templ
 
 
 # ---------------------------------------------------------------- backends
+
+def check_cuda(device: str | None, backend: str) -> None:
+    """A GPU was asked for (``--cuda`` / ``--device cuda``): one line when none is visible, before any
+    file is touched (the released scripts fell back to the CPU without a word)."""
+    import torch
+
+    if device and device.startswith("cuda") and backend in ("auto", "hf") and not torch.cuda.is_available():
+        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; drop the flag to run on the CPU")
+
 
 def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
                    dtype: str | None = None, base_url: str | None = None, device_map: str | None = None,

@@ -91,3 +91,53 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
     stats.empty_outputs = sum(1 for r in final if not str(r["generated_text"]).strip())
     stats.seconds = time.time() - start
     return stats
+
+
+# ---------------------------------------------------------------- Self-Refinement (Table 3)
+
+SELF_REFINE_TEMPLATE = "self-refine"
+
+
+def self_refine_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
+                     labels: list[str], descriptions: list[str], resume: bool = False, dry_run: bool = False,
+                     progress: bool = True) -> PolicyStats:
+    """Self-Refinement: the policy revises its own answers (``rows`` from ``aligner.load_policy_rows``)
+    toward the objectives, prompted by ``templates.SELF_REFINE_PROMPT``. Writes the aligner output
+    format (``query, goldens, origin_responses, aligned_responses, aligner, template, aspects``), so
+    the judge and Table 3 take it like any aligner's output; ``aligner`` is ``self-refine:<model>``."""
+    from metaaligner.aligner.inference import OUTPUT_COLUMNS, PROVENANCE_COLUMNS, normalize_answer
+    from metaaligner.registry.templates import self_refine_prompt
+
+    start = time.time()
+    stats = PolicyStats(job.name, rows_in=len(rows))
+    prompts = {r["row_id"]: self_refine_prompt(str(r["query"]), normalize_answer(r["answer"]), descriptions)
+               for r in rows}
+    if dry_run:
+        write_jsonl(job.prompts_path, ({"query": r["query"], "prompt": prompts[r["row_id"]]} for r in rows))
+        stats.output = str(job.prompts_path)
+        return stats
+    provenance = {"aligner": f"{SELF_REFINE_TEMPLATE}:{model_label}", "template": SELF_REFINE_TEMPLATE,
+                  "aspects": ",".join(labels)}
+    stats.output = str(job.output_path)
+    writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume)
+    if writer.rows:
+        first = next(iter(writer.rows.values()))
+        mismatch = [k for k, v in provenance.items() if first.get(k) != v]
+        if mismatch:
+            writer.close()
+            raise MetaAlignerError(f"{writer.partial}: made with other settings ({', '.join(mismatch)} differ); "
+                                   "delete it or run without --resume")
+
+    def make_rows(backend, part: list[dict]) -> list[dict]:
+        answers = backend.generate([prompts[r["row_id"]] for r in part], params)
+        if len(answers) != len(part):
+            raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
+        return [{"row_id": r["row_id"], "query": r["query"], "goldens": r["goldens"], "origin_responses": r["answer"],
+                 "aligned_responses": a, **provenance} for r, a in zip(part, answers)]
+
+    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
+                                         job.name, progress)
+    stats.generated = len(rows) - stats.resumed
+    stats.empty_outputs = sum(1 for r in final if not str(r["aligned_responses"]).strip())
+    stats.seconds = time.time() - start
+    return stats

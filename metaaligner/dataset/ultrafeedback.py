@@ -29,7 +29,7 @@ from metaaligner.errors import DataError, MetaAlignerError
 
 HUB_NAME = "openbmb/UltraFeedback"
 DEFAULT_TEST_SIZE = 15000
-# Score column order = configs/datasets/ultrafeedback.yaml's objectives (checked by a test).
+# Score column order = metaaligner/data/datasets/ultrafeedback.yaml's objectives (checked by a test).
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 # Why a completion is not used (counted in stats.json).
 NAN_RESPONSE, NON_DIGIT_RATING, MISSING_RATING = "nan_response", "non_digit_rating", "missing_rating"

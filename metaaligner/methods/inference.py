@@ -36,7 +36,7 @@ CONDITIONING = ("auto", "targets", "none")
 class BaselineInferenceConfig:
     aligner_path: str = field(default="embedded", metadata={
         "help": "the trained baseline (model folder or LoRA adapter; 'embedded' = SmolLM2, for smoke tests)"})
-    data_dir: str = field(default="samples/HH-RLHF/gpt-3.5-turbo.csv.gz", metadata={
+    data_dir: str = field(default="samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz", metadata={
         "help": "input CSV/JSONL with the dataset config's query and goldens columns (e.g. a policy-output "
                 "file from samples/ or /work/shared/data/metaaligner-samples)"})
     model_output_path: str = field(default="runs/baseline_outputs", metadata={"help": "output folder"})

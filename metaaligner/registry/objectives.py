@@ -30,10 +30,11 @@ class Objective:
 class ObjectiveRegistry:
     """Objectives by (group, key). ``resolve`` turns user-given keys into objectives, in order."""
 
-    def __init__(self, objectives: list[Objective] | None = None):
+    def __init__(self, objectives: list[Objective] | None = None, aliases: dict[tuple[str, str], str] | None = None):
         self._items: dict[tuple[str, str], Objective] = {}
         for obj in objectives or []:
             self._items[(obj.group, obj.key)] = obj
+        self._aliases: dict[tuple[str, str], str] = dict(aliases or {})  # (group, alias) -> key
 
     @classmethod
     def builtin(cls) -> "ObjectiveRegistry":
@@ -43,7 +44,24 @@ class ObjectiveRegistry:
             for group, entries in data.items()
             for key, spec in entries.items()
         ]
-        return cls(objectives)
+        aliases = {(group, str(alias)): key for group, entries in data.items()
+                   for key, spec in entries.items() for alias in spec.get("aliases") or ()}
+        return cls(objectives, aliases)
+
+    def dealias(self, key: str, group: str | None = None) -> str:
+        """A release spelling (``humor``, ``specificity``) -> our key (``group:key`` when needed).
+        Real keys are returned unchanged, so a user objective named like an alias wins."""
+        g, _, k = key.rpartition(":")
+        if g:
+            return f"{g}:{self._aliases.get((g, k), k)}"
+        if any(k == key for _, k in self._items):
+            return key
+        if group and (group, key) in self._aliases:
+            return f"{group}:{self._aliases[(group, key)]}"
+        targets = sorted(f"{g}:{t}" for (g, a), t in self._aliases.items() if a == key)
+        if len(targets) > 1:
+            raise MetaAlignerError(f"objective {key!r} is ambiguous; name one of: {', '.join(targets)}")
+        return targets[0] if targets else key
 
     def groups(self) -> list[str]:
         return sorted({group for group, _ in self._items})
@@ -92,7 +110,8 @@ class ObjectiveRegistry:
 
     def get(self, key: str, group: str | None = None) -> Objective:
         """Look a key up: ``group:key`` explicitly, else user objectives, then ``group``, then any
-        group where the key is unique."""
+        group where the key is unique. Release spellings are aliases (``dealias``)."""
+        key = self.dealias(key, group)
         if ":" in key:
             g, k = key.split(":", 1)
             if (g, k) in self._items:

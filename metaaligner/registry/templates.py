@@ -26,6 +26,15 @@ _IMHI = ("Edit the following Question-Answer pair to make it {verb} considering 
          "\"{{aspects}}\" | Question: {{question}} | Answer: {{answer}} | Edit: ")
 _PAPER = ("Edit the following Question-Answer pair to make it {verb} considering the following "
           "objectives {{aspects}} | Question: {{question}} | Answer: {{answer}} | Edit:")
+# Aligner-7B (Ji et al. 2024, aligner/aligner-7b-v1.0), a Table 3 comparison: its published
+# template. It names no objectives (one fixed goal), and it has no "equal" form (inference only).
+_ALIGNER = ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more "
+            "helpful and harmless: {question} | {answer} ASSISTANT:")
+# Self-Refinement (Table 3): the policy revises its own answer. Our wording (the paper gives none);
+# it names the objectives like the aligner prompts do, descriptions joined with '; '.
+SELF_REFINE_PROMPT = ("Here is a question and an answer you wrote earlier. Revise the answer so that it better "
+                      "meets these objectives: {aspects}\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+                      "Reply with the revised answer only.")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ TEMPLATES: dict[str, Template] = {
     "ultrafeedback": Template("ultrafeedback", _UF.format(verb="improve it"), _UF.format(verb="make it equal")),
     "imhi": Template("imhi", _IMHI.format(verb="better"), _IMHI.format(verb="equal")),
     "paper": Template("paper", _PAPER.format(verb="better"), _PAPER.format(verb="equal")),
+    "aligner": Template("aligner", _ALIGNER, _ALIGNER),
 }
 
 
@@ -83,6 +93,13 @@ def render(template: str | Template, question: str, answer: str, aspects: list[s
     text = tpl.text(mode)
     values = {"aspects": join_aspects(aspects), "question": question, "answer": answer}
     return _fill(text, values)
+
+
+def self_refine_prompt(question: str, answer: str, aspects: list[str]) -> str:
+    """The revision request a policy gets for Self-Refinement (``policy_generation.py --self_refine``)."""
+    if not aspects:
+        raise MetaAlignerError("a self-refinement prompt needs at least one objective")
+    return _fill(SELF_REFINE_PROMPT, {"aspects": join_aspects(aspects), "question": question, "answer": answer})
 
 
 def _fill(text: str, values: dict[str, str]) -> str:

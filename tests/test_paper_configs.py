@@ -1,0 +1,122 @@
+"""The paper's recipes as data (issue 12, points 6 and 8): the training configs carry the released
+README's numbers and parse into the trainers' config dataclasses; every paper config lists Table 2's
+10 policies and Table 3's Aligner-7B and Self-Refinement rows as ordinary stage commands."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaaligner import cli
+from metaaligner.paper import check_flags, load_paper_config
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE2_POLICIES = ["LLaMA2-Chat-7B", "LLaMA2-Chat-13B", "LLaMA2-Chat-70B", "Gemma-instruct-2B", "Gemma-instruct-7B",
+                   "Vicuna-7B", "Vicuna-13B", "Vicuna-33B", "GPT-3.5-Turbo", "Claude-3-Sonnet"]
+
+# the release's samples/IMHI_model_output/ folders (built into IMHI_POLICIES by the samples_full stage)
+RELEASED_IMHI = ["Gemma_instruct_2B", "Gemma_instruct_7B", "Mentallama-13B", "Mentallama-33B", "Mentallama-7B",
+                 "Vicuna_33B", "llama2-chat-13B", "llama2-chat-70B", "llama2-chat-7B", "sft_baseline_13B",
+                 "vicuna_13B", "vicuna_7B"]
+
+
+def _parse(script: str, argv: list[str]):
+    path = REPO / script
+    name = f"_paper_cfg_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        return cli.parse(module.make_parser(), argv)
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _values(config, keys: dict) -> dict:
+    return {k: getattr(config, k) for k in keys}
+
+
+ALIGNER = {"learning_rate": 1e-5, "weight_decay": 1e-5, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine",
+           "num_train_epochs": 2.0, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,
+           "gradient_accumulation_steps": 64, "gradient_checkpointing": True, "max_length": 4096,
+           "logging_steps": 1, "save_total_limit": 20, "seed": 42}
+SFT = {**ALIGNER, "num_train_epochs": 3.0, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}
+CDPO = {"beta": 0.1, "learning_rate": 5e-7, "num_train_epochs": 1.0, "per_device_train_batch_size": 2,
+        "max_length": 4096, "gradient_checkpointing": True, "logging_steps": 1,
+        "deepspeed": "configs/deepspeed/zero3.json", "gradient_accumulation_steps": 8}
+
+
+def test_training_recipes_parse_into_the_trainer_configs(tmp_path):
+    _, stage = _parse("training/train_aligner.py", ["--config_file", "configs/training/paper.yaml",
+                                                    "--data_dir", str(tmp_path), "--output_dir", str(tmp_path)])
+    assert _values(stage, ALIGNER) == ALIGNER
+    assert stage.per_device_train_batch_size * stage.gradient_accumulation_steps * 4 == 512  # README: 4 GPUs
+    _, sft = _parse("baseline_models/sft/train_sft.py", ["--config_file", "configs/training/paper-sft.yaml",
+                                                         "--data_dir", str(tmp_path), "--output_dir", str(tmp_path)])
+    assert _values(sft, SFT) == SFT
+    assert sft.per_device_train_batch_size * sft.gradient_accumulation_steps * 2 == 512  # README: 2 GPUs
+    _, dpo = _parse("baseline_models/cdpo/train_cdpo.py", ["--config_file", "configs/training/paper-cdpo.yaml",
+                                                           "--data_dir", str(tmp_path), "--output_dir", str(tmp_path)])
+    assert _values(dpo, CDPO) == CDPO
+    assert (REPO / dpo.deepspeed).is_file()
+
+
+def test_every_training_number_names_its_source():
+    for name in ("paper.yaml", "paper-sft.yaml", "paper-cdpo.yaml"):
+        for line in (REPO / "configs/training" / name).read_text().splitlines():
+            if line and not line.startswith(("#", " ")) and ":" in line:
+                key = line.split(":")[0]
+                assert "#" in line or key in ("eval_steps", "save_steps", "gradient_accumulation_steps"), (name, line)
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_paper_configs_list_table2s_ten_policies(name):
+    path = REPO / "configs/paper" / f"{name}.yaml"
+    policies = yaml.safe_load(path.read_text())["policies"]
+    assert list(policies) == TABLE2_POLICIES
+    run = load_paper_config(path, "7B")
+    stages = {s.name: s for s in run.stages}
+    for policy, source in policies.items():
+        if "file" in source:
+            assert (REPO / source["file"]).is_file(), (name, policy)
+        elif "release" in source:  # IMHI: released folders, built with queries by samples_full
+            assert source["release"] in RELEASED_IMHI, (name, policy)
+        else:
+            stage = stages[source["stage"]]
+            assert stage.script == "inference/policy_generation.py" and check_flags(stage) == []
+            assert (stage.args["model"], stage.args["model_output_path"]) == (source["model"], f"runs/paper/{name}-policies")
+    assert stages["align_generated"].args["data_dir"] == f"runs/paper/{name}-policies"
+    train = stages["train_aligner"]
+    assert train.launcher == ("env TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 accelerate launch --config_file "
+                              "configs/accelerate/fsdp.yaml --num_processes 4")
+    assert "deepspeed" not in train.args and "per_device_train_batch_size" not in train.args
+
+
+def test_hh_rlhf_generation_stage_is_the_released_generation():
+    run = load_paper_config(REPO / "configs/paper/hh-rlhf.yaml", "13B")
+    stage = next(s for s in run.stages if s.name == "policy_Vicuna-33B")
+    assert stage.command("python") == (
+        "python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz "
+        "--model_output_path runs/paper/hh-rlhf-policies --chat_template false --max_new_tokens 1024 "
+        "--batch_size 32 --resume --model lmsys/vicuna-33b-v1.3 --model_name Vicuna-33B")
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback"])
+def test_table3_has_aligner7b_and_self_refinement(name):
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B")
+    stages = {s.name: s for s in run.stages}
+    out, policy_file = f"runs/paper/{name}-7B/table3", f"runs/paper/{name}-policies/llama2-chat-7B.csv"
+    aligner7b, refine = stages["table3_aligner7b"], stages["table3_self_refine"]
+    assert (aligner7b.args["aligner_path"], aligner7b.args["aligned_model"], aligner7b.args["data_dir"],
+            aligner7b.args["model_output_path"]) == ("aligner/aligner-7b-v1.0", "Aligner-7B", policy_file, out)
+    assert (refine.args["self_refine"], refine.args["model"], refine.args["model_name"], refine.args["data_dir"],
+            refine.args["model_output_path"]) == (True, "meta-llama/Llama-2-7b-chat-hf", "Self-Refinement", policy_file, out)
+    assert stages["table3_metaaligner"].args["aligned_model"] == "MetaAligner"
+    assert stages["judge_table3"].args["input"] == out
+    assert stages["report"].args["table3_inputs"] == f"runs/paper/{name}-7B/judged_table3"
+    for stage in stages.values():
+        assert check_flags(stage) == [], stage.name
