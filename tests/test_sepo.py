@@ -387,3 +387,17 @@ def test_train_policy_skips_and_counts_pairs_cut_by_a_shorter_max_length(tiny_ll
     assert (code, capsys.readouterr().err.splitlines()[-1]) == (2, (
         f"error: {selection}: no pair keeps selected tokens on both sides within --max_length 10; raise it to "
         "the selection's max_length (64)"))
+
+
+def test_sepo_pair_prompts_match_the_released_test_queries():
+    """SePO's training prompts end like the released Claude-3 test queries SePO inference is given."""
+    from metaaligner.io import read_records
+    from metaaligner.methods.sepo import split_transcript_pair
+
+    chosen = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water."
+    rejected = "\n\nHuman: How do I bake bread?\n\nAssistant: No."
+    assert split_transcript_pair(chosen, rejected) == {
+        "prompt": "\n\nHuman: How do I bake bread? \n\nAssistant:",
+        "chosen": " Mix flour and water.", "rejected": " No."}
+    queries = [r["query"] for r in read_records(Path(__file__).resolve().parents[1] / "samples/HH-RLHF_model_output/Claude-3.csv.gz")]
+    assert all(q.endswith(" \n\nAssistant:") for q in queries)

@@ -482,13 +482,15 @@ def run_selection(input_path: str | Path, oracle_path: str, reference_path: str,
 
 def split_transcript_pair(chosen: str, rejected: str, marker: str = "\n\nAssistant:") -> dict[str, str] | None:
     """HH-RLHF style (chosen, rejected) transcripts -> {prompt, chosen, rejected}: the prompt is the
-    shared text up to and including the last ``marker``; None if they share no such prefix."""
+    shared text before the last ``marker``, then ``" " + marker`` (a space before the cue, as in the
+    released test queries SePO inference is given, so training and test prompts agree); None if they
+    share no such prefix."""
     n = common_prefix_length(chosen, rejected)
     cut = chosen.rfind(marker, 0, n)
     if cut < 0:
         return None
     end = cut + len(marker)
-    return {"prompt": chosen[:end], "chosen": chosen[end:], "rejected": rejected[end:]}
+    return {"prompt": chosen[:cut] + " " + marker, "chosen": chosen[end:], "rejected": rejected[end:]}
 
 
 def subsample(rows: list[dict[str, Any]], fraction: float = 1.0, seed: int = 0, limit: int | None = None
