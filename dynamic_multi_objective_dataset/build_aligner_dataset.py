@@ -1,7 +1,7 @@
 r"""Stage 2: turn a scored preference CSV into the MetaAligner training sets (Algorithm 1).
 
     python dynamic_multi_objective_dataset/build_aligner_dataset.py \
-        --input runs/hh/rewards.csv --config hh-rlhf --output_dir runs/hh/aligner_data --seed 0 --val_size 0.1
+        --input runs/hh/rewards.csv --dataset hh-rlhf --output_dir runs/hh/aligner_data --seed 0 --val_size 0.1
 
 Input columns: ``prompt, chosen_response, rejected_response, chosen_score{i}, rejected_score{i}``
 (i = 1..n, in the dataset config's objective order; what ``reward_labelling.py`` writes). Output, in
@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metaaligner.cli import deprecated_aliases
+
 log = logging.getLogger("build_aligner_dataset")
 
 
@@ -24,8 +26,9 @@ class BuildConfig:
     input: str = field(metadata={"help": "stage-1 CSV/JSONL: prompt, chosen_response, rejected_response, "
                                          "chosen_score{i}, rejected_score{i}"})
     output_dir: str = field(metadata={"help": "folder for no_equal/, all_equal/, warmup/ and stats.json"})
-    config: str = field(default="hh-rlhf", metadata={
-        "help": "dataset config: hh-rlhf, ultrafeedback, imhi, or a YAML path (template + objectives in score order)"})
+    dataset: str = field(default="hh-rlhf", metadata={
+        "help": "dataset config: hh-rlhf, ultrafeedback, imhi, or a YAML path (template + objectives in score order)",
+        **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seeds the aspect shuffles, the split and the item order"})
     val_size: float = field(default=0.1, metadata={
         "help": "validation prompts: a fraction (< 1) or a number (>= 1) of distinct prompts"})
@@ -49,7 +52,7 @@ def main(cfg: BuildConfig) -> dict:
     from metaaligner.templates import get_template
 
     start = time.perf_counter()
-    dataset = load_dataset_config(cfg.config)
+    dataset = load_dataset_config(cfg.dataset)
     registry = build_registry(cfg.objectives_file, cfg.add_objective)
     keys = split_csv(cfg.objectives) or list(dataset.objectives)
     objectives = registry.resolve(keys, dataset.objective_group)
