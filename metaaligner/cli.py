@@ -30,10 +30,10 @@ def deprecation_line(old: str, new: str) -> str:
     return f"warning: {old} is deprecated; use {new} (the old name will be removed in a later release)"
 
 
-def closest(name: str, candidates, what: str = "") -> str:
+def closest(name: str, candidates) -> str:
     """' (did you mean X?)' for the nearest candidate by difflib, else ''."""
     match = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {what}{match[0]}?)" if match else ""
+    return f" (did you mean {match[0]}?)" if match else ""
 
 
 def _is_flag(action) -> bool:
@@ -51,8 +51,10 @@ def _help_formatter():
         def _format_action_invocation(self, action):
             old = set(getattr(action, DEPRECATED_KEY, ()))
             names = [s for s in action.option_strings if s not in old]
-            if not names or action.nargs == 0 or _is_flag(action):
-                return super()._format_action_invocation(action) if not names else ", ".join(names)
+            if not names:  # a positional
+                return super()._format_action_invocation(action)
+            if action.nargs == 0 or _is_flag(action):
+                return ", ".join(names)
             args = self._format_args(action, self._get_default_metavar_for_optional(action))
             return ", ".join(f"{name} {args}" for name in names)
 

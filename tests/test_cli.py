@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -18,7 +17,8 @@ from metaaligner import cli
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("*/**/*.py")
-                       if p.parts[len(REPO.parts)] not in ("tests", "metaaligner") and "def make_parser" in p.read_text())
+                       if p.parts[len(REPO.parts)] not in ("tests", "metaaligner")
+                       and "def make_parser" in p.read_text())
 AI, BD, JD, TA = ("inference/aligner_inference.py", "dynamic_multi_objective_dataset/build_aligner_dataset.py",
                   "evaluation/judge.py", "training/train_aligner.py")
 
@@ -91,7 +91,8 @@ def test_unknown_flag_as_a_script_prints_no_traceback():
 
 # ---------------------------------------------------------------- one flag name per meaning
 
-@pytest.mark.parametrize("script", [BD, "baseline_models/sft/make_sft_data.py", "baseline_models/cdpo/make_cdpo_data.py",
+@pytest.mark.parametrize("script", [BD, "baseline_models/sft/make_sft_data.py",
+                                    "baseline_models/cdpo/make_cdpo_data.py",
                                     "baseline_models/morlhf/train_reward_models.py",
                                     "baseline_models/sft/sft_inference.py"])
 def test_dataset_flag_with_deprecated_aliases(script, capsys):
@@ -118,7 +119,8 @@ def test_train_aligner_dataset_and_config_file(capsys):
     cur, _ = cli.parse(module.make_parser(), ["--data_dir", "d", "--output_dir", "o", "--dataset_config", "imhi"])
     assert cur.dataset == "imhi"
     assert capsys.readouterr().err == deprecated("--dataset_config", "--dataset")
-    argv = module.cli_args(["--config", str(REPO / "configs/training/cpu.yaml"), "--data_dir", "d", "--output_dir", "o"])
+    argv = module.cli_args(["--config", str(REPO / "configs/training/cpu.yaml"), "--data_dir", "d",
+                            "--output_dir", "o"])
     assert argv[0] == "--config_file"
     assert capsys.readouterr().err == deprecated("--config", "--config_file")
 
@@ -212,8 +214,8 @@ def test_misspelled_objective_suggests_the_closest():
     from metaaligner.objectives import ObjectiveRegistry
 
     registry = ObjectiveRegistry.builtin()
-    for key, hint in [("helpfulnes", " (did you mean helpfulness?)"), ("hh-rlhf:harmless", " (did you mean hh-rlhf:harmlessness?)"),
-                      ("politeness", "")]:
+    for key, hint in [("helpfulnes", " (did you mean helpfulness?)"),
+                      ("hh-rlhf:harmless", " (did you mean hh-rlhf:harmlessness?)"), ("politeness", "")]:
         with pytest.raises(MetaAlignerError) as exc:
             registry.get(key, "hh-rlhf")
         assert str(exc.value).startswith(f"unknown objective {key!r}{hint}; known keys: "), str(exc.value)[:80]
@@ -241,7 +243,8 @@ def test_aligner_columns_mapped_by_flags(tmp_path, capsys, monkeypatch):
     import metaaligner.aligner as al
 
     monkeypatch.setattr(al, "make_generator", lambda *a, **k: EchoGenerator())
-    src = write_table(tmp_path / "pol.csv", ["question", "reply", "reference"], [["q1", "a1", "g1"], ["q2", "a2", "g2"]])
+    src = write_table(tmp_path / "pol.csv", ["question", "reply", "reference"],
+                      [["q1", "a1", "g1"], ["q2", "a2", "g2"]])
     module = load(AI)
     base = ["--data_dir", str(src), "--template", "hh-rlhf", "--aspects", "harmlessness",
             "--model_output_path", str(tmp_path / "out")]
@@ -318,9 +321,10 @@ def tiny_lora_dir(tiny_llama_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_model_run_prints_nothing_alarming(tiny_llama_dir, tiny_lora_dir, tmp_path):
-    proc = subprocess.run([sys.executable, AI, "--aligner_path", str(tiny_llama_dir), "--lora_path", str(tiny_lora_dir),
-                           "--template", "hh-rlhf", "--dataset", "hh-rlhf", "--aligned_model", "Claude-3", "--limit", "2",
-                           "--max_new_tokens", "2", "--device", "cpu", "--model_output_path", str(tmp_path)],
+    proc = subprocess.run([sys.executable, AI, "--aligner_path", str(tiny_llama_dir), "--lora_path",
+                           str(tiny_lora_dir), "--template", "hh-rlhf", "--dataset", "hh-rlhf", "--aligned_model",
+                           "Claude-3", "--limit", "2", "--max_new_tokens", "2", "--device", "cpu",
+                           "--model_output_path", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     both = proc.stdout + proc.stderr

@@ -4,7 +4,8 @@ The prompt carries the target rewards t; of the two responses the preferred one 
 to the targets, i.e. with the higher -sum_j |t_j - s_j|; pairs with equal closeness are dropped and
 counted. Targets default to the maximum normalised reward per objective in the input (printed).
 
-    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data --seed 0
+    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
+        --seed 0
     python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
         --seed 0 --target_rewards harmlessness=1.0,helpfulness=0.5,humour=0.0
 

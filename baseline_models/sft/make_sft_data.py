@@ -1,7 +1,8 @@
-"""SFT baseline (Rewards-in-Context stage 1), data step: every response of ``rewards.csv`` becomes
+r"""SFT baseline (Rewards-in-Context stage 1), data step: every response of ``rewards.csv`` becomes
 an SFT item whose prompt carries its own rewards, ``<Harmlessness>: 0.52; ... | {question}``.
 
-    python baseline_models/sft/make_sft_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/sft_data --seed 0
+    python baseline_models/sft/make_sft_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/sft_data \
+        --seed 0
 
 Writes ``DIR/train.json`` and ``DIR/val.json`` (FastChat conversation JSON: human turn = the
 conditioned prompt, gpt turn = the response; both items of a pair stay in one split) and
