@@ -197,15 +197,19 @@ def _uses_deepspeed(configs) -> bool:
     return launched or any(getattr(c, "deepspeed", None) for c in configs)
 
 
+_HIDDEN_BARS = ("Loading weights", "Writing model shards")
+
+
 def _hide_weight_loading_bar() -> None:
-    """transformers 5 draws a 'Loading weights' bar inside our per-row bar; a stage shows one bar per loop."""
+    """transformers 5 draws bars for loading and saving weights inside our own (per-row, per-step) bar;
+    a stage shows one bar per long loop."""
     from transformers.utils import logging as hf_logging
 
     if not hasattr(hf_logging, "set_tqdm_hook"):
         return
 
     def hook(factory, args, kwargs):
-        if kwargs.get("desc") == "Loading weights":
+        if kwargs.get("desc") in _HIDDEN_BARS:
             return hf_logging.EmptyTqdm(*args, **kwargs)
         return factory(*args, **kwargs)
 
@@ -214,7 +218,7 @@ def _hide_weight_loading_bar() -> None:
 
 def quiet_libraries(configs=()) -> None:
     """A stage run prints what its user needs: no library FutureWarnings, no DeepSpeed accelerator warning
-    in a run that does not use DeepSpeed, no weight-loading bar."""
+    in a run that does not use DeepSpeed, no weight loading/saving bars."""
     import importlib.util
     import warnings
 

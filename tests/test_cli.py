@@ -334,6 +334,27 @@ def test_model_run_prints_nothing_alarming(tiny_llama_dir, tiny_lora_dir, tmp_pa
     assert proc.stdout.splitlines()[0].startswith("Claude-3: 2 rows in, 2 aligned, 0 resumed")
 
 
+@pytest.mark.slow
+def test_training_run_prints_nothing_alarming(tiny_llama_dir, tmp_path):
+    """Trainer unwraps every model it saves through accelerate, which imports an installed deepspeed."""
+    rows = [[f"\n\nHuman: question {i}?\n\nAssistant:", f"good answer {i}", f"bad {i}", i + 1, 0, 0.5, 0.5, 0, 1]
+            for i in range(6)]
+    write_table(tmp_path / "rewards.csv", ["prompt", "chosen_response", "rejected_response", "chosen_score1",
+                                           "rejected_score1", "chosen_score2", "rejected_score2", "chosen_score3",
+                                           "rejected_score3"], rows)
+    build = load(BD)
+    build.main(build.BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(tmp_path / "data"), val_size=1))
+    proc = subprocess.run([sys.executable, TA, "--data_dir", str(tmp_path / "data"), "--output_dir",
+                           str(tmp_path / "out"), "--model_name_or_path", str(tiny_llama_dir), "--stages", "warmup",
+                           "--max_steps", "1", "--no_eval", "--max_length", "128", "--lora", "--torch_threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = proc.stdout + proc.stderr
+    for noise in ("Warning", "warnings.warn", "unable to detect", "Loading weights", "Writing model shards"):
+        assert noise not in both, noise
+    assert "train_aligner: stages warmup done in " in proc.stdout
+
+
 QUIET_PROBE = """
 import sys
 from types import SimpleNamespace
