@@ -1,7 +1,7 @@
 r"""Stage 2: turn a scored preference CSV into the MetaAligner training sets (Algorithm 1).
 
     python dynamic_multi_objective_dataset/build_aligner_dataset.py \
-        --input runs/hh/rewards.csv --config hh-rlhf --output_dir runs/hh/aligner_data --seed 0 --val_size 0.1
+        --input runs/hh/rewards.csv --dataset hh-rlhf --output_dir runs/hh/aligner_data --seed 0 --val_size 0.1
 
 Input columns: ``prompt, chosen_response, rejected_response, chosen_score{i}, rejected_score{i}``
 (i = 1..n, in the dataset config's objective order; what ``reward_labelling.py`` writes). Output, in
@@ -14,7 +14,7 @@ only ``no_equal/`` and ``all_equal/``); ``--warmup none`` writes the release's d
 ``no_equal/test.json``, its contrastive items, as released:
 
     python dynamic_multi_objective_dataset/build_aligner_dataset.py --input runs/hh/rewards.csv \
-        --test_input runs/hh/test_rewards.csv --config hh-rlhf --output_dir runs/hh/aligner_data --warmup none
+        --test_input runs/hh/test_rewards.csv --dataset hh-rlhf --output_dir runs/hh/aligner_data --warmup none
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from metaaligner.cli import deprecated_aliases
 
 log = logging.getLogger("build_aligner_dataset")
 WARMUP_NOTES = {
@@ -37,8 +39,9 @@ class BuildConfig:
     input: str = field(metadata={"help": "stage-1 CSV/JSONL: prompt, chosen_response, rejected_response, "
                                          "chosen_score{i}, rejected_score{i}"})
     output_dir: str = field(metadata={"help": "folder for no_equal/, all_equal/, warmup/ and stats.json"})
-    config: str = field(default="hh-rlhf", metadata={
-        "help": "dataset config: hh-rlhf, ultrafeedback, imhi, or a YAML path (template + objectives in score order)"})
+    dataset: str = field(default="hh-rlhf", metadata={
+        "help": "dataset config: hh-rlhf, ultrafeedback, imhi, or a YAML path (template + objectives in score order)",
+        **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seeds the aspect shuffles, the split and the item order"})
     val_size: float = field(default=0.1, metadata={
         "help": "validation prompts: a fraction (< 1) or a number (>= 1) of distinct prompts"})
@@ -70,7 +73,7 @@ def main(cfg: BuildConfig) -> dict:
     start = time.perf_counter()
     if cfg.warmup not in WARMUP_NOTES:
         raise MetaAlignerError(f"--warmup must be one of {', '.join(WARMUP_NOTES)}, got {cfg.warmup!r}")
-    dataset = load_dataset_config(cfg.config)
+    dataset = load_dataset_config(cfg.dataset)
     registry = build_registry(cfg.objectives_file, cfg.add_objective)
     keys = split_csv(cfg.objectives) or list(dataset.objectives)
     objectives = registry.resolve(keys, dataset.objective_group)

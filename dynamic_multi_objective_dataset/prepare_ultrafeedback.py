@@ -8,7 +8,7 @@ r"""Stage 1 for UltraFeedback: its raw GPT-4 ratings -> the stage-1 CSV and the 
         --output_dir data/ultrafeedback
     # then stage 2, and the test queries for policy generation
     python dynamic_multi_objective_dataset/build_aligner_dataset.py --input data/ultrafeedback/rewards.csv \
-        --config ultrafeedback --output_dir runs/uf/aligner_data
+        --dataset ultrafeedback --output_dir runs/uf/aligner_data
 
 Writes ``DIR/rewards.csv`` (one row per pair i < j of a training record's completions whose four
 ratings are all digits: ``prompt, chosen_response, rejected_response, chosen_score1..4,

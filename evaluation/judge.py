@@ -2,7 +2,7 @@ r"""Judge aligner outputs with an LLM on any OpenAI-compatible endpoint (GPT-4 i
 
 Pairwise vs the golden answer (Table 2/3), per objective, candidate position seeded per row:
 
-    OPENAI_API_KEY=... python evaluation/judge.py --input outputs/hh-rlhf --template hh-rlhf \
+    OPENAI_API_KEY=... python evaluation/judge.py --input outputs/hh-rlhf --dataset hh-rlhf \
         --target aligned_responses,origin_responses --aspects harmlessness,helpfulness,humour \
         --judge_model gpt-4 --output_dir judged/hh-rlhf --concurrency 16 --seed 0
 
@@ -16,7 +16,7 @@ API-default decoding; ``clean`` is the default profile); any part can be overrid
 
 Rating 0-10 (the rating study; seen + unseen UltraFeedback objectives by default), against a local server:
 
-    python evaluation/judge.py --input outputs/uf/gpt-3.5-turbo.csv --template ultrafeedback --mode rating \
+    python evaluation/judge.py --input outputs/uf/gpt-3.5-turbo.csv --dataset ultrafeedback --mode rating \
         --base_url http://127.0.0.1:8000/v1 --judge_model /path/to/served/model --output_dir judged/uf-rating
 
 ``--dry_run`` prints the number of calls and a cost estimate without calling; a re-run reuses the
@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 
 from metaaligner import cli
-from metaaligner.cli import parse, run_main, split_csv
+from metaaligner.cli import deprecated_aliases, parse, run_main, split_csv
 
 
 @dataclass
@@ -40,9 +40,11 @@ class JudgeConfig:
                         metadata={"help": "column(s) to judge, comma-separated: aligned_responses, origin_responses"})
     aspects: str = field(default="", metadata={"help": "objective keys, comma-separated; default: the dataset "
                                                        "config's objectives (+ unseen ones in rating mode)"})
-    template: str = field(default="", metadata={"help": "dataset config (hh-rlhf | ultrafeedback | imhi | path.yaml): "
-                                                        "objective group and judge family; default: the inputs' "
-                                                        "template column"})
+    dataset: str = field(default="", metadata={"help": "dataset config (hh-rlhf | ultrafeedback | imhi | path.yaml): "
+                                                       "objective group and judge family; default: the inputs' "
+                                                       "template column", **deprecated_aliases("--template")})
+    query_column: str = field(default="query", metadata={"help": "input column holding the query"})
+    goldens_column: str = field(default="goldens", metadata={"help": "input column holding the golden answer (pairwise)"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list,
                                      metadata={"help": "extra objective 'key=Description: ...' (repeatable)",
@@ -114,7 +116,7 @@ def main(config: JudgeConfig) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = judge_outputs(
         config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
-        dataset=config.template or None, mode=config.mode, judge_prompt=config.judge_prompt or None,
+        dataset=config.dataset or None, mode=config.mode, judge_prompt=config.judge_prompt or None,
         profile=config.profile, parser=config.parser or None,
         base_url=config.base_url, judge_model=config.judge_model or None, concurrency=config.concurrency,
         seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens or None,
@@ -122,7 +124,8 @@ def main(config: JudgeConfig) -> None:
         max_cost=config.max_cost, price_per_1k_input=config.price_per_1k_input,
         price_per_1k_output=config.price_per_1k_output, max_retries=config.max_retries, timeout=config.timeout,
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
-        add_objective=_flatten(config.add_objective))
+        add_objective=_flatten(config.add_objective),
+        columns={"query": config.query_column, "goldens": config.goldens_column})
     if config.dry_run:
         print(format_dry_run(result, result.get("judge_model") or config.judge_model))
         return

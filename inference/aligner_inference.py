@@ -1,4 +1,4 @@
-"""Align policy outputs with a MetaAligner model (the paper's main job).
+r"""Align policy outputs with a MetaAligner model (the paper's main job).
 
     # the built-in default aligner on 4 rows of the shipped Claude-3 HH-RLHF sample (CPU, offline)
     python inference/aligner_inference.py --dataset hh-rlhf --aligned_model Claude-3 --limit 4
@@ -43,6 +43,9 @@ class AlignerInferenceConfig:
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
     template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | aligner | a YAML file (default: metaaligner.json in the model folder, a known checkpoint's, then --dataset)"})
     dataset: str = field(default=None, metadata={"help": "dataset config: hh-rlhf | ultrafeedback | imhi | path.yaml (template, objective group, columns, samples folder)"})
+    query_column: str = field(default=None, metadata={"help": "input column holding the query (default: the --dataset config's, else 'query')"})
+    answer_column: str = field(default=None, metadata={"help": "input column holding the policy's answer (default: the --dataset config's, else 'generated_text')"})
+    goldens_column: str = field(default=None, metadata={"help": "input column holding the golden answer, optional (default: the --dataset config's, else 'goldens')"})
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
     iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
@@ -124,7 +127,8 @@ def main(config: AlignerInferenceConfig) -> None:
                               seed=config.seed, batch_size=config.batch_size)
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
                                 iterations=config.iterations)
-    columns = dataset.columns if dataset else None
+    flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
+    columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,
              source.template_from, ",".join(labels), len(jobs))
     backend = None

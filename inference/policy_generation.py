@@ -1,4 +1,4 @@
-"""Generate policy answers for a file of queries, in the samples format aligner inference reads.
+r"""Generate policy answers for a file of queries, in the samples format aligner inference reads.
 
     # the embedded SmolLM2 answers 4 HH-RLHF queries (CPU, offline) -> outputs/policy/smollm2.csv
     python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --limit 4 --model_name smollm2

@@ -2,24 +2,110 @@
 ``--config_file x.yaml`` for defaults (CLI flags override it, unknown keys are rejected), and one-line
 errors instead of tracebacks for user mistakes.
 
-We build on transformers' ``HfArgumentParser`` (what TRL's ``TrlParser`` extends) but name the YAML
-flag ``--config_file`` because ``--config`` already means the dataset config in our released flags.
+We build on transformers' ``HfArgumentParser`` (what TRL's ``TrlParser`` extends) and add:
+exact flag names only (no prefix matching), an unknown flag as one ``error:`` line naming the closest
+real flag, deprecated spellings that still parse but print one ``warning:`` line
+(``field(metadata={"help": ..., **deprecated_aliases("--config")})``), and booleans shown as bare
+flags in ``--help`` (``--resume``) while ``--resume true/false`` still parses.
 """
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import sys
 from typing import Any, Callable
 
 YAML_FLAG = "--config_file"
+DEPRECATED_KEY = "deprecated_aliases"
+_PARSER_CLASS = None
+
+
+def deprecated_aliases(*flags: str) -> dict[str, tuple[str, ...]]:
+    """Field metadata for old flag spellings: accepted, hidden from --help's flag column, warned about."""
+    return {DEPRECATED_KEY: tuple(flags)}
+
+
+def deprecation_line(old: str, new: str) -> str:
+    return f"warning: {old} is deprecated; use {new} (the old name will be removed in a later release)"
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean X?)' for the nearest candidate by difflib, else ''."""
+    match = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _is_flag(action) -> bool:
+    """A bool field as HfArgumentParser builds it: ``--x`` alone means True, ``--x false`` still parses."""
+    return action.nargs == "?" and action.const is True and getattr(action.type, "__name__", "") == "string_to_bool"
+
+
+def _help_formatter():
+    import argparse
+    import re
+
+    class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+        """Keeps the docstring's line breaks; shows booleans as bare flags; hides deprecated names."""
+
+        def _format_action_invocation(self, action):
+            old = set(getattr(action, DEPRECATED_KEY, ()))
+            names = [s for s in action.option_strings if s not in old]
+            if not names:  # a positional
+                return super()._format_action_invocation(action)
+            if action.nargs == 0 or _is_flag(action):
+                return ", ".join(names)
+            args = self._format_args(action, self._get_default_metavar_for_optional(action))
+            return ", ".join(f"{name} {args}" for name in names)
+
+        def _format_args(self, action, default_metavar):
+            return "" if _is_flag(action) else super()._format_args(action, default_metavar)
+
+        def _format_usage(self, usage, actions, groups, prefix):
+            # argparse writes "[--flag ARGS]"; for a bare flag ARGS is empty, leaving "[--flag ]".
+            return re.sub(r"(--[\w-]+) \]", r"\1]", super()._format_usage(usage, actions, groups, prefix))
+
+    return HelpFormatter
+
+
+def _parser_class():
+    """HfArgumentParser that knows deprecated aliases and reports errors as one line."""
+    global _PARSER_CLASS
+    if _PARSER_CLASS is not None:
+        return _PARSER_CLASS
+    import copy
+    import types
+
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            old = tuple(field.metadata.get(DEPRECATED_KEY, ()))
+            if old:
+                meta = {k: v for k, v in field.metadata.items() if k != DEPRECATED_KEY}
+                given = meta.get("aliases", [])
+                meta["aliases"] = [*([given] if isinstance(given, str) else given), *old]
+                field = copy.copy(field)
+                field.metadata = types.MappingProxyType(meta)
+            HfArgumentParser._parse_dataclass_field(parser, field)
+            if old:
+                action = parser._option_string_actions[f"--{field.name}"]
+                setattr(action, DEPRECATED_KEY, old)
+                note = f"(old name{'s' if len(old) > 1 else ''} {', '.join(old)}: deprecated)"
+                action.help = f"{action.help} {note}" if action.help else note
+
+        def error(self, message):
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    _PARSER_CLASS = Parser
+    return Parser
 
 
 def make_parser(*dataclass_types, description: str | None = None):
-    from transformers import HfArgumentParser
-    import argparse
-
-    parser = HfArgumentParser(dataclass_types, description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser_class()(dataclass_types, description=description, formatter_class=_help_formatter(),
+                             allow_abbrev=False)
     parser.add_argument(YAML_FLAG, default=None, metavar="FILE.yaml",
                         help="YAML file of flag defaults; flags given on the command line override it")
     # argparse %-formats help strings: a literal "95%" in a field's help made --help crash.
@@ -27,6 +113,38 @@ def make_parser(*dataclass_types, description: str | None = None):
         if action.help and "%" in action.help and "%(" not in action.help and "%%" not in action.help:
             action.help = action.help.replace("%", "%%")
     return parser
+
+
+def _deprecated_map(parser) -> dict[str, Any]:
+    """old spelling -> its action, for every deprecated alias of the parser."""
+    return {old: action for action in parser._actions for old in getattr(action, DEPRECATED_KEY, ())}
+
+
+def _warn_deprecated(parser, args: list[str]) -> None:
+    old_names = _deprecated_map(parser)
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in old_names:
+            print(deprecation_line(name, old_names[name].option_strings[0]), file=sys.stderr)
+
+
+def _rename_deprecated_keys(parser, path: str, values: dict) -> None:
+    """``config_file`` YAML keys spelled like a deprecated flag go to the flag's current name."""
+    for old, action in _deprecated_map(parser).items():
+        key = old.lstrip("-")
+        if key in values and key != action.dest:
+            print(deprecation_line(f"{path}: key {key}", action.dest), file=sys.stderr)
+            values[action.dest] = values.pop(key)
+
+
+def _reject_unknown(parser, remaining: list[str]) -> None:
+    """One ``error:`` line for the first argument nobody consumed, with the closest real flag."""
+    flags = [s for s in remaining if s.startswith("-")]
+    if not flags:
+        parser.error(f"unexpected argument {remaining[0]!r}; see --help")
+    name = flags[0].split("=", 1)[0]
+    known = [s for a in parser._actions for s in a.option_strings if s not in getattr(a, DEPRECATED_KEY, ())]
+    parser.error(f"unknown flag {name}{closest(name, known)}; see --help")
 
 
 def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
@@ -48,13 +166,19 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
         if not isinstance(values, dict):
             parser.error(f"{path}: expected a YAML mapping of flag -> value")
         dests = {a.dest: a for a in parser._actions}
+        _rename_deprecated_keys(parser, path, values)
         unknown = sorted(set(values) - set(dests))
         if unknown:
-            parser.error(f"{path}: unknown keys {unknown}")
+            parser.error(f"{path}: unknown keys {unknown}{closest(unknown[0], dests)}")
         for key, value in values.items():
             dests[key].default = value
             dests[key].required = False
-    outputs = parser.parse_args_into_dataclasses(args=args)
+    _warn_deprecated(parser, args)
+    # No .args file next to the script is read: a stray file must not change a run's settings.
+    *outputs, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True,
+                                                             look_for_args_file=False)
+    if remaining:
+        _reject_unknown(parser, remaining)
     # The --config_file action belongs to no dataclass: HfArgumentParser returns it as a trailing
     # Namespace, which would be passed to main() as an extra argument.
     import argparse
@@ -64,11 +188,56 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
     return tuple(outputs)
 
 
+# Libraries whose FutureWarnings a stage run hides: they speak to our code's maintainers, not its users.
+LIBRARY_MODULES = r"(transformers|peft|trl|accelerate|datasets|torch|huggingface_hub|deepspeed)(\.|$)"
+
+
+def _uses_deepspeed(configs) -> bool:
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+    return launched or any(getattr(c, "deepspeed", None) for c in configs)
+
+
+_HIDDEN_BARS = ("Loading weights", "Writing model shards")
+
+
+def _hide_weight_loading_bar() -> None:
+    """transformers 5 draws bars for loading and saving weights inside our own (per-row, per-step) bar;
+    a stage shows one bar per long loop."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in _HIDDEN_BARS:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
+
+
+def quiet_libraries(configs=()) -> None:
+    """A stage run prints what its user needs: no library FutureWarnings, no DeepSpeed accelerator warning
+    in a run that does not use DeepSpeed, no weight loading/saving bars."""
+    import importlib.util
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARY_MODULES)
+    if "DS_ACCELERATOR" not in os.environ and not _uses_deepspeed(configs) and importlib.util.find_spec("deepspeed"):
+        # accelerate imports an installed deepspeed only to type-check models (extract_model_from_parallel);
+        # its import auto-detects an accelerator and, without CUDA, warns "unable to detect". This run never
+        # uses DeepSpeed, so its accelerator choice does not matter.
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    if "transformers" in sys.modules:
+        _hide_weight_loading_bar()
+
+
 def run_main(main: Callable[..., Any], *configs) -> int:
     """Call ``main``; print user-facing errors (``MetaAlignerError``) as one line and exit 2."""
     from metaaligner.errors import MetaAlignerError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries(configs)
     try:
         main(*configs)
     except MetaAlignerError as exc:
@@ -78,6 +247,17 @@ def run_main(main: Callable[..., Any], *configs) -> int:
         print("interrupted; re-run with --resume to continue", file=sys.stderr)
         return 130
     return 0
+
+
+COLUMN_FLAGS = {"query": "--query_column", "answer": "--answer_column", "goldens": "--goldens_column"}
+
+
+def add_column_hint(exc, columns: dict[str, str]):
+    """A missing-column ``DataError`` names the flag that maps a differently named column."""
+    role = next((r for r, name in columns.items() if name == exc.column and r in COLUMN_FLAGS), None)
+    if role is not None and exc.row is None:
+        exc.args = (f"{exc}; if your file names it differently, pass {COLUMN_FLAGS[role]} NAME",)
+    return exc
 
 
 def split_csv(value: str | list[str] | None) -> list[str]:

@@ -195,7 +195,7 @@ judge_figure3() {  # judge_figure3 ID STEPS POLICY: every step pairwise on all 1
   for ((k = 1; k <= steps; k++)); do
     input=$D/figure3/$(fig3_step "$k")/$policy.csv target=aligned_responses
     (( k == 1 )) && input=$D/ultrafeedback/$policy.csv target=aligned_responses,origin_responses
-    judge "$1" --input "$input" --template ultrafeedback --target "$target" --aspects "$ALL_UF" \
+    judge "$1" --input "$input" --dataset ultrafeedback --target "$target" --aspects "$ALL_UF" \
       --output_dir "$J/figure3/$(fig3_step "$k")" || return 1
   done
 }
@@ -225,7 +225,7 @@ stage 1 reward_labelling "$OUT/1_rewards/rewards.csv" \
 
 stage 2 build_aligner_dataset "$OUT/2_aligner_data/stats.json" \
   "$PY" dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$OUT/1_rewards/rewards.csv" \
-    --config hh-rlhf --output_dir "$OUT/2_aligner_data" --seed 0 --val_size 0.1
+    --dataset hh-rlhf --output_dir "$OUT/2_aligner_data" --seed 0 --val_size 0.1
 
 # the curriculum steps that have data (a small slice can leave a subset empty: that step is skipped)
 STAGES=$("$PY" - "$OUT/2_aligner_data/stats.json" <<'PYEOF'
@@ -240,7 +240,7 @@ PYEOF
 EVAL_FLAGS=(--max_eval_items "$EVAL_ITEMS")
 [[ "$EVAL_ITEMS" == 0 ]] && EVAL_FLAGS=(--no_eval)
 stage 3 train_aligner "$OUT/3_aligner/metaaligner.json" \
-  "$PY" training/train_aligner.py --config configs/training/cpu.yaml --data_dir "$OUT/2_aligner_data" \
+  "$PY" training/train_aligner.py --config_file configs/training/cpu.yaml --data_dir "$OUT/2_aligner_data" \
     --output_dir "$OUT/3_aligner" --model_name_or_path "$MODEL_PATH" --lora --lora_top_layers "$LORA_TOP_LAYERS" \
     --stages "$STAGES" --stage_max_steps "$TRAIN_STEPS" --per_device_train_batch_size "$BATCH" --gradient_accumulation_steps 1 \
     --max_length "$MAX_LENGTH" --save_steps 8 --logging_steps 1 "${EVAL_FLAGS[@]}" --torch_threads "$THREADS" --resume
@@ -285,17 +285,17 @@ if [[ "$TABLE3_BASELINE" == 1 ]]; then
 fi
 
 BOTH=--target=aligned_responses,origin_responses
-stage 6a judge_hh-rlhf "$J/hh-rlhf/summary.json" judge "$JUDGE_ID" --input "$D/hh-rlhf" --template hh-rlhf "$BOTH" --output_dir "$J/hh-rlhf"
+stage 6a judge_hh-rlhf "$J/hh-rlhf/summary.json" judge "$JUDGE_ID" --input "$D/hh-rlhf" --dataset hh-rlhf "$BOTH" --output_dir "$J/hh-rlhf"
 stage 6b judge_ultrafeedback "$J/ultrafeedback/summary.json" \
-  judge "$JUDGE_ID" --input "$D/ultrafeedback" --template ultrafeedback "$BOTH" --output_dir "$J/ultrafeedback"
-stage 6c judge_imhi "$J/imhi/summary.json" judge "$JUDGE_ID" --input "$D/imhi" --template imhi "$BOTH" --output_dir "$J/imhi"
+  judge "$JUDGE_ID" --input "$D/ultrafeedback" --dataset ultrafeedback "$BOTH" --output_dir "$J/ultrafeedback"
+stage 6c judge_imhi "$J/imhi/summary.json" judge "$JUDGE_ID" --input "$D/imhi" --dataset imhi "$BOTH" --output_dir "$J/imhi"
 stage 6d judge_table3 "$J/table3/summary.json" \
-  judge "$JUDGE_ID" --input "$D/table3" --template hh-rlhf --target aligned_responses --output_dir "$J/table3"
+  judge "$JUDGE_ID" --input "$D/table3" --dataset hh-rlhf --target aligned_responses --output_dir "$J/table3"
 stage 6e judge_figure3 "$J/figure3/$FIG3_LAST/summary.json" judge_figure3 "$JUDGE_ID" "$FIG3_STEPS" "$UF_FIG3_POLICY"
 # the rating study at demo scale: answers aligned on all 4 objectives and the unaligned ones, rated 0-10 on
 # the 4 (the single-objective runs of the release are stages rate_* of configs/paper/ultrafeedback.yaml)
 stage 6f judge_ratings "$J/ratings/all/summary.json" \
-  judge "$JUDGE_ID" --input "$D/ultrafeedback/$UF_FIG3_POLICY.csv" --template ultrafeedback --mode rating "$BOTH" \
+  judge "$JUDGE_ID" --input "$D/ultrafeedback/$UF_FIG3_POLICY.csv" --dataset ultrafeedback --mode rating "$BOTH" \
     --aspects "$SEEN_UF" --output_dir "$J/ratings/all"
 stop_server
 

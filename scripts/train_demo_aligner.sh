@@ -26,11 +26,11 @@ python dynamic_multi_objective_dataset/reward_labelling.py --input "$RUN/slice.c
 python training/demo_aligner_data.py --step merge --input "$RUN/helpful.csv" --output "$RUN/rewards.csv"
 
 # 4. stage 2 (Algorithm 1): contrastive / equal / warm-up sets, val split grouped by prompt
-python dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$RUN/rewards.csv" --config hh-rlhf \
+python dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$RUN/rewards.csv" --dataset hh-rlhf \
     --objectives harmlessness,helpfulness --output_dir "$RUN/aligner_data" --seed 0 --val_size 0.1
 
 # 5. the 3-step curriculum, LoRA on the last 8 of SmolLM2's 30 layers, 1 epoch per stage (capped)
-python training/train_aligner.py --config configs/training/cpu.yaml \
+python training/train_aligner.py --config_file configs/training/cpu.yaml \
     --data_dir "$RUN/aligner_data" --output_dir "$RUN/aligner" --lora_top_layers 8 --torch_threads 1 \
     --learning_rate 3e-4 --max_length 320 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 \
     --stage_max_items warmup=64,equal=96,contrastive=240 --max_eval_items 24 --save_steps 25 --save_total_limit 1

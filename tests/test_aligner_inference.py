@@ -264,7 +264,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "empty.csv").write_text("")
     base = ["--template", "hh-rlhf", "--aspects", "harmlessness", "--model_output_path", str(tmp_path), "--dry_run"]
     code, _, err = run_inprocess(["--data_dir", str(tmp_path / "nocol.csv"), *base], capsys)
-    assert (code, err) == (2, f"error: {tmp_path / 'nocol.csv'}: column 'generated_text': missing column (found: goldens, query)\n")
+    assert (code, err) == (2, f"error: {tmp_path / 'nocol.csv'}: column 'generated_text': missing column (found: goldens, query); "
+                         "if your file names it differently, pass --answer_column NAME\n")
     code, _, err = run_inprocess(["--data_dir", str(tmp_path / "empty.csv"), *base], capsys)
     assert (code, err) == (2, f"error: {tmp_path / 'empty.csv'}: file is empty\n")
     code, _, err = run_inprocess(["--data_dir", str(tmp_path / "missing.csv"), *base], capsys)

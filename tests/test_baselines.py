@@ -252,21 +252,21 @@ def pipeline(tmp_path_factory, tiny_llama_dir, tiny_rm_dir):
         writer.writerows(EVAL_ROWS)
     tiny = str(tiny_llama_dir)
     run_script("baseline_models/sft/make_sft_data.py",
-               ["--input", str(rewards), "--config", "hh-rlhf", "--output_dir", str(root / "sft_data"), "--seed", "0",
+               ["--input", str(rewards), "--dataset", "hh-rlhf", "--output_dir", str(root / "sft_data"), "--seed", "0",
                 "--val_size", "0"])
     run_script("baseline_models/sft/train_sft.py",
                ["--data_dir", str(root / "sft_data"), "--output_dir", str(root / "sft"), "--model_name_or_path", tiny,
                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                 "--logging_steps", "1", "--max_length", "64", "--learning_rate", "1e-3", "--save_steps", "100"])
     run_script("baseline_models/cdpo/make_cdpo_data.py",
-               ["--input", str(rewards), "--config", "hh-rlhf", "--output_dir", str(root / "cdpo_data"), "--seed", "0",
+               ["--input", str(rewards), "--dataset", "hh-rlhf", "--output_dir", str(root / "cdpo_data"), "--seed", "0",
                 "--target_rewards", "harmlessness=1.0,helpfulness=0.5,humour=0.0"])
     run_script("baseline_models/cdpo/train_cdpo.py",
                ["--data_dir", str(root / "cdpo_data"), "--output_dir", str(root / "cdpo"), "--model_name_or_path",
                 str(root / "sft"), "--max_steps", "1", "--per_device_train_batch_size", "2", "--logging_steps", "1",
                 "--max_length", "64", "--learning_rate", "1e-3", "--save_steps", "100"])
     run_script("baseline_models/morlhf/train_reward_models.py",
-               ["--input", str(rewards), "--config", "hh-rlhf", "--output_dir", str(root / "rms"), "--base_model",
+               ["--input", str(rewards), "--dataset", "hh-rlhf", "--output_dir", str(root / "rms"), "--base_model",
                 str(tiny_rm_dir), "--objectives", "harmlessness,helpfulness", "--val_size", "0", "--max_steps", "1",
                 "--per_device_train_batch_size", "2", "--logging_steps", "1", "--learning_rate", "1e-3",
                 "--save_steps", "100"])

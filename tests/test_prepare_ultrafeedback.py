@@ -200,4 +200,4 @@ def test_paper_config_prepares_ultrafeedback_instead_of_a_hand_made_csv(capsys):
     assert lines[4].endswith("dynamic_multi_objective_dataset/prepare_ultrafeedback.py --input openbmb/UltraFeedback "
                              "--output_dir data/ultrafeedback --test_size 15000")
     build = next(line for line in lines if "build_aligner_dataset.py" in line)
-    assert "--input data/ultrafeedback/rewards.csv --config ultrafeedback " in build
+    assert "--input data/ultrafeedback/rewards.csv --dataset ultrafeedback " in build

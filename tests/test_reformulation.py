@@ -235,7 +235,7 @@ def test_ultrafeedback_config_four_ratings(tmp_path):
              "chosen_score3": 3, "rejected_score3": 5, "chosen_score4": 5, "rejected_score4": 1}]
     write_csv(tmp_path / "uf.csv", rows, list(rows[0]))
     stats = build_main(BuildConfig(input=str(tmp_path / "uf.csv"), output_dir=str(tmp_path / "out"),
-                                   config="ultrafeedback", val_size=0))
+                                   dataset="ultrafeedback", val_size=0))
     assert stats["items"] == {"no_equal/train": 2, "no_equal/val": 0, "all_equal/train": 1, "warmup/train": 1}
     equal = read_fastchat(tmp_path / "out" / "all_equal" / "train.json")
     assert equal == [{"id": "0-equal", "completion": "Blue.", "prompt": (

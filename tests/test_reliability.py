@@ -278,7 +278,7 @@ def make_cases(d: Path, tiny: Path, servers: dict) -> list[dict]:
     add("rl:null_rows", RL, "--input", d / "pairs_null.jsonl", "--output", d / "rl_null/r.csv", *rl)
     add("rl:reference", RL, "--input", d / "pairs12.csv", "--output", d / "rl_ref/r.csv", "--chunk_size", 2, *rl)
     # Algorithm 1
-    bd = ("--config", "hh-rlhf", "--seed", 0)
+    bd = ("--dataset", "hh-rlhf", "--seed", 0)
     add("bd:missing_file", BD, "--input", d / "nope.csv", "--output_dir", d / "bd_missing", *bd)
     add("bd:missing_columns", BD, "--input", d / "rewards_missing.csv", "--output_dir", d / "bd_cols", *bd)
     add("bd:empty_file", BD, "--input", d / "empty.csv", "--output_dir", d / "bd_empty", *bd)
@@ -286,7 +286,7 @@ def make_cases(d: Path, tiny: Path, servers: dict) -> list[dict]:
     add("bd:unknown_objective", BD, "--input", d / "rewards_bad.csv", "--output_dir", d / "bd_key",
         "--objectives", "harmlessness,safety,humour", *bd)
     add("bd:template_mismatch", BD, "--input", d / "rewards_bad.csv", "--output_dir", d / "bd_tpl",
-        "--config", "ultrafeedback")
+        "--dataset", "ultrafeedback")
     add("bd:unknown_template", BD, "--input", d / "rewards_bad.csv", "--output_dir", d / "bd_tpl2",
         "--template", "no-such-template", *bd)
     add("bd:bad_rows", BD, "--input", d / "rewards_bad.csv", "--output_dir", d / "bd_ok", *bd)
@@ -338,7 +338,7 @@ def make_cases(d: Path, tiny: Path, servers: dict) -> list[dict]:
         "--max_new_tokens", 2)
     # judge (scripted servers run in the test process)
     def jd(server):
-        return ("--base_url", servers[server].base_url, "--judge_model", "scripted-judge", "--template", "hh-rlhf",
+        return ("--base_url", servers[server].base_url, "--judge_model", "scripted-judge", "--dataset", "hh-rlhf",
                 "--aspects", "harmlessness", "--target", "aligned_responses", "--concurrency", 2, "--seed", 0)
 
     add("jd:missing_file", JD, "--input", d / "nope.csv", "--output_dir", d / "jd_missing", *jd("good"))
@@ -348,7 +348,7 @@ def make_cases(d: Path, tiny: Path, servers: dict) -> list[dict]:
     add("jd:unknown_objective", JD, "--input", d / "aligned.csv", "--output_dir", d / "jd_key", *jd("good"),
         "--aspects", "safety")
     add("jd:unknown_dataset", JD, "--input", d / "aligned.csv", "--output_dir", d / "jd_tpl", *jd("good"),
-        "--template", "no-such-dataset")
+        "--dataset", "no-such-dataset")
     add("jd:unknown_prompt", JD, "--input", d / "aligned.csv", "--output_dir", d / "jd_prompt", *jd("good"),
         "--judge_prompt", "no-such-prompt")
     add("jd:bad_rows", JD, "--input", d / "aligned.csv", "--output_dir", d / "jd_ok", *jd("good"),
@@ -714,7 +714,7 @@ def _kill_argv(world: World, kind: str, out: Path) -> list[str]:
         return [RL, "--input", d / "pairs12.csv", "--output", out / "r.csv", "--chunk_size", 2, "--model", tiny,
                 "--batch_size", 4]
     return [JD, "--input", d / "rows40", "--output_dir", out, "--base_url", world.servers["slow"].base_url,
-            "--judge_model", "scripted-judge", "--template", "hh-rlhf", "--aspects", "harmlessness",
+            "--judge_model", "scripted-judge", "--dataset", "hh-rlhf", "--aspects", "harmlessness",
             "--target", "aligned_responses", "--concurrency", 1, "--seed", 0]
 
 

@@ -326,7 +326,7 @@ def test_scripts_as_subprocesses(tiny_llama_dir, tmp_path, repo_root):
     stats = json.loads((tmp_path / "rewards.reward_stats.json").read_text())
     assert [r["name"] for r in stats["rewards"]] == ["harmless", "helpful", "humor"]
     stage2 = subprocess.run([sys.executable, "dynamic_multi_objective_dataset/build_aligner_dataset.py", "--input",
-                             str(tmp_path / "rewards.csv"), "--config", "hh-rlhf", "--output_dir", str(tmp_path / "ds"),
+                             str(tmp_path / "rewards.csv"), "--dataset", "hh-rlhf", "--output_dir", str(tmp_path / "ds"),
                              "--seed", "0", "--val_size", "0.2"],
                             cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert stage2.returncode == 0, stage2.stderr[-2000:]
@@ -341,7 +341,7 @@ def test_script_errors_are_one_line(tmp_path, capsys):
     from dynamic_multi_objective_dataset import build_aligner_dataset as build, reward_labelling as label
 
     (tmp_path / "r.csv").write_text("prompt,chosen_response,rejected_response,chosen_score1,rejected_score1\nq,a,b,1,0\n")
-    argv = ["--input", str(tmp_path / "r.csv"), "--config", "nope", "--output_dir", str(tmp_path / "x")]
+    argv = ["--input", str(tmp_path / "r.csv"), "--dataset", "nope", "--output_dir", str(tmp_path / "x")]
     assert run_main(build.main, *parse(build.make_parser(), argv)) == 2
     assert capsys.readouterr().err.startswith("error: unknown dataset config 'nope'")
     argv = ["--input", str(tmp_path / "r.csv"), "--output", str(tmp_path / "o.csv"), "--reward_names", "speci",

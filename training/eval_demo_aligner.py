@@ -1,4 +1,4 @@
-"""Held-out check of a trained aligner against its untrained base, plus its loss curve.
+r"""Held-out check of a trained aligner against its untrained base, plus its loss curve.
 
     python training/eval_demo_aligner.py --aligner_path metaaligner/data/demo_aligner \
         --train_dir runs/demo/aligner --data_dir runs/demo/aligner_data --output_dir runs/demo/eval

@@ -1,9 +1,9 @@
-"""Inference for the CDPO baseline: the query carries the target rewards the model was trained on
+r"""Inference for the CDPO baseline: the query carries the target rewards the model was trained on
 (recorded in its ``baseline.json``; override with ``--target_rewards``). Same code as SFT inference
 (``metaaligner/methods/inference.py``); output in the aligner format for ``evaluation/``.
 
     python baseline_models/cdpo/cdpo_inference.py --aligner_path runs/baselines/cdpo \
-        --data_dir samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz --config hh-rlhf \
+        --data_dir samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz --dataset hh-rlhf \
         --model_output_path runs/baselines/cdpo_outputs --limit 20 --max_new_tokens 64
 """
 from __future__ import annotations

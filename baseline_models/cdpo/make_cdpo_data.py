@@ -1,11 +1,12 @@
-"""CDPO baseline, data step: target-conditioned preference pairs from ``rewards.csv``.
+r"""CDPO baseline, data step: target-conditioned preference pairs from ``rewards.csv``.
 
 The prompt carries the target rewards t; of the two responses the preferred one is the one closer
 to the targets, i.e. with the higher -sum_j |t_j - s_j|; pairs with equal closeness are dropped and
 counted. Targets default to the maximum normalised reward per objective in the input (printed).
 
-    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --config hh-rlhf --output_dir runs/cdpo_data --seed 0
-    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --config hh-rlhf --output_dir runs/cdpo_data \
+    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
+        --seed 0
+    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
         --seed 0 --target_rewards harmlessness=1.0,helpfulness=0.5,humour=0.0
 
 Writes ``DIR/train.jsonl`` and ``DIR/val.jsonl`` (one ``{"prompt", "chosen", "rejected"}`` object
@@ -16,7 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -24,7 +25,8 @@ class MakeCDPODataConfig:
     input: str = field(metadata={"help": "stage-1 rewards CSV: prompt, chosen_response, rejected_response, "
                                          "chosen_score{i}, rejected_score{i}"})
     output_dir: str = field(metadata={"help": "folder for train.jsonl, val.jsonl, stats.json"})
-    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path"})
+    dataset: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path",
+                                                       **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seed of the train/val split"})
     val_size: float = field(default=0.1, metadata={"help": "validation share of pairs (<1) or number of pairs (>=1)"})
     target_rewards: str | None = field(default=None, metadata={
@@ -39,7 +41,7 @@ def make_parser():
 def main(config: MakeCDPODataConfig) -> None:
     from metaaligner.methods.cdpo import make_cdpo_data
 
-    make_cdpo_data(config.input, config.config, config.output_dir, seed=config.seed, val_size=config.val_size,
+    make_cdpo_data(config.input, config.dataset, config.output_dir, seed=config.seed, val_size=config.val_size,
                    target_rewards=config.target_rewards)
 
 

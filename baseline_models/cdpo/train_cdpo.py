@@ -1,4 +1,4 @@
-"""CDPO baseline, training step: DPO (TRL's DPOTrainer through ``metaaligner.training.dpo``) on the
+r"""CDPO baseline, training step: DPO (TRL's DPOTrainer through ``metaaligner.training.dpo``) on the
 target-conditioned pairs of ``make_cdpo_data.py``, starting from the SFT baseline's weights, with
 that same model as the frozen reference (paper's run: beta 0.1, lr 5e-7, 1 epoch; the defaults).
 

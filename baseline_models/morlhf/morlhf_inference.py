@@ -1,8 +1,8 @@
-"""Inference for the MORLHF policy: plain queries (its ``baseline.json`` says no conditioning).
+r"""Inference for the MORLHF policy: plain queries (its ``baseline.json`` says no conditioning).
 Same code as SFT inference (``metaaligner/methods/inference.py``); output in the aligner format.
 
     python baseline_models/morlhf/morlhf_inference.py --aligner_path runs/baselines/morlhf/policy \
-        --data_dir samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz --config hh-rlhf \
+        --data_dir samples/HH-RLHF_model_output/gpt-3.5-turbo.csv.gz --dataset hh-rlhf \
         --model_output_path runs/baselines/morlhf_outputs --limit 20 --max_new_tokens 64
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MORLHF baseline, step 2: online RL of the policy with the linearly scalarised reward
+r"""MORLHF baseline, step 2: online RL of the policy with the linearly scalarised reward
 R = sum_j w_j * normalised r_j, on TRL 1.16's RLOOTrainer (default) or GRPOTrainer.
 
 The paper's released script used PPO (``PPOTrainer.step``, trl <= 0.11), which TRL has removed; see

@@ -1,10 +1,10 @@
-"""MORLHF baseline, step 1: one reward model per objective (TRL's RewardTrainer), each trained on the
+r"""MORLHF baseline, step 1: one reward model per objective (TRL's RewardTrainer), each trained on the
 (chosen, rejected) pairs of ``rewards.csv`` ordered by that objective's score, ties dropped.
 
-    python baseline_models/morlhf/train_reward_models.py --input rewards.csv --config hh-rlhf \
+    python baseline_models/morlhf/train_reward_models.py --input rewards.csv --dataset hh-rlhf \
         --output_dir runs/baselines/morlhf/reward_models --base_model embedded --max_steps 20
     # paper: GPT-2 large reward models, any sequence classifier works:
-    python baseline_models/morlhf/train_reward_models.py --input rewards.csv --config hh-rlhf \
+    python baseline_models/morlhf/train_reward_models.py --input rewards.csv --dataset hh-rlhf \
         --output_dir runs/baselines/morlhf/reward_models --base_model openai-community/gpt2-large
 
 Writes ``DIR/<objective>/`` (a sequence classifier + ``reward_stats.json``: mean/std of its scores
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main, split_csv
+from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, parse, run_main, split_csv
 from metaaligner.training.reward_model import RewardModelTrainConfig
 
 
@@ -24,7 +24,8 @@ from metaaligner.training.reward_model import RewardModelTrainConfig
 class TrainRewardModelsConfig:
     input: str = field(metadata={"help": "stage-1 rewards CSV (prompt, chosen_response, rejected_response, scores)"})
     output_dir: str = field(metadata={"help": "folder for one reward model per objective and reward_models.json"})
-    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path"})
+    dataset: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path",
+                                                       **deprecated_aliases("--config", "--dataset_config")})
     base_model: str = field(default="embedded", metadata={
         "help": "sequence-classification base (folder or hub name; 'embedded' = SmolLM2 with a fresh scalar head)"})
     objectives: str | None = field(default=None, metadata={"help": "comma-separated objective keys (default: all)"})
@@ -41,7 +42,7 @@ def make_parser():
 def main(config: TrainRewardModelsConfig, rm_config: RewardModelTrainConfig) -> dict:
     from metaaligner.methods.morlhf import train_reward_models
 
-    return train_reward_models(config.input, config.config, config.output_dir, config.base_model, rm_config,
+    return train_reward_models(config.input, config.dataset, config.output_dir, config.base_model, rm_config,
                                objectives=split_csv(config.objectives) or None, seed=rm_config.seed,
                                val_size=config.val_size, limit=config.limit, lora=config.lora, resume=config.resume)
 

@@ -1,4 +1,4 @@
-"""SePO data helper: preference pairs ``{"prompt", "chosen", "rejected"}`` (TRL's format) from
+r"""SePO data helper: preference pairs ``{"prompt", "chosen", "rejected"}`` (TRL's format) from
 HH-RLHF transcripts or a stage-1 rewards table. The CDPO data (``make_cdpo_data.py``) is already in
 this format and needs no conversion.
 
@@ -6,7 +6,7 @@ this format and needs no conversion.
         --output runs/sepo/pairs.jsonl
     python baseline_models/sepo/make_pairs.py --input rewards.csv --output runs/sepo/pairs.jsonl --limit 1000
 
-Transcripts are split at the last shared ``\\n\\nAssistant:``; pairs with identical responses are dropped
+Transcripts are split at the last shared ``\n\nAssistant:``; pairs with identical responses are dropped
 and counted.
 """
 from __future__ import annotations

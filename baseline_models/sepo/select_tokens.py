@@ -1,4 +1,4 @@
-"""SePO step 2: score every response token with the oracle and keep the key tokens.
+r"""SePO step 2: score every response token with the oracle and keep the key tokens.
 
 r(y_t) = log pi_oracle(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t); in each chosen response the top
 floor(k*N) tokens by reward are kept, in each rejected response the bottom floor(k*N). Batched,

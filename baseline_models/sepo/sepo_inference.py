@@ -1,4 +1,4 @@
-"""SePO inference: answer policy queries with the SePO-trained model, in the aligner output format
+r"""SePO inference: answer policy queries with the SePO-trained model, in the aligner output format
 (``query``, ``goldens``, ``origin_responses``, ``aligned_responses``) so ``evaluation/judge.py`` scores
 it like any aligner output.
 
@@ -8,7 +8,7 @@ it like any aligner output.
 ``aligned_responses`` is the SePO policy's answer; ``origin_responses`` is the input's
 ``generated_text`` when the file has one, else the answer of ``--origin_model`` (e.g. the SFT start)
 when given, else empty. ``--prompt_template`` must match the training prompts (HH-RLHF pairs end in
-``\\n\\nAssistant:`` like the samples' queries, so the default ``{query}`` fits).
+``\n\nAssistant:`` like the samples' queries, so the default ``{query}`` fits).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SePO step 1: DPO-train a small oracle on (part of) the preference data, with TRL's DPOTrainer.
+r"""SePO step 1: DPO-train a small oracle on (part of) the preference data, with TRL's DPOTrainer.
 
 The oracle's starting point (its SFT checkpoint) is also its DPO reference, and later the
 ``--reference`` of ``select_tokens.py``. Paper: TinyLlama-1.1B SFT, beta 0.1, a small share of the data.

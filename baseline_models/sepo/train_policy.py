@@ -1,4 +1,4 @@
-"""SePO step 3: train the policy on the selected key tokens, reference-free.
+r"""SePO step 3: train the policy on the selected key tokens, reference-free.
 
     loss = -log sigmoid(gamma * (mean_{t in S_w} log pi_theta(y_w,t) - mean_{t in S_l} log pi_theta(y_l,t)))
 

@@ -1,7 +1,8 @@
-"""SFT baseline (Rewards-in-Context stage 1), data step: every response of ``rewards.csv`` becomes
+r"""SFT baseline (Rewards-in-Context stage 1), data step: every response of ``rewards.csv`` becomes
 an SFT item whose prompt carries its own rewards, ``<Harmlessness>: 0.52; ... | {question}``.
 
-    python baseline_models/sft/make_sft_data.py --input rewards.csv --config hh-rlhf --output_dir runs/sft_data --seed 0
+    python baseline_models/sft/make_sft_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/sft_data \
+        --seed 0
 
 Writes ``DIR/train.json`` and ``DIR/val.json`` (FastChat conversation JSON: human turn = the
 conditioned prompt, gpt turn = the response; both items of a pair stay in one split) and
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -20,8 +21,9 @@ class MakeSFTDataConfig:
     input: str = field(metadata={"help": "stage-1 rewards CSV: prompt, chosen_response, rejected_response, "
                                          "chosen_score{i}, rejected_score{i}"})
     output_dir: str = field(metadata={"help": "folder for train.json, val.json, stats.json"})
-    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name (hh-rlhf, ultrafeedback, imhi) "
-                                                             "or YAML path; gives objective names and score order"})
+    dataset: str = field(default="hh-rlhf", metadata={"help": "dataset config name (hh-rlhf, ultrafeedback, imhi) "
+                                                              "or YAML path; gives objective names and score order",
+                                                      **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seed of the train/val split"})
     val_size: float = field(default=0.1, metadata={"help": "validation share of pairs (<1) or number of pairs (>=1)"})
 
@@ -33,7 +35,7 @@ def make_parser():
 def main(config: MakeSFTDataConfig) -> None:
     from metaaligner.methods.sft import make_sft_data
 
-    make_sft_data(config.input, config.config, config.output_dir, seed=config.seed, val_size=config.val_size)
+    make_sft_data(config.input, config.dataset, config.output_dir, seed=config.seed, val_size=config.val_size)
 
 
 if __name__ == "__main__":

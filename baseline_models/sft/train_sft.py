@@ -1,4 +1,4 @@
-"""SFT baseline (Rewards-in-Context stage 1), training step: fine-tune a causal LM on the
+r"""SFT baseline (Rewards-in-Context stage 1), training step: fine-tune a causal LM on the
 reward-conditioned items of ``make_sft_data.py`` with the aligner's SFT machinery
 (``metaaligner.training.sft.train_sft``: loss on the response only).
 

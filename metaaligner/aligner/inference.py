@@ -323,7 +323,12 @@ def load_policy_rows(path: str | Path, columns: dict[str, str] | None = None, li
     """Rows ``{row_id, query, goldens, answer}`` from a policy-output table (released columns by
     default: ``query``, ``goldens``, ``generated_text``; ``goldens`` may be absent)."""
     cols = {**INPUT_COLUMNS, **(columns or {})}
-    rows = read_table(path, required=[cols["query"], cols["answer"]])
+    try:
+        rows = read_table(path, required=[cols["query"], cols["answer"]])
+    except DataError as exc:
+        from metaaligner.cli import add_column_hint
+
+        raise add_column_hint(exc, cols)
     has_goldens = cols["goldens"] in rows[0]
     out = []
     for i, row in enumerate(rows[: limit if limit is not None else None]):

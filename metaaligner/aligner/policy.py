@@ -33,8 +33,9 @@ def load_queries(path: str | Path, query_column: str = "query", goldens_column: 
         rows = join_imhi_queries(path, source)
         query_column, goldens_column = "query", "goldens"
     elif query_column not in header:
-        raise DataError(path, f"missing column (found: {', '.join(sorted(header))}); for the released IMHI "
-                        "outputs pass --queries_dir with the IMHI test instructions", column=query_column)
+        raise DataError(path, f"missing column (found: {', '.join(sorted(header))}); if your file names it "
+                        "differently, pass --query_column NAME; for the released IMHI outputs pass --queries_dir "
+                        "with the IMHI test instructions", column=query_column)
     else:
         rows = read_table(path, required=[query_column])
     out = []

@@ -48,7 +48,7 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
             names.add(str(rows[0]["template"]))
     if len(names) == 1:
         return load_dataset_config(names.pop())
-    raise MetaAlignerError("name the dataset config with --template (hh-rlhf, ultrafeedback, imhi or a YAML path); "
+    raise MetaAlignerError("name the dataset config with --dataset (hh-rlhf, ultrafeedback, imhi or a YAML path); "
                            f"the inputs' template columns give {sorted(names) or 'nothing'}")
 
 
@@ -62,8 +62,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
                   max_retries: int = 6, timeout: float = 60.0, use_cache: bool = True,
                   cache_path: str | Path | None = None, objectives_file: str | None = None,
                   add_objective: list[str] | None = None, max_failures: int = 20, progress: bool = True,
-                  engine: Any = None, profile: str | None = None,
-                  parser: str | None = None) -> RunResult | dict[str, Any]:
+                  engine: Any = None, profile: str | None = None, parser: str | None = None,
+                  columns: dict[str, str] | None = None) -> RunResult | dict[str, Any]:
     """Judge every row of the aligner output file(s) at ``input_path`` for each target and objective.
 
     ``profile`` (``clean`` by default, ``paper``, or a YAML file) sets the prompt set, judge model,
@@ -98,7 +98,7 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     if max_cost > 0 and price_in == 0 and price_out == 0:
         log.warning("--max_cost has no effect: %s has no price (pass --price_per_1k_input/output)", judge_model)
     meter = CostMeter(price_in, price_out, max_cost)
-    tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit)
+    tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit, columns=columns)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = JudgeCache(cache_path or output_dir / "judge_cache.sqlite") if use_cache else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaaligner.errors import MetaAlignerError
+from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import ResumableWriter, read_table, write_csv, write_json
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
@@ -120,21 +120,33 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
-def load_rows(path: Path, mode: str, targets: list[str], limit: int = 0) -> list[dict[str, Any]]:
-    required = ["query", *targets] + (["goldens"] if mode == "pairwise" else [])
-    rows = read_table(path, required=required)
-    return rows[:limit] if limit and limit > 0 else rows
+def load_rows(path: Path, mode: str, targets: list[str], limit: int = 0,
+              columns: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Rows keyed ``query``/``goldens`` whatever the file calls them (``columns``: role -> file column)."""
+    cols = {"query": "query", "goldens": "goldens", **(columns or {})}
+    required = [cols["query"], *targets] + ([cols["goldens"]] if mode == "pairwise" else [])
+    try:
+        rows = read_table(path, required=required)
+    except DataError as exc:
+        from metaaligner.cli import add_column_hint
+
+        raise add_column_hint(exc, cols)
+    rows = rows[:limit] if limit and limit > 0 else rows
+    if cols["query"] != "query" or cols["goldens"] != "goldens":
+        rows = [{**row, "query": row.get(cols["query"]), "goldens": row.get(cols["goldens"], "")} for row in rows]
+    return rows
 
 
 def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Objective], targets: list[str],
-               settings: JudgeSettings, output_dir: Path, limit: int = 0) -> list[Task]:
+               settings: JudgeSettings, output_dir: Path, limit: int = 0,
+               columns: dict[str, str] | None = None) -> list[Task]:
     """All (file, target, objective) tasks with their units, in a deterministic order."""
     for target in targets:
         if target not in TARGETS:
             raise MetaAlignerError(f"unknown --target {target!r}; choose from {', '.join(TARGETS)}")
     tasks = []
     for policy, path in files:
-        rows = load_rows(path, settings.mode, targets, limit)
+        rows = load_rows(path, settings.mode, targets, limit, columns)
         for target in targets:
             for objective in objectives:
                 rows_path = output_dir / settings.mode / policy / target / f"{objective.key}.csv"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import deprecated_aliases
 from metaaligner.errors import MetaAlignerError
 from metaaligner.io import OUTPUT_COLUMNS
 from metaaligner.methods.common import METADATA_FILE, read_metadata, write_metadata  # noqa: F401
@@ -42,7 +43,8 @@ class BaselineInferenceConfig:
     model_output_path: str = field(default="runs/baseline_outputs", metadata={"help": "output folder"})
     aligned_model: str | None = field(default=None, metadata={
         "help": "output file name without .csv (default: the input file's name)"})
-    config: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path"})
+    dataset: str = field(default="hh-rlhf", metadata={"help": "dataset config name or YAML path",
+                                                       **deprecated_aliases("--config", "--dataset_config")})
     conditioning: str = field(default="auto", metadata={
         "help": "targets: prefix the desired rewards (SFT, CDPO); none: plain query (MORLHF); auto: what the "
                 "model's baseline.json says (targets when it has none)"})
@@ -119,8 +121,8 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     from metaaligner.io import ResumableWriter, read_records
 
     start = time.time()
-    dataset = load_dataset_config(config.config)
-    spec = ObjectiveSpec.from_config(config.config)
+    dataset = load_dataset_config(config.dataset)
+    spec = ObjectiveSpec.from_config(config.dataset)
     meta = read_metadata(config.aligner_path if config.aligner_path not in (None, "", "embedded") else None)
     conditioning = config.conditioning
     if conditioning == "auto":
@@ -144,7 +146,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     name = config.aligned_model or output_name(config.data_dir)
     out_path = Path(config.model_output_path) / f"{name}.csv"
     writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume)
-    provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.config,
+    provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.dataset,
                   "aspects": ",".join(spec.keys),
                   "targets": format_targets(spec.keys, targets) if targets is not None else ""}
     todo = [i for i in range(len(rows)) if i not in writer.done]

@@ -3,6 +3,7 @@ template, objective keys in score order, column names. Code never branches on a 
 it reads one of these."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
     if not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise MetaAlignerError(f"unknown dataset config {name_or_path!r}; shipped: {', '.join(available())}, "
+        close = difflib.get_close_matches(str(name_or_path), available(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise MetaAlignerError(f"unknown dataset config {name_or_path!r}{hint}; shipped: {', '.join(available())}, "
                                "or give a path to a YAML file")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     known = set(DatasetConfig.__dataclass_fields__) - {"path"}

@@ -141,8 +141,13 @@ class ObjectiveRegistry:
         return [obj.description for obj in self.resolve(keys, group)]
 
     def _unknown(self, key: str) -> MetaAlignerError:
+        import difflib
+
         known = ", ".join(sorted({f"{g}:{k}" for g, k in self._items}))
-        return MetaAlignerError(f"unknown objective {key!r}; known keys: {known}")
+        names = {f"{g}:{k}" if ":" in key else k for g, k in self._items}
+        close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return MetaAlignerError(f"unknown objective {key!r}{hint}; known keys: {known}")
 
 
 def build_registry(objectives_file: str | None = None, add_objective: list[str] | None = None) -> ObjectiveRegistry:

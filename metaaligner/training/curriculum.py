@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import deprecated_aliases
 from metaaligner.errors import MetaAlignerError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class CurriculumConfig:
     stages: str = field(default="warmup,equal,contrastive", metadata={"help": "Comma-separated steps to run, in curriculum order (warmup, equal, contrastive); each starts from the previous one's weights."})
     resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last checkpoint (weights, optimizer, scheduler, data position)."})
     template: str | None = field(default=None, metadata={"help": "Template recorded in metaaligner.json; default: the one in <data_dir>/stats.json."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them."})
+    dataset: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them.", **deprecated_aliases("--dataset_config", "--dataset-config")})
     max_train_items: int = field(default=0, metadata={"help": "Use at most N training items per stage (seeded sample; 0: all)."})
     max_eval_items: int = field(default=0, metadata={"help": "Use at most N validation items (seeded sample; 0: all)."})
     stage_max_items: str | None = field(default=None, metadata={"help": "Per-stage caps on training items, e.g. 'warmup=100,contrastive=400' (others use --max_train_items)."})
@@ -125,7 +126,7 @@ def dataset_meta(data_dir: str | Path, template: str | None = None, dataset_conf
     tpl = template or stats.get("template") or (cfg.template if cfg else None)
     if not tpl:
         raise MetaAlignerError(f"no template known for {data_dir}: it has no stats.json naming one; "
-                               "pass --template or --dataset_config")
+                               "pass --template or --dataset")
     from metaaligner.registry.templates import get_template
 
     get_template(tpl)  # fails early on an unknown name
@@ -243,7 +244,7 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
     data_dir = Path(curriculum.data_dir)
     if not data_dir.is_dir():
         raise MetaAlignerError(f"--data_dir {data_dir} is not a folder (the output of build_aligner_dataset.py)")
-    meta = dataset_meta(data_dir, curriculum.template, curriculum.dataset_config)
+    meta = dataset_meta(data_dir, curriculum.template, curriculum.dataset)
     out = Path(curriculum.output_dir)
     log_path = out / LOG_FILE
     if not curriculum.resume and (out / META_FILE).exists():
