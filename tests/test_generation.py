@@ -219,3 +219,40 @@ def test_fast_engine_falls_back_when_the_generation_config_changes_greedy(hf_gen
         config.repetition_penalty = None
     with pytest.raises(MetaAlignerError, match="unknown hf engine 'turbo'"):
         get_generator("hf", model_obj=hf_generator.model, tokenizer=hf_generator.tokenizer, engine="turbo")
+
+
+def test_vllm_engine_kwargs_prefix_caching_tensor_parallel_ngram():
+    from metaaligner.generation.vllm_backend import engine_kwargs
+
+    assert engine_kwargs("m", None, False, 1, None, 0.9, 0) == {
+        "model": "m", "dtype": "auto", "seed": 0, "enable_lora": False, "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.9, "enable_prefix_caching": True}
+    kwargs = engine_kwargs("m", "bf16", True, 4, 4096, 0.8, 3, prefix_caching=False, ngram_speculation=5)
+    assert kwargs["dtype"] == "bfloat16" and kwargs["enable_lora"] and kwargs["tensor_parallel_size"] == 4
+    assert kwargs["max_model_len"] == 4096 and kwargs["enable_prefix_caching"] is False
+    assert kwargs["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5,
+                                            "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    with pytest.raises(MetaAlignerError, match="unknown dtype 'int3'"):
+        engine_kwargs("m", "int3", False, 1, None, 0.9, 0)
+    with pytest.raises(MetaAlignerError, match="tensor_parallel_size must be >= 1"):
+        engine_kwargs("m", None, False, 0, None, 0.9, 0)
+
+
+def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    import metaaligner.generation as generation
+
+    real_find_spec = importlib.util.find_spec
+    for installed, gpu, expected in ((True, True, "vllm"), (True, False, "hf"), (False, True, "hf")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, _i=installed: (object() if _i else None) if name == "vllm" else real_find_spec(name, *a))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda _g=gpu: _g)
+        picked = []
+        monkeypatch.setattr(generation.importlib, "import_module",
+                            lambda name: type("M", (), {n: (lambda *a, _n=name, **k: picked.append(_n)) for n in
+                                                        ("HFGenerator", "VLLMGenerator")}))
+        generation.get_generator("auto", "m")
+        assert picked == [generation.BACKENDS[expected].split(":")[0]]
