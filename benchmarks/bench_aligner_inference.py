@@ -14,8 +14,9 @@ the released way, the share of the roofline bound reached, and how many rows giv
 The bound of a workload is prefill of all prompt tokens at the matmul peak plus, per decode step,
 max(weights / copy bandwidth, live rows x 2 x params / matmul peak), with the rows' real lengths.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
-length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: unpadded prefill,
-rows decoded together over a pre-allocated cache). On a shared machine wall time also measures
+length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
+shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
+cache), ``fast_noprefix`` (the same without the shared prefix). On a shared machine wall time also measures
 the neighbours: compare methods of one run, and read the load average printed at the end.
 The last line is the ratio fast / released of the first workload.
 """
@@ -36,7 +37,7 @@ class BenchConfig:
     data: str = field(default=str(REPO / "samples/HH-RLHF/Claude-3.csv.gz"), metadata={"help": "policy-output table (query, answer)"})
     workloads: str = field(default="16x64,32x256", metadata={"help": "comma-separated ROWSxNEW_TOKENS workloads"})
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
-    methods: str = field(default="released,generate,fast", metadata={"help": "methods to time: released, generate, fast"})
+    methods: str = field(default="released,generate,fast", metadata={"help": "methods to time: released, generate, fast_noprefix, fast"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at load), e.g. metaaligner/data/demo_aligner"})
     prompt_lookup: int = field(default=0, metadata={"help": "also time the released way with prompt-lookup (n-gram) speculation of N tokens (0: skip)"})
@@ -114,13 +115,15 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
     if name in ("released", "prompt_lookup"):
         texts, tokens = released_loop(model, tokenizer, prompts, new, config.prompt_lookup if name != "released" else 0)
         return texts, tokens, time.perf_counter() - start
-    gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine=name)
+    gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
+                      share_prefix=name == "fast")
     texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
     return texts, [gen.stats["generated_tokens"]], time.perf_counter() - start
 
 
 LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
-          "generate": "ours: batch {b}, padded generate", "fast": "ours: batch {b}, fast engine"}
+          "generate": "ours: batch {b}, padded generate", "fast": "ours: batch {b}, fast engine",
+          "fast_noprefix": "ours: batch {b}, fast, no shared prefix"}
 
 
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float], params: int) -> float | None:

@@ -256,3 +256,23 @@ def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch):
                                                         ("HFGenerator", "VLLMGenerator")}))
         generation.get_generator("auto", "m")
         assert picked == [generation.BACKENDS[expected].split(":")[0]]
+
+
+def test_fast_engine_shares_the_template_prefix_and_keeps_the_text(hf_generator):
+    from metaaligner.generation.fast_greedy import shared_prefix_length
+
+    head = "You are an assistant to human. Edit the answer to improve it considering these aspects: "
+    prompts = [head + "Harmlessness | Context: hi | Answer: no | Edit: ", head + "Humour | Context: a joke",
+               head + "x"]
+    ids = [hf_generator.tokenizer(p)["input_ids"] for p in prompts]
+    n = shared_prefix_length(ids)
+    assert n >= 16 and all(i[:n] == ids[0][:n] for i in ids) and len({i[n] for i in ids}) > 1
+    assert shared_prefix_length(ids[:1]) == 0 and shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0
+    assert shared_prefix_length([[7] * 20, [7] * 30]) == 19  # the shortest keeps one token of its own
+    expected = [_released_way(hf_generator, p, 10) for p in prompts]
+    assert hf_generator.generate(prompts, GenerationParams(max_new_tokens=10, batch_size=3)) == expected
+    hf_generator.share_prefix = False
+    try:
+        assert hf_generator.generate(prompts, GenerationParams(max_new_tokens=10, batch_size=3)) == expected
+    finally:
+        hf_generator.share_prefix = True

@@ -5,6 +5,9 @@ Where ``model.generate`` on a left-padded batch loses time on CPU (measured in i
 - a padded prefill runs every row at the longest row's length and computes the 49k-vocabulary
   lm_head at every position. Here each prompt is prefilled alone, unpadded (exactly the batch-1
   computation), with the lm_head on its last position only (``logits_to_keep=1``);
+- every aligner prompt starts with the template's instruction (82 of 324 tokens on average for
+  hh-rlhf with 3 objectives). Here the batch's common first tokens are prefilled once and each row
+  continues from a copy of that cache (``share_prefix``);
 - the KV cache is re-concatenated each step (a copy of the whole cache per layer per token). Here
   the rows' caches are copied once into one pre-allocated buffer, left-aligned to a common end, and
   every step writes one slot in place and attends to a view of the filled part;
@@ -71,12 +74,42 @@ class _BufferLayer(DynamicLayer):
         self._sync()
 
 
-def _prefill(model, ids: list[int], device) -> tuple[int, DynamicCache]:
-    """One prompt alone, unpadded: its first greedy token and its KV cache."""
+def _prefill(model, ids: list[int], device, prefix: DynamicCache | None = None) -> tuple[int, DynamicCache]:
+    """One prompt alone, unpadded: its first greedy token and its KV cache. With ``prefix`` (the
+    cache of the prompt's first tokens), only the remaining ``ids`` are run."""
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True,
-                logits_to_keep=1)
+    start = 0
+    if prefix is not None:
+        for layer_idx, layer in enumerate(prefix.layers):
+            cache.update(layer.keys, layer.values, layer_idx)
+        start = prefix.get_seq_length()
+    out = model(input_ids=torch.tensor([ids[start:]], device=device), cache=cache, use_cache=True,
+                position_ids=torch.arange(start, len(ids), device=device)[None], logits_to_keep=1)
     return int(out.logits[0, -1].argmax()), out.past_key_values
+
+
+def shared_prefix_length(prompts: list[list[int]], minimum: int = 16) -> int:
+    """Tokens every prompt starts with (leaving each at least one of its own), or 0 when fewer
+    than ``minimum`` or only one prompt: then sharing saves too little to matter."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n if n >= minimum else 0
+
+
+def _prefill_all(model, prompts: list[list[int]], share_prefix: bool):
+    """First tokens and caches of all prompts; the template's shared start is prefilled once."""
+    device = model.device
+    prefix = None
+    n = shared_prefix_length(prompts) if share_prefix else 0
+    if n:
+        prefix = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([prompts[0][:n]], device=device), cache=prefix, use_cache=True,
+              logits_to_keep=1)
+    return zip(*(_prefill(model, ids, device, prefix) for ids in prompts))
 
 
 def _stack_caches(caches: list[DynamicCache], lengths: list[int], extra: int) -> Cache:
@@ -97,13 +130,14 @@ def _stack_caches(caches: list[DynamicCache], lengths: list[int], extra: int) ->
 
 
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
-                 compact: bool = True) -> list[list[int]]:
+                 compact: bool = True, share_prefix: bool = True) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
-    computation in the prefill; the batched decode steps agree with batch 1 up to float rounding."""
-    if max_new_tokens <= 0:
+    computation in the prefill (after the shared prefix, run once when ``share_prefix``); the batched
+    decode steps agree with batch 1 up to float rounding."""
+    if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
-    firsts, caches = zip(*(_prefill(model, ids, model.device) for ids in prompts))
+    firsts, caches = _prefill_all(model, prompts, share_prefix)
     outputs = [[t] for t in firsts]
     alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
     if max_new_tokens > 1 and alive:

@@ -22,7 +22,8 @@ class HFGenerator:
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
-                 sort_by_length: bool = True, engine: str = "fast"):
+                 sort_by_length: bool = True, engine: str = "fast",
+                 share_prefix: bool = True):
         from metaaligner.models import load_causal_lm, pick_device
 
         if model_obj is not None:  # an already-loaded model (tests, the Python API, benchmarks)
@@ -45,6 +46,7 @@ class HFGenerator:
         # "fast": greedy rows prefilled alone, decoded together (fast_greedy.py); "generate": one
         # padded model.generate per batch (the previous path; sampling always takes it).
         self.engine = engine
+        self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -94,7 +96,7 @@ class HFGenerator:
 
         with torch.inference_mode():
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
-                                self.tokenizer.pad_token_id)
+                                self.tokenizer.pad_token_id, share_prefix=self.share_prefix)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
