@@ -17,7 +17,8 @@ Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previou
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
 cache), ``fast_noprefix`` (the same without the shared prefix). On a shared machine wall time also measures
-the neighbours: compare methods of one run, and read the load average printed at the end.
+the neighbours: compare methods of one run, read the load average printed at the end, and the
+CPU seconds of this process per method (with --threads 1 they measure the work, not the waiting).
 The last line is the ratio fast / released of the first workload.
 """
 from __future__ import annotations
@@ -107,18 +108,19 @@ def released_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, pro
 
 
 def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
-    """(texts, generated tokens per row, wall seconds) of one method."""
+    """(texts, generated tokens per row, wall seconds, CPU seconds of this process) of one method."""
     from metaaligner.generation import GenerationParams
     from metaaligner.generation.hf import HFGenerator
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if name in ("released", "prompt_lookup"):
         texts, tokens = released_loop(model, tokenizer, prompts, new, config.prompt_lookup if name != "released" else 0)
-        return texts, tokens, time.perf_counter() - start
-    gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
-                      share_prefix=name == "fast")
-    texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
-    return texts, [gen.stats["generated_tokens"]], time.perf_counter() - start
+    else:
+        gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
+                          share_prefix=name == "fast")
+        texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
+        tokens = [gen.stats["generated_tokens"]]
+    return texts, tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
 LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
@@ -140,18 +142,19 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
     if config.prompt_lookup:
         methods.append("prompt_lookup")
-    reference, ref_tps, ratio = None, None, None
+    reference, ref_tps, ref_cpu, ratio = None, None, None, None
     for name in methods:
-        texts, tokens, seconds = run_method(name, model, tokenizer, prompts, new, config)
+        texts, tokens, seconds, cpu = run_method(name, model, tokenizer, prompts, new, config)
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
             bound = bound_seconds(lengths, [t + 1 for t in per_row], params, *roof)
         tps = sum(tokens) / seconds
-        ref_tps = ref_tps or tps
+        ref_tps, ref_cpu = ref_tps or tps, ref_cpu or cpu
         same = sum(a == b for a, b in zip(texts, reference))
         label = LABELS[name].format(b=config.batch_size)
         print(f"{label:<44} {sum(tokens):>6} tok {seconds:>8.1f} s {tps:>8.2f} tok/s  {tps / ref_tps:>5.2f}x  "
-              f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1", flush=True)
+              f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1  "
+              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x)", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
     print(f"roofline bound {bound:.1f} s = {sum(per_row) / bound:.1f} tok/s = "

@@ -110,7 +110,7 @@ def flops_per_token(model: str, full: bool) -> float:
     path = Path(model) / "model.safetensors"
     if path.exists():
         with safe_open(str(path), "pt") as fh:
-            n = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+            n = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118 (safe_open is no dict)
     else:
         n = _json.loads((Path(model) / "config.json").read_text()).get("hidden_size", 0) ** 2 * 12
     return (6 if full else 4) * n
