@@ -217,6 +217,12 @@ def test_fast_engine_falls_back_when_the_generation_config_changes_greedy(hf_gen
         assert hf_generator.generate(PROMPTS[:3], GenerationParams(max_new_tokens=10, batch_size=3)) == expected
     finally:
         config.repetition_penalty = None
+    hf_generator.model.config.sliding_window = 8  # a sliding-window cache is not the buffer cache
+    try:
+        assert not fast_greedy_supported(hf_generator.model)
+    finally:
+        hf_generator.model.config.sliding_window = None
+    assert fast_greedy_supported(hf_generator.model)
     with pytest.raises(MetaAlignerError, match="unknown hf engine 'turbo'"):
         get_generator("hf", model_obj=hf_generator.model, tokenizer=hf_generator.tokenizer, engine="turbo")
 

@@ -39,6 +39,12 @@ def fast_greedy_supported(model) -> bool:
         return True
     if getattr(model.config, "is_encoder_decoder", False):
         return False
+    text = model.config.get_text_config()
+    # The buffer cache is full attention only: sliding-window or linear-attention layers -> generate().
+    if any(t != "full_attention" for t in getattr(text, "layer_types", None) or []):
+        return False
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
     return all(getattr(config, name, None) in allowed for name, allowed in _NEUTRAL.items())
 
 
