@@ -249,7 +249,7 @@ def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch):
 
     import torch
 
-    import metaaligner.generation as generation
+    from metaaligner import generation
 
     real_find_spec = importlib.util.find_spec
     for installed, gpu, expected in ((True, True, "vllm"), (True, False, "hf"), (False, True, "hf")):
@@ -258,7 +258,7 @@ def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda _g=gpu: _g)
         picked = []
         monkeypatch.setattr(generation.importlib, "import_module",
-                            lambda name: type("M", (), {n: (lambda *a, _n=name, **k: picked.append(_n)) for n in
+                            lambda name, _p=picked: type("M", (), {n: (lambda *a, _n=name, **k: _p.append(_n)) for n in
                                                         ("HFGenerator", "VLLMGenerator")}))
         generation.get_generator("auto", "m")
         assert picked == [generation.BACKENDS[expected].split(":")[0]]
