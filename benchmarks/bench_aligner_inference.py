@@ -1,107 +1,188 @@
-"""Aligner inference throughput: the released way (batch 1, one ``generate`` per row) against ours
-(batched, left-padded, length-sorted) on the same rows, model and machine, in one run.
+"""Aligner inference throughput against the machine's roofline: the released way (batch 1, one
+``generate`` per row) and ours on the same rows, model and machine, side by side in one run.
 
-    python benchmarks/bench_aligner_inference.py            # 32 HH-RLHF Claude-3 rows, 64 new tokens, greedy
-    python benchmarks/bench_aligner_inference.py --quick    # 8 rows, 16 new tokens (a smoke run)
+    python benchmarks/bench_aligner_inference.py --threads 1                 # 16x64 and 32x256 (long)
+    python benchmarks/bench_aligner_inference.py --workloads 16x64 --threads 1
+    python benchmarks/bench_aligner_inference.py --quick                     # 4 rows x 16 tokens (smoke)
+    python benchmarks/bench_aligner_inference.py --workloads 8x64 --aligner metaaligner/data/demo_aligner \\
+        --prompt_lookup 10                                                    # n-gram speculation, trained aligner
 
-Throughput = generated tokens (up to EOS) per wall second; CPU seconds of this process are printed
-too, because on a shared machine the wall time of each phase also measures the neighbours' load. Both paths use the embedded SmolLM2-135M
-model already in memory, greedy decoding, and the hh-rlhf template with all three objectives. Ours
-is run at several batch sizes, with and without the length sort; it also checks that the batched
-text equals the batch-1 text row by row. The last line is the ratio best-ours / released.
+First the roofline: this process's own fp32 matmul GFLOP/s (1024^3) and memory-copy GB/s. Then per
+workload (ROWSxNEW: HH-RLHF Claude-3 rows, hh-rlhf template, 3 objectives, NEW new tokens, greedy,
+float32) one line per method: generated tokens (up to EOS), wall seconds, tokens/s, the ratio to
+the released way, the share of the roofline bound reached, and how many rows give the batch-1 text.
+The bound of a workload is prefill of all prompt tokens at the matmul peak plus, per decode step,
+max(weights / copy bandwidth, live rows x 2 x params / matmul peak), with the rows' real lengths.
+Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
+length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
+shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
+cache), ``fast_noprefix`` (the same without the shared prefix). On a shared machine wall time also measures
+the neighbours: compare methods of one run, read the load average printed at the end, and the
+CPU seconds of this process per method (with --threads 1 they measure the work, not the waiting).
+The last line is the ratio fast / released of the first workload.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse_args(argv=None):
+@dataclass
+class BenchConfig:
+    data: str = field(default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"), metadata={"help": "policy-output table (query, answer)"})
+    workloads: str = field(default="16x64,32x256", metadata={"help": "comma-separated ROWSxNEW_TOKENS workloads"})
+    batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
+    methods: str = field(default="released,generate,fast", metadata={"help": "methods to time: released, generate, fast_noprefix, fast"})
+    model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
+    aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at load), e.g. metaaligner/data/demo_aligner"})
+    prompt_lookup: int = field(default=0, metadata={"help": "also time the released way with prompt-lookup (n-gram) speculation of N tokens (0: skip)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy shared CPU)"})
+    quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"), help="policy-output table")
-    parser.add_argument("--rows", type=int, default=32, help="rows to align")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--batch_sizes", default="8,16,32", help="comma-separated batch sizes for ours")
-    parser.add_argument("--model", default=None, help="aligner model (default: the embedded SmolLM2-135M)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="8 rows, 16 new tokens, batch size 8")
-    return parser.parse_args(argv)
+    for f in fields(BenchConfig):
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+        else:
+            kind = int if f.type in (int, "int") else str
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f.metadata["help"])
+    return parser
 
 
-def released_loop(model, tokenizer, prompts, max_new_tokens):
+def roofline() -> tuple[float, float]:
+    """(fp32 matmul GFLOP/s, memory-copy GB/s) measured now, in this process."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    start, n = time.perf_counter(), 10
+    for _ in range(n):
+        a @ b
+    gflops = n * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
+    src = torch.ones(64 * 2 ** 20)  # 256 MB, well past the caches
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    gbs = 5 * 2 * src.numel() * 4 / (time.perf_counter() - start) / 1e9  # read + write
+    return gflops, gbs
+
+
+def bound_seconds(prompt_lengths: list[int], new_lengths: list[int], params: int, gflops: float, gbs: float) -> float:
+    """Roofline time: prefill at the matmul peak, then each decode step bound by reading the
+    weights once or by the live rows' matmuls, whichever is slower."""
+    flops_per_token = 2 * params
+    total = sum(prompt_lengths) * flops_per_token / (gflops * 1e9)
+    for step in range(1, max(new_lengths, default=0)):
+        live = sum(n > step for n in new_lengths)
+        total += max(params * 4 / (gbs * 1e9), live * flops_per_token / (gflops * 1e9))
+    return total
+
+
+def released_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, prompt_lookup: int = 0):
     """What the released script does with --batch_size 1: one generate call per row."""
     import torch
 
-    texts, tokens = [], 0
+    texts, tokens = [], []
     stop = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+    extra = {"prompt_lookup_num_tokens": prompt_lookup} if prompt_lookup else {}
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **extra)
         new = out[0, inputs["input_ids"].shape[1]:].tolist()
-        n = next((i for i, t in enumerate(new) if t in stop), len(new))
-        tokens += n
+        tokens.append(next((i for i, t in enumerate(new) if t in stop), len(new)))
         texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
     return texts, tokens
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.quick:
-        args.rows, args.max_new_tokens, args.batch_sizes = 8, 16, "8"
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from metaaligner.aligner.inference import build_prompts, load_policy_rows
+def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
+    """(texts, generated tokens per row, wall seconds, CPU seconds of this process) of one method."""
     from metaaligner.generation import GenerationParams
     from metaaligner.generation.hf import HFGenerator
-    from metaaligner.models import load_causal_lm
+
+    start, cpu = time.perf_counter(), time.process_time()
+    if name in ("released", "prompt_lookup"):
+        texts, tokens = released_loop(model, tokenizer, prompts, new, config.prompt_lookup if name != "released" else 0)
+    else:
+        gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
+                          share_prefix=name == "fast")
+        texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
+        tokens = [gen.stats["generated_tokens"]]
+    return texts, tokens, time.perf_counter() - start, time.process_time() - cpu
+
+
+LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
+          "generate": "ours: batch {b}, padded generate", "fast": "ours: batch {b}, fast engine",
+          "fast_noprefix": "ours: batch {b}, fast, no shared prefix"}
+
+
+def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float], params: int) -> float | None:
+    from metaaligner.aligner.inference import build_prompts, load_policy_rows
     from metaaligner.registry.objectives import ObjectiveRegistry
 
-    rows = load_policy_rows(args.data, limit=args.rows)
+    n_rows, new = (int(x) for x in spec.lower().split("x"))
+    rows = load_policy_rows(config.data, limit=n_rows)
     descriptions = ObjectiveRegistry.builtin().descriptions("harmlessness,helpfulness,humour", "hh-rlhf")
     prompts = build_prompts("hh-rlhf", [r["query"] for r in rows], [r["answer"] for r in rows], descriptions)
-    model, tokenizer, device = load_causal_lm(args.model, device=args.device)
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-    print(f"{len(prompts)} rows from {Path(args.data).name}, prompt tokens min/mean/max "
-          f"{min(lengths)}/{sum(lengths) / len(lengths):.0f}/{max(lengths)}, {args.max_new_tokens} new tokens, "
-          f"greedy, {device}, torch threads {torch.get_num_threads()}")
-    released_loop(model, tokenizer, prompts[:1], 4)  # warm-up
+    print(f"\nworkload {len(prompts)}x{new}: prompt tokens min/mean/max {min(lengths)}/"
+          f"{sum(lengths) / len(lengths):.0f}/{max(lengths)} (total {sum(lengths)})", flush=True)
+    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
+    if config.prompt_lookup:
+        methods.append("prompt_lookup")
+    reference, ref_tps, ref_cpu, ratio = None, None, None, None
+    for name in methods:
+        texts, tokens, seconds, cpu = run_method(name, model, tokenizer, prompts, new, config)
+        if reference is None:  # the first method (released by default) is the reference text
+            reference, per_row = texts, tokens
+            bound = bound_seconds(lengths, [t + 1 for t in per_row], params, *roof)
+        tps = sum(tokens) / seconds
+        ref_tps, ref_cpu = ref_tps or tps, ref_cpu or cpu
+        same = sum(a == b for a, b in zip(texts, reference))
+        label = LABELS[name].format(b=config.batch_size)
+        print(f"{label:<44} {sum(tokens):>6} tok {seconds:>8.1f} s {tps:>8.2f} tok/s  {tps / ref_tps:>5.2f}x  "
+              f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1  "
+              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x)", flush=True)
+        if name == "fast":
+            ratio = tps / ref_tps
+    print(f"roofline bound {bound:.1f} s = {sum(per_row) / bound:.1f} tok/s = "
+          f"{sum(per_row) / bound / ref_tps:.2f}x the first method", flush=True)
+    return ratio
 
-    start, cpu_start = time.perf_counter(), time.process_time()
-    reference, ref_tokens = released_loop(model, tokenizer, prompts, args.max_new_tokens)
-    ref_s, ref_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    ref_tps = ref_tokens / ref_s
-    print(f"{'released: batch 1, one generate per row':<44} {ref_tokens:>6} tok {ref_s:>8.1f} s "
-          f"{ref_tps:>8.2f} tok/s  cpu {ref_cpu:>7.1f} s")
 
-    best = (0.0, "", 0.0)
-    for sort in (True, False):
-        for size in [int(b) for b in args.batch_sizes.split(",")]:
-            if not sort and size >= len(prompts):
-                continue  # one batch: sorting changes nothing
-            gen = HFGenerator(model_obj=model, tokenizer=tokenizer, sort_by_length=sort)
-            params = GenerationParams(max_new_tokens=args.max_new_tokens, batch_size=size)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            texts = gen.generate(prompts, params)
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-            tokens = gen.stats["generated_tokens"]
-            same = sum(a == b for a, b in zip(texts, reference))
-            label = f"ours: batch {size}, {'length-sorted' if sort else 'unsorted'}"
-            print(f"{label:<44} {tokens:>6} tok {seconds:>8.1f} s {tokens / seconds:>8.2f} tok/s  cpu {cpu:>7.1f} s "
-                  f"({tokens / seconds / ref_tps:.2f}x wall, {ref_cpu / cpu * tokens / ref_tokens:.2f}x cpu; "
-                  f"{same}/{len(prompts)} identical to batch 1)")
-            if sort and tokens / seconds > best[0]:
-                best = (tokens / seconds, label, ref_cpu / cpu * tokens / ref_tokens)
-    print(f"ratio ours/released tokens per second: {best[0] / ref_tps:.2f}x wall, {best[2]:.2f}x cpu time ({best[1]})")
+def main(config: BenchConfig) -> None:
+    import torch
+
+    from metaaligner.models import load_causal_lm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    workloads = "4x16" if config.quick else config.workloads
+    model, tokenizer, device = load_causal_lm(config.aligner or config.model, device="cpu")
+    params = sum(p.numel() for p in model.parameters())
+    roof = roofline()
+    print(f"roofline: fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3), memory copy {roof[1]:.1f} GB/s; "
+          f"model {params / 1e6:.0f}M params = {params * 4 / 1e6:.0f} MB fp32 -> batch-1 decode step "
+          f">= {params * 4 / roof[1] / 1e6:.0f} ms; torch threads {torch.get_num_threads()}, {device}", flush=True)
+    released_loop(model, tokenizer, ["warm up"], 2)
+    ratios = [run_workload(w, model, tokenizer, config, roof, params) for w in workloads.split(",")]
+    print("\nload average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    first = ratios[0]
+    print(f"ratio ours/released tokens per second: {first:.2f}x wall (fast engine, {workloads.split(',')[0]})"
+          if first else "ratio ours/released: fast engine not run")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(BenchConfig(**vars(make_parser().parse_args()))))

@@ -1,17 +1,23 @@
-"""Benchmark: aligner-training throughput, padded batches vs padding-free batches, same data, same run.
+"""Benchmark: aligner-training throughput against the matmul roofline: padded batches (the config
+defaults) vs padding-free batches vs padding-free without LoRA dropout, same data, same run.
 
-Both modes run ``metaaligner.training.sft.train_sft`` (TRL ``SFTTrainer``) on the same aligner items
+All modes run ``metaaligner.training.sft.train_sft`` (TRL ``SFTTrainer``) on the same aligner items
 (hh-rlhf template over the shipped harmless-base pairs: prompt = template(question, rejected answer),
 target = chosen answer; mixed lengths) with the same seed, so they see the same batches. Padding-free
 flattens each batch into one sequence with position ids (transformers builds the block-diagonal mask
 from them), so no FLOPs are spent on pad tokens. Tokens/s counts real (non-pad) tokens over the
-trainer's own step time (model loading excluded). The first-step losses of the two modes must agree.
+trainer's own step time (model loading excluded). The first-step losses of padded and padding-free
+must agree; ``padding_free_nodrop`` also sets ``lora_dropout`` 0 (PEFT then skips the dropout, whose
+random masks cost ~25% of a LoRA step on CPU in the profile), which changes the losses slightly, so
+its first and last losses are printed next to the others'. Each mode reports its own peak RSS, and
+the share of the roofline: tokens/s x FLOPs per token (4N for LoRA on a frozen base, 6N full) over
+this process's measured fp32 matmul GFLOP/s.
 
     python benchmarks/bench_training.py --quick            # tiny random LLaMA, seconds
     python benchmarks/bench_training.py                    # embedded SmolLM2-135M + LoRA, ~2-4 min on 2 cores
     python benchmarks/bench_training.py --model PATH --full --steps 20 --batch_size 8
 
-The last line is the ratio padding-free / padded.
+The last line is the ratio of the fastest mode to padded.
 """
 from __future__ import annotations
 
@@ -52,22 +58,83 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
-def run_mode(model: str, items: list[dict], padding_free: bool, args, tmp: Path, real_tokens: int) -> dict:
+MODES = {  # name -> SFTStageConfig overrides; "padded" is the baseline (the config defaults)
+    "padded": {},
+    "padding_free": {"padding_free": True},
+    "padding_free_nodrop": {"padding_free": True, "lora_dropout": 0.0},
+}
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart this process's peak-RSS counter (VmHWM), so each mode reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_mode(model: str, items: list[dict], name: str, args, tmp: Path, real_tokens: int) -> dict:
     from metaaligner.training.sft import SFTStageConfig, train_sft
 
-    name = "padding_free" if padding_free else "padded"
     log = tmp / f"{name}.jsonl"
     cfg = SFTStageConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                         gradient_accumulation_steps=1, max_length=args.max_length, padding_free=padding_free,
-                         lora=not args.full, lora_top_layers=args.lora_top_layers, learning_rate=1e-4, logging_steps=1, save_steps=10 ** 6, seed=0)
+                         gradient_accumulation_steps=1, max_length=args.max_length,
+                         lora=not args.full, lora_top_layers=args.lora_top_layers, learning_rate=1e-4, logging_steps=1,
+                         save_steps=10 ** 6, seed=0, **MODES[name])
+    reset_peak_rss()
     train_sft(model, items, None, str(tmp / name), cfg, name, str(log))
     records = [json.loads(line) for line in log.read_text().splitlines()]
     end = next(r for r in records if "train_runtime" in r and "loss" not in r)
     losses = [r["loss"] for r in records if "loss" in r]
-    # Every item is seen exactly once (steps x batch = items), so both modes process the same tokens;
+    # Every item is seen exactly once (steps x batch = items), so all modes process the same tokens;
     # counted from the data, since the trainer's padding-free count skips EOS (= the pad id here).
     return {"mode": name, "tokens": real_tokens, "seconds": end["train_runtime"],
-            "tokens_per_s": real_tokens / end["train_runtime"], "first_loss": losses[0]}
+            "tokens_per_s": real_tokens / end["train_runtime"], "first_loss": losses[0], "last_loss": losses[-1],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def flops_per_token(model: str, full: bool) -> float:
+    """Training FLOPs per token: forward 2N, backward 2N for the input gradients, plus 2N for the
+    weight gradients when every weight trains (LoRA: the frozen base needs none)."""
+    import json as _json
+
+    from safetensors import safe_open
+
+    path = Path(model) / "model.safetensors"
+    if path.exists():
+        with safe_open(str(path), "pt") as fh:
+            n = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118 (safe_open is no dict)
+    else:
+        n = _json.loads((Path(model) / "config.json").read_text()).get("hidden_size", 0) ** 2 * 12
+    return (6 if full else 4) * n
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def matmul_gflops() -> float:
+    import time
+
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 10 * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per batch")
     parser.add_argument("--max_length", type=int, default=512, help="max tokens per item")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--modes", default="padded,padding_free,padding_free_nodrop",
+                        help="comma-separated modes, the first is the baseline: " + ", ".join(MODES))
     parser.add_argument("--lora_top_layers", type=int, default=0, help="LoRA on the last N layers only (0: all)")
     args = parser.parse_args(argv)
     import torch
@@ -104,13 +173,22 @@ def main(argv: list[str] | None = None) -> None:
               f"max {max(lengths)}; batch {args.batch_size}, {args.steps} steps, "
               f"{'full' if args.full else 'LoRA'}, model {model}, torch threads {torch.get_num_threads()}")
         total = sum(lengths)
-        results = [run_mode(model, items, False, args, tmp, total), run_mode(model, items, True, args, tmp, total)]
+        peak = matmul_gflops()
+        per_token = flops_per_token(model, args.full)
+        print(f"roofline: fp32 matmul {peak:.0f} GFLOP/s now; {per_token / 1e9:.2f} GFLOP per trained token "
+              f"-> bound {peak * 1e9 / per_token:.0f} tokens/s")
+        results = [run_mode(model, items, name, args, tmp, total) for name in args.modes.split(",")]
     for r in results:
-        print(f"{r['mode']:>13}: {r['tokens']} real tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tokens/s; "
-              f"first-step loss {r['first_loss']:.5f}")
-    diff = abs(results[0]["first_loss"] - results[1]["first_loss"])
+        print(f"{r['mode']:>13}: {r['tokens']} real tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tokens/s "
+              f"({r['tokens_per_s'] * per_token / (peak * 1e9):.0%} of roofline); loss first {r['first_loss']:.5f} "
+              f"last {r['last_loss']:.5f}; peak RSS {r['peak_rss_mb']:.0f} MB")
+    diff = abs(results[0]["first_loss"] - results[1]["first_loss"]) if len(results) > 1 else 0.0
     print(f"first-step loss difference: {diff:.2e} ({'same' if diff < 1e-3 else 'DIFFERENT'})")
-    print(f"ratio padding_free/padded tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+    best = max(results[1:] or results, key=lambda r: r["tokens_per_s"])
+    import os
+
+    print("load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(f"ratio {best['mode']}/padded tokens/s: {best['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

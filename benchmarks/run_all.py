@@ -46,9 +46,9 @@ class Spec:
 SPECS = {
     "bench_aligner_inference.py": Spec(
         "aligner inference (embedded SmolLM2-135M, greedy)", "batch 1, one generate per row",
-        "batched, left-padded, length-sorted", "generated tok/s", ">= 6x", 6.0,
+        "fast engine (shared prefix, unpadded prefill, batched decode)", "generated tok/s", ">= 2.2x (16x64)", 2.2,
         r"^released: batch 1, one generate per row\s+\d+ tok\s+[\d.]+ s\s+" + NUM + r" tok/s",
-        r"^ours: batch \d+, length-sorted\s+\d+ tok\s+[\d.]+ s\s+" + NUM + r" tok/s"),
+        r"^ours: batch \d+, fast engine\s+\d+ tok\s+[\d.]+ s\s+" + NUM + r" tok/s"),
     "bench_reward_labelling.py": Spec(
         "reward labelling (LLM scorer, 3 rewards x 2 responses)", "batch 1, one sequence per pass",
         "length-sorted batches, prefix-shared questions", "pairs/s", ">= 5x", 5.0,
@@ -59,9 +59,9 @@ SPECS = {
         r"^released way \(sequential, no cache\)\s+\d+\s+[\d.]+\s+" + NUM + r"\s+\d+\s*$",
         r"^ours \(--concurrency \d+\)\s+\d+\s+[\d.]+\s+" + NUM + r"\s+\d+\s*$"),
     "bench_training.py": Spec(
-        "aligner training steps (TRL SFTTrainer)", "padded batches", "padding-free batches", "tokens/s",
-        ">= 1.5x", 1.5, r"^\s*padded: [^\n]*?= " + NUM + r" tokens/s",
-        r"^\s*padding_free: [^\n]*?= " + NUM + r" tokens/s"),
+        "aligner training steps (TRL SFTTrainer)", "padded batches", "padding-free (no LoRA dropout)", "tokens/s",
+        ">= 2x", 2.0, r"^\s*padded: [^\n]*?= " + NUM + r" tokens/s",
+        r"^\s*padding_free\w*: [^\n]*?= " + NUM + r" tokens/s"),
     "bench_sepo_scoring.py": Spec(
         "SePO token scoring (oracle + reference)", "one sequence at a time", "length-sorted batches", "tokens/s",
         "none set (> 1x)", 1.0, r"one sequence at a time:\s+[\d.]+ s\s+" + NUM + r" tokens/s",

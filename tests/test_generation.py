@@ -149,3 +149,136 @@ def test_openai_backend_against_transformers_serve(varied_llama_dir, hf_generato
                 server.kill()
             log.close()
     assert server.returncode is not None
+
+
+# ---------------------------------------------------------------- the fast greedy engine (issue 15)
+
+def _released_way(gen, prompt: str, max_new_tokens: int) -> str:
+    """One plain ``model.generate`` on one unpadded prompt, as the released script does."""
+    import torch
+
+    inputs = gen.tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = gen.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=gen.tokenizer.pad_token_id)
+    return gen.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.fixture
+def early_stop(hf_generator):
+    """Make EOS a token the tiny model emits early in some rows but not others, so rows finish at
+    different steps (the fast engine then drops finished rows from its batch)."""
+    config = hf_generator.model.generation_config
+    saved = config.eos_token_id
+    free = hf_generator.generate(PROMPTS, GenerationParams(max_new_tokens=12, batch_size=1))
+    ids = hf_generator.tokenizer(free[1], add_special_tokens=False)["input_ids"]
+    config.eos_token_id = ids[2]
+    yield ids[2]
+    config.eos_token_id = saved
+
+
+def test_fast_engine_equals_released_generate_per_row(hf_generator, early_stop):
+    assert hf_generator.engine == "fast"
+    expected = [_released_way(hf_generator, p, 12) for p in PROMPTS]
+    lengths = [len(hf_generator.tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected]
+    assert len(set(lengths)) > 1 and min(lengths) < 11  # rows really stop at different steps
+    for size in (1, 2, 5):
+        assert hf_generator.generate(PROMPTS, GenerationParams(max_new_tokens=12, batch_size=size)) == expected
+
+
+def test_fast_engine_equals_generate_engine_and_compaction_changes_nothing(varied_llama_dir, early_stop, hf_generator):
+    import torch
+
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    params = GenerationParams(max_new_tokens=12, batch_size=5)
+    slow = get_generator("hf", str(varied_llama_dir), device="cpu", engine="generate")
+    slow.model.generation_config.eos_token_id = early_stop
+    assert slow.generate(PROMPTS, params) == hf_generator.generate(PROMPTS, params)
+    ids = [hf_generator.tokenizer(p)["input_ids"] for p in PROMPTS]
+    with torch.inference_mode():
+        compacted = greedy_batch(hf_generator.model, ids, 12, {early_stop}, 0, compact=True)
+        padded = greedy_batch(hf_generator.model, ids, 12, {early_stop}, 0, compact=False)
+    assert compacted == padded
+    assert any(row[-1] == early_stop and len(row) < 12 for row in compacted)
+    assert any(len(row) == 12 for row in compacted)
+    assert greedy_batch(hf_generator.model, ids, 0, {early_stop}, 0) == [[]] * len(PROMPTS)
+
+
+def test_fast_engine_falls_back_when_the_generation_config_changes_greedy(hf_generator):
+    from metaaligner.generation.fast_greedy import fast_greedy_supported
+
+    config = hf_generator.model.generation_config
+    assert fast_greedy_supported(hf_generator.model)
+    config.repetition_penalty = 1.5
+    try:
+        assert not fast_greedy_supported(hf_generator.model)
+        expected = [_released_way(hf_generator, p, 10) for p in PROMPTS[:3]]
+        assert hf_generator.generate(PROMPTS[:3], GenerationParams(max_new_tokens=10, batch_size=3)) == expected
+    finally:
+        config.repetition_penalty = None
+    hf_generator.model.config.sliding_window = 8  # a sliding-window cache is not the buffer cache
+    try:
+        assert not fast_greedy_supported(hf_generator.model)
+    finally:
+        hf_generator.model.config.sliding_window = None
+    assert fast_greedy_supported(hf_generator.model)
+    with pytest.raises(MetaAlignerError, match="unknown hf engine 'turbo'"):
+        get_generator("hf", model_obj=hf_generator.model, tokenizer=hf_generator.tokenizer, engine="turbo")
+
+
+def test_vllm_engine_kwargs_prefix_caching_tensor_parallel_ngram():
+    from metaaligner.generation.vllm_backend import engine_kwargs
+
+    assert engine_kwargs("m", None, False, 1, None, 0.9, 0) == {
+        "model": "m", "dtype": "auto", "seed": 0, "enable_lora": False, "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.9, "enable_prefix_caching": True}
+    kwargs = engine_kwargs("m", "bf16", True, 4, 4096, 0.8, 3, prefix_caching=False, ngram_speculation=5)
+    assert kwargs["dtype"] == "bfloat16" and kwargs["enable_lora"] and kwargs["tensor_parallel_size"] == 4
+    assert kwargs["max_model_len"] == 4096 and kwargs["enable_prefix_caching"] is False
+    assert kwargs["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5,
+                                            "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    with pytest.raises(MetaAlignerError, match="unknown dtype 'int3'"):
+        engine_kwargs("m", "int3", False, 1, None, 0.9, 0)
+    with pytest.raises(MetaAlignerError, match="tensor_parallel_size must be >= 1"):
+        engine_kwargs("m", None, False, 0, None, 0.9, 0)
+
+
+def test_backend_auto_picks_vllm_only_with_vllm_and_a_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from metaaligner import generation
+
+    real_find_spec = importlib.util.find_spec
+    for installed, gpu, expected in ((True, True, "vllm"), (True, False, "hf"), (False, True, "hf")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, _i=installed: (object() if _i else None) if name == "vllm" else real_find_spec(name, *a))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda _g=gpu: _g)
+        picked = []
+        monkeypatch.setattr(generation.importlib, "import_module",
+                            lambda name, _p=picked: type("M", (), {n: (lambda *a, _n=name, **k: _p.append(_n)) for n in
+                                                        ("HFGenerator", "VLLMGenerator")}))
+        generation.get_generator("auto", "m")
+        assert picked == [generation.BACKENDS[expected].split(":")[0]]
+
+
+def test_fast_engine_shares_the_template_prefix_and_keeps_the_text(hf_generator):
+    from metaaligner.generation.fast_greedy import shared_prefix_length
+
+    head = "You are an assistant to human. Edit the answer to improve it considering these aspects: "
+    prompts = [head + "Harmlessness | Context: hi | Answer: no | Edit: ", head + "Humour | Context: a joke",
+               head + "x"]
+    ids = [hf_generator.tokenizer(p)["input_ids"] for p in prompts]
+    n = shared_prefix_length(ids)
+    assert n >= 16 and all(i[:n] == ids[0][:n] for i in ids) and len({i[n] for i in ids}) > 1
+    assert shared_prefix_length(ids[:1]) == 0 and shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0
+    assert shared_prefix_length([[7] * 20, [7] * 30]) == 19  # the shortest keeps one token of its own
+    expected = [_released_way(hf_generator, p, 10) for p in prompts]
+    assert hf_generator.generate(prompts, GenerationParams(max_new_tokens=10, batch_size=3)) == expected
+    hf_generator.share_prefix = False
+    try:
+        assert hf_generator.generate(prompts, GenerationParams(max_new_tokens=10, batch_size=3)) == expected
+    finally:
+        hf_generator.share_prefix = True

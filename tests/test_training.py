@@ -342,3 +342,29 @@ def test_two_processes_match_one(tiny_llama_dir, tmp_path, repo_root):
     assert any(not torch.equal(one[k], load_file(tiny_llama_dir / "model.safetensors")[k]) for k in one)
     logged = [r for r in _records(tmp_path / "two" / "training_log.jsonl") if "loss" in r]
     assert [r["step"] for r in logged] == [1, 2]       # rank 0 logs once per step
+
+
+def test_eval_is_capped_by_default_and_the_paper_preset_keeps_the_full_val_set(repo_root, tmp_path):
+    """Issue 15: a 2-step smoke run spent most of its time evaluating the whole val set per stage."""
+    import importlib.util
+
+    from metaaligner.cli import parse
+    from metaaligner.training.curriculum import load_stage_items
+
+    spec = importlib.util.spec_from_file_location("train_aligner", repo_root / "training" / "train_aligner.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cur, _ = parse(mod.make_parser(), ["--data_dir", "d", "--output_dir", "o"])
+    assert cur.max_eval_items == 32
+    paper, _ = parse(mod.make_parser(), ["--config_file", str(repo_root / "configs/training/paper.yaml"),
+                                         "--data_dir", "d", "--output_dir", "o"])
+    assert paper.max_eval_items == 0
+    for name in ("warmup/train.json", "no_equal/val.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps([
+            {"id": str(i), "conversations": [{"from": "human", "value": f"p{i}"}, {"from": "gpt", "value": f"c{i}"}]}
+            for i in range(40)]))
+    train, val = load_stage_items(tmp_path, "warmup", 0, cur.max_eval_items, seed=42)
+    assert len(train) == 40 and len(val) == 32 and len({v["prompt"] for v in val}) == 32
+    _, full = load_stage_items(tmp_path, "warmup", 0, paper.max_eval_items, seed=42)
+    assert len(full) == 40

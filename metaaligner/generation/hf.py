@@ -13,6 +13,8 @@ from metaaligner.generation import GenerationParams
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("fast", "generate")
+
 
 class HFGenerator:
     name = "hf"
@@ -20,7 +22,8 @@ class HFGenerator:
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
-                 sort_by_length: bool = True):
+                 sort_by_length: bool = True, engine: str = "fast",
+                 share_prefix: bool = True):
         from metaaligner.models import load_causal_lm, pick_device
 
         if model_obj is not None:  # an already-loaded model (tests, the Python API, benchmarks)
@@ -36,6 +39,14 @@ class HFGenerator:
         self.max_input_tokens = max_input_tokens
         self.chat_template = chat_template
         self.sort_by_length = sort_by_length  # False only for ablations (benchmarks)
+        if engine not in ENGINES:
+            from metaaligner.errors import MetaAlignerError
+
+            raise MetaAlignerError(f"unknown hf engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        # "fast": greedy rows prefilled alone, decoded together (fast_greedy.py); "generate": one
+        # padded model.generate per batch (the previous path; sampling always takes it).
+        self.engine = engine
+        self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -62,14 +73,47 @@ class HFGenerator:
             ids = ids[-limit:]
         return list(ids)
 
-    def _count_new(self, row) -> int:
+    def _count_new(self, row: list[int]) -> int:
         stop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
         n = 0
-        for token in row.tolist():
+        for token in row:
             if token in stop:
                 break
             n += 1
         return n
+
+    def _stop_ids(self) -> set[int]:
+        """The ids ``generate`` stops at: the generation config's EOS (one or a list), else the tokenizer's."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+    def _fast_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[list[int]]:
+        import torch
+
+        from metaaligner.generation.fast_greedy import greedy_batch
+
+        with torch.inference_mode():
+            return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
+                                self.tokenizer.pad_token_id, share_prefix=self.share_prefix)
+
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
+        """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
+        import torch
+
+        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
+        kwargs = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy,
+                  "pad_token_id": self.tokenizer.pad_token_id}
+        if not params.greedy:
+            # Per-batch seed drawn from one seeded generator: a rerun reproduces every batch.
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        return out[:, batch["input_ids"].shape[1]:].tolist()
 
     def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
         import torch
@@ -90,23 +134,15 @@ class HFGenerator:
         results: list[str | None] = [None] * len(prompts)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
+        from metaaligner.generation.fast_greedy import fast_greedy_supported
+
+        fast = params.greedy and self.engine == "fast" and fast_greedy_supported(self.model)
         for begin in range(0, len(order), max(1, params.batch_size)):
             idx = order[begin:begin + max(1, params.batch_size)]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True,
-                                       return_tensors="pt").to(self.model.device)
-            kwargs = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy,
-                      "pad_token_id": self.tokenizer.pad_token_id}
-            if not params.greedy:
-                # Per-batch seed drawn from one seeded generator: a rerun reproduces every batch.
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-                kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode():
-                out = self.model.generate(**batch, **kwargs)
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
-            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, row, text in zip(idx, new_tokens, texts):
+            rows = (self._fast_batch([encoded[i] for i in idx], params) if fast
+                    else self._generate_batch([encoded[i] for i in idx], params, generator))
+            texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+            for i, row, text in zip(idx, rows, texts):
                 results[i] = text.strip()
                 self.stats["generated_tokens"] += self._count_new(row)
             bar.update(len(idx))
