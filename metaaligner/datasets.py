@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from metaaligner.errors import MetaAlignerError
 
@@ -51,7 +50,11 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
     if not path.exists():
         raise MetaAlignerError(f"unknown dataset config {name_or_path!r}; shipped: {', '.join(available())}, "
                                "or give a path to a YAML file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from metaaligner.io import load_yaml
+
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise MetaAlignerError(f"{path}: expected a YAML mapping of key -> value")
     known = set(DatasetConfig.__dataclass_fields__) - {"path"}
     unknown = set(data) - known
     if unknown:
