@@ -641,3 +641,11 @@ def folder_identity(path: str | Path | None) -> str | None:
         return None
     entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
+
+
+def remove_output(path: str | Path) -> None:
+    """Delete an output written through ``ResumableWriter`` with its fingerprint sidecar."""
+    path = Path(path)
+    for p in (path, path.with_name(f".{path.name}.fingerprint.json")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
