@@ -43,7 +43,7 @@ class BuildConfig:
 def main(cfg: BuildConfig) -> dict:
     from metaaligner.cli import split_csv
     from metaaligner.datasets import load_dataset_config
-    from metaaligner.io import read_records, write_fastchat, write_json
+    from metaaligner.io import atomic_folder, read_records
     from metaaligner.objectives import build_registry
     from metaaligner.reformulation import build_dataset, pairs_from_rows, to_fastchat
     from metaaligner.templates import get_template
@@ -63,12 +63,9 @@ def main(cfg: BuildConfig) -> dict:
                            seed=cfg.seed, val_size=cfg.val_size, tolerance=cfg.tie_tolerance,
                            dropped=dropped, rows_in=len(rows))
     out = Path(cfg.output_dir)
-    write_fastchat(out / "no_equal" / "train.json", to_fastchat(result.no_equal_train))
-    write_fastchat(out / "no_equal" / "val.json", to_fastchat(result.no_equal_val))
-    write_fastchat(out / "all_equal" / "train.json", to_fastchat(result.all_equal))
-    write_fastchat(out / "warmup" / "train.json", to_fastchat(result.warmup))
     stats = dict(result.stats, input=str(cfg.input), config=dataset.name, rows_in_file=rows_in)
-    write_json(out / "stats.json", stats)
+    with atomic_folder(out) as tmp:  # whole or absent: a failure mid-write leaves the old folder as it was
+        write_outputs(tmp, result, to_fastchat, stats)
     seconds = time.perf_counter() - start
     items = stats["items"]
     print(f"build_aligner_dataset: {len(rows)} rows in, {len(pairs)} pairs used, dropped "
@@ -77,6 +74,17 @@ def main(cfg: BuildConfig) -> dict:
           f"all_equal {items['all_equal/train']}, warmup {items['warmup/train']}; "
           f"{seconds:.1f}s ({len(rows) / max(seconds, 1e-9):.0f} rows/s) -> {out}")
     return stats
+
+
+def write_outputs(folder: Path, result, to_fastchat, stats: dict) -> None:
+    """The four FastChat files and stats.json (stats last) into ``folder``."""
+    from metaaligner.io import write_fastchat, write_json
+
+    write_fastchat(folder / "no_equal" / "train.json", to_fastchat(result.no_equal_train))
+    write_fastchat(folder / "no_equal" / "val.json", to_fastchat(result.no_equal_val))
+    write_fastchat(folder / "all_equal" / "train.json", to_fastchat(result.all_equal))
+    write_fastchat(folder / "warmup" / "train.json", to_fastchat(result.warmup))
+    write_json(folder / "stats.json", stats)
 
 
 def make_parser():

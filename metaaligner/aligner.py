@@ -270,7 +270,7 @@ def plan_jobs(data_dir: str | Path, aligned_model: str | None, output_root: str 
 
     data_dir, out = Path(data_dir), Path(output_root)
     if aligned_model:  # a name, never a way out of the input or output folder
-        inside(out, f"{aligned_model}.csv", "--aligned_model")
+        inside(out, aligned_model, "--aligned_model")
         if data_dir.is_dir():
             inside(data_dir, aligned_model, "--aligned_model")
     if data_dir.is_file():
