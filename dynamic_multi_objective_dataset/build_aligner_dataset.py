@@ -37,6 +37,9 @@ class BuildConfig:
     add_objective: list[str] = field(default_factory=list, metadata={
         "help": "extra objective 'key=description' (repeatable)"})
     tie_tolerance: float = field(default=0.0, metadata={"help": "|chosen - rejected| <= this counts as equal"})
+    keep_identical_pairs: bool = field(default=False, metadata={
+        "help": "keep pairs whose chosen and rejected texts are identical but scored differently (the released "
+                "scripts did; their items' target equals the input); default: drop and count them"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N input rows"})
 
 
@@ -58,7 +61,7 @@ def main(cfg: BuildConfig) -> dict:
     rows_in = len(rows)
     if cfg.limit is not None:
         rows = rows[:cfg.limit]
-    pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input)
+    pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input, keep_identical=cfg.keep_identical_pairs)
     result = build_dataset(pairs, [o.key for o in objectives], [o.description for o in objectives], template,
                            seed=cfg.seed, val_size=cfg.val_size, tolerance=cfg.tie_tolerance,
                            dropped=dropped, rows_in=len(rows))

@@ -156,12 +156,13 @@ def score_columns(columns: Iterable[str]) -> int:
     return n
 
 
-def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>"
-                    ) -> tuple[list[PreferencePair], Counter]:
+def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>",
+                    keep_identical: bool = False) -> tuple[list[PreferencePair], Counter]:
     """Stage-1 rows -> pairs. Rows with an empty response, a missing score (``missing_score``), a
     NaN/inf score (``non_finite_score``), or identical chosen and rejected texts scored differently
-    (``identical_texts``: the item's target would equal its input) are dropped and counted by
-    reason; a cell that is not a number at all is a ``DataError``."""
+    (``identical_texts``: the item's target would equal its input; ``keep_identical`` keeps them, as
+    the released scripts did) are dropped and counted by reason; a cell that is not a number at all
+    is a ``DataError``."""
     if not rows:
         raise DataError(path, "no rows")
     columns = set(rows[0])
@@ -196,7 +197,7 @@ def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "
         if any(not math.isfinite(v) for side in scores for v in side):
             dropped["non_finite_score"] += 1
             continue
-        if texts[1] == texts[2] and scores[0] != scores[1]:
+        if not keep_identical and texts[1] == texts[2] and scores[0] != scores[1]:
             dropped["identical_texts"] += 1
             continue
         pairs.append(PreferencePair(i, texts[0], texts[1], texts[2], tuple(scores[0]), tuple(scores[1])))

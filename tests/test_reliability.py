@@ -720,7 +720,8 @@ def _kill_argv(world: World, kind: str, out: Path) -> list[str]:
 
 def _comparable(rows: list[dict]) -> list[dict]:
     # per-call bookkeeping (calls made vs served from cache, time) legitimately differs after a resume
-    drop = {"calls", "cached_calls", "cost_usd"}
+    # judge_config: since issue 16 it names the endpoint, and the reference ran against another server
+    drop = {"calls", "cached_calls", "cost_usd", "judge_config"}
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 

@@ -509,6 +509,8 @@ def test_algorithm1_drops_identical_pairs_and_counts_non_finite_scores_apart(tmp
     pairs, dropped = pairs_from_rows(rows, 1)
     assert [p.index for p in pairs] == [1, 5]  # identical texts with equal scores: a valid "equal" item
     assert dict(dropped) == {"identical_texts": 1, "non_finite_score": 2, "missing_score": 1}
+    pairs, dropped = pairs_from_rows(rows, 1, keep_identical=True)  # the released behaviour
+    assert [p.index for p in pairs] == [0, 1, 5] and "identical_texts" not in dropped
 
 
 def test_a_non_utf8_error_names_the_data_row(tmp_path):
@@ -579,3 +581,27 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert [oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.json", "b.csv")] == ["0o644", "0o644"]
+
+
+def test_sepo_and_baseline_inference_outputs_carry_fingerprints(tmp_path):
+    from metaaligner.sepo import generate_outputs
+
+    class Echo:
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, params, progress=False):
+            self.prompts += prompts
+            return [f"answer {p}" for p in prompts]
+
+    write_csv(tmp_path / "q.csv", [{"query": f"q{i}"} for i in range(3)], ["query"])
+    out = tmp_path / "sepo.csv"
+    generate_outputs(tmp_path / "q.csv", "policy-a", out, GenerationParams(), generators={"aligned": Echo()})
+    with pytest.raises(MetaAlignerError, match=r'made with other settings \(model: "policy-a" -> "policy-b"\)'):
+        generate_outputs(tmp_path / "q.csv", "policy-b", out, GenerationParams(), resume=True,
+                         generators={"aligned": Echo()})
+    write_csv(tmp_path / "q.csv", [{"query": "q0"}, {"query": "CHANGED"}, {"query": "q2"}], ["query"])
+    echo = Echo()
+    rows = generate_outputs(tmp_path / "q.csv", "policy-a", out, GenerationParams(), resume=True,
+                            generators={"aligned": echo})
+    assert echo.prompts == ["CHANGED"] and rows[1]["aligned_responses"] == "answer CHANGED"
