@@ -605,3 +605,14 @@ def test_sepo_and_baseline_inference_outputs_carry_fingerprints(tmp_path):
     rows = generate_outputs(tmp_path / "q.csv", "policy-a", out, GenerationParams(), resume=True,
                             generators={"aligned": echo})
     assert echo.prompts == ["CHANGED"] and rows[1]["aligned_responses"] == "answer CHANGED"
+
+
+def test_a_template_named_in_training_stats_json_is_never_opened_as_a_path(tmp_path):
+    from metaaligner.training.curriculum import dataset_meta
+
+    tpl = tmp_path / "tpl.yaml"
+    tpl.write_text("better: '{aspects} {question} {answer}'\nequal: '{aspects} {question} {answer}'\n")
+    write_json(tmp_path / "stats.json", {"template": str(tpl), "config": str(tmp_path / "cfg.yaml")})
+    with pytest.raises(MetaAlignerError, match=r"stats.json: template '.*tpl.yaml' is not a shipped one"):
+        dataset_meta(tmp_path)
+    assert dataset_meta(tmp_path, template=str(tpl))["template"] == str(tpl)  # a flag may name a path
