@@ -1,10 +1,10 @@
-"""Aligner inference throughput against the machine's roofline: the released way (batch 1, one
+r"""Aligner inference throughput against the machine's roofline: the released way (batch 1, one
 ``generate`` per row) and ours on the same rows, model and machine, side by side in one run.
 
     python benchmarks/bench_aligner_inference.py --threads 1                 # 16x64 and 32x256 (long)
     python benchmarks/bench_aligner_inference.py --workloads 16x64 --threads 1
     python benchmarks/bench_aligner_inference.py --quick                     # 4 rows x 16 tokens (smoke)
-    python benchmarks/bench_aligner_inference.py --workloads 8x64 --aligner metaaligner/data/demo_aligner \\
+    python benchmarks/bench_aligner_inference.py --workloads 8x64 --aligner metaaligner/data/demo_aligner \
         --prompt_lookup 10                                                    # n-gram speculation, trained aligner
 
 First the roofline: this process's own fp32 matmul GFLOP/s (1024^3) and memory-copy GB/s. Then per

@@ -53,6 +53,9 @@ class BuildConfig:
     add_objective: list[str] = field(default_factory=list, metadata={
         "help": "extra objective 'key=description' (repeatable)"})
     tie_tolerance: float = field(default=0.0, metadata={"help": "|chosen - rejected| <= this counts as equal"})
+    keep_identical_pairs: bool = field(default=False, metadata={
+        "help": "keep pairs whose chosen and rejected texts are identical but scored differently (the released "
+                "scripts did; their items' target equals the input); default: drop and count them"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N input rows"})
     warmup: str = field(default="copy", metadata={
         "help": "copy: warmup/train.json of copy items (this project's reading of the paper's warm-up step); "
@@ -65,7 +68,7 @@ def main(cfg: BuildConfig) -> dict:
     from metaaligner.cli import split_csv
     from metaaligner.dataset.reformulation import build_dataset, pairs_from_rows
     from metaaligner.errors import MetaAlignerError
-    from metaaligner.io import read_records, write_json
+    from metaaligner.io import atomic_folder, read_records
     from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.registry.objectives import build_registry
     from metaaligner.registry.templates import get_template
@@ -82,25 +85,25 @@ def main(cfg: BuildConfig) -> dict:
     rows_in = len(rows)
     if cfg.limit is not None:
         rows = rows[:cfg.limit]
-    pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input)
+    pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input, keep_identical=cfg.keep_identical_pairs)
     result = build_dataset(pairs, [o.key for o in objectives], [o.description for o in objectives], template,
                            seed=cfg.seed, val_size=cfg.val_size, tolerance=cfg.tie_tolerance,
                            dropped=dropped, rows_in=len(rows), warmup=cfg.warmup == "copy")
     test, test_stats = _heldout(cfg, objectives, template) if cfg.test_input else ([], None)
     out = Path(cfg.output_dir)
-    files = {out / "no_equal" / "train.json": result.no_equal_train, out / "no_equal" / "val.json": result.no_equal_val,
-             out / "all_equal" / "train.json": result.all_equal}
+    files = {"no_equal/train.json": result.no_equal_train, "no_equal/val.json": result.no_equal_val,
+             "all_equal/train.json": result.all_equal}
     if cfg.warmup == "copy":
-        files[out / "warmup" / "train.json"] = result.warmup
+        files["warmup/train.json"] = result.warmup
     if cfg.test_input:
-        files[out / "no_equal" / "test.json"] = test
-    _write(out, files)
+        files["no_equal/test.json"] = test
     stats = dict(result.stats, input=str(cfg.input), config=dataset.name, rows_in_file=rows_in,
                  warmup={"mode": cfg.warmup, "note": WARMUP_NOTES[cfg.warmup]})
     if test_stats:
         stats["items"]["no_equal/test"] = len(test)
         stats["test"] = test_stats
-    write_json(out / "stats.json", stats)
+    with atomic_folder(out, drop=("warmup",)) as tmp:  # whole or absent: a failure mid-write leaves the old folder as it was
+        write_outputs(tmp, files, stats)
     seconds = time.perf_counter() - start
     items = stats["items"]
     print(f"build_aligner_dataset: {len(rows)} rows in, {len(pairs)} pairs used, dropped "
@@ -125,15 +128,18 @@ def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
                    "dropped_rows": dict(sorted(dropped.items())), "items": len(items)}
 
 
-def _write(out: Path, files: dict) -> None:
-    from metaaligner.io import write_fastchat
+def write_outputs(folder: Path, files: dict[str, list], stats: dict) -> None:
+    """The FastChat files and stats.json (last) into ``folder``; files of an earlier run with other
+    settings (``warmup/``, ``no_equal/test.json``) that this run does not write are removed."""
     from metaaligner.dataset.reformulation import to_fastchat
+    from metaaligner.io import write_fastchat, write_json
 
-    for stale in (out / "warmup" / "train.json", out / "no_equal" / "test.json"):
-        if stale not in files and stale.exists():
-            stale.unlink()   # left by an earlier run with other settings
-    for path, items in files.items():
-        write_fastchat(path, to_fastchat(items))
+    for stale in ("warmup/train.json", "no_equal/test.json"):
+        if stale not in files and (folder / stale).exists():
+            (folder / stale).unlink()
+    for rel, items in files.items():
+        write_fastchat(folder / rel, to_fastchat(items))
+    write_json(folder / "stats.json", stats)
 
 
 def make_parser():

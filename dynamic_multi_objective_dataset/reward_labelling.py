@@ -92,8 +92,10 @@ def main(cfg: RewardLabellingConfig) -> dict | None:
                      extra_stats={"input": cfg.input, "processes": world, "batch_size": cfg.batch_size,
                                   "seconds_rank0": round(seconds, 2),
                                   "rows_per_s_rank0": round(mine / max(seconds, 1e-9), 2)})
+    from metaaligner.io import remove_output
+
     for path in paths:
-        path.unlink()
+        remove_output(path)
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items()) or "none"
     print(f"reward_labelling: {stats['rows_in']} rows in, {stats['rows_out']} out, dropped {sum(stats['dropped'].values())} "
           f"({dropped}); {len(scorers)} rewards x {world} process(es); rank 0: {mine} rows in {seconds:.1f}s "

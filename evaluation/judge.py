@@ -76,7 +76,8 @@ class JudgeConfig:
     both_orders: bool = field(default=False, metadata={"help": "judge each pair in both positions; a win needs "
                                                                "both orders to agree (MT-Bench convention)"})
     dry_run: bool = field(default=False, metadata={"help": "print the calls and a cost estimate; call nothing"})
-    resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run"})
+    resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run (only one with the same judge, objectives and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "judge into an --output_dir that holds another judge's run or outputs made with other settings"})
     limit: int = field(default=0, metadata={"help": "judge only the first N rows of each file (0 = all)"})
     max_cost: float = field(default=0.0, metadata={"help": "stop cleanly before spending more USD than this (0 = no limit)"})
     price_per_1k_input: float = field(default=-1.0, metadata={"help": "USD per 1k prompt tokens; -1 = registry default"})
@@ -124,7 +125,7 @@ def main(config: JudgeConfig) -> None:
         max_cost=config.max_cost, price_per_1k_input=config.price_per_1k_input,
         price_per_1k_output=config.price_per_1k_output, max_retries=config.max_retries, timeout=config.timeout,
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
-        add_objective=_flatten(config.add_objective),
+        add_objective=_flatten(config.add_objective), overwrite=config.overwrite,
         columns={"query": config.query_column, "goldens": config.goldens_column})
     if config.dry_run:
         print(format_dry_run(result, result.get("judge_model") or config.judge_model))

@@ -49,7 +49,8 @@ class AlignerInferenceConfig:
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
     iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice)"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
     add_objective: list[str] = field(default_factory=list, metadata={"help": "inline objective 'key=Description: ...' (repeatable)", "action": "append"})
@@ -126,7 +127,7 @@ def main(config: AlignerInferenceConfig) -> None:
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed, batch_size=config.batch_size)
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
-                                iterations=config.iterations)
+                                iterations=config.iterations, backend=config.backend, endpoint=config.base_url)
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,
@@ -147,7 +148,8 @@ def main(config: AlignerInferenceConfig) -> None:
             print(f"{job.name}: {stats.rows_in} prompts ({stats.empty_answers} empty answers, "
                   f"{stats.prompt_chars} chars, ~{stats.prompt_chars // 4} tokens) -> {stats.output}")
         else:
-            stats = align_file(job, settings, get_backend, columns, config.limit, config.resume)
+            stats = align_file(job, settings, get_backend, columns, config.limit, config.resume,
+                               overwrite=config.overwrite)
             print(stats.summary())
         totals["rows"] += stats.rows_in
         totals["aligned"] += stats.aligned

@@ -56,7 +56,8 @@ class PolicyGenerationConfig:
     chat_template: bool = field(default=True, metadata={"help": "wrap each query in the model's chat template (openai: /v1/chat/completions); --chat_template false for raw completion"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --model"})
     limit: int = field(default=None, metadata={"help": "answer only the first N queries of each file"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <output>.prompts.jsonl with the queries that would be sent; load no model"})
     max_new_tokens: int = field(default=256, metadata={"help": "new tokens per answer"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
@@ -124,6 +125,12 @@ def main(config: PolicyGenerationConfig) -> None:
     if not config.dry_run:
         check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
     refine = refine_objectives(config.aspects, dataset) if config.self_refine else None
+    from metaaligner.io import folder_identity, inside, redact_url
+
+    for job in jobs:
+        inside(Path(config.model_output_path), f"{job.name}.csv", "--model_name")
+    knobs = {"backend": config.backend, "chat_template": config.chat_template, "lora_path": config.lora_path,
+             "lora_files": folder_identity(config.lora_path), "base_url": redact_url(config.base_url)}
     backend = None
 
     def get_backend():
@@ -141,7 +148,8 @@ def main(config: PolicyGenerationConfig) -> None:
             stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run)
         else:
             rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
-            stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run)
+            stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run,
+                                  overwrite=config.overwrite, settings=knobs)
         print(f"{job.name}: {stats.rows_in} queries -> {stats.output}" if config.dry_run else stats.summary())
         total += stats.rows_in
     print(f"done: {len(jobs)} file(s), {total} queries, {time.time() - start:.1f} s; outputs under {config.model_output_path}")

@@ -10,15 +10,26 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io as _io
 import json
+import logging
 import math
 import os
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from metaaligner.errors import DataError
+from metaaligner.errors import DataError, MetaAlignerError
+
+log = logging.getLogger(__name__)
+
+# A 5 MB cell is legal CSV (and works in JSONL); the csv module's default limit is 128 kB.
+csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
 
 TEXT_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 # The aligner output format, shared by the aligner, every baseline and SePO (what evaluation/ reads).
@@ -46,7 +57,25 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(path, f"line {line}: bytes that are not UTF-8 at offset {exc.start}") from None
+        row = _row_of_offset(path, raw[: exc.start].decode("utf-8-sig", errors="replace"), line)
+        raise DataError(path, f"bytes that are not UTF-8 at offset {exc.start} (line {line}); "
+                              "re-save the file as UTF-8", row=row) from None
+
+
+def _row_of_offset(path: Path, prefix: str, line: int) -> int | None:
+    """The 1-based data row (header excluded for CSV) holding the first character after ``prefix``."""
+    suffix = _suffix(path)
+    if suffix in (".jsonl", ".jsonl.gz"):
+        return line
+    if suffix not in (".csv", ".csv.gz"):
+        return None
+    try:  # records before the bad byte, counting one cut short by it (cells may span lines)
+        records = sum(1 for _ in csv.reader(_io.StringIO(prefix, newline="")))
+    except csv.Error:
+        return max(1, line - 1)
+    if not prefix or prefix.endswith(("\n", "\r")):
+        records += 1
+    return max(1, records - 1)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -63,6 +92,11 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         reader = csv.DictReader(_io.StringIO(text, newline=""))
         if not reader.fieldnames:
             raise DataError(path, "file has no header")
+        seen: set[str] = set()
+        for name in reader.fieldnames:
+            if name in seen:  # DictReader would silently keep the last one
+                raise DataError(path, "the header names this column twice; rename or drop one", column=name)
+            seen.add(name)
         rows = []
         for i, row in enumerate(reader, start=1):
             if None in row:
@@ -135,14 +169,38 @@ def _to_float(path: Path, value: Any, row: int, column: str) -> float:
 
 # ---------------------------------------------------------------- atomic writes
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and racy with threads)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | Path) -> Path:
+    """``path`` as a Path, refused (one line, naming it) when a folder sits where the file goes."""
+    path = Path(path)
+    if path.is_dir():
+        raise MetaAlignerError(f"{path}: is a folder, but an output file goes there; remove it or choose "
+                               "another output path")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
-    """Open a temp file beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
+    """Open a temp file beside ``path``; rename it into place only if the block succeeds. The file
+    gets the mode a plain ``open`` would give it (0666 minus the umask), not mkstemp's 0600."""
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         opener = gzip.open if path.name.endswith(".gz") else open
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
         with opener(tmp, mode if "b" in mode or opener is open else mode.replace("w", "wt"), **kwargs) as fh:
@@ -152,6 +210,80 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, drop: tuple[str, ...] = ()):
+    """Build a multi-file output in a temporary sibling folder (yielded) and swap it in for ``path``
+    only when the block succeeds, so the folder is whole (all files from one run) or absent.
+    Entries of an old ``path`` that the new run did not write are carried over, except the top-level
+    names in ``drop`` (outputs of another setting that must not survive); on failure the old folder
+    is left exactly as it was."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MetaAlignerError(f"{path}: is a file, but an output folder goes there; remove it or choose "
+                               "another output folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        old = None
+        if path.exists():
+            for entry in path.iterdir():
+                if not (tmp / entry.name).exists() and not entry.name.startswith(f".{path.name}.") \
+                        and entry.name not in drop:
+                    os.replace(entry, tmp / entry.name)
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- secrets and names
+
+_SECRET_PARAM = re.compile(r"(api[_-]?key|key|token|access[_-]?token|secret|password|passwd|sig|signature|auth)",
+                           re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_QUERY_SECRET = re.compile(r"(?P<k>[?&](?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|sig|"
+                           r"signature|auth)=)[^&\s#'\"]+", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without credentials: userinfo becomes ``***@`` and api_key-like query values ``***``."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_PARAM.fullmatch(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Every URL credential inside free text (error lines, log records) replaced by ``***``."""
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
+    return _QUERY_SECRET.sub(lambda m: m.group("k") + "***", text)
+
+
+def inside(root: str | Path, name: str, what: str) -> Path:
+    """``root / name``, refused when ``name`` is absolute or resolves outside ``root`` (``..``)."""
+    root = Path(root)
+    candidate = root / name
+    if Path(name).is_absolute() or not candidate.resolve().is_relative_to(root.resolve()):
+        raise MetaAlignerError(f"{what} {name!r} resolves outside {root}; give a plain name inside it")
+    return candidate
 
 
 def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
@@ -210,37 +342,182 @@ def read_fastchat(path: str | Path) -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------- resumable outputs
 
+INPUT_HASH = "__input__"              # per journal row: the hash of the input row that made it
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """A short content hash of one input row (its identity for resume)."""
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str))
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``key: old -> new`` for every setting that differs (values cut to 60 characters)."""
+    def short(value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    keys = sorted(set(old) | set(new))
+    return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k) != new.get(k))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """``<output>.lock`` holding the writer's pid: a second run on the same output stops at once; a
+    lock left by a dead process (kill -9) is taken over."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = target.with_name(target.name + ".lock")
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                pid = self._owner()
+                # this process's own lock (a writer dropped without close) never blocks it
+                if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                    raise MetaAlignerError(
+                        f"{self.target}: another run (pid {pid}) is writing this output (lock {self.path}); wait "
+                        "for it to finish, or give another output path") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return
+        raise MetaAlignerError(f"{self.path}: could not take the output lock; delete it if no run is writing")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text(encoding="ascii").strip() or "0") or None
+        except (OSError, ValueError):
+            return None  # half-written by a process killed right after creating it
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.held = False
+
+
 class ResumableWriter:
     """Append finished rows to ``<path>.partial.jsonl`` (flushed and fsynced per call); ``finish``
     writes the complete table to ``path`` atomically, ordered by ``key``, and removes the partial file.
 
     A truncated last line (the process was killed mid-write) is ignored on resume, so every row ends
-    up exactly once.
+    up exactly once. With a ``fingerprint`` (a JSON-able dict of everything that decides the rows),
+    ``.<name>.fingerprint.json`` beside the output records the partial file's fingerprint and the
+    finished output's (with each row's key and input hash; partial rows carry theirs as
+    ``__input__``): ``resume`` continues only a run with the same fingerprint (and, on a finished
+    output, takes its rows back), a finished output made with another fingerprint is an error
+    naming what differs unless ``overwrite``; rows whose input hash changed are not done.
+    ``<path>.lock`` keeps a second run off the same output until ``finish`` or ``close``.
     """
 
-    def __init__(self, path: str | Path, columns: list[str], key: str = "row_id", resume: bool = False):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, columns: list[str], key: str = "row_id", resume: bool = False,
+                 fingerprint: dict[str, Any] | None = None, overwrite: bool = False, lock: bool = True):
+        self.path = check_output_file(path)
         self.partial = self.path.with_name(self.path.name + ".partial.jsonl")
+        self.meta_path = self.path.with_name(f".{self.path.name}.fingerprint.json")
         self.columns, self.key = columns, key
+        self.fingerprint = None if fingerprint is None else _canonical(fingerprint)
+        self.from_output = False  # rows were taken back from a finished output
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: dict[Any, dict[str, Any]] = {}
+        self._fh = None
+        self._lock = OutputLock(self.path)
+        if lock:  # lock=False: only reading what is there (a dry run)
+            self._lock.acquire()
+        try:
+            self._open(resume, overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, resume: bool, overwrite: bool) -> None:
+        if self.fingerprint is not None and not overwrite:
+            self._check_finished_output()
         if resume and self.partial.exists():
-            self._load_partial()
+            self._load_partial(overwrite)
         elif self.partial.exists():
             self.partial.unlink()
-        self._fh = None
+        if resume and not self.partial.exists() and self.fingerprint is not None and not overwrite:
+            self._load_finished_output()
 
-    def _load_partial(self) -> None:
+    def _meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _stored_meta(self) -> dict[str, Any] | None:
+        """What the sidecar says about the finished output (None: no record)."""
+        meta = self._meta().get("output")
+        return meta if isinstance(meta, dict) and isinstance(meta.get("fingerprint"), dict) else None
+
+    def _write_meta(self, **parts: Any) -> None:
+        write_json(self.meta_path, {**self._meta(), **parts}, indent=None)
+
+    def _check_finished_output(self) -> None:
+        meta = self._stored_meta() if self.path.exists() else None
+        if meta is not None and meta["fingerprint"] != self.fingerprint:
+            raise MetaAlignerError(f"{self.path}: a finished output made with other settings "
+                                   f"({fingerprint_diff(meta['fingerprint'], self.fingerprint)}); give another "
+                                   "output path, or pass --overwrite to replace it")
+
+    def _load_finished_output(self) -> None:
+        meta = self._stored_meta() if self.path.exists() else None
+        if meta is None:
+            return  # no record of how it was made: nothing is taken back, every row is redone
+        # (key, input hash) per output row, in file order: the key need not be an output column
+        rows, keys = read_records(self.path), meta.get("rows") or []
+        if len(rows) != len(keys):
+            return
+        for row, (key, input_hash) in zip(rows, keys):
+            row[self.key] = key
+            row[INPUT_HASH] = input_hash
+            self.rows[key] = row
+        self.from_output = True
+
+    def _load_partial(self, overwrite: bool = False) -> None:
         good = 0
         with open(self.partial, "rb") as fh:
             data = fh.read()
+        stored = self._meta().get("partial")
+        if self.fingerprint is not None and stored is None:
+            log.warning("%s records no settings (an older version wrote it); its rows are reused", self.partial)
+        elif self.fingerprint is not None and stored != self.fingerprint:
+            if overwrite:
+                self.partial.unlink()
+                return
+            raise MetaAlignerError(f"{self.partial}: an interrupted run made with other settings "
+                                   f"({fingerprint_diff(stored, self.fingerprint)}); resume with the same "
+                                   "settings, or run without --resume to start over")
         for line in data.split(b"\n"):
             try:
                 row = json.loads(line.decode("utf-8"))
             except (ValueError, UnicodeDecodeError):
                 break  # a line cut short by a kill: everything after it is dropped
-            self.rows[row[self.key]] = row
             good += len(line) + 1
+            self.rows[row[self.key]] = row
         with open(self.partial, "r+b") as fh:
             fh.truncate(min(good, len(data)))
 
@@ -248,9 +525,24 @@ class ResumableWriter:
     def done(self) -> set:
         return set(self.rows)
 
+    def is_done(self, key: Any, input_hash: str | None = None) -> bool:
+        """Whether row ``key`` is written, and (when ``input_hash`` is given) from that same input."""
+        row = self.rows.get(key)
+        if row is None:
+            return False
+        if input_hash is None or self.fingerprint is None or INPUT_HASH not in row:
+            return True  # no hash to compare (a row from an older version)
+        return row[INPUT_HASH] == input_hash
+
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         if self._fh is None:
+            fresh = not self.partial.exists() or self.partial.stat().st_size == 0
+            if fresh and self.fingerprint is not None:  # recorded before the first row lands
+                self._write_meta(partial=self.fingerprint)
             self._fh = open(self.partial, "a", encoding="utf-8")
+            if self.from_output:  # the rows taken back from the finished output go first
+                for row in self.rows.values():
+                    self._fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         for row in rows:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.rows[row[self.key]] = row
@@ -258,34 +550,47 @@ class ResumableWriter:
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the partial file and release the lock (the rows stay for ``--resume``)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        self._lock.release()
 
     def finish(self, order: list | None = None) -> list[dict[str, Any]]:
-        self.close()
-        keys = order if order is not None else sorted(self.rows)
-        rows = [self.rows[k] for k in keys if k in self.rows]
-        suffix = _suffix(self.path)
-        if suffix in (".jsonl", ".jsonl.gz"):
-            write_jsonl(self.path, rows)
-        else:
-            write_csv(self.path, rows, self.columns)
-        with contextlib.suppress(FileNotFoundError):
-            self.partial.unlink()
-        return rows
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        try:
+            keys = order if order is not None else sorted(self.rows)
+            rows = [self.rows[k] for k in keys if k in self.rows]
+            keys = [[r[self.key], r.get(INPUT_HASH)] for r in rows]
+            clean = [{k: v for k, v in r.items() if k != INPUT_HASH} for r in rows]
+            if _suffix(self.path) in (".jsonl", ".jsonl.gz"):
+                write_jsonl(self.path, clean)
+            else:
+                write_csv(self.path, clean, self.columns)
+            if self.fingerprint is not None:
+                self._write_meta(output={"fingerprint": self.fingerprint, "key": self.key, "rows": keys},
+                                 partial=None)
+            with contextlib.suppress(FileNotFoundError):
+                self.partial.unlink()
+        finally:
+            self._lock.release()
+        return clean
 
 
 def run_resumable(rows: list[dict[str, Any]], writer: ResumableWriter, generator: Any, make_rows, chunk: int,
                   desc: str, progress: bool = True) -> tuple[int, list[dict[str, Any]]]:
-    """Feed the rows ``writer`` has not done yet (by ``writer.key``) to ``make_rows(backend, part)``
-    in chunks of ``chunk`` rows and append each chunk's output rows (the resume granularity), under a
-    tqdm bar. ``generator`` is the backend, or a zero-argument factory called only before the first
-    chunk (nothing is loaded when every row is done). The writer is closed also on error. Returns
-    (rows already done, the finished rows in the order of ``rows``)."""
+    """Feed the rows ``writer`` has not done yet (by ``writer.key`` and the input row's hash) to
+    ``make_rows(backend, part)`` in chunks of ``chunk`` rows and append each chunk's output rows (the
+    resume granularity), under a tqdm bar. ``generator`` is the backend, or a zero-argument factory
+    called only before the first chunk (nothing is loaded when every row is done). The writer is
+    closed (lock released) also on error. Returns (rows already done, the finished rows in the
+    order of ``rows``)."""
     from tqdm.auto import tqdm
 
-    todo = [r for r in rows if r[writer.key] not in writer.done]
+    hashes = {r[writer.key]: row_hash(r) for r in rows}
+    todo = [r for r in rows if not writer.is_done(r[writer.key], hashes[r[writer.key]])]
     resumed = len(rows) - len(todo)
     backend = None
     bar = tqdm(total=len(rows), initial=resumed, desc=desc, unit="row", disable=not progress)
@@ -294,14 +599,56 @@ def run_resumable(rows: list[dict[str, Any]], writer: ResumableWriter, generator
             part = todo[begin:begin + chunk]
             if backend is None:
                 backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
-            writer.append(make_rows(backend, part))
+            out = make_rows(backend, part)
+            for row in out:
+                row[INPUT_HASH] = hashes.get(row[writer.key])
+            writer.append(out)
             bar.update(len(part))
+    except BaseException:
+        writer.close()
+        raise
     finally:
         bar.close()
-        writer.close()
     return resumed, writer.finish(order=[r[writer.key] for r in rows])
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), max(1, size)):
         yield items[start:start + size]
+
+
+def load_yaml(path: str | Path, text: str | None = None) -> Any:
+    """A YAML file's content; malformed YAML is a ``DataError`` naming the file, line and column."""
+    import yaml
+
+    path = Path(path)
+    if text is None:
+        text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise DataError(path, f"{where}malformed YAML ({problem}); fix the file") from None
+
+
+def folder_identity(path: str | Path | None) -> str | None:
+    """A cheap identity of a local model or adapter folder (a hash of its files' names, sizes and
+    modification times), so retrained weights under the same path count as another model. None
+    for a hub name or nothing."""
+    if not path:
+        return None
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
+
+
+def remove_output(path: str | Path) -> None:
+    """Delete an output written through ``ResumableWriter`` with its fingerprint sidecar."""
+    path = Path(path)
+    for p in (path, path.with_name(f".{path.name}.fingerprint.json")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

@@ -66,10 +66,18 @@ def find_row_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_verdicts(paths: Iterable[str | Path], mode: str | None = None) -> list[dict[str, Any]]:
-    """All per-row verdicts under ``paths`` (optionally only ``mode`` pairwise|rating), ``row`` as int."""
+    """All per-row verdicts under ``paths`` (optionally only ``mode`` pairwise|rating), ``row`` as int.
+
+    Refused, naming file and row: a header-only file, a column named twice, one row judged twice
+    (the same dataset/policy/target/objective/row), a rating that is not a number in 0-10."""
     rows: list[dict[str, Any]] = []
-    for file in find_row_files(paths):
-        for i, row in enumerate(read_records(file), start=1):
+    seen: dict[tuple, tuple[str, int, str]] = {}
+    files = list(dict.fromkeys(Path(f).resolve() for f in find_row_files(paths)))
+    for file in files:
+        records = read_records(file)
+        if not records:
+            raise DataError(file, "has a header but no rows; re-run the judge for it or leave the file out")
+        for i, row in enumerate(records, start=1):
             if mode and row.get("mode", "pairwise") != mode:
                 continue
             try:
@@ -80,9 +88,36 @@ def load_verdicts(paths: Iterable[str | Path], mode: str | None = None) -> list[
                 # An unknown verdict would silently score 0; refuse it instead.
                 raise DataError(file, f"unknown verdict {row.get('verdict')!r}; expected one of {', '.join(VERDICTS)}",
                                 row=i, column="verdict")
+            if row.get("mode", "pairwise") == "rating":
+                _check_rating(file, row, i)
+            _check_unique(file, row, i, seen)
             row["_file"] = str(file)
             rows.append(row)
     return rows
+
+
+def _check_unique(file: Path, row: dict[str, Any], i: int, seen: dict[tuple, tuple[str, int, str]]) -> None:
+    """One verdict per (dataset, policy, target, objective, mode, row): a second would reweight it."""
+    key = tuple(str(row.get(k, "")) for k in ("dataset", "policy", "target", "objective", "mode")) + (row["row"],)
+    if key in seen:
+        where, j, verdict = seen[key]
+        raise DataError(file, f"row id {row['row']} is judged twice (also {where} row {j}, verdict {verdict!r}; "
+                              f"here {row.get('verdict')!r}); keep one judge run per output", row=i, column="row")
+    seen[key] = (str(file), i, str(row.get("verdict")))
+
+
+def _check_rating(file: Path, row: dict[str, Any], i: int) -> None:
+    """A valid rating is a finite number in 0-10; an invalid one has an empty score."""
+    import math
+
+    if row.get("verdict") == "invalid" and str(row.get("score", "")) == "":
+        return
+    try:
+        score = float(row.get("score"))
+    except (TypeError, ValueError):
+        raise DataError(file, f"rating {row.get('score')!r} is not a number", row=i, column="score") from None
+    if not math.isfinite(score) or not 0 <= score <= 10:
+        raise DataError(file, f"rating {row.get('score')!r} is outside 0-10", row=i, column="score")
 
 
 def _group(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
@@ -177,8 +212,10 @@ def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int
 
 def objective_rank(dataset: str, objective: str) -> tuple[int, str]:
     """Sort key: the dataset config's objective order (seen, then unseen), then others by name."""
-    from metaaligner.registry.datasets import load_dataset_config
+    from metaaligner.registry.datasets import available, load_dataset_config
 
+    if dataset not in available():  # a cell read from data names a shipped config, never a file
+        return (10_000, objective)
     try:
         config = load_dataset_config(dataset)
     except MetaAlignerError:
@@ -730,15 +767,28 @@ def write_reports(output_dir: str | Path, table2_inputs: list[str] | None = None
                   metric: str | list[str] = "win_half_tie", n_boot: int = 1000, seed: int = 0,
                   training_logs: dict[str, str] | None = None, methods: list[str] | None = None,
                   figure3_inputs: list[str] | None = None) -> dict[str, Any]:
-    """Write every report whose inputs are given; returns the paths written and the cells.
+    """Write every report whose inputs are given, into a temporary folder swapped in for
+    ``output_dir`` at the end (whole or absent); returns the paths written and the cells.
 
     ``metric``: one name or several (comma-separated or a list), shown side by side in Tables 2/3;
     Figure 3 uses the first. ``figure3_inputs``: the step folders in order (``label=path`` or a path;
     up to 7 bare paths take the paper's step labels). ``rating_inputs``: rating-mode judge folders,
     one per alignment condition (``label=path`` or a path labelled by its folder name).
     """
-    output_dir = Path(output_dir)
-    metrics = parse_metrics(metric)
+    from metaaligner.io import atomic_folder
+
+    final = Path(output_dir)
+    inputs = {"table2": table2_inputs, "table3": table3_inputs, "figure3": figure3_inputs, "ratings": rating_inputs}
+    with atomic_folder(final) as tmp:
+        written = _write_reports(tmp, inputs, parse_metrics(metric), n_boot, seed, training_logs, methods)
+    written["files"] = [final / Path(p).relative_to(tmp) for p in written["files"]]
+    return written
+
+
+def _write_reports(output_dir: Path, inputs: dict[str, list[str] | None], metrics: list[str], n_boot: int,
+                   seed: int, training_logs: dict[str, str] | None, methods: list[str] | None) -> dict[str, Any]:
+    table2_inputs, table3_inputs = inputs["table2"], inputs["table3"]
+    figure3_inputs, rating_inputs = inputs["figure3"], inputs["ratings"]
     written: dict[str, Any] = {"files": []}
     if table2_inputs:
         _write_table2(output_dir, table2_inputs, metrics, n_boot, seed, written)

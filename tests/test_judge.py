@@ -266,11 +266,12 @@ def test_cache_makes_rerun_free_and_is_keyed_on_the_full_request(tmp_path):
         assert [(r["row"], r["position"], r["reply"], r["verdict"]) for r in after] == before
         assert {r["calls"] for r in after} == {"0"} and {r["cached_calls"] for r in after} == {"1"}
         # a different prompt, temperature or model is a different request: no stale verdicts
-        judge(inp, tmp_path / "out", server, judge_prompt="released")
+        # (another judge into the same folder needs overwrite=True: issue 16)
+        judge(inp, tmp_path / "out", server, judge_prompt="released", overwrite=True)
         assert server.request_count == 10
-        judge(inp, tmp_path / "out", server, temperature=0.7)
+        judge(inp, tmp_path / "out", server, temperature=0.7, overwrite=True)
         assert server.request_count == 15
-        judge(inp, tmp_path / "out", server, judge_model="other-judge")
+        judge(inp, tmp_path / "out", server, judge_model="other-judge", overwrite=True)
         assert server.request_count == 20
     assert first.api_calls == 5 and (tmp_path / "out" / "judge_cache.sqlite").exists()
 
@@ -394,7 +395,10 @@ def test_resume_never_mixes_rows_of_another_judge_configuration(tmp_path):
         first = judge(inp, tmp_path / "out", server, concurrency=1, max_cost=0.25, price_per_1k_input=1.0,
                       price_per_1k_output=0.0)
         assert first.stopped == "max_cost" and first.rows_done >= 1
-        again = judge(inp, tmp_path / "out", server, resume=True, judge_prompt="released")
+        # issue 16: resuming under another judge is refused, naming what differs; --overwrite redoes it
+        with pytest.raises(MetaAlignerError, match='judge_prompt: "clean" -> "released"'):
+            judge(inp, tmp_path / "out", server, resume=True, judge_prompt="released")
+        again = judge(inp, tmp_path / "out", server, resume=True, judge_prompt="released", overwrite=True)
     assert again.rows_skipped_resume == 0 and again.rows_done == 6
     assert {r["judge_prompt"] for r in rows_of(tmp_path / "out")} == {"released"}
 

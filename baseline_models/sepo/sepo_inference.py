@@ -33,7 +33,8 @@ class SePOInferenceConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     limit: int | None = field(default=None, metadata={"help": "only the first N queries"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
 
 
 def make_parser():
@@ -48,7 +49,7 @@ def main(config: SePOInferenceConfig) -> None:
                               top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
     generate_outputs(config.input, config.model, config.output, params, backend=config.backend,
                      origin_model=config.origin_model, prompt_template=config.prompt_template,
-                     limit=config.limit, resume=config.resume)
+                     limit=config.limit, resume=config.resume, overwrite=config.overwrite)
 
 
 if __name__ == "__main__":

@@ -293,7 +293,13 @@ def plan_jobs(data_dir: str | Path, aligned_model: str | None, output_root: str 
     ``DIR/P/<task>.csv`` (IMHI) writes ``OUT/P/<task>.csv``; a file as ``--data_dir`` writes
     ``OUT/<aligned_model or its stem>.csv``; no ``--aligned_model`` takes every table in DIR
     (and in its policy folders)."""
+    from metaaligner.io import inside
+
     data_dir, out = Path(data_dir), Path(output_root)
+    if aligned_model:  # a name, never a way out of the input or output folder
+        inside(out, aligned_model, "--aligned_model")
+        if data_dir.is_dir():
+            inside(data_dir, aligned_model, "--aligned_model")
     if data_dir.is_file():
         return [FileJob(data_dir, aligned_model or table_stem(data_dir), out)]
     if not data_dir.is_dir():
@@ -372,6 +378,8 @@ class AlignRunSettings:
     descriptions: list[str]
     params: GenerationParams = field(default_factory=GenerationParams)
     iterations: int = 1
+    backend: str = ""                # recorded in the fingerprint (hf and vllm may decode differently)
+    endpoint: str | None = None      # an OpenAI-compatible server's base URL (stored redacted)
 
     @property
     def columns(self) -> list[str]:
@@ -381,6 +389,20 @@ class AlignRunSettings:
     def provenance(self) -> dict[str, str]:
         return {"aligner": self.source.label, "template": self.source.template,
                 "aspects": ",".join(self.aspect_labels)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides an output row (what ``--resume`` must find unchanged)."""
+        from metaaligner.io import folder_identity, redact_url
+
+        tpl = get_template(self.source.template)
+        p = self.params
+        return {"stage": "aligner", "aligner": self.source.label, "model": self.source.model,
+                "model_files": folder_identity(self.source.model), "lora_path": self.source.lora_path,
+                "lora_files": folder_identity(self.source.lora_path), "template": tpl.name,
+                "template_text": [tpl.better, tpl.equal], "aspects": list(self.aspect_labels),
+                "objective_texts": list(self.descriptions), "max_new_tokens": p.max_new_tokens,
+                "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "iterations": self.iterations,
+                "backend": self.backend, "endpoint": redact_url(self.endpoint)}
 
 
 def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, str] | None = None,
@@ -398,23 +420,28 @@ def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, st
 
 def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dict[str, str] | None = None,
                limit: int | None = None, resume: bool = False, chunk_rows: int | None = None,
-               progress: bool = True) -> AlignStats:
+               progress: bool = True, overwrite: bool = False) -> AlignStats:
     """Align one table into ``job.output_path``, appending finished chunks to a partial file so a
-    killed run continues with ``resume=True`` (every row exactly once). ``generator`` may be a
-    callable returning the backend, so nothing is loaded when every row is already done."""
+    killed run continues with ``resume=True`` (every row exactly once). The output carries the
+    settings' fingerprint: a resume with other settings, or a finished output made with other
+    settings, is an error unless ``overwrite``; rows whose input changed are aligned again.
+    ``generator`` may be a callable returning the backend, so nothing is loaded when every row is
+    already done."""
+    from metaaligner.io import row_hash
+
     start = time.time()
     rows = load_policy_rows(job.input_path, columns, limit)
     stats = AlignStats(name=job.name, rows_in=len(rows), output=str(job.output_path),
                        empty_answers=sum(is_empty_answer(r["answer"]) for r in rows))
     provenance = settings.provenance()
-    partial = job.output_path.with_name(job.output_path.name + ".partial.jsonl")
-    if resume and job.output_path.exists() and not partial.exists():
-        done = read_records(job.output_path)
-        if len(done) == len(rows):
-            stats.skipped, stats.resumed = "already complete; drop --resume to redo it", len(done)
-            return stats
-    writer = ResumableWriter(job.output_path, settings.columns, key="row_id", resume=resume)
-    if writer.rows:
+    writer = ResumableWriter(job.output_path, settings.columns, key="row_id", resume=resume,
+                             fingerprint=settings.fingerprint(), overwrite=overwrite)
+    if writer.from_output and len(writer.rows) == len(rows) and \
+            all(writer.is_done(r["row_id"], row_hash(r)) for r in rows):
+        writer.close()
+        stats.skipped, stats.resumed = "already complete; drop --resume to redo it", len(rows)
+        return stats
+    if writer.rows and not writer.from_output:
         first = next(iter(writer.rows.values()))
         mismatch = [k for k, v in provenance.items() if first.get(k) != v]
         if mismatch:

@@ -64,10 +64,23 @@ class PolicyStats:
                 f"{self.empty_outputs} empty answers, {self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
 
 
+def policy_fingerprint(model_label: str, params: GenerationParams, extra: dict | None = None) -> dict:
+    """Everything that decides a policy answer (what ``--resume`` must find unchanged)."""
+    from metaaligner.io import folder_identity
+
+    model = model_label.split(":", 1)[1] if model_label.startswith("embedded:") else model_label
+    return {"stage": "policy", "model": model_label, "model_files": folder_identity(model),
+            "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+            "seed": params.seed, **(extra or {})}
+
+
 def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
-                  resume: bool = False, dry_run: bool = False, progress: bool = True) -> PolicyStats:
+                  resume: bool = False, dry_run: bool = False, progress: bool = True, overwrite: bool = False,
+                  settings: dict | None = None) -> PolicyStats:
     """Answer ``rows`` into ``job.output_path`` (resumable, chunks of 4 batches). ``generator``
-    may be a factory, called only when some row still needs an answer."""
+    may be a factory, called only when some row still needs an answer. The output carries the
+    fingerprint of the model, ``params`` and ``settings`` (other knobs, e.g. the chat template):
+    another fingerprint on resume, or on a finished output, is an error unless ``overwrite``."""
     start = time.time()
     stats = PolicyStats(job.name, rows_in=len(rows))
     if dry_run:
@@ -75,7 +88,8 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
         stats.output = str(job.prompts_path)
         return stats
     stats.output = str(job.output_path)
-    writer = ResumableWriter(job.output_path, POLICY_COLUMNS, key="row_id", resume=resume)
+    writer = ResumableWriter(job.output_path, POLICY_COLUMNS, key="row_id", resume=resume,
+                             fingerprint=policy_fingerprint(model_label, params, settings), overwrite=overwrite)
     if writer.rows and next(iter(writer.rows.values())).get("model") != model_label:
         writer.close()
         raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")

@@ -157,10 +157,13 @@ def score_columns(columns: Iterable[str]) -> int:
     return n
 
 
-def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>"
-                    ) -> tuple[list[PreferencePair], Counter]:
-    """Stage-1 rows -> pairs. Rows with an empty response or a missing/NaN score are dropped and
-    counted by reason; a cell that is not a number at all is a ``DataError``."""
+def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>",
+                    keep_identical: bool = False) -> tuple[list[PreferencePair], Counter]:
+    """Stage-1 rows -> pairs. Rows with an empty response, a missing score (``missing_score``), a
+    NaN/inf score (``non_finite_score``), or identical chosen and rejected texts scored differently
+    (``identical_texts``: the item's target would equal its input; ``keep_identical`` keeps them, as
+    the released scripts did) are dropped and counted by reason; a cell that is not a number at all
+    is a ``DataError``."""
     if not rows:
         raise DataError(path, "no rows")
     columns = set(rows[0])
@@ -192,6 +195,12 @@ def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "
         if any(v is None for side in scores for v in side):
             dropped["missing_score"] += 1
             continue
+        if any(not math.isfinite(v) for side in scores for v in side):
+            dropped["non_finite_score"] += 1
+            continue
+        if not keep_identical and texts[1] == texts[2] and scores[0] != scores[1]:
+            dropped["identical_texts"] += 1
+            continue
         pairs.append(PreferencePair(i, texts[0], texts[1], texts[2], tuple(scores[0]), tuple(scores[1])))
     return pairs, dropped
 
@@ -207,7 +216,7 @@ def _score(path: str, value: Any, row: int, column: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise DataError(path, f"expected a number, got {value!r}", row=row, column=column) from None
-    return number if math.isfinite(number) else None
+    return number  # NaN/inf are counted apart from missing cells (non_finite_score)
 
 
 # ---------------------------------------------------------------- the whole dataset

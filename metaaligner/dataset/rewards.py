@@ -634,30 +634,54 @@ def label_shard(rows: list[PreferenceRow], scorers: list[Scorer], output: str | 
                 world: int = 1, batch_size: int = 16, chunk_size: int = 512, min_tokens: int = 8,
                 resume: bool = False, progress: bool = True) -> Path:
     """Score this rank's slice of ``rows`` chunk by chunk into ``<output>.shard{rank}of{world}.jsonl``
-    (appended per chunk, so ``resume`` continues after the last finished chunk). Returns the shard path."""
+    (appended per chunk, so ``resume`` continues after the last finished chunk; only a run with the
+    same scorers, and rows whose texts are unchanged). Returns the shard path."""
     from tqdm.auto import tqdm
 
-    from metaaligner.io import ResumableWriter
+    from metaaligner.io import INPUT_HASH, ResumableWriter
 
     path = shard_path(output, rank, world)
     mine = [rows[i] for i in shard_range(len(rows), rank, world)]
-    if resume and path.exists():
-        log.info("rank %d: shard %s already complete, reusing it", rank, path)
-        return path
-    if path.exists():
+    if path.exists() and not resume:
         path.unlink()
-    writer = ResumableWriter(path, ["row_id", "status", "chosen", "rejected"], key="row_id", resume=resume)
-    todo = [r for r in mine if r.row_id not in writer.done]
+    # a shard is an intermediate file: a fresh run replaces one made with other settings
+    writer = ResumableWriter(path, ["row_id", "status", "chosen", "rejected"], key="row_id", resume=resume,
+                             fingerprint=shard_fingerprint(scorers, min_tokens), overwrite=not resume)
+    hashes = {r.row_id: preference_row_hash(r) for r in mine}
+    todo = [r for r in mine if not writer.is_done(r.row_id, hashes[r.row_id])]
     if len(todo) < len(mine):
         log.info("rank %d: resuming, %d of %d rows already scored", rank, len(mine) - len(todo), len(mine))
     bar = tqdm(total=len(todo) * 2 * len(scorers), desc=f"score[rank {rank}]" if world > 1 else "score",
                unit="seq", disable=not progress)
-    for start in range(0, len(todo), max(1, chunk_size)):
-        chunk = todo[start:start + chunk_size]
-        writer.append(label_rows(chunk, scorers, batch_size, min_tokens, bar.update))
-    bar.close()
+    try:
+        for start in range(0, len(todo), max(1, chunk_size)):
+            chunk = todo[start:start + chunk_size]
+            writer.append({**res, INPUT_HASH: hashes[res["row_id"]]}
+                          for res in label_rows(chunk, scorers, batch_size, min_tokens, bar.update))
+    except BaseException:
+        writer.close()
+        raise
+    finally:
+        bar.close()
     writer.finish(order=[r.row_id for r in mine])
     return path
+
+
+def shard_fingerprint(scorers: list[Scorer], min_tokens: int) -> dict[str, Any]:
+    """What decides a row's scores: each scorer (model, kind, length limit, description) and the filter."""
+    from metaaligner.io import folder_identity
+
+    return {"stage": "rewards", "min_tokens": min_tokens,
+            "scorers": [{"name": s.name, "kind": s.kind, "model": s.model_name, "model_files": folder_identity(s.model_name),
+                         "max_length": s.max_length, "description": getattr(s, "description", None)}
+                        for s in scorers]}
+
+
+def preference_row_hash(row: PreferenceRow) -> str:
+    from metaaligner.io import row_hash
+
+    return row_hash({"prompt": row.prompt, "chosen": row.chosen_response, "rejected": row.rejected_response,
+                     "status": row.status})
 
 
 def wait_for_shards(output: str | Path, world: int, timeout_s: float = 7200, poll_s: float = 2.0) -> list[Path]:

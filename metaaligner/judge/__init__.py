@@ -36,7 +36,8 @@ __all__ = ["Completion", "CostMeter", "Decoding", "JudgeCache", "JudgeCallError"
 def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
     """The dataset config named by ``dataset``, else by the ``template`` provenance column that the
     aligner writes into its output CSVs."""
-    from metaaligner.registry.datasets import load_dataset_config
+    from metaaligner.errors import DataError
+    from metaaligner.registry.datasets import available, load_dataset_config
     from metaaligner.io import read_records
 
     if dataset:
@@ -45,7 +46,11 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
     for _, path in files:
         rows = read_records(path)
         if rows and rows[0].get("template"):
-            names.add(str(rows[0]["template"]))
+            name = str(rows[0]["template"])
+            if name not in available():  # a value read from data names a shipped config, never a path
+                raise DataError(path, f"template {name!r} is not a shipped dataset config ({', '.join(available())}); "
+                                      "pass --template NAME_OR_PATH", row=1, column="template")
+            names.add(name)
     if len(names) == 1:
         return load_dataset_config(names.pop())
     raise MetaAlignerError("name the dataset config with --dataset (hh-rlhf, ultrafeedback, imhi or a YAML path); "
@@ -63,16 +68,18 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
                   cache_path: str | Path | None = None, objectives_file: str | None = None,
                   add_objective: list[str] | None = None, max_failures: int = 20, progress: bool = True,
                   engine: Any = None, profile: str | None = None, parser: str | None = None,
-                  columns: dict[str, str] | None = None) -> RunResult | dict[str, Any]:
+                  columns: dict[str, str] | None = None, overwrite: bool = False) -> RunResult | dict[str, Any]:
     """Judge every row of the aligner output file(s) at ``input_path`` for each target and objective.
 
     ``profile`` (``clean`` by default, ``paper``, or a YAML file) sets the prompt set, judge model,
     decoding and parser; ``judge_prompt``, ``judge_model``, ``parser``, ``temperature`` and
-    ``max_tokens`` override its parts when given.
+    ``max_tokens`` override its parts when given. An ``output_dir`` holding another judge's run
+    (``run.json``: model, prompt, parser, endpoint, decoding) is refused unless ``overwrite``; its
+    summaries never mix two judges' rows.
 
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
-    from metaaligner.io import write_json
+    from metaaligner.io import redact_url, write_json
     from metaaligner.registry.objectives import build_registry
 
     output_dir = Path(output_dir)
@@ -87,7 +94,7 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
         profile, mode, config.judge_family, judge_prompt=judge_prompt, judge_model=judge_model, parser=parser,
         temperature=temperature, max_tokens=max_tokens, seed=seed)
     settings = JudgeSettings(mode=mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=seed,
-                             both_orders=both_orders)
+                             both_orders=both_orders, endpoint=redact_url(base_url) or "")
     prices = default_prices(judge_model)
     price_in = price_per_1k_input if price_per_1k_input is not None and price_per_1k_input >= 0 else \
         (prices[0] if prices else 0.0)
@@ -100,7 +107,11 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     meter = CostMeter(price_in, price_out, max_cost)
     tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit, columns=columns)
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MetaAlignerError(f"{output_dir}: is a file, but --output_dir is a folder; choose another path")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not dry_run and not overwrite:
+        check_same_judge(output_dir / "run.json", settings)
     cache = JudgeCache(cache_path or output_dir / "judge_cache.sqlite") if use_cache else None
     try:
         if dry_run:
@@ -108,18 +119,38 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
             return {**dry_run_plan(tasks, runner, output_dir, resume=resume), "profile": judge_profile.name}
         if engine is None:
             engine = OpenAIChatEngine(judge_model, base_url=base_url, timeout=timeout, max_retries=max_retries)
-        write_json(output_dir / "run.json", {
-            **settings.describe(), "profile": judge_profile.name, "prompt_user": prompt.user, "prompt_system": prompt.system,
+        write_json(output_dir / "run.json", {"judge_config": settings.fingerprint(),
+            **settings.describe(), "profile": judge_profile.name, "prompt_user": prompt.user,
+            "prompt_system": prompt.system,
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
-            "base_url": base_url, "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
+            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
             "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
             "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         runner = JudgeRunner(settings, engine, cache, meter, concurrency=concurrency, resume=resume,
-                             max_failures=max_failures, progress=progress)
+                             max_failures=max_failures, progress=progress, overwrite=overwrite)
         result = runner.run(tasks)
-        write_run_summary(output_dir, result.summaries)
+        write_run_summary(output_dir, result.summaries, settings.fingerprint())
         return result
     finally:
         if cache is not None:
             cache.close()
+
+
+def check_same_judge(run_json: Path, settings: JudgeSettings) -> None:
+    """Refuse an output folder whose ``run.json`` names another judge configuration."""
+    import json
+
+    from metaaligner.io import fingerprint_diff
+
+    try:
+        old = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict) or old.get("judge_config") in (None, settings.fingerprint()):
+        return
+    new = settings.describe()
+    what = fingerprint_diff({k: old.get(k) for k in new}, new) or "the prompt texts differ"
+    raise MetaAlignerError(f"{run_json.parent}: holds a run of another judge configuration ({what}); use another "
+                           "--output_dir, or pass --overwrite to judge into it anyway (its summary then holds "
+                           "only the new judge's rows)")

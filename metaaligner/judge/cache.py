@@ -36,6 +36,17 @@ class JudgeCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        try:
+            self._open()
+        except sqlite3.Error as exc:  # sqlite names no path ("unable to open database file")
+            from metaaligner.errors import MetaAlignerError
+
+            raise MetaAlignerError(f"{self.path}: cannot open the judge cache ({exc}); make its folder writable, "
+                                   "or pass --cache_path elsewhere (or --no_cache)") from None
+
+    def _open(self) -> None:
+        if self.path.is_dir():
+            raise sqlite3.OperationalError("a folder is where the cache file goes")
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -76,6 +76,8 @@ class OpenAIChatEngine:
         self.model = model
         self.malformed_retries = malformed_retries
         self.base_url = base_url or None
+        if self.base_url:
+            check_reachable(self.base_url)
         self.client = OpenAI(base_url=self.base_url, api_key=resolve_api_key(self.base_url),
                              timeout=timeout, max_retries=max_retries)
 
@@ -105,7 +107,10 @@ class OpenAIChatEngine:
         except openai.APITimeoutError:
             raise JudgeCallError("request timed out (after retries)") from None
         except openai.APIConnectionError as exc:
-            raise JudgeCallError(f"connection error: {_short(str(exc))}") from None
+            from metaaligner.io import redact_text, redact_url
+
+            where = redact_url(self.base_url) or "the OpenAI API"
+            raise JudgeCallError(f"connection error to {where}: {redact_text(_short(str(exc)))}") from None
         except openai.APIResponseValidationError as exc:
             raise _Malformed(_short(str(exc), 120)) from None
         except openai.APIError as exc:
@@ -121,6 +126,32 @@ class OpenAIChatEngine:
         return Completion(text=text, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
                           finish_reason=getattr(choices[0], "finish_reason", None))
+
+
+def check_reachable(base_url: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the URL, when nothing listens at ``base_url`` (the client would retry a
+    refused connection with backoff for every row)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from metaaligner.io import redact_url
+
+    try:
+        parts = urlsplit(base_url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise MetaAlignerError(f"--base_url {redact_url(base_url)!r} is not a URL ({exc})") from None
+    if not host or parts.scheme not in ("http", "https"):
+        raise MetaAlignerError(f"--base_url {redact_url(base_url)!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise MetaAlignerError(f"{redact_url(base_url)}: connection refused; is the server running there? "
+                               "(check --base_url)") from None
+    except socket.gaierror as exc:
+        raise MetaAlignerError(f"{redact_url(base_url)}: unknown host {host!r} ({exc.strerror}); check --base_url") from None
+    except OSError:
+        pass  # slow or filtered: the client's timeout and retries decide
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -50,11 +50,13 @@ class JudgeSettings:
     decoding: Decoding
     seed: int = 0              # position seed (per item)
     both_orders: bool = False
+    endpoint: str = ""         # the server's base URL, redacted ("" = the OpenAI API): same model name,
+    #                            another server, other verdicts
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "judge_prompt": self.prompt.set_name, "judge_family": self.prompt.family,
                 "judge_model": self.judge_model, "decoding": self.decoding.to_dict(), "seed": self.seed,
-                "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict()}
+                "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict(), "endpoint": self.endpoint}
 
     def fingerprint(self) -> str:
         """A short hash of everything that decides a verdict (prompt texts included): resumed rows
@@ -80,6 +82,13 @@ class Task:
     def summary_path(self) -> Path:
         return self.rows_path.with_name(self.rows_path.name[: -len(".csv")] + ".summary.json")
 
+    def fingerprint(self, settings: "JudgeSettings") -> dict[str, Any]:
+        """What decides this output file's rows: the judge (prompt texts included) and the objective text."""
+        o = self.objective
+        return {"stage": "judge", **settings.describe(), "judge_config": settings.fingerprint(),
+                "dataset": self.dataset, "policy": self.policy, "target": self.target, "objective": o.key,
+                "objective_name": o.name, "objective_description": o.description, "unseen": bool(o.unseen)}
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -90,6 +99,14 @@ class Unit:
     candidate: str
     golden: str
     aspects: str
+
+    @property
+    def input_hash(self) -> str:
+        """The row's identity for resume: a changed answer or question is judged again."""
+        from metaaligner.io import row_hash
+
+        return row_hash({"query": self.query, "candidate": self.candidate, "golden": self.golden,
+                         "aspects": self.aspects})
 
 
 def discover_inputs(input_path: str | Path, exclude: Path | None = None) -> list[tuple[str, Path]]:
@@ -204,10 +221,12 @@ class JudgeRunner:
     """Judges the units of ``tasks`` with a thread pool; see the module docstring."""
 
     def __init__(self, settings: JudgeSettings, engine: Any, cache: JudgeCache | None, meter: CostMeter,
-                 concurrency: int = 8, resume: bool = False, max_failures: int = 20, progress: bool = True):
+                 concurrency: int = 8, resume: bool = False, max_failures: int = 20, progress: bool = True,
+                 overwrite: bool = False):
         self.settings, self.engine, self.cache, self.meter = settings, engine, cache, meter
         self.concurrency = max(1, int(concurrency))
         self.resume, self.max_failures, self.progress = resume, max_failures, progress
+        self.overwrite = overwrite
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
         self.api_calls = 0
@@ -218,7 +237,11 @@ class JudgeRunner:
     # -------------------------------------------------------------- one call
     def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         s = self.settings
-        return {"model": s.judge_model, "messages": messages, **s.decoding.to_dict(), "parser": s.prompt.parser.to_dict()}
+        request = {"model": s.judge_model, "messages": messages, **s.decoding.to_dict(),
+                   "parser": s.prompt.parser.to_dict()}
+        if s.endpoint:  # the cache key names the server too (the OpenAI API keeps its old keys)
+            request["endpoint"] = s.endpoint
+        return request
 
     def call(self, messages: list[dict[str, str]], stats: _Stats) -> Completion:
         request = self.request(messages)
@@ -334,7 +357,8 @@ class JudgeRunner:
         out.update(calls=stats.calls, cached_calls=stats.cached_calls, prompt_tokens=stats.prompt_tokens,
                    completion_tokens=stats.completion_tokens, cost_usd=round(stats.cost, 8),
                    judge_model=self.settings.judge_model, judge_prompt=self.settings.prompt.set_name,
-                   judge_config=self._fingerprint, judge_parser=self.settings.prompt.parser.name)
+                   judge_config=self._fingerprint, judge_parser=self.settings.prompt.parser.name,
+                   __input__=unit.input_hash)
         return out
 
     # -------------------------------------------------------------- the run
@@ -343,13 +367,12 @@ class JudgeRunner:
 
         start = time.time()
         by_key = {task.key: task for task in tasks}
-        writers = {task.key: ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=self.resume)
-                   for task in tasks}
+        writers = self._open_writers(tasks)
         todo, skipped = [], 0
         for task in tasks:
             done = _done_rows(writers[task.key], self._fingerprint)
             for unit in task.units:
-                if unit.row in done:
+                if unit.row in done and writers[task.key].is_done(unit.row, unit.input_hash):
                     skipped += 1
                 else:
                     todo.append(unit)
@@ -404,7 +427,8 @@ class JudgeRunner:
         summaries, finished_tasks = [], 0
         for task in tasks:
             writer = writers[task.key]
-            if {u.row for u in task.units} <= _done_rows(writer, self._fingerprint):
+            if all(u.row in _done_rows(writer, self._fingerprint) and writer.is_done(u.row, u.input_hash)
+                   for u in task.units):
                 rows = writer.finish(order=[u.row for u in task.units])
                 summary = summarize_task(task, rows, self.settings)
                 write_json(task.summary_path, summary)
@@ -419,6 +443,21 @@ class JudgeRunner:
                          stopped=stopped, summaries=summaries, finished_tasks=finished_tasks, total_tasks=len(tasks))
 
 
+    def _open_writers(self, tasks: list[Task]) -> dict[tuple[str, str, str], ResumableWriter]:
+        """One locked writer per output file; on an error none stays locked."""
+        writers: dict[tuple[str, str, str], ResumableWriter] = {}
+        try:
+            for task in tasks:
+                writers[task.key] = ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=self.resume,
+                                                    fingerprint=task.fingerprint(self.settings),
+                                                    overwrite=self.overwrite)
+        except BaseException:
+            for writer in writers.values():
+                writer.close()
+            raise
+        return writers
+
+
 def _done_rows(writer: ResumableWriter, fingerprint: str) -> set:
     return {key for key, row in writer.rows.items() if row.get("judge_config") == fingerprint}
 
@@ -429,7 +468,7 @@ def summarize_task(task: Task, rows: list[dict[str, Any]], settings: JudgeSettin
     summary: dict[str, Any] = {"dataset": task.dataset, "policy": task.policy, "target": task.target,
                                "objective": task.objective.key, "objective_name": task.objective.name,
                                "unseen": task.objective.unseen, **settings.describe(),
-                               "rows_file": str(task.rows_path)}
+                               "judge_config": settings.fingerprint(), "rows_file": str(task.rows_path)}
     verdicts = [str(r["verdict"]) for r in rows]
     if settings.mode == "pairwise":
         summary.update(summarize_pairwise(verdicts))
@@ -450,14 +489,17 @@ def summarize_task(task: Task, rows: list[dict[str, Any]], settings: JudgeSettin
     return summary
 
 
-def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]]) -> None:
-    """``summary.json`` (all finished tasks of the output folder) and a flat ``summary.csv``."""
+def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]], judge_config: str | None = None) -> None:
+    """``summary.json`` (all finished tasks of the output folder judged with ``judge_config``, when
+    given: never another judge's) and a flat ``summary.csv``."""
     all_summaries = []
     for path in sorted(output_dir.rglob("*.summary.json")):
         try:
-            all_summaries.append(json.loads(path.read_text(encoding="utf-8")))
+            summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
+        if judge_config is None or (isinstance(summary, dict) and summary.get("judge_config") == judge_config):
+            all_summaries.append(summary)
     if not all_summaries:
         all_summaries = summaries
     write_json(output_dir / "summary.json", all_summaries)
@@ -481,8 +523,10 @@ def dry_run_plan(tasks: list[Task], runner: JudgeRunner, output_dir: Path | None
     for task in tasks:
         done = set()
         if resume:
-            done = _done_rows(ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=True),
-                              settings.fingerprint())
+            peek = ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=True,
+                                   fingerprint=task.fingerprint(settings), lock=False)
+            hashes = {u.row: u.input_hash for u in task.units}
+            done = {r for r in _done_rows(peek, settings.fingerprint()) if peek.is_done(r, hashes.get(r, ""))}
         for unit in task.units:
             if unit.row in done:
                 continue

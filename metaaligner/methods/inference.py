@@ -64,7 +64,8 @@ class BaselineInferenceConfig:
     cut_next_turn: bool = field(default=True, metadata={
         "help": "cut a response where the model starts a new '\\nHuman:'/'\\nAssistant:' turn itself"})
     limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
@@ -118,7 +119,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
     from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
-    from metaaligner.io import ResumableWriter, read_records
+    from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, read_records, row_hash
 
     start = time.time()
     dataset = load_dataset_config(config.dataset)
@@ -145,11 +146,17 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
         rows = rows[:config.limit]
     name = config.aligned_model or output_name(config.data_dir)
     out_path = Path(config.model_output_path) / f"{name}.csv"
-    writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume)
     provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.dataset,
                   "aspects": ",".join(spec.keys),
                   "targets": format_targets(spec.keys, targets) if targets is not None else ""}
-    todo = [i for i in range(len(rows)) if i not in writer.done]
+    fingerprint = {"stage": "baseline", **provenance, "model_files": folder_identity(config.aligner_path),
+                   "conditioning": conditioning, "backend": config.backend, "max_new_tokens": config.max_new_tokens,
+                   "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+                   "max_input_tokens": config.max_input_tokens, "cut_next_turn": config.cut_next_turn}
+    writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume,
+                             fingerprint=fingerprint, overwrite=config.overwrite)
+    hashes = [row_hash(r) for r in rows]
+    todo = [i for i in range(len(rows)) if not writer.is_done(i, hashes[i])]
     skipped_empty = sum(1 for i in todo if not str(rows[i].get(query_col) or "").strip())
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
@@ -169,7 +176,8 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
             for j, text in zip(live, generated):
                 outputs[j] = cut_at_next_turn(text) if config.cut_next_turn else text
         writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),
-                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out, **provenance}
+                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out, **provenance,
+                       INPUT_HASH: hashes[i]}
                       for i, out in zip(idx, outputs))
         bar.update(len(idx))
     bar.close()

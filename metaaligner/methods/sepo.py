@@ -536,23 +536,31 @@ def pairs_from_records(rows: list[dict[str, Any]], marker: str = "\n\nAssistant:
 
 def generate_outputs(input_path: str | Path, model: str, output: str | Path, params, backend: str = "hf",
                      origin_model: str | None = None, prompt_template: str = "{query}", limit: int | None = None,
-                     resume: bool = False, chunk_size: int = 64, generators: dict | None = None) -> list[dict[str, Any]]:
+                     resume: bool = False, chunk_size: int = 64, generators: dict | None = None,
+                     overwrite: bool = False) -> list[dict[str, Any]]:
     """Answer each ``query`` with the SePO policy, in the aligner output format (``query``, ``goldens``,
     ``origin_responses``, ``aligned_responses``) so ``evaluation/`` scores it like an aligner.
 
     ``aligned_responses`` = the SePO policy's answer; ``origin_responses`` = the input's
     ``generated_text`` when present, else the answer of ``origin_model`` (e.g. the SFT starting point)
-    when given, else "". ``generators`` = {"aligned": gen, "origin": gen} skips loading (tests)."""
+    when given, else "". ``generators`` = {"aligned": gen, "origin": gen} skips loading (tests).
+    The output carries a fingerprint of models, template and ``params``; resume redoes rows whose
+    input changed and refuses other settings (``overwrite`` replaces them)."""
     from metaaligner.generation import get_generator
-    from metaaligner.io import ResumableWriter, iter_batches, read_table
+    from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, iter_batches, read_table, row_hash
 
     if "{query}" not in prompt_template:
         raise MetaAlignerError("--prompt_template must contain {query}")
     rows = read_table(input_path, required=["query"])
     rows = rows[:limit] if limit else rows
     has_origin = "generated_text" in rows[0]
-    writer = ResumableWriter(output, OUTPUT_COLUMNS, key="row_id", resume=resume)
-    todo = [i for i in range(len(rows)) if i not in writer.done]
+    fingerprint = {"stage": "sepo", "model": model, "model_files": folder_identity(model), "backend": backend,
+                   "origin_model": origin_model, "prompt_template": prompt_template,
+                   "params": {k: getattr(params, k, None) for k in ("max_new_tokens", "temperature", "top_p", "seed")}}
+    writer = ResumableWriter(output, OUTPUT_COLUMNS, key="row_id", resume=resume, fingerprint=fingerprint,
+                             overwrite=overwrite)
+    hashes = [row_hash(r) for r in rows]
+    todo = [i for i in range(len(rows)) if not writer.is_done(i, hashes[i])]
     generators = dict(generators or {})
     if todo and "aligned" not in generators:
         generators["aligned"] = get_generator(backend, model)
@@ -569,7 +577,7 @@ def generate_outputs(input_path: str | Path, model: str, output: str | Path, par
         else:
             origin = [""] * len(batch)
         writer.append([{"row_id": i, "query": rows[i]["query"], "goldens": str(rows[i].get("goldens", "")),
-                        "origin_responses": o, "aligned_responses": a}
+                        "origin_responses": o, "aligned_responses": a, INPUT_HASH: hashes[i]}
                        for i, o, a in zip(batch, origin, aligned)])
     out = writer.finish(order=list(range(len(rows))))
     elapsed = time.time() - start

@@ -7,7 +7,6 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from metaaligner.errors import MetaAlignerError
 
@@ -55,7 +54,11 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise MetaAlignerError(f"unknown dataset config {name_or_path!r}{hint}; shipped: {', '.join(available())}, "
                                "or give a path to a YAML file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from metaaligner.io import load_yaml
+
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise MetaAlignerError(f"{path}: expected a YAML mapping of key -> value")
     known = set(DatasetConfig.__dataclass_fields__) - {"path"}
     unknown = set(data) - known
     if unknown:

@@ -95,7 +95,12 @@ class ObjectiveRegistry:
         if not path.exists():
             raise MetaAlignerError(f"{path}: objectives file not found")
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        from metaaligner.io import load_yaml
+
+        try:
+            data = json.loads(text) if path.suffix == ".json" else load_yaml(path, text)
+        except json.JSONDecodeError as exc:
+            raise MetaAlignerError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}); fix the file") from None
         if not isinstance(data, dict) or not data:
             raise MetaAlignerError(f"{path}: expected a non-empty mapping of key -> description")
         added = []

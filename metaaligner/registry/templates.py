@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from metaaligner.errors import MetaAlignerError
 
@@ -65,7 +64,11 @@ def get_template(name_or_path: str) -> Template:
         return TEMPLATES[name_or_path]
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.exists():
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        from metaaligner.io import load_yaml
+
+        data = load_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise MetaAlignerError(f"{path}: expected a YAML mapping with 'better' and 'equal' strings")
         missing = [k for k in MODES if not isinstance(data.get(k), str)]
         if missing:
             raise MetaAlignerError(f"{path}: template file needs string fields {missing}")

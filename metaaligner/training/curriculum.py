@@ -114,7 +114,14 @@ def dataset_meta(data_dir: str | Path, template: str | None = None, dataset_conf
         except json.JSONDecodeError as exc:
             raise MetaAlignerError(f"{stats_path}: not JSON ({exc.msg})") from None
     cfg = None
-    name = dataset_config or stats.get("config")
+    from metaaligner.registry.datasets import available
+    from metaaligner.registry.templates import TEMPLATES
+
+    # values read from data name shipped configs only, never a path (issue 16)
+    if not template and stats.get("template") is not None and str(stats["template"]) not in TEMPLATES:
+        raise MetaAlignerError(f"{stats_path}: template {stats['template']!r} is not a shipped one "
+                               f"({', '.join(sorted(TEMPLATES))}); pass --template")
+    name = dataset_config or (stats.get("config") if str(stats.get("config")) in available() else None)
     if name:
         from metaaligner.registry.datasets import load_dataset_config
 
