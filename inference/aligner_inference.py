@@ -42,6 +42,7 @@ class AlignerInferenceConfig:
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
     iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
+    guard: str = field(default="auto", metadata={"help": "degeneration guard: an empty or looping output (a word 4-gram 3+ times) falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice)"})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
@@ -64,6 +65,15 @@ def _flatten(values) -> list[str]:
     for v in values or []:
         out.extend(_flatten(v) if isinstance(v, (list, tuple)) else [str(v)])
     return out
+
+
+def _guard_on(value: str, source) -> bool:
+    from metaaligner.aligner import guard_default
+    from metaaligner.errors import MetaAlignerError
+
+    if value not in ("auto", "on", "off"):
+        raise MetaAlignerError(f"--guard must be auto, on or off, got {value!r}")
+    return guard_default(source) if value == "auto" else value == "on"
 
 
 def main(config: AlignerInferenceConfig) -> None:
@@ -97,7 +107,7 @@ def main(config: AlignerInferenceConfig) -> None:
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed, batch_size=config.batch_size)
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
-                                iterations=config.iterations)
+                                iterations=config.iterations, guard=_guard_on(config.guard, source))
     columns = dataset.columns if dataset else None
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,
              source.template_from, ",".join(labels), len(jobs))
