@@ -114,3 +114,60 @@ def test_shipped_probe_is_small_and_measured(repo_root):
     held = judge.info["heldout"]
     assert held["pairs"] >= 400 and held["ci95"][0] < held["agreement"] < held["ci95"][1]
     assert len(judge.info["heldout_rows"]) == held["pairs"]
+
+
+def _tiny_probe(tiny_llama_dir, folder):
+    import torch
+
+    info = {"model": str(tiny_llama_dir), "layer": 1, "max_tokens": 64, "max_response_tokens": 32,
+            "heldout": {"pairs": 10, "agreement": 0.7, "ci95": [0.4, 0.9]}, "heldout_rows": []}
+    torch.manual_seed(2)
+    return ProbeJudge(torch.randn(16), torch.ones(16), info).save(folder)
+
+
+def test_probe_prompt_set_round_trips_its_fields():
+    from metaaligner.judge.probe import PROMPTS_FILE, read_fields
+    from metaaligner.judge.registry import get_prompt
+
+    prompt = get_prompt(str(PROMPTS_FILE), "pairwise")
+    text = prompt.render(query="Q: a, b {x}", output1="one\n\ntwo", output2="", aspects="Harmlessness: h")
+    assert read_fields(text) == {"query": "Q: a, b {x}", "output1": "one\n\ntwo", "output2": "", "aspects": "Harmlessness: h"}
+    assert prompt.parser.parse("[[2]]") == 2 and prompt.parser.parse("2") is None
+    with pytest.raises(MetaAlignerError, match="needs its own prompt set"):
+        read_fields("Which response is better?")
+
+
+def test_probe_engine_replies_what_the_probe_says(tiny_llama_dir, tmp_path):
+    from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine
+    from metaaligner.judge.registry import get_prompt
+
+    engine = ProbeEngine(_tiny_probe(tiny_llama_dir, tmp_path / "p"))
+    pair = get_prompt(str(PROMPTS_FILE), "pairwise")
+    q, a, b = "\n\nHuman: hi\n\nAssistant:", "Hello!", "Go away, I will not help."
+    expected = engine.judge.compare([q], [a], [b])[0]
+    assert expected in (1, 2)
+    reply = engine.complete(pair.messages(query=q, output1=a, output2=b, aspects="x")).text
+    assert reply == f"[[{expected}]]"
+    assert engine.complete(pair.messages(query=q, output1=a, output2=a + " ", aspects="x")).text == "[[0]]"
+    rating = get_prompt(str(PROMPTS_FILE), "rating")
+    score = engine.judge.score([q], [a])[0]
+    import math
+    assert engine.complete(rating.messages(query=q, output=a, aspects="x")).text == f"[[{round(10 / (1 + math.exp(-score)))}]]"
+
+
+def test_judge_outputs_with_the_probe_engine(tiny_llama_dir, tmp_path):
+    from metaaligner.io import read_records, write_csv
+    from metaaligner.judge import judge_outputs
+    from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine
+
+    rows = [{"query": "\n\nHuman: hi\n\nAssistant:", "goldens": "Hello! How can I help?", "origin_responses": "Hi.",
+             "aligned_responses": "Hello! How can I help?", "aligner": "x", "template": "hh-rlhf", "aspects": "harmlessness"}]
+    write_csv(tmp_path / "in" / "P.csv", rows, list(rows[0]))
+    engine = ProbeEngine(_tiny_probe(tiny_llama_dir, tmp_path / "p"))
+    result = judge_outputs(tmp_path / "in", tmp_path / "out", targets=["aligned_responses"], aspects=["harmlessness"],
+                           dataset="hh-rlhf", judge_prompt=str(PROMPTS_FILE), judge_model="probe:test",
+                           engine=engine, progress=False)
+    summary = result.summaries[0]
+    assert (summary["n"], summary["ties"], summary["invalid"]) == (1, 1, 0)  # same text as the golden: a tie
+    run = (tmp_path / "out" / "run.json").read_text()
+    assert "70.0% (95% CI 40.0%-90.0%)" in run

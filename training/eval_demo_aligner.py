@@ -36,6 +36,9 @@ class EvalDemoConfig:
     max_new_tokens: int = field(default=96, metadata={"help": "generation budget per output"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     base_model: str = field(default="embedded", metadata={"help": "the untrained base used as aligner"})
+    aspects: str = field(default="harmlessness,helpfulness", metadata={"help": "objectives in the prompt (the Quickstart's --dataset hh-rlhf ones)"})
+    generate_only: str | None = field(default=None, metadata={"help": "only generate (and cache) the outputs of these systems, comma-separated: aligner, base, other; then stop"})
+    compare_aligner: str | None = field(default=None, metadata={"help": "another aligner folder to measure the same way (e.g. the previous demo aligner)"})
     png: str | None = field(default=None, metadata={"help": "loss-curve PNG path (needs --train_dir)"})
     seed: int = field(default=0, metadata={"help": "row sampling seed"})
 
@@ -81,21 +84,53 @@ def heldout_pair_rows(cfg: EvalDemoConfig, judge, tok) -> list[dict[str, str]]:
 
 def system_outputs(cfg: EvalDemoConfig, rows: list[dict], card: dict) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
     """Each system's output per row (generation is greedy), and per row whether the guard fell back."""
-    from metaaligner.aligner import degenerate_reason, guard_outputs
-    from metaaligner.generation import GenerationParams, get_generator
+    from pathlib import Path
+
+    from metaaligner.aligner import degenerate_reason, guard_outputs, resolve_objectives
+    from metaaligner.generation import GenerationParams
+    from metaaligner.objectives import build_registry
     from metaaligner.templates import render
 
-    prompts = [render(card["template"], r["query"], r["answer"], card["objective_descriptions"]) for r in rows]
+    descriptions = resolve_objectives(cfg.aspects, build_registry(), "hh-rlhf")[1]
+    prompts = [render(card["template"], r["query"], r["answer"], descriptions) for r in rows]
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     answers = [r["answer"] for r in rows]
     out = {"copy (answer unchanged)": answers}
     fell = {}
-    for label, model in (("aligner", cfg.aligner_path), ("untrained base", cfg.base_model)):
-        raw = [str(t or "") for t in get_generator("hf", model).generate(prompts, params, progress=True)]
+    models = [("aligner", cfg.aligner_path, "aligner"), ("untrained base", cfg.base_model, "base")]
+    if cfg.compare_aligner:
+        models.append((f"other aligner ({cfg.compare_aligner})", cfg.compare_aligner, "other"))
+    only = set((cfg.generate_only or "").split(",")) - {""}
+    for label, model, short in models:
+        if only and short not in only:
+            continue
+        raw = cached_generate(Path(cfg.output_dir) / "generations", model, prompts, params)
         out[f"{label}, guard on"] = guard_outputs(answers, raw)[0]
         out[f"{label}, guard off"] = raw
         fell[f"{label}, guard on"] = [degenerate_reason(t) is not None for t in raw]
     return out, fell
+
+
+def cached_generate(folder, model: str, prompts: list[str], params) -> list[str]:
+    """Greedy outputs of ``model``, cached by (model folder's files, prompts, params) so a re-run or
+    a split run (``--generate_only``) costs nothing."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from metaaligner.generation import get_generator
+
+    stamp = {"model": model, "prompts": prompts, "params": repr(params)}
+    if Path(model).is_dir():
+        stamp["files"] = {p.name: p.stat().st_size for p in sorted(Path(model).iterdir()) if p.is_file()}
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(folder) / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    raw = [str(t or "") for t in get_generator("hf", model).generate(prompts, params, progress=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return raw
 
 
 def judge_systems(judge, rows: list[dict], systems: dict[str, list[str]], fell: dict[str, list[bool]]) -> dict[str, dict]:
@@ -158,6 +193,9 @@ def main(cfg: EvalDemoConfig) -> dict:
     rows += [dict(r, source="Claude-3") for r in heldout_policy_rows(
         cfg.policy_file, tok, cfg.n_policy_rows, cfg.max_query_tokens, cfg.max_answer_tokens, seen, cfg.seed)]
     systems, fell = system_outputs(cfg, rows, card)
+    if cfg.generate_only:
+        print(f"eval_demo_aligner: generated {', '.join(k for k in systems if 'guard off' in k)} for {len(rows)} rows")
+        return {}
     results = {"aligner": cfg.aligner_path, "judge": judge.caption, "judge_heldout": judge.info["heldout"],
                "template": card["template"], "objectives": card.get("objectives"), "seed": cfg.seed,
                "max_new_tokens": cfg.max_new_tokens, "by_source": judge_systems(judge, rows, systems, fell)}

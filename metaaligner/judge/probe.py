@@ -192,3 +192,55 @@ class ProbeJudge:
         scores = self.score(list(prompts) * 2, list(outputs1) + list(outputs2))
         return [0 if " ".join(a.split()) == " ".join(b.split()) or x == y else 1 if x > y else 2
                 for a, b, x, y in zip(outputs1, outputs2, scores[:n], scores[n:])]
+
+
+# ---------------------------------------------------------------- as a judge engine of evaluation/
+
+PROMPTS_FILE = PROBE_DIR / "probe_prompts.yaml"   # the prompt set whose fields the engine reads back
+_FIELD_MARK = "\u241e"                        # record-separator symbol around each field
+
+
+def judge_model_id(folder: str | Path | None = None) -> str:
+    """``probe:<first 12 hex of the weights' sha256>``: the judge cache key changes with the weights."""
+    import hashlib
+
+    folder = Path(folder) if folder else PROBE_DIR
+    weights = folder / "probe.safetensors"
+    if not weights.exists():
+        raise MetaAlignerError(f"{folder}: no offline judge (probe.json + probe.safetensors); "
+                               "train one with training/train_offline_judge.py")
+    return f"{ENGINE_NAME}:{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+
+
+def read_fields(text: str) -> dict[str, str]:
+    """The fields of a message rendered from ``PROMPTS_FILE`` (``␞name␞value`` ... ``␞end␞``)."""
+    parts = text.split(_FIELD_MARK)
+    if len(parts) < 3 or parts[-2] != "end":
+        raise MetaAlignerError("the probe judge needs its own prompt set (--judge_prompt "
+                               f"{PROMPTS_FILE}); got a message it cannot read")
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 2, 2)}
+
+
+class ProbeEngine:
+    """``complete(messages, decoding) -> Completion`` for ``metaaligner.judge``'s runner: pairwise
+    replies ``[[1]]``/``[[2]]``/``[[0]]`` (same text or score), rating ``[[k]]`` with
+    k = round(10 * sigmoid(score)). Every aspect gets the same score: the probe measures the human
+    preference of harmless-base only."""
+
+    def __init__(self, folder: str | Path | None = None):
+        import threading
+
+        self.judge = ProbeJudge.load(folder)
+        self.caption = self.judge.caption
+        self._lock = threading.Lock()
+
+    def complete(self, messages: list[dict[str, str]], decoding=None):
+        from metaaligner.judge.cache import Completion
+
+        fields = read_fields(messages[-1]["content"])
+        with self._lock:
+            if "output" in fields:
+                score = self.judge.score([fields["query"]], [fields["output"]])[0]
+                return Completion(text=f"[[{round(10 / (1 + math.exp(-score)))}]]")
+            verdict = self.judge.compare([fields["query"]], [fields["output1"]], [fields["output2"]])[0]
+        return Completion(text=f"[[{verdict}]]")
