@@ -94,6 +94,11 @@ def test_probe_round_trip_scores_and_compare(tiny_llama_dir, tmp_path):
     a, b = ["Hello!", "Go away."], ["Hello!", "Hello, how can I help you today?"]
     s = loaded.score(prompts + prompts, a + b)
     assert s[0] == pytest.approx(s[2])
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    feats = extract_features(full, loaded.tokenizer, prompts, b, [1], 64, 32)  # same layer, untruncated model
+    assert s[2:] == pytest.approx(((feats[:, 0] / loaded.scale) @ loaded.weights).tolist(), abs=1e-4)
     verdicts = loaded.compare(prompts, a, b)
     assert verdicts[0] == 0 and verdicts[1] == (1 if s[1] > s[3] else 2)
     assert "70.0% (95% CI 40.0%-90.0%) on 10 held-out" in loaded.caption

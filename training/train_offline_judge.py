@@ -20,11 +20,12 @@ class JudgeConfig:
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "HH-RLHF JSONL(.gz) transcripts (chosen, rejected)"})
     cache: str = field(default="runs/judge/features.pt", metadata={"help": "feature cache (reused when settings match)"})
-    layers: str = field(default="6,10", metadata={"help": "comma-separated hidden-state layers to try"})
+    layers: str = field(default="3,6", metadata={"help": "comma-separated hidden-state layers to try"})
     l2: str = field(default="0.001,0.01,0.1", metadata={"help": "comma-separated L2 strengths to try"})
+    max_train_pairs: int = field(default=900, metadata={"help": "use at most N training pairs (seeded sample; 0: all; 900 fits a busy 2-core CPU); the held-out side is never cut"})
     test_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out from all training"})
-    max_tokens: int = field(default=128, metadata={"help": "tokens per (prompt tail + response)"})
-    max_response_tokens: int = field(default=96, metadata={"help": "response tokens kept (from its start)"})
+    max_tokens: int = field(default=64, metadata={"help": "tokens per (prompt tail + response)"})
+    max_response_tokens: int = field(default=48, metadata={"help": "response tokens kept (from its start)"})
     batch_size: int = field(default=16, metadata={"help": "feature batch size"})
     torch_threads: int = field(default=1, metadata={"help": "CPU threads (1 is fastest on a busy shared CPU)"})
     seed: int = field(default=0, metadata={"help": "split and cross-validation seed"})
@@ -102,8 +103,15 @@ def main(cfg: JudgeConfig) -> dict:
     torch.set_num_threads(cfg.torch_threads)
     layers = [int(x) for x in cfg.layers.split(",")]
     rows = load_pairs(cfg.input)
-    feats = cached_features(cfg, rows, layers)
     train, test = split_by_prompt([r.prompt for r in rows], cfg.test_fraction, cfg.seed)
+    if 0 < cfg.max_train_pairs < len(train):
+        import random
+        train = sorted(random.Random(f"probe-train|{cfg.seed}").sample(train, cfg.max_train_pairs))
+    used = sorted(train + test)
+    rows = [rows[i] for i in used]  # features only for the pairs used; indices re-mapped below
+    where = {old: new for new, old in enumerate(used)}
+    train, test = [where[i] for i in train], [where[i] for i in test]
+    feats = cached_features(cfg, rows, layers)
     train_prompts = [rows[i].prompt for i in train]
     grid = {}
     for k, layer in enumerate(layers):

@@ -173,7 +173,7 @@ class ProbeJudge:
             path = resolve_model_path(self.info.get("model"))
             self.tokenizer = load_tokenizer(path, padding_side="right")
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            self.model.model.layers = self.model.model.layers[: self.info["layer"]]  # deeper layers unused
+            self.model.model.layers = self.model.model.layers[: self.info["layer"] + 1]  # as when fitted; deeper unused
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], progress: bool = False) -> list[float]:
         """The probe's score of each response to its prompt (higher = more human-preferred)."""
