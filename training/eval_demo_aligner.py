@@ -38,6 +38,7 @@ class EvalDemoConfig:
     base_model: str = field(default="embedded", metadata={"help": "the untrained base used as aligner"})
     aspects: str = field(default="harmlessness,helpfulness", metadata={"help": "objectives in the prompt (the Quickstart's --dataset hh-rlhf ones)"})
     generate_only: str | None = field(default=None, metadata={"help": "only generate (and cache) the outputs of these systems, comma-separated: aligner, base, other; then stop"})
+    subset_exclude: str | None = field(default=None, metadata={"help": "JSON list of prompts (e.g. the training prompts of --compare_aligner): each source is also reported without its rows whose query is listed"})
     compare_aligner: str | None = field(default=None, metadata={"help": "another aligner folder to measure the same way (e.g. the previous demo aligner)"})
     png: str | None = field(default=None, metadata={"help": "loss-curve PNG path (needs --train_dir)"})
     seed: int = field(default=0, metadata={"help": "row sampling seed"})
@@ -122,7 +123,8 @@ def cached_generate(folder, model: str, prompts: list[str], params) -> list[str]
 
     stamp = {"model": model, "prompts": prompts, "params": repr(params)}
     if Path(model).is_dir():
-        stamp["files"] = {p.name: p.stat().st_size for p in sorted(Path(model).iterdir()) if p.is_file()}
+        stamp["files"] = {p.name: p.stat().st_size for p in sorted(Path(model).iterdir())
+                          if p.suffix == ".safetensors" or p.name in ("adapter_config.json", "config.json")}
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(folder) / f"{key}.json"
     if path.exists():
@@ -133,7 +135,8 @@ def cached_generate(folder, model: str, prompts: list[str], params) -> list[str]
     return raw
 
 
-def judge_systems(judge, rows: list[dict], systems: dict[str, list[str]], fell: dict[str, list[bool]]) -> dict[str, dict]:
+def judge_systems(judge, rows: list[dict], systems: dict[str, list[str]], fell: dict[str, list[bool]],
+                  exclude: set[str] | None = None) -> dict[str, dict]:
     """Per source and system: win rate against the unaligned answer and the text measures."""
     from metaaligner.training.demo import text_measures, win_rate
 
@@ -141,8 +144,13 @@ def judge_systems(judge, rows: list[dict], systems: dict[str, list[str]], fell: 
                    | {(r["query"], r["answer"]) for r in rows} | {(r["query"], r["human_chosen"]) for r in rows if r.get("human_chosen")})
     scores = dict(zip(texts, judge.score([q for q, _ in texts], [t for _, t in texts], progress=True)))
     results: dict[str, dict] = {}
+    groups = {}
     for source in sorted({r["source"] for r in rows}):
-        idx = [i for i, r in enumerate(rows) if r["source"] == source]
+        groups[source] = [i for i, r in enumerate(rows) if r["source"] == source]
+        kept = [i for i in groups[source] if rows[i]["query"] not in (exclude or set())]
+        if exclude and 0 < len(kept) < len(groups[source]):
+            groups[f"{source}, without the {len(groups[source]) - len(kept)} rows in --subset_exclude"] = kept
+    for source, idx in groups.items():
         answers = [rows[i]["answer"] for i in idx]
         base = [scores[(rows[i]["query"], rows[i]["answer"])] for i in idx]
         named = dict(systems)
@@ -193,12 +201,13 @@ def main(cfg: EvalDemoConfig) -> dict:
     rows += [dict(r, source="Claude-3") for r in heldout_policy_rows(
         cfg.policy_file, tok, cfg.n_policy_rows, cfg.max_query_tokens, cfg.max_answer_tokens, seen, cfg.seed)]
     systems, fell = system_outputs(cfg, rows, card)
+    exclude = set(json.loads(Path(cfg.subset_exclude).read_text(encoding="utf-8"))) if cfg.subset_exclude else None
     if cfg.generate_only:
         print(f"eval_demo_aligner: generated {', '.join(k for k in systems if 'guard off' in k)} for {len(rows)} rows")
         return {}
     results = {"aligner": cfg.aligner_path, "judge": judge.caption, "judge_heldout": judge.info["heldout"],
                "template": card["template"], "objectives": card.get("objectives"), "seed": cfg.seed,
-               "max_new_tokens": cfg.max_new_tokens, "by_source": judge_systems(judge, rows, systems, fell)}
+               "max_new_tokens": cfg.max_new_tokens, "by_source": judge_systems(judge, rows, systems, fell, exclude)}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "outputs.csv", [dict(r, **{k: v[i] for k, v in systems.items()}) for i, r in enumerate(rows)],
