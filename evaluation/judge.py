@@ -66,7 +66,9 @@ class JudgeConfig:
                                                           "http://127.0.0.1:8000/v1; default: the OpenAI API. "
                                                           "The key is read from OPENAI_API_KEY only"})
     judge_model: str = field(default=None, metadata={"help": "model name sent to the endpoint; default: the "
-                                                             "profile's (clean: gpt-4, paper: gpt-4-turbo-preview)"})
+                                                             "profile's (clean: gpt-4, paper: gpt-4-turbo-preview); "
+                                                             "'probe' = the offline probe judge "
+                                                             "(metaaligner/judge/probe.py, no server)"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight (1 = the released sequential loop)"})
     seed: int = field(default=0, metadata={"help": "seed of the per-row candidate position and of the request"})
     temperature: float = field(default=None, metadata={"help": "judge sampling temperature; default: the profile's "

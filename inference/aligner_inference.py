@@ -49,6 +49,7 @@ class AlignerInferenceConfig:
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
     iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
+    guard: str = field(default="auto", metadata={"help": "degeneration guard: an empty or looping output (a word 4-gram 3+ times) falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})
@@ -93,6 +94,13 @@ def released_flags(config: AlignerInferenceConfig) -> str | None:
     if not config.dry_run:
         check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
     return device
+def _guard_on(value: str, source) -> bool:
+    from metaaligner.aligner.inference import guard_default
+    from metaaligner.errors import MetaAlignerError
+
+    if value not in ("auto", "on", "off"):
+        raise MetaAlignerError(f"--guard must be auto, on or off, got {value!r}")
+    return guard_default(source) if value == "auto" else value == "on"
 
 
 def main(config: AlignerInferenceConfig) -> None:
@@ -127,7 +135,8 @@ def main(config: AlignerInferenceConfig) -> None:
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               seed=config.seed, batch_size=config.batch_size)
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
-                                iterations=config.iterations, backend=config.backend, endpoint=config.base_url)
+                                iterations=config.iterations, backend=config.backend, endpoint=config.base_url,
+                                guard=_guard_on(config.guard, source))
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,

@@ -32,6 +32,9 @@
 #   JUDGE_BASE_URL, JUDGE_MODEL  judge on this OpenAI-compatible endpoint instead of the local server
 #             (key from OPENAI_API_KEY only); JUDGE_PROMPT then defaults to `clean`
 #   JUDGE_PROMPT  judge prompt set (default for the local SmolLM2 judge: configs/judges/smollm2-demo.yaml)
+#   JUDGE     probe (SCALE=demo default: the offline probe judge of metaaligner/data/offline_judge, no server;
+#             its held-out agreement with human labels heads every report table) | server (the embedded
+#             model behind `transformers serve`, a 135M prompted judge that mostly answers "1"; SCALE=tiny)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,8 +64,10 @@ case "$SCALE" in
     : "${IMHI_POLICIES:=vicuna_7B llama2-chat-7B}"   # one IMHI task (SAD) each
     : "${TABLE3_BASELINE:=1}"     # Table 3: also align with the untrained base model as a method
     : "${BOOTSTRAP:=1000}"
+    : "${JUDGE:=probe}"
     ;;
   tiny)
+    : "${JUDGE:=server}"
     : "${PAIRS:=6}"
     : "${MAX_PAIR_TOKENS:=1024}"
     : "${ROUND:=2}"               # a tiny random scorer's scores differ in the 2nd decimal only
@@ -169,7 +174,7 @@ ensure_server() {  # start `transformers serve` on the judge model once, on a fr
 judge() {  # judge ID ARGS...: evaluation/judge.py on the judge endpoint, one shared cache; ID (which judge,
            # which prompt) is only there so that a change of judge invalidates the stage's stamp
   shift
-  ensure_server || return 1
+  [[ "$JUDGE_NAME" == probe ]] || ensure_server || return 1
   "$PY" evaluation/judge.py --base_url "$JUDGE_URL" --judge_model "$JUDGE_NAME" --judge_prompt "$JUDGE_PROMPT" \
       --cache_path "$J/judge_cache.sqlite" --concurrency "$JUDGE_CONCURRENCY" --seed 0 --resume "$@"
 }
@@ -209,6 +214,10 @@ if [[ -n "$JUDGE_URL" ]]; then   # an external judge: nothing to start
   JUDGE_NAME=${JUDGE_MODEL:-gpt-4}
   : "${JUDGE_PROMPT:=clean}"
   : "${JUDGE_CONCURRENCY:=16}"
+elif [[ "$JUDGE" == probe ]]; then   # the offline probe judge, in-process (evaluation/judge.py --judge_model probe)
+  JUDGE_NAME=probe
+  JUDGE_PROMPT="probe:$(sha256sum metaaligner/data/offline_judge/probe.safetensors | cut -c1-12)"  # stamps only
+  : "${JUDGE_CONCURRENCY:=1}"
 else                             # the embedded model served locally (the request's model = its folder)
   JUDGE_NAME=$JUDGE_PATH
   : "${JUDGE_PROMPT:=$ROOT/configs/judges/smollm2-demo.yaml}"
@@ -299,9 +308,19 @@ stage 6f judge_ratings "$J/ratings/all/summary.json" \
     --aspects "$SEEN_UF" --output_dir "$J/ratings/all"
 stop_server
 
+report() {  # evaluation/report.py, then the judge and its measured quality on top of each table
+  "$PY" evaluation/report.py "$@"
+  [[ "$JUDGE_NAME" == probe ]] || return 0
+  local caption
+  caption=$("$PY" -c "from metaaligner.judge.probe import ProbeJudge; print(ProbeJudge.load().caption)")
+  for t in "$OUT"/7_report/table2.md "$OUT"/7_report/table3.md "$OUT"/7_report/figure3.md; do
+    [[ -f "$t" ]] && printf '_%s; the probe gives every objective the same score._\n\n%s\n' "$caption" "$(cat "$t")" >"$t"
+  done
+}
+
 FIG3_INPUTS=$(for ((k = 1; k <= FIG3_STEPS; k++)); do printf '%s,' "$J/figure3/$(fig3_step "$k")"; done)
 stage 7 report "$OUT/7_report/figure3.png" \
-  "$PY" evaluation/report.py --inputs "$J/hh-rlhf,$J/ultrafeedback,$J/imhi" --table3_inputs "$J/table3" \
+  report --inputs "$J/hh-rlhf,$J/ultrafeedback,$J/imhi" --table3_inputs "$J/table3" \
     --figure3_inputs "${FIG3_INPUTS%,}" --ratings "All 4 objectives=$J/ratings/all" \
     --metric win_half_tie,win_plus_tie --training_logs "MetaAligner=$OUT/3_aligner/training_log.jsonl" \
     --methods MetaAligner,Untrained-base --bootstrap "$BOOTSTRAP" --seed 0 --output_dir "$OUT/7_report"

@@ -26,6 +26,8 @@ class DemoDataConfig:
     max_response_tokens: int = field(default=64, metadata={"help": "slice: longest chosen/rejected response"})
     seed: int = field(default=0, metadata={"help": "slice: sampling seed"})
     model: str | None = field(default=None, metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
+    exclude_heldout: str | None = field(default=None, metadata={
+        "help": "slice: probe.json of the offline judge; the prompts of its held-out rows are never used"})
 
 
 def main(cfg: DemoDataConfig) -> None:
@@ -37,11 +39,12 @@ def main(cfg: DemoDataConfig) -> None:
     start = time.perf_counter()
     if cfg.step == "slice":
         from metaaligner.models import load_tokenizer, resolve_model_path
-        from metaaligner.training.demo import select_short_pairs
+        from metaaligner.training.demo import heldout_prompts, select_short_pairs
 
         tok = load_tokenizer(resolve_model_path(cfg.model))
+        exclude = heldout_prompts(cfg.exclude_heldout, cfg.input) if cfg.exclude_heldout else None
         rows, skipped = select_short_pairs(cfg.input, tok, cfg.n_pairs, cfg.max_prompt_tokens,
-                                           cfg.max_response_tokens, cfg.seed)
+                                           cfg.max_response_tokens, cfg.seed, exclude)
         write_csv(cfg.output, rows, ["source_row", "prompt", "chosen_response", "rejected_response"])
         print(f"demo slice: {len(rows)} pairs out ({', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))}); "
               f"{time.perf_counter() - start:.1f}s -> {cfg.output}")

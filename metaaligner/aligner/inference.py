@@ -199,20 +199,55 @@ def build_prompts(template: str | Template, questions: Sequence[str], answers: S
     return [render(tpl, str(q), normalize_answer(a), descriptions, mode=mode) for q, a in zip(questions, answers)]
 
 
+def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None:
+    """"empty" for a blank output, "loop" when some word ``n``-gram (lower-cased) occurs more than
+    ``max_repeats`` times, else None."""
+    words = str(text or "").lower().split()
+    if not words:
+        return "empty"
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] > max_repeats:
+            return "loop"
+    return None
+
+
+def guard_outputs(answers: Sequence[str], outputs: Sequence[str]) -> tuple[list[str], int]:
+    """The degeneration guard (ours, not the release's): an output that is empty or loops falls back
+    to the answer it was given, so the built-in 135M aligner is never worse than a copy there.
+    Returns the outputs and how many fell back."""
+    bad = [degenerate_reason(o) is not None for o in outputs]
+    return [a if b else o for a, o, b in zip(answers, outputs, bad)], sum(bad)
+
+
+def guard_default(source: AlignerSource) -> bool:
+    """On for the built-in aligners (shipped demo, embedded SmolLM2), off for anything else."""
+    return source.label in ("demo_aligner", EMBEDDED_LABEL)
+
+
 def align_iteratively(generator, params: GenerationParams, template: str | Template, questions: Sequence[str],
                       answers: Sequence[Any], descriptions: list[str], iterations: int = 1,
-                      progress: bool = False) -> list[list[str]]:
+                      progress: bool = False, guard: bool = False,
+                      fallbacks: list[int] | None = None) -> list[list[str]]:
     """The paper's iterative alignment: iteration k aligns iteration k-1's output. Returns the
-    outputs of every iteration (the last is the final answer)."""
+    outputs of every iteration (the last is the final answer). ``guard``: see ``guard_outputs``;
+    the number of fallbacks per iteration is appended to ``fallbacks``."""
     if iterations < 1:
         raise MetaAlignerError(f"--iterations must be >= 1, got {iterations}")
     current = [normalize_answer(a) for a in answers]
     history = []
     for _ in range(iterations):
         prompts = build_prompts(template, questions, current, descriptions)
+        previous = current
         current = [normalize_answer(text) for text in generator.generate(prompts, params, progress=progress)]
         if len(current) != len(prompts):
             raise MetaAlignerError(f"backend returned {len(current)} outputs for {len(prompts)} prompts")
+        if guard:
+            current, fell_back = guard_outputs(previous, current)
+            if fallbacks is not None:
+                fallbacks.append(fell_back)
         history.append(current)
     return history
 
@@ -355,6 +390,7 @@ class AlignStats:
     resumed: int = 0        # rows taken from an earlier, interrupted run
     empty_answers: int = 0  # input answers that were empty or whitespace only
     empty_outputs: int = 0  # aligner outputs that came back empty
+    fallbacks: int = 0      # degenerate outputs replaced by their input answer (the guard)
     prompt_chars: int = 0
     seconds: float = 0.0
     output: str = ""
@@ -366,7 +402,8 @@ class AlignStats:
         rate = self.aligned / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.name}: {self.rows_in} rows in, {self.aligned} aligned, {self.resumed} resumed, "
                 f"{self.empty_answers} empty answers (aligned as ''), {self.empty_outputs} empty outputs, "
-                f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
+                + (f"{self.fallbacks} degenerate outputs fell back to the answer (guard), " if self.fallbacks else "")
+                + f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
 
 
 @dataclass
@@ -380,6 +417,7 @@ class AlignRunSettings:
     iterations: int = 1
     backend: str = ""                # recorded in the fingerprint (hf and vllm may decode differently)
     endpoint: str | None = None      # an OpenAI-compatible server's base URL (stored redacted)
+    guard: bool = False     # degeneration guard (guard_outputs); on for the built-in aligners
 
     @property
     def columns(self) -> list[str]:
@@ -452,7 +490,8 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
     def make_rows(backend, part: list[dict]) -> list[dict]:
         history = align_iteratively(backend, settings.params, settings.source.template,
                                     [r["query"] for r in part], [r["answer"] for r in part],
-                                    settings.descriptions, settings.iterations)
+                                    settings.descriptions, settings.iterations, guard=settings.guard,
+                                    fallbacks=fallbacks)
         out_rows = []
         for j, row in enumerate(part):
             out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
@@ -462,9 +501,11 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
             out_rows.append(out)
         return out_rows
 
+    fallbacks: list[int] = []
     chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
     stats.resumed, final = run_resumable(rows, writer, generator, make_rows, chunk, job.name, progress)
     stats.aligned = len(rows) - stats.resumed
+    stats.fallbacks = sum(fallbacks)
     stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
     stats.seconds = time.time() - start
     return stats
@@ -485,8 +526,10 @@ class Aligner:
                  backend: str = "auto", device: str | None = None, dtype: str | None = None,
                  base_url: str | None = None, objectives_file: str | None = None,
                  add_objective: list[str] | None = None, objective_group: str | None = None,
-                 params: GenerationParams | None = None, generator=None):
+                 params: GenerationParams | None = None, generator=None, guard: bool | None = None):
         self.source = resolve_aligner(model, template, lora_path)
+        self.guard = guard_default(self.source) if guard is None else guard  # see guard_outputs
+        self.fallbacks = 0  # degenerate outputs replaced by their input answer so far
         self.registry = build_registry(objectives_file, add_objective)
         self.group = objective_group_for(self.source, self.registry, objective_group)
         self.params = params or GenerationParams()
@@ -512,8 +555,10 @@ class Aligner:
               iterations: int = 1) -> str | list[str]:
         """The aligned answer(s): one string for one pair, a list for lists (batched)."""
         questions, answers, single = _as_lists(question, answer)
+        fallbacks: list[int] = []
         history = align_iteratively(self.generator, self.params, self.source.template, questions, answers,
-                                    self.descriptions(objectives), iterations)
+                                    self.descriptions(objectives), iterations, guard=self.guard, fallbacks=fallbacks)
+        self.fallbacks += sum(fallbacks)
         return history[-1][0] if single else history[-1]
 
 

@@ -83,6 +83,9 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     from metaaligner.registry.objectives import build_registry
 
     output_dir = Path(output_dir)
+    if judge_model == "probe" and engine is None:  # the offline probe judge (metaaligner/judge/probe.py)
+        from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine, judge_model_id
+        engine, judge_model, judge_prompt = ProbeEngine(), judge_model_id(), str(PROMPTS_FILE)
     files = discover_inputs(input_path, exclude=output_dir)
     config = resolve_dataset(dataset, files)
     registry = build_registry(objectives_file, add_objective)
@@ -124,6 +127,7 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
             "prompt_system": prompt.system,
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
+            "judge_quality": getattr(engine, "caption", None),
             "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
             "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
             "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})

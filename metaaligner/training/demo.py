@@ -60,6 +60,20 @@ def select_short_pairs(path: str | Path, tokenizer, n_pairs: int, max_prompt_tok
     return out, skipped
 
 
+def heldout_prompts(probe_json: str | Path, pairs_path: str | Path) -> set[str]:
+    """The prompts of the offline judge's held-out rows (``heldout_rows`` of its probe.json, row ids
+    of ``pairs_path``): no training of any kind may see them."""
+    import json
+
+    from metaaligner.dataset.rewards import load_preference_rows
+
+    info = json.loads(Path(probe_json).read_text(encoding="utf-8"))
+    if Path(info.get("input", "")).name != Path(pairs_path).name:
+        raise MetaAlignerError(f"{probe_json}: held-out rows are of {info.get('input')}, not {pairs_path}")
+    ids = set(info["heldout_rows"])
+    return {r.prompt for r in load_preference_rows(pairs_path) if r.row_id in ids}
+
+
 def add_human_preference(rows: list[dict[str, Any]], position: int = 1) -> list[dict[str, Any]]:
     """Insert the human preference as score ``position`` (1-based): chosen 1.0, rejected 0.0; the
     existing ``chosen_score{i}``/``rejected_score{i}`` columns at or after it shift up by one."""
@@ -148,3 +162,41 @@ def heldout_policy_rows(path: str | Path, tokenizer, n_rows: int, max_query_toke
         ok.append({"query": query, "answer": answer})
     picked = sorted(random.Random(f"heldout|{seed}").sample(range(len(ok)), min(n_rows, len(ok))))
     return [ok[i] for i in picked]
+
+
+def text_measures(answers: list[str], outputs: list[str]) -> dict[str, Any]:
+    """What a reader can check at a glance: share of outputs that loop (a word 4-gram 3+ times) or
+    are empty, mean length ratio (output words / answer words, empty answers skipped), mean difflib
+    similarity to the answer, share identical to the answer (whitespace-normalised)."""
+    import difflib
+
+    from metaaligner.aligner.inference import degenerate_reason
+
+    if len(answers) != len(outputs):
+        raise ValueError("answers and outputs differ in length")
+    n = len(answers)
+    reasons = [degenerate_reason(o) for o in outputs]
+    ratios = [len(o.split()) / len(a.split()) for a, o in zip(answers, outputs) if a.split()]
+    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(o)).ratio() for a, o in zip(answers, outputs)]
+    same = [normalise_text(a) == normalise_text(o) for a, o in zip(answers, outputs)]
+    return {"rows": n, "loop_rate": reasons.count("loop") / n if n else None,
+            "empty_rate": reasons.count("empty") / n if n else None,
+            "length_ratio": sum(ratios) / len(ratios) if ratios else None,
+            "similarity": sum(sims) / n if n else None, "copy_rate": sum(same) / n if n else None}
+
+
+def win_rate(scores_a: list[float], scores_b: list[float], texts_a: list[str], texts_b: list[str]) -> dict[str, Any]:
+    """How often A beats B on the judge: wins, ties (same text or same score, counted half), losses,
+    rate = (wins + ties / 2) / n with its Wilson 95% interval."""
+    from metaaligner.judge.probe import wilson_interval
+
+    wins = ties = 0
+    for sa, sb, ta, tb in zip(scores_a, scores_b, texts_a, texts_b):
+        if normalise_text(ta) == normalise_text(tb) or sa == sb:
+            ties += 1
+        elif sa > sb:
+            wins += 1
+    n = len(scores_a)
+    rate = (wins + ties / 2) / n if n else float("nan")
+    return {"n": n, "wins": wins, "ties": ties, "losses": n - wins - ties, "rate": rate,
+            "ci95": list(wilson_interval(wins + ties / 2, n))}
