@@ -51,7 +51,7 @@ def cached_features(cfg: JudgeConfig, rows: list, layers: list[int]):
     key = {"input": cfg.input, "rows": [r.row_id for r in rows], "layers": layers, "max_tokens": cfg.max_tokens,
            "max_response_tokens": cfg.max_response_tokens}
     if Path(cfg.cache).exists():
-        saved = torch.load(cfg.cache)
+        saved = torch.load(cfg.cache, weights_only=True)
         if saved["key"] == key:
             return saved["features"]
     path = resolve_model_path(None)
