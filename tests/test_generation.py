@@ -282,3 +282,30 @@ def test_fast_engine_shares_the_template_prefix_and_keeps_the_text(hf_generator)
         assert hf_generator.generate(prompts, GenerationParams(max_new_tokens=10, batch_size=3)) == expected
     finally:
         hf_generator.share_prefix = True
+
+
+def test_one_auto_rule_for_every_caller(monkeypatch):
+    """``auto`` means the same in generation.get_generator and the aligner's make_generator."""
+    import metaaligner.generation as gen
+
+    monkeypatch.setattr(gen, "_vllm_usable", lambda: False)
+    assert gen.resolve_backend("auto") == "hf"
+    assert gen.resolve_backend("auto", "http://127.0.0.1:1/v1") == "openai"
+    assert gen.resolve_backend("vllm", "http://127.0.0.1:1/v1") == "vllm"
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    backend = gen.get_generator("auto", "served-model", base_url="http://127.0.0.1:1/v1")
+    assert backend.name == "openai" and backend.base_url == "http://127.0.0.1:1/v1"
+
+
+def test_one_key_rule_for_the_backend_and_the_judge(monkeypatch):
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.generation.openai_backend import resolve_api_key
+    from metaaligner.judge import engine
+
+    assert engine.resolve_api_key is resolve_api_key
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert resolve_api_key("http://127.0.0.1:1/v1") == "EMPTY"
+    with pytest.raises(MetaAlignerError, match="set OPENAI_API_KEY in the environment"):
+        resolve_api_key(None)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert resolve_api_key(None) == "sk-test"

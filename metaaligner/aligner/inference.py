@@ -268,15 +268,14 @@ def make_generator(backend: str, source: AlignerSource | str | None, device: str
                    chat_template: bool = False, lora_path: str | None = None):
     """Build a generation backend for an aligner (or policy) model. ``auto``: openai when a
     ``base_url`` is given, vllm when installed with a GPU, else hf."""
-    from metaaligner.generation import _vllm_usable, get_generator
+    from metaaligner.generation import get_generator, resolve_backend
     from metaaligner.models import resolve_model_path
 
     if isinstance(source, AlignerSource):
         model, lora_path = source.model, source.lora_path or lora_path
     else:
         model = source
-    if backend == "auto":
-        backend = "openai" if base_url else ("vllm" if _vllm_usable() else "hf")
+    backend = resolve_backend(backend, base_url)
     if backend == "hf":
         return get_generator("hf", model, device=device, dtype=dtype, lora_path=lora_path, device_map=device_map,
                              chat_template=chat_template)

@@ -39,10 +39,16 @@ BACKENDS = {
 }
 
 
+def resolve_backend(backend: str, base_url: str | None = None) -> str:
+    """The one ``auto`` rule: openai when a ``base_url`` is given, vllm when installed with a GPU, else hf."""
+    if backend != "auto":
+        return backend
+    return "openai" if base_url else ("vllm" if _vllm_usable() else "hf")
+
+
 def get_generator(backend: str, model: str | None = None, **kwargs) -> Generator:
-    """Build a backend by name. ``auto`` picks vllm when installed with a GPU, else hf."""
-    if backend == "auto":
-        backend = "vllm" if _vllm_usable() else "hf"
+    """Build a backend by name (``auto``: see ``resolve_backend``)."""
+    backend = resolve_backend(backend, kwargs.get("base_url"))
     if backend not in BACKENDS:
         raise MetaAlignerError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)} or auto")
     module_name, class_name = BACKENDS[backend].split(":")

@@ -25,6 +25,18 @@ API_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_KEY = "EMPTY"
 
 
+def resolve_api_key(base_url: str | None) -> str:
+    """The one key rule, for this backend and the judge: ``OPENAI_API_KEY`` from the environment only
+    (never a flag, never logged); a local server (``base_url``) without one gets a placeholder."""
+    key = os.environ.get(API_KEY_ENV, "")
+    if key:
+        return key
+    if base_url:
+        return PLACEHOLDER_KEY  # local OpenAI-compatible servers accept any key
+    raise MetaAlignerError(f"set {API_KEY_ENV} in the environment to call the OpenAI API, "
+                           "or pass --base_url for a local OpenAI-compatible server")
+
+
 class OpenAIGenerator:
     name = "openai"
 
@@ -34,10 +46,7 @@ class OpenAIGenerator:
 
         if not model:
             raise MetaAlignerError("the openai backend needs a model name (--aligner_path/--model)")
-        key = os.environ.get(API_KEY_ENV) or PLACEHOLDER_KEY
-        if base_url is None and key == PLACEHOLDER_KEY:
-            raise MetaAlignerError(f"the openai backend needs {API_KEY_ENV} in the environment for the "
-                                   "OpenAI API, or --base_url for a local OpenAI-compatible server")
+        key = resolve_api_key(base_url)
         self.model = str(model)
         self.base_url = base_url
         self.chat_template = chat_template

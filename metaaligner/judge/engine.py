@@ -11,7 +11,6 @@ The key comes from ``OPENAI_API_KEY`` only; it is never a flag and never logged.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from dataclasses import dataclass
 from metaaligner.errors import MetaAlignerError
 from metaaligner.judge.cache import Completion
 
-API_KEY_ENV = "OPENAI_API_KEY"
-PLACEHOLDER_KEY = "EMPTY"
+from metaaligner.generation.openai_backend import resolve_api_key  # the one key rule, shared with generation
 
 
 class JudgeCallError(Exception):
@@ -54,16 +52,6 @@ class Decoding:
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "seed": self.seed, "max_tokens": self.max_tokens}
-
-
-def resolve_api_key(base_url: str | None) -> str:
-    key = os.environ.get(API_KEY_ENV, "")
-    if key:
-        return key
-    if base_url:
-        return PLACEHOLDER_KEY  # local OpenAI-compatible servers accept any key
-    raise MetaAlignerError(f"set {API_KEY_ENV} in the environment to call the OpenAI API, "
-                           "or pass --base_url for a local OpenAI-compatible server")
 
 
 class OpenAIChatEngine:
