@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from metaaligner.io import read_records
-    from metaaligner.models import load_causal_lm
     from metaaligner.methods.sepo import pairs_from_records, prepare_rows, token_rewards
+    from metaaligner.models import load_causal_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)

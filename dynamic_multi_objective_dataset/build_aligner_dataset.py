@@ -117,8 +117,8 @@ def main(cfg: BuildConfig) -> dict:
 
 def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
     """``--test_input`` -> (its contrastive items, their counts for stats.json)."""
-    from metaaligner.io import read_records
     from metaaligner.dataset.reformulation import heldout_items, pairs_from_rows
+    from metaaligner.io import read_records
 
     rows = read_records(cfg.test_input)
     pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.test_input)

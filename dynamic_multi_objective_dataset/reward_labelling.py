@@ -64,10 +64,19 @@ class RewardLabellingConfig:
 
 def main(cfg: RewardLabellingConfig) -> dict | None:
     from metaaligner.cli import split_csv
-    from metaaligner.registry.objectives import build_registry
-    from metaaligner.dataset.rewards import (build_scorers, finalise, label_shard, load_preference_rows, merge_shards,
-                                             parse_overrides, resolve_rewards, scorer_info, wait_for_shards)
+    from metaaligner.dataset.rewards import (
+        build_scorers,
+        finalise,
+        label_shard,
+        load_preference_rows,
+        merge_shards,
+        parse_overrides,
+        resolve_rewards,
+        scorer_info,
+        wait_for_shards,
+    )
     from metaaligner.distributed import dist_env, shard_range
+    from metaaligner.registry.objectives import build_registry
 
     rank, world, local_rank = dist_env()
     rows = load_preference_rows(cfg.input, cfg.limit)

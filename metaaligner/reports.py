@@ -29,9 +29,16 @@ from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import atomic_open, read_records, write_csv
+from metaaligner.judge.metrics import (
+    METRIC_LABELS,
+    METRIC_SHORT,
+    METRICS,
+    bootstrap_ci,
+    paired_bootstrap_diff,
+    rate,
+    verdict_scores,
+)
 from metaaligner.judge.positions import VERDICTS
-from metaaligner.judge.metrics import (METRIC_LABELS, METRIC_SHORT, METRICS, bootstrap_ci, paired_bootstrap_diff, rate,
-                                       verdict_scores)
 
 ROW_KEYS = ("dataset", "policy", "target", "objective", "row", "verdict")
 ALIGNED, ORIGIN = "aligned_responses", "origin_responses"

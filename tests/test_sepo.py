@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 from metaaligner.errors import DataError, MetaAlignerError  # noqa: E402
 from metaaligner.methods import sepo  # noqa: E402
 
-
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")

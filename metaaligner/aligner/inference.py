@@ -25,8 +25,14 @@ from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import (OUTPUT_COLUMNS, TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable,
-                            write_jsonl)
+from metaaligner.io import (
+    OUTPUT_COLUMNS,
+    TEXT_SUFFIXES,
+    ResumableWriter,
+    read_table,
+    run_resumable,
+    write_jsonl,
+)
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
 from metaaligner.registry.templates import TEMPLATES, Template, get_template, render
 

@@ -23,12 +23,11 @@ counted by reason and reported.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 

@@ -23,8 +23,15 @@ from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import CostMeter, Decoding, JudgeCallError, OpenAIChatEngine
 from metaaligner.judge.profiles import load_profile, resolve_judge
 from metaaligner.judge.registry import JudgePrompt, default_prices, get_prompt
-from metaaligner.judge.runner import (JudgeRunner, JudgeSettings, RunResult, discover_inputs, dry_run_plan,
-                                      plan_tasks, write_run_summary)
+from metaaligner.judge.runner import (
+    JudgeRunner,
+    JudgeSettings,
+    RunResult,
+    discover_inputs,
+    dry_run_plan,
+    plan_tasks,
+    write_run_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,8 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
     """The dataset config named by ``dataset``, else by the ``template`` provenance column that the
     aligner writes into its output CSVs."""
     from metaaligner.errors import DataError
-    from metaaligner.registry.datasets import available, load_dataset_config
     from metaaligner.io import read_records
+    from metaaligner.registry.datasets import available, load_dataset_config
 
     if dataset:
         return load_dataset_config(dataset)

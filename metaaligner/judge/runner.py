@@ -22,10 +22,21 @@ from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import ResumableWriter, read_table, write_csv, write_json
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
-from metaaligner.judge.metrics import bootstrap_ci, position_consistency, summarize_pairwise, summarize_ratings, \
-    verdict_scores
-from metaaligner.judge.positions import (INVALID, candidate_position, combine_orders, item_id, place,
-                                         verdict_from_choice)
+from metaaligner.judge.metrics import (
+    bootstrap_ci,
+    position_consistency,
+    summarize_pairwise,
+    summarize_ratings,
+    verdict_scores,
+)
+from metaaligner.judge.positions import (
+    INVALID,
+    candidate_position,
+    combine_orders,
+    item_id,
+    place,
+    verdict_from_choice,
+)
 from metaaligner.judge.registry import JudgePrompt
 from metaaligner.registry.objectives import Objective
 

@@ -116,10 +116,10 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
-    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, read_records, row_hash
+    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
+    from metaaligner.registry.datasets import load_dataset_config
 
     start = time.time()
     dataset = load_dataset_config(config.dataset)

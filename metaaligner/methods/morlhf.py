@@ -70,8 +70,8 @@ def train_reward_models(input_path: str | Path, config: str, output_dir: str | P
                         limit: int | None = None, lora: bool = False, resume: bool = False) -> dict[str, Any]:
     """One reward model per objective, each on the pairs ordered by that objective's score (ties
     dropped), into ``output_dir/<objective>/``; ``output_dir/reward_models.json`` lists them."""
-    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, split_by_group, strip_keys
     from metaaligner.io import write_json
+    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, split_by_group, strip_keys
     from metaaligner.training.reward_model import read_reward_stats, train_reward_model
 
     started = time.time()

@@ -441,11 +441,10 @@ def run_selection(input_path: str | Path, oracle_path: str, reference_path: str,
     """The whole selection step, sharded over the processes of ``torchrun``/``accelerate launch``.
 
     Returns the selection on rank 0 (``None`` on the other ranks)."""
-    from accelerate import PartialState
-
     import os
 
     import torch
+    from accelerate import PartialState
 
     check_ratio(ratio)
     pairs = read_pairs(input_path, limit)

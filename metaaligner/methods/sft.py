@@ -9,9 +9,19 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from metaaligner.methods.common import (LOG_FILE, ObjectiveSpec, ScoredPair, conditioned_prompt, default_targets,
-                                        finish_run, format_targets, read_reward_pairs, read_stats, split_by_group,
-                                        summary_line)
+from metaaligner.methods.common import (
+    LOG_FILE,
+    ObjectiveSpec,
+    ScoredPair,
+    conditioned_prompt,
+    default_targets,
+    finish_run,
+    format_targets,
+    read_reward_pairs,
+    read_stats,
+    split_by_group,
+    summary_line,
+)
 
 
 def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
