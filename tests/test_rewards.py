@@ -268,7 +268,7 @@ def test_finalise_writes_kept_rows_and_stats_beside_output(tmp_path):
                {"row_id": 2, "status": EMPTY_RESPONSE, "chosen": [], "rejected": []}]
     out = tmp_path / "sub" / "rewards.csv"
     info = [{"name": "a", "model": "m1", "kind": PAIR}, {"name": "b", "model": "m2", "kind": LLM}]
-    stats = finalise(rows, results, info, out, round_digits=1)
+    finalise(rows, results, info, out, round_digits=1)
     assert stats_path_for(out) == tmp_path / "sub" / "rewards.reward_stats.json"
     saved = json.loads(stats_path_for(out).read_text())
     assert saved["rewards"] == [{"name": "a", "model": "m1", "kind": PAIR, "mean": 2.0, "std": 1.0},

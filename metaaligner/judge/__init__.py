@@ -8,8 +8,9 @@ answer parsing, a SQLite cache keyed on the full request, concurrency, retries a
     judge_outputs("outputs/hh", "judged/hh-paper", targets=["aligned_responses"], profile="paper")
 
 Modules: ``registry`` (prompts.yaml: prompt sets, parsers, prices), ``profiles`` (profiles.yaml:
-named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine`` (openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run),
-``metrics`` (win rates, bootstrap).
+named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine``
+(openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run), ``metrics`` (win
+rates, bootstrap).
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
             "judge_quality": getattr(engine, "caption", None),
-            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
+            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries,
+            "timeout": timeout,
             "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
             "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         runner = JudgeRunner(settings, engine, cache, meter, concurrency=concurrency, resume=resume,

@@ -29,7 +29,8 @@ def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
     ``group`` (the source row) keeps both items of a pair in the same split."""
     items = []
     for p in pairs:
-        for side, response, scores in (("chosen", p.chosen, p.chosen_scores), ("rejected", p.rejected, p.rejected_scores)):
+        for side, response, scores in (("chosen", p.chosen, p.chosen_scores),
+                                       ("rejected", p.rejected, p.rejected_scores)):
             items.append({"id": f"{p.row}-{side}", "group": p.row,
                           "prompt": conditioned_prompt(p.prompt, names, scores), "completion": response})
     return items
