@@ -35,14 +35,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass
 class BenchConfig:
-    data: str = field(default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"), metadata={"help": "policy-output table (query, answer)"})
+    data: str = field(default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"),
+                      metadata={"help": "policy-output table (query, answer)"})
     workloads: str = field(default="16x64,32x256", metadata={"help": "comma-separated ROWSxNEW_TOKENS workloads"})
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
-    methods: str = field(default="released,generate,fast", metadata={"help": "methods to time: released, generate, fast_noprefix, fast"})
+    methods: str = field(default="released,generate,fast",
+                         metadata={"help": "methods to time: released, generate, fast_noprefix, fast"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
-    aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at load), e.g. metaaligner/data/demo_aligner"})
-    prompt_lookup: int = field(default=0, metadata={"help": "also time the released way with prompt-lookup (n-gram) speculation of N tokens (0: skip)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy shared CPU)"})
+    aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
+                                                                "load), e.g. metaaligner/data/demo_aligner"})
+    prompt_lookup: int = field(default=0, metadata={"help": "also time the released way with prompt-lookup (n-gram) "
+                                                            "speculation of N tokens (0: skip)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy "
+                                                      "shared CPU)"})
     quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})
 
 
@@ -114,7 +119,8 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
 
     start, cpu = time.perf_counter(), time.process_time()
     if name in ("released", "prompt_lookup"):
-        texts, tokens = released_loop(model, tokenizer, prompts, new, config.prompt_lookup if name != "released" else 0)
+        texts, tokens = released_loop(model, tokenizer, prompts, new,
+                                      config.prompt_lookup if name != "released" else 0)
     else:
         gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
                           share_prefix=name == "fast")
@@ -128,7 +134,8 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_noprefix": "ours: batch {b}, fast, no shared prefix"}
 
 
-def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float], params: int) -> float | None:
+def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],
+                 params: int) -> float | None:
     from metaaligner.aligner.inference import build_prompts, load_policy_rows
     from metaaligner.registry.objectives import ObjectiveRegistry
 

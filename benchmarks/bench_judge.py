@@ -40,7 +40,8 @@ def make_input(path: Path, data: str, n: int) -> Path:
     if Path(data).exists():
         rows = read_table(data, required=["query", "goldens", "generated_text"])[:n]
     else:
-        rows = [{"query": f"question {i}", "goldens": f"golden {i}", "generated_text": f"answer {i}"} for i in range(n)]
+        rows = [{"query": f"question {i}", "goldens": f"golden {i}", "generated_text": f"answer {i}"}
+                for i in range(n)]
     out = [{"query": r["query"], "goldens": r["goldens"], "origin_responses": r["generated_text"],
             "aligned_responses": r["generated_text"] + " I hope this helps.", "template": "hh-rlhf"} for r in rows]
     write_csv(path, out, ["query", "goldens", "origin_responses", "aligned_responses", "template"])

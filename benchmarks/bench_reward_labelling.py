@@ -29,8 +29,14 @@ def main() -> None:
 
     import torch
 
-    from metaaligner.dataset.rewards import (LLMScorer, RewardSpec, build_scorers, load_preference_rows,
-                                             resolve_rewards, score_sequences)
+    from metaaligner.dataset.rewards import (
+        LLMScorer,
+        RewardSpec,
+        build_scorers,
+        load_preference_rows,
+        resolve_rewards,
+        score_sequences,
+    )
 
     rows = [r for r in load_preference_rows(SAMPLE, limit=4 * n + 8) if r.status == "ok"][:n]
     if args.classifier:

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from metaaligner.io import read_records
-    from metaaligner.models import load_causal_lm
     from metaaligner.methods.sepo import pairs_from_records, prepare_rows, token_rewards
+    from metaaligner.models import load_causal_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
 
     token_rewards(oracle, reference, seqs[:2], pad, device, batch_size=2)  # warm-up
     results = {}
-    for name, batch_size in (("one sequence at a time", 1), (f"batched (length-sorted, {args.batch_size})", args.batch_size)):
+    for name, batch_size in (("one sequence at a time", 1),
+                             (f"batched (length-sorted, {args.batch_size})", args.batch_size)):
         start = time.perf_counter()
         rewards = token_rewards(oracle, reference, seqs, pad, device, batch_size=batch_size)
         elapsed = time.perf_counter() - start

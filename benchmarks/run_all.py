@@ -132,7 +132,8 @@ def markdown(rows: list[Row], header: str) -> str:
     out = [header, "", "| work | naive way | ours | ratio | goal | met | notes |", "|---|---|---|---|---|---|---|"]
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a '|' in a note would split the cell)
     for r in rows:
-        out.append("| " + " | ".join(cell(x) for x in (r.work, r.naive, r.ours, r.ratio, r.goal, r.met, r.note)) + " |")
+        out.append("| " + " | ".join(cell(x) for x in (r.work, r.naive, r.ours, r.ratio, r.goal, r.met, r.note))
+                   + " |")
     return "\n".join(out) + "\n"
 
 

@@ -49,7 +49,8 @@ class BuildConfig:
         "help": "override the config's template (hh-rlhf, ultrafeedback, imhi, paper, or a YAML file)"})
     objectives: str | None = field(default=None, metadata={
         "help": "comma-separated objective keys in score-column order (default: the config's)"})
-    objectives_file: str | None = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
+    objectives_file: str | None = field(default=None,
+                                        metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list, metadata={
         "help": "extra objective 'key=description' (repeatable)"})
     tie_tolerance: float = field(default=0.0, metadata={"help": "|chosen - rejected| <= this counts as equal"})
@@ -102,7 +103,8 @@ def main(cfg: BuildConfig) -> dict:
     if test_stats:
         stats["items"]["no_equal/test"] = len(test)
         stats["test"] = test_stats
-    with atomic_folder(out, drop=("warmup",)) as tmp:  # whole or absent: a failure mid-write leaves the old folder as it was
+    # whole or absent: a failure mid-write leaves the old folder as it was
+    with atomic_folder(out, drop=("warmup",)) as tmp:
         write_outputs(tmp, files, stats)
     seconds = time.perf_counter() - start
     items = stats["items"]
@@ -117,8 +119,8 @@ def main(cfg: BuildConfig) -> dict:
 
 def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
     """``--test_input`` -> (its contrastive items, their counts for stats.json)."""
-    from metaaligner.io import read_records
     from metaaligner.dataset.reformulation import heldout_items, pairs_from_rows
+    from metaaligner.io import read_records
 
     rows = read_records(cfg.test_input)
     pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.test_input)

@@ -28,7 +28,8 @@ log = logging.getLogger("reward_labelling")
 class RewardLabellingConfig:
     input: str = field(metadata={"help": "HH-RLHF JSONL(.gz) with chosen/rejected transcripts, or a CSV/JSONL with "
                                          "prompt, chosen_response, rejected_response"})
-    output: str = field(metadata={"help": "output CSV (or .jsonl); the stats go to <stem>.reward_stats.json beside it"})
+    output: str = field(metadata={"help": "output CSV (or .jsonl); the stats go to "
+                                          "<stem>.reward_stats.json beside it"})
     reward_names: str = field(default="harmless,helpful,humor", metadata={
         "help": "comma-separated rewards, in score-column order: harmless, helpful, humor (registered), or any "
                 "objective key for the LLM scorer (e.g. honesty, ultrafeedback:helpfulness)"})
@@ -39,12 +40,14 @@ class RewardLabellingConfig:
     reward_models: list[str] = field(default_factory=list, metadata={
         "help": "override a reward's classifier with a local path: name=PATH, name=pair:PATH or name=response:PATH "
                 "(one or more; an overridden name always uses that classifier)"})
-    objectives_file: str | None = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
+    objectives_file: str | None = field(default=None,
+                                        metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list, metadata={
         "help": "extra objective 'key=description' for the LLM scorer (one or more)"})
     objective_group: str = field(default="hh-rlhf", metadata={
         "help": "objective group used to look up LLM-scored names (hh-rlhf, ultrafeedback, imhi)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass (length-sorted, padded per batch)"})
+    batch_size: int = field(default=16,
+                            metadata={"help": "sequences per forward pass (length-sorted, padded per batch)"})
     chunk_size: int = field(default=512, metadata={"help": "rows scored between checkpoints (--resume granularity)"})
     max_length: int = field(default=1024, metadata={
         "help": "max tokens per scorer input (capped by the tokenizer's own limit); longer transcripts are dropped"})
@@ -54,8 +57,10 @@ class RewardLabellingConfig:
     normalize: bool = field(default=True, metadata={"help": "z-score each reward over chosen + rejected"})
     chat_template: str = field(default="auto", metadata={
         "help": "LLM scorer: wrap the question in the tokenizer's chat template (auto: if it has one | yes | no)"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if any)"})
-    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU)"})
+    device: str | None = field(default=None,
+                               metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if any)"})
+    dtype: str | None = field(default=None,
+                              metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU)"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N input rows"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its shard checkpoints"})
     shard_timeout_s: float = field(default=7200.0, metadata={
@@ -64,10 +69,19 @@ class RewardLabellingConfig:
 
 def main(cfg: RewardLabellingConfig) -> dict | None:
     from metaaligner.cli import split_csv
-    from metaaligner.registry.objectives import build_registry
-    from metaaligner.dataset.rewards import (build_scorers, finalise, label_shard, load_preference_rows, merge_shards,
-                                             parse_overrides, resolve_rewards, scorer_info, wait_for_shards)
+    from metaaligner.dataset.rewards import (
+        build_scorers,
+        finalise,
+        label_shard,
+        load_preference_rows,
+        merge_shards,
+        parse_overrides,
+        resolve_rewards,
+        scorer_info,
+        wait_for_shards,
+    )
     from metaaligner.distributed import dist_env, shard_range
+    from metaaligner.registry.objectives import build_registry
 
     rank, world, local_rank = dist_env()
     rows = load_preference_rows(cfg.input, cfg.limit)
@@ -97,7 +111,8 @@ def main(cfg: RewardLabellingConfig) -> dict | None:
     for path in paths:
         remove_output(path)
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items()) or "none"
-    print(f"reward_labelling: {stats['rows_in']} rows in, {stats['rows_out']} out, dropped {sum(stats['dropped'].values())} "
+    print(f"reward_labelling: {stats['rows_in']} rows in, {stats['rows_out']} out, "
+          f"dropped {sum(stats['dropped'].values())} "
           f"({dropped}); {len(scorers)} rewards x {world} process(es); rank 0: {mine} rows in {seconds:.1f}s "
           f"({mine / max(seconds, 1e-9):.2f} rows/s) -> {cfg.output}")
     for reason, ids in stats["dropped_row_ids"].items():

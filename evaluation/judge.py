@@ -35,7 +35,8 @@ from metaaligner.cli import deprecated_aliases, parse, run_main, split_csv
 class JudgeConfig:
     input: str = field(default=None, metadata={"help": "aligner output CSV (query, goldens, origin_responses, "
                                                        "aligned_responses) or a folder of them (one per policy)"})
-    output_dir: str = field(default=None, metadata={"help": "where per-row CSVs, summaries, run.json and the cache go"})
+    output_dir: str = field(default=None,
+                            metadata={"help": "where per-row CSVs, summaries, run.json and the cache go"})
     target: str = field(default="aligned_responses,origin_responses",
                         metadata={"help": "column(s) to judge, comma-separated: aligned_responses, origin_responses"})
     aspects: str = field(default="", metadata={"help": "objective keys, comma-separated; default: the dataset "
@@ -44,7 +45,8 @@ class JudgeConfig:
                                                        "objective group and judge family; default: the inputs' "
                                                        "template column", **deprecated_aliases("--template")})
     query_column: str = field(default="query", metadata={"help": "input column holding the query"})
-    goldens_column: str = field(default="goldens", metadata={"help": "input column holding the golden answer (pairwise)"})
+    goldens_column: str = field(default="goldens",
+                                metadata={"help": "input column holding the golden answer (pairwise)"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list,
                                      metadata={"help": "extra objective 'key=Description: ...' (repeatable)",
@@ -54,10 +56,12 @@ class JudgeConfig:
     profile: str = field(default="clean", metadata={"help": "judging profile (metaaligner/judge/profiles.yaml): "
                                                             "clean (default: strict [[x]] parser, greedy) | paper "
                                                             "(released prompts and substring parser, "
-                                                            "gpt-4-turbo-preview, API-default decoding) | a YAML file; "
+                                                            "gpt-4-turbo-preview, API-default decoding) | a YAML "
+                                                            "file; "
                                                             "the flags below override its parts"})
     judge_prompt: str = field(default=None, metadata={"help": "prompt set: clean | released (the paper's, byte "
-                                                              "for byte) | path to a YAML set; default: the profile's"})
+                                                              "for byte) | path to a YAML set; default: the "
+                                                              "profile's"})
     parser: str = field(default=None, metadata={"help": "verdict parser of metaaligner/judge/prompts.yaml: released "
                                                         "(substring: the candidate's digit anywhere = win, else '0' = "
                                                         "tie, else loss) | released_choice | bracket_choice | ...; "
@@ -78,13 +82,19 @@ class JudgeConfig:
     both_orders: bool = field(default=False, metadata={"help": "judge each pair in both positions; a win needs "
                                                                "both orders to agree (MT-Bench convention)"})
     dry_run: bool = field(default=False, metadata={"help": "print the calls and a cost estimate; call nothing"})
-    resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run (only one with the same judge, objectives and inputs)"})
-    overwrite: bool = field(default=False, metadata={"help": "judge into an --output_dir that holds another judge's run or outputs made with other settings"})
+    resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run (only one "
+                                                          "with the same judge, objectives and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "judge into an --output_dir that holds another judge's "
+                                                             "run or outputs made with other settings"})
     limit: int = field(default=0, metadata={"help": "judge only the first N rows of each file (0 = all)"})
-    max_cost: float = field(default=0.0, metadata={"help": "stop cleanly before spending more USD than this (0 = no limit)"})
-    price_per_1k_input: float = field(default=-1.0, metadata={"help": "USD per 1k prompt tokens; -1 = registry default"})
-    price_per_1k_output: float = field(default=-1.0, metadata={"help": "USD per 1k reply tokens; -1 = registry default"})
-    max_retries: int = field(default=6, metadata={"help": "client retries with exponential backoff on 429/5xx/timeouts"})
+    max_cost: float = field(default=0.0,
+                            metadata={"help": "stop cleanly before spending more USD than this (0 = no limit)"})
+    price_per_1k_input: float = field(default=-1.0,
+                                      metadata={"help": "USD per 1k prompt tokens; -1 = registry default"})
+    price_per_1k_output: float = field(default=-1.0,
+                                       metadata={"help": "USD per 1k reply tokens; -1 = registry default"})
+    max_retries: int = field(default=6,
+                             metadata={"help": "client retries with exponential backoff on 429/5xx/timeouts"})
     timeout: float = field(default=60.0, metadata={"help": "seconds per request before it counts as timed out"})
     cache: bool = field(default=True, metadata={"help": "use the SQLite cache (--no_cache disables it)"})
     cache_path: str = field(default=None, metadata={"help": "cache file; default: <output_dir>/judge_cache.sqlite"})
@@ -145,7 +155,8 @@ def main(config: JudgeConfig) -> None:
                   f"({summary['valid']} valid, {summary['invalid']} invalid)")
     print(f"outputs in {config.output_dir}")
     if result.stopped == "max_cost":
-        raise MetaAlignerError(f"stopped before exceeding --max_cost {config.max_cost:g} (spent ${result.cost_usd:.4f}); "
+        raise MetaAlignerError(f"stopped before exceeding --max_cost {config.max_cost:g} "
+                               f"(spent ${result.cost_usd:.4f}); "
                                "re-run with --resume and a higher --max_cost to continue")
     if result.failed:
         where, why = result.failed[0]

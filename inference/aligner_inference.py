@@ -104,11 +104,19 @@ def _guard_on(value: str, source) -> bool:
 
 
 def main(config: AlignerInferenceConfig) -> None:
-    from metaaligner.aligner.inference import (AlignRunSettings, align_file, dry_run_file, make_generator,
-                                     objective_group_for, plan_jobs, resolve_aligner, resolve_objectives)
-    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.aligner.inference import (
+        AlignRunSettings,
+        align_file,
+        dry_run_file,
+        make_generator,
+        objective_group_for,
+        plan_jobs,
+        resolve_aligner,
+        resolve_objectives,
+    )
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
+    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
     from metaaligner.registry.objectives import build_registry
 
     start = time.time()

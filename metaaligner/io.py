@@ -330,7 +330,8 @@ def read_fastchat(path: str | Path) -> list[dict[str, str]]:
     for i, item in enumerate(items, start=1):
         turns = item.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2:
-            raise DataError(path, "needs a 'conversations' list with a human and a gpt turn", row=i, column="conversations")
+            raise DataError(path, "needs a 'conversations' list with a human and a gpt turn", row=i,
+                            column="conversations")
         human, gpt = turns[0], turns[1]
         if human.get("from") != "human" or gpt.get("from") != "gpt":
             raise DataError(path, "turns must be human then gpt", row=i, column="conversations")

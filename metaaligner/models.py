@@ -126,7 +126,6 @@ def load_causal_lm(name_or_path: str | None, device: str | None = None, dtype: s
 
     A folder holding ``adapter_config.json`` is a PEFT adapter: its base model is loaded first.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)

@@ -29,9 +29,16 @@ from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import atomic_open, read_records, write_csv
+from metaaligner.judge.metrics import (
+    METRIC_LABELS,
+    METRIC_SHORT,
+    METRICS,
+    bootstrap_ci,
+    paired_bootstrap_diff,
+    rate,
+    verdict_scores,
+)
 from metaaligner.judge.positions import VERDICTS
-from metaaligner.judge.metrics import (METRIC_LABELS, METRIC_SHORT, METRICS, bootstrap_ci, paired_bootstrap_diff, rate,
-                                       verdict_scores)
 
 ROW_KEYS = ("dataset", "policy", "target", "objective", "row", "verdict")
 ALIGNED, ORIGIN = "aligned_responses", "origin_responses"
@@ -181,7 +188,8 @@ class GainCell:
     parser: str = ""
 
 
-def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int = 1000, seed: int = 0) -> list[GainCell]:
+def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int = 1000,
+           seed: int = 0) -> list[GainCell]:
     """One cell per (dataset, policy, objective) that has both targets, over the rows both have."""
     _check_metric(metric)
     cells = []
@@ -196,7 +204,8 @@ def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int
             a, o = aligned[i], origin[i]
             if str(a.get("position", "")) != str(o.get("position", "")):
                 raise MetaAlignerError(f"{policy}/{objective} row {i}: the aligned and original answers were judged "
-                                       "with different candidate positions (different --seed?); Table 2 needs the same")
+                                       "with different candidate positions (different --seed?); "
+                                       "Table 2 needs the same")
             for key in ("judge_model", "judge_prompt"):
                 if a.get(key, "") != o.get(key, ""):
                     raise MetaAlignerError(f"{policy}/{objective} row {i}: aligned and original were judged by "
@@ -274,7 +283,8 @@ def table2_markdown(cells: list[GainCell]) -> str:
                 out.append(DASH if cell is None else f"{fmt_pct(cell.gain)} {_ci(cell.low, cell.high)}")
         lines.append("| " + " | ".join(out) + " |")
     lines.append("")
-    lines.append(f"Gain in win rate after alignment, {_caption_metrics(metrics)}; {parser_label(c.parser for c in cells)}: "
+    lines.append(f"Gain in win rate after alignment, {_caption_metrics(metrics)}; "
+                 f"{parser_label(c.parser for c in cells)}: "
                  "aligned minus original answer, each judged against the golden answer with the same judge and "
                  "candidate positions; [95% paired bootstrap interval], percentage points.")
     return "\n".join(lines) + "\n"
@@ -636,7 +646,8 @@ def ratings_data(runs: list[tuple[str, list[dict[str, Any]]]], n_boot: int = 100
     for label, rows in runs:
         rating = [r for r in rows if r.get("mode") == "rating"]
         if not unaligned_done and any(r["target"] == ORIGIN for r in rating):
-            for group in _group([r for r in rating if r["target"] == ORIGIN], "dataset", "policy", "objective").values():
+            for group in _group([r for r in rating if r["target"] == ORIGIN],
+                                "dataset", "policy", "objective").values():
                 cells.append(_rating_cell(group, UNALIGNED, n_boot, seed))
             unaligned_done = True
         for group in _group([r for r in rating if r["target"] == ALIGNED], "dataset", "policy", "objective").values():
@@ -743,7 +754,8 @@ def _write_table3(output_dir: Path, inputs: list[str], metrics: list[str], n_boo
 def _write_figure3(output_dir: Path, inputs: list[str], metric: str, n_boot: int, seed: int,
                    written: dict[str, Any]) -> None:
     steps = labelled_inputs(inputs, PAPER_STEPS)
-    points = figure3_points([(label, load_verdicts([path], "pairwise")) for label, path in steps], metric, n_boot, seed)
+    points = figure3_points([(label, load_verdicts([path], "pairwise")) for label, path in steps],
+                            metric, n_boot, seed)
     labels = [label for label, _ in steps]
     plot_figure3(points, labels, output_dir / "figure3.png")
     _write_text(output_dir / "figure3.md", figure3_markdown(points, labels))

@@ -23,11 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass
 class BuildSamplesConfig:
     data_root: str = field(default=str(REPO.parent / "shared" / "data"),
-                           metadata={"help": "the shared data folder holding metaaligner-samples/ and imhi-test-instruction/"})
-    output_dir: str = field(default=None, metadata={"help": "where to write; default samples/ (or outputs/samples-full with --all)"})
-    all: bool = field(default=False, metadata={"help": "every IMHI policy (about 33 MB) instead of the shipped subset"})
+                           metadata={"help": "the shared data folder holding metaaligner-samples/ and "
+                                             "imhi-test-instruction/"})
+    output_dir: str = field(default=None,
+                            metadata={"help": "where to write; default samples/ (or outputs/samples-full with --all)"})
+    all: bool = field(default=False,
+                      metadata={"help": "every IMHI policy (about 33 MB) instead of the shipped subset"})
     imhi_policies: str = field(default=None, metadata={"help": "comma-separated IMHI policies to include "
-                                                              "(default: the shipped subset, see metaaligner/samples.py)"})
+                                                              "(default: the shipped subset, see "
+                                                              "metaaligner/samples.py)"})
 
 
 def make_parser():

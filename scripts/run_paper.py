@@ -23,9 +23,11 @@ from metaaligner.cli import make_parser as _make_parser, parse, run_main, split_
 @dataclass
 class RunPaperConfig:
     config: str = field(metadata={"help": "paper config: configs/paper/{hh-rlhf,ultrafeedback,imhi}.yaml"})
-    variant: str = field(default=None, metadata={"help": "model size variant (1.1B, 7B, 13B; see the config's variants)"})
+    variant: str = field(default=None,
+                         metadata={"help": "model size variant (1.1B, 7B, 13B; see the config's variants)"})
     ablation: str = field(default=None, metadata={"help": "Table 3 ablation: no_equal (-Equal Pref.), no_warmup "
-                                                          "(-Warm Up); see the config's ablations (default: the full run)"})
+                                                          "(-Warm Up); see the config's ablations (default: the "
+                                                          "full run)"})
     stages: str = field(default=None, metadata={"help": "comma-separated stage names to run (default: all, in order)"})
     set: list[str] = field(default_factory=list, metadata={"help": "override a variable: NAME=VALUE (repeatable)"})
     dry_run: bool = field(default=False, metadata={"help": "print the checked commands; run nothing"})

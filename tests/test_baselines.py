@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.methods.cdpo import cdpo_order, closeness, make_cdpo_data
-from metaaligner.methods.common import (ObjectiveSpec, conditioned_prompt, default_targets, parse_target_rewards,
-                                        read_reward_pairs, split_by_group)
+from metaaligner.methods.common import (
+    ObjectiveSpec,
+    conditioned_prompt,
+    default_targets,
+    parse_target_rewards,
+    read_reward_pairs,
+    split_by_group,
+)
 from metaaligner.methods.morlhf import parse_weights, reward_model_pairs, scalarise
 from metaaligner.methods.sft import make_sft_data
-from metaaligner.errors import DataError, MetaAlignerError
 
 REPO = Path(__file__).resolve().parent.parent
 HH_NAMES = ["Harmlessness", "Helpfulness", "Humour"]

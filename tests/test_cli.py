@@ -198,8 +198,8 @@ def test_help_keeps_the_docstring_line_breaks():
 # ---------------------------------------------------------------- close-match suggestions
 
 def test_misspelled_dataset_suggests_the_closest():
-    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.errors import MetaAlignerError
+    from metaaligner.registry.datasets import load_dataset_config
 
     with pytest.raises(MetaAlignerError) as exc:
         load_dataset_config("hh-rlfh")
@@ -287,8 +287,8 @@ def test_judge_columns_mapped_by_flags(tmp_path, capsys):
 
 
 def test_policy_generation_missing_query_column_names_the_flag(tmp_path):
-    from metaaligner.errors import DataError
     from metaaligner.aligner.policy import load_queries
+    from metaaligner.errors import DataError
 
     src = write_table(tmp_path / "q.csv", ["prompt"], [["hi"]])
     with pytest.raises(DataError) as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from metaaligner.aligner.inference import (
-    AlignRunSettings,
     Aligner,
+    AlignRunSettings,
     FileJob,
     align_file,
     align_iteratively,

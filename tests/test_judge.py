@@ -17,8 +17,14 @@ import pytest
 from metaaligner.errors import MetaAlignerError
 from metaaligner.io import read_records, write_csv
 from metaaligner.judge import get_prompt, judge_outputs
-from metaaligner.judge.positions import (candidate_position, combine_orders, item_id, place, unplace,
-                                         verdict_from_choice)
+from metaaligner.judge.positions import (
+    candidate_position,
+    combine_orders,
+    item_id,
+    place,
+    unplace,
+    verdict_from_choice,
+)
 from metaaligner.judge.registry import default_prices
 from metaaligner.testing import Fault, ScriptedOpenAIServer, fail_first_per_prompt, fail_first_requests, last_user_text
 

@@ -6,8 +6,6 @@ import importlib
 import re
 from pathlib import Path
 
-import pytest
-
 import metaaligner
 from metaaligner.distributed import dist_env, in_input_order, length_sorted_batches, shard_range
 
@@ -66,8 +64,7 @@ def test_sepo_ranks_take_contiguous_slices(tmp_path):
 def test_one_output_format_and_one_metadata_file():
     from metaaligner import io
     from metaaligner.aligner import inference
-    from metaaligner.methods import common, sepo
-    from metaaligner.methods import inference as baseline_inference
+    from metaaligner.methods import common, inference as baseline_inference, sepo
     from metaaligner.training import morlhf
 
     assert io.OUTPUT_COLUMNS == ["query", "goldens", "origin_responses", "aligned_responses"]
@@ -80,8 +77,7 @@ def test_one_output_format_and_one_metadata_file():
 
 
 def test_aligner_package_reexports_the_api():
-    from metaaligner.aligner import Aligner, generate_file, resolve_aligner
-    from metaaligner.aligner import inference, policy
+    from metaaligner.aligner import Aligner, generate_file, inference, policy, resolve_aligner
 
     assert (Aligner, resolve_aligner, generate_file) == (inference.Aligner, inference.resolve_aligner,
                                                           policy.generate_file)

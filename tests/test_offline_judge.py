@@ -161,7 +161,7 @@ def test_probe_engine_replies_what_the_probe_says(tiny_llama_dir, tmp_path):
 
 
 def test_judge_outputs_with_the_probe_engine(tiny_llama_dir, tmp_path):
-    from metaaligner.io import read_records, write_csv
+    from metaaligner.io import write_csv
     from metaaligner.judge import judge_outputs
     from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from metaaligner.aligner.inference import build_prompts
 from metaaligner.io import ResumableWriter, read_records, write_csv, write_jsonl

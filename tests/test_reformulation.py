@@ -8,15 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from dynamic_multi_objective_dataset.build_aligner_dataset import BuildConfig, main as build_main
+from metaaligner.dataset.reformulation import (
+    CHOSEN_BETTER,
+    EQUAL,
+    REJECTED_BETTER,
+    WARMUP,
+    PreferencePair,
+    build_dataset,
+    compare_scores,
+    pairs_from_rows,
+    reformulate_pair,
+    split_questions,
+)
+from metaaligner.dataset.rewards import split_transcript
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_fastchat, write_csv
-from metaaligner.dataset.reformulation import (CHOSEN_BETTER, EQUAL, REJECTED_BETTER, WARMUP, PreferencePair,
-                                       build_dataset, compare_scores, pairs_from_rows, reformulate_pair,
-                                       split_questions)
-from metaaligner.dataset.rewards import split_transcript
-from metaaligner.registry.templates import render
-
-from dynamic_multi_objective_dataset.build_aligner_dataset import BuildConfig, main as build_main
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
 HELP = "Helpfulness: The response should provide useful resources and suggestions to the user"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.io import read_records, write_fastchat, fastchat_item, write_json
+from metaaligner.io import fastchat_item, read_records, write_fastchat, write_json
 from metaaligner.testing import Fault, ScriptedOpenAIServer, fail_first_per_prompt, fail_first_requests, user_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -683,8 +683,9 @@ def test_no_unsafe_loading_in_the_code():
             if "weights_only=True" not in call:
                 offenders.append(f"{path}: {call}")
     assert offenders == []
-    from metaaligner.models import load_causal_lm, load_tokenizer
     import inspect
+
+    from metaaligner.models import load_causal_lm, load_tokenizer
 
     for fn in (load_causal_lm, load_tokenizer):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False

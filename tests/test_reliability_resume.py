@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from metaaligner.aligner import inference as al
 from metaaligner import cli
+from metaaligner.aligner import inference as al
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
 from metaaligner.io import ResumableWriter, read_records, write_csv, write_json

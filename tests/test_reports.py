@@ -14,8 +14,19 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.io import read_records, write_csv
 from metaaligner.judge.metrics import bootstrap_ci, paired_bootstrap_diff, summarize_pairwise
 from metaaligner.judge.runner import ROW_COLUMNS
-from metaaligner.reports import (PAPER_STEPS, device_hours, labelled_inputs, load_verdicts, ratings_data, table2,
-                                 table2_latex, table2_markdown, table3, table3_markdown, write_reports)
+from metaaligner.reports import (
+    PAPER_STEPS,
+    device_hours,
+    labelled_inputs,
+    load_verdicts,
+    ratings_data,
+    table2,
+    table2_latex,
+    table2_markdown,
+    table3,
+    table3_markdown,
+    write_reports,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,14 +11,34 @@ from pathlib import Path
 
 import pytest
 
+from metaaligner.dataset.rewards import (
+    EMPTY_RESPONSE,
+    LLM,
+    NAN_SCORE,
+    NO_ASSISTANT_TURN,
+    OK,
+    PAIR,
+    RESPONSE,
+    TOO_LONG,
+    TOO_SHORT,
+    ClassifierScorer,
+    RewardSpec,
+    build_scorers,
+    finalise,
+    label_rows,
+    label_shard,
+    load_preference_rows,
+    merge_shards,
+    normalise_scores,
+    parse_overrides,
+    resolve_rewards,
+    score_sequences,
+    split_transcript,
+    stats_path_for,
+)
+from metaaligner.distributed import shard_range
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_records
-from metaaligner.dataset.rewards import (EMPTY_RESPONSE, LLM, NAN_SCORE, NO_ASSISTANT_TURN, OK, PAIR, RESPONSE,
-                                         TOO_LONG, TOO_SHORT, ClassifierScorer, RewardSpec, build_scorers, finalise,
-                                         label_rows, label_shard, load_preference_rows, merge_shards, normalise_scores,
-                                         parse_overrides, resolve_rewards, score_sequences, split_transcript,
-                                         stats_path_for)
-from metaaligner.distributed import shard_range
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
 REPO = Path(__file__).resolve().parent.parent
@@ -248,7 +268,7 @@ def test_finalise_writes_kept_rows_and_stats_beside_output(tmp_path):
                {"row_id": 2, "status": EMPTY_RESPONSE, "chosen": [], "rejected": []}]
     out = tmp_path / "sub" / "rewards.csv"
     info = [{"name": "a", "model": "m1", "kind": PAIR}, {"name": "b", "model": "m2", "kind": LLM}]
-    stats = finalise(rows, results, info, out, round_digits=1)
+    finalise(rows, results, info, out, round_digits=1)
     assert stats_path_for(out) == tmp_path / "sub" / "rewards.reward_stats.json"
     saved = json.loads(stats_path_for(out).read_text())
     assert saved["rewards"] == [{"name": "a", "model": "m1", "kind": PAIR, "mean": 2.0, "std": 1.0},
@@ -337,8 +357,8 @@ def test_scripts_as_subprocesses(tiny_llama_dir, tmp_path, repo_root):
 
 
 def test_script_errors_are_one_line(tmp_path, capsys):
-    from metaaligner.cli import parse, run_main
     from dynamic_multi_objective_dataset import build_aligner_dataset as build, reward_labelling as label
+    from metaaligner.cli import parse, run_main
 
     (tmp_path / "r.csv").write_text("prompt,chosen_response,rejected_response,chosen_score1,rejected_score1\nq,a,b,1,0\n")
     argv = ["--input", str(tmp_path / "r.csv"), "--dataset", "nope", "--output_dir", str(tmp_path / "x")]

@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 from metaaligner.errors import DataError, MetaAlignerError  # noqa: E402
 from metaaligner.methods import sepo  # noqa: E402
 
-
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -240,17 +239,17 @@ def test_trainer_loss_equals_formula_then_training_raises_the_margin(tiny_llama_
 
         m_w = [mean_selected(r["prompt_ids"], r["chosen_ids"], r["chosen_selected"]) for r in rows]
         m_l = [mean_selected(r["prompt_ids"], r["rejected_ids"], r["rejected_selected"]) for r in rows]
-    expected = sum(-math.log(1 / (1 + math.exp(-1.5 * (w - l)))) for w, l in zip(m_w, m_l)) / 2
+    expected = sum(-math.log(1 / (1 + math.exp(-1.5 * (w - lo)))) for w, lo in zip(m_w, m_l)) / 2
     assert loss == pytest.approx(expected, abs=1e-5)
 
     # a few steps on the repeated tiny batch raise the selected-token margin
     def margin():
         with torch.no_grad():
-            (w, l), _ = trainer.selected_mean_logps(trainer.model.eval(), batch)
-        return (w - l).mean().item()
+            (w, lo), _ = trainer.selected_mean_logps(trainer.model.eval(), batch)
+        return (w - lo).mean().item()
 
     before = margin()
-    assert before == pytest.approx(sum(w - l for w, l in zip(m_w, m_l)) / 2, abs=1e-5)
+    assert before == pytest.approx(sum(w - lo for w, lo in zip(m_w, m_l)) / 2, abs=1e-5)
     trainer.train()
     assert margin() > before + 0.5
     logged = [h for h in trainer.state.log_history if "margin" in h]

@@ -22,10 +22,12 @@ class DemoDataConfig:
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "slice: HH-RLHF JSONL(.gz) transcripts; merge: the reward_labelling.py CSV"})
     n_pairs: int = field(default=300, metadata={"help": "slice: pairs to keep (seeded sample, input order kept)"})
-    max_prompt_tokens: int = field(default=96, metadata={"help": "slice: longest prompt (transcript up to the last Assistant:)"})
+    max_prompt_tokens: int = field(default=96,
+                                   metadata={"help": "slice: longest prompt (transcript up to the last Assistant:)"})
     max_response_tokens: int = field(default=64, metadata={"help": "slice: longest chosen/rejected response"})
     seed: int = field(default=0, metadata={"help": "slice: sampling seed"})
-    model: str | None = field(default=None, metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
+    model: str | None = field(default=None,
+                              metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
     exclude_heldout: str | None = field(default=None, metadata={
         "help": "slice: probe.json of the offline judge; the prompts of its held-out rows are never used"})
 

@@ -23,12 +23,18 @@ from dataclasses import dataclass, field
 @dataclass
 class EvalDemoConfig:
     output_dir: str = field(metadata={"help": "where eval.json, eval.md and outputs.csv go"})
-    aligner_path: str = field(default="metaaligner/data/demo_aligner", metadata={"help": "aligner folder (with metaaligner.json)"})
-    judge_dir: str | None = field(default=None, metadata={"help": "offline judge folder (default: the shipped metaaligner/data/offline_judge)"})
-    pairs_file: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={"help": "the judge's HH-RLHF pairs (its held-out rows are evaluated)"})
-    policy_file: str = field(default="samples/HH-RLHF_model_output/Claude-3.csv.gz", metadata={"help": "policy outputs (query, generated_text)"})
-    train_dir: str | None = field(default=None, metadata={"help": "train_aligner.py output (training_log.jsonl for the loss curve; aligner_data prompts excluded)"})
-    data_dir: str | None = field(default=None, metadata={"help": "build_aligner_dataset.py folder: its prompts are excluded from the policy rows"})
+    aligner_path: str = field(default="metaaligner/data/demo_aligner",
+                              metadata={"help": "aligner folder (with metaaligner.json)"})
+    judge_dir: str | None = field(default=None, metadata={"help": "offline judge folder (default: the shipped "
+                                                                  "metaaligner/data/offline_judge)"})
+    pairs_file: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz",
+                            metadata={"help": "the judge's HH-RLHF pairs (its held-out rows are evaluated)"})
+    policy_file: str = field(default="samples/HH-RLHF_model_output/Claude-3.csv.gz",
+                             metadata={"help": "policy outputs (query, generated_text)"})
+    train_dir: str | None = field(default=None, metadata={"help": "train_aligner.py output (training_log.jsonl for "
+                                                                  "the loss curve; aligner_data prompts excluded)"})
+    data_dir: str | None = field(default=None, metadata={"help": "build_aligner_dataset.py folder: its prompts are "
+                                                                 "excluded from the policy rows"})
     n_pair_rows: int = field(default=48, metadata={"help": "held-out harmless-base rows"})
     n_policy_rows: int = field(default=16, metadata={"help": "held-out Claude-3 rows"})
     max_query_tokens: int = field(default=96, metadata={"help": "skip rows with longer queries"})
@@ -36,10 +42,17 @@ class EvalDemoConfig:
     max_new_tokens: int = field(default=96, metadata={"help": "generation budget per output"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     base_model: str = field(default="embedded", metadata={"help": "the untrained base used as aligner"})
-    aspects: str = field(default="harmlessness,helpfulness", metadata={"help": "objectives in the prompt (the Quickstart's --dataset hh-rlhf ones)"})
-    generate_only: str | None = field(default=None, metadata={"help": "only generate (and cache) the outputs of these systems, comma-separated: aligner, base, other; then stop"})
-    subset_exclude: str | None = field(default=None, metadata={"help": "JSON list of prompts (e.g. the training prompts of --compare_aligner): each source is also reported without its rows whose query is listed"})
-    compare_aligner: str | None = field(default=None, metadata={"help": "another aligner folder to measure the same way (e.g. the previous demo aligner)"})
+    aspects: str = field(default="harmlessness,helpfulness",
+                         metadata={"help": "objectives in the prompt (the Quickstart's --dataset hh-rlhf ones)"})
+    generate_only: str | None = field(default=None,
+                                      metadata={"help": "only generate (and cache) the outputs of these systems, "
+                                                        "comma-separated: aligner, base, other; then stop"})
+    subset_exclude: str | None = field(default=None,
+                                       metadata={"help": "JSON list of prompts (e.g. the training prompts of "
+                                                         "--compare_aligner): each source is also reported without "
+                                                         "its rows whose query is listed"})
+    compare_aligner: str | None = field(default=None, metadata={"help": "another aligner folder to measure the same "
+                                                                        "way (e.g. the previous demo aligner)"})
     png: str | None = field(default=None, metadata={"help": "loss-curve PNG path (needs --train_dir)"})
     seed: int = field(default=0, metadata={"help": "row sampling seed"})
 
@@ -75,7 +88,8 @@ def heldout_pair_rows(cfg: EvalDemoConfig, judge, tok) -> list[dict[str, str]]:
             continue
         if len(tok(r.prompt, add_special_tokens=False)["input_ids"]) > cfg.max_query_tokens:
             continue
-        if max(len(tok(x, add_special_tokens=False)["input_ids"]) for x in (r.chosen_response, r.rejected_response)) > cfg.max_answer_tokens:
+        if max(len(tok(x, add_special_tokens=False)["input_ids"])
+               for x in (r.chosen_response, r.rejected_response)) > cfg.max_answer_tokens:
             continue
         ok.append({"source": "harmless-base", "query": r.prompt, "answer": r.rejected_response,
                    "human_chosen": r.chosen_response})
@@ -83,7 +97,8 @@ def heldout_pair_rows(cfg: EvalDemoConfig, judge, tok) -> list[dict[str, str]]:
     return [ok[i] for i in picked]
 
 
-def system_outputs(cfg: EvalDemoConfig, rows: list[dict], card: dict) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+def system_outputs(cfg: EvalDemoConfig, rows: list[dict],
+                   card: dict) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
     """Each system's output per row (generation is greedy), and per row whether the guard fell back."""
     from pathlib import Path
 
@@ -141,7 +156,8 @@ def judge_systems(judge, rows: list[dict], systems: dict[str, list[str]], fell: 
     from metaaligner.training.demo import text_measures, win_rate
 
     texts = sorted({(r["query"], t) for outs in systems.values() for r, t in zip(rows, outs)}
-                   | {(r["query"], r["answer"]) for r in rows} | {(r["query"], r["human_chosen"]) for r in rows if r.get("human_chosen")})
+                   | {(r["query"], r["answer"]) for r in rows}
+                   | {(r["query"], r["human_chosen"]) for r in rows if r.get("human_chosen")})
     scores = dict(zip(texts, judge.score([q for q, _ in texts], [t for _, t in texts], progress=True)))
     results: dict[str, dict] = {}
     groups = {}
@@ -170,7 +186,8 @@ def markdown_table(results: dict, caption: str) -> str:
     lines = [f"_{caption}_", ""]
     for source, systems in results.items():
         lines += [f"**{source}** ({next(iter(systems.values()))['rows']} held-out rows)", "",
-                  "| system | win rate vs unaligned answer (95% CI) | W/T/L | loops | empty | length ratio | similarity | fallbacks |",
+                  "| system | win rate vs unaligned answer (95% CI) | W/T/L | loops | empty | length ratio "
+                  "| similarity | fallbacks |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, m in systems.items():
             w = m["vs_unaligned"]

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 
 @dataclass
 class JudgeConfig:
-    output_dir: str = field(default="metaaligner/data/offline_judge", metadata={"help": "where probe.json + probe.safetensors go"})
+    output_dir: str = field(default="metaaligner/data/offline_judge",
+                            metadata={"help": "where probe.json + probe.safetensors go"})
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "HH-RLHF JSONL(.gz) transcripts (chosen, rejected)"})
-    cache: str = field(default="runs/judge/features.pt", metadata={"help": "feature cache (reused when settings match)"})
+    cache: str = field(default="runs/judge/features.pt",
+                       metadata={"help": "feature cache (reused when settings match)"})
     layers: str = field(default="3,6", metadata={"help": "comma-separated hidden-state layers to try"})
     l2: str = field(default="0.001,0.01,0.1", metadata={"help": "comma-separated L2 strengths to try"})
-    max_train_pairs: int = field(default=900, metadata={"help": "use at most N training pairs (seeded sample; 0: all; 900 fits a busy 2-core CPU); the held-out side is never cut"})
+    max_train_pairs: int = field(default=900,
+                                 metadata={"help": "use at most N training pairs (seeded sample; 0: all; 900 fits a "
+                                                   "busy 2-core CPU); the held-out side is never cut"})
     test_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out from all training"})
     max_tokens: int = field(default=64, metadata={"help": "tokens per (prompt tail + response)"})
     max_response_tokens: int = field(default=48, metadata={"help": "response tokens kept (from its start)"})

@@ -8,7 +8,8 @@ that same model as the frozen reference (paper's run: beta 0.1, lr 5e-7, 1 epoch
     python baseline_models/cdpo/train_cdpo.py ... --lora --learning_rate 5e-6
     # at scale, full weights with DeepSpeed ZeRO-3:
     accelerate launch --num_processes 8 baseline_models/cdpo/train_cdpo.py --data_dir runs/cdpo_data \
-        --model_name_or_path runs/baselines/sft --output_dir runs/baselines/cdpo --deepspeed configs/deepspeed/zero3.json
+        --model_name_or_path runs/baselines/sft --output_dir runs/baselines/cdpo \
+        --deepspeed configs/deepspeed/zero3.json
 
 Writes the model (or adapter) to ``--output_dir`` with ``baseline.json`` (the targets used for the
 data, reused at inference) and ``train_log.jsonl`` (loss, reward margins/accuracies, tokens/s,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from metaaligner.methods.inference import BaselineInferenceConfig, main  # noqa: F401
-from metaaligner.methods.inference import make_parser as _make_parser
 from metaaligner.cli import parse, run_main
+from metaaligner.methods.inference import BaselineInferenceConfig, main, make_parser as _make_parser  # noqa: F401
 
 
 def make_parser():

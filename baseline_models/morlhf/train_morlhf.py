@@ -4,10 +4,12 @@ R = sum_j w_j * normalised r_j, on TRL 1.16's RLOOTrainer (default) or GRPOTrain
 The paper's released script used PPO (``PPOTrainer.step``, trl <= 0.11), which TRL has removed; see
 ``metaaligner/training/morlhf.py`` and the README's baselines section for the differences.
 
-    python baseline_models/morlhf/train_morlhf.py --input rewards.csv --reward_models runs/baselines/morlhf/reward_models \
-        --policy_model embedded --output_dir runs/baselines/morlhf/policy --max_steps 20 --max_new_tokens 64
+    python baseline_models/morlhf/train_morlhf.py --input rewards.csv \
+        --reward_models runs/baselines/morlhf/reward_models --policy_model embedded \
+        --output_dir runs/baselines/morlhf/policy --max_steps 20 --max_new_tokens 64
     # other weights (one per reward model, in reward_models.json order), GRPO, LoRA:
-    python baseline_models/morlhf/train_morlhf.py ... --weights 0.5,0.3,0.2 --algorithm grpo --lora --learning_rate 1e-5
+    python baseline_models/morlhf/train_morlhf.py ... --weights 0.5,0.3,0.2 --algorithm grpo \
+        --lora --learning_rate 1e-5
 
 Writes the policy (or a LoRA adapter) to ``--output_dir`` with ``baseline.json`` and
 ``train_log.jsonl`` (loss, reward, rewards/<objective>/mean, kl, tokens/s, device hours).

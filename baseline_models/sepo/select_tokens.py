@@ -35,7 +35,8 @@ class SelectTokensConfig:
     max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + response; longer responses are "
                                                              "cut at the end (use the oracle's DPO max_length)"})
     add_eos: bool = field(default=True, metadata={"help": "append EOS to each response before scoring (as TRL's DPO)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bf16 on GPU), float32, bfloat16, float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bf16 on GPU), float32, bfloat16, "
+                                                         "float16"})
     limit: int | None = field(default=None, metadata={"help": "only the first N pairs"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its partial files"})
 

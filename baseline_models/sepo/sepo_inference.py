@@ -33,8 +33,10 @@ class SePOInferenceConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     limit: int | None = field(default=None, metadata={"help": "only the first N queries"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, "
+                                                          "settings and inputs)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that "
+                                                             "is an error)"})
 
 
 def make_parser():

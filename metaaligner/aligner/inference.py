@@ -25,8 +25,14 @@ from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.io import (OUTPUT_COLUMNS, TEXT_SUFFIXES, ResumableWriter, read_records, read_table, run_resumable,
-                            write_jsonl)
+from metaaligner.io import (
+    OUTPUT_COLUMNS,
+    TEXT_SUFFIXES,
+    ResumableWriter,
+    read_table,
+    run_resumable,
+    write_jsonl,
+)
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
 from metaaligner.registry.templates import TEMPLATES, Template, get_template, render
 
@@ -136,7 +142,8 @@ def resolve_aligner(aligner_path: str | None = None, template: str | None = None
         f"with {{\"template\": \"...\"}} in the model folder")
 
 
-def objective_group_for(source: AlignerSource, registry: ObjectiveRegistry, dataset_group: str | None = None) -> str | None:
+def objective_group_for(source: AlignerSource, registry: ObjectiveRegistry,
+                        dataset_group: str | None = None) -> str | None:
     """Which registry group resolves bare keys: dataset config > model card > the template's
     name when it is also a group (``helpfulness`` differs between hh-rlhf and ultrafeedback)."""
     for group in (dataset_group, source.objective_group, source.template):
@@ -260,7 +267,8 @@ def check_cuda(device: str | None, backend: str) -> None:
     import torch
 
     if device and device.startswith("cuda") and backend in ("auto", "hf") and not torch.cuda.is_available():
-        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; drop the flag to run on the CPU")
+        raise MetaAlignerError(f"--device {device} (--cuda): no CUDA device is visible; "
+                               "drop the flag to run on the CPU")
 
 
 def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
@@ -341,7 +349,8 @@ def plan_jobs(data_dir: str | Path, aligned_model: str | None, output_root: str 
     if aligned_model:
         files = [p for p in _tables_in(data_dir) if table_stem(p) == aligned_model]
         if len(files) > 1:
-            raise MetaAlignerError(f"{data_dir}: several files for {aligned_model!r}: {', '.join(p.name for p in files)}")
+            raise MetaAlignerError(f"{data_dir}: several files for {aligned_model!r}: "
+                                   f"{', '.join(p.name for p in files)}")
         if files:
             return [FileJob(files[0], aligned_model, out)]
         sub = data_dir / aligned_model
@@ -359,7 +368,8 @@ def plan_jobs(data_dir: str | Path, aligned_model: str | None, output_root: str 
     return jobs
 
 
-def load_policy_rows(path: str | Path, columns: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, str]]:
+def load_policy_rows(path: str | Path, columns: dict[str, str] | None = None,
+                     limit: int | None = None) -> list[dict[str, str]]:
     """Rows ``{row_id, query, goldens, answer}`` from a policy-output table (released columns by
     default: ``query``, ``goldens``, ``generated_text``; ``goldens`` may be absent)."""
     cols = {**INPUT_COLUMNS, **(columns or {})}

@@ -23,12 +23,11 @@ counted by reason and reported.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -594,7 +593,8 @@ def label_rows(rows: list[PreferenceRow], scorers: list[Scorer], batch_size: int
         if key not in checked:
             verdicts = {}
             for r in live:
-                lengths = [scorer.transcript_length(r.prompt, resp) for resp in (r.chosen_response, r.rejected_response)]
+                lengths = [scorer.transcript_length(r.prompt, resp)
+                           for resp in (r.chosen_response, r.rejected_response)]
                 verdicts[r.row_id] = TOO_SHORT if min(lengths) < min_tokens else (
                     TOO_LONG if max(lengths) > scorer.max_length else OK)
             checked[key] = verdicts
@@ -672,7 +672,8 @@ def shard_fingerprint(scorers: list[Scorer], min_tokens: int) -> dict[str, Any]:
     from metaaligner.io import folder_identity
 
     return {"stage": "rewards", "min_tokens": min_tokens,
-            "scorers": [{"name": s.name, "kind": s.kind, "model": s.model_name, "model_files": folder_identity(s.model_name),
+            "scorers": [{"name": s.name, "kind": s.kind, "model": s.model_name,
+                         "model_files": folder_identity(s.model_name),
                          "max_length": s.max_length, "description": getattr(s, "description", None)}
                         for s in scorers]}
 

@@ -276,8 +276,8 @@ def write_prepared(result: Prepared, output_dir: str | Path) -> dict[str, Path]:
     """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``), ``stats.json``, each
     written atomically, ``stats.json`` last (an old one is removed first, so its presence marks a
     complete, consistent folder); returns their paths."""
-    from metaaligner.io import write_csv, write_json
     from metaaligner.dataset.rewards import output_columns
+    from metaaligner.io import write_csv, write_json
 
     out = Path(output_dir)
     paths = {"rewards": out / "rewards.csv", "test": out / "test.csv", "stats": out / "stats.json"}

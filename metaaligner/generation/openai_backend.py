@@ -57,7 +57,8 @@ class OpenAIGenerator:
         self._lock = threading.Lock()
 
     def _request(self, prompt: str, params: GenerationParams) -> str:
-        common = {"model": self.model, "max_tokens": params.max_new_tokens, "temperature": max(params.temperature, 0.0),
+        common = {"model": self.model, "max_tokens": params.max_new_tokens,
+                  "temperature": max(params.temperature, 0.0),
                   "top_p": params.top_p, "seed": params.seed}
         if self.chat_template:
             response = self.client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
@@ -94,7 +95,8 @@ class OpenAIGenerator:
                 where = self.base_url or "the OpenAI API"
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise MetaAlignerError(f"request {i + 1} of {len(prompts)} to {where} failed "
-                                       f"(after {self.max_retries} retries): {type(exc).__name__}: {message}") from None
+                                       f"(after {self.max_retries} retries): {type(exc).__name__}: {message}"
+                                       ) from None
         self.stats["prompts"] += len(prompts)
         self.stats["seconds"] += time.time() - start
         return results

@@ -8,8 +8,9 @@ answer parsing, a SQLite cache keyed on the full request, concurrency, retries a
     judge_outputs("outputs/hh", "judged/hh-paper", targets=["aligned_responses"], profile="paper")
 
 Modules: ``registry`` (prompts.yaml: prompt sets, parsers, prices), ``profiles`` (profiles.yaml:
-named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine`` (openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run),
-``metrics`` (win rates, bootstrap).
+named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine``
+(openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run), ``metrics`` (win
+rates, bootstrap).
 """
 from __future__ import annotations
 
@@ -23,8 +24,15 @@ from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import CostMeter, Decoding, JudgeCallError, OpenAIChatEngine
 from metaaligner.judge.profiles import load_profile, resolve_judge
 from metaaligner.judge.registry import JudgePrompt, default_prices, get_prompt
-from metaaligner.judge.runner import (JudgeRunner, JudgeSettings, RunResult, discover_inputs, dry_run_plan,
-                                      plan_tasks, write_run_summary)
+from metaaligner.judge.runner import (
+    JudgeRunner,
+    JudgeSettings,
+    RunResult,
+    discover_inputs,
+    dry_run_plan,
+    plan_tasks,
+    write_run_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,8 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
     """The dataset config named by ``dataset``, else by the ``template`` provenance column that the
     aligner writes into its output CSVs."""
     from metaaligner.errors import DataError
-    from metaaligner.registry.datasets import available, load_dataset_config
     from metaaligner.io import read_records
+    from metaaligner.registry.datasets import available, load_dataset_config
 
     if dataset:
         return load_dataset_config(dataset)
@@ -128,7 +136,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
             "judge_quality": getattr(engine, "caption", None),
-            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
+            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries,
+            "timeout": timeout,
             "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
             "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         runner = JudgeRunner(settings, engine, cache, meter, concurrency=concurrency, resume=resume,

@@ -137,7 +137,8 @@ def check_reachable(base_url: str, timeout: float = 5.0) -> None:
         raise MetaAlignerError(f"{redact_url(base_url)}: connection refused; is the server running there? "
                                "(check --base_url)") from None
     except socket.gaierror as exc:
-        raise MetaAlignerError(f"{redact_url(base_url)}: unknown host {host!r} ({exc.strerror}); check --base_url") from None
+        raise MetaAlignerError(f"{redact_url(base_url)}: unknown host {host!r} ({exc.strerror}); "
+                               "check --base_url") from None
     except OSError:
         pass  # slow or filtered: the client's timeout and retries decide
 

@@ -66,7 +66,8 @@ def summarize_ratings(scores: Sequence[int | None]) -> dict:
             "mean": float(np.mean(valid)) if valid else None}
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values``."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:

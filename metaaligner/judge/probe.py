@@ -47,7 +47,8 @@ def split_by_prompt(prompts: Sequence[str], test_fraction: float, seed: int) -> 
     return train_idx, [i for i, p in enumerate(prompts) if p in test]
 
 
-def encode_pair(tokenizer, prompt: str, response: str, max_tokens: int, max_response_tokens: int) -> tuple[list[int], int]:
+def encode_pair(tokenizer, prompt: str, response: str, max_tokens: int,
+                max_response_tokens: int) -> tuple[list[int], int]:
     """Token ids of prompt tail + response and how many of them (at the end) are the response."""
     resp = tokenizer(" " + str(response).strip(), add_special_tokens=False)["input_ids"][:max_response_tokens]
     if not resp:
@@ -173,7 +174,8 @@ class ProbeJudge:
             path = resolve_model_path(self.info.get("model"))
             self.tokenizer = load_tokenizer(path, padding_side="right")
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            self.model.model.layers = self.model.model.layers[: self.info["layer"] + 1]  # as when fitted; deeper unused
+            # as when fitted; deeper unused
+            self.model.model.layers = self.model.model.layers[: self.info["layer"] + 1]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], progress: bool = False) -> list[float]:
         """The probe's score of each response to its prompt (higher = more human-preferred)."""

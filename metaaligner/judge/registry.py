@@ -44,7 +44,8 @@ class ParserSpec:
         if self.kind not in ("choice", "score"):
             raise MetaAlignerError(f"parser {self.name!r}: kind must be choice or score, got {self.kind!r}")
         if self.method not in PARSER_METHODS:
-            raise MetaAlignerError(f"parser {self.name!r}: method must be one of {PARSER_METHODS}, got {self.method!r}")
+            raise MetaAlignerError(f"parser {self.name!r}: method must be one of {PARSER_METHODS}, "
+                                   f"got {self.method!r}")
         if self.method != "regex":
             if self.kind != "choice":
                 raise MetaAlignerError(f"parser {self.name!r}: {self.method} reads pairwise choices only")

@@ -22,10 +22,21 @@ from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import ResumableWriter, read_table, write_csv, write_json
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
-from metaaligner.judge.metrics import bootstrap_ci, position_consistency, summarize_pairwise, summarize_ratings, \
-    verdict_scores
-from metaaligner.judge.positions import (INVALID, candidate_position, combine_orders, item_id, place,
-                                         verdict_from_choice)
+from metaaligner.judge.metrics import (
+    bootstrap_ci,
+    position_consistency,
+    summarize_pairwise,
+    summarize_ratings,
+    verdict_scores,
+)
+from metaaligner.judge.positions import (
+    INVALID,
+    candidate_position,
+    combine_orders,
+    item_id,
+    place,
+    verdict_from_choice,
+)
 from metaaligner.judge.registry import JudgePrompt
 from metaaligner.registry.objectives import Objective
 
@@ -504,7 +515,8 @@ def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]], judge_c
         all_summaries = summaries
     write_json(output_dir / "summary.json", all_summaries)
     columns = ["mode", "dataset", "policy", "target", "objective", "n", "wins", "ties", "losses", "invalid",
-               "win", "win_half_tie", "win_plus_tie", "position_consistency", "valid", "mean", "judge_model", "judge_prompt"]
+               "win", "win_half_tie", "win_plus_tie", "position_consistency", "valid", "mean", "judge_model",
+               "judge_prompt"]
     write_csv(output_dir / "summary.csv", all_summaries, columns)
 
 
@@ -568,7 +580,8 @@ def format_dry_run(info: dict[str, Any], judge_model: str) -> str:
     lines = [f"dry run: {info['outputs']} output files, {info['rows']} rows, {info['calls']} judge calls "
              f"({info['orders']} order(s) per pair; up to as many format reminders on top)",
              f"  already cached: {info['cached']}; to call: {info['to_call']}",
-             f"  estimated input tokens <= {info['est_prompt_tokens']:,}; output tokens <= {info['max_output_tokens']:,}",
+             f"  estimated input tokens <= {info['est_prompt_tokens']:,}; "
+             f"output tokens <= {info['max_output_tokens']:,}",
              f"  price for {judge_model}: ${info['price_per_1k_input']:g} in / ${info['price_per_1k_output']:g} out "
              f"per 1k tokens -> estimated cost <= ${info['est_cost_usd']:.4f}"]
     if "decoding" in info:

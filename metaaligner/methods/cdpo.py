@@ -10,10 +10,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from metaaligner.methods.common import (LOG_FILE, TIE_TOLERANCE, ObjectiveSpec, ScoredPair, conditioned_prompt,
-                                        default_targets, finish_run, format_targets, full_model_path,
-                                        parse_target_rewards, read_reward_pairs, read_stats, split_by_group,
-                                        strip_keys, summary_line)
+from metaaligner.methods.common import (
+    LOG_FILE,
+    TIE_TOLERANCE,
+    ObjectiveSpec,
+    ScoredPair,
+    conditioned_prompt,
+    default_targets,
+    finish_run,
+    format_targets,
+    full_model_path,
+    parse_target_rewards,
+    read_reward_pairs,
+    read_stats,
+    split_by_group,
+    strip_keys,
+    summary_line,
+)
 
 
 def closeness(scores: Sequence[float], targets: Sequence[float]) -> float:

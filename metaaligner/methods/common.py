@@ -150,7 +150,8 @@ def cut_at_next_turn(text: str) -> str:
 
 # ---------------------------------------------------------------- splits
 
-def split_by_group(items: Sequence[dict], val_size: float, seed: int, group_key: str = "group") -> tuple[list[dict], list[dict]]:
+def split_by_group(items: Sequence[dict], val_size: float, seed: int,
+                   group_key: str = "group") -> tuple[list[dict], list[dict]]:
     """Seeded train/val split by source pair: items of one pair never land in both splits.
 
     ``val_size`` < 1 is a fraction of the groups, >= 1 a number of groups. Item order inside each

@@ -64,8 +64,10 @@ class BaselineInferenceConfig:
     cut_next_turn: bool = field(default=True, metadata={
         "help": "cut a response where the model starts a new '\\nHuman:'/'\\nAssistant:' turn itself"})
     limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, "
+                                                          "settings and inputs)"})
+    overwrite: bool = field(default=False,
+                            metadata={"help": "replace an output made with other settings (else that is an error)"})
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
@@ -116,10 +118,10 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
-    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.generation import GenerationParams, get_generator
     from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, read_records, row_hash
+    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
+    from metaaligner.registry.datasets import load_dataset_config
 
     start = time.time()
     dataset = load_dataset_config(config.dataset)

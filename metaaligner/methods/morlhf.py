@@ -70,8 +70,8 @@ def train_reward_models(input_path: str | Path, config: str, output_dir: str | P
                         limit: int | None = None, lora: bool = False, resume: bool = False) -> dict[str, Any]:
     """One reward model per objective, each on the pairs ordered by that objective's score (ties
     dropped), into ``output_dir/<objective>/``; ``output_dir/reward_models.json`` lists them."""
-    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, split_by_group, strip_keys
     from metaaligner.io import write_json
+    from metaaligner.methods.common import ObjectiveSpec, read_reward_pairs, split_by_group, strip_keys
     from metaaligner.training.reward_model import read_reward_stats, train_reward_model
 
     started = time.time()
@@ -158,8 +158,8 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
     print("linear scalarisation: R = " + " + ".join(f"{wj:.4g} * {s.name}" for wj, s in zip(w, specs))
           + " (each reward normalised by its model's mean/std)")
     prompts = read_prompts(input_path, prompt_column, limit, morlhf_config.seed)
-    train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config, stage="morlhf",
-                 log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
+    train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config,
+                 stage="morlhf", log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
     meta = read_metadata(str(output_dir))
     meta.pop("method", None)
     finish_run("morlhf", output_dir, {**meta, "input": str(input_path)}, started)

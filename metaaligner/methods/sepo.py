@@ -93,7 +93,8 @@ def check_same_tokenizer(first, second, first_name: str, second_name: str) -> No
 
 # ---------------------------------------------------------------- token log-probs and rewards
 
-def response_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad_token_id: int, device) -> list[list[float]]:
+def response_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad_token_id: int,
+                      device) -> list[list[float]]:
     """Per-token log pi(y_j | x, y_<j) of each response, for one right-padded batch.
 
     ``sequences`` holds (prompt_ids, response_ids) with a non-empty prompt. The logit at absolute
@@ -239,7 +240,8 @@ def read_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     return rows[:limit] if limit else rows
 
 
-def read_selection(path: str | Path, ratio: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Any], SelectionResult | None]:
+def read_selection(path: str | Path, ratio: float | None = None,
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any], SelectionResult | None]:
     """Rows of a selection file ready for training, its meta (``{}`` if absent), and the re-selection
     result when ``ratio`` is given (then the skipped sidecar's scored rows are re-selected too)."""
     from metaaligner.io import read_records
@@ -441,11 +443,10 @@ def run_selection(input_path: str | Path, oracle_path: str, reference_path: str,
     """The whole selection step, sharded over the processes of ``torchrun``/``accelerate launch``.
 
     Returns the selection on rank 0 (``None`` on the other ranks)."""
-    from accelerate import PartialState
-
     import os
 
     import torch
+    from accelerate import PartialState
 
     check_ratio(ratio)
     pairs = read_pairs(input_path, limit)
@@ -508,7 +509,8 @@ def subsample(rows: list[dict[str, Any]], fraction: float = 1.0, seed: int = 0, 
     return rows[:limit] if limit else rows
 
 
-def pairs_from_records(rows: list[dict[str, Any]], marker: str = "\n\nAssistant:") -> tuple[list[dict[str, str]], Counter]:
+def pairs_from_records(rows: list[dict[str, Any]],
+                       marker: str = "\n\nAssistant:") -> tuple[list[dict[str, str]], Counter]:
     """Preference pairs from HH-RLHF transcripts (``chosen``/``rejected``) or a stage-1 rewards table
     (``prompt``/``chosen_response``/``rejected_response``); identical responses are dropped and counted."""
     pairs, dropped = [], Counter()

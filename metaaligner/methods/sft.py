@@ -9,9 +9,19 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from metaaligner.methods.common import (LOG_FILE, ObjectiveSpec, ScoredPair, conditioned_prompt, default_targets,
-                                        finish_run, format_targets, read_reward_pairs, read_stats, split_by_group,
-                                        summary_line)
+from metaaligner.methods.common import (
+    LOG_FILE,
+    ObjectiveSpec,
+    ScoredPair,
+    conditioned_prompt,
+    default_targets,
+    finish_run,
+    format_targets,
+    read_reward_pairs,
+    read_stats,
+    split_by_group,
+    summary_line,
+)
 
 
 def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
@@ -19,7 +29,8 @@ def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
     ``group`` (the source row) keeps both items of a pair in the same split."""
     items = []
     for p in pairs:
-        for side, response, scores in (("chosen", p.chosen, p.chosen_scores), ("rejected", p.rejected, p.rejected_scores)):
+        for side, response, scores in (("chosen", p.chosen, p.chosen_scores),
+                                       ("rejected", p.rejected, p.rejected_scores)):
             items.append({"id": f"{p.row}-{side}", "group": p.row,
                           "prompt": conditioned_prompt(p.prompt, names, scores), "completion": response})
     return items

@@ -7,7 +7,6 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from metaaligner.errors import MetaAlignerError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

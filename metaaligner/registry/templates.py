@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from metaaligner.errors import MetaAlignerError
 
 ASPECT_SEPARATOR = "; "

@@ -70,7 +70,8 @@ def count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
 
 
-def fail_first_per_prompt(reply: ReplyFn, n: int = 1, status: int = 429, retry_after_ms: float | None = 5.0) -> ReplyFn:
+def fail_first_per_prompt(reply: ReplyFn, n: int = 1, status: int = 429,
+                          retry_after_ms: float | None = 5.0) -> ReplyFn:
     """Wrap ``reply`` so that the first ``n`` requests for each distinct message list fail with
     ``status`` ("429 then OK")."""
     seen: dict[str, int] = {}

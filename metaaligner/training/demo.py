@@ -101,7 +101,8 @@ def copy_stats(answers: list[str], edits: list[str]) -> dict[str, Any]:
     if len(answers) != len(edits):
         raise ValueError("answers and edits differ in length")
     differs = [normalise_text(a) != normalise_text(e) for a, e in zip(answers, edits)]
-    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(e)).ratio() for a, e in zip(answers, edits)]
+    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(e)).ratio()
+            for a, e in zip(answers, edits)]
     n = len(answers)
     return {"rows": n, "differs": sum(differs), "differs_rate": sum(differs) / n if n else None,
             "mean_similarity": sum(sims) / n if n else None,
@@ -177,7 +178,8 @@ def text_measures(answers: list[str], outputs: list[str]) -> dict[str, Any]:
     n = len(answers)
     reasons = [degenerate_reason(o) for o in outputs]
     ratios = [len(o.split()) / len(a.split()) for a, o in zip(answers, outputs) if a.split()]
-    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(o)).ratio() for a, o in zip(answers, outputs)]
+    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(o)).ratio()
+            for a, o in zip(answers, outputs)]
     same = [normalise_text(a) == normalise_text(o) for a, o in zip(answers, outputs)]
     return {"rows": n, "loop_rate": reasons.count("loop") / n if n else None,
             "empty_rate": reasons.count("empty") / n if n else None,

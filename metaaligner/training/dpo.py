@@ -82,7 +82,8 @@ def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_p
         args = config.to_trl(output_dir, device=device, has_eval=bool(evals))
         lora_cfg = config.lora_config() if lora else None
     else:
-        raise MetaAlignerError(f"train_dpo: config must be DPOTrainConfig or trl.DPOConfig, got {type(config).__name__}")
+        raise MetaAlignerError(f"train_dpo: config must be DPOTrainConfig or trl.DPOConfig, "
+                               f"got {type(config).__name__}")
 
     tokenizer = load_tokenizer(model_path, padding_side="left")
     ref_model = None

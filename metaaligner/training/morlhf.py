@@ -194,7 +194,8 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
     tokenizer = load_tokenizer(policy, padding_side="left")
     prompts, cut = truncate_prompts(prompts, tokenizer, config.max_prompt_length)
     if cut:
-        log.info("%s: %d of %d prompts cut to their last %d tokens", stage, cut, len(prompts), config.max_prompt_length)
+        log.info("%s: %d of %d prompts cut to their last %d tokens", stage, cut, len(prompts),
+                 config.max_prompt_length)
     if reward_funcs is None:
         rm_device = str(PartialState().device)
         reward_funcs = [NormalisedRewardModel(spec, device=rm_device, batch_size=config.reward_batch_size,

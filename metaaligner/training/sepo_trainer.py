@@ -239,8 +239,8 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import get_last_checkpoint
 
-    from metaaligner.models import load_tokenizer, resolve_model_path
     from metaaligner.methods.sepo import read_selection, tokenizer_fingerprint
+    from metaaligner.models import load_tokenizer, resolve_model_path
     from metaaligner.training.common import make_jsonl_callback
 
     output_dir = str(output_dir)
