@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 
 from metaaligner.errors import MetaAlignerError
-from metaaligner.judge.cache import Completion
-
 from metaaligner.generation.openai_backend import resolve_api_key  # the one key rule, shared with generation
+from metaaligner.judge.cache import Completion
 
 
 class JudgeCallError(Exception):
