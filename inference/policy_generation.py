@@ -145,7 +145,8 @@ def main(config: PolicyGenerationConfig) -> None:
     for job in jobs:
         if refine:
             rows = load_policy_rows(job.input_path, dataset.columns if dataset else None, config.limit)
-            stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run)
+            stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run,
+                                     overwrite=config.overwrite)
         else:
             rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
             stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run,

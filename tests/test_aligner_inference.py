@@ -524,3 +524,27 @@ def test_python_api_with_a_released_name_needs_no_template_and_loads_nothing():
         "resources and suggestions to the user; Length: the response should be concise and avoid redundant content. "
         "| Query: Q? | Answer: A. | Edit: ")
     assert aligner._generator is None
+
+
+def test_self_refinement_resume_never_mixes_settings(tmp_path):
+    """A finished Self-Refinement output made with other decoding or objective texts is refused."""
+    from metaaligner.aligner.policy import self_refine_file
+
+    data = tmp_path / "pol.csv"
+    data.write_text("query,goldens,generated_text\nQ one?,G1,first answer\n")
+    rows = al.load_policy_rows(data)
+    job = al.FileJob(data, "Self-Refinement", tmp_path / "out")
+    gen = RecordingGenerator()
+    gen.generate = lambda prompts, params, progress=False: ["revised"] * len(prompts)
+    descriptions = ["Humour: The response should be cheerful and amusing"]
+    self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour"], descriptions,
+                     progress=False)
+    with pytest.raises(MetaAlignerError, match="max_new_tokens"):
+        self_refine_file(job, rows, gen, GenerationParams(batch_size=4, max_new_tokens=9), "my/policy", ["humour"],
+                         descriptions, resume=True, progress=False)
+    with pytest.raises(MetaAlignerError, match="objective_texts"):
+        self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour"],
+                         ["Humour: be funny"], resume=True, progress=False)
+    stats = self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour"],
+                             ["Humour: be funny"], progress=False, overwrite=True)
+    assert stats.generated == 1

@@ -115,7 +115,7 @@ SELF_REFINE_TEMPLATE = "self-refine"
 
 def self_refine_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                      labels: list[str], descriptions: list[str], resume: bool = False, dry_run: bool = False,
-                     progress: bool = True) -> PolicyStats:
+                     progress: bool = True, overwrite: bool = False) -> PolicyStats:
     """Self-Refinement: the policy revises its own answers (``rows`` from ``aligner.load_policy_rows``)
     toward the objectives, prompted by ``templates.SELF_REFINE_PROMPT``. Writes the aligner output
     format (``query, goldens, origin_responses, aligned_responses, aligner, template, aspects``), so
@@ -134,14 +134,11 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
     provenance = {"aligner": f"{SELF_REFINE_TEMPLATE}:{model_label}", "template": SELF_REFINE_TEMPLATE,
                   "aspects": ",".join(labels)}
     stats.output = str(job.output_path)
-    writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume)
-    if writer.rows:
-        first = next(iter(writer.rows.values()))
-        mismatch = [k for k, v in provenance.items() if first.get(k) != v]
-        if mismatch:
-            writer.close()
-            raise MetaAlignerError(f"{writer.partial}: made with other settings ({', '.join(mismatch)} differ); "
-                                   "delete it or run without --resume")
+    # the run fingerprint (model, decoding, objective texts) keeps --resume from mixing settings
+    fingerprint = policy_fingerprint(model_label, params, {"stage": "self_refine", **provenance,
+                                                           "objective_texts": list(descriptions)})
+    writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume,
+                             fingerprint=fingerprint, overwrite=overwrite)
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
         answers = backend.generate([prompts[r["row_id"]] for r in part], params)
