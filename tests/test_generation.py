@@ -309,3 +309,18 @@ def test_one_key_rule_for_the_backend_and_the_judge(monkeypatch):
         resolve_api_key(None)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert resolve_api_key(None) == "sk-test"
+
+
+def test_generate_all_checks_one_completion_per_prompt():
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.generation import GenerationParams, generate_all
+
+    class Short:
+        name = "short"
+
+        def generate(self, prompts, params, progress=False):
+            return ["only one"]
+
+    with pytest.raises(MetaAlignerError, match="^backend returned 1 outputs for 2 prompts$"):
+        generate_all(Short(), ["a", "b"], GenerationParams())
+    assert generate_all(Short(), ["a"], GenerationParams()) == ["only one"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.generation import GenerationParams
+from metaaligner.generation import GenerationParams, generate_all
 from metaaligner.io import (
     OUTPUT_COLUMNS,
     TEXT_SUFFIXES,
@@ -248,9 +248,7 @@ def align_iteratively(generator, params: GenerationParams, template: str | Templ
     for _ in range(iterations):
         prompts = build_prompts(template, questions, current, descriptions)
         previous = current
-        current = [normalize_answer(text) for text in generator.generate(prompts, params, progress=progress)]
-        if len(current) != len(prompts):
-            raise MetaAlignerError(f"backend returned {len(current)} outputs for {len(prompts)} prompts")
+        current = [normalize_answer(text) for text in generate_all(generator, prompts, params, progress=progress)]
         if guard:
             current, fell_back = guard_outputs(previous, current)
             if fallbacks is not None:

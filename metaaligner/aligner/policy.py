@@ -10,7 +10,7 @@ from pathlib import Path
 
 from metaaligner.aligner.inference import FileJob
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.generation import GenerationParams
+from metaaligner.generation import GenerationParams, generate_all
 from metaaligner.io import ResumableWriter, read_records, read_table, run_resumable, write_jsonl
 
 POLICY_COLUMNS = ["query", "goldens", "generated_text", "model"]
@@ -95,9 +95,7 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
         raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
-        answers = backend.generate([r["query"] for r in part], params)
-        if len(answers) != len(part):
-            raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
+        answers = generate_all(backend, [r["query"] for r in part], params)
         return [{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)]
 
     stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
@@ -141,9 +139,7 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
                              fingerprint=fingerprint, overwrite=overwrite)
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
-        answers = backend.generate([prompts[r["row_id"]] for r in part], params)
-        if len(answers) != len(part):
-            raise MetaAlignerError(f"backend returned {len(answers)} outputs for {len(part)} prompts")
+        answers = generate_all(backend, [prompts[r["row_id"]] for r in part], params)
         return [{"row_id": r["row_id"], "query": r["query"], "goldens": r["goldens"], "origin_responses": r["answer"],
                  "aligned_responses": a, **provenance} for r, a in zip(part, answers)]
 

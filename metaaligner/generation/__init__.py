@@ -39,6 +39,15 @@ BACKENDS = {
 }
 
 
+def generate_all(generator: Generator, prompts: list[str], params: GenerationParams,
+                 progress: bool = False) -> list[str]:
+    """``generator.generate`` with the interface's contract checked: one completion per prompt."""
+    outputs = generator.generate(prompts, params, progress=progress)
+    if len(outputs) != len(prompts):
+        raise MetaAlignerError(f"backend returned {len(outputs)} outputs for {len(prompts)} prompts")
+    return outputs
+
+
 def resolve_backend(backend: str, base_url: str | None = None) -> str:
     """The one ``auto`` rule: openai when a ``base_url`` is given, vllm when installed with a GPU, else hf."""
     if backend != "auto":
