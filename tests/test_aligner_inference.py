@@ -19,6 +19,7 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams
 from metaaligner.io import read_records, read_table
 from metaaligner.registry.objectives import ObjectiveRegistry
+from metaaligner.testing.fakes import EchoGenerator
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "inference" / "aligner_inference.py"
@@ -54,22 +55,6 @@ def run_script(args: list[str], **kw) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=240, **kw)
 
 
-class RecordingGenerator:
-    """A backend that answers "<k>:<row tag>" and remembers every prompt it saw."""
-
-    name = "fake"
-
-    def __init__(self, fail_on_call: int | None = None):
-        self.prompts: list[str] = []
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def generate(self, prompts, params, progress=False):
-        self.calls += 1
-        if self.fail_on_call == self.calls:
-            raise KeyboardInterrupt  # what a kill looks like from inside
-        self.prompts += prompts
-        return [f"aligned[{p.split('| Answer: ')[1].split(' | Edit:')[0]}]" for p in prompts]
 
 
 # ---------------------------------------------------------------- dry runs over the shipped samples
@@ -207,7 +192,7 @@ def _table(tmp_path, n=10):
 
 def test_iterative_alignment_feeds_answers_back(tmp_path):
     job = al.FileJob(_table(tmp_path, 4), "pol", tmp_path / "out")
-    gen = RecordingGenerator()
+    gen = EchoGenerator()
     stats = al.align_file(job, _settings(iterations=3), gen, progress=False)
     rows = read_records(job.output_path)
     assert list(rows[0]) == ["query", "goldens", "origin_responses", "aligned_responses", "aligned_responses_1",
@@ -224,26 +209,26 @@ def test_interrupted_run_resumes_every_row_once(tmp_path):
     job = al.FileJob(_table(tmp_path, 10), "pol", tmp_path / "out")
     settings = _settings(batch_size=1)  # chunks of 4 rows
     with pytest.raises(KeyboardInterrupt):
-        al.align_file(job, settings, RecordingGenerator(fail_on_call=2), progress=False)
+        al.align_file(job, settings, EchoGenerator(fail_on_call=2), progress=False)
     assert not job.output_path.exists()
-    gen = RecordingGenerator()
+    gen = EchoGenerator()
     stats = al.align_file(job, settings, gen, resume=True, progress=False)
     assert (stats.resumed, stats.aligned) == (4, 6)
     assert [p.split("Context: ")[1].split(" |")[0] for p in gen.prompts] == [f"q{i}" for i in range(4, 10)]
     rows = read_records(job.output_path)
     assert [r["query"] for r in rows] == [f"q{i}" for i in range(10)]
     # a finished output is not redone; other settings refuse to mix with a partial file
-    assert al.align_file(job, settings, RecordingGenerator(), resume=True, progress=False).skipped
+    assert al.align_file(job, settings, EchoGenerator(), resume=True, progress=False).skipped
     with pytest.raises(KeyboardInterrupt):
-        al.align_file(job, settings, RecordingGenerator(fail_on_call=2), progress=False)
+        al.align_file(job, settings, EchoGenerator(fail_on_call=2), progress=False)
     other = _settings(batch_size=1)
     other.aspect_labels = ["humour"]
     with pytest.raises(MetaAlignerError, match="made with other settings \\(aspects: "):
-        al.align_file(job, other, RecordingGenerator(), resume=True, progress=False)
+        al.align_file(job, other, EchoGenerator(), resume=True, progress=False)
 
 
 def test_python_api_with_a_backend_object():
-    gen = RecordingGenerator()
+    gen = EchoGenerator()
     aligner = al.Aligner(generator=gen)
     assert aligner.align("Q?", "old", "harmlessness,humour") == "aligned[old]"
     assert aligner.align(["Q1", "Q2"], ["a", None], ["helpfulness", "Brevity: be short"]) == ["aligned[a]", "aligned[]"]
@@ -325,8 +310,8 @@ def test_policy_generation_joins_imhi_queries_and_resumes(tmp_path, capsys):
                     {"row_id": 1, "query": "Post two?", "goldens": "No. Reasoning: b"}]
     job = al.FileJob(tmp_path / "released/DR.csv", "pol/DR", tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
-        generate_file(job, rows, RecordingGenerator(fail_on_call=1), GenerationParams(batch_size=1), "m", progress=False)
-    gen = RecordingGenerator()
+        generate_file(job, rows, EchoGenerator(fail_on_call=1), GenerationParams(batch_size=1), "m", progress=False)
+    gen = EchoGenerator()
     gen.generate = lambda prompts, params, progress=False: [p.upper() for p in prompts]
     stats = generate_file(job, rows, gen, GenerationParams(batch_size=1), "m", resume=True, progress=False)
     assert (stats.generated, stats.resumed) == (2, 0)
@@ -480,7 +465,7 @@ def test_self_refinement_revises_the_policys_own_answers(tmp_path, capsys):
     data.write_text("query,goldens,generated_text\nQ one?,G1,first answer\nQ two?,G2,\n")
     rows = al.load_policy_rows(data)
     job = al.FileJob(data, "Self-Refinement", tmp_path / "out")
-    gen = RecordingGenerator()
+    gen = EchoGenerator()
     gen.generate = lambda prompts, params, progress=False: (gen.prompts.extend(prompts) or
                                                             [f"revised {i}" for i in range(len(prompts))])
     descriptions = ["Humour: The response should be cheerful and amusing", "Honesty: the response should not tell lies"]
@@ -534,7 +519,7 @@ def test_self_refinement_resume_never_mixes_settings(tmp_path):
     data.write_text("query,goldens,generated_text\nQ one?,G1,first answer\n")
     rows = al.load_policy_rows(data)
     job = al.FileJob(data, "Self-Refinement", tmp_path / "out")
-    gen = RecordingGenerator()
+    gen = EchoGenerator()
     gen.generate = lambda prompts, params, progress=False: ["revised"] * len(prompts)
     descriptions = ["Humour: The response should be cheerful and amusing"]
     self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour"], descriptions,

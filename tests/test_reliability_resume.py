@@ -35,6 +35,7 @@ from metaaligner.judge import judge_outputs
 from metaaligner.judge.runner import ROW_COLUMNS
 from metaaligner.registry.objectives import ObjectiveRegistry
 from metaaligner.testing import ScriptedOpenAIServer, user_text
+from metaaligner.testing.fakes import EchoGenerator
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-PLANTED"
@@ -42,22 +43,6 @@ SECRET = "s3cr3t-PLANTED"
 
 # ----------------------------------------------------------------------------- helpers
 
-class EchoGenerator:
-    """A backend answering ``aligned[<answer>]`` that records every prompt; fails on call N."""
-
-    name = "fake"
-
-    def __init__(self, fail_on_call: int | None = None):
-        self.prompts: list[str] = []
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def generate(self, prompts, params, progress=False):
-        self.calls += 1
-        if self.fail_on_call == self.calls:
-            raise KeyboardInterrupt  # what a kill looks like from inside
-        self.prompts += prompts
-        return [f"aligned[{p.split('| Answer: ')[1].split(' | Edit:')[0]}]" for p in prompts]
 
 
 def policy_table(path: Path, n: int, query=lambda i: f"q{i}") -> Path:
