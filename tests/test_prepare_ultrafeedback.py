@@ -201,3 +201,23 @@ def test_paper_config_prepares_ultrafeedback_instead_of_a_hand_made_csv(capsys):
                              "--output_dir data/ultrafeedback --test_size 15000")
     build = next(line for line in lines if "build_aligner_dataset.py" in line)
     assert "--input data/ultrafeedback/rewards.csv --dataset ultrafeedback " in build
+
+
+def test_a_failed_write_leaves_the_old_output_folder_whole(tmp_path, monkeypatch):
+    """The three files come from one run: a failure while writing keeps the old folder as it was."""
+    import metaaligner.io as mio
+
+    src = tmp_path / "uf.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    out = tmp_path / "out"
+    uf.write_prepared(uf.prepare_ultrafeedback(str(src), test_size=1, progress=False), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mio, "write_json", failing)
+    with pytest.raises(OSError):
+        uf.write_prepared(uf.prepare_ultrafeedback(str(src), test_size=2, progress=False), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []

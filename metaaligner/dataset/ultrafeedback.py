@@ -273,16 +273,16 @@ def _stats(source: str, test_size: int, n: int, n_train: int, out: Prepared, cou
 
 
 def write_prepared(result: Prepared, output_dir: str | Path) -> dict[str, Path]:
-    """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``), ``stats.json``, each
-    written atomically, ``stats.json`` last (an old one is removed first, so its presence marks a
-    complete, consistent folder); returns their paths."""
+    """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``) and ``stats.json``, built
+    in a temporary sibling folder swapped in at the end (``io.atomic_folder``: the folder is whole or
+    absent, an old one survives a failed run untouched); returns their paths."""
     from metaaligner.dataset.rewards import output_columns
-    from metaaligner.io import write_csv, write_json
+    from metaaligner.io import atomic_folder, write_csv, write_json
 
     out = Path(output_dir)
-    paths = {"rewards": out / "rewards.csv", "test": out / "test.csv", "stats": out / "stats.json"}
-    paths["stats"].unlink(missing_ok=True)
-    write_csv(paths["rewards"], result.rewards, output_columns(len(ASPECTS)))
-    write_csv(paths["test"], result.test, ["query", "goldens"])
-    write_json(paths["stats"], result.stats)
-    return paths
+    names = {"rewards": "rewards.csv", "test": "test.csv", "stats": "stats.json"}
+    with atomic_folder(out) as tmp:
+        write_csv(tmp / names["rewards"], result.rewards, output_columns(len(ASPECTS)))
+        write_csv(tmp / names["test"], result.test, ["query", "goldens"])
+        write_json(tmp / names["stats"], result.stats)
+    return {key: out / name for key, name in names.items()}
