@@ -58,10 +58,13 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
-MODES = {  # name -> SFTStageConfig overrides; "padded" is the baseline (the config defaults)
-    "padded": {},
-    "padding_free": {"padding_free": True},
-    "padding_free_nodrop": {"padding_free": True, "lora_dropout": 0.0},
+_PLAIN = {"segment_attention": False, "targets_only_lm_head": False}  # TRL's and transformers' own paths
+MODES = {  # name -> SFTStageConfig overrides; "padded" is the baseline (TRL's defaults)
+    "padded": dict(_PLAIN),
+    "padding_free": {"padding_free": True, **_PLAIN},
+    "padding_free_nodrop": {"padding_free": True, "lora_dropout": 0.0, **_PLAIN},
+    "targets_only": {"padding_free": True, "lora_dropout": 0.0, "segment_attention": False},
+    "packed": {"padding_free": True, "lora_dropout": 0.0},  # + segment attention, LM head on targets only
 }
 
 
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="sequences per batch")
     parser.add_argument("--max_length", type=int, default=512, help="max tokens per item")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    parser.add_argument("--modes", default="padded,padding_free,padding_free_nodrop",
+    parser.add_argument("--modes", default="padded,padding_free_nodrop,targets_only,packed",
                         help="comma-separated modes, the first is the baseline: " + ", ".join(MODES))
     parser.add_argument("--lora_top_layers", type=int, default=0, help="LoRA on the last N layers only (0: all)")
     args = parser.parse_args(argv)
@@ -182,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['mode']:>13}: {r['tokens']} real tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tokens/s "
               f"({r['tokens_per_s'] * per_token / (peak * 1e9):.0%} of roofline); loss first {r['first_loss']:.5f} "
               f"last {r['last_loss']:.5f}; peak RSS {r['peak_rss_mb']:.0f} MB")
-    diff = abs(results[0]["first_loss"] - results[1]["first_loss"]) if len(results) > 1 else 0.0
-    print(f"first-step loss difference: {diff:.2e} ({'same' if diff < 1e-3 else 'DIFFERENT'})")
+    for r in results[1:]:  # LoRA's B starts at zero, so dropout cannot change the first loss either
+        diff = abs(results[0]["first_loss"] - r["first_loss"])
+        print(f"first-step loss difference {r['mode']} - {results[0]['mode']}: {diff:.2e} "
+              f"({'same' if diff < 1e-3 else 'DIFFERENT'})")
     best = max(results[1:] or results, key=lambda r: r["tokens_per_s"])
     import os
 

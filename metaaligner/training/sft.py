@@ -52,6 +52,8 @@ class SFTStageConfig(TrainerConfigBase):
     per_device_eval_batch_size: int = field(default=4, metadata={"help": "Sequences per device per eval batch."})
     max_length: int = field(default=4096, metadata={"help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
     padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
+    segment_attention: bool = field(default=True, metadata={"help": "With padding_free and sdpa: attend within each packed item (causal sdpa per item) instead of over the whole packed row with a block-diagonal mask. Same loss; false restores the masked path."})
+    targets_only_lm_head: bool = field(default=True, metadata={"help": "Compute the LM head and its softmax only at target positions (TRL does this only on Triton devices). Same loss; false restores TRL's every-position scoring off Triton."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or 'all-linear'."})
     lora_top_layers: int = field(default=0, metadata={"help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N (faster; the frozen lower layers need no gradients)."})
@@ -198,6 +200,15 @@ def build_sft_args(config: SFTStageConfig, output_dir: str, has_eval: bool, devi
     return SFTConfig(**kwargs)
 
 
+def _speed_paths(model, config: SFTStageConfig) -> None:
+    """The two same-loss shortcuts of ``metaaligner.training.packed`` (each has a config switch)."""
+    from metaaligner.training.packed import score_targets_only, use_segment_sdpa
+
+    score_targets_only(config.targets_only_lm_head)
+    if config.padding_free and config.segment_attention and use_segment_sdpa(model):
+        log.info("padding-free batches: causal attention per packed item (segment_sdpa)")
+
+
 def last_checkpoint(output_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -246,6 +257,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     device = pick_device(None if config.device == "auto" else config.device)
     set_seed(config.seed)
     model, tokenizer, peft_config = load_trainable_model(model_name_or_path, config, device)
+    _speed_paths(model, config)
     train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train")
     eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval")
                          if eval_items else (None, 0))
