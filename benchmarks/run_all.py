@@ -59,9 +59,10 @@ SPECS = {
         r"^released way \(sequential, no cache\)\s+\d+\s+[\d.]+\s+" + NUM + r"\s+\d+\s*$",
         r"^ours \(--concurrency \d+\)\s+\d+\s+[\d.]+\s+" + NUM + r"\s+\d+\s*$"),
     "bench_training.py": Spec(
-        "aligner training steps (TRL SFTTrainer)", "padded batches", "padding-free (no LoRA dropout)", "tokens/s",
+        "aligner training steps (TRL SFTTrainer)", "padded batches",
+        "packed (attention per item, LM head on targets)", "tokens/s",
         ">= 2x", 2.0, r"^\s*padded: [^\n]*?= " + NUM + r" tokens/s",
-        r"^\s*padding_free\w*: [^\n]*?= " + NUM + r" tokens/s"),
+        r"^\s*packed: [^\n]*?= " + NUM + r" tokens/s"),
     "bench_sepo_scoring.py": Spec(
         "SePO token scoring (oracle + reference)", "one sequence at a time", "length-sorted batches", "tokens/s",
         "none set (> 1x)", 1.0, r"one sequence at a time:\s+[\d.]+ s\s+" + NUM + r" tokens/s",
@@ -123,7 +124,7 @@ def extra_notes(script: str, output: str) -> str:
         m = re.search(r"max \|[^\n]*", output)
         return m.group(0)[:100] if m else ""
     if script == "bench_training.py":
-        m = re.search(r"first-step loss difference[^\n]*", output)
+        m = re.search(r"first-step loss difference packed[^\n]*", output)
         return m.group(0)[:100] if m else ""
     return ""
 
