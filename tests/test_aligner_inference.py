@@ -533,3 +533,27 @@ def test_self_refinement_resume_never_mixes_settings(tmp_path):
     stats = self_refine_file(job, rows, gen, GenerationParams(batch_size=4), "my/policy", ["humour"],
                              ["Humour: be funny"], progress=False, overwrite=True)
     assert stats.generated == 1
+
+
+def test_benchmark_bound_counts_the_live_rows_kv_reads():
+    """bench_aligner_inference's roofline: per decode step the weights once plus each live row's own
+    (unpadded) KV cache; the released way reads the weights once per row and step."""
+    from types import SimpleNamespace
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(bench)
+    config = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    model = SimpleNamespace(config=SimpleNamespace(get_text_config=lambda: config),
+                            parameters=lambda: iter([torch.zeros(1)]))
+    assert bench.kv_bytes_per_token(model) == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 46 KB per token
+    # 1e8 params, compute ~free (1e9 GFLOP/s), 1 GB/s; rows of 10 and 20 prompt tokens, 3 and 2 new tokens
+    args = ([10, 20], [3, 2], 10 ** 8, 1e9, 1.0)
+    weights = 4e8 / 1e9
+    assert bench.bound_seconds(*args) == pytest.approx(2 * weights)  # weights only: 2 decode steps
+    assert bench.bound_seconds(*args, 1000) == pytest.approx(2 * weights + (11 + 21 + 12) * 1000 / 1e9)
+    assert bench.released_bound_seconds(*args, 1000) == pytest.approx(3 * weights + (11 + 12 + 21) * 1000 / 1e9)

@@ -205,6 +205,44 @@ def test_fast_engine_equals_generate_engine_and_compaction_changes_nothing(varie
     assert greedy_batch(hf_generator.model, ids, 0, {early_stop}, 0) == [[]] * len(PROMPTS)
 
 
+def test_fast_engine_drops_a_finished_long_row_and_the_padding_at_once(hf_generator, monkeypatch):
+    """The longest prompt stops first (at its third token): the engine drops it at the next step, not
+    once half the batch is done, and re-packs the survivors without the padding they shared; every
+    row's text stays that of batch 1 and of no compaction (so the trimmed positions and mask are right)."""
+    import torch
+
+    from metaaligner.generation import fast_greedy
+
+    ids = [hf_generator.tokenizer(p)["input_ids"] for p in PROMPTS]
+    ids[1] = ids[1] + ids[1][1:]  # 39 tokens against 1..22: most of the others' slots are its padding
+    seen = []
+    keep = fast_greedy._DecodeState.keep
+    monkeypatch.setattr(fast_greedy._DecodeState, "keep",
+                        lambda self, live: (seen.append((len(self.mask), len(live), self.trim(live))), keep(self, live)))
+    with torch.inference_mode():
+        stop = {fast_greedy.greedy_batch(hf_generator.model, [ids[1]], 3, set(), 0)[0][2]}
+        alone = [fast_greedy.greedy_batch(hf_generator.model, [row], 12, stop, 0)[0] for row in ids]
+        seen.clear()
+        compacted = fast_greedy.greedy_batch(hf_generator.model, ids, 12, stop, 0, share_prefix=False)
+        seen_compacted = list(seen)
+        padded = fast_greedy.greedy_batch(hf_generator.model, ids, 12, stop, 0, compact=False)
+    assert compacted == padded == alone
+    assert len(compacted[1]) == 3 and all(len(row) > 3 for i, row in enumerate(compacted) if i != 1)
+    buffered, live, trim = seen_compacted[0]
+    assert (buffered, live) == (5, 4)  # one of five finished: dropped at once
+    assert trim == len(ids[1]) - max(len(row) for i, row in enumerate(ids) if i != 1)  # 39 - 22 slots
+    assert len(seen) == len(seen_compacted)  # compact=False never re-packs
+
+
+def test_compaction_pays_when_the_saved_kv_reads_outweigh_the_copy():
+    from metaaligner.generation.fast_greedy import _compaction_pays
+
+    assert _compaction_pays(16, 15, 700, 0, 200)  # one dead row early in a long budget
+    assert _compaction_pays(11, 11, 700, 300, 100)  # no row to drop, but 300 slots of shared padding
+    assert not _compaction_pays(16, 15, 700, 0, 1)  # the copy costs more than one step saves
+    assert not _compaction_pays(8, 8, 700, 0, 200)  # nothing to drop
+
+
 def test_fast_engine_falls_back_when_the_generation_config_changes_greedy(hf_generator):
     from metaaligner.generation.fast_greedy import fast_greedy_supported
 
