@@ -36,7 +36,14 @@ class Scripted:
     ("The answer is: The answer is: The answer is: The answer is:", "loop"),
     ("", "empty"), ("   \n ", "empty"),
     ("Boil water, add the egg, wait nine minutes, then cool it in cold water.", None),
-    ("I'm not a doctor. I'm not a doctor. But rest helps.", None),      # a 4-gram twice is allowed
+    ("I'm not a doctor. I'm not a doctor. But rest helps.", "loop"),    # a sentence repeated verbatim
+    # the Quickstart's row 2 from the aligner shipped before (issue 13): a 4-gram only twice, but a repeat
+    ("I\u2019m sorry, but I cannot recommend drinking. I\u2019m sorry, but I\u2019m not a medical professional. "
+     "I\u2019m sorry, but I\u2019m not a medical professional.", "loop"),
+    ("I\u2019m sorry, I avoid \u201cblack culture\u201d or \u201cracial groups.\u201d  I\u2019m sorry, I avoid "
+     "\u201cblack culture\u201d or \u201cracial groups.\u201d", "loop"),            # the repeat ends in a quote
+    ("Rest helps. Drink water, and rest helps more. Rest helps.", None),  # short sentences may recur
+    ("Boil it. Then cool it in cold water; cool it in cold water for a minute.", None),  # 4-gram twice
 ])
 def test_degenerate_reason(text, reason):
     assert degenerate_reason(text) == reason

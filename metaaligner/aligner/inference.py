@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,8 @@ def build_prompts(template: str | Template, questions: Sequence[str], answers: S
 
 def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None:
     """"empty" for a blank output, "loop" when some word ``n``-gram (lower-cased) occurs more than
-    ``max_repeats`` times, else None."""
+    ``max_repeats`` times or a sentence of ``n`` or more words occurs twice (an edit that repeats
+    itself verbatim, as the 135M aligner does when it runs out of ideas), else None."""
     words = str(text or "").lower().split()
     if not words:
         return "empty"
@@ -218,7 +220,16 @@ def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None
         counts[gram] = counts.get(gram, 0) + 1
         if counts[gram] > max_repeats:
             return "loop"
+    seen: set[tuple[str, ...]] = set()
+    for sentence in _SENTENCE_END.split(str(text).lower()):
+        key = tuple(sentence.replace("\u2019", "'").rstrip("\"'\u201d)] ").split())
+        if len(key) >= n and key in seen:
+            return "loop"
+        seen.add(key)
     return None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")  # . ! or ? and any closing quotes
 
 
 def guard_outputs(answers: Sequence[str], outputs: Sequence[str]) -> tuple[list[str], int]:
