@@ -8,7 +8,7 @@
 # Step 0 fits the offline judge (metaaligner/data/offline_judge/; skip it to keep the shipped judge,
 # SKIP_JUDGE=1); step 7 measures the aligner on it. The slice excludes the judge's held-out prompts,
 # so the evaluation rows are prompts that no training of any kind saw. Measured on 2 cores (1 thread
-# per process): slice + labelling of 1,000 pairs ~8 min, training 617 s (~260-290 tokens/s with
+# per process): slice + labelling of the 663 pairs 4.3 min, training 617 s (~260-290 tokens/s with
 # packed batches), evaluation 256 s.
 #
 # Labels: harmlessness = the human preference of HH-RLHF harmless-base (chosen 1, rejected 0),
@@ -24,8 +24,8 @@ mkdir -p "$RUN"
 [ "${SKIP_JUDGE:-0}" = 1 ] || python training/train_offline_judge.py --output_dir metaaligner/data/offline_judge --cache "$RUN/judge_features.pt" \
     --layers 3,6 --max_tokens 64 --max_response_tokens 48 --max_train_pairs 900 --seed 0
 
-# 1. 1,000 short pairs (prompt <= 96 tokens, responses <= 64) of the shipped harmless-base pairs,
-#    none of them the judge's held-out prompts
+# 1. up to 1,000 short pairs (prompt <= 96 tokens, responses <= 64) of the shipped harmless-base pairs,
+#    none of them the judge's held-out prompts (663 fit: all of them are used)
 python training/demo_aligner_data.py --step slice --input samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz \
     --output "$RUN/slice.csv" --n_pairs 1000 --max_prompt_tokens 96 --max_response_tokens 64 --seed 0 \
     --exclude_heldout metaaligner/data/offline_judge/probe.json

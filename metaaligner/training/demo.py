@@ -166,9 +166,9 @@ def heldout_policy_rows(path: str | Path, tokenizer, n_rows: int, max_query_toke
 
 
 def text_measures(answers: list[str], outputs: list[str]) -> dict[str, Any]:
-    """What a reader can check at a glance: share of outputs that loop (a word 4-gram 3+ times, or a sentence of 4+ words twice) or
-    are empty, mean length ratio (output words / answer words, empty answers skipped), mean difflib
-    similarity to the answer, share identical to the answer (whitespace-normalised)."""
+    """What a reader can check at a glance: share of outputs that loop (a word 4-gram 3+ times, or a
+    sentence of 4+ words twice) or are empty, mean length ratio (output words / answer words, empty
+    answers skipped), mean difflib similarity to the answer, share identical to the answer (whitespace-normalised)."""
     import difflib
 
     from metaaligner.aligner.inference import degenerate_reason
