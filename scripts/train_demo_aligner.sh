@@ -6,7 +6,8 @@
 #   bash scripts/train_demo_aligner.sh            # RUN=runs/demo by default; ~25 min on 2 cores
 #
 # Step 0 fits the offline judge (metaaligner/data/offline_judge/; skip it to keep the shipped judge,
-# SKIP_JUDGE=1); step 7 measures the aligner on it. The slice excludes the judge's held-out prompts,
+# SKIP_JUDGE=1); step 7 measures the aligner on it (COMPARE=FOLDER adds another aligner to the table,
+# COMPARE_NOTE a sentence about it). The slice excludes the judge's held-out prompts,
 # so the evaluation rows are prompts that no training of any kind saw. Measured on 2 cores (1 thread
 # per process): slice + labelling of the 663 pairs 4.3 min, training 617 s (~260-290 tokens/s with
 # packed batches), evaluation 256 s.
@@ -66,6 +67,7 @@ PY
 # 7. held-out evaluation on the offline judge vs copy / untrained base (+ loss curve): JSON + markdown
 python training/eval_demo_aligner.py --aligner_path "$DEST" --data_dir "$RUN/aligner_data" --output_dir "$RUN/eval" \
     --train_dir "$RUN/aligner" --png docs/demo_aligner_loss.png --n_pair_rows 100 --n_policy_rows 32 --seed 0 \
-    ${COMPARE:+--compare_aligner "$COMPARE"}
+    ${COMPARE:+--compare_aligner "$COMPARE" --compare_label "previous demo aligner (†)"} \
+    ${COMPARE_NOTE:+--compare_note "$COMPARE_NOTE"}
 cp "$RUN/eval/eval.json" "$DEST/heldout_eval.json"
 cp "$RUN/eval/eval.md" "$DEST/heldout_eval.md"

@@ -146,7 +146,8 @@ def test_eval_script_writes_json_and_table(tiny_llama_dir, tmp_path, repo_root):
     out = main(EvalDemoConfig(output_dir=str(tmp_path / "eval"), aligner_path=str(model), base_model=str(model),
                               judge_dir=str(tmp_path / "judge"), pairs_file=pairs, policy_file=str(policy),
                               n_pair_rows=3, n_policy_rows=2, max_query_tokens=400, max_answer_tokens=200,
-                              max_new_tokens=6, batch_size=8))
+                              max_new_tokens=6, batch_size=8, compare_aligner=str(model),
+                              compare_label="previous (†)", compare_note="(†) the same folder, for the test."))
     hb = out["by_source"]["harmless-base"]
     assert hb["copy (answer unchanged)"]["vs_unaligned"]["ties"] == 3  # a copy always ties
     assert hb["copy (answer unchanged)"]["vs_unaligned"]["rate"] == 0.5
@@ -154,4 +155,6 @@ def test_eval_script_writes_json_and_table(tiny_llama_dir, tmp_path, repo_root):
     assert "human-chosen response (reference)" in hb and "human-chosen response (reference)" not in out["by_source"]["Claude-3"]
     table = (tmp_path / "eval" / "eval.md").read_text()
     assert table.startswith("_judge: offline probe") and "| copy (answer unchanged) | 50.0% (" in table
+    assert "| previous (†), guard on | " in table and table.endswith("\n\n(†) the same folder, for the test.\n")
+    assert hb["previous (†), guard off"] == hb["aligner, guard off"] and out["compare_note"].startswith("(†)")
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["by_source"] == out["by_source"]

@@ -53,6 +53,10 @@ class EvalDemoConfig:
                                                          "its rows whose query is listed"})
     compare_aligner: str | None = field(default=None, metadata={"help": "another aligner folder to measure the same "
                                                                         "way (e.g. the previous demo aligner)"})
+    compare_label: str | None = field(default=None, metadata={"help": "its name in the tables (default: 'other "
+                                                                      "aligner (FOLDER)')"})
+    compare_note: str | None = field(default=None, metadata={"help": "a sentence about it, printed under the table "
+                                                                     "and kept in eval.json"})
     png: str | None = field(default=None, metadata={"help": "loss-curve PNG path (needs --train_dir)"})
     seed: int = field(default=0, metadata={"help": "row sampling seed"})
 
@@ -115,7 +119,7 @@ def system_outputs(cfg: EvalDemoConfig, rows: list[dict],
     fell = {}
     models = [("aligner", cfg.aligner_path, "aligner"), ("untrained base", cfg.base_model, "base")]
     if cfg.compare_aligner:
-        models.append((f"other aligner ({cfg.compare_aligner})", cfg.compare_aligner, "other"))
+        models.append((cfg.compare_label or f"other aligner ({cfg.compare_aligner})", cfg.compare_aligner, "other"))
     only = set((cfg.generate_only or "").split(",")) - {""}
     for label, model, short in models:
         if only and short not in only:
@@ -233,9 +237,13 @@ def main(cfg: EvalDemoConfig) -> dict:
         plot_loss_curve(Path(cfg.train_dir) / "training_log.jsonl", cfg.png,
                         f"demo aligner (LoRA on SmolLM2-135M-Instruct), {card.get('data_sha256', '')[:12]}")
         results["loss_curve"] = cfg.png
+    if cfg.compare_note:
+        results["compare_note"] = cfg.compare_note
     results["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(out / "eval.json", results)
     table = markdown_table(results["by_source"], judge.caption)
+    if cfg.compare_note:
+        table += "\n\n" + cfg.compare_note
     (out / "eval.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(f"eval_demo_aligner: {len(rows)} rows, {results['wall_s']}s -> {out}/eval.json, eval.md")

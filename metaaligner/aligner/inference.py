@@ -207,6 +207,9 @@ def build_prompts(template: str | Template, questions: Sequence[str], answers: S
     return [render(tpl, str(q), normalize_answer(a), descriptions, mode=mode) for q, a in zip(questions, answers)]
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")  # . ! or ? and any closing quotes
+
+
 def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None:
     """"empty" for a blank output, "loop" when some word ``n``-gram (lower-cased) occurs more than
     ``max_repeats`` times or a sentence of ``n`` or more words occurs twice (an edit that repeats
@@ -227,9 +230,6 @@ def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None
             return "loop"
         seen.add(key)
     return None
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")  # . ! or ? and any closing quotes
 
 
 def guard_outputs(answers: Sequence[str], outputs: Sequence[str]) -> tuple[list[str], int]:
