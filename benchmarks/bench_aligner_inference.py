@@ -20,14 +20,21 @@ what this machine allows batching to gain on the workload.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
-cache), ``fast_noprefix`` (the same without the shared prefix). On a shared machine wall time also measures
-the neighbours: compare methods of one run, read the load average printed at the end, and the
-CPU seconds of this process per method (with --threads 1 they measure the work, not the waiting).
+cache, decode linears on oneDNN-packed weights, decode attention in length groups),
+``fast_noprefix`` (the same without the shared prefix), ``fast_nopack`` (the same with MKL on the
+unpacked weights), ``fast_nogroup`` (the same with one padded attention call per layer),
+``fast_bf16`` (the fast engine on the model loaded in bfloat16, as ``--dtype bfloat16`` does: the
+lower-precision mode, which changes the text; its "identical" count is its agreement with the
+float32 batch-1 text, and the roofline bound stays the float32 one). On a shared machine wall time
+also measures the neighbours: compare methods of one run, read the load average printed at the
+end, and the CPU seconds of this process per method (with --threads 1 they measure the work, not
+the waiting).
 The last line is the ratio fast / released of the first workload.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -44,7 +51,8 @@ class BenchConfig:
     workloads: str = field(default="16x64,32x256", metadata={"help": "comma-separated ROWSxNEW_TOKENS workloads"})
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
     methods: str = field(default="released,generate,fast",
-                         metadata={"help": "methods to time: released, generate, fast_noprefix, fast"})
+                         metadata={"help": "methods to time: released, generate, fast_noprefix, "
+                                           "fast_nopack, fast_nogroup, fast, fast_bf16"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
                                                                 "load), e.g. metaaligner/data/demo_aligner"})
@@ -134,18 +142,29 @@ def released_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, pro
     return texts, tokens
 
 
+@functools.cache
+def bf16_model(name: str | None):
+    """The model loaded as ``--dtype bfloat16`` would (once; loading is not timed)."""
+    from metaaligner.models import load_causal_lm
+
+    return load_causal_lm(name, device="cpu", dtype="bfloat16")[0]
+
+
 def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
     """(texts, generated tokens per row, wall seconds, CPU seconds of this process) of one method."""
     from metaaligner.generation import GenerationParams
     from metaaligner.generation.hf import HFGenerator
 
+    if name == "fast_bf16":
+        model = bf16_model(config.aligner or config.model)
     start, cpu = time.perf_counter(), time.process_time()
     if name in ("released", "prompt_lookup"):
         texts, tokens = released_loop(model, tokenizer, prompts, new,
                                       config.prompt_lookup if name != "released" else 0)
     else:
         gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
-                          share_prefix=name == "fast")
+                          share_prefix=name != "fast_noprefix", pack_weights=name != "fast_nopack",
+                          group_attention=name != "fast_nogroup")
         texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
         tokens = [gen.stats["generated_tokens"]]
     return texts, tokens, time.perf_counter() - start, time.process_time() - cpu
@@ -153,7 +172,10 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
 
 LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
           "generate": "ours: batch {b}, padded generate", "fast": "ours: batch {b}, fast engine",
-          "fast_noprefix": "ours: batch {b}, fast, no shared prefix"}
+          "fast_noprefix": "ours: batch {b}, fast, no shared prefix",
+          "fast_nopack": "ours: batch {b}, fast, MKL (unpacked) weights",
+          "fast_nogroup": "ours: batch {b}, fast, one padded attention",
+          "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
 
 
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],

@@ -98,7 +98,8 @@ def pick_device(device: str | None = None) -> str:
 
 
 def pick_dtype(device: str, dtype: str | None = None):
-    """float32 on CPU (bf16 matmuls are ~400x slower there); bf16 on GPUs that support it, else fp16."""
+    """float32 on CPU (the reference precision; bf16 changes outputs and is fast only on CPUs with
+    bf16 matrix units such as AMX, far slower without them); bf16 on GPUs that support it, else fp16."""
     import torch
 
     if dtype and dtype != "auto":

@@ -17,7 +17,8 @@ Where ``model.generate`` on a left-padded batch loses time on CPU (measured in i
   the left padding all survivors share, so long tails decode small, short batches.
 
 Decoding then runs all rows of a batch together: one read of the weights per step for all rows,
-which is what makes batch decoding pay off where decoding is memory-bound. Only plain greedy
+which is what makes batch decoding pay off where decoding is memory-bound; on CPU its linears run
+on weights packed once for oneDNN (``packed_linear.py``), which is faster than MKL for few rows. Only plain greedy
 decoding takes this path; ``fast_greedy_supported`` says when the model's generation config asks
 for something else (a repetition penalty, say), in which case the caller falls back to ``generate``.
 """
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from metaaligner.generation.decode_attention import grouped_attention, plan_groups
+from metaaligner.generation.packed_linear import MIN_ROWS, packed_linears
 
 # generation_config fields that change greedy decoding; any non-default value -> use generate().
 _NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "min_new_tokens": (None, 0),
@@ -149,26 +153,35 @@ def _stack_caches(caches: list[DynamicCache], lengths: list[int], extra: int) ->
 
 
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
-                 compact: bool = True, share_prefix: bool = True) -> list[list[int]]:
+                 compact: bool = True, share_prefix: bool = True, pack_weights: bool = True,
+                 group_attention: bool = True) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the batched
-    decode steps agree with batch 1 up to float rounding."""
+    decode steps (on oneDNN-packed weights when ``pack_weights``, see packed_linear.py; attention
+    in length groups when ``group_attention``, see decode_attention.py) agree with batch 1 up to
+    float rounding."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     firsts, caches = _prefill_all(model, prompts, share_prefix)
     outputs = [[t] for t in firsts]
     alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
     if max_new_tokens > 1 and alive:
-        _decode(model, _DecodeState([len(prompts[i]) for i in alive], [caches[i] for i in alive],
-                                    max_new_tokens - 1, model.device),
-                alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids, pad_id, compact)
+        state = _DecodeState([len(prompts[i]) for i in alive], [caches[i] for i in alive], max_new_tokens - 1,
+                             model.device)
+        with (packed_linears(model, enabled=pack_weights and len(alive) >= MIN_ROWS),
+              grouped_attention(model, enabled=group_attention and len(alive) > 1) as state.grouped):
+            state.plan()
+            _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids, pad_id,
+                    compact)
     return outputs
 
 
 class _DecodeState:
     """The rows decoded together: one buffer cache, the padding mask, each row's next position.
-    Row r fills the last ``positions[r]`` of the ``filled`` slots (left padding before them)."""
+    Row r fills the last ``positions[r]`` of the ``filled`` slots (left padding before them).
+    With ``grouped`` attention, ``groups`` lists ``(first row, end row, first slot)`` per length
+    group; all rows grow by one slot per step, so a group's first slot holds until ``keep``."""
 
     def __init__(self, lengths: list[int], caches: list, extra: int, device):
         self.filled = max(lengths)
@@ -177,12 +190,20 @@ class _DecodeState:
         for row, length in enumerate(lengths):
             self.mask[row, self.filled - length:self.filled] = 1
         self.positions = torch.tensor([[n] for n in lengths], device=device)
+        self.grouped, self.groups = False, None
+
+    def plan(self) -> None:
+        if self.grouped:
+            lengths = self.positions[:, 0].tolist()
+            groups = [(start, end, self.filled - max(lengths[start:end])) for start, end in plan_groups(lengths)]
+            self.groups = groups if len(groups) > 1 else None  # one group: plain sdpa
 
     def step(self, model, tokens: torch.Tensor) -> list[int]:
         self.filled += 1
         self.mask[:, self.filled - 1] = 1
+        extra = {"decode_groups": self.groups} if self.groups else {}
         out = model(input_ids=tokens, attention_mask=self.mask[:, :self.filled], position_ids=self.positions,
-                    cache=self.cache, use_cache=True)
+                    cache=self.cache, use_cache=True, **extra)
         self.positions = self.positions + 1
         return out.logits[:, -1].argmax(-1).tolist()
 
@@ -199,6 +220,7 @@ class _DecodeState:
         self.mask = self.mask.index_select(0, rows)[:, start:]
         self.positions = self.positions.index_select(0, rows)
         self.filled -= start
+        self.plan()
 
 
 # A row's own matmul work in a decode step, in KV-slot reads (SmolLM2-135M, 1 thread: ~0.5 ms of

@@ -23,7 +23,7 @@ class HFGenerator:
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
                  sort_by_length: bool = True, engine: str = "fast",
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, pack_weights: bool = True, group_attention: bool = True):
         from metaaligner.models import load_causal_lm, pick_device
 
         if model_obj is not None:  # an already-loaded model (tests, the Python API, benchmarks)
@@ -47,6 +47,8 @@ class HFGenerator:
         # padded model.generate per batch (the previous path; sampling always takes it).
         self.engine = engine
         self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
+        self.pack_weights = pack_weights  # fast engine on CPU: decode on oneDNN-packed weights
+        self.group_attention = group_attention  # fast engine: decode attention in length groups
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -96,7 +98,8 @@ class HFGenerator:
 
         with torch.inference_mode():
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
-                                self.tokenizer.pad_token_id, share_prefix=self.share_prefix)
+                                self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
+                                pack_weights=self.pack_weights, group_attention=self.group_attention)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
