@@ -140,3 +140,17 @@ def test_decode_shortcuts_keep_every_rows_tokens_and_run(gqa_model, monkeypatch)
     groups = [g for g in calls if g]
     assert groups and len(groups[0]) > 1  # rows really attended in several length groups
     assert groups[0][0][2] == 0 and groups[0][-1][2] > 0  # the longest starts at slot 0, the last later
+
+
+def test_a_model_that_refuses_the_kernel_decodes_with_plain_sdpa(gqa_model, monkeypatch):
+    from metaaligner.generation.decode_attention import grouped_attention
+
+    model = copy.deepcopy(gqa_model)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not supported")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with grouped_attention(model) as on:
+        assert not on
+    assert _greedy(model) == _greedy(gqa_model, pack_weights=False, group_attention=False)

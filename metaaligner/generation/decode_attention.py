@@ -77,7 +77,11 @@ def grouped_attention(model, enabled: bool = True):
     if not enabled or getattr(base.config, "_attn_implementation", None) != "sdpa":
         yield False
         return
-    base.set_attn_implementation(_register())
+    try:
+        base.set_attn_implementation(_register())
+    except (ValueError, AttributeError):  # a model class that takes no registered kernels
+        yield False
+        return
     try:
         yield True
     finally:
