@@ -49,7 +49,7 @@ def decode_sdpa(module, query, key, value, attention_mask, decode_groups=None, *
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not decode_groups or query.shape[2] != 1 or len(decode_groups) == 1 and decode_groups[0][2] == 0:
+    if not decode_groups or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     parts = []
     for start, end, slot in decode_groups:

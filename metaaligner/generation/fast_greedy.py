@@ -17,9 +17,10 @@ Where ``model.generate`` on a left-padded batch loses time on CPU (measured in i
   the left padding all survivors share, so long tails decode small, short batches.
 
 Decoding then runs all rows of a batch together: one read of the weights per step for all rows,
-which is what makes batch decoding pay off where decoding is memory-bound; on CPU its linears run
-on weights packed once for oneDNN (``packed_linear.py``), which is faster than MKL for few rows. Only plain greedy
-decoding takes this path; ``fast_greedy_supported`` says when the model's generation config asks
+which is what makes batch decoding pay off where decoding is memory-bound. On CPU the decode
+linears run on weights packed once for oneDNN (``packed_linear.py``, faster than MKL for few rows),
+and rows attend in length groups that skip most of the padding (``decode_attention.py``). Only
+plain greedy decoding takes this path; ``fast_greedy_supported`` says when the model's generation config asks
 for something else (a repetition penalty, say), in which case the caller falls back to ``generate``.
 """
 from __future__ import annotations
@@ -170,7 +171,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         state = _DecodeState([len(prompts[i]) for i in alive], [caches[i] for i in alive], max_new_tokens - 1,
                              model.device)
         with (packed_linears(model, enabled=pack_weights and len(alive) >= MIN_ROWS),
-              grouped_attention(model, enabled=group_attention and len(alive) > 1) as state.grouped):
+              grouped_attention(model, enabled=group_attention and len(alive) > 1) as grouped):
+            state.grouped = grouped
             state.plan()
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids, pad_id,
                     compact)
@@ -193,10 +195,11 @@ class _DecodeState:
         self.grouped, self.groups = False, None
 
     def plan(self) -> None:
+        """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
         if self.grouped:
             lengths = self.positions[:, 0].tolist()
             groups = [(start, end, self.filled - max(lengths[start:end])) for start, end in plan_groups(lengths)]
-            self.groups = groups if len(groups) > 1 else None  # one group: plain sdpa
+            self.groups = groups if len(groups) > 1 else None
 
     def step(self, model, tokens: torch.Tensor) -> list[int]:
         self.filled += 1
