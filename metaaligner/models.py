@@ -110,6 +110,23 @@ def pick_dtype(device: str, dtype: str | None = None):
     return torch.float32
 
 
+def use_sdpa_variant(model, name: str, function):
+    """Switch a model that runs sdpa (a PEFT wrapper's base model included) to ``function``,
+    registered now as attention kernel ``name`` with sdpa's mask builder. Returns the switched
+    model (``set_attn_implementation("sdpa")`` on it switches back), or None, unchanged, when the
+    model runs another kernel (flash-attention, say)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return None
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    base.set_attn_implementation(name)
+    return base
+
+
 def load_tokenizer(path: str, padding_side: str = "left", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

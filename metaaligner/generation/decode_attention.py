@@ -12,7 +12,6 @@ the text is the single-call text up to float rounding.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 DECODE_SDPA = "metaaligner_decode_sdpa"
 
@@ -59,30 +58,20 @@ def decode_sdpa(module, query, key, value, attention_mask, decode_groups=None, *
     return torch.cat(parts), None
 
 
-@functools.cache
-def _register() -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(DECODE_SDPA, decode_sdpa)
-    AttentionMaskInterface.register(DECODE_SDPA, sdpa_mask)
-    return DECODE_SDPA
-
-
 @contextlib.contextmanager
 def grouped_attention(model, enabled: bool = True):
     """Within the block a model that runs sdpa runs ``decode_sdpa`` (the same as sdpa unless a
     forward passes ``decode_groups``); yields whether it does. Other kernels stay as they are."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model
-    if not enabled or getattr(base.config, "_attn_implementation", None) != "sdpa":
-        yield False
-        return
+    from metaaligner.models import use_sdpa_variant
+
     try:
-        base.set_attn_implementation(_register())
+        switched = use_sdpa_variant(model, DECODE_SDPA, decode_sdpa) if enabled else None
     except (ValueError, AttributeError):  # a model class that takes no registered kernels
+        switched = None
+    if switched is None:
         yield False
         return
     try:
         yield True
     finally:
-        base.set_attn_implementation("sdpa")
+        switched.set_attn_implementation("sdpa")

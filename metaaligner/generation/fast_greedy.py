@@ -20,8 +20,9 @@ Decoding then runs all rows of a batch together: one read of the weights per ste
 which is what makes batch decoding pay off where decoding is memory-bound. On CPU the decode
 linears run on weights packed once for oneDNN (``packed_linear.py``, faster than MKL for few rows),
 and rows attend in length groups that skip most of the padding (``decode_attention.py``). Only
-plain greedy decoding takes this path; ``fast_greedy_supported`` says when the model's generation config asks
-for something else (a repetition penalty, say), in which case the caller falls back to ``generate``.
+plain greedy decoding takes this path; ``fast_greedy_supported`` says when the model's generation
+config asks for something else (a repetition penalty, say), in which case the caller falls back to
+``generate``.
 """
 from __future__ import annotations
 

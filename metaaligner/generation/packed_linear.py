@@ -29,16 +29,18 @@ MIN_ROWS = 3
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def packing_supported(model) -> bool:
+def packing_supported(model, linears: list[torch.nn.Linear] | None = None) -> bool:
     """float32 or bfloat16 weights on a CPU with oneDNN (the cases measured to gain; bfloat16
     decode steps: 100 -> 80 ms at 4 rows, 148 -> 126 ms at 16), and room for the packed copy:
-    at most half the memory available now (a large model on a small machine stays unpacked)."""
+    at most half the memory available now (a large model on a small machine stays unpacked).
+    ``linears``: the model's ``_linears``, when the caller has them already."""
     if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
         return False
     weight = next(model.parameters(), None)
     if weight is None or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return False
-    needed = sum(m.weight.numel() * m.weight.element_size() for m in _linears(model) if m not in _PACKED)
+    linears = _linears(model) if linears is None else linears
+    needed = sum(m.weight.numel() * m.weight.element_size() for m in linears if m not in _PACKED)
     return needed <= available_memory() / 2
 
 
@@ -70,11 +72,16 @@ def _stamp(weight: torch.Tensor) -> tuple[int, int]:
 
 
 def pack(model) -> int:
-    """Attach a packed copy of every ``nn.Linear`` weight of ``model``, again only for weights that
-    changed since (training between generations); returns how many were packed now."""
+    """Make a packed copy of every ``nn.Linear`` weight of ``model`` (held in ``_PACKED``), again
+    only for weights that changed since (training between generations); returns how many were
+    packed now."""
+    return _pack(_linears(model))
+
+
+def _pack(linears: list[torch.nn.Linear]) -> int:
     packed = 0
     with torch.no_grad():
-        for module in _linears(model):
+        for module in linears:
             held = _PACKED.get(module)
             if held is None or held[0] != _stamp(module.weight):
                 weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), None)
@@ -87,11 +94,11 @@ def pack(model) -> int:
 def packed_linears(model, enabled: bool = True):
     """Within the block, ``model``'s linears with 3 or more rows run on packed weights (packed on
     first use). A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
-    if not enabled or not packing_supported(model):
+    linears = _linears(model) if enabled else []
+    if not enabled or not packing_supported(model, linears):
         yield False
         return
-    pack(model)
-    linears = _linears(model)
+    _pack(linears)
     for module in linears:
         module.forward = functools.partial(_packed_forward, module)
     try:

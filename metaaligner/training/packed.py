@@ -16,8 +16,6 @@ Both give the same loss and gradients up to float rounding (tested against the p
 """
 from __future__ import annotations
 
-import functools
-
 SEGMENT_SDPA = "segment_sdpa"
 
 
@@ -41,25 +39,12 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
-@functools.cache
-def register_segment_sdpa() -> str:
-    """Register ``segment_sdpa`` (and sdpa's mask builder under its name) once; returns the name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(SEGMENT_SDPA, segment_sdpa)
-    AttentionMaskInterface.register(SEGMENT_SDPA, sdpa_mask)
-    return SEGMENT_SDPA
-
-
 def use_segment_sdpa(model) -> bool:
     """Switch a model that runs sdpa to ``segment_sdpa``; False (unchanged) for other kernels, e.g.
     flash-attention, which handles packed items itself."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
-        return False
-    base.set_attn_implementation(register_segment_sdpa())
-    return True
+    from metaaligner.models import use_sdpa_variant
+
+    return use_sdpa_variant(model, SEGMENT_SDPA, segment_sdpa) is not None
 
 
 _TARGETS_ONLY = {"on": False}
