@@ -16,13 +16,18 @@ max((weights + the live rows' KV cache at their real, unpadded lengths) / copy b
 x 2 x params / matmul peak), with the rows' real generated lengths (KV bytes per token from the model
 config); the weights-only bound of earlier versions is printed next to it, and so is the bound of the
 released way (each row decoded alone: weights read once per row and step), whose ratio to ours is
-what this machine allows batching to gain on the workload.
+what this machine allows batching to gain on the workload. That bound is for one token per row and
+step; a step that checks draft tokens (the fast engine's prompt lookup) can pass it, so the last
+line also prints the compute floor: every prompt and generated token through the model once at the
+matmul peak, which no float32 engine passes.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
-cache, decode linears on oneDNN-packed weights, decode attention in length groups),
-``fast_noprefix`` (the same without the shared prefix), ``fast_nopack`` (the same with MKL on the
-unpacked weights), ``fast_nogroup`` (the same with one padded attention call per layer),
+cache, decode linears on oneDNN-packed weights, decode attention in length groups, up to 8 draft
+tokens a step from prompt lookup, checked by the greedy predictions), ``fast_noprefix`` (the same
+without the shared prefix), ``fast_nopack`` (the same with MKL on the unpacked weights),
+``fast_nogroup`` (the same with one padded attention call per layer), ``fast_nospec`` (the same
+without draft tokens: one token per row and step),
 ``fast_bf16`` (the fast engine on the model loaded in bfloat16, as ``--dtype bfloat16`` does: the
 lower-precision mode, which changes the text; its "identical" count is its agreement with the
 float32 batch-1 text, and the roofline bound stays the float32 one). On a shared machine wall time
@@ -52,7 +57,7 @@ class BenchConfig:
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
     methods: str = field(default="released,generate,fast",
                          metadata={"help": "methods to time: released, generate, fast_noprefix, "
-                                           "fast_nopack, fast_nogroup, fast, fast_bf16"})
+                                           "fast_nopack, fast_nogroup, fast_nospec, fast, fast_bf16"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
                                                                 "load), e.g. metaaligner/data/demo_aligner"})
@@ -101,6 +106,16 @@ def kv_bytes_per_token(model) -> int:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     return 2 * text.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(weights a token meets in the decoder layers' matmuls, lm_head weights): what sets the FLOPs
+    of one token (2 per weight); the input embedding is a lookup."""
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    params = sum(p.numel() for p in model.parameters())
+    tied = head.data_ptr() == embed.data_ptr()
+    return params - embed.numel() - (0 if tied else head.numel()), head.numel()
 
 
 def bound_seconds(prompt_lengths: list[int], new_lengths: list[int], params: int, gflops: float, gbs: float,
@@ -164,7 +179,8 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
     else:
         gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
                           share_prefix=name != "fast_noprefix", pack_weights=name != "fast_nopack",
-                          group_attention=name != "fast_nogroup")
+                          group_attention=name != "fast_nogroup",
+                          ngram_speculation=0 if name == "fast_nospec" else None)
         texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
         tokens = [gen.stats["generated_tokens"]]
     return texts, tokens, time.perf_counter() - start, time.process_time() - cpu
@@ -175,6 +191,7 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_noprefix": "ours: batch {b}, fast, no shared prefix",
           "fast_nopack": "ours: batch {b}, fast, MKL (unpacked) weights",
           "fast_nogroup": "ours: batch {b}, fast, one padded attention",
+          "fast_nospec": "ours: batch {b}, fast, no draft tokens",
           "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
 
 
@@ -215,6 +232,10 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
           f"{sum(per_row) / bound:.1f} tok/s = {sum(per_row) / bound / ref_tps:.2f}x the first method; "
           f"released way's bound {released_bound:.1f} s, so this machine allows batching "
           f"{released_bound / bound:.2f}x on this workload", flush=True)
+    body, head = matmul_params(model)  # a prompt token needs no lm_head (only the last: counted once)
+    floor = 2 * (sum(lengths) * body + sum(new_lengths) * (body + head)) / (roof[0] * 1e9)
+    print(f"compute floor {floor:.1f} s (every prompt and generated token once at the matmul peak) = "
+          f"{sum(per_row) / floor / ref_tps:.2f}x the first method", flush=True)
     return ratio
 
 

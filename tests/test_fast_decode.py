@@ -1,5 +1,5 @@
-"""The fast engine's decode-step shortcuts: oneDNN-packed linears and attention in length groups.
-Both must leave every row's tokens as they are, and each is checked to really run."""
+"""The fast engine's decode-step shortcuts: oneDNN-packed linears, attention in length groups and
+n-gram draft tokens. Each must leave every row's tokens as they are, and each is checked to run."""
 from __future__ import annotations
 
 import copy
@@ -126,7 +126,7 @@ def test_decode_shortcuts_keep_every_rows_tokens_and_run(gqa_model, monkeypatch)
     original = decode_attention.decode_sdpa
     monkeypatch.setattr(decode_attention, "decode_sdpa", lambda *a, decode_groups=None, **k: (
         calls.append(decode_groups), original(*a, decode_groups=decode_groups, **k))[1])
-    reference = _greedy(gqa_model, pack_weights=False, group_attention=False)
+    reference = _greedy(gqa_model, pack_weights=False, group_attention=False, ngram_speculation=0)
     assert calls == []
     fast = _greedy(gqa_model)
     alone = [_greedy(gqa_model, [p])[0] for p in PROMPTS]
@@ -150,3 +150,159 @@ def test_a_model_that_refuses_the_kernel_decodes_with_plain_sdpa(gqa_model, monk
     with grouped_attention(model) as on:
         assert not on
     assert _greedy(model) == _greedy(gqa_model, pack_weights=False, group_attention=False)
+
+
+def test_ngram_drafter_proposes_what_followed_the_latest_earlier_match():
+    from metaaligner.generation.fast_greedy import NgramDrafter
+
+    drafter = NgramDrafter([1, 2, 3, 4, 1, 2])
+    # (4, 1, 2) was not seen before; (1, 2) was, at 0-1: what followed it
+    assert drafter.draft(3) == [3, 4, 1]
+    drafter.extend([3])  # now (1, 2, 3) ends the tokens; its earlier occurrence is at 0-2
+    assert drafter.draft(2) == [4, 1]
+    assert drafter.draft(10) == [4, 1, 2, 3]  # no more than there is
+    assert drafter.draft(0) == []
+    drafter.extend([9, 8])  # (3, 9, 8), (9, 8) and (8,) are new: no guess
+    assert drafter.draft(4) == []
+    assert NgramDrafter([5, 6]).draft(2) == []  # the last token itself is no earlier match
+    looping = NgramDrafter([7, 5, 6, 5, 6])  # the latest match wins: (5, 6) at 3-4 vs 1-2
+    assert looping.draft(3) == [5, 6]
+
+
+def test_emitted_keeps_the_right_draft_tokens_then_the_prediction():
+    from metaaligner.generation.fast_greedy import _emitted
+
+    assert _emitted([5, 6, 7], [5, 6, 9, 4], set(), 10) == [5, 6, 9]  # 7 was wrong: 9 instead
+    assert _emitted([5, 6, 7], [5, 6, 7, 4], set(), 10) == [5, 6, 7, 4]  # all right, plus one
+    assert _emitted([5, 6, 7], [8, 6, 7, 4], set(), 10) == [8]
+    assert _emitted([], [3], set(), 10) == [3]
+    assert _emitted([5, 6, 7], [5, 6, 7, 4], {6}, 10) == [5, 6]  # cut after the stop id
+    assert _emitted([5, 6, 7], [5, 6, 7, 4], set(), 2) == [5, 6]  # and at the budget
+
+
+def test_pick_width_weighs_expected_tokens_against_the_step_cost():
+    from metaaligner.generation.fast_greedy import _pick_width
+
+    # One row, no history (rate 1/2) among 1 buffered: value(w) = (1 + .5 + ... + .5**(w-1)) /
+    # (7 + 1 + .31 (w - 1)): w=1 .125, 2 .1805, 3 .2030, 4 .2100, 5 .2097 -> 4
+    assert _pick_width([[1] * 8], [[]], 1) == 4
+    # 32 such rows: w=1 32/39 = .821, 2 48/48.92 = .981, 3 56/58.84 = .952 -> 2
+    assert _pick_width([[1] * 8] * 32, [[]] * 32, 32) == 2
+    # a row that got every draft token right lately (rate 17/18) checks all 8
+    assert _pick_width([[1] * 8], [[(4, 4)] * 4], 1) == 9
+    # draft tokens that were all wrong lately (rate 1/18): alone, one is still nearly free
+    # (w=2: 1.0556/8.31 = .1270 > .125); among 32 rows it is not (w=2: 33.78/48.92 = .690 < .821)
+    assert _pick_width([[1] * 8], [[(0, 4)] * 4], 1) == 2
+    assert _pick_width([[1] * 8] * 32, [[(0, 4)] * 4] * 32, 32) == 1
+    assert _pick_width([[], []], [[], []], 2) == 1  # nothing to check
+    assert _pick_width([[1, 2]], [[(4, 4)] * 4], 1) == 3  # no wider than the longest draft
+
+
+def _spy_widths(monkeypatch):
+    from metaaligner.generation import fast_greedy
+
+    widths, step = [], fast_greedy._DecodeState.step
+    monkeypatch.setattr(fast_greedy._DecodeState, "step",
+                        lambda self, model, tokens: (widths.append(tokens.shape[1]), step(self, model, tokens))[1])
+    return widths
+
+
+@pytest.fixture(scope="module")
+def looping_model(gqa_model):
+    """The tiny model with its attention output scaled down (x 0.002): its greedy text falls into
+    loops, as the untrained base model's does, while attention still shapes it."""
+    model = copy.deepcopy(gqa_model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.002)
+    return model
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_draft_tokens_keep_every_rows_tokens(gqa_model, monkeypatch, compact):
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}  # row 1 stops early
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    widths = _spy_widths(monkeypatch)
+    plain = _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=0, compact=compact)
+    assert set(widths) == {1}
+    widths.clear()
+    drafted = _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6, compact=compact)
+    assert drafted == plain == alone
+    assert [len(r) for r in alone][1] == 6 and max(len(r) for r in alone) == 40
+    assert max(widths) > 1  # draft tokens were checked (here mostly wrong: the text does not repeat)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_draft_tokens_that_are_right_save_steps(looping_model, monkeypatch, compact):
+    alone = [_greedy_n(looping_model, [p], 40, set(), ngram_speculation=0)[0] for p in PROMPTS]
+    widths = _spy_widths(monkeypatch)
+    plain = _greedy_n(looping_model, PROMPTS, 40, set(), ngram_speculation=0, compact=compact)
+    plain_steps = len(widths)
+    widths.clear()
+    drafted = _greedy_n(looping_model, PROMPTS, 40, set(), ngram_speculation=6, compact=compact)
+    assert drafted == plain == alone
+    assert len({tuple(row) for row in alone}) == len(PROMPTS)
+    assert plain_steps == 39 and len(widths) <= 25 and max(widths) > 1  # 22 steps here
+
+
+def _greedy_n(model, prompts, new, stop, **switches):
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    with torch.inference_mode():
+        return greedy_batch(model, prompts, new, stop, 0, **switches)
+
+
+def test_holes_left_by_rejected_drafts_are_closed_when_the_buffer_fills(looping_model, monkeypatch):
+    from metaaligner.generation import fast_greedy
+
+    rooms, keep = [], fast_greedy._DecodeState.keep
+    monkeypatch.setattr(fast_greedy._DecodeState, "keep",
+                        lambda self, live, room=None: (rooms.append(room), keep(self, live, room))[1])
+    alone = [_greedy_n(looping_model, [p], 40, set(), ngram_speculation=0)[0] for p in PROMPTS]
+    assert _greedy_n(looping_model, PROMPTS, 40, set(), ngram_speculation=6, compact=False) == alone
+    assert rooms == [11]  # the free slots ran out once and the holes were closed, no row dropped
+
+
+def test_buffer_padding_is_zeroed_so_uninitialised_nan_never_reaches_attention(gqa_model, looping_model,
+                                                                               monkeypatch):
+    """Masked slots still enter sdpa's product with V: NaN there would poison every row."""
+    new_empty = torch.Tensor.new_empty
+
+    def nan_empty(self, *args, **kwargs):
+        out = new_empty(self, *args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    looped = [_greedy_n(looping_model, [p], 40, set(), ngram_speculation=0)[0] for p in PROMPTS]
+    monkeypatch.setattr(torch.Tensor, "new_empty", nan_empty)
+    for spec in (0, 6):  # the first buffer, a re-pack after a row stopped
+        assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=spec) == alone
+    # a re-pack after holes filled the buffer
+    assert _greedy_n(looping_model, PROMPTS, 40, set(), ngram_speculation=6, compact=False) == looped
+
+
+def test_a_multi_token_step_attends_like_sdpa_without_copying_kv_heads(gqa_model, monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from metaaligner.generation.decode_attention import decode_sdpa
+
+    module = gqa_model.model.layers[0].self_attn
+    gen = torch.Generator().manual_seed(2)
+    rows, slots, steps = 3, 14, 3
+    query = torch.randn(rows, 4, steps, 8, generator=gen)
+    key, value = torch.randn(rows, 2, slots, 8, generator=gen), torch.randn(rows, 2, slots, 8, generator=gen)
+    mask = torch.zeros(rows, 1, steps, slots, dtype=torch.bool)
+    for r, first in enumerate([0, 4, 9]):  # left padding, then causal over the last 3 slots
+        for q in range(steps):
+            mask[r, 0, q, first:slots - steps + q + 1] = True
+    mask[1, 0, :, 6] = False  # a hole left by a rejected draft token
+    whole, _ = sdpa_attention.sdpa_attention_forward(module, query, key, value, mask, scaling=module.scaling)
+    copies = []
+    repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda *a: (copies.append(1), repeat(*a))[1])
+    for groups in (None, [(0, 1, 0), (1, 3, 4)]):
+        out, _ = decode_sdpa(module, query, key, value, mask, decode_groups=groups, scaling=module.scaling)
+        assert out.shape == whole.shape == (rows, steps, 4, 8)
+        assert torch.allclose(out, whole, atol=1e-6)
+    assert copies == []

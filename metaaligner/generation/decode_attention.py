@@ -43,19 +43,39 @@ def plan_groups(lengths: list[int], group_cost: int | None = None) -> list[tuple
 
 
 def decode_sdpa(module, query, key, value, attention_mask, decode_groups=None, **kwargs):
-    """sdpa; for a one-token step with ``decode_groups`` ``[(row_start, row_end, first_slot)]``,
-    one call per group over its rows and the slots from ``first_slot`` on."""
+    """sdpa; for a decode step (one token per row, or a few with draft tokens) with a mask, one call
+    per group of ``decode_groups`` ``[(row_start, row_end, first_slot)]`` over its rows and the
+    slots from ``first_slot`` on (one group of all rows when None)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not decode_groups or query.shape[2] != 1:
+    steps = query.shape[2]
+    if attention_mask is None or (not decode_groups and steps == 1) or steps > MAX_FOLDED_STEPS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    attend = sdpa_attention_forward if steps == 1 else _folded_sdpa
     parts = []
-    for start, end, slot in decode_groups:
-        mask = None if attention_mask is None else attention_mask[start:end, ..., slot:]
-        parts.append(sdpa_attention_forward(module, query[start:end], key[start:end, :, slot:],
-                                            value[start:end, :, slot:], mask, **kwargs)[0])
-    return torch.cat(parts), None
+    for start, end, slot in decode_groups or [(0, query.shape[0], 0)]:
+        parts.append(attend(module, query[start:end], key[start:end, :, slot:], value[start:end, :, slot:],
+                            attention_mask[start:end, ..., slot:], **kwargs)[0])
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]), None
+
+
+# Draft steps run a few query tokens per row; past this many a prefill-like call is as good.
+MAX_FOLDED_STEPS = 16
+
+
+def _folded_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa for a few query tokens per row over grouped-query KV heads, without ``repeat_kv``'s
+    copy of K and V per query head (what transformers does for more than one query token with a
+    mask): each KV head's query heads and tokens are folded into one query axis."""
+    import torch
+
+    batch, heads, steps, dim = query.shape
+    kv_heads = key.shape[1]
+    folded = query.reshape(batch, kv_heads, heads // kv_heads * steps, dim)
+    mask = attention_mask.repeat(1, 1, heads // kv_heads, 1) if heads != kv_heads else attention_mask
+    out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, steps, dim).transpose(1, 2).contiguous(), None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,9 @@ class HFGenerator:
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
                  sort_by_length: bool = True, engine: str = "fast",
-                 share_prefix: bool = True, pack_weights: bool = True, group_attention: bool = True):
+                 share_prefix: bool = True, pack_weights: bool = True, group_attention: bool = True,
+                 ngram_speculation: int | None = None):
+        from metaaligner.generation.fast_greedy import NGRAM_SPECULATION
         from metaaligner.models import load_causal_lm, pick_device
 
         if model_obj is not None:  # an already-loaded model (tests, the Python API, benchmarks)
@@ -49,6 +51,8 @@ class HFGenerator:
         self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
         self.pack_weights = pack_weights  # fast engine on CPU: decode on oneDNN-packed weights
         self.group_attention = group_attention  # fast engine: decode attention in length groups
+        # fast engine: a step may check up to N tokens guessed by prompt lookup (0: off)
+        self.ngram_speculation = NGRAM_SPECULATION if ngram_speculation is None else ngram_speculation
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -99,7 +103,8 @@ class HFGenerator:
         with torch.inference_mode():
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
-                                pack_weights=self.pack_weights, group_attention=self.group_attention)
+                                pack_weights=self.pack_weights, group_attention=self.group_attention,
+                                ngram_speculation=self.ngram_speculation)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
