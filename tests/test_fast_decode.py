@@ -306,3 +306,13 @@ def test_a_multi_token_step_attends_like_sdpa_without_copying_kv_heads(gqa_model
         assert out.shape == whole.shape == (rows, steps, 4, 8)
         assert torch.allclose(out, whole, atol=1e-6)
     assert copies == []
+
+
+def test_one_new_token_needs_no_buffer_and_gives_the_first_greedy_token(gqa_model, monkeypatch):
+    from metaaligner.generation import fast_greedy
+
+    alone = [_greedy_n(gqa_model, [p], 3, set(), ngram_speculation=0)[0] for p in PROMPTS]
+    built = []
+    monkeypatch.setattr(fast_greedy, "_BufferLayer", lambda *a: built.append(a))
+    assert _greedy_n(gqa_model, PROMPTS, 1, set()) == [row[:1] for row in alone]
+    assert built == []  # prefill only: no KV buffer was allocated

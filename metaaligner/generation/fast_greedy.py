@@ -9,15 +9,19 @@ Where ``model.generate`` on a left-padded batch loses time on CPU (measured in i
   hh-rlhf with 3 objectives). Here the batch's common first tokens are prefilled once and each row
   continues from a copy of that cache (``share_prefix``);
 - the KV cache is re-concatenated each step (a copy of the whole cache per layer per token). Here
-  the rows' caches are copied once into one pre-allocated buffer, left-aligned to a common end, and
-  every step writes one slot in place and attends to a view of the filled part;
+  each prompt's prefill writes its KV straight into its row of one pre-allocated buffer,
+  left-aligned to a common end, and every step writes its slots in place and attends to a view of
+  the filled part;
 - finished rows keep being decoded, and every row attends over the longest prompt's padding. Here
   rows that reached EOS are dropped from the buffer as soon as the KV reads this saves over the
   remaining steps outweigh the copy of the survivors (``_compaction_pays``), and the copy also drops
   the left padding all survivors share, so long tails decode small, short batches.
 
 Decoding then runs all rows of a batch together: one read of the weights per step for all rows,
-which is what makes batch decoding pay off where decoding is memory-bound. On CPU the decode
+which is what makes batch decoding pay off where decoding is memory-bound. A step may also check a
+few tokens per row guessed by prompt lookup (``NgramDrafter``: an aligner copies much of the answer
+it edits, a looping row repeats itself); the greedy predictions decide which are kept, so the text
+is that of one token per step, in fewer steps. On CPU the decode
 linears run on weights packed once for oneDNN (``packed_linear.py``, faster than MKL for few rows),
 and rows attend in length groups that skip most of the padding (``decode_attention.py``). Only
 plain greedy decoding takes this path; ``fast_greedy_supported`` says when the model's generation
@@ -159,9 +163,8 @@ def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int
     if extra <= 0:
         return [first] + [_prefill(model, ids, device, prefix)[0] for ids in prompts[1:]], None
     longest = max(len(p) for p in prompts)
-    buffers = [(layer.keys.new_empty((len(prompts), *layer.keys.shape[1:2], longest + extra, layer.keys.shape[3])),
-                layer.values.new_empty((len(prompts), *layer.values.shape[1:2], longest + extra,
-                                        layer.values.shape[3])))
+    slots = longest + extra
+    buffers = [tuple(t.new_empty((len(prompts), t.shape[1], slots, t.shape[3])) for t in (layer.keys, layer.values))
                for layer in cache.layers]
     firsts = [first]
     for row, ids in enumerate(prompts):
@@ -195,7 +198,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
-    firsts, cache = _prefill_all(model, prompts, share_prefix, max_new_tokens - 1 + ngram_speculation)
+    extra = max_new_tokens - 1 + ngram_speculation if max_new_tokens > 1 else 0
+    firsts, cache = _prefill_all(model, prompts, share_prefix, extra)
     outputs = [[t] for t in firsts]
     alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
     if max_new_tokens > 1 and alive:
