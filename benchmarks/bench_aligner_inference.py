@@ -109,8 +109,8 @@ def kv_bytes_per_token(model) -> int:
 
 
 def matmul_params(model) -> tuple[int, int]:
-    """(weights a token meets in the decoder layers' matmuls, lm_head weights): what sets the FLOPs
-    of one token (2 per weight); the input embedding is a lookup."""
+    """(weights of the decoder layers, lm_head weights): what sets the FLOPs of one token (2 per
+    weight; the norms' few weights count too); the input embedding is a lookup."""
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     params = sum(p.numel() for p in model.parameters())

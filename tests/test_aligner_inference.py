@@ -557,3 +557,23 @@ def test_benchmark_bound_counts_the_live_rows_kv_reads():
     assert bench.bound_seconds(*args) == pytest.approx(2 * weights)  # weights only: 2 decode steps
     assert bench.bound_seconds(*args, 1000) == pytest.approx(2 * weights + (11 + 21 + 12) * 1000 / 1e9)
     assert bench.released_bound_seconds(*args, 1000) == pytest.approx(3 * weights + (11 + 12 + 21) * 1000 / 1e9)
+
+
+def test_benchmark_compute_floor_counts_the_lm_head_only_where_a_token_needs_it():
+    """The compute floor's FLOPs per token: decoder-layer weights for every token, the lm_head only
+    for generated ones; the input embedding is a lookup (tied or not)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    for tied in (True, False):
+        config = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied)
+        torch.manual_seed(0)
+        # one layer: q 8x8, k 8x4, v 8x4, o 8x8, gate/up/down 3 x 8x16, two norms of 8; the final norm 8
+        body = 64 + 32 + 32 + 64 + 3 * 128 + 2 * 8 + 8
+        assert bench.matmul_params(LlamaForCausalLM(config)) == (body, 800)
