@@ -95,8 +95,8 @@ class _BufferLayer(DynamicLayer):
         self.length = length
         self._sync()
 
-    def gather_rows(self, slots: list[torch.Tensor], width: int, capacity: int) -> None:
-        """Keep one row per entry of ``slots`` (``(old row, slot indices)``), its slots moved to end
+    def gather_rows(self, slots: list[tuple[int, slice | torch.Tensor]], width: int, capacity: int) -> None:
+        """Keep one row per entry of ``slots`` (``(old row, its slots)``), those slots moved to end
         at ``width`` in a new buffer of ``capacity`` slots (left padding before them)."""
         self.keys_buf = _gather(self.keys_buf, slots, width, capacity)
         self.values_buf = _gather(self.values_buf, slots, width, capacity)
@@ -104,19 +104,30 @@ class _BufferLayer(DynamicLayer):
         self._sync()
 
 
-def _gather(buf: torch.Tensor, slots: list[tuple[int, torch.Tensor]], width: int, capacity: int) -> torch.Tensor:
+def _row_slots(mask_row: torch.Tensor) -> slice | torch.Tensor:
+    """The slots a row fills (mask 1): a slice when they are contiguous (a plain copy), else their
+    indices (holes left by rejected draft tokens). Worked out once per row, not per layer."""
+    index = mask_row.nonzero().flatten()
+    first, last = (int(index[0]), int(index[-1])) if len(index) else (0, -1)
+    return slice(first, last + 1) if last - first == len(index) - 1 else index
+
+
+def _gather(buf: torch.Tensor, slots: list[tuple[int, slice | torch.Tensor]], width: int,
+            capacity: int) -> torch.Tensor:
     """A new buffer with the given slots of the given rows, right-aligned at ``width``. The left
     padding is zeroed: masked slots still enter sdpa's product with V, and uninitialised memory
     can hold NaN. Free slots after ``width`` are written before they are read."""
     out = buf.new_empty((len(slots), buf.shape[1], capacity, buf.shape[3]))
     for new, (old, index) in enumerate(slots):
-        n = len(index)
+        n = _count(index)
         out[new, :, :width - n].zero_()
-        if n and int(index[-1]) - int(index[0]) == n - 1:  # contiguous: a plain copy
-            out[new, :, width - n:width] = buf[old, :, int(index[0]):int(index[-1]) + 1]
-        else:
-            out[new, :, width - n:width] = buf[old].index_select(1, index)
+        out[new, :, width - n:width] = (buf[old, :, index] if isinstance(index, slice)
+                                        else buf[old].index_select(1, index))
     return out
+
+
+def _count(index: slice | torch.Tensor) -> int:
+    return index.stop - index.start if isinstance(index, slice) else len(index)
 
 
 def _prefill(model, ids: list[int], device, prefix: DynamicCache | None = None,
@@ -284,9 +295,9 @@ class _DecodeState:
         self.width = n
         return out.logits.max(-1).indices.tolist()  # argmax, 3x faster on CPU (same first index)
 
-    def accept(self, kept: list[int] | None = None) -> None:
-        """Keep the first ``kept[r]`` of the slots row r just ran (all of them when None)."""
-        if kept is None or all(k == self.width for k in kept):
+    def accept(self, kept: list[int]) -> None:
+        """Keep the first ``kept[r]`` of the slots row r just ran."""
+        if all(k == self.width for k in kept):
             self.filled += self.width
             self.positions = self.positions + self.width
             return
@@ -307,15 +318,15 @@ class _DecodeState:
         slot 0, with ``room`` free slots after (default: the free slots there are now)."""
         width = int(self.positions[live].max())
         room = self.capacity - self.filled if room is None else room
-        slots = [(r, self.mask[r, :self.filled].nonzero().flatten()) for r in live]
+        slots = [(r, _row_slots(self.mask[r, :self.filled])) for r in live]
         for layer in self.cache.layers:
             layer.gather_rows(slots, width, width + room)
         self.mask = self.mask.new_zeros((len(live), width + room))
-        for row, (_, index) in enumerate(slots):
-            self.mask[row, width - len(index):width] = 1
+        self.first = [width - _count(index) for _, index in slots]
+        for row, first in enumerate(self.first):
+            self.mask[row, first:width] = 1
         rows = torch.tensor(live, device=self.mask.device)
         self.positions = self.positions.index_select(0, rows)
-        self.first = [width - len(index) for _, index in slots]
         self.filled, self.capacity = width, width + room
         self.plan()
 
@@ -403,7 +414,7 @@ def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int],
                 done[r] = new[-1] in stop_ids or len(outputs[row]) >= max_new_tokens
                 if drafters is not None:
                     drafters[r].extend(new)
-        state.accept(kept if width > 1 else None)
+        state.accept(kept)
         live = [r for r in range(len(rows)) if not done[r]]
         if not live:
             return
