@@ -7,7 +7,8 @@ r"""Aligner inference throughput against the machine's roofline: the released wa
     python benchmarks/bench_aligner_inference.py --workloads 8x64 --aligner metaaligner/data/demo_aligner \
         --prompt_lookup 10                                                    # n-gram speculation, trained aligner
 
-First the roofline: this process's own fp32 matmul GFLOP/s (1024^3) and memory-copy GB/s. Then per
+First the roofline: this process's own fp32 matmul GFLOP/s (1024^3, the faster of MKL's sgemm and
+oneDNN's inner product on packed weights) and memory-copy GB/s. Then per
 workload (ROWSxNEW: HH-RLHF Claude-3 rows, hh-rlhf template, 3 objectives, NEW new tokens, greedy,
 float32) one line per method: generated tokens (up to EOS), wall seconds, tokens/s, the ratio to
 the released way, the share of the roofline bound reached, and how many rows give the batch-1 text.
@@ -19,7 +20,7 @@ released way (each row decoded alone: weights read once per row and step), whose
 what this machine allows batching to gain on the workload. That bound is for one token per row and
 step; a step that checks draft tokens (the fast engine's prompt lookup) can pass it, so the last
 line also prints the compute floor: every prompt and generated token through the model once at the
-matmul peak, which no float32 engine passes.
+matmul peak (the start a batch's prompts share once), which the fast engine cannot pass.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
@@ -79,17 +80,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def roofline() -> tuple[float, float]:
-    """(fp32 matmul GFLOP/s, memory-copy GB/s) measured now, in this process."""
+def roofline() -> tuple[float, float, float]:
+    """(fp32 matmul GFLOP/s, memory-copy GB/s, MKL's matmul GFLOP/s) measured now, in this process.
+    The matmul peak is the faster of MKL's sgemm (``a @ b``) and oneDNN's inner product on packed
+    weights (what the fast engine runs): on an AMD CPU MKL runs a generic path at half oneDNN's."""
     import torch
 
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    start, n = time.perf_counter(), 10
-    for _ in range(n):
-        a @ b
-    gflops = n * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
+    mkl = _gflops(lambda: a @ b)
+    onednn = mkl
+    if torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, None)
+        onednn = _gflops(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     src = torch.ones(64 * 2 ** 20)  # 256 MB, well past the caches
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -97,7 +99,17 @@ def roofline() -> tuple[float, float]:
     for _ in range(5):
         dst.copy_(src)
     gbs = 5 * 2 * src.numel() * 4 / (time.perf_counter() - start) / 1e9  # read + write
-    return gflops, gbs
+    return max(mkl, onednn), gbs, mkl
+
+
+def _gflops(matmul, n: int = 10) -> float:
+    """GFLOP/s of a 1024^3 product."""
+    for _ in range(3):
+        matmul()
+    start = time.perf_counter()
+    for _ in range(n):
+        matmul()
+    return n * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
 
 
 def kv_bytes_per_token(model) -> int:
@@ -137,6 +149,22 @@ def released_bound_seconds(prompt_lengths: list[int], new_lengths: list[int], pa
     """Roofline time of the released way: each row alone, so every decode step reads all weights."""
     return sum(bound_seconds([p], [n], params, gflops, gbs, kv_per_token)
                for p, n in zip(prompt_lengths, new_lengths))
+
+
+def floor_seconds(prompts: list[list[int]], new_lengths: list[int], body: int, head: int, gflops: float,
+                  batch_size: int) -> float:
+    """Compute floor: every prompt and generated token through the model once at the matmul peak
+    (2 FLOPs per decoder weight, the lm_head only for generated tokens), except that the start the
+    prompts of a batch share (the template's instruction) counts once per batch, as the fast engine
+    prefills it (batches of ``batch_size`` in length order, the hf backend's)."""
+    from metaaligner.generation.fast_greedy import shared_prefix_length
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    tokens = sum(len(p) for p in prompts)
+    for begin in range(0, len(order), batch_size):
+        batch = [prompts[i] for i in order[begin:begin + batch_size]]
+        tokens -= (len(batch) - 1) * shared_prefix_length(batch)
+    return 2 * (tokens * body + sum(new_lengths) * (body + head)) / (gflops * 1e9)
 
 
 def released_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, prompt_lookup: int = 0):
@@ -204,7 +232,8 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
     rows = load_policy_rows(config.data, limit=n_rows)
     descriptions = ObjectiveRegistry.builtin().descriptions("harmlessness,helpfulness,humour", "hh-rlhf")
     prompts = build_prompts("hh-rlhf", [r["query"] for r in rows], [r["answer"] for r in rows], descriptions)
-    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    lengths = [len(i) for i in ids]
     print(f"\nworkload {len(prompts)}x{new}: prompt tokens min/mean/max {min(lengths)}/"
           f"{sum(lengths) / len(lengths):.0f}/{max(lengths)} (total {sum(lengths)})", flush=True)
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
@@ -232,9 +261,9 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
           f"{sum(per_row) / bound:.1f} tok/s = {sum(per_row) / bound / ref_tps:.2f}x the first method; "
           f"released way's bound {released_bound:.1f} s, so this machine allows batching "
           f"{released_bound / bound:.2f}x on this workload", flush=True)
-    body, head = matmul_params(model)  # a prompt token needs no lm_head (only the last: counted once)
-    floor = 2 * (sum(lengths) * body + sum(new_lengths) * (body + head)) / (roof[0] * 1e9)
-    print(f"compute floor {floor:.1f} s (every prompt and generated token once at the matmul peak) = "
+    floor = floor_seconds(ids, new_lengths, *matmul_params(model), roof[0], config.batch_size)
+    print(f"compute floor {floor:.1f} s (every prompt and generated token once at the matmul peak, a batch's "
+          f"shared start once) = "
           f"{sum(per_row) / floor / ref_tps:.2f}x the first method", flush=True)
     return ratio
 
@@ -250,8 +279,9 @@ def main(config: BenchConfig) -> None:
     model, tokenizer, device = load_causal_lm(config.aligner or config.model, device="cpu")
     params = sum(p.numel() for p in model.parameters())
     kv_per_token = kv_bytes_per_token(model)
-    roof = roofline()
-    print(f"roofline: fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3), memory copy {roof[1]:.1f} GB/s; "
+    *roof, mkl = roofline()
+    print(f"roofline: fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3, the faster of MKL's {mkl:.0f} and oneDNN's), "
+          f"memory copy {roof[1]:.1f} GB/s; "
           f"model {params / 1e6:.0f}M params = {params * 4 / 1e6:.0f} MB fp32 -> batch-1 decode step "
           f">= {params * 4 / roof[1] / 1e6:.0f} ms; KV cache {kv_per_token / 1e3:.0f} KB per token; "
           f"torch threads {torch.get_num_threads()}, {device}", flush=True)

@@ -577,3 +577,22 @@ def test_benchmark_compute_floor_counts_the_lm_head_only_where_a_token_needs_it(
         # one layer: q 8x8, k 8x4, v 8x4, o 8x8, gate/up/down 3 x 8x16, two norms of 8; the final norm 8
         body = 64 + 32 + 32 + 64 + 3 * 128 + 2 * 8 + 8
         assert bench.matmul_params(LlamaForCausalLM(config)) == (body, 800)
+
+
+def test_benchmark_compute_floor_counts_a_batchs_shared_start_once():
+    """floor_seconds: 2 FLOPs per weight and token; the 16+ tokens a batch's prompts share count once
+    per batch (length-sorted batches, as the hf backend makes them); generated tokens add the lm_head."""
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    start = list(range(20))
+    prompts = [start + [100] * 5, start + [101] * 30, start + [102] * 10, [7] * 40]
+    # 1 GFLOP/s, body 1, head 10: FLOPs = 2 x (prompt tokens + 11 x generated tokens)
+    # one batch: 25 + 50 + 30 + 40 = 145 tokens, nothing shared by all four (the last differs)
+    assert bench.floor_seconds(prompts, [2, 3, 4, 5], 1, 10, 1e-9, 4) == pytest.approx(2 * (145 + 11 * 14))
+    # batches of 3 by length: [40 of 7s, 50, 30] share nothing, [25] is alone
+    assert bench.floor_seconds(prompts, [2, 3, 4, 5], 1, 10, 1e-9, 3) == pytest.approx(2 * (145 + 11 * 14))
+    # the first three alone: 20 shared tokens counted once instead of three times
+    assert bench.floor_seconds(prompts[:3], [1, 1, 1], 1, 10, 1e-9, 4) == pytest.approx(2 * (105 - 40 + 33))

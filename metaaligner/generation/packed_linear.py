@@ -1,13 +1,16 @@
-"""Decode-step linears on oneDNN weights packed once, for the CPU at small batch sizes.
+"""Linears of the fast engine on oneDNN weights packed once, for the CPU.
 
 A decode step multiplies a few rows (the live batch) by every weight matrix. For such skinny
 products MKL's sgemm, which ``nn.Linear`` calls on CPU, is 1.3-3.5x slower than oneDNN's inner
 product on weights reordered once into its blocked layout, and most at odd row counts (measured
-with the embedded SmolLM2-135M at 1 thread: the 49k-row lm_head takes 45.3 ms for 11 rows with
-MKL, 13.2 ms packed; a whole 11-row decode step 196 ms against 137 ms). The packing depends only
-on the weight, not on the row count, so it is done once per model and reused as rows finish.
-One or two rows stay on MKL, whose matrix-vector path reads the weights faster. Prefill (hundreds
-of rows per product) is as fast either way and is left alone.
+with the embedded SmolLM2-135M at 1 thread on an Intel CPU with AMX: the 49k-row lm_head takes
+45.3 ms for 11 rows with MKL, 13.2 ms packed; a whole 11-row decode step 196 ms against 137 ms).
+On other vendors' CPUs MKL runs a generic path at every size: on an AMD EPYC (Zen 5, AVX-512) at
+1 thread its sgemm reaches 93 GFLOP/s and oneDNN's 219, at 240 rows (a prefill) as at 8. So the
+prefill runs packed too (on the Intel CPU the two were even there). The packing depends only on
+the weight, not on the row count, so it is done once per model and reused as rows finish. On
+Intel CPUs one or two rows stay on MKL, whose matrix-vector path reads the weights faster there
+(``min_rows``).
 
 The packed copy costs as much memory as the linear weights (540 MB for SmolLM2-135M in float32),
 so it is made only when that is at most half the memory available. Only float32 and bfloat16 CPU
@@ -22,8 +25,28 @@ import weakref
 
 import torch
 
-# Fewer rows than this: MKL (gemv-like, measured faster for 1 and 2 rows).
+# Fewer rows than this stay on MKL on Intel CPUs (gemv-like, measured faster there for 1 and 2
+# rows); elsewhere every row count runs packed (Zen 5, 1 thread, one decode step's linears: 1 row
+# 15.2 ms on MKL, 11.4 packed; 2 rows 28.3 against 12.3).
 MIN_ROWS = 3
+
+
+@functools.cache
+def min_rows() -> int:
+    """Rows from which a linear runs on the packed weights: ``MIN_ROWS`` on an Intel CPU, else 1."""
+    return MIN_ROWS if cpu_vendor() == "GenuineIntel" else 1
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id from /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``; "" if unknown)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 # module -> (stamp of its weight when packed, packed weight). Kept off the module so that
 # ``deepcopy`` and ``state_dict`` never meet the opaque packed tensor.
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -61,7 +84,7 @@ def _linears(model) -> list[torch.nn.Linear]:
 
 
 def _packed_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.numel() < MIN_ROWS * x.shape[-1]:
+    if x.numel() < min_rows() * x.shape[-1]:
         return torch.nn.functional.linear(x, module.weight, module.bias)
     return torch.ops.mkldnn._linear_pointwise(x, _PACKED[module][1], module.bias, "none", [], "")
 
@@ -92,8 +115,8 @@ def _pack(linears: list[torch.nn.Linear]) -> int:
 
 @contextlib.contextmanager
 def packed_linears(model, enabled: bool = True):
-    """Within the block, ``model``'s linears with 3 or more rows run on packed weights (packed on
-    first use). A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
+    """Within the block, ``model``'s linears of ``min_rows()`` or more rows run on packed weights
+    (packed on first use). A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
     linears = _linears(model) if enabled else []
     if not enabled or not packing_supported(model, linears):
         yield False
