@@ -24,7 +24,7 @@ matmul peak (the start a batch's prompts share once), which the fast engine cann
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
-cache, decode linears on oneDNN-packed weights, decode attention in length groups, up to 8 draft
+cache, prefill and decode linears on oneDNN-packed weights, decode attention in length groups, up to 8 draft
 tokens a step from prompt lookup, checked by the greedy predictions), ``fast_noprefix`` (the same
 without the shared prefix), ``fast_nopack`` (the same with MKL on the unpacked weights),
 ``fast_nogroup`` (the same with one padded attention call per layer), ``fast_nospec`` (the same

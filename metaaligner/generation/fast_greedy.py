@@ -3,9 +3,9 @@
 Where ``model.generate`` on a left-padded batch loses time on CPU (measured in issue 15):
 
 - a padded prefill runs every row at the longest row's length and computes the 49k-vocabulary
-  lm_head at every position. Here each prompt is prefilled alone, unpadded (exactly the batch-1
-  computation), with the lm_head on its last position only (``logits_to_keep=1``), on the
-  packed weights of ``packed_linear.py`` (oneDNN: 2.3x MKL's speed on an AMD CPU);
+  lm_head at every position. Here each prompt is prefilled alone, unpadded (the batch-1
+  computation, on the packed weights of ``packed_linear.py``: oneDNN, 2.3x MKL's speed on an AMD
+  CPU, equal up to float rounding), with the lm_head on its last position only (``logits_to_keep=1``);
 - every aligner prompt starts with the template's instruction (82 of 324 tokens on average for
   hh-rlhf with 3 objectives). Here the batch's common first tokens are prefilled once and each row
   continues from a copy of that cache (``share_prefix``);
@@ -200,13 +200,13 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
                  group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
-    computation in the prefill (after the shared prefix, run once when ``share_prefix``); the batched
-    decode steps (on oneDNN-packed weights when ``pack_weights``, see packed_linear.py; attention
-    in length groups when ``group_attention``, see decode_attention.py) agree with batch 1 up to
-    float rounding. With ``ngram_speculation`` > 0 a step may also check up to that many tokens per
-    row guessed by n-gram lookup in the row's own prompt and output (``NgramDrafter``; how many:
-    ``_pick_width``): the greedy predictions decide what is kept, so the text is the same, in fewer
-    steps when the guesses are right."""
+    computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
+    and the batched decode steps (on oneDNN-packed weights when ``pack_weights``, see
+    packed_linear.py; decode attention in length groups when ``group_attention``, see
+    decode_attention.py) agree with batch 1 up to float rounding. With ``ngram_speculation`` > 0 a
+    step may also check up to that many tokens per row guessed by n-gram lookup in the row's own
+    prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
+    what is kept, so the text is the same, in fewer steps when the guesses are right."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)

@@ -49,7 +49,7 @@ class HFGenerator:
         # padded model.generate per batch (the previous path; sampling always takes it).
         self.engine = engine
         self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
-        self.pack_weights = pack_weights  # fast engine on CPU: decode on oneDNN-packed weights
+        self.pack_weights = pack_weights  # fast engine on CPU: prefill and decode on oneDNN-packed weights
         self.group_attention = group_attention  # fast engine: decode attention in length groups
         # fast engine: a step may check up to N tokens guessed by prompt lookup (0: off)
         self.ngram_speculation = NGRAM_SPECULATION if ngram_speculation is None else ngram_speculation

@@ -47,6 +47,8 @@ def cpu_vendor() -> str:
     except OSError:
         pass
     return ""
+
+
 # module -> (stamp of its weight when packed, packed weight). Kept off the module so that
 # ``deepcopy`` and ``state_dict`` never meet the opaque packed tensor.
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
