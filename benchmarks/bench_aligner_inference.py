@@ -28,7 +28,10 @@ cache, prefill and decode linears on oneDNN-packed weights, decode attention in 
 tokens a step from prompt lookup, checked by the greedy predictions), ``fast_noprefix`` (the same
 without the shared prefix), ``fast_nopack`` (the same with MKL on the unpacked weights),
 ``fast_nogroup`` (the same with one padded attention call per layer), ``fast_nospec`` (the same
-without draft tokens: one token per row and step),
+without draft tokens: one token per row and step), ``fast_cold`` (the same with the model's kept
+KV memory let go first, so that every KV buffer is on new memory, as in the first batch of a run;
+the other fast methods reuse what the fast methods before them kept, as every later batch of a run
+does, and each prints how many GB of new memory its KV buffers took),
 ``fast_bf16`` (the fast engine on the model loaded in bfloat16, as ``--dtype bfloat16`` does: the
 lower-precision mode, which changes the text; its "identical" count is its agreement with the
 float32 batch-1 text, and the roofline bound stays the float32 one). On a shared machine wall time
@@ -58,7 +61,7 @@ class BenchConfig:
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
     methods: str = field(default="released,generate,fast",
                          metadata={"help": "methods to time: released, generate, fast_noprefix, "
-                                           "fast_nopack, fast_nogroup, fast_nospec, fast, fast_bf16"})
+                                           "fast_nopack, fast_nogroup, fast_nospec, fast_cold, fast, fast_bf16"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
                                                                 "load), e.g. metaaligner/data/demo_aligner"})
@@ -194,12 +197,16 @@ def bf16_model(name: str | None):
 
 
 def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
-    """(texts, generated tokens per row, wall seconds, CPU seconds of this process) of one method."""
-    from metaaligner.generation import GenerationParams
+    """(texts, generated tokens per row, wall seconds, CPU seconds of this process, GB of new
+    memory the KV buffers took) of one method."""
+    from metaaligner.generation import GenerationParams, kv_pool
     from metaaligner.generation.hf import HFGenerator
 
     if name == "fast_bf16":
         model = bf16_model(config.aligner or config.model)
+    if name == "fast_cold":
+        kv_pool.release(model)  # as the first batch of a run: every KV buffer on new memory
+    fresh = kv_pool.pool_for(model).fresh_bytes
     start, cpu = time.perf_counter(), time.process_time()
     if name in ("released", "prompt_lookup"):
         texts, tokens = released_loop(model, tokenizer, prompts, new,
@@ -211,7 +218,8 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
                           ngram_speculation=0 if name == "fast_nospec" else None)
         texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
         tokens = [gen.stats["generated_tokens"]]
-    return texts, tokens, time.perf_counter() - start, time.process_time() - cpu
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return texts, tokens, seconds, cpu, (kv_pool.pool_for(model).fresh_bytes - fresh) / 1e9
 
 
 LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
@@ -220,7 +228,13 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_nopack": "ours: batch {b}, fast, MKL (unpacked) weights",
           "fast_nogroup": "ours: batch {b}, fast, one padded attention",
           "fast_nospec": "ours: batch {b}, fast, no draft tokens",
+          "fast_cold": "ours: batch {b}, fast, KV on new memory",
           "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
+
+
+def kv_note(name: str, fresh_gb: float) -> str:
+    """How much new memory the fast engine's KV buffers took (the rest was kept from before)."""
+    return f", KV buffers {fresh_gb:.2f} GB new" if name.startswith("fast") else ""
 
 
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],
@@ -241,7 +255,7 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
         methods.append("prompt_lookup")
     reference, ref_tps, ref_cpu, ratio = None, None, None, None
     for name in methods:
-        texts, tokens, seconds, cpu = run_method(name, model, tokenizer, prompts, new, config)
+        texts, tokens, seconds, cpu, fresh = run_method(name, model, tokenizer, prompts, new, config)
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
             new_lengths = [t + 1 for t in per_row]  # the stop token is generated too
@@ -254,7 +268,7 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
         label = LABELS[name].format(b=config.batch_size)
         print(f"{label:<44} {sum(tokens):>6} tok {seconds:>8.1f} s {tps:>8.2f} tok/s  {tps / ref_tps:>5.2f}x  "
               f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1  "
-              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x)", flush=True)
+              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)})", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
     print(f"roofline bound {bound:.1f} s (weights + KV reads; weights only: {old_bound:.1f} s) = "

@@ -297,6 +297,8 @@ def test_holes_left_by_rejected_drafts_are_closed_when_the_buffer_fills(looping_
 def test_buffer_padding_is_zeroed_so_uninitialised_nan_never_reaches_attention(gqa_model, looping_model,
                                                                                monkeypatch):
     """Masked slots still enter sdpa's product with V: NaN there would poison every row."""
+    from metaaligner.generation import kv_pool
+
     new_empty = torch.Tensor.new_empty
 
     def nan_empty(self, *args, **kwargs):
@@ -307,6 +309,7 @@ def test_buffer_padding_is_zeroed_so_uninitialised_nan_never_reaches_attention(g
     alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
     looped = [_greedy_n(looping_model, [p], 40, set(), ngram_speculation=0)[0] for p in PROMPTS]
     monkeypatch.setattr(torch.Tensor, "new_empty", nan_empty)
+    monkeypatch.setattr(kv_pool, "pool_for", lambda model: kv_pool.KVPool())  # every buffer on new memory
     for spec in (0, 6):  # the first buffer, a re-pack after a row stopped
         assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=spec) == alone
     # a re-pack after holes filled the buffer
@@ -347,3 +350,58 @@ def test_one_new_token_needs_no_buffer_and_gives_the_first_greedy_token(gqa_mode
     monkeypatch.setattr(fast_greedy, "_BufferLayer", lambda *a: built.append(a))
     assert _greedy_n(gqa_model, PROMPTS, 1, set()) == [row[:1] for row in alone]
     assert built == []  # prefill only: no KV buffer was allocated
+
+
+def test_kv_pool_hands_out_the_smallest_free_tensor_that_fits_and_keeps_at_most_its_limit():
+    from metaaligner.generation.kv_pool import KVPool
+
+    pool, like = KVPool(limit=10_000), torch.zeros(1)
+    a, b = pool.take((2, 3), like), pool.take((4, 5), like)
+    assert pool.fresh_bytes == (6 + 20) * 4 and a.shape == (2, 3)
+    pool.give(a)
+    pool.give(b)
+    pool.give(b)  # handed back twice: kept once
+    assert pool.free_bytes() == 104
+    c = pool.take((5,), like)  # fits in a's 6 floats and in b's 20: the smaller
+    assert c.data_ptr() == a.data_ptr() and c.shape == (5,)
+    d = pool.take((7,), like)
+    assert d.data_ptr() == b.data_ptr() and pool.free_bytes() == 0
+    assert pool.take((1,), torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+    assert pool.fresh_bytes == 104 + 8  # another dtype: new memory
+    small = KVPool(limit=40)
+    x, y = small.take((8,), like), small.take((4,), like)
+    small.give(x)
+    small.give(y)  # 48 bytes free > 40: the smallest is let go
+    assert small.free_bytes() == 32 and small.take((8,), like).data_ptr() == x.data_ptr()
+    with torch.inference_mode():
+        inference = small.take((8,), like)
+    small.give(inference)
+    assert small.take((8,), like).data_ptr() != inference.data_ptr()  # can't be written out of inference mode
+    with torch.inference_mode():
+        assert small.take((8,), like).data_ptr() == inference.data_ptr()
+
+
+def test_a_second_batch_decodes_on_the_first_batchs_kv_memory(gqa_model, monkeypatch):
+    """Fresh memory is slow to fault in on some machines: the buffers of a batch and of its
+    compactions come from the model's pool, and what is left in it (NaN here) never leaks in."""
+    from metaaligner.generation import kv_pool
+
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    kv_pool.release(gqa_model)
+    takes, take = [], kv_pool.KVPool.take
+    monkeypatch.setattr(kv_pool.KVPool, "take", lambda self, shape, like: (takes.append(shape), take(self, shape, like))[1])
+    assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6) == alone
+    pool = kv_pool.pool_for(gqa_model)
+    # 2 layers x K and V of [6 rows, 2 KV heads, 37 + 39 + 6 slots, 8] for the prefill, then only the
+    # first compaction's first buffer is new: every later one takes a buffer handed back before it
+    assert takes[:4] == [(6, 2, 82, 8)] * 4 and len(takes) > 8
+    assert pool.fresh_bytes == (4 * 6 * 2 * 82 * 8 + takes[4][0] * 2 * takes[4][2] * 8) * 4
+    with torch.inference_mode():
+        for free in pool._free:
+            free.fill_(float("nan"))
+    fresh = pool.fresh_bytes
+    assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6) == alone
+    assert pool.fresh_bytes == fresh  # the second batch took no new memory
+    assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6, reuse_buffers=False) == alone
+    assert pool.fresh_bytes == fresh  # off: a pool of its own

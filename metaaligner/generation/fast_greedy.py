@@ -35,6 +35,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from metaaligner.generation.decode_attention import grouped_attention, plan_groups
+from metaaligner.generation.kv_pool import KVPool, pool_for
 from metaaligner.generation.packed_linear import packed_linears
 
 # Draft tokens a step may check per row by default (32x256 at 1 thread, widths picked by
@@ -96,11 +97,15 @@ class _BufferLayer(DynamicLayer):
         self.length = length
         self._sync()
 
-    def gather_rows(self, slots: list[tuple[int, slice | torch.Tensor]], width: int, capacity: int) -> None:
+    def gather_rows(self, slots: list[tuple[int, slice | torch.Tensor]], width: int, capacity: int,
+                    pool: KVPool) -> None:
         """Keep one row per entry of ``slots`` (``(old row, its slots)``), those slots moved to end
-        at ``width`` in a new buffer of ``capacity`` slots (left padding before them)."""
-        self.keys_buf = _gather(self.keys_buf, slots, width, capacity)
-        self.values_buf = _gather(self.values_buf, slots, width, capacity)
+        at ``width`` in a new buffer of ``capacity`` slots (left padding before them), from ``pool``;
+        the old buffer goes back to it."""
+        for name in ("keys_buf", "values_buf"):
+            old = getattr(self, name)
+            setattr(self, name, _gather(old, slots, width, capacity, pool))
+            pool.give(old)
         self.length = width
         self._sync()
 
@@ -114,11 +119,11 @@ def _row_slots(mask_row: torch.Tensor) -> slice | torch.Tensor:
 
 
 def _gather(buf: torch.Tensor, slots: list[tuple[int, slice | torch.Tensor]], width: int,
-            capacity: int) -> torch.Tensor:
+            capacity: int, pool: KVPool) -> torch.Tensor:
     """A new buffer with the given slots of the given rows, right-aligned at ``width``. The left
     padding is zeroed: masked slots still enter sdpa's product with V, and uninitialised memory
     can hold NaN. Free slots after ``width`` are written before they are read."""
-    out = buf.new_empty((len(slots), buf.shape[1], capacity, buf.shape[3]))
+    out = pool.take((len(slots), buf.shape[1], capacity, buf.shape[3]), buf)
     for new, (old, index) in enumerate(slots):
         n = _count(index)
         out[new, :, :width - n].zero_()
@@ -159,10 +164,10 @@ def shared_prefix_length(prompts: list[list[int]], minimum: int = 16) -> int:
     return n if n >= minimum else 0
 
 
-def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int):
+def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int, pool: KVPool):
     """First greedy tokens of all prompts and, when ``extra`` > 0, their KV caches in one buffer:
     row i's slots end at the longest prompt's length (zeroed left padding before them), with
-    ``extra`` free slots after. The template's shared start is prefilled once, and each prompt's
+    ``extra`` free slots after (memory from ``pool``). The template's shared start is prefilled once, and each prompt's
     prefill writes straight into its row of the buffer (no per-row cache to copy afterwards)."""
     device = model.device
     prefix = None
@@ -176,7 +181,7 @@ def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int
         return [first] + [_prefill(model, ids, device, prefix)[0] for ids in prompts[1:]], None
     longest = max(len(p) for p in prompts)
     slots = longest + extra
-    buffers = [tuple(t.new_empty((len(prompts), t.shape[1], slots, t.shape[3])) for t in (layer.keys, layer.values))
+    buffers = [tuple(pool.take((len(prompts), t.shape[1], slots, t.shape[3]), t) for t in (layer.keys, layer.values))
                for layer in cache.layers]
     firsts = [first]
     for row, ids in enumerate(prompts):
@@ -197,7 +202,8 @@ def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int
 
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
                  compact: bool = True, share_prefix: bool = True, pack_weights: bool = True,
-                 group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION) -> list[list[int]]:
+                 group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION,
+                 reuse_buffers: bool = True) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
@@ -206,18 +212,21 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     decode_attention.py) agree with batch 1 up to float rounding. With ``ngram_speculation`` > 0 a
     step may also check up to that many tokens per row guessed by n-gram lookup in the row's own
     prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
-    what is kept, so the text is the same, in fewer steps when the guesses are right."""
+    what is kept, so the text is the same, in fewer steps when the guesses are right. The KV buffers
+    take their memory from the model's ``KVPool`` (``kv_pool.py``) and hand it back at the end when
+    ``reuse_buffers``, else from a pool of this call only."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
     extra = max_new_tokens - 1 + ngram_speculation if max_new_tokens > 1 else 0
+    pool = pool_for(model) if reuse_buffers else KVPool()
     with packed_linears(model, enabled=pack_weights):
-        firsts, cache = _prefill_all(model, prompts, share_prefix, extra)
+        firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
         outputs = [[t] for t in firsts]
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
         if max_new_tokens > 1 and alive:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
-            state = _DecodeState([len(p) for p in prompts], cache, model.device, ngram_speculation)
+            state = _DecodeState([len(p) for p in prompts], cache, model.device, ngram_speculation, pool)
             if len(alive) < len(prompts):
                 state.keep(alive)
             with grouped_attention(model, enabled=group_attention and len(alive) > 1) as grouped:
@@ -225,6 +234,9 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
                 state.plan()
                 _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
                         pad_id, compact, drafters)
+    for layer in cache.layers if cache is not None else []:
+        pool.give(layer.keys_buf)
+        pool.give(layer.values_buf)
     return outputs
 
 
@@ -264,8 +276,9 @@ class _DecodeState:
     attention, ``groups`` lists ``(first row, end row, first slot)`` per length group; slots do not
     move between ``keep`` calls, so a group's first slot holds until then."""
 
-    def __init__(self, lengths: list[int], cache: Cache, device, draft: int = 0):
+    def __init__(self, lengths: list[int], cache: Cache, device, draft: int = 0, pool: KVPool | None = None):
         self.filled, self.draft, self.cache = max(lengths), draft, cache
+        self.pool = KVPool() if pool is None else pool
         self.capacity = cache.layers[0].keys_buf.shape[2]
         self.mask = torch.zeros((len(lengths), self.capacity), dtype=torch.long, device=device)
         for row, length in enumerate(lengths):
@@ -321,7 +334,7 @@ class _DecodeState:
         room = self.capacity - self.filled if room is None else room
         slots = [(r, _row_slots(self.mask[r, :self.filled])) for r in live]
         for layer in self.cache.layers:
-            layer.gather_rows(slots, width, width + room)
+            layer.gather_rows(slots, width, width + room, self.pool)
         self.mask = self.mask.new_zeros((len(live), width + room))
         self.first = [width - _count(index) for _, index in slots]
         for row, first in enumerate(self.first):

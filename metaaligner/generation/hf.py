@@ -24,7 +24,7 @@ class HFGenerator:
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
                  sort_by_length: bool = True, engine: str = "fast",
                  share_prefix: bool = True, pack_weights: bool = True, group_attention: bool = True,
-                 ngram_speculation: int | None = None):
+                 ngram_speculation: int | None = None, reuse_buffers: bool = True):
         from metaaligner.generation.fast_greedy import NGRAM_SPECULATION
         from metaaligner.models import load_causal_lm, pick_device
 
@@ -53,6 +53,8 @@ class HFGenerator:
         self.group_attention = group_attention  # fast engine: decode attention in length groups
         # fast engine: a step may check up to N tokens guessed by prompt lookup (0: off)
         self.ngram_speculation = NGRAM_SPECULATION if ngram_speculation is None else ngram_speculation
+        # fast engine: KV buffers on memory kept from the previous batch (kv_pool.py), not fresh memory
+        self.reuse_buffers = reuse_buffers
         self.truncated = 0
         # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
@@ -104,7 +106,7 @@ class HFGenerator:
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
                                 pack_weights=self.pack_weights, group_attention=self.group_attention,
-                                ngram_speculation=self.ngram_speculation)
+                                ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
