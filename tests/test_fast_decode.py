@@ -405,3 +405,24 @@ def test_a_second_batch_decodes_on_the_first_batchs_kv_memory(gqa_model, monkeyp
     assert pool.fresh_bytes == fresh  # the second batch took no new memory
     assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6, reuse_buffers=False) == alone
     assert pool.fresh_bytes == fresh  # off: a pool of its own
+
+
+def test_a_decode_step_makes_its_masks_once_for_all_layers(gqa_model, monkeypatch):
+    """sdpa turns a boolean mask into an additive one per call, and folded draft steps repeated it
+    per call: the step's masks are made once, as sdpa would make them, and shared by the layers."""
+    from metaaligner.generation import decode_attention
+
+    monkeypatch.setattr(decode_attention, "GROUP_COST_SLOTS", 4)  # several length groups
+    sdpa, masks = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            masks.append(attn_mask)
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    alone = [_greedy(gqa_model, [p])[0] for p in PROMPTS]
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    assert _greedy(gqa_model) == alone
+    assert masks and len(masks) == 2 * len({id(m) for m in masks})  # 2 layers, one mask per step and group
+    assert {m.dtype for m in masks} == {torch.float32} and all(bool((m == 0).any()) for m in masks)
+    assert {float(m.min()) for m in masks} <= {float("-inf"), 0.0}
