@@ -293,7 +293,8 @@ def main(config: BenchConfig) -> None:
     model, tokenizer, device = load_causal_lm(config.aligner or config.model, device="cpu")
     params = sum(p.numel() for p in model.parameters())
     kv_per_token = kv_bytes_per_token(model)
-    *roof, mkl = roofline()
+    peak, gbs, mkl = roofline()
+    roof = (peak, gbs)
     print(f"roofline: fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3, the faster of MKL's {mkl:.0f} and oneDNN's), "
           f"memory copy {roof[1]:.1f} GB/s; "
           f"model {params / 1e6:.0f}M params = {params * 4 / 1e6:.0f} MB fp32 -> batch-1 decode step "

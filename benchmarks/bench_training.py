@@ -133,18 +133,15 @@ def _prod(shape) -> int:
     return out
 
 
-def matmul_gflops() -> float:
-    import time
+def matmul_gflops() -> tuple[float, float]:
+    """(this machine's fp32 matmul GFLOP/s, MKL's): the inference benchmark's roofline, whose peak
+    is the faster of MKL's sgemm and oneDNN's (training's linears run on MKL, which on an AMD CPU
+    reaches about half of oneDNN's rate)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_aligner_inference import roofline
 
-    import torch
-
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return 10 * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
+    peak, _, mkl = roofline()
+    return peak, mkl
 
 
 def run_child(name: str, model: str, argv: list[str]) -> dict:
@@ -200,9 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"data: {len(items)} items, tokens/item min {min(lengths)} mean {sum(lengths) / len(lengths):.0f} "
               f"max {max(lengths)}; batch {args.batch_size}, {args.steps} steps, "
               f"{'full' if args.full else 'LoRA'}, model {model}, torch threads {torch.get_num_threads()}")
-        peak = matmul_gflops()
+        peak, mkl = matmul_gflops()
         per_token = flops_per_token(model, args.full)
-        print(f"roofline: fp32 matmul {peak:.0f} GFLOP/s now; {per_token / 1e9:.2f} GFLOP per trained token "
+        print(f"roofline: fp32 matmul {peak:.0f} GFLOP/s now (1024^3, the faster of MKL's {mkl:.0f}, which training's "
+              f"linears run on, and oneDNN's); {per_token / 1e9:.2f} GFLOP per trained token "
               f"-> bound {peak * 1e9 / per_token:.0f} tokens/s")
         results = [run_mode(model, items, name, args, tmp, total) if args.in_process
                    else run_child(name, model, argv if argv is not None else sys.argv[1:])
