@@ -7,7 +7,8 @@ token for SmolLM2-135M) weighs as much as the weights in a 16-row step. Here con
 (the hf backend sorts a batch by length) are split into groups, each attending only to the slots
 its longest row fills; ``plan_groups`` picks the split that minimises the slots read plus a fixed
 cost per extra sdpa call. Rows keep their own computation (only the masked slots are left out), so
-the text is the single-call text up to float rounding.
+the text is the single-call text up to float rounding. A step's masks are made once for all layers
+(``_step_mask``).
 """
 from __future__ import annotations
 
