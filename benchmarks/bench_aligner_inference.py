@@ -37,7 +37,9 @@ lower-precision mode, which changes the text; its "identical" count is its agree
 float32 batch-1 text, and the roofline bound stays the float32 one). On a shared machine wall time
 also measures the neighbours: compare methods of one run, read the load average printed at the
 end, and the CPU seconds of this process per method (with --threads 1 they measure the work, not
-the waiting).
+the waiting). With ``--repeat N`` each method runs N times: its line shows the median wall and CPU
+seconds, each run's wall seconds, the fewest rows identical in any run, and the first run's new KV
+memory.
 The last line is the ratio fast / released of the first workload.
 """
 from __future__ import annotations
@@ -69,6 +71,8 @@ class BenchConfig:
                                                             "speculation of N tokens (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy "
                                                       "shared CPU)"})
+    repeat: int = field(default=1, metadata={"help": "runs per method; the line shows the median time and each run's "
+                                                     "(a shared machine's neighbours come and go)"})
     quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})
 
 
@@ -232,6 +236,16 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
 
 
+def summarise(runs: list[tuple]) -> tuple[float, float, str]:
+    """(median wall seconds, median CPU seconds, each run's wall seconds when more than one) of
+    ``run_method`` results."""
+    import statistics
+
+    walls = [r[2] for r in runs]
+    spread = f", runs {'/'.join(f'{w:.1f}' for w in walls)} s" if len(runs) > 1 else ""
+    return statistics.median(walls), statistics.median(r[3] for r in runs), spread
+
+
 def kv_note(name: str, fresh_gb: float) -> str:
     """How much new memory the fast engine's KV buffers took (the rest was kept from before)."""
     return f", KV buffers {fresh_gb:.2f} GB new" if name.startswith("fast") else ""
@@ -255,7 +269,9 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
         methods.append("prompt_lookup")
     reference, ref_tps, ref_cpu, ratio = None, None, None, None
     for name in methods:
-        texts, tokens, seconds, cpu, fresh = run_method(name, model, tokenizer, prompts, new, config)
+        runs = [run_method(name, model, tokenizer, prompts, new, config) for _ in range(max(config.repeat, 1))]
+        texts, tokens, _, _, fresh = runs[0]
+        seconds, cpu, spread = summarise(runs)
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
             new_lengths = [t + 1 for t in per_row]  # the stop token is generated too
@@ -264,11 +280,11 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
             released_bound = released_bound_seconds(lengths, new_lengths, params, *roof, kv_per_token)
         tps = sum(tokens) / seconds
         ref_tps, ref_cpu = ref_tps or tps, ref_cpu or cpu
-        same = sum(a == b for a, b in zip(texts, reference))
+        same = min(sum(a == b for a, b in zip(r[0], reference)) for r in runs)  # the worst run's
         label = LABELS[name].format(b=config.batch_size)
         print(f"{label:<44} {sum(tokens):>6} tok {seconds:>8.1f} s {tps:>8.2f} tok/s  {tps / ref_tps:>5.2f}x  "
               f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1  "
-              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)})", flush=True)
+              f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)}{spread})", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
     print(f"roofline bound {bound:.1f} s (weights + KV reads; weights only: {old_bound:.1f} s) = "

@@ -596,3 +596,16 @@ def test_benchmark_compute_floor_counts_a_batchs_shared_start_once():
     assert bench.floor_seconds(prompts, [2, 3, 4, 5], 1, 10, 1e-9, 3) == pytest.approx(2 * (145 + 11 * 14))
     # the first three alone: 20 shared tokens counted once instead of three times
     assert bench.floor_seconds(prompts[:3], [1, 1, 1], 1, 10, 1e-9, 4) == pytest.approx(2 * (105 - 40 + 33))
+
+
+def test_benchmark_repeats_report_the_median_and_every_run():
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    runs = [([], [1], 3.0, 2.0, 0.5), ([], [1], 1.04, 4.0, 0.0), ([], [1], 2.0, 3.0, 0.0)]
+    assert bench.summarise(runs) == (2.0, 3.0, ", runs 3.0/1.0/2.0 s")
+    assert bench.summarise(runs[:1]) == (3.0, 2.0, "")
+    assert bench.summarise(runs[:2]) == (pytest.approx(2.02), 3.0, ", runs 3.0/1.0 s")
+    assert bench.make_parser().parse_args(["--repeat", "3"]).repeat == 3
