@@ -274,19 +274,26 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
         seconds, cpu, spread = summarise(runs)
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
+            # the bound needs each row's generated length, which only the batch-1 loop reports
+            per_row_known = len(per_row) == len(prompts)
             new_lengths = [t + 1 for t in per_row]  # the stop token is generated too
-            bound = bound_seconds(lengths, new_lengths, params, *roof, kv_per_token)
-            old_bound = bound_seconds(lengths, new_lengths, params, *roof)
-            released_bound = released_bound_seconds(lengths, new_lengths, params, *roof, kv_per_token)
+            bound = bound_seconds(lengths, new_lengths, params, *roof, kv_per_token) if per_row_known else None
+            versus = "batch 1" if name in ("released", "prompt_lookup") else name
         tps = sum(tokens) / seconds
         ref_tps, ref_cpu = ref_tps or tps, ref_cpu or cpu
         same = min(sum(a == b for a, b in zip(r[0], reference)) for r in runs)  # the worst run's
         label = LABELS[name].format(b=config.batch_size)
+        share = f"{bound / seconds:.0%}" if bound else "--"
         print(f"{label:<44} {sum(tokens):>6} tok {seconds:>8.1f} s {tps:>8.2f} tok/s  {tps / ref_tps:>5.2f}x  "
-              f"{bound / seconds:>4.0%} of roofline  {same}/{len(prompts)} identical to batch 1  "
+              f"{share:>4} of roofline  {same}/{len(prompts)} identical to {versus}  "
               f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)}{spread})", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
+    if bound is None:
+        print("roofline bound: needs each row's generated length; put released first in --methods", flush=True)
+        return ratio
+    old_bound = bound_seconds(lengths, new_lengths, params, *roof)
+    released_bound = released_bound_seconds(lengths, new_lengths, params, *roof, kv_per_token)
     print(f"roofline bound {bound:.1f} s (weights + KV reads; weights only: {old_bound:.1f} s) = "
           f"{sum(per_row) / bound:.1f} tok/s = {sum(per_row) / bound / ref_tps:.2f}x the first method; "
           f"released way's bound {released_bound:.1f} s, so this machine allows batching "

@@ -609,3 +609,24 @@ def test_benchmark_repeats_report_the_median_and_every_run():
     assert bench.summarise(runs[:1]) == (3.0, 2.0, "")
     assert bench.summarise(runs[:2]) == (pytest.approx(2.02), 3.0, ", runs 3.0/1.0 s")
     assert bench.make_parser().parse_args(["--repeat", "3"]).repeat == 3
+
+
+def test_benchmark_without_the_released_method_first_prints_no_bound(tiny_llama_dir, capsys):
+    """The roofline bound needs each row's generated length, which only the batch-1 loop reports:
+    with a fast method first the share is "--" and the rows are compared with that method."""
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    from metaaligner.models import load_causal_lm
+
+    model, tokenizer, _ = load_causal_lm(str(tiny_llama_dir), device="cpu")
+    for methods in ("fast_cold,fast", "released,fast"):
+        config = bench.BenchConfig(methods=methods, repeat=2)
+        bench.run_workload("2x3", model, tokenizer, config, (100.0, 10.0), 10 ** 6, 64)
+    first, second = capsys.readouterr().out.split("\nworkload 2x3")[1:]
+    lines = first.splitlines()
+    assert "  -- of roofline  2/2 identical to fast_cold  " in lines[1] and ", runs " in lines[1]
+    assert lines[3] == "roofline bound: needs each row's generated length; put released first in --methods"
+    assert "identical to batch 1" in second and "% of roofline" in second and "\nroofline bound " in second

@@ -214,12 +214,13 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
     what is kept, so the text is the same, in fewer steps when the guesses are right. The KV buffers
     take their memory from the model's ``KVPool`` (``kv_pool.py``) and hand it back at the end when
-    ``reuse_buffers``, else from a pool of this call only."""
+    ``reuse_buffers`` and the model is on CPU, else from a pool of this call only."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
     extra = max_new_tokens - 1 + ngram_speculation if max_new_tokens > 1 else 0
-    pool = pool_for(model) if reuse_buffers else KVPool()
+    # CUDA's caching allocator keeps freed memory already; the CPU allocator hands it back
+    pool = pool_for(model) if reuse_buffers and model.device.type == "cpu" else KVPool()
     with packed_linears(model, enabled=pack_weights):
         firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
         outputs = [[t] for t in firsts]
