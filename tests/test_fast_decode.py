@@ -3,6 +3,8 @@ n-gram draft tokens. Each must leave every row's tokens as they are, and each is
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 
@@ -375,7 +377,7 @@ def test_kv_pool_hands_out_the_smallest_free_tensor_that_fits_and_keeps_at_most_
     assert small.free_bytes() == 32 and small.take((8,), like).data_ptr() == x.data_ptr()
     with torch.inference_mode():
         inference = small.take((8,), like)
-    small.give(inference)
+        small.give(inference)
     assert small.take((8,), like).data_ptr() != inference.data_ptr()  # can't be written out of inference mode
     with torch.inference_mode():
         assert small.take((8,), like).data_ptr() == inference.data_ptr()
@@ -426,3 +428,37 @@ def test_a_decode_step_makes_its_masks_once_for_all_layers(gqa_model, monkeypatc
     assert masks and len(masks) == 2 * len({id(m) for m in masks})  # 2 layers, one mask per step and group
     assert {m.dtype for m in masks} == {torch.float32} and all(bool((m == 0).any()) for m in masks)
     assert {float(m.min()) for m in masks} <= {float("-inf"), 0.0}
+
+
+def test_a_batch_that_fails_keeps_nothing_in_the_pool(gqa_model, monkeypatch):
+    """Only buffers handed back are kept: after an exception mid-batch the pool holds what it held
+    before, and the next batch decodes as usual."""
+    from metaaligner.generation import fast_greedy, kv_pool
+
+    alone = [_greedy_n(gqa_model, [p], 12, set(), ngram_speculation=0)[0] for p in PROMPTS]
+    kv_pool.release(gqa_model)
+    decode = fast_greedy._decode
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    made, new_empty = [], torch.Tensor.new_empty
+
+    def tracked(self, *args, **kwargs):
+        out = new_empty(self, *args, **kwargs)
+        if out.dim() == 1 and out.numel() == 6 * 2 * 56 * 8:  # a prefill buffer's memory
+            made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(fast_greedy, "_decode", interrupted)
+    monkeypatch.setattr(torch.Tensor, "new_empty", tracked)
+    with pytest.raises(KeyboardInterrupt):
+        _greedy_n(gqa_model, PROMPTS, 12, set())
+    monkeypatch.setattr(torch.Tensor, "new_empty", new_empty)
+    gc.collect()
+    assert len(made) == 4 and all(ref() is None for ref in made)  # the pool kept no hold on them
+    pool = kv_pool.pool_for(gqa_model)
+    assert pool.free_bytes() == 0 and pool.fresh_bytes == 4 * 6 * 2 * (37 + 11 + 8) * 8 * 4
+    monkeypatch.setattr(fast_greedy, "_decode", decode)
+    assert _greedy_n(gqa_model, PROMPTS, 12, set()) == alone
+    assert pool.free_bytes() == pool.fresh_bytes - 4 * 6 * 2 * 56 * 8 * 4  # the second batch's, kept

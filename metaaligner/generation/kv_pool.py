@@ -11,6 +11,7 @@ the model lives, as the packed weights are kept (``packed_linear.py``).
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 
 import torch
@@ -25,7 +26,7 @@ class KVPool:
     def __init__(self, limit: int | None = None):
         self.limit = available_memory() // 4 if limit is None else limit
         self._free: list[torch.Tensor] = []
-        self._lent: dict[int, torch.Tensor] = {}  # data_ptr -> flat tensor (inference mode drops ``_base``)
+        self._lock = threading.Lock()
         self.fresh_bytes = 0  # allocated new by ``take`` (the rest came from the pool)
 
     def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -33,33 +34,37 @@ class KVPool:
         free tensor that holds it, else on new memory."""
         numel = math.prod(shape)
         writable = torch.is_inference_mode_enabled()  # else an inference-mode tensor can't be written
-        fits = [i for i, t in enumerate(self._free) if t.numel() >= numel and t.dtype == like.dtype
-                and t.device == like.device and (writable or not t.is_inference())]
-        if fits:
-            flat = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
-        else:
+        with self._lock:
+            fits = [i for i, t in enumerate(self._free) if t.numel() >= numel and t.dtype == like.dtype
+                    and t.device == like.device and (writable or not t.is_inference())]
+            flat = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
+        if flat is None:
             flat = like.new_empty(numel)
             self.fresh_bytes += flat.numel() * flat.element_size()
-        self._lent[flat.data_ptr()] = flat
         return flat[:numel].view(shape)
 
     def give(self, tensor: torch.Tensor) -> None:
-        """Hand back a tensor from ``take`` that nothing reads or writes any more (others, and a
-        second hand-back, are ignored)."""
-        flat = self._lent.pop(tensor.data_ptr(), None)
-        if flat is None:
+        """Hand back a tensor from ``take`` that nothing reads or writes any more (a second
+        hand-back is ignored). The pool keeps only what is handed back: a buffer given up on (an
+        exception mid-batch) is freed as usual."""
+        if tensor.storage_offset():
             return
-        self._free.append(flat)
-        self._free.sort(key=torch.Tensor.numel, reverse=True)
-        while self._free and self.free_bytes() > self.limit:
-            self._free.pop()
+        # the whole memory behind the view (inference mode drops ``_base``, the storage stays)
+        flat = tensor.new_empty(0).set_(tensor.untyped_storage())
+        with self._lock:
+            if any(t.data_ptr() == flat.data_ptr() for t in self._free):
+                return
+            self._free.append(flat)
+            self._free.sort(key=torch.Tensor.numel, reverse=True)
+            while self._free and self.free_bytes() > self.limit:
+                self._free.pop()
 
     def free_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._free)
 
     def clear(self) -> None:
-        self._free.clear()
-        self._lent.clear()
+        with self._lock:
+            self._free.clear()
 
 
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
