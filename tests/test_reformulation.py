@@ -14,7 +14,7 @@ from metaaligner.dataset.reformulation import (
     EQUAL,
     REJECTED_BETTER,
     WARMUP,
-    PreferencePair,
+    ScoredPair,
     build_dataset,
     compare_scores,
     pairs_from_rows,
@@ -57,7 +57,7 @@ def six_rows() -> list[dict]:
     return rows
 
 
-def six_pairs() -> list[PreferencePair]:
+def six_pairs() -> list[ScoredPair]:
     pairs, dropped = pairs_from_rows(six_rows(), 3)
     assert not dropped and len(pairs) == 6
     return pairs
@@ -111,7 +111,7 @@ def test_six_pairs_all_items():
 
 def test_aspect_shuffle_is_seeded_per_pair_and_independent_of_position():
     pair = six_pairs()[0]
-    moved = PreferencePair(99, pair.prompt, pair.chosen, pair.rejected, pair.chosen_scores, pair.rejected_scores)
+    moved = ScoredPair(100, pair.prompt, pair.chosen, pair.rejected, pair.chosen_scores, pair.rejected_scores)
     orders = {seed: reformulate_pair(pair, KEYS, DESCS, "hh-rlhf", seed=seed)[0].aspects for seed in range(8)}
     assert reformulate_pair(moved, KEYS, DESCS, "hh-rlhf", seed=3)[0].aspects == orders[3]
     assert len(set(orders.values())) > 1          # the order really is shuffled
@@ -139,7 +139,7 @@ def test_build_dataset_six_pairs_no_empty_aspects_and_counts():
 
 def test_split_is_grouped_by_prompt():
     # Two pairs share each question: both pairs (and both directions) stay in one split.
-    pairs = [PreferencePair(i, f"Q{i // 2}", f"c{i}", f"r{i}", (1.0, 0.0), (0.0, 1.0)) for i in range(40)]
+    pairs = [ScoredPair(i + 1, f"Q{i // 2}", f"c{i}", f"r{i}", (1.0, 0.0), (0.0, 1.0)) for i in range(40)]
     out = build_dataset(pairs, KEYS[:2], DESCS[:2], "hh-rlhf", seed=1, val_size=0.25)
     train_q = {i.question for i in out.no_equal_train + out.all_equal + out.warmup}
     val_q = {i.question for i in out.no_equal_val}

@@ -49,14 +49,20 @@ PROMPT, CHOSEN, REJECTED = "prompt", "chosen_response", "rejected_response"
 
 
 @dataclass(frozen=True)
-class PreferencePair:
-    """One scored pair; ``index`` is its row number in the input (0-based), used in item ids."""
-    index: int
+class ScoredPair:
+    """One scored pair (a row of ``rewards.csv``): the aligner dataset's and the baselines' input.
+    ``row`` is its 1-based data row (header excluded), as errors name it."""
+    row: int
     prompt: str
     chosen: str
     rejected: str
     chosen_scores: tuple[float, ...]
     rejected_scores: tuple[float, ...]
+
+    @property
+    def index(self) -> int:
+        """The 0-based row, which the aligner dataset's item ids use (as the released ones do)."""
+        return self.row - 1
 
     @property
     def key(self) -> str:
@@ -100,11 +106,11 @@ def compare_scores(chosen: Iterable[float], rejected: Iterable[float],
     return better, worse, equal
 
 
-def pair_rng(seed: int, pair: PreferencePair) -> random.Random:
+def pair_rng(seed: int, pair: ScoredPair) -> random.Random:
     return random.Random(f"aspects|{seed}|{pair.key}")
 
 
-def reformulate_pair(pair: PreferencePair, objective_keys: list[str], descriptions: list[str],
+def reformulate_pair(pair: ScoredPair, objective_keys: list[str], descriptions: list[str],
                      template: str | Template, seed: int = 0, tolerance: float = 0.0,
                      warmup: bool = True) -> list[Item]:
     """The items of one pair, in the order O>, O<, O=, warm-up (absent sets give no item).
@@ -158,7 +164,7 @@ def score_columns(columns: Iterable[str]) -> int:
 
 
 def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>",
-                    keep_identical: bool = False) -> tuple[list[PreferencePair], Counter]:
+                    keep_identical: bool = False) -> tuple[list[ScoredPair], Counter]:
     """Stage-1 rows -> pairs. Rows with an empty response, a missing score (``missing_score``), a
     NaN/inf score (``non_finite_score``), or identical chosen and rejected texts scored differently
     (``identical_texts``: the item's target would equal its input; ``keep_identical`` keeps them, as
@@ -201,7 +207,7 @@ def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "
         if not keep_identical and texts[1] == texts[2] and scores[0] != scores[1]:
             dropped["identical_texts"] += 1
             continue
-        pairs.append(PreferencePair(i, texts[0], texts[1], texts[2], tuple(scores[0]), tuple(scores[1])))
+        pairs.append(ScoredPair(i + 1, texts[0], texts[1], texts[2], tuple(scores[0]), tuple(scores[1])))
     return pairs, dropped
 
 
@@ -235,7 +241,7 @@ def split_questions(questions: list[str], val_size: float, seed: int) -> set[str
     return set(distinct[:n_val])
 
 
-def build_dataset(pairs: list[PreferencePair], objective_keys: list[str], descriptions: list[str],
+def build_dataset(pairs: list[ScoredPair], objective_keys: list[str], descriptions: list[str],
                   template: str | Template, seed: int = 0, val_size: float = 0.1,
                   tolerance: float = 0.0, dropped: Counter | None = None, rows_in: int | None = None,
                   warmup: bool = True) -> DatasetSplit:
@@ -266,7 +272,7 @@ def build_dataset(pairs: list[PreferencePair], objective_keys: list[str], descri
     return out
 
 
-def heldout_items(pairs: list[PreferencePair], objective_keys: list[str], descriptions: list[str],
+def heldout_items(pairs: list[ScoredPair], objective_keys: list[str], descriptions: list[str],
                template: str | Template, seed: int = 0, tolerance: float = 0.0) -> list[Item]:
     """The contrastive items of a held-out split (the release's ``no_equal/test.json``), in input
     order; ids start with ``test-`` so they never collide with training ids."""
@@ -280,7 +286,7 @@ def heldout_items(pairs: list[PreferencePair], objective_keys: list[str], descri
     return items
 
 
-def dataset_stats(out: DatasetSplit, pairs: list[PreferencePair], val_questions: set[str],
+def dataset_stats(out: DatasetSplit, pairs: list[ScoredPair], val_questions: set[str],
                   dropped: Counter, excluded: Counter, rows_in: int) -> dict[str, Any]:
     subsets = {"no_equal/train": out.no_equal_train, "no_equal/val": out.no_equal_val,
                "all_equal/train": out.all_equal, "warmup/train": out.warmup}

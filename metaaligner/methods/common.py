@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from metaaligner.dataset.reformulation import ScoredPair
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.registry.templates import reward_conditioned_prompt
 
@@ -23,17 +24,6 @@ TIE_TOLERANCE = 1e-9  # closeness / score differences at or below this are ties 
 TARGET_DECIMALS = 2  # targets are rounded to what the conditioning prompt shows
 METADATA_FILE = "baseline.json"  # every baseline model folder: what inference needs
 LOG_FILE = "train_log.jsonl"
-
-
-@dataclass(frozen=True)
-class ScoredPair:
-    """One row of ``rewards.csv``; ``row`` is the 1-based data row (header excluded)."""
-    row: int
-    prompt: str
-    chosen: str
-    rejected: str
-    chosen_scores: tuple[float, ...]
-    rejected_scores: tuple[float, ...]
 
 
 @dataclass
