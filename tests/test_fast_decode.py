@@ -428,6 +428,7 @@ def test_a_decode_step_makes_its_masks_once_for_all_layers(gqa_model, monkeypatc
     assert masks and len(masks) == 2 * len({id(m) for m in masks})  # 2 layers, one mask per step and group
     assert {m.dtype for m in masks} == {torch.float32} and all(bool((m == 0).any()) for m in masks)
     assert {float(m.min()) for m in masks} <= {float("-inf"), 0.0}
+    assert vars(decode_attention._STEP_MASKS) == {}  # let go once decoding ends
 
 
 def test_a_batch_that_fails_keeps_nothing_in_the_pool(gqa_model, monkeypatch):

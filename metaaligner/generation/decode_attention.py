@@ -77,17 +77,20 @@ def _step_mask(attention_mask, start: int, end: int, slot: int, fold: int, dtype
     import torch
 
     if attention_mask.dtype != torch.bool:
-        part = attention_mask[start:end, ..., slot:]
-        return part.repeat(1, 1, fold, 1) if fold > 1 else part
+        return _mask_part(attention_mask, start, end, slot, fold)
     if getattr(_STEP_MASKS, "source", None) is not attention_mask:  # a new forward (held: its id stays unique)
         _STEP_MASKS.source, _STEP_MASKS.made = attention_mask, {}
     key = (start, end, slot, fold, dtype)
     if key not in _STEP_MASKS.made:
-        part = attention_mask[start:end, ..., slot:]
-        part = part.repeat(1, 1, fold, 1) if fold > 1 else part
+        part = _mask_part(attention_mask, start, end, slot, fold)
         _STEP_MASKS.made[key] = torch.zeros(part.shape, dtype=dtype, device=part.device).masked_fill_(
             part.logical_not(), float("-inf"))
     return _STEP_MASKS.made[key]
+
+
+def _mask_part(attention_mask, start: int, end: int, slot: int, fold: int):
+    part = attention_mask[start:end, ..., slot:]
+    return part.repeat(1, 1, fold, 1) if fold > 1 else part
 
 
 # Draft steps run a few query tokens per row; past this many a prefill-like call is as good.
@@ -126,3 +129,4 @@ def grouped_attention(model, enabled: bool = True):
         yield True
     finally:
         switched.set_attn_implementation("sdpa")
+        vars(_STEP_MASKS).clear()  # the last step's masks are not needed after decoding

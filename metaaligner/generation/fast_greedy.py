@@ -227,7 +227,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
         if max_new_tokens > 1 and alive:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
-            state = _DecodeState([len(p) for p in prompts], cache, model.device, ngram_speculation, pool)
+            state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation)
             if len(alive) < len(prompts):
                 state.keep(alive)
             with grouped_attention(model, enabled=group_attention and len(alive) > 1) as grouped:
@@ -277,9 +277,8 @@ class _DecodeState:
     attention, ``groups`` lists ``(first row, end row, first slot)`` per length group; slots do not
     move between ``keep`` calls, so a group's first slot holds until then."""
 
-    def __init__(self, lengths: list[int], cache: Cache, device, draft: int = 0, pool: KVPool | None = None):
-        self.filled, self.draft, self.cache = max(lengths), draft, cache
-        self.pool = KVPool() if pool is None else pool
+    def __init__(self, lengths: list[int], cache: Cache, device, pool: KVPool, draft: int = 0):
+        self.filled, self.draft, self.cache, self.pool = max(lengths), draft, cache, pool
         self.capacity = cache.layers[0].keys_buf.shape[2]
         self.mask = torch.zeros((len(lengths), self.capacity), dtype=torch.long, device=device)
         for row, length in enumerate(lengths):
