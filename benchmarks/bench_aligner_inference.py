@@ -202,7 +202,8 @@ def bf16_model(name: str | None):
 
 def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
     """(texts, generated tokens per row, wall seconds, CPU seconds of this process, GB of new
-    memory the KV buffers took) of one method."""
+    memory the KV buffers took, the fast engine's ``stats``: where its time went; {} for others)
+    of one method."""
     from metaaligner.generation import GenerationParams, kv_pool
     from metaaligner.generation.hf import HFGenerator
 
@@ -212,6 +213,7 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
         kv_pool.release(model)  # as the first batch of a run: every KV buffer on new memory
     fresh = kv_pool.pool_for(model).fresh_bytes
     start, cpu = time.perf_counter(), time.process_time()
+    work = {}
     if name in ("released", "prompt_lookup"):
         texts, tokens = released_loop(model, tokenizer, prompts, new,
                                       config.prompt_lookup if name != "released" else 0)
@@ -222,8 +224,9 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
                           ngram_speculation=0 if name == "fast_nospec" else None)
         texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
         tokens = [gen.stats["generated_tokens"]]
+        work = gen.stats
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return texts, tokens, seconds, cpu, (kv_pool.pool_for(model).fresh_bytes - fresh) / 1e9
+    return texts, tokens, seconds, cpu, (kv_pool.pool_for(model).fresh_bytes - fresh) / 1e9, work
 
 
 LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup": "released + prompt lookup (batch 1)",
@@ -251,6 +254,45 @@ def kv_note(name: str, fresh_gb: float) -> str:
     return f", KV buffers {fresh_gb:.2f} GB new" if name.startswith("fast") else ""
 
 
+def linear_gflops(model, rows: int) -> float:
+    """GFLOP/s of the model's own linears (all layers in order, then the lm_head) on ``rows`` rows,
+    on the weights and kernels the fast engine uses for that many rows (``packed_linears``), best
+    of 3: the rate this machine gives at this model's shapes, below the square product's peak."""
+    import torch
+
+    from metaaligner.generation.packed_linear import _linears, packed_linears
+
+    linears = _linears(model)
+    inputs = {n: torch.randn(rows, n) for n in {m.in_features for m in linears}}
+    flops = sum(2 * rows * m.in_features * m.out_features for m in linears)
+    best = float("inf")
+    with torch.inference_mode(), packed_linears(model):
+        for _ in range(4):  # the first packs and warms up
+            start = time.perf_counter()
+            for m in linears:
+                m(inputs[m.in_features])
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def time_split(work: dict, generated: int, model, rows: int) -> str:
+    """A fast method's time in prefill and decode, each against its linears alone at the rate the
+    model's own shapes reach here (``linear_gflops``): what the rest of the gap is made of."""
+    body, head = matmul_params(model)
+    steps, token_rows = work["decode_steps"], work["decode_token_rows"]
+    pre_rows = max(round(work["prefill_tokens"] / max(rows, 1)), 1)
+    pre_rate = linear_gflops(model, pre_rows)
+    pre_linears = 2 * (work["prefill_tokens"] * body + rows * head) / pre_rate / 1e9
+    step_rows = max(round(token_rows / max(steps, 1)), 1)
+    step_rate = linear_gflops(model, step_rows) if steps else 0.0
+    dec_linears = 2 * token_rows * (body + head) / step_rate / 1e9 if steps else 0.0
+    return (f"    prefill {work['prefill_seconds']:.1f} s for {work['prefill_tokens']} tokens (its linears alone "
+            f"at {pre_rate:.0f} GFLOP/s, the model's rate at {pre_rows} rows here: {pre_linears:.1f} s); "
+            f"decode {work['decode_seconds']:.1f} s in {steps} steps that ran {token_rows} token-rows "
+            f"(next tokens, draft tokens, pads) for {generated} generated tokens (linears alone at "
+            f"{step_rate:.0f} GFLOP/s, the rate at {step_rows} rows: {dec_linears:.1f} s)")
+
+
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],
                  params: int, kv_per_token: int) -> float | None:
     from metaaligner.aligner.inference import build_prompts, load_policy_rows
@@ -270,7 +312,7 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
     reference, ref_tps, ref_cpu, ratio = None, None, None, None
     for name in methods:
         runs = [run_method(name, model, tokenizer, prompts, new, config) for _ in range(max(config.repeat, 1))]
-        texts, tokens, _, _, fresh = runs[0]
+        texts, tokens, _, _, fresh, work = runs[0]
         seconds, cpu, spread = summarise(runs)
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
@@ -289,6 +331,8 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
               f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)}{spread})", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
+        if work.get("decode_steps") is not None and name != "fast_bf16":  # rates are fp32 ones
+            print(time_split(work, sum(tokens), model, len(prompts)), flush=True)
     if bound is None:
         print("roofline bound: needs each row's generated length; put released first in --methods", flush=True)
         return ratio

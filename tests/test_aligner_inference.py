@@ -628,5 +628,27 @@ def test_benchmark_without_the_released_method_first_prints_no_bound(tiny_llama_
     first, second = capsys.readouterr().out.split("\nworkload 2x3")[1:]
     lines = first.splitlines()
     assert "  -- of roofline  2/2 identical to fast_cold  " in lines[1] and ", runs " in lines[1]
-    assert lines[3] == "roofline bound: needs each row's generated length; put released first in --methods"
+    # each fast method's line is followed by where its time went
+    assert lines[2].startswith("    prefill ") and " s in 2 steps that ran 4 token-rows " in lines[2]
+    assert lines[5] == "roofline bound: needs each row's generated length; put released first in --methods"
     assert "identical to batch 1" in second and "% of roofline" in second and "\nroofline bound " in second
+
+
+def test_benchmark_time_split_sets_each_phase_against_its_linears_at_the_models_rate(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    asked = []
+    monkeypatch.setattr(bench, "linear_gflops", lambda model, rows: asked.append(rows) or 2.0 * rows)
+    monkeypatch.setattr(bench, "matmul_params", lambda model: (10 ** 9, 10 ** 8))
+    work = {"prefill_seconds": 2.0, "prefill_tokens": 100, "decode_seconds": 3.0, "decode_steps": 4,
+            "decode_token_rows": 12}
+    line = bench.time_split(work, 9, None, 2)
+    assert asked == [50, 3]  # a prompt's mean rows in prefill, a step's mean token-rows in decode
+    # prefill: 2 x (100 x 1e9 + 2 rows x 1e8) FLOP at 100 GFLOP/s = 2.004 s; decode: 2 x 12 x 1.1e9 at 6
+    assert line == ("    prefill 2.0 s for 100 tokens (its linears alone at 100 GFLOP/s, the model's rate at 50 "
+                    "rows here: 2.0 s); decode 3.0 s in 4 steps that ran 12 token-rows (next tokens, draft "
+                    "tokens, pads) for 9 generated tokens (linears alone at 6 GFLOP/s, the rate at 3 rows: "
+                    "4.4 s)")

@@ -463,3 +463,20 @@ def test_a_batch_that_fails_keeps_nothing_in_the_pool(gqa_model, monkeypatch):
     monkeypatch.setattr(fast_greedy, "_decode", decode)
     assert _greedy_n(gqa_model, PROMPTS, 12, set()) == alone
     assert pool.free_bytes() == pool.fresh_bytes - 4 * 6 * 2 * 56 * 8 * 4  # the second batch's, kept
+
+
+def test_stats_count_the_prefill_tokens_run_and_the_decode_steps_and_their_tokens(gqa_model):
+    """One token per row and step, no stop, no compaction: 9 steps of 6 rows for 10 new tokens; the
+    prompts' shared start is counted once, as it is run once."""
+    stats = {}
+    _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0, compact=False, stats=stats)
+    assert {k: v for k, v in stats.items() if not k.endswith("seconds")} == {
+        "prefill_tokens": 37 + 4 + 22 + 2 + 9 + 6, "decode_steps": 9, "decode_token_rows": 54}
+    assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] > 0
+    shared = list(range(3, 23))  # 20 tokens every prompt starts with
+    prompts = [shared + [40, 41], shared + [50], shared + [60, 61, 62]]
+    _greedy(gqa_model, prompts, max_new_tokens=3, ngram_speculation=0, stats=stats)
+    assert stats["prefill_tokens"] == 80 + (22 + 21 + 23 - 2 * 20) and stats["decode_steps"] == 9 + 2
+    assert stats["decode_token_rows"] == 54 + 3 * 2
+    _greedy(gqa_model, prompts, max_new_tokens=1, share_prefix=False, stats=stats)  # prefill only
+    assert stats["prefill_tokens"] == 106 + 66 and stats["decode_steps"] == 11

@@ -31,6 +31,8 @@ config asks for something else (a repetition penalty, say), in which case the ca
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
@@ -203,7 +205,7 @@ def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
                  compact: bool = True, share_prefix: bool = True, pack_weights: bool = True,
                  group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION,
-                 reuse_buffers: bool = True) -> list[list[int]]:
+                 reuse_buffers: bool = True, stats: dict | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
@@ -214,15 +216,19 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
     what is kept, so the text is the same, in fewer steps when the guesses are right. The KV buffers
     take their memory from the model's ``KVPool`` (``kv_pool.py``) and hand it back at the end when
-    ``reuse_buffers`` and the model is on CPU, else from a pool of this call only."""
+    ``reuse_buffers`` and the model is on CPU, else from a pool of this call only. ``stats``, when
+    given, has this call's work added to it (``add_stats``: where the time goes)."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
     extra = max_new_tokens - 1 + ngram_speculation if max_new_tokens > 1 else 0
     # CUDA's caching allocator keeps freed memory already; the CPU allocator hands it back
     pool = pool_for(model) if reuse_buffers and model.device.type == "cpu" else KVPool()
+    started = time.perf_counter()
+    state = None
     with packed_linears(model, enabled=pack_weights):
         firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
+        prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
         if max_new_tokens > 1 and alive:
@@ -238,7 +244,21 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     for layer in cache.layers if cache is not None else []:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)
+    if stats is not None:
+        prefix = shared_prefix_length(prompts) if share_prefix else 0
+        add_stats(stats, prefill_seconds=prefilled - started, decode_seconds=time.perf_counter() - prefilled,
+                  prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix,
+                  decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0)
     return outputs
+
+
+def add_stats(stats: dict, **work) -> None:
+    """Add one call's work to ``stats``: ``prefill_seconds`` and ``decode_seconds`` (wall),
+    ``prefill_tokens`` (prompt tokens run, the shared start once), ``decode_steps`` (decoding
+    forwards) and ``decode_token_rows`` (tokens those forwards ran: each row's next token, its
+    draft tokens and the pads that fill a step's width)."""
+    for key, value in work.items():
+        stats[key] = stats.get(key, 0) + value
 
 
 class NgramDrafter:
@@ -286,6 +306,7 @@ class _DecodeState:
         self.positions = torch.tensor([[n] for n in lengths], device=device)
         self.first = [self.filled - n for n in lengths]
         self.grouped, self.groups = False, None
+        self.steps = self.token_rows = 0  # forwards run and the tokens they ran (for ``stats``)
 
     def plan(self) -> None:
         """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
@@ -307,6 +328,8 @@ class _DecodeState:
         out = model(input_ids=tokens, attention_mask=self.mask[:, :self.filled + n], position_ids=positions,
                     cache=self.cache, use_cache=True, **extra)
         self.width = n
+        self.steps += 1
+        self.token_rows += tokens.numel()
         return out.logits.max(-1).indices.tolist()  # argmax, 3x faster on CPU (same first index)
 
     def accept(self, kept: list[int]) -> None:

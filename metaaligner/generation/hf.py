@@ -56,7 +56,8 @@ class HFGenerator:
         # fast engine: KV buffers on memory kept from the previous batch (kv_pool.py), not fresh memory
         self.reuse_buffers = reuse_buffers
         self.truncated = 0
-        # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds.
+        # Counters over all calls: prompts, prompt tokens, generated tokens (up to EOS), seconds;
+        # the fast engine adds where its time goes (fast_greedy.add_stats).
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
     def _input_limit(self, params: GenerationParams) -> int | None:
@@ -106,7 +107,8 @@ class HFGenerator:
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
                                 pack_weights=self.pack_weights, group_attention=self.group_attention,
-                                ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers)
+                                ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers,
+                                stats=self.stats)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
