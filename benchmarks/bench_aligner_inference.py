@@ -275,9 +275,20 @@ def linear_gflops(model, rows: int) -> float:
     return flops / best / 1e9
 
 
-def time_split(work: dict, generated: int, model, rows: int) -> str:
+def attention_flops_per_pair(model) -> int:
+    """FLOPs of one query-key pair over all layers and query heads: q.k and p.v, 2 per dim each."""
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 4 * text.num_hidden_layers * text.num_attention_heads * head_dim
+
+
+def time_split(work: dict, generated: int, model, rows: int, roof: tuple[float, float],
+               ref_tps: float) -> str:
     """A fast method's time in prefill and decode, each against its linears alone at the rate the
-    model's own shapes reach here (``linear_gflops``): what the rest of the gap is made of."""
+    model's own shapes reach here (``linear_gflops``), then the engine floor: the work it ran at this
+    machine's rates (those linears, the prefill's attention FLOPs at the matmul peak, the decode's
+    KV reads at the copy bandwidth) and the ratio to the first method that leaves; the rest of its
+    time is what is not bound by the machine (small ops, copies, Python)."""
     body, head = matmul_params(model)
     steps, token_rows = work["decode_steps"], work["decode_token_rows"]
     pre_rows = max(round(work["prefill_tokens"] / max(rows, 1)), 1)
@@ -286,11 +297,20 @@ def time_split(work: dict, generated: int, model, rows: int) -> str:
     step_rows = max(round(token_rows / max(steps, 1)), 1)
     step_rate = linear_gflops(model, step_rows) if steps else 0.0
     dec_linears = 2 * token_rows * (body + head) / step_rate / 1e9 if steps else 0.0
+    pre_attention = work["prefill_attention_pairs"] * attention_flops_per_pair(model) / roof[0] / 1e9
+    kv_gb = work["decode_kv_slots"] * kv_bytes_per_token(model) / 1e9
+    floor = pre_linears + pre_attention + dec_linears + kv_gb / roof[1]
+    spent = work["prefill_seconds"] + work["decode_seconds"]
     return (f"    prefill {work['prefill_seconds']:.1f} s for {work['prefill_tokens']} tokens (its linears alone "
             f"at {pre_rate:.0f} GFLOP/s, the model's rate at {pre_rows} rows here: {pre_linears:.1f} s); "
             f"decode {work['decode_seconds']:.1f} s in {steps} steps that ran {token_rows} token-rows "
             f"(next tokens, draft tokens, pads) for {generated} generated tokens (linears alone at "
-            f"{step_rate:.0f} GFLOP/s, the rate at {step_rows} rows: {dec_linears:.1f} s)")
+            f"{step_rate:.0f} GFLOP/s, the rate at {step_rows} rows: {dec_linears:.1f} s)\n"
+            f"    engine floor {floor:.1f} s = {generated / floor / ref_tps:.2f}x the first method: that work at this "
+            f"machine's rates (the linears above, the prefill's attention at the matmul peak: "
+            f"{pre_attention:.1f} s, the decode's {kv_gb:.1f} GB of KV reads at the copy bandwidth: "
+            f"{kv_gb / roof[1]:.1f} s); the other {spent - floor:.1f} s ({(spent - floor) / spent:.0%}) is small ops, "
+            f"copies and Python")
 
 
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],
@@ -332,7 +352,7 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
         if name == "fast":
             ratio = tps / ref_tps
         if work.get("decode_steps") is not None and name != "fast_bf16":  # rates are fp32 ones
-            print(time_split(work, sum(tokens), model, len(prompts)), flush=True)
+            print(time_split(work, sum(tokens), model, len(prompts), roof, ref_tps), flush=True)
     if bound is None:
         print("roofline bound: needs each row's generated length; put released first in --methods", flush=True)
         return ratio

@@ -630,7 +630,8 @@ def test_benchmark_without_the_released_method_first_prints_no_bound(tiny_llama_
     assert "  -- of roofline  2/2 identical to fast_cold  " in lines[1] and ", runs " in lines[1]
     # each fast method's line is followed by where its time went
     assert lines[2].startswith("    prefill ") and " s in 2 steps that ran 4 token-rows " in lines[2]
-    assert lines[5] == "roofline bound: needs each row's generated length; put released first in --methods"
+    assert lines[3].startswith("    engine floor ") and lines[3].endswith(" is small ops, copies and Python")
+    assert lines[7] == "roofline bound: needs each row's generated length; put released first in --methods"
     assert "identical to batch 1" in second and "% of roofline" in second and "\nroofline bound " in second
 
 
@@ -643,12 +644,21 @@ def test_benchmark_time_split_sets_each_phase_against_its_linears_at_the_models_
     asked = []
     monkeypatch.setattr(bench, "linear_gflops", lambda model, rows: asked.append(rows) or 2.0 * rows)
     monkeypatch.setattr(bench, "matmul_params", lambda model: (10 ** 9, 10 ** 8))
-    work = {"prefill_seconds": 2.0, "prefill_tokens": 100, "decode_seconds": 3.0, "decode_steps": 4,
-            "decode_token_rows": 12}
-    line = bench.time_split(work, 9, None, 2)
+    monkeypatch.setattr(bench, "attention_flops_per_pair", lambda model: 10 ** 6)
+    monkeypatch.setattr(bench, "kv_bytes_per_token", lambda model: 4 * 10 ** 6)
+    work = {"prefill_seconds": 4.0, "prefill_tokens": 100, "decode_seconds": 6.0, "decode_steps": 4,
+            "decode_token_rows": 12, "prefill_attention_pairs": 1000, "decode_kv_slots": 500}
+    lines = bench.time_split(work, 9, None, 2, (10.0, 2.0), 0.15).split("\n")
     assert asked == [50, 3]  # a prompt's mean rows in prefill, a step's mean token-rows in decode
     # prefill: 2 x (100 x 1e9 + 2 rows x 1e8) FLOP at 100 GFLOP/s = 2.004 s; decode: 2 x 12 x 1.1e9 at 6
-    assert line == ("    prefill 2.0 s for 100 tokens (its linears alone at 100 GFLOP/s, the model's rate at 50 "
-                    "rows here: 2.0 s); decode 3.0 s in 4 steps that ran 12 token-rows (next tokens, draft "
-                    "tokens, pads) for 9 generated tokens (linears alone at 6 GFLOP/s, the rate at 3 rows: "
-                    "4.4 s)")
+    assert lines[0] == ("    prefill 4.0 s for 100 tokens (its linears alone at 100 GFLOP/s, the model's rate at 50 "
+                        "rows here: 2.0 s); decode 6.0 s in 4 steps that ran 12 token-rows (next tokens, draft "
+                        "tokens, pads) for 9 generated tokens (linears alone at 6 GFLOP/s, the rate at 3 rows: "
+                        "4.4 s)")
+    # attention: 1000 pairs x 1e6 FLOP at 10 GFLOP/s = 0.1 s; 500 slots x 4 MB = 2 GB at 2 GB/s = 1 s;
+    # floor 2.004 + 4.4 + 0.1 + 1.0 = 7.504 s: 9 tokens / 7.504 s / 0.15 tok/s = 8.00x; 10 - 7.504 s left
+    assert lines[1] == ("    engine floor 7.5 s = 8.00x the first method: that work at this machine's rates (the "
+                        "linears above, the prefill's attention at the matmul peak: 0.1 s, the decode's 2.0 GB of "
+                        "KV reads at the copy bandwidth: 1.0 s); the other 2.5 s (25%) is small ops, copies and "
+                        "Python")
+    assert len(lines) == 2

@@ -470,13 +470,35 @@ def test_stats_count_the_prefill_tokens_run_and_the_decode_steps_and_their_token
     prompts' shared start is counted once, as it is run once."""
     stats = {}
     _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0, compact=False, stats=stats)
+    # attention: each prompt's tokens over themselves; 9 steps of the 6 rows over the longest
+    # prompt's 37 slots plus the step's (one length group: splitting costs more than it saves)
     assert {k: v for k, v in stats.items() if not k.endswith("seconds")} == {
-        "prefill_tokens": 37 + 4 + 22 + 2 + 9 + 6, "decode_steps": 9, "decode_token_rows": 54}
+        "prefill_tokens": 37 + 4 + 22 + 2 + 9 + 6, "decode_steps": 9, "decode_token_rows": 54,
+        "prefill_attention_pairs": 37 ** 2 + 4 ** 2 + 22 ** 2 + 2 ** 2 + 9 ** 2 + 6 ** 2,
+        "decode_kv_slots": 6 * sum(37 + k for k in range(1, 10))}
     assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] > 0
     shared = list(range(3, 23))  # 20 tokens every prompt starts with
     prompts = [shared + [40, 41], shared + [50], shared + [60, 61, 62]]
     _greedy(gqa_model, prompts, max_new_tokens=3, ngram_speculation=0, stats=stats)
     assert stats["prefill_tokens"] == 80 + (22 + 21 + 23 - 2 * 20) and stats["decode_steps"] == 9 + 2
     assert stats["decode_token_rows"] == 54 + 3 * 2
+    # the shared start over itself once, then each prompt's own tokens over all of its own
+    assert stats["prefill_attention_pairs"] == 1990 + 20 * 20 + 2 * 22 + 1 * 21 + 3 * 23
+    assert stats["decode_kv_slots"] == 2268 + 3 * 24 + 3 * 25
     _greedy(gqa_model, prompts, max_new_tokens=1, share_prefix=False, stats=stats)  # prefill only
     assert stats["prefill_tokens"] == 106 + 66 and stats["decode_steps"] == 11
+    assert stats["prefill_attention_pairs"] == 2524 + 22 ** 2 + 21 ** 2 + 23 ** 2
+
+
+def test_stats_count_the_kv_slots_each_length_group_reads(gqa_model, monkeypatch):
+    """With no cost per extra attention call every row is a group of its own and reads only its own
+    slots: at step k a row of n prompt tokens reads n + k; one padded call reads the longest's."""
+    from metaaligner.generation import decode_attention
+
+    stats = {}
+    _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0, compact=False, group_attention=False, stats=stats)
+    assert stats["decode_kv_slots"] == 6 * sum(37 + k for k in range(1, 10))
+    monkeypatch.setattr(decode_attention, "GROUP_COST_SLOTS", 0)
+    stats = {}
+    _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0, compact=False, stats=stats)
+    assert stats["decode_kv_slots"] == sum(n + k for n in (37, 4, 22, 2, 9, 6) for k in range(1, 10))

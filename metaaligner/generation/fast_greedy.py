@@ -166,6 +166,12 @@ def shared_prefix_length(prompts: list[list[int]], minimum: int = 16) -> int:
     return n if n >= minimum else 0
 
 
+def prefill_attention_pairs(prompts: list[list[int]], prefix: int) -> int:
+    """Query-key pairs the prefill's attention computes: the shared start's ``prefix`` tokens over
+    themselves once, then each prompt's own tokens over all of its tokens."""
+    return prefix * prefix + sum((len(p) - prefix) * len(p) for p in prompts)
+
+
 def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int, pool: KVPool):
     """First greedy tokens of all prompts and, when ``extra`` > 0, their KV caches in one buffer:
     row i's slots end at the longest prompt's length (zeroed left padding before them), with
@@ -248,15 +254,19 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         prefix = shared_prefix_length(prompts) if share_prefix else 0
         add_stats(stats, prefill_seconds=prefilled - started, decode_seconds=time.perf_counter() - prefilled,
                   prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix,
-                  decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0)
+                  prefill_attention_pairs=prefill_attention_pairs(prompts, prefix),
+                  decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0,
+                  decode_kv_slots=state.kv_slots if state else 0)
     return outputs
 
 
 def add_stats(stats: dict, **work) -> None:
     """Add one call's work to ``stats``: ``prefill_seconds`` and ``decode_seconds`` (wall),
-    ``prefill_tokens`` (prompt tokens run, the shared start once), ``decode_steps`` (decoding
-    forwards) and ``decode_token_rows`` (tokens those forwards ran: each row's next token, its
-    draft tokens and the pads that fill a step's width)."""
+    ``prefill_tokens`` (prompt tokens run, the shared start once), ``prefill_attention_pairs``
+    (query-key pairs its attention computed), ``decode_steps`` (decoding forwards),
+    ``decode_token_rows`` (tokens those forwards ran: each row's next token, its draft tokens and
+    the pads that fill a step's width) and ``decode_kv_slots`` (cached K/V slots their attention
+    read, per layer: each row over the slots its length group spans)."""
     for key, value in work.items():
         stats[key] = stats.get(key, 0) + value
 
@@ -306,7 +316,8 @@ class _DecodeState:
         self.positions = torch.tensor([[n] for n in lengths], device=device)
         self.first = [self.filled - n for n in lengths]
         self.grouped, self.groups = False, None
-        self.steps = self.token_rows = 0  # forwards run and the tokens they ran (for ``stats``)
+        # forwards run, the tokens they ran and the KV slots their attention read (for ``stats``)
+        self.steps = self.token_rows = self.kv_slots = 0
 
     def plan(self) -> None:
         """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
@@ -330,6 +341,8 @@ class _DecodeState:
         self.width = n
         self.steps += 1
         self.token_rows += tokens.numel()
+        self.kv_slots += sum((end - start) * (self.filled + n - slot)
+                             for start, end, slot in self.groups or [(0, len(self.first), 0)])
         return out.logits.max(-1).indices.tolist()  # argmax, 3x faster on CPU (same first index)
 
     def accept(self, kept: list[int]) -> None:
