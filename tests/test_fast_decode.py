@@ -431,6 +431,38 @@ def test_a_decode_step_makes_its_masks_once_for_all_layers(gqa_model, monkeypatc
     assert vars(decode_attention._STEP_MASKS) == {}  # let go once decoding ends
 
 
+def test_a_prefill_makes_its_mask_additive_once_for_all_layers(gqa_model, monkeypatch):
+    """Each prompt's prefill after the shared start runs with a boolean mask, which sdpa would turn
+    into an additive one in every layer: it reaches sdpa additive, one mask per forward for both
+    layers (0 where attended, -inf elsewhere); ``group_attention=False`` leaves sdpa's own way."""
+    from metaaligner.generation.decode_attention import MAX_FOLDED_STEPS
+
+    sdpa, masks = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            masks.append(attn_mask)
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    shared = list(range(3, 23))  # 20 tokens every prompt starts with: prefilled once, without a mask
+    own = [list(range(30, 48)), [50], list(range(60, 80))]  # more than a draft step's 16 tokens, or one
+    assert MAX_FOLDED_STEPS == 16
+    prompts = [shared + o for o in own]
+    alone = _greedy(gqa_model, prompts, max_new_tokens=1, share_prefix=False)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    assert _greedy(gqa_model, prompts, max_new_tokens=1) == alone
+    # 2 layers x the 2 prompts with more than one own token (one token attends to all: no mask)
+    assert len(masks) == 2 * 2 and len({id(m) for m in masks}) == 2 and masks[0] is masks[1]
+    assert [m.dtype for m in masks] == [torch.float32] * 4
+    assert [tuple(m.shape) for m in masks[::2]] == [(1, 1, 18, 38), (1, 1, 20, 40)]
+    assert all(torch.equal(m[0, 0, :, :20], torch.zeros(m.shape[-2], 20)) for m in masks)  # the shared start
+    causal = torch.full((20, 20), float("-inf")).triu(1)  # each own token over those up to it
+    assert torch.equal(masks[2][0, 0, :, 20:], causal) and torch.equal(masks[0][0, 0, :, 20:], causal[:18, :18])
+    masks.clear()
+    assert _greedy(gqa_model, prompts, max_new_tokens=1, group_attention=False) == alone
+    assert [m.dtype for m in masks] == [torch.bool] * 4
+
+
 def test_a_batch_that_fails_keeps_nothing_in_the_pool(gqa_model, monkeypatch):
     """Only buffers handed back are kept: after an exception mid-batch the pool holds what it held
     before, and the next batch decodes as usual."""

@@ -216,8 +216,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
     and the batched decode steps (on oneDNN-packed weights when ``pack_weights``, see
-    packed_linear.py; decode attention in length groups when ``group_attention``, see
-    decode_attention.py) agree with batch 1 up to float rounding. With ``ngram_speculation`` > 0 a
+    packed_linear.py; decode attention in length groups and each forward's mask made additive once
+    for all layers when ``group_attention``, see decode_attention.py) agree with batch 1 up to float rounding. With ``ngram_speculation`` > 0 a
     step may also check up to that many tokens per row guessed by n-gram lookup in the row's own
     prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
     what is kept, so the text is the same, in fewer steps when the guesses are right. The KV buffers
@@ -232,7 +232,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     pool = pool_for(model) if reuse_buffers and model.device.type == "cpu" else KVPool()
     started = time.perf_counter()
     state = None
-    with packed_linears(model, enabled=pack_weights):
+    packed = packed_linears(model, enabled=pack_weights)
+    with packed, grouped_attention(model, enabled=group_attention) as grouped:
         firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
@@ -242,11 +243,10 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
             state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation)
             if len(alive) < len(prompts):
                 state.keep(alive)
-            with grouped_attention(model, enabled=group_attention and len(alive) > 1) as grouped:
-                state.grouped = grouped
-                state.plan()
-                _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
-                        pad_id, compact, drafters)
+            state.grouped = grouped and len(alive) > 1
+            state.plan()
+            _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
+                    pad_id, compact, drafters)
     for layer in cache.layers if cache is not None else []:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)
