@@ -21,6 +21,11 @@ what this machine allows batching to gain on the workload. That bound is for one
 step; a step that checks draft tokens (the fast engine's prompt lookup) can pass it, so the last
 line also prints the compute floor: every prompt and generated token through the model once at the
 matmul peak (the start a batch's prompts share once), which the fast engine cannot pass.
+Each fast method's line is followed by where its time went (prefill and decode, each against its
+linears alone at the rate this model's shapes reach here) and by its engine floor: the work it ran
+(``HFGenerator.stats``) at this machine's rates (those linears, the prefill's attention FLOPs at the
+matmul peak, the decode's KV reads at the copy bandwidth), the ratio to the first method that would
+leave, and the rest of its time (small ops, copies, Python), which no roofline term covers.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
