@@ -217,13 +217,14 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
     and the batched decode steps (on oneDNN-packed weights when ``pack_weights``, see
     packed_linear.py; decode attention in length groups and each forward's mask made additive once
-    for all layers when ``group_attention``, see decode_attention.py) agree with batch 1 up to float rounding. With ``ngram_speculation`` > 0 a
-    step may also check up to that many tokens per row guessed by n-gram lookup in the row's own
-    prompt and output (``NgramDrafter``; how many: ``_pick_width``): the greedy predictions decide
-    what is kept, so the text is the same, in fewer steps when the guesses are right. The KV buffers
-    take their memory from the model's ``KVPool`` (``kv_pool.py``) and hand it back at the end when
-    ``reuse_buffers`` and the model is on CPU, else from a pool of this call only. ``stats``, when
-    given, has this call's work added to it (``add_stats``: where the time goes)."""
+    for all layers when ``group_attention``, see decode_attention.py) agree with batch 1 up to
+    float rounding. With ``ngram_speculation`` > 0 a step may also check up to that many tokens per
+    row guessed by n-gram lookup in the row's own prompt and output (``NgramDrafter``; how many:
+    ``_pick_width``): the greedy predictions decide what is kept, so the text is the same, in fewer
+    steps when the guesses are right. The KV buffers take their memory from the model's ``KVPool``
+    (``kv_pool.py``) and hand it back at the end when ``reuse_buffers`` and the model is on CPU,
+    else from a pool of this call only. ``stats``, when given, has this call's work added to it
+    (``add_stats``: where the time goes)."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
