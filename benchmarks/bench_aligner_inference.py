@@ -259,10 +259,14 @@ def kv_note(name: str, fresh_gb: float) -> str:
     return f", KV buffers {fresh_gb:.2f} GB new" if name.startswith("fast") else ""
 
 
+@functools.cache
 def linear_gflops(model, rows: int) -> float:
     """GFLOP/s of the model's own linears (all layers in order, then the lm_head) on ``rows`` rows,
     on the weights and kernels the fast engine uses for that many rows (``packed_linears``), best
-    of 3: the rate this machine gives at this model's shapes, below the square product's peak."""
+    of 3: the rate this machine gives at this model's shapes, below the square product's peak.
+    Measured once per model and row count in a run, so that methods with the same phase shapes
+    are priced at the same rate (on a shared machine two measurements minutes apart differed by
+    a quarter)."""
     import torch
 
     from metaaligner.generation.packed_linear import _linears, packed_linears

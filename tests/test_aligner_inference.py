@@ -635,6 +635,22 @@ def test_benchmark_without_the_released_method_first_prints_no_bound(tiny_llama_
     assert "identical to batch 1" in second and "% of roofline" in second and "\nroofline bound " in second
 
 
+def test_benchmark_prices_one_row_count_at_one_measured_rate(tiny_llama_dir):
+    """linear_gflops is measured once per model and row count in a run: two methods whose phases
+    have the same shapes get the same rate, not two timings minutes apart."""
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    from metaaligner.models import load_causal_lm
+
+    model = load_causal_lm(str(tiny_llama_dir), device="cpu")[0]
+    first = bench.linear_gflops(model, 4)
+    assert first > 0 and bench.linear_gflops(model, 4) == first
+    assert bench.linear_gflops.cache_info().hits == 1 and bench.linear_gflops.cache_info().misses == 1
+
+
 def test_benchmark_time_split_sets_each_phase_against_its_linears_at_the_models_rate(monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_aligner_inference",
                                                   REPO / "benchmarks" / "bench_aligner_inference.py")
