@@ -124,10 +124,14 @@ def _gflops(matmul, n: int = 10) -> float:
     return n * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
 
 
+def _text_config_and_head_dim(model):
+    text = model.config.get_text_config()
+    return text, getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
 def kv_bytes_per_token(model) -> int:
     """Bytes of K and V one token adds to the cache, over all layers."""
-    text = model.config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    text, head_dim = _text_config_and_head_dim(model)
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     return 2 * text.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
@@ -286,8 +290,7 @@ def linear_gflops(model, rows: int) -> float:
 
 def attention_flops_per_pair(model) -> int:
     """FLOPs of one query-key pair over all layers and query heads: q.k and p.v, 2 per dim each."""
-    text = model.config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    text, head_dim = _text_config_and_head_dim(model)
     return 4 * text.num_hidden_layers * text.num_attention_heads * head_dim
 
 

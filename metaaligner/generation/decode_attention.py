@@ -56,7 +56,7 @@ def decode_sdpa(module, query, key, value, attention_mask, decode_groups=None, *
     steps = query.shape[2]
     if attention_mask is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if (not decode_groups and steps == 1) or steps > MAX_FOLDED_STEPS:  # one call; a prefill among them
+    if steps > MAX_FOLDED_STEPS:  # a prefill: one plain call
         mask = _step_mask(attention_mask, 0, query.shape[0], 0, 1, query.dtype)
         return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
     attend = sdpa_attention_forward if steps == 1 else _folded_sdpa
