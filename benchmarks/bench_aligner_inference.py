@@ -25,14 +25,17 @@ Each fast method's line is followed by where its time went (prefill and decode, 
 linears alone at the rate this model's shapes reach here) and by its engine floor: the work it ran
 (``HFGenerator.stats``) at this machine's rates (those linears, the prefill's attention FLOPs at the
 matmul peak, the decode's KV reads at the copy bandwidth), the ratio to the first method that would
-leave, and the rest of its time (small ops, copies, Python), which no roofline term covers.
+leave (and for the linears alone: what the engine's work allows if nothing else took any time), and
+the rest of its time (small ops, copies, Python), which no roofline term covers.
 Methods: ``released`` (batch 1, one generate per row), ``generate`` (our previous path: padded,
 length-sorted ``generate`` batches), ``fast`` (the hf backend's default engine: the template's
 shared start prefilled once, each row's rest unpadded, rows decoded together over a pre-allocated
-cache, prefill and decode linears on oneDNN-packed weights, decode attention in length groups, up to 8 draft
-tokens a step from prompt lookup, checked by the greedy predictions), ``fast_noprefix`` (the same
-without the shared prefix), ``fast_nopack`` (the same with MKL on the unpacked weights),
-``fast_nogroup`` (the same with one padded attention call per layer), ``fast_nospec`` (the same
+cache, prefill and decode linears on oneDNN-packed weights (q/k/v and gate/up projections as one
+product each), decode attention in length groups, up to 8 draft tokens a step from prompt lookup,
+checked by the greedy predictions), ``fast_noprefix`` (the same without the shared prefix),
+``fast_nopack`` (the same with MKL on the unpacked weights), ``fast_nomerge`` (the same with every
+packed linear its own product), ``fast_nogroup`` (the same with one padded attention call per
+layer), ``fast_nospec`` (the same
 without draft tokens: one token per row and step), ``fast_cold`` (the same with the model's kept
 KV memory let go first, so that every KV buffer is on new memory, as in the first batch of a run;
 the other fast methods reuse what the fast methods before them kept, as every later batch of a run
@@ -68,7 +71,8 @@ class BenchConfig:
     batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
     methods: str = field(default="released,generate,fast",
                          metadata={"help": "methods to time: released, generate, fast_noprefix, "
-                                           "fast_nopack, fast_nogroup, fast_nospec, fast_cold, fast, fast_bf16"})
+                                           "fast_nopack, fast_nomerge, fast_nogroup, fast_nospec, fast_cold, fast, "
+                                           "fast_bf16"})
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
                                                                 "load), e.g. metaaligner/data/demo_aligner"})
@@ -229,7 +233,7 @@ def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config
     else:
         gen = HFGenerator(model_obj=model, tokenizer=tokenizer, engine="generate" if name == "generate" else "fast",
                           share_prefix=name != "fast_noprefix", pack_weights=name != "fast_nopack",
-                          group_attention=name != "fast_nogroup",
+                          group_attention=name != "fast_nogroup", merge_linears=name != "fast_nomerge",
                           ngram_speculation=0 if name == "fast_nospec" else None)
         texts = gen.generate(prompts, GenerationParams(max_new_tokens=new, batch_size=config.batch_size))
         tokens = [gen.stats["generated_tokens"]]
@@ -243,6 +247,7 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_noprefix": "ours: batch {b}, fast, no shared prefix",
           "fast_nopack": "ours: batch {b}, fast, MKL (unpacked) weights",
           "fast_nogroup": "ours: batch {b}, fast, one padded attention",
+          "fast_nomerge": "ours: batch {b}, fast, q/k/v, gate/up apart",
           "fast_nospec": "ours: batch {b}, fast, no draft tokens",
           "fast_cold": "ours: batch {b}, fast, KV on new memory",
           "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
@@ -299,8 +304,9 @@ def time_split(work: dict, generated: int, model, rows: int, roof: tuple[float, 
     """A fast method's time in prefill and decode, each against its linears alone at the rate the
     model's own shapes reach here (``linear_gflops``), then the engine floor: the work it ran at this
     machine's rates (those linears, the prefill's attention FLOPs at the matmul peak, the decode's
-    KV reads at the copy bandwidth) and the ratio to the first method that leaves; the rest of its
-    time is what is not bound by the machine (small ops, copies, Python)."""
+    KV reads at the copy bandwidth) and the ratio to the first method that leaves, and that ratio
+    for the linears alone (what the engine's work allows with nothing else taking any time); the
+    rest of its time is what is not bound by the machine (small ops, copies, Python)."""
     body, head = matmul_params(model)
     steps, token_rows = work["decode_steps"], work["decode_token_rows"]
     pre_rows = max(round(work["prefill_tokens"] / max(rows, 1)), 1)
@@ -311,14 +317,16 @@ def time_split(work: dict, generated: int, model, rows: int, roof: tuple[float, 
     dec_linears = 2 * token_rows * (body + head) / step_rate / 1e9 if steps else 0.0
     pre_attention = work["prefill_attention_pairs"] * attention_flops_per_pair(model) / roof[0] / 1e9
     kv_gb = work["decode_kv_slots"] * kv_bytes_per_token(model) / 1e9
-    floor = pre_linears + pre_attention + dec_linears + kv_gb / roof[1]
+    linears = pre_linears + dec_linears
+    floor = linears + pre_attention + kv_gb / roof[1]
     spent = work["prefill_seconds"] + work["decode_seconds"]
     return (f"    prefill {work['prefill_seconds']:.1f} s for {work['prefill_tokens']} tokens (its linears alone "
             f"at {pre_rate:.0f} GFLOP/s, the model's rate at {pre_rows} rows here: {pre_linears:.1f} s); "
             f"decode {work['decode_seconds']:.1f} s in {steps} steps that ran {token_rows} token-rows "
             f"(next tokens, draft tokens, pads) for {generated} generated tokens (linears alone at "
             f"{step_rate:.0f} GFLOP/s, the rate at {step_rows} rows: {dec_linears:.1f} s)\n"
-            f"    engine floor {floor:.1f} s = {generated / floor / ref_tps:.2f}x the first method: that work at this "
+            f"    engine floor {floor:.1f} s = {generated / floor / ref_tps:.2f}x the first method (its linears "
+            f"alone: {linears:.1f} s = {generated / linears / ref_tps:.2f}x): that work at this "
             f"machine's rates (the linears above, the prefill's attention at the matmul peak: "
             f"{pre_attention:.1f} s, the decode's {kv_gb:.1f} GB of KV reads at the copy bandwidth: "
             f"{kv_gb / roof[1]:.1f} s); the other {spent - floor:.1f} s ({(spent - floor) / spent:.0%}) is small ops, "

@@ -79,27 +79,62 @@ def test_prefill_runs_on_the_packed_weights(gqa_model, monkeypatch):
     assert rows == []
     packed = _greedy(gqa_model, max_new_tokens=1)
     assert packed == plain
-    # 6 prompts (no shared start) alone through 2 layers x 7 linears (all their tokens) and the
-    # lm_head (the last position only)
-    assert len(rows) == 6 * 15
-    assert rows[:15] == [37] * 14 + [1]
+    # 6 prompts (no shared start) alone through 2 layers x 4 products (q/k/v as one, o, gate/up
+    # as one, down: all their tokens) and the lm_head (the last position only)
+    assert len(rows) == 6 * 9
+    assert rows[:9] == [37] * 8 + [1]
+    rows.clear()
+    assert _greedy(gqa_model, max_new_tokens=1, merge_linears=False) == plain
+    assert len(rows) == 6 * 15 and rows[:15] == [37] * 14 + [1]  # 7 linears a layer
 
 
 def test_packed_weights_follow_weight_updates_and_survive_deepcopy(gqa_model):
     from metaaligner.generation import packed_linear
 
     model = copy.deepcopy(gqa_model)
-    linears = 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the lm_head
-    assert packed_linear.pack(model) == linears
+    products = 2 * 4 + 1  # q/k/v, o, gate/up, down per layer, and the lm_head
+    assert packed_linear.pack(model) == products
     assert packed_linear.pack(model) == 0  # nothing changed: nothing repacked
     layer = model.model.layers[1].self_attn.o_proj
     with torch.no_grad():
         layer.weight.mul_(-1)  # what an optimizer step does: in place
     assert packed_linear.pack(model) == 1
+    with torch.no_grad():
+        model.model.layers[0].self_attn.v_proj.weight.add_(1.0)  # a sibling: its whole product
+    assert packed_linear.pack(model) == 1
     x = torch.randn(4, 32)
     with torch.inference_mode(), packed_linear.packed_linears(model):
         assert torch.allclose(layer(x), x @ layer.weight.T, atol=1e-5)
     copy.deepcopy(model)  # the packed (opaque) tensors are not on the modules
+
+
+def test_sibling_linears_run_as_one_product_with_the_same_bits(gqa_model, monkeypatch):
+    """q/k/v and gate/up read the same input: one oneDNN product each, whose column slices equal
+    the separate packed products bit for bit; a sibling called on another input, or with too few
+    rows for oneDNN, computes its own product."""
+    from metaaligner.generation import packed_linear
+
+    monkeypatch.setattr(packed_linear, "min_rows", lambda: 3)
+    attn, mlp = gqa_model.model.layers[0].self_attn, gqa_model.model.layers[0].mlp
+    x, other, few = torch.randn(5, 2, 32), torch.randn(5, 2, 32), torch.randn(1, 2, 32)
+    siblings = (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
+    with torch.inference_mode():
+        with packed_linear.packed_linears(gqa_model, merge_siblings=False):
+            apart = [m(x) for m in siblings]
+        calls = []
+        real = packed_linear._packed_forward
+        monkeypatch.setattr(packed_linear, "_packed_forward", lambda m, x: calls.append(m) or real(m, x))
+        with packed_linear.packed_linears(gqa_model):
+            merged = [m(x) for m in siblings]
+            assert calls == [attn.q_proj, mlp.gate_proj]
+            assert [m.shape[-1] for m in merged] == [32, 16, 16, 64, 64]
+            assert all(torch.equal(a, b) for a, b in zip(apart, merged))
+            attn.q_proj(x)
+            alone = attn.k_proj(other)  # not the input q_proj ran on
+            assert torch.allclose(alone, other @ attn.k_proj.weight.T, atol=1e-5)
+            assert torch.equal(attn.q_proj(few), torch.nn.functional.linear(few, attn.q_proj.weight))
+            assert torch.equal(attn.k_proj(few), torch.nn.functional.linear(few, attn.k_proj.weight))
+        assert "forward" not in attn.k_proj.__dict__  # restored
 
 
 def test_packing_is_skipped_for_other_dtypes_without_memory_and_when_off(gqa_model, monkeypatch):

@@ -211,12 +211,13 @@ def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
                  compact: bool = True, share_prefix: bool = True, pack_weights: bool = True,
                  group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION,
-                 reuse_buffers: bool = True, stats: dict | None = None) -> list[list[int]]:
+                 reuse_buffers: bool = True, merge_linears: bool = True, stats: dict | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
     and the batched decode steps (on oneDNN-packed weights when ``pack_weights``, see
-    packed_linear.py; decode attention in length groups and each forward's mask made additive once
+    packed_linear.py, with the linears that read the same input as one product when
+    ``merge_linears``; decode attention in length groups and each forward's mask made additive once
     for all layers when ``group_attention``, see decode_attention.py) agree with batch 1 up to
     float rounding. With ``ngram_speculation`` > 0 a step may also check up to that many tokens per
     row guessed by n-gram lookup in the row's own prompt and output (``NgramDrafter``; how many:
@@ -233,7 +234,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     pool = pool_for(model) if reuse_buffers and model.device.type == "cpu" else KVPool()
     started = time.perf_counter()
     state = None
-    packed = packed_linears(model, enabled=pack_weights)
+    packed = packed_linears(model, enabled=pack_weights, merge_siblings=merge_linears)
     with packed, grouped_attention(model, enabled=group_attention) as grouped:
         firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
         prefilled = time.perf_counter()

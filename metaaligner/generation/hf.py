@@ -24,7 +24,8 @@ class HFGenerator:
                  chat_template: bool = False, trust_remote_code: bool = False, model_obj=None, tokenizer=None,
                  sort_by_length: bool = True, engine: str = "fast",
                  share_prefix: bool = True, pack_weights: bool = True, group_attention: bool = True,
-                 ngram_speculation: int | None = None, reuse_buffers: bool = True):
+                 ngram_speculation: int | None = None, reuse_buffers: bool = True,
+                 merge_linears: bool = True):
         from metaaligner.generation.fast_greedy import NGRAM_SPECULATION
         from metaaligner.models import load_causal_lm, pick_device
 
@@ -50,6 +51,7 @@ class HFGenerator:
         self.engine = engine
         self.share_prefix = share_prefix  # fast engine: prefill the prompts' common start once
         self.pack_weights = pack_weights  # fast engine on CPU: prefill and decode on oneDNN-packed weights
+        self.merge_linears = merge_linears  # packed q/k/v and gate/up projections run as one product each
         self.group_attention = group_attention  # fast engine: decode attention in length groups
         # fast engine: a step may check up to N tokens guessed by prompt lookup (0: off)
         self.ngram_speculation = NGRAM_SPECULATION if ngram_speculation is None else ngram_speculation
@@ -108,7 +110,7 @@ class HFGenerator:
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
                                 pack_weights=self.pack_weights, group_attention=self.group_attention,
                                 ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers,
-                                stats=self.stats)
+                                merge_linears=self.merge_linears, stats=self.stats)
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""

@@ -12,6 +12,12 @@ the weight, not on the row count, so it is done once per model and reused as row
 Intel CPUs one or two rows stay on MKL, whose matrix-vector path reads the weights faster there
 (``min_rows``).
 
+Linears of one block that read the same input (a Llama-style attention's q, k and v projections,
+its MLP's gate and up projections: ``SIBLINGS``) are packed side by side as one weight and run as
+one product, whose column slices each of them returns: one call in place of three, and wider
+products, for the same result bit for bit (measured with the embedded SmolLM2-135M at 1 thread on
+the Intel CPU with AMX: those five linears of 30 layers 6-9% faster at 11 to 35 rows, even at 242).
+
 The packed copy costs as much memory as the linear weights (540 MB for SmolLM2-135M in float32),
 so it is made only when that is at most half the memory available. Only float32 and bfloat16 CPU
 models are packed; anything else runs unchanged.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import weakref
 
 import torch
@@ -49,8 +56,13 @@ def cpu_vendor() -> str:
     return ""
 
 
-# module -> (stamp of its weight when packed, packed weight). Kept off the module so that
-# ``deepcopy`` and ``state_dict`` never meet the opaque packed tensor.
+# Names of sibling linears in one parent module that read the same input, in the order the
+# forward calls them (Llama, Mistral, Qwen2 and the like): packed and run as one product.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+# first module of a product -> (stamp of its members' weights and biases when packed, packed
+# weight, bias of the product). Kept off the modules so that ``deepcopy`` and ``state_dict`` never
+# meet the opaque packed tensor.
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -65,7 +77,8 @@ def packing_supported(model, linears: list[torch.nn.Linear] | None = None) -> bo
     if weight is None or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return False
     linears = _linears(model) if linears is None else linears
-    needed = sum(m.weight.numel() * m.weight.element_size() for m in linears if m not in _PACKED)
+    needed = sum(m.weight.numel() * m.weight.element_size() for group in _products(model, linears)
+                 if group[0] not in _PACKED for m in group)
     return needed <= available_memory() / 2
 
 
@@ -85,47 +98,126 @@ def _linears(model) -> list[torch.nn.Linear]:
     return [m for m in model.modules() if type(m) is torch.nn.Linear]
 
 
-def _packed_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _products(model, linears: list[torch.nn.Linear]) -> list[list[torch.nn.Linear]]:
+    """``linears`` as the products they run in: each group of ``SIBLINGS`` found in one parent
+    (same input width, dtype and device; all with a bias or none) as one, every other alone."""
+    grouped = {}
+    for parent in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(parent, name, None) for name in names]
+            if all(type(m) is torch.nn.Linear for m in members) and _stackable(members):
+                grouped.update({id(m): members for m in members})
+    products, seen = [], set()
+    for module in linears:
+        group = grouped.get(id(module), [module])
+        if id(group[0]) not in seen:
+            seen.add(id(group[0]))
+            products.append(group)
+    return products
+
+
+def _stackable(members: list[torch.nn.Linear]) -> bool:
+    first = members[0].weight
+    return (len({id(m) for m in members}) == len(members)
+            and all(m.in_features == members[0].in_features and m.weight.dtype == first.dtype
+                    and m.weight.device == first.device for m in members)
+            and len({m.bias is None for m in members}) == 1)
+
+
+def _packed_forward(first: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The product of ``x`` with the packed weight held for ``first`` (alone, or its siblings side
+    by side), or with ``first``'s own weight on MKL for fewer than ``min_rows()`` rows."""
     if x.numel() < min_rows() * x.shape[-1]:
-        return torch.nn.functional.linear(x, module.weight, module.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[module][1], module.bias, "none", [], "")
+        return torch.nn.functional.linear(x, first.weight, first.bias)
+    _, weight, bias = _PACKED[first]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _stamp(weight: torch.Tensor) -> tuple[int, int]:
+class _SharedProduct:
+    """The product a group of siblings last computed, for the input it was computed from: the
+    first member computes it (all members' columns), the others take their columns of it when
+    called with that same, unchanged input (per thread: two threads may run the model at once)."""
+
+    def __init__(self, members: list[torch.nn.Linear]):
+        self.members, self.held = members, threading.local()
+        self.ends = [sum(m.out_features for m in members[:i + 1]) for i in range(len(members))]
+
+    def forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        held, member = self.held, self.members[index]
+        if index == 0:
+            out = _packed_forward(member, x)
+            if out.shape[-1] != self.ends[-1]:  # fewer than min_rows: its own product on MKL
+                held.input = held.output = None
+                return out
+            held.input, held.version, held.output = x, _version(x), out
+        elif getattr(held, "input", None) is x and _version(x) == held.version:
+            out = held.output
+        else:  # another input than the first member's: its own product
+            held.input = held.output = None
+            return torch.nn.functional.linear(x, member.weight, member.bias)
+        if index == len(self.members) - 1:
+            held.input = held.output = None  # nothing held between forwards
+        return out[..., self.ends[index - 1] if index else 0:self.ends[index]]
+
+
+def _version(x: torch.Tensor) -> int:
+    # An in-place change between the members' calls bumps it; inference tensors keep no count
+    # (the siblings of ``SIBLINGS`` are called one after the other on the same input).
+    return -1 if x.is_inference() else x._version
+
+
+def _stamp(tensor: torch.Tensor | None) -> tuple[int, int]:
     # In-place updates (an optimizer step) bump ``_version``; a new tensor has a new address.
-    return weight.data_ptr(), weight._version
+    return (0, 0) if tensor is None else (tensor.data_ptr(), tensor._version)
 
 
 def pack(model) -> int:
-    """Make a packed copy of every ``nn.Linear`` weight of ``model`` (held in ``_PACKED``), again
-    only for weights that changed since (training between generations); returns how many were
-    packed now."""
-    return _pack(_linears(model))
+    """Make a packed copy of every ``nn.Linear`` weight of ``model`` (held in ``_PACKED``; siblings
+    that read the same input side by side, as one), again only for weights that changed since
+    (training between generations); returns how many products were packed now."""
+    return _pack(_products(model, _linears(model)))
 
 
-def _pack(linears: list[torch.nn.Linear]) -> int:
+def _pack(products: list[list[torch.nn.Linear]]) -> int:
     packed = 0
     with torch.no_grad():
-        for module in linears:
-            held = _PACKED.get(module)
-            if held is None or held[0] != _stamp(module.weight):
-                weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), None)
-                _PACKED[module] = (_stamp(module.weight), weight)
+        for group in products:
+            stamp = tuple(_stamp(t) for m in group for t in (m.weight, m.bias))
+            held = _PACKED.get(group[0])
+            if held is None or held[0] != stamp:
+                weight = torch.cat([m.weight.detach() for m in group]) if len(group) > 1 else group[0].weight.detach()
+                bias = group[0].bias
+                if bias is not None and len(group) > 1:
+                    bias = torch.cat([m.bias.detach() for m in group])
+                _PACKED[group[0]] = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight, None), bias)
                 packed += 1
     return packed
 
 
 @contextlib.contextmanager
-def packed_linears(model, enabled: bool = True):
+def packed_linears(model, enabled: bool = True, merge_siblings: bool = True):
     """Within the block, ``model``'s linears of ``min_rows()`` or more rows run on packed weights
-    (packed on first use). A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
+    (packed on first use), siblings that read the same input as one product when
+    ``merge_siblings``. A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
     linears = _linears(model) if enabled else []
     if not enabled or not packing_supported(model, linears):
         yield False
         return
-    _pack(linears)
-    for module in linears:
-        module.forward = functools.partial(_packed_forward, module)
+    products = _products(model, linears) if merge_siblings else [[m] for m in linears]
+    for group in products:  # a product packed the other way is packed anew
+        held = _PACKED.get(group[0])
+        if held is not None and held[1].shape[0] != sum(m.out_features for m in group):
+            del _PACKED[group[0]]
+        for module in group[1:]:  # held alone before: now part of the first member's product
+            _PACKED.pop(module, None)
+    _pack(products)
+    for group in products:
+        if len(group) == 1:
+            group[0].forward = functools.partial(_packed_forward, group[0])
+            continue
+        shared = _SharedProduct(group)
+        for index, module in enumerate(group):
+            module.forward = functools.partial(shared.forward, index)
     try:
         yield True
     finally:
