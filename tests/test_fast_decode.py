@@ -121,6 +121,7 @@ def test_sibling_linears_run_as_one_product_with_the_same_bits(gqa_model, monkey
     with torch.inference_mode():
         with packed_linear.packed_linears(gqa_model, merge_siblings=False):
             apart = [m(x) for m in siblings]
+        assert packed_linear._PACKED[attn.q_proj][1].shape[0] == 32 and attn.k_proj in packed_linear._PACKED
         calls = []
         real = packed_linear._packed_forward
         monkeypatch.setattr(packed_linear, "_packed_forward", lambda m, x: calls.append(m) or real(m, x))
@@ -135,6 +136,9 @@ def test_sibling_linears_run_as_one_product_with_the_same_bits(gqa_model, monkey
             assert torch.equal(attn.q_proj(few), torch.nn.functional.linear(few, attn.q_proj.weight))
             assert torch.equal(attn.k_proj(few), torch.nn.functional.linear(few, attn.k_proj.weight))
         assert "forward" not in attn.k_proj.__dict__  # restored
+        # packed the other way: q/k/v as one 64-row weight, the siblings' own copies let go
+        assert packed_linear._PACKED[attn.q_proj][1].shape[0] == 32 + 16 + 16
+        assert attn.k_proj not in packed_linear._PACKED and mlp.up_proj not in packed_linear._PACKED
 
 
 def test_packing_is_skipped_for_other_dtypes_without_memory_and_when_off(gqa_model, monkeypatch):

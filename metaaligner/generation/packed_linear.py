@@ -182,9 +182,12 @@ def _pack(products: list[list[torch.nn.Linear]]) -> int:
     packed = 0
     with torch.no_grad():
         for group in products:
+            for module in group[1:]:  # held alone before: now part of the first member's product
+                _PACKED.pop(module, None)
             stamp = tuple(_stamp(t) for m in group for t in (m.weight, m.bias))
             held = _PACKED.get(group[0])
-            if held is None or held[0] != stamp:
+            # a product packed the other way (alone or merged) has another number of rows
+            if held is None or held[0] != stamp or held[1].shape[0] != sum(m.out_features for m in group):
                 weight = torch.cat([m.weight.detach() for m in group]) if len(group) > 1 else group[0].weight.detach()
                 bias = group[0].bias
                 if bias is not None and len(group) > 1:
@@ -204,12 +207,6 @@ def packed_linears(model, enabled: bool = True, merge_siblings: bool = True):
         yield False
         return
     products = _products(model, linears) if merge_siblings else [[m] for m in linears]
-    for group in products:  # a product packed the other way is packed anew
-        held = _PACKED.get(group[0])
-        if held is not None and held[1].shape[0] != sum(m.out_features for m in group):
-            del _PACKED[group[0]]
-        for module in group[1:]:  # held alone before: now part of the first member's product
-            _PACKED.pop(module, None)
     _pack(products)
     for group in products:
         if len(group) == 1:
