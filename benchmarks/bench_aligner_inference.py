@@ -45,9 +45,11 @@ lower-precision mode, which changes the text; its "identical" count is its agree
 float32 batch-1 text, and the roofline bound stays the float32 one). On a shared machine wall time
 also measures the neighbours: compare methods of one run, read the load average printed at the
 end, and the CPU seconds of this process per method (with --threads 1 they measure the work, not
-the waiting). With ``--repeat N`` each method runs N times: its line shows the median wall and CPU
-seconds, each run's wall seconds, the fewest rows identical in any run, and the first run's new KV
-memory.
+the waiting). With ``--repeat N`` the methods run in N rounds, every method once a round in the
+order given (so a machine's drift over a long run meets every method alike; the released loop alone
+moved from 273 to 360 s within an hour on one shared machine): a method's line shows the median
+wall and CPU seconds, each run's wall seconds, each round's ratio to the first method's run of the
+same round, the fewest rows identical in any run, and the first run's new KV memory.
 The last line is the ratio fast / released of the first workload.
 """
 from __future__ import annotations
@@ -80,8 +82,9 @@ class BenchConfig:
                                                             "speculation of N tokens (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy "
                                                       "shared CPU)"})
-    repeat: int = field(default=1, metadata={"help": "runs per method; the line shows the median time and each run's "
-                                                     "(a shared machine's neighbours come and go)"})
+    repeat: int = field(default=1, metadata={"help": "rounds, each running every method once in order; a line shows "
+                                                     "the median time, each run's and each round's ratio to the "
+                                                     "first method (a shared machine's neighbours come and go)"})
     quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})
 
 
@@ -253,6 +256,27 @@ LABELS = {"released": "released: batch 1, one generate per row", "prompt_lookup"
           "fast_bf16": "ours: batch {b}, fast, bfloat16 (changes text)"}
 
 
+def run_rounds(methods: list[str], rounds: int, run) -> list[list[tuple]]:
+    """Each method's ``run(name)`` results, made round by round (every method once a round, in
+    order): a shared machine's drift over a long benchmark then meets every method alike. With
+    more than one round, each run's time goes to stderr as it ends."""
+    results = [[] for _ in methods]
+    for done in range(1, rounds + 1):
+        for runs, name in zip(results, methods):
+            runs.append(run(name))
+            if rounds > 1:
+                print(f"  round {done}/{rounds}: {name} {runs[-1][2]:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def round_ratios(runs: list[tuple], first: list[tuple]) -> str:
+    """Each round's tokens/s ratio to the first method's run of that round (more than one round)."""
+    if len(runs) < 2:
+        return ""
+    ratios = (sum(r[1]) / r[2] / (sum(f[1]) / f[2]) for r, f in zip(runs, first))
+    return f", round ratios {'/'.join(f'{x:.2f}' for x in ratios)}x"
+
+
 def summarise(runs: list[tuple]) -> tuple[float, float, str]:
     """(median wall seconds, median CPU seconds, each run's wall seconds when more than one) of
     ``run_method`` results."""
@@ -349,11 +373,13 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
     if config.prompt_lookup:
         methods.append("prompt_lookup")
+    results = run_rounds(methods, max(config.repeat, 1),
+                         lambda name: run_method(name, model, tokenizer, prompts, new, config))
     reference, ref_tps, ref_cpu, ratio = None, None, None, None
-    for name in methods:
-        runs = [run_method(name, model, tokenizer, prompts, new, config) for _ in range(max(config.repeat, 1))]
+    for name, runs in zip(methods, results):
         texts, tokens, _, _, fresh, work = runs[0]
         seconds, cpu, spread = summarise(runs)
+        spread += round_ratios(runs, results[0]) if runs is not results[0] else ""
         if reference is None:  # the first method (released by default) is the reference text
             reference, per_row = texts, tokens
             # the bound needs each row's generated length, which only the batch-1 loop reports

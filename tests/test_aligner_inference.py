@@ -611,6 +611,26 @@ def test_benchmark_repeats_report_the_median_and_every_run():
     assert bench.make_parser().parse_args(["--repeat", "3"]).repeat == 3
 
 
+def test_benchmark_repeats_run_in_rounds_and_report_each_rounds_ratio(capsys):
+    """--repeat N runs every method once a round, in order (a machine's drift meets them alike),
+    and a method's line gets each round's tokens/s ratio to the first method's run of that round."""
+    spec = importlib.util.spec_from_file_location("bench_aligner_inference",
+                                                  REPO / "benchmarks" / "bench_aligner_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    seconds = iter([10.0, 2.0, 20.0, 2.5, 12.0, 3.0])
+    order = []
+    results = bench.run_rounds(["released", "fast"], 3,
+                               lambda name: order.append(name) or ([], [4, 6], next(seconds), 1.0, 0.0, {}))
+    assert order == ["released", "fast"] * 3
+    assert [[r[2] for r in runs] for runs in results] == [[10.0, 20.0, 12.0], [2.0, 2.5, 3.0]]
+    # round ratios: (10 tok / 2 s) / (10 tok / 10 s) = 5, 20 / 2.5 = 8, 12 / 3 = 4
+    assert bench.round_ratios(results[1], results[0]) == ", round ratios 5.00/8.00/4.00x"
+    assert bench.round_ratios(results[1][:1], results[0][:1]) == ""
+    assert capsys.readouterr().err.splitlines()[:2] == ["  round 1/3: released 10.0 s", "  round 1/3: fast 2.0 s"]
+
+
 def test_benchmark_without_the_released_method_first_prints_no_bound(tiny_llama_dir, capsys):
     """The roofline bound needs each row's generated length, which only the batch-1 loop reports:
     with a fast method first the share is "--" and the rows are compared with that method."""
