@@ -172,14 +172,14 @@ def prefill_attention_pairs(prompts: list[list[int]], prefix: int) -> int:
     return prefix * prefix + sum((len(p) - prefix) * len(p) for p in prompts)
 
 
-def _prefill_all(model, prompts: list[list[int]], share_prefix: bool, extra: int, pool: KVPool):
+def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPool):
     """First greedy tokens of all prompts and, when ``extra`` > 0, their KV caches in one buffer:
     row i's slots end at the longest prompt's length (zeroed left padding before them), with
-    ``extra`` free slots after (memory from ``pool``). The template's shared start is prefilled once, and each prompt's
-    prefill writes straight into its row of the buffer (no per-row cache to copy afterwards)."""
+    ``extra`` free slots after (memory from ``pool``). The ``n`` tokens all prompts start with (the
+    template's shared start; 0: none) are prefilled once, and each prompt's prefill writes straight
+    into its row of the buffer (no per-row cache to copy afterwards)."""
     device = model.device
     prefix = None
-    n = shared_prefix_length(prompts) if share_prefix else 0
     if n:
         prefix = DynamicCache(config=model.config)
         model(input_ids=torch.tensor([prompts[0][:n]], device=device), cache=prefix, use_cache=True,
@@ -234,9 +234,10 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     pool = pool_for(model) if reuse_buffers and model.device.type == "cpu" else KVPool()
     started = time.perf_counter()
     state = None
+    prefix = shared_prefix_length(prompts) if share_prefix else 0
     packed = packed_linears(model, enabled=pack_weights, merge_siblings=merge_linears)
     with packed, grouped_attention(model, enabled=group_attention) as grouped:
-        firsts, cache = _prefill_all(model, prompts, share_prefix, extra, pool)
+        firsts, cache = _prefill_all(model, prompts, prefix, extra, pool)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
@@ -253,7 +254,6 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)
     if stats is not None:
-        prefix = shared_prefix_length(prompts) if share_prefix else 0
         add_stats(stats, prefill_seconds=prefilled - started, decode_seconds=time.perf_counter() - prefilled,
                   prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix,
                   prefill_attention_pairs=prefill_attention_pairs(prompts, prefix),

@@ -66,18 +66,18 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def packing_supported(model, linears: list[torch.nn.Linear] | None = None) -> bool:
+def packing_supported(model, products: list[list[torch.nn.Linear]] | None = None) -> bool:
     """float32 or bfloat16 weights on a CPU with oneDNN (the cases measured to gain; bfloat16
     decode steps: 100 -> 80 ms at 4 rows, 148 -> 126 ms at 16), and room for the packed copy:
     at most half the memory available now (a large model on a small machine stays unpacked).
-    ``linears``: the model's ``_linears``, when the caller has them already."""
+    ``products``: the products the caller will pack (default: the model's, siblings merged)."""
     if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
         return False
     weight = next(model.parameters(), None)
     if weight is None or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return False
-    linears = _linears(model) if linears is None else linears
-    needed = sum(m.weight.numel() * m.weight.element_size() for group in _products(model, linears)
+    products = _products(model, _linears(model)) if products is None else products
+    needed = sum(m.weight.numel() * m.weight.element_size() for group in products
                  if group[0] not in _PACKED for m in group)
     return needed <= available_memory() / 2
 
@@ -202,11 +202,14 @@ def packed_linears(model, enabled: bool = True, merge_siblings: bool = True):
     """Within the block, ``model``'s linears of ``min_rows()`` or more rows run on packed weights
     (packed on first use), siblings that read the same input as one product when
     ``merge_siblings``. A no-op when ``enabled`` is False or ``packing_supported`` is not; yields which."""
-    linears = _linears(model) if enabled else []
-    if not enabled or not packing_supported(model, linears):
+    if not enabled:
         yield False
         return
+    linears = _linears(model)
     products = _products(model, linears) if merge_siblings else [[m] for m in linears]
+    if not packing_supported(model, products):
+        yield False
+        return
     _pack(products)
     for group in products:
         if len(group) == 1:
