@@ -347,7 +347,8 @@ def time_split(work: dict, generated: int, model, rows: int, roof: tuple[float, 
     return (f"    prefill {work['prefill_seconds']:.1f} s for {work['prefill_tokens']} tokens (its linears alone "
             f"at {pre_rate:.0f} GFLOP/s, the model's rate at {pre_rows} rows here: {pre_linears:.1f} s); "
             f"decode {work['decode_seconds']:.1f} s in {steps} steps that ran {token_rows} token-rows "
-            f"(next tokens, draft tokens, pads) for {generated} generated tokens (linears alone at "
+            f"({_token_rows_note(work.get('decode_pads_skipped', 0))}) for {generated} generated tokens "
+            f"(linears alone at "
             f"{step_rate:.0f} GFLOP/s, the rate at {step_rows} rows: {dec_linears:.1f} s)\n"
             f"    engine floor {floor:.1f} s = {generated / floor / ref_tps:.2f}x the first method (its linears "
             f"alone: {linears:.1f} s = {generated / linears / ref_tps:.2f}x): that work at this "
@@ -355,6 +356,11 @@ def time_split(work: dict, generated: int, model, rows: int, roof: tuple[float, 
             f"{pre_attention:.1f} s, the decode's {kv_gb:.1f} GB of KV reads at the copy bandwidth: "
             f"{kv_gb / roof[1]:.1f} s); the other {spent - floor:.1f} s ({(spent - floor) / spent:.0%}) is small ops, "
             f"copies and Python")
+
+
+def _token_rows_note(pads: int) -> str:
+    # pads that fill a step's width run attention and small ops; on packed weights not the linears
+    return f"next tokens and draft tokens; {pads} pads skipped there" if pads else "next tokens, draft tokens, pads"
 
 
 def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],

@@ -683,13 +683,14 @@ def test_benchmark_time_split_sets_each_phase_against_its_linears_at_the_models_
     monkeypatch.setattr(bench, "attention_flops_per_pair", lambda model: 10 ** 6)
     monkeypatch.setattr(bench, "kv_bytes_per_token", lambda model: 4 * 10 ** 6)
     work = {"prefill_seconds": 4.0, "prefill_tokens": 100, "decode_seconds": 6.0, "decode_steps": 4,
-            "decode_token_rows": 12, "prefill_attention_pairs": 1000, "decode_kv_slots": 500}
+            "decode_token_rows": 12, "decode_pads_skipped": 3, "prefill_attention_pairs": 1000, "decode_kv_slots": 500}
     lines = bench.time_split(work, 9, None, 2, (10.0, 2.0), 0.15).split("\n")
     assert asked == [50, 3]  # a prompt's mean rows in prefill, a step's mean token-rows in decode
     # prefill: 2 x (100 x 1e9 + 2 rows x 1e8) FLOP at 100 GFLOP/s = 2.004 s; decode: 2 x 12 x 1.1e9 at 6
     assert lines[0] == ("    prefill 4.0 s for 100 tokens (its linears alone at 100 GFLOP/s, the model's rate at 50 "
-                        "rows here: 2.0 s); decode 6.0 s in 4 steps that ran 12 token-rows (next tokens, draft "
-                        "tokens, pads) for 9 generated tokens (linears alone at 6 GFLOP/s, the rate at 3 rows: "
+                        "rows here: 2.0 s); decode 6.0 s in 4 steps that ran 12 token-rows (next tokens and "
+                        "draft tokens; 3 pads skipped there) for 9 generated tokens (linears alone at 6 GFLOP/s, "
+                        "the rate at 3 rows: "
                         "4.4 s)")
     # attention: 1000 pairs x 1e6 FLOP at 10 GFLOP/s = 0.1 s; 500 slots x 4 MB = 2 GB at 2 GB/s = 1 s;
     # floor 2.004 + 4.4 + 0.1 + 1.0 = 7.504 s: 9 tokens / 7.504 s / 0.15 tok/s = 8.00x; 10 - 7.504 s left;

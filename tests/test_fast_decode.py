@@ -141,6 +141,51 @@ def test_sibling_linears_run_as_one_product_with_the_same_bits(gqa_model, monkey
         assert attn.k_proj not in packed_linear._PACKED and mlp.up_proj not in packed_linear._PACKED
 
 
+def test_only_rows_runs_the_needed_token_rows_and_gives_zeros_for_the_pads(gqa_model, monkeypatch):
+    """A decode step's pads are never read: the packed linears skip them, and give exact zeros
+    there (a pad's K and V go into the cache, where masked slots still meet sdpa's product)."""
+    from metaaligner.generation import packed_linear
+
+    monkeypatch.setattr(packed_linear, "min_rows", lambda: 1)
+    rows, product = [], packed_linear._product
+    monkeypatch.setattr(packed_linear, "_product", lambda m, x: rows.append(x.numel() // x.shape[-1]) or product(m, x))
+    mlp = gqa_model.model.layers[0].mlp
+    x, other = torch.randn(3, 4, 32), torch.randn(5, 64)  # 3 rows x 4 tokens; another shape
+    needed = torch.tensor([0, 1, 4, 8, 9, 10])  # row 0: 2 tokens, row 1: 1, row 2: 3
+    pads = [2, 3, 5, 6, 7, 11]
+    with torch.inference_mode(), packed_linear.packed_linears(gqa_model):
+        full = [m(x).reshape(12, -1) for m in (mlp.gate_proj, mlp.up_proj)]
+        rows.clear()
+        with packed_linear.only_rows(needed, 12):
+            part = [m(x).reshape(12, -1) for m in (mlp.gate_proj, mlp.up_proj)]
+            assert mlp.down_proj(other).shape == (5, 32)  # not the step's rows: all of them
+        after = mlp.gate_proj(x)
+    assert rows == [6, 5, 12]  # gate/up as one product on the 6 needed rows; then all rows again
+    for whole, some in zip(full, part):
+        assert torch.allclose(some[needed], whole[needed], atol=1e-5)
+        assert torch.equal(some[pads], torch.zeros(6, some.shape[-1]))
+    assert torch.allclose(after.reshape(12, -1), full[0], atol=1e-5)
+
+
+def test_the_linears_skip_a_decode_steps_pads_with_the_same_tokens(gqa_model, monkeypatch):
+    """Rows whose draft is shorter than the step's width are padded; on packed weights the linears
+    (the lm_head included) run only the other tokens, and the stats count both."""
+    from metaaligner.generation import packed_linear
+
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    plain, packed = {}, {}
+    assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6, pack_weights=False, stats=plain) == alone
+    head, product = [], packed_linear._product
+    monkeypatch.setattr(packed_linear, "_product", lambda m, x: (
+        head.append(x.numel() // x.shape[-1]) if m is gqa_model.lm_head else None) or product(m, x))
+    assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=6, stats=packed) == alone
+    assert packed["decode_pads_skipped"] > 0 and plain["decode_pads_skipped"] == 0
+    assert packed["decode_steps"] == plain["decode_steps"]
+    assert packed["decode_token_rows"] == plain["decode_token_rows"] - packed["decode_pads_skipped"]
+    assert sum(head) == len(PROMPTS) + packed["decode_token_rows"]  # each prompt's last token, then no pad
+
+
 def test_packing_is_skipped_for_other_dtypes_without_memory_and_when_off(gqa_model, monkeypatch):
     from metaaligner.generation import packed_linear
 
@@ -275,7 +320,8 @@ def _spy_widths(monkeypatch):
 
     widths, step = [], fast_greedy._DecodeState.step
     monkeypatch.setattr(fast_greedy._DecodeState, "step",
-                        lambda self, model, tokens: (widths.append(tokens.shape[1]), step(self, model, tokens))[1])
+                        lambda self, model, tokens, real=None: (widths.append(tokens.shape[1]),
+                                                                step(self, model, tokens, real))[1])
     return widths
 
 
@@ -544,7 +590,7 @@ def test_stats_count_the_prefill_tokens_run_and_the_decode_steps_and_their_token
     # attention: each prompt's tokens over themselves; 9 steps of the 6 rows over the longest
     # prompt's 37 slots plus the step's (one length group: splitting costs more than it saves)
     assert {k: v for k, v in stats.items() if not k.endswith("seconds")} == {
-        "prefill_tokens": 37 + 4 + 22 + 2 + 9 + 6, "decode_steps": 9, "decode_token_rows": 54,
+        "prefill_tokens": 37 + 4 + 22 + 2 + 9 + 6, "decode_steps": 9, "decode_token_rows": 54, "decode_pads_skipped": 0,
         "prefill_attention_pairs": 37 ** 2 + 4 ** 2 + 22 ** 2 + 2 ** 2 + 9 ** 2 + 6 ** 2,
         "decode_kv_slots": 6 * sum(37 + k for k in range(1, 10))}
     assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] > 0

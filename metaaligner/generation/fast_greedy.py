@@ -38,7 +38,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from metaaligner.generation.decode_attention import grouped_attention, plan_groups
 from metaaligner.generation.kv_pool import KVPool, pool_for
-from metaaligner.generation.packed_linear import packed_linears
+from metaaligner.generation.packed_linear import only_rows, packed_linears
 
 # Draft tokens a step may check per row by default (32x256 at 1 thread, widths picked by
 # ``_pick_width``: at most 4 took 38.8 s, at most 8 took 38.0 s; 0 took 55 s).
@@ -236,7 +236,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     state = None
     prefix = shared_prefix_length(prompts) if share_prefix else 0
     packed = packed_linears(model, enabled=pack_weights, merge_siblings=merge_linears)
-    with packed, grouped_attention(model, enabled=group_attention) as grouped:
+    with packed as packing, grouped_attention(model, enabled=group_attention) as grouped:
         firsts, cache = _prefill_all(model, prompts, prefix, extra, pool)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
@@ -246,7 +246,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
             state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation)
             if len(alive) < len(prompts):
                 state.keep(alive)
-            state.grouped = grouped and len(alive) > 1
+            state.grouped, state.skip_pads = grouped and len(alive) > 1, packing
             state.plan()
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
                     pad_id, compact, drafters)
@@ -258,6 +258,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
                   prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix,
                   prefill_attention_pairs=prefill_attention_pairs(prompts, prefix),
                   decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0,
+                  decode_pads_skipped=state.pads_skipped if state else 0,
                   decode_kv_slots=state.kv_slots if state else 0)
     return outputs
 
@@ -266,9 +267,11 @@ def add_stats(stats: dict, **work) -> None:
     """Add one call's work to ``stats``: ``prefill_seconds`` and ``decode_seconds`` (wall),
     ``prefill_tokens`` (prompt tokens run, the shared start once), ``prefill_attention_pairs``
     (query-key pairs its attention computed), ``decode_steps`` (decoding forwards),
-    ``decode_token_rows`` (tokens those forwards ran: each row's next token, its draft tokens and
-    the pads that fill a step's width) and ``decode_kv_slots`` (cached K/V slots their attention
-    read, per layer: each row over the slots its length group spans)."""
+    ``decode_token_rows`` (tokens their linears ran: each row's next token and its draft tokens,
+    and the pads that fill a step's width unless the linears skip them), ``decode_pads_skipped``
+    (the pads they skipped, on packed weights; pads run attention and the small ops either way)
+    and ``decode_kv_slots`` (cached K/V slots their attention read, per layer: each row over the
+    slots its length group spans)."""
     for key, value in work.items():
         stats[key] = stats.get(key, 0) + value
 
@@ -318,8 +321,10 @@ class _DecodeState:
         self.positions = torch.tensor([[n] for n in lengths], device=device)
         self.first = [self.filled - n for n in lengths]
         self.grouped, self.groups = False, None
-        # forwards run, the tokens they ran and the KV slots their attention read (for ``stats``)
-        self.steps = self.token_rows = self.kv_slots = 0
+        # forwards run, the tokens their linears ran, the pads they skipped and the KV slots
+        # their attention read (for ``stats``)
+        self.steps = self.token_rows = self.pads_skipped = self.kv_slots = 0
+        self.skip_pads = False  # the linears run only the tokens that are not pads (``only_rows``)
 
     def plan(self) -> None:
         """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
@@ -331,18 +336,23 @@ class _DecodeState:
     def fits(self, width: int) -> bool:
         return self.filled + width <= self.capacity
 
-    def step(self, model, tokens: torch.Tensor) -> list[list[int]]:
-        """Run ``tokens`` (``[rows, n]``: each row's next token, then its draft) at the next slots;
-        the greedy prediction after each. ``accept`` must follow."""
+    def step(self, model, tokens: torch.Tensor, real: list[int] | None = None) -> list[list[int]]:
+        """Run ``tokens`` (``[rows, n]``: each row's next token, then its draft, then pads) at the
+        next slots; the greedy prediction after each. ``real``: how many of each row's tokens are
+        not pads (default: all); with ``skip_pads`` the linears run only those (``only_rows``).
+        ``accept`` must follow."""
         n = tokens.shape[1]
         self.mask[:, self.filled:self.filled + n] = 1
         extra = {"decode_groups": self.groups} if self.groups else {}
         positions = self.positions if n == 1 else self.positions + torch.arange(n, device=tokens.device)
-        out = model(input_ids=tokens, attention_mask=self.mask[:, :self.filled + n], position_ids=positions,
-                    cache=self.cache, use_cache=True, **extra)
+        needed = _needed_rows(real, n) if self.skip_pads and real is not None else None
+        with only_rows(needed, tokens.numel()):
+            out = model(input_ids=tokens, attention_mask=self.mask[:, :self.filled + n], position_ids=positions,
+                        cache=self.cache, use_cache=True, **extra)
         self.width = n
         self.steps += 1
-        self.token_rows += tokens.numel()
+        self.token_rows += tokens.numel() if needed is None else len(needed)
+        self.pads_skipped += 0 if needed is None else tokens.numel() - len(needed)
         self.kv_slots += sum((end - start) * (self.filled + n - slot)
                              for start, end, slot in self.groups or [(0, len(self.first), 0)])
         return out.logits.max(-1).indices.tolist()  # argmax, 3x faster on CPU (same first index)
@@ -388,6 +398,14 @@ class _DecodeState:
 # must cover the copy, since live rows may stop before the budget's end (32x256 decode, 1 thread:
 # margin 4 took 58 s, 1 took 65 s, 16 took 62 s, "half the rows dead" 65 s).
 _ROW_SLOTS, _MARGIN = 128, 4
+
+
+def _needed_rows(real: list[int], width: int) -> torch.Tensor | None:
+    """Flat indices of the first ``real[r]`` tokens of each row of a ``[rows, width]`` step, or
+    None when no row has pads."""
+    if all(k == width for k in real):
+        return None
+    return torch.tensor([r * width + j for r, k in enumerate(real) for j in range(k)], dtype=torch.long)
 
 
 def _compaction_pays(buffered: int, live: int, filled: int, trim: int, steps_left: int) -> bool:
@@ -453,7 +471,8 @@ def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int],
         # finished rows still in the buffer are fed pad tokens; their output is complete
         tokens = [[pad_id] * width if d else [t] + g + [pad_id] * (width - 1 - len(g))
                   for t, g, d in zip(next_tokens, drafts, done)]
-        predicted = state.step(model, torch.tensor(tokens, device=device))
+        real = [0 if d else 1 + len(g) for g, d in zip(drafts, done)]
+        predicted = state.step(model, torch.tensor(tokens, device=device), real)
         kept = []
         for r, row in enumerate(rows):
             new = [] if done[r] else _emitted(drafts[r], predicted[r], stop_ids, budgets[r])

@@ -124,7 +124,42 @@ def _stackable(members: list[torch.nn.Linear]) -> bool:
             and len({m.bias is None for m in members}) == 1)
 
 
+# The token rows a forward really needs, set by the fast engine around a decode step whose rows
+# are padded to one width (``only_rows``): pads' outputs are never read, so the linears skip them.
+# Per thread: two threads may run the model at once.
+_NEEDED = threading.local()
+
+
+@contextlib.contextmanager
+def only_rows(needed: torch.Tensor | None, total: int):
+    """Within the block, a packed linear whose input holds ``total`` token rows computes only the
+    rows in ``needed`` (flat indices, ascending) and gives zeros in the others: the pads of a
+    decode step, which nothing reads (zeros, not garbage, since a pad's K and V enter the cache
+    where masked slots still meet sdpa's product with V). ``needed`` None: every row."""
+    before = vars(_NEEDED).copy()
+    if needed is not None:
+        _NEEDED.rows, _NEEDED.total = needed, total
+        pads = torch.ones(total, dtype=torch.bool, device=needed.device)
+        _NEEDED.pads = pads.index_fill_(0, needed, False).nonzero().flatten()
+    try:
+        yield
+    finally:
+        vars(_NEEDED).clear()
+        vars(_NEEDED).update(before)
+
+
 def _packed_forward(first: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``_product``, on the rows ``only_rows`` names when it is on and ``x`` holds its token rows."""
+    rows = getattr(_NEEDED, "rows", None)
+    if rows is None or x.numel() != _NEEDED.total * x.shape[-1]:
+        return _product(first, x)
+    flat = x.reshape(-1, x.shape[-1])
+    part = _product(first, flat.index_select(0, rows))
+    out = part.new_empty(flat.shape[0], part.shape[-1]).index_copy_(0, rows, part).index_fill_(0, _NEEDED.pads, 0)
+    return out.view(*x.shape[:-1], part.shape[-1])
+
+
+def _product(first: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """The product of ``x`` with the packed weight held for ``first`` (alone, or its siblings side
     by side), or with ``first``'s own weight on MKL for fewer than ``min_rows()`` rows."""
     if x.numel() < min_rows() * x.shape[-1]:
