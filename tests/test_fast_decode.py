@@ -403,6 +403,47 @@ def test_buffer_padding_is_zeroed_so_uninitialised_nan_never_reaches_attention(g
     assert _greedy_n(looping_model, PROMPTS, 40, set(), ngram_speculation=6, compact=False) == looped
 
 
+def test_read_from_slots_are_each_length_groups_first_slot():
+    from metaaligner.generation import decode_attention
+    from metaaligner.generation.fast_greedy import read_from_slots
+
+    # groups (0, 2), (2, 6): 2 x 37 + 4 x 9 + 2 x 96 = 302 < 6 x 37 + 96; slots end at 37 together
+    assert read_from_slots([37, 22, 9, 6, 4, 2], grouped=True) == [0, 0, 28, 28, 28, 28]
+    assert read_from_slots([37, 22, 9, 6, 4, 2], grouped=False) == [0] * 6  # one call reads all
+    assert read_from_slots([37, 36, 35], grouped=True) == [0, 0, 0]  # one group: one call over all
+    assert read_from_slots([5], grouped=True) == [0] and read_from_slots([], grouped=True) == []
+    decode_attention.GROUP_COST_SLOTS, cost = 4, decode_attention.GROUP_COST_SLOTS
+    try:  # groups (0, 1), (1, 2), (2, 4), (4, 6)
+        assert read_from_slots([37, 22, 9, 6, 4, 2], grouped=True) == [0, 15, 28, 28, 33, 33]
+    finally:
+        decode_attention.GROUP_COST_SLOTS = cost
+
+
+def test_padding_no_length_group_reads_is_left_untouched(gqa_model, monkeypatch):
+    """Zeroing the whole left padding wrote (and faulted in) 7,481 slots of 32x256's KV buffer,
+    of which its length groups read 516: the rest is not written, and the tokens stay the same
+    when that memory holds NaN."""
+    from metaaligner.generation import decode_attention, fast_greedy, kv_pool
+
+    monkeypatch.setattr(decode_attention, "GROUP_COST_SLOTS", 4)
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: (
+        lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(new_empty(self, *a, **k)))
+    prompts = sorted(PROMPTS, key=len, reverse=True)  # 37, 22, 9, 6, 4, 2 tokens
+    with torch.inference_mode():
+        _, cache = fast_greedy._prefill_all(gqa_model, prompts, 0, 5, kv_pool.KVPool(), grouped=True)
+    keys = cache.layers[1].keys_buf
+    for row, (read_from, start) in enumerate(zip([0, 15, 28, 28, 33, 33], [0, 15, 28, 31, 33, 35])):
+        assert keys[row, :, :read_from].isnan().all()  # never read, never written
+        assert torch.equal(keys[row, :, read_from:start], torch.zeros_like(keys[row, :, read_from:start]))
+        assert not keys[row, :, start:37].isnan().any()
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}  # a row stops: a re-pack
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    monkeypatch.setattr(kv_pool, "pool_for", lambda model: kv_pool.KVPool())  # every buffer on new memory
+    for spec in (0, 6):
+        assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=spec) == alone
+
+
 def test_a_multi_token_step_attends_like_sdpa_without_copying_kv_heads(gqa_model, monkeypatch):
     from transformers.integrations import sdpa_attention
 
