@@ -285,8 +285,8 @@ def add_stats(stats: dict, **work) -> None:
     ``prefill_tokens`` (prompt tokens run, the shared start once), ``prefill_attention_pairs``
     (query-key pairs its attention computed), ``decode_steps`` (decoding forwards),
     ``decode_token_rows`` (tokens their linears ran: each row's next token and its draft tokens,
-    and the pads that fill a step's width unless the linears skip them), ``decode_pads_skipped``
-    (the pads they skipped, on packed weights; pads run attention and the small ops either way)
+    and the pads that fill a step's width, of which the packed linears run one a step for all),
+    ``decode_pads_skipped`` (the pads they skipped; pads run attention and small ops either way)
     and ``decode_kv_slots`` (cached K/V slots their attention read, per layer: each row over the
     slots its length group spans)."""
     for key, value in work.items():
@@ -368,8 +368,9 @@ class _DecodeState:
                         cache=self.cache, use_cache=True, **extra)
         self.width = n
         self.steps += 1
-        self.token_rows += tokens.numel() if needed is None else len(needed)
-        self.pads_skipped += 0 if needed is None else tokens.numel() - len(needed)
+        ran = tokens.numel() if needed is None else len(needed) + 1  # one pad runs for all pads
+        self.token_rows += ran
+        self.pads_skipped += tokens.numel() - ran
         self.kv_slots += sum((end - start) * (self.filled + n - slot)
                              for start, end, slot in self.groups or [(0, len(self.first), 0)])
         return out.logits.max(-1).indices.tolist()  # argmax, 3x faster on CPU (same first index)

@@ -133,14 +133,18 @@ _NEEDED = threading.local()
 @contextlib.contextmanager
 def only_rows(needed: torch.Tensor | None, total: int):
     """Within the block, a packed linear whose input holds ``total`` token rows computes only the
-    rows in ``needed`` (flat indices, ascending) and gives zeros in the others: the pads of a
-    decode step, which nothing reads (zeros, not garbage, since a pad's K and V enter the cache
-    where masked slots still meet sdpa's product with V). ``needed`` None: every row."""
+    rows in ``needed`` (flat indices) and one of the others, whose output every other row gets:
+    the pads of a decode step, which nothing reads (a real row's output, not garbage, since a
+    pad's K and V enter the cache where masked slots still meet sdpa's product with V).
+    ``needed`` None, or every row: all rows as usual."""
     before = vars(_NEEDED).copy()
-    if needed is not None:
-        _NEEDED.rows, _NEEDED.total = needed, total
-        pads = torch.ones(total, dtype=torch.bool, device=needed.device)
-        _NEEDED.pads = pads.index_fill_(0, needed, False).nonzero().flatten()
+    if needed is not None and len(needed) < total:
+        pads = torch.ones(total, dtype=torch.bool, device=needed.device).index_fill_(0, needed, False)
+        first_pad = pads.nonzero()[0]
+        _NEEDED.rows, _NEEDED.total = torch.cat([needed, first_pad]), total
+        # each row's place in the product: its own for the needed ones, the one pad's for pads
+        _NEEDED.spread = torch.full((total,), len(needed), dtype=torch.long, device=needed.device).index_copy_(
+            0, needed, torch.arange(len(needed), device=needed.device))
     try:
         yield
     finally:
@@ -153,10 +157,9 @@ def _packed_forward(first: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = getattr(_NEEDED, "rows", None)
     if rows is None or x.numel() != _NEEDED.total * x.shape[-1]:
         return _product(first, x)
-    flat = x.reshape(-1, x.shape[-1])
-    part = _product(first, flat.index_select(0, rows))
-    out = part.new_empty(flat.shape[0], part.shape[-1]).index_copy_(0, rows, part).index_fill_(0, _NEEDED.pads, 0)
-    return out.view(*x.shape[:-1], part.shape[-1])
+    # index_select both ways: 2-4x faster than index_copy_ into a new tensor (1 and 2 threads)
+    part = _product(first, x.reshape(-1, x.shape[-1]).index_select(0, rows))
+    return part.index_select(0, _NEEDED.spread).view(*x.shape[:-1], part.shape[-1])
 
 
 def _product(first: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
