@@ -234,8 +234,9 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
     and the batched decode steps (on oneDNN-packed weights when ``pack_weights``, see
     packed_linear.py, with the linears that read the same input as one product when
-    ``merge_linears``; decode attention in length groups and each forward's mask made additive once
-    for all layers when ``group_attention``, see decode_attention.py) agree with batch 1 up to
+    ``merge_linears``, and a draft step's pads skipped there; decode attention in length groups
+    and each forward's mask made additive once for all layers when ``group_attention``, see
+    decode_attention.py) agree with batch 1 up to
     float rounding. With ``ngram_speculation`` > 0 a step may also check up to that many tokens per
     row guessed by n-gram lookup in the row's own prompt and output (``NgramDrafter``; how many:
     ``_pick_width``): the greedy predictions decide what is kept, so the text is the same, in fewer
