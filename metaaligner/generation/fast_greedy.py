@@ -173,18 +173,27 @@ def prefill_attention_pairs(prompts: list[list[int]], prefix: int) -> int:
     return prefix * prefix + sum((len(p) - prefix) * len(p) for p in prompts)
 
 
+def length_groups(first: list[int], end: int, grouped: bool) -> list[tuple[int, int, int]] | None:
+    """``(first row, end row, first slot)`` per length group (``plan_groups``) of rows whose slots
+    run from ``first[r]`` to ``end``, or None for one plain sdpa call over every slot: when not
+    ``grouped``, for one row, or when one group is best."""
+    if not grouped or len(first) < 2:
+        return None
+    groups = [(start, stop, min(first[start:stop])) for start, stop in plan_groups([end - f for f in first])]
+    return groups if len(groups) > 1 else None
+
+
 def read_from_slots(extents: list[int], grouped: bool) -> list[int]:
     """The first slot each row's decode attention reads, for rows whose filled slots (``extents``,
-    padding excluded) end together: its length group's first (``plan_groups``), or 0 for one call
-    over all rows. Padding before it is never read, so it is neither zeroed nor touched (memory
+    padding excluded) end together: its length group's first (``length_groups``), or 0 for one
+    call over all rows. Padding before it is never read, so it is neither zeroed nor touched (memory
     never touched is never faulted in: 32x256 leaves 6,965 of its 7,481 padding slots so)."""
     longest = max(extents, default=0)
-    if not grouped or len(extents) < 2:
-        return [0] * len(extents)
-    groups = plan_groups(extents)
-    if len(groups) < 2:  # one group runs as one plain call over every slot
-        return [0] * len(extents)
-    return [longest - max(extents[start:end]) for start, end in groups for _ in range(start, end)]
+    return _first_read(length_groups([longest - e for e in extents], longest, grouped), len(extents))
+
+
+def _first_read(groups: list[tuple[int, int, int]] | None, rows: int) -> list[int]:
+    return [slot for start, stop, slot in groups for _ in range(start, stop)] if groups else [0] * rows
 
 
 def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPool, grouped: bool = False):
@@ -255,7 +264,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     prefix = shared_prefix_length(prompts) if share_prefix else 0
     packed = packed_linears(model, enabled=pack_weights, merge_siblings=merge_linears)
     with packed as packing, grouped_attention(model, enabled=group_attention) as grouped:
-        firsts, cache = _prefill_all(model, prompts, prefix, extra, pool, grouped and len(prompts) > 1)
+        firsts, cache = _prefill_all(model, prompts, prefix, extra, pool, grouped)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
@@ -346,10 +355,7 @@ class _DecodeState:
 
     def plan(self) -> None:
         """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
-        if self.grouped:
-            extents = [self.filled - f for f in self.first]
-            groups = [(start, end, min(self.first[start:end])) for start, end in plan_groups(extents)]
-            self.groups = groups if len(groups) > 1 else None
+        self.groups = length_groups(self.first, self.filled, self.grouped)
 
     def fits(self, width: int) -> bool:
         return self.filled + width <= self.capacity
@@ -400,18 +406,18 @@ class _DecodeState:
         width = int(self.positions[live].max())
         room = self.capacity - self.filled if room is None else room
         slots = [(r, _row_slots(self.mask[r, :self.filled])) for r in live]
-        # the groups ``plan`` makes of the new rows read their padding from these slots on
-        read_from = read_from_slots([_count(index) for _, index in slots], self.grouped)
+        self.first = [width - _count(index) for _, index in slots]
+        # the new rows' length groups: the padding they read is zeroed, the rest left alone
+        self.groups = length_groups(self.first, width, self.grouped)
+        read_from = _first_read(self.groups, len(live))
         for layer in self.cache.layers:
             layer.gather_rows(slots, width, width + room, self.pool, read_from)
         self.mask = self.mask.new_zeros((len(live), width + room))
-        self.first = [width - _count(index) for _, index in slots]
         for row, first in enumerate(self.first):
             self.mask[row, first:width] = 1
         rows = torch.tensor(live, device=self.mask.device)
         self.positions = self.positions.index_select(0, rows)
         self.filled, self.capacity = width, width + room
-        self.plan()
 
 
 # A row's own matmul work in a decode step, in KV-slot reads (SmolLM2-135M, 1 thread: ~0.5 ms of
