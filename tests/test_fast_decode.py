@@ -446,6 +446,28 @@ def test_padding_no_length_group_reads_is_left_untouched(gqa_model, monkeypatch)
         assert _greedy_n(gqa_model, PROMPTS, 40, stop, ngram_speculation=spec) == alone
 
 
+def test_a_row_that_stops_at_its_first_token_leaves_the_survivors_unread_padding_alone(gqa_model, monkeypatch):
+    """The survivors of the first token are re-packed before the first step, in their own length
+    groups: that re-pack zeroes only the padding those groups read, as the prefill does, and the
+    tokens stay those of batch 1 when the rest of that memory holds NaN."""
+    from metaaligner.generation import decode_attention, fast_greedy, kv_pool
+
+    monkeypatch.setattr(decode_attention, "GROUP_COST_SLOTS", 4)
+    stop = {_greedy(gqa_model, [PROMPTS[1]], max_new_tokens=1)[0][0]}  # the 4-token prompt stops at once
+    alone = [_greedy_n(gqa_model, [p], 6, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    reads, gather = [], fast_greedy._BufferLayer.gather_rows
+    monkeypatch.setattr(fast_greedy._BufferLayer, "gather_rows", lambda self, slots, width, capacity, pool, read_from: (
+        reads.append(list(read_from)), gather(self, slots, width, capacity, pool, read_from))[1])
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: (
+        lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(new_empty(self, *a, **k)))
+    monkeypatch.setattr(kv_pool, "pool_for", lambda model: kv_pool.KVPool())  # every buffer on new memory
+    assert _greedy_n(gqa_model, PROMPTS, 6, stop, ngram_speculation=0) == alone
+    # survivors of 37, 22, 2, 9 and 6 tokens end at slot 37, so they start at 0, 15, 35, 28 and 31;
+    # their groups: {0}, {15}, {35}, {28, 31}
+    assert reads[0] == [0, 15, 35, 28, 28]
+
+
 def test_a_multi_token_step_attends_like_sdpa_without_copying_kv_heads(gqa_model, monkeypatch):
     from transformers.integrations import sdpa_attention
 

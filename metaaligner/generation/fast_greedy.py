@@ -270,11 +270,10 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
         if max_new_tokens > 1 and alive:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
-            state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation)
+            state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation,
+                                 grouped=grouped and len(alive) > 1, skip_pads=packing)
             if len(alive) < len(prompts):
                 state.keep(alive)
-            state.grouped, state.skip_pads = grouped and len(alive) > 1, packing
-            state.plan()
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
                     pad_id, compact, drafters)
     for layer in cache.layers if cache is not None else []:
@@ -339,7 +338,8 @@ class _DecodeState:
     attention, ``groups`` lists ``(first row, end row, first slot)`` per length group; slots do not
     move between ``keep`` calls, so a group's first slot holds until then."""
 
-    def __init__(self, lengths: list[int], cache: Cache, device, pool: KVPool, draft: int = 0):
+    def __init__(self, lengths: list[int], cache: Cache, device, pool: KVPool, draft: int = 0,
+                 grouped: bool = False, skip_pads: bool = False):
         self.filled, self.draft, self.cache, self.pool = max(lengths), draft, cache, pool
         self.capacity = cache.layers[0].keys_buf.shape[2]
         self.mask = torch.zeros((len(lengths), self.capacity), dtype=torch.long, device=device)
@@ -347,15 +347,12 @@ class _DecodeState:
             self.mask[row, self.filled - length:self.filled] = 1
         self.positions = torch.tensor([[n] for n in lengths], device=device)
         self.first = [self.filled - n for n in lengths]
-        self.grouped, self.groups = False, None
+        self.grouped = grouped  # attention in length groups (``length_groups``), planned here and in ``keep``
+        self.groups = length_groups(self.first, self.filled, grouped)
         # forwards run, the tokens their linears ran, the pads they skipped and the KV slots
         # their attention read (for ``stats``)
         self.steps = self.token_rows = self.pads_skipped = self.kv_slots = 0
-        self.skip_pads = False  # the linears run only the tokens that are not pads (``only_rows``)
-
-    def plan(self) -> None:
-        """(Re)plan the length groups for the rows now buffered; None: one plain sdpa call."""
-        self.groups = length_groups(self.first, self.filled, self.grouped)
+        self.skip_pads = skip_pads  # the linears run only the tokens that are not pads (``only_rows``)
 
     def fits(self, width: int) -> bool:
         return self.filled + width <= self.capacity
