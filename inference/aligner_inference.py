@@ -49,7 +49,7 @@ class AlignerInferenceConfig:
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
     iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
-    guard: str = field(default="auto", metadata={"help": "degeneration guard: an empty or looping output (a word 4-gram 3+ times, or a sentence of 4+ words twice) falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
+    guard: str = field(default="auto", metadata={"help": "degeneration guard: a looping output is trimmed to its first occurrence (a sentence repeating an earlier one verbatim or nearly, a word 4-gram 3+ times); an empty output, or one with under 3 words left, falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})

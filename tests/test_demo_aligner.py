@@ -18,6 +18,7 @@ from metaaligner.generation import GenerationParams
 from metaaligner.training.demo import text_measures, win_rate
 
 LOOP = "I'm not a medical professional. I'm not a doctor. I'm not a doctor. I'm not a doctor. I'm not a doctor."
+TRIMMED = "I'm not a medical professional. I'm not a doctor."  # LOOP after the guard
 
 
 class Scripted:
@@ -49,17 +50,18 @@ def test_degenerate_reason(text, reason):
     assert degenerate_reason(text) == reason
 
 
-def test_guard_falls_back_to_the_input_answer_and_counts():
-    out, n = guard_outputs(["a1", "a2", "a3"], ["fine edit", LOOP, ""])
-    assert out == ["fine edit", "a2", "a3"] and n == 2
+def test_guard_trims_a_loop_and_falls_back_only_when_nothing_is_left():
+    out, actions = guard_outputs(["a1", "a2", "a3"], ["fine edit", LOOP, ""])
+    assert out == ["fine edit", TRIMMED, "a3"] and actions == ["kept", "trimmed", "fallback_empty"]
 
 
 def test_align_iteratively_guards_each_iteration_against_its_own_input():
     gen = Scripted(["edit one", LOOP, "edit two", ""])
-    fallbacks: list[int] = []
+    actions: list[list[str]] = []
     history = align_iteratively(gen, GenerationParams(), "hh-rlhf", ["q1", "q2"], ["a1", "a2"], ["Harmlessness: x"],
-                                iterations=2, guard=True, fallbacks=fallbacks)
-    assert history == [["edit one", "a2"], ["edit two", "a2"]] and fallbacks == [1, 1]
+                                iterations=2, guard=True, actions=actions)
+    assert history == [["edit one", TRIMMED], ["edit two", TRIMMED]]
+    assert actions == [["kept", "trimmed"], ["kept", "fallback_empty"]]
     unguarded = align_iteratively(Scripted(["edit one", LOOP]), GenerationParams(), "hh-rlhf", ["q1", "q2"],
                                   ["a1", "a2"], ["Harmlessness: x"])
     assert unguarded == [["edit one", LOOP]]
@@ -72,27 +74,30 @@ def test_guard_is_on_for_the_built_in_aligners_only(tmp_path):
     assert Aligner(generator=Scripted([]), guard=False).guard is False
 
 
-def test_python_api_returns_the_answer_instead_of_a_loop():
-    aligner = Aligner(generator=Scripted([LOOP]))
-    assert aligner.align("How do I boil an egg?", "Put it in water.", ["harmlessness", "helpfulness"]) == "Put it in water."
-    assert aligner.fallbacks == 1
+def test_python_api_trims_a_loop():
+    aligner = Aligner(generator=Scripted([LOOP, "no no no no no no"]))
+    assert aligner.align("How do I boil an egg?", "Put it in water.", ["harmlessness", "helpfulness"]) == TRIMMED
+    assert aligner.align("How do I boil an egg?", "Put it in water.", ["harmlessness"]) == "Put it in water."
+    assert (aligner.trimmed, aligner.fallbacks) == (1, 1)
     raw = Aligner(generator=Scripted([LOOP]), guard=False)
     assert raw.align("How do I boil an egg?", "Put it in water.", ["harmlessness"]) == LOOP
 
 
-def test_align_file_counts_fallbacks(tmp_path):
+def test_align_file_counts_trimmed_and_fallbacks(tmp_path):
     from metaaligner.io import read_records, write_csv
 
     table = tmp_path / "in" / "P.csv"
     table.parent.mkdir()
-    write_csv(table, [{"query": "q1", "goldens": "", "generated_text": "a1"},
-                      {"query": "q2", "goldens": "", "generated_text": "a2"}], ["query", "goldens", "generated_text"])
+    write_csv(table, [{"query": f"q{i}", "goldens": "", "generated_text": f"a{i}"} for i in (1, 2, 3)],
+              ["query", "goldens", "generated_text"])
     job = FileJob(input_path=table, name="P", output_root=tmp_path / "out")
     settings = AlignRunSettings(source=resolve_aligner("embedded"), aspect_labels=["harmlessness"],
                                 descriptions=["Harmlessness: x"], guard=True)
-    stats = align_file(job, settings, Scripted(["edited", LOOP]), progress=False)
-    assert stats.fallbacks == 1 and "1 degenerate outputs fell back" in stats.summary()
-    assert [r["aligned_responses"] for r in read_records(job.output_path)] == ["edited", "a2"]
+    stats = align_file(job, settings, Scripted(["edited", LOOP, ""]), progress=False)
+    assert (stats.trimmed, stats.fallbacks) == (1, 1)
+    assert ("1 looping outputs trimmed to their first occurrence, 1 fell back to the answer (nothing usable left)"
+            in stats.summary())
+    assert [r["aligned_responses"] for r in read_records(job.output_path)] == ["edited", TRIMMED, "a3"]
 
 
 def test_guard_flag_values():

@@ -103,10 +103,11 @@ def heldout_pair_rows(cfg: EvalDemoConfig, judge, tok) -> list[dict[str, str]]:
 
 def system_outputs(cfg: EvalDemoConfig, rows: list[dict],
                    card: dict) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
-    """Each system's output per row (generation is greedy), and per row whether the guard fell back."""
+    """Each system's output per row (generation is greedy), and per row whether the guard fell back
+    to the input answer (a trimmed loop is not a fallback)."""
     from pathlib import Path
 
-    from metaaligner.aligner.inference import degenerate_reason, guard_outputs, resolve_objectives
+    from metaaligner.aligner.inference import guard_outputs, resolve_objectives
     from metaaligner.generation import GenerationParams
     from metaaligner.registry.objectives import build_registry
     from metaaligner.registry.templates import render
@@ -125,9 +126,9 @@ def system_outputs(cfg: EvalDemoConfig, rows: list[dict],
         if only and short not in only:
             continue
         raw = cached_generate(Path(cfg.output_dir) / "generations", model, prompts, params)
-        out[f"{label}, guard on"] = guard_outputs(answers, raw)[0]
+        out[f"{label}, guard on"], actions = guard_outputs(answers, raw)
         out[f"{label}, guard off"] = raw
-        fell[f"{label}, guard on"] = [degenerate_reason(t) is not None for t in raw]
+        fell[f"{label}, guard on"] = [a.startswith("fallback") for a in actions]
     return out, fell
 
 

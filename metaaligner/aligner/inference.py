@@ -15,11 +15,13 @@ built-in default aligner > a one-line error. The template is never guessed from 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -232,12 +234,131 @@ def degenerate_reason(text: str, n: int = 4, max_repeats: int = 2) -> str | None
     return None
 
 
-def guard_outputs(answers: Sequence[str], outputs: Sequence[str]) -> tuple[list[str], int]:
-    """The degeneration guard (ours, not the release's): an output that is empty or loops falls back
-    to the answer it was given, so the built-in 135M aligner is never worse than a copy there.
-    Returns the outputs and how many fell back."""
-    bad = [degenerate_reason(o) is not None for o in outputs]
-    return [a if b else o for a, o, b in zip(answers, outputs, bad)], sum(bad)
+# The degeneration guard's rules (ours, not the release's). A loop is trimmed to its first
+# occurrence; the input answer comes back only when nothing usable is left, since returning it
+# would undo a refusal that happened to loop.
+NGRAM_N = 4                 # word n-gram length (words as _word_key gives them)
+NGRAM_MAX_REPEATS = 2       # an n-gram seen more often than this is a loop
+SENTENCE_MIN_WORDS = 4      # shorter sentences may recur ("Rest helps.")
+NEAR_REPEAT_RATIO = 0.8     # difflib ratio of two sentences' words at which the later repeats the earlier
+MIN_USABLE_WORDS = 3        # a trimmed output with fewer words falls back to the input answer
+GUARD_ACTIONS = ("kept", "trimmed", "fallback_empty", "fallback_unusable")
+_WORD = re.compile(r"\w+(?:'\w+)*")
+_FINISHED = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s*$")
+
+
+def _word_key(token: str) -> str:
+    """A whitespace token for comparing: lower-cased, curly apostrophe made straight, punctuation
+    dropped ("Don\u2019t," -> "don't"); a token of punctuation only stays as it is ("...")."""
+    token = token.lower().replace("\u2019", "'")
+    return "".join(_WORD.findall(token)) or token
+
+
+def _words(text: str) -> list[str]:
+    return [_word_key(t) for t in text.split()]
+
+
+def _sentence_pieces(text: str) -> list[str]:
+    """The text cut after each sentence end, every piece keeping its closing quotes and the
+    whitespace after it, so that joined pieces are the text's own bytes."""
+    pieces, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    return pieces + ([text[start:]] if start < len(text) else [])
+
+
+def _repeats(words: list[str], earlier: list[str]) -> bool:
+    """``words`` (a sentence of SENTENCE_MIN_WORDS or more) says again what ``earlier`` said: it is a
+    contiguous part of it, or their difflib ratio is NEAR_REPEAT_RATIO or more. Only this direction
+    of containment: a later sentence that adds words to an earlier one adds something."""
+    if len(words) < SENTENCE_MIN_WORDS:
+        return False
+    n = len(words)
+    if any(earlier[i:i + n] == words for i in range(len(earlier) - n + 1)):
+        return True
+    return difflib.SequenceMatcher(None, earlier, words, autojunk=False).ratio() >= NEAR_REPEAT_RATIO
+
+
+def _sentence_kinds(pieces: list[str]) -> list[str]:
+    """Per piece: "repeat" (says again what an earlier piece said, see ``_repeats``), "echo" (a
+    short sentence seen before word for word, or one without words: harmless alone) or "new"."""
+    seen: list[list[str]] = []
+    kinds = []
+    for piece in pieces:
+        words = _words(piece)
+        kinds.append("repeat" if any(_repeats(words, e) for e in seen)
+                     else "echo" if not words or words in seen else "new")
+        seen.append(words)
+    return kinds
+
+
+def _trim_sentence_loop(text: str) -> str:
+    """Drop a lone repeated sentence; where repeats and echoes follow one another (two or more in a
+    row with a repeat among them, or one repeat then an unfinished last sentence, as when the
+    token budget cuts a loop) the text is cycling, and it is cut where that run starts
+    ("A. B. A. B. A." -> "A. B.")."""
+    pieces = _sentence_pieces(text)
+    kinds = _sentence_kinds(pieces)
+    kept: list[str] = []
+    i = 0
+    while i < len(pieces):
+        j = i + 1
+        if kinds[i] != "new":
+            while j < len(pieces) and kinds[j] != "new":
+                j += 1
+        run = kinds[i:j]
+        if "repeat" not in run:
+            kept += pieces[i:j]
+        elif len(run) > 1 or (j == len(pieces) - 1 and not _FINISHED.search(pieces[j])):
+            break
+        i = j
+    return text if len(kept) == len(pieces) else "".join(kept).rstrip()
+
+
+def _trim_ngram_loop(text: str) -> str:
+    """Cut at the second occurrence of the first word n-gram seen more than NGRAM_MAX_REPEATS times,
+    keeping the loop's first turn ("no no no no no" -> "no"); catches loops without sentence ends."""
+    spans = list(re.finditer(r"\S+", text))
+    keys = [_word_key(m.group()) for m in spans]
+    where: dict[tuple[str, ...], list[int]] = {}
+    for i in range(len(keys) - NGRAM_N + 1):
+        starts = where.setdefault(tuple(keys[i:i + NGRAM_N]), [])
+        starts.append(i)
+        if len(starts) > NGRAM_MAX_REPEATS:
+            return text[:spans[starts[1]].start()].rstrip().rstrip(",;").rstrip()
+    return text
+
+
+def trim_loops(text: str) -> str:
+    """``text`` with its loops trimmed to their first occurrence (sentence repeats, then word
+    n-gram loops, until nothing changes); the very same string when it has none."""
+    while True:
+        trimmed = _trim_ngram_loop(_trim_sentence_loop(text))
+        if trimmed == text:  # each step only shortens, so this ends
+            return text
+        text = trimmed
+
+
+def guard_output(answer: str, output: str) -> tuple[str, str]:
+    """The degeneration guard for one row: ``(text, action)``, action one of GUARD_ACTIONS. An
+    output without loops is kept as it is (however short); a looping one is trimmed to its first
+    occurrence; the input answer comes back only for an empty output or when fewer than
+    MIN_USABLE_WORDS words survive the trimming."""
+    if not str(output or "").strip():
+        return answer, "fallback_empty"
+    text = trim_loops(output)
+    if text == output:
+        return output, "kept"
+    if len(text.split()) < MIN_USABLE_WORDS:
+        return answer, "fallback_unusable"
+    return text, "trimmed"
+
+
+def guard_outputs(answers: Sequence[str], outputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``guard_output`` per row: the texts and each row's action."""
+    pairs = [guard_output(a, o) for a, o in zip(answers, outputs)]
+    return [t for t, _ in pairs], [a for _, a in pairs]
 
 
 def guard_default(source: AlignerSource) -> bool:
@@ -248,10 +369,10 @@ def guard_default(source: AlignerSource) -> bool:
 def align_iteratively(generator, params: GenerationParams, template: str | Template, questions: Sequence[str],
                       answers: Sequence[Any], descriptions: list[str], iterations: int = 1,
                       progress: bool = False, guard: bool = False,
-                      fallbacks: list[int] | None = None) -> list[list[str]]:
+                      actions: list[list[str]] | None = None) -> list[list[str]]:
     """The paper's iterative alignment: iteration k aligns iteration k-1's output. Returns the
-    outputs of every iteration (the last is the final answer). ``guard``: see ``guard_outputs``;
-    the number of fallbacks per iteration is appended to ``fallbacks``."""
+    outputs of every iteration (the last is the final answer). ``guard``: see ``guard_output``,
+    each iteration against its own input; each iteration's per-row actions are appended to ``actions``."""
     if iterations < 1:
         raise MetaAlignerError(f"--iterations must be >= 1, got {iterations}")
     current = [normalize_answer(a) for a in answers]
@@ -261,9 +382,9 @@ def align_iteratively(generator, params: GenerationParams, template: str | Templ
         previous = current
         current = [normalize_answer(text) for text in generate_all(generator, prompts, params, progress=progress)]
         if guard:
-            current, fell_back = guard_outputs(previous, current)
-            if fallbacks is not None:
-                fallbacks.append(fell_back)
+            current, done = guard_outputs(previous, current)
+            if actions is not None:
+                actions.append(done)
         history.append(current)
     return history
 
@@ -408,7 +529,8 @@ class AlignStats:
     resumed: int = 0        # rows taken from an earlier, interrupted run
     empty_answers: int = 0  # input answers that were empty or whitespace only
     empty_outputs: int = 0  # aligner outputs that came back empty
-    fallbacks: int = 0      # degenerate outputs replaced by their input answer (the guard)
+    trimmed: int = 0        # looping outputs trimmed to their first occurrence (the guard; all iterations)
+    fallbacks: int = 0      # outputs replaced by their input answer: empty, or nothing usable after trimming
     prompt_chars: int = 0
     seconds: float = 0.0
     output: str = ""
@@ -420,7 +542,8 @@ class AlignStats:
         rate = self.aligned / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.name}: {self.rows_in} rows in, {self.aligned} aligned, {self.resumed} resumed, "
                 f"{self.empty_answers} empty answers (aligned as ''), {self.empty_outputs} empty outputs, "
-                + (f"{self.fallbacks} degenerate outputs fell back to the answer (guard), " if self.fallbacks else "")
+                + (f"{self.trimmed} looping outputs trimmed to their first occurrence, " if self.trimmed else "")
+                + (f"{self.fallbacks} fell back to the answer (nothing usable left), " if self.fallbacks else "")
                 + f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
 
 
@@ -435,7 +558,7 @@ class AlignRunSettings:
     iterations: int = 1
     backend: str = ""                # recorded in the fingerprint (hf and vllm may decode differently)
     endpoint: str | None = None      # an OpenAI-compatible server's base URL (stored redacted)
-    guard: bool = False     # degeneration guard (guard_outputs); on for the built-in aligners
+    guard: bool = False     # degeneration guard (guard_output); on for the built-in aligners
 
     @property
     def columns(self) -> list[str]:
@@ -509,7 +632,7 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
         history = align_iteratively(backend, settings.params, settings.source.template,
                                     [r["query"] for r in part], [r["answer"] for r in part],
                                     settings.descriptions, settings.iterations, guard=settings.guard,
-                                    fallbacks=fallbacks)
+                                    actions=actions)
         out_rows = []
         for j, row in enumerate(part):
             out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
@@ -519,11 +642,12 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
             out_rows.append(out)
         return out_rows
 
-    fallbacks: list[int] = []
+    actions: list[list[str]] = []
     chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
     stats.resumed, final = run_resumable(rows, writer, generator, make_rows, chunk, job.name, progress)
     stats.aligned = len(rows) - stats.resumed
-    stats.fallbacks = sum(fallbacks)
+    counts = Counter(a for done in actions for a in done)
+    stats.trimmed, stats.fallbacks = counts["trimmed"], counts["fallback_empty"] + counts["fallback_unusable"]
     stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
     stats.seconds = time.time() - start
     return stats
@@ -546,8 +670,8 @@ class Aligner:
                  add_objective: list[str] | None = None, objective_group: str | None = None,
                  params: GenerationParams | None = None, generator=None, guard: bool | None = None):
         self.source = resolve_aligner(model, template, lora_path)
-        self.guard = guard_default(self.source) if guard is None else guard  # see guard_outputs
-        self.fallbacks = 0  # degenerate outputs replaced by their input answer so far
+        self.guard = guard_default(self.source) if guard is None else guard  # see guard_output
+        self.guard_actions: Counter[str] = Counter()  # the guard's action per output so far (GUARD_ACTIONS)
         self.registry = build_registry(objectives_file, add_objective)
         self.group = objective_group_for(self.source, self.registry, objective_group)
         self.params = params or GenerationParams()
@@ -573,11 +697,21 @@ class Aligner:
               iterations: int = 1) -> str | list[str]:
         """The aligned answer(s): one string for one pair, a list for lists (batched)."""
         questions, answers, single = _as_lists(question, answer)
-        fallbacks: list[int] = []
+        actions: list[list[str]] = []
         history = align_iteratively(self.generator, self.params, self.source.template, questions, answers,
-                                    self.descriptions(objectives), iterations, guard=self.guard, fallbacks=fallbacks)
-        self.fallbacks += sum(fallbacks)
+                                    self.descriptions(objectives), iterations, guard=self.guard, actions=actions)
+        self.guard_actions.update(a for done in actions for a in done)
         return history[-1][0] if single else history[-1]
+
+    @property
+    def trimmed(self) -> int:
+        """Looping outputs trimmed to their first occurrence so far."""
+        return self.guard_actions["trimmed"]
+
+    @property
+    def fallbacks(self) -> int:
+        """Outputs replaced by their input answer so far (empty, or nothing usable after trimming)."""
+        return self.guard_actions["fallback_empty"] + self.guard_actions["fallback_unusable"]
 
 
 def _as_lists(question, answer) -> tuple[list[str], list[str], bool]:
