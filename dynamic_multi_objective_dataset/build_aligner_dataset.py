@@ -30,6 +30,8 @@ log = logging.getLogger("build_aligner_dataset")
 WARMUP_NOTES = {
     "copy": "this project's reading of the paper's warm-up step (copy task: answer y1 -> target y1, all "
             "objectives); the release ships only no_equal/ and all_equal/",
+    "unbeaten": "copy items only for answers that no pair of their question shows worse on some objective "
+                "(for data with several pairs per question, such as damaged copies of one answer)",
     "none": "no warm-up set, as released (only no_equal/ and all_equal/)",
 }
 
@@ -60,6 +62,7 @@ class BuildConfig:
     limit: int | None = field(default=None, metadata={"help": "use only the first N input rows"})
     warmup: str = field(default="copy", metadata={
         "help": "copy: warmup/train.json of copy items (this project's reading of the paper's warm-up step); "
+                "unbeaten: copy items only for answers no pair of their question shows worse on some objective; "
                 "none: no warm-up set (the release's data: only no_equal/ and all_equal/)"})
     test_input: str | None = field(default=None, metadata={
         "help": "stage-1 CSV of a held-out split (e.g. HH-RLHF test) -> no_equal/test.json, its contrastive items"})
@@ -89,12 +92,13 @@ def main(cfg: BuildConfig) -> dict:
     pairs, dropped = pairs_from_rows(rows, len(objectives), path=cfg.input, keep_identical=cfg.keep_identical_pairs)
     result = build_dataset(pairs, [o.key for o in objectives], [o.description for o in objectives], template,
                            seed=cfg.seed, val_size=cfg.val_size, tolerance=cfg.tie_tolerance,
-                           dropped=dropped, rows_in=len(rows), warmup=cfg.warmup == "copy")
+                           dropped=dropped, rows_in=len(rows), warmup=cfg.warmup != "none",
+                           warmup_unbeaten=cfg.warmup == "unbeaten")
     test, test_stats = _heldout(cfg, objectives, template) if cfg.test_input else ([], None)
     out = Path(cfg.output_dir)
     files = {"no_equal/train.json": result.no_equal_train, "no_equal/val.json": result.no_equal_val,
              "all_equal/train.json": result.all_equal}
-    if cfg.warmup == "copy":
+    if cfg.warmup != "none":
         files["warmup/train.json"] = result.warmup
     if cfg.test_input:
         files["no_equal/test.json"] = test
@@ -111,7 +115,7 @@ def main(cfg: BuildConfig) -> dict:
     print(f"build_aligner_dataset: {len(rows)} rows in, {len(pairs)} pairs used, dropped "
           f"{sum(dropped.values())} ({', '.join(f'{k}={v}' for k, v in sorted(dropped.items())) or 'none'}); "
           f"no_equal train/val {items['no_equal/train']}/{items['no_equal/val']}, "
-          f"all_equal {items['all_equal/train']}, warmup {items['warmup/train'] if cfg.warmup == 'copy' else 'none'}"
+          f"all_equal {items['all_equal/train']}, warmup {items['warmup/train'] if cfg.warmup != 'none' else 'none'}"
           f"{'' if not test_stats else ', test ' + str(len(test))}; "
           f"{seconds:.1f}s ({len(rows) / max(seconds, 1e-9):.0f} rows/s) -> {out}")
     return stats

@@ -10,6 +10,10 @@ r"""Stage 1: score preference pairs with one reward per objective (offline by de
         --input hh-rlhf-train.jsonl.gz --output runs/hh/rewards.csv \
         --reward_names harmless,helpful,humor --scorer classifier --batch_size 64
 
+    # computable checks as rewards (no model): the edit-bench demo aligner's labels
+    python dynamic_multi_objective_dataset/reward_labelling.py --input runs/edit/pairs.csv \
+        --output runs/edit/rewards.csv --reward_names harmlessness,repeat,len --scorer rule --normalize false
+
 Writes ``prompt, chosen_response, rejected_response, chosen_score{i}, rejected_score{i}`` (i in
 ``--reward_names`` order; rounded to ``--round`` decimals, then z-scored over chosen + rejected) and
 ``<output stem>.reward_stats.json`` (each reward's name, model, mean, std; dropped rows by reason).
@@ -34,7 +38,9 @@ class RewardLabellingConfig:
         "help": "comma-separated rewards, in score-column order: harmless, helpful, humor (registered), or any "
                 "objective key for the LLM scorer (e.g. honesty, ultrafeedback:helpfulness)"})
     scorer: str = field(default="llm", metadata={
-        "help": "llm: yes/no logit gap of a causal LM (offline default); classifier: the released reward models"})
+        "help": "llm: yes/no logit gap of a causal LM (offline default); classifier: the released reward models; "
+                "rule: minus the violations of a computable check (metaaligner/editbench/checks.py: harmlessness, "
+                "repeat, len, disclaimer, no_caps, ask_back, word_limit)"})
     model: str | None = field(default=None, metadata={
         "help": "causal LM for --scorer llm: local path or hub name (default: the embedded SmolLM2-135M-Instruct)"})
     reward_models: list[str] = field(default_factory=list, metadata={

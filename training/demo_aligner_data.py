@@ -6,6 +6,11 @@
     # 3. put the human preference in front as the harmlessness score -> the stage-1 CSV of Algorithm 1
     python training/demo_aligner_data.py --step merge --input runs/demo/helpful.csv --output runs/demo/rewards.csv
 
+    # the edit-bench demo aligner: damaged vs clean pairs of the train split (then --scorer rule)
+    python training/demo_aligner_data.py --step edit_pairs --output runs/edit/pairs.csv
+    # the ablation's data: the same items with the objective text withheld from every prompt
+    python training/demo_aligner_data.py --step blind --input runs/edit/aligner_data --output runs/edit/blind_data
+
 Harmlessness = the human preference of harmless-base (chosen 1, rejected 0), standing in for the
 released harmlessness reward model (not available offline).
 """
@@ -17,7 +22,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DemoDataConfig:
-    step: str = field(metadata={"help": "slice: pick short pairs; merge: add the human preference as score 1"})
+    step: str = field(metadata={"help": "slice: pick short pairs; merge: add the human preference as score 1; "
+                                        "edit_pairs: damaged vs clean pairs of the edit bench's train split; "
+                                        "blind: copy an aligner data folder with the objective text withheld"})
     output: str = field(metadata={"help": "output CSV"})
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "slice: HH-RLHF JSONL(.gz) transcripts; merge: the reward_labelling.py CSV"})
@@ -28,6 +35,8 @@ class DemoDataConfig:
     seed: int = field(default=0, metadata={"help": "slice: sampling seed"})
     model: str | None = field(default=None,
                               metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
+    draws: int = field(default=2, metadata={"help": "edit_pairs: pair kinds drawn per clean answer"})
+    max_words: int = field(default=45, metadata={"help": "edit_pairs: longest answer and query, in words"})
     exclude_heldout: str | None = field(default=None, metadata={
         "help": "slice: probe.json of the offline judge; the prompts of its held-out rows are never used"})
 
@@ -57,8 +66,24 @@ def main(cfg: DemoDataConfig) -> None:
         columns = list(rows[0])
         write_csv(cfg.output, rows, columns)
         print(f"demo merge: {len(rows)} rows, harmlessness = human preference as score1 -> {cfg.output}")
+    elif cfg.step == "edit_pairs":
+        from metaaligner.editbench.data import harmless_base_pool, load_pool, training_pairs
+
+        pool = load_pool(max_answer_words=cfg.max_words, max_query_words=cfg.max_words)
+        pool += harmless_base_pool(cfg.input, cfg.max_words, cfg.max_words)
+        rows = training_pairs(pool, cfg.seed, cfg.draws)
+        write_csv(cfg.output, rows, ["source", "prompt", "chosen_response", "rejected_response"])
+        answers = sum(r["split"] == "train" for r in pool)
+        print(f"edit pairs: {len(rows)} pairs from {answers} train-split answers "
+              f"({len(pool) - answers} test-split answers never used); "
+              f"{time.perf_counter() - start:.1f}s -> {cfg.output}")
+    elif cfg.step == "blind":
+        from metaaligner.training.demo import blind_data_folder
+
+        n = blind_data_folder(cfg.input, cfg.output)
+        print(f"blind data: {n} items with the objective text withheld -> {cfg.output}")
     else:
-        raise MetaAlignerError(f"--step must be slice or merge, got {cfg.step!r}")
+        raise MetaAlignerError(f"--step must be slice, merge, edit_pairs or blind, got {cfg.step!r}")
 
 
 def make_parser():

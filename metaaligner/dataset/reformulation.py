@@ -244,11 +244,15 @@ def split_questions(questions: list[str], val_size: float, seed: int) -> set[str
 def build_dataset(pairs: list[ScoredPair], objective_keys: list[str], descriptions: list[str],
                   template: str | Template, seed: int = 0, val_size: float = 0.1,
                   tolerance: float = 0.0, dropped: Counter | None = None, rows_in: int | None = None,
-                  warmup: bool = True) -> DatasetSplit:
+                  warmup: bool = True, warmup_unbeaten: bool = False) -> DatasetSplit:
     """Algorithm 1 over all pairs, the grouped split, the seeded item order, and the stats.
-    ``warmup=False``: no copy items (the release's data: only no_equal/ and all_equal/)."""
+    ``warmup=False``: no copy items (the release's data: only no_equal/ and all_equal/).
+    ``warmup_unbeaten``: copy items only for answers that no pair of their question shows worse on
+    some objective (copying a beaten answer under every objective would teach the aligner to keep
+    its flaw)."""
     tpl = template if isinstance(template, Template) else get_template(template)
     val_questions = split_questions([p.prompt for p in pairs], val_size, seed)
+    beaten = beaten_answers(pairs, tolerance) if warmup_unbeaten else set()
     out = DatasetSplit()
     excluded = Counter()
     for pair in pairs:
@@ -260,6 +264,8 @@ def build_dataset(pairs: list[ScoredPair], objective_keys: list[str], descriptio
                 excluded[item.direction] += 1   # keep validation questions out of every train set
             elif item.direction == EQUAL:
                 out.all_equal.append(item)
+            elif (pair.prompt, item.target) in beaten:
+                excluded["warmup_beaten"] += 1
             else:
                 out.warmup.append(item)
     for name, items in (("no_equal_train", out.no_equal_train), ("all_equal", out.all_equal),
@@ -269,6 +275,18 @@ def build_dataset(pairs: list[ScoredPair], objective_keys: list[str], descriptio
                               rows_in if rows_in is not None else len(pairs))
     out.stats.update(seed=seed, val_size=val_size, tie_tolerance=tolerance, template=tpl.name,
                      objectives=list(objective_keys))
+    return out
+
+
+def beaten_answers(pairs: list[ScoredPair], tolerance: float = 0.0) -> set[tuple[str, str]]:
+    """(question, answer) of every answer that some pair shows worse on at least one objective."""
+    out = set()
+    for pair in pairs:
+        better, worse, _ = compare_scores(pair.chosen_scores, pair.rejected_scores, tolerance)
+        if better:
+            out.add((pair.prompt, pair.rejected))
+        if worse:
+            out.add((pair.prompt, pair.chosen))
     return out
 
 

@@ -37,8 +37,8 @@ from metaaligner.errors import DataError, MetaAlignerError
 log = logging.getLogger(__name__)
 
 ASSISTANT_CUE = "\n\nAssistant:"
-PAIR, RESPONSE, LLM = "pair", "response", "llm"
-KINDS = (PAIR, RESPONSE, LLM)
+PAIR, RESPONSE, LLM, RULE = "pair", "response", "llm", "rule"
+KINDS = (PAIR, RESPONSE, LLM, RULE)
 OK = "ok"
 # Row statuses that drop a pair (counted in the stats; never written as rewards).
 EMPTY_RESPONSE, NO_ASSISTANT_TURN, TOO_SHORT, TOO_LONG, NAN_SCORE = (
@@ -185,8 +185,8 @@ def resolve_rewards(names: list[str], scorer: str = LLM, model: str | None = Non
     """
     from metaaligner.registry.objectives import ObjectiveRegistry
 
-    if scorer not in ("llm", "classifier"):
-        raise MetaAlignerError(f"--scorer must be llm or classifier, got {scorer!r}")
+    if scorer not in ("llm", "classifier", RULE):
+        raise MetaAlignerError(f"--scorer must be llm, classifier or rule, got {scorer!r}")
     if not names:
         raise MetaAlignerError("--reward_names is empty")
     overrides = overrides or {}
@@ -198,7 +198,11 @@ def resolve_rewards(names: list[str], scorer: str = LLM, model: str | None = Non
             raise MetaAlignerError(f"reward {raw!r} is named twice in --reward_names")
         seen.add(name)
         registered = REWARDS.get(name)
-        if name in overrides:
+        if scorer == RULE and name not in overrides:
+            from metaaligner.dataset.rule_scorer import rule_key
+
+            specs.append(RewardSpec(name, RULE, None, None, rule_key(raw)))
+        elif name in overrides:
             kind, path = overrides[name]
             kind = kind or (registered.input if registered else PAIR)
             label = registered.label if registered and kind == registered.input else (1 if kind == RESPONSE else None)
@@ -514,7 +518,11 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
     classifiers: dict[str, tuple] = {}
     scorers: list[Scorer] = []
     for spec in specs:
-        if spec.kind == LLM:
+        if spec.kind == RULE:
+            from metaaligner.dataset.rule_scorer import RuleScorer
+
+            scorers.append(RuleScorer(spec.name, spec.description))
+        elif spec.kind == LLM:
             if spec.model not in judges:
                 with quiet_transformers():
                     model, tokenizer, dev = load_causal_lm(spec.model, device=device, dtype=dtype)
@@ -589,6 +597,8 @@ def label_rows(rows: list[PreferenceRow], scorers: list[Scorer], batch_size: int
     # Length filter with every distinct tokenizer, on the transcript (as released).
     checked: dict[tuple[int, int], dict[int, str]] = {}
     for scorer in scorers:
+        if scorer.tokenizer is None:  # a rule check reads text: no token limits
+            continue
         key = (id(scorer.tokenizer), scorer.max_length)
         if key not in checked:
             verdicts = {}
@@ -610,6 +620,12 @@ def label_rows(rows: list[PreferenceRow], scorers: list[Scorer], batch_size: int
     for i, scorer in enumerate(scorers):
         if isinstance(scorer, LLMScorer):
             judges.setdefault(id(scorer.judge), []).append(i)
+            continue
+        if scorer.kind == RULE:
+            columns[i] = ([scorer.score(r.prompt, r.chosen_response) for r in live],
+                          [scorer.score(r.prompt, r.rejected_response) for r in live])
+            if on_progress:
+                on_progress(2 * len(live))
             continue
         sequences = [scorer.encode(r.prompt, resp) for r in live for resp in (r.chosen_response, r.rejected_response)]
         scores = score_sequences(scorer, sequences, batch_size, on_progress)

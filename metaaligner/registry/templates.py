@@ -12,6 +12,8 @@ from pathlib import Path
 from metaaligner.errors import MetaAlignerError
 
 ASPECT_SEPARATOR = "; "
+# The aspects slot of the "objective text withheld" ablation (trained and run with this text only).
+NO_OBJECTIVE_TEXT = "(objectives withheld)"
 MODES = ("better", "equal")
 
 _HH = ("You are an assistant to human. You will be provided with a context and an answer. "
@@ -78,6 +80,18 @@ def get_template(name_or_path: str) -> Template:
         return Template(str(data.get("name", path.stem)), data["better"], data["equal"])
     raise MetaAlignerError(
         f"unknown template {name_or_path!r}; choose one of {sorted(TEMPLATES)} or give a YAML file")
+
+
+def withhold_aspects(template: Template, prompt: str) -> str:
+    """``prompt`` (rendered from ``template``, either form) with its aspects replaced by
+    ``NO_OBJECTIVE_TEXT``; a prompt of another template raises."""
+    for text in (template.better, template.equal):
+        head, tail = text.split("{aspects}", 1)
+        cue = tail.split("{", 1)[0]
+        if prompt.startswith(head) and cue in prompt[len(head):]:
+            rest = prompt[len(head):].split(cue, 1)[1]
+            return head + NO_OBJECTIVE_TEXT + cue + rest
+    raise MetaAlignerError(f"prompt is not of template {template.name!r}: {prompt[:80]!r}")
 
 
 def join_aspects(descriptions: list[str]) -> str:

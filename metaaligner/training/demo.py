@@ -89,6 +89,37 @@ def add_human_preference(rows: list[dict[str, Any]], position: int = 1) -> list[
     return out
 
 
+def blind_data_folder(src: str | Path, dst: str | Path) -> int:
+    """A copy of a build_aligner_dataset.py folder whose prompts carry ``NO_OBJECTIVE_TEXT`` instead
+    of the objective descriptions (the "same training without the objective text" ablation).
+    Returns the number of items rewritten."""
+    import json
+    import shutil
+
+    from metaaligner.io import atomic_folder, read_records, write_json
+    from metaaligner.registry.templates import get_template, withhold_aspects
+
+    src = Path(src)
+    stats = json.loads((src / "stats.json").read_text(encoding="utf-8"))
+    template = get_template(stats["template"])
+    n = 0
+    with atomic_folder(Path(dst)) as tmp:
+        for path in sorted(src.rglob("*.json")):
+            out = Path(tmp) / path.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if path.name == "stats.json":
+                shutil.copyfile(path, out)
+                continue
+            items = read_records(path)
+            for item in items:
+                turn = item["conversations"][0]
+                turn["value"] = withhold_aspects(template, turn["value"])
+                n += 1
+            write_json(out, items)
+        write_json(Path(tmp) / "blind.json", {"source": str(src), "objective_text": "withheld"})
+    return n
+
+
 def normalise_text(text: str) -> str:
     return " ".join(str(text).split())
 
