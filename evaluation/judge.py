@@ -21,6 +21,13 @@ Rating 0-10 (the rating study; seen + unseen UltraFeedback objectives by default
 
 ``--dry_run`` prints the number of calls and a cost estimate without calling; a re-run reuses the
 SQLite cache in ``--output_dir`` (0 calls); ``--resume`` continues an interrupted run.
+
+Controls: ``--controls`` also judges four control answers ('.', a canned refusal, the first half of
+the answer, the answer twice) against each row's original answer, into ``<mode>/<policy>.controls.json``;
+a judge that prefers '.' on more than half of the rows is unusable for that table. On by default
+for ``--judge_model probe`` (free); opt-in for endpoints, where it adds 4 calls per row and objective
+(``--dry_run --controls`` prices them). The probe also leaves out the rows whose query it was
+trained on, and counts them.
 """
 from __future__ import annotations
 
@@ -99,6 +106,11 @@ class JudgeConfig:
     cache: bool = field(default=True, metadata={"help": "use the SQLite cache (--no_cache disables it)"})
     cache_path: str = field(default=None, metadata={"help": "cache file; default: <output_dir>/judge_cache.sqlite"})
     max_failures: int = field(default=20, metadata={"help": "stop submitting after this many calls failed for good"})
+    controls: bool = field(default=False, metadata={"help": "also judge the control answers ('.', a refusal, the "
+                                                            "first half, the answer twice) against the original "
+                                                            "answers: 4 more calls per row and objective (default: "
+                                                            "on for --judge_model probe only)"})
+    no_controls: bool = field(default=False, metadata={"help": "no controls, even for the probe"})
 
 
 def make_parser():
@@ -114,6 +126,26 @@ def _flatten(values) -> list[str]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def control_lines(result) -> list[str]:
+    """One line per policy: each control's wins against the original answer, and the verdict on the judge."""
+    from metaaligner.judge.controls import LABELS
+
+    if result.control_run is None:
+        return []
+    lines = [f"controls: {result.control_run.line()}"]
+    for info in result.controls:
+        wins: dict[str, list[int]] = {}
+        for entry in info["controls"]:
+            wins.setdefault(entry["control"], [0, 0])
+            wins[entry["control"]][0] += entry["wins"]
+            wins[entry["control"]][1] += entry["n"]
+        cells = ", ".join(f"{LABELS.get(c, c)} {w}/{n}" for c, (w, n) in wins.items())
+        verdict = (f"judge UNUSABLE for these rows: prefers '.' to the original on {info['dot_wins']} of "
+                   f"{info['dot_rows']} rows" if info["unusable"] else "'.' is not preferred on most rows")
+        lines.append(f"  {info['policy']}: control beats the original answer: {cells}; {verdict}")
+    return lines
 
 
 def main(config: JudgeConfig) -> None:
@@ -138,11 +170,16 @@ def main(config: JudgeConfig) -> None:
         price_per_1k_output=config.price_per_1k_output, max_retries=config.max_retries, timeout=config.timeout,
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
         add_objective=_flatten(config.add_objective), overwrite=config.overwrite,
-        columns={"query": config.query_column, "goldens": config.goldens_column})
+        columns={"query": config.query_column, "goldens": config.goldens_column},
+        controls=True if config.controls else False if config.no_controls else None)
     if config.dry_run:
         print(format_dry_run(result, result.get("judge_model") or config.judge_model))
+        if result.get("control_tasks"):
+            print(f"  the calls include {result['control_tasks']} control outputs (--no_controls drops them)")
         return
     print(result.line())
+    if result.excluded:
+        print(f"  {result.excluded} row(s) left out: their query is among the judge's training prompts")
     for summary in result.summaries:
         if summary["mode"] == "pairwise":
             print(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "
@@ -153,6 +190,8 @@ def main(config: JudgeConfig) -> None:
             mean = "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"
             print(f"  {summary['policy']} {summary['target']} {summary['objective']}: mean rating {mean} "
                   f"({summary['valid']} valid, {summary['invalid']} invalid)")
+    for line in control_lines(result):
+        print(line)
     print(f"outputs in {config.output_dir}")
     if result.stopped == "max_cost":
         raise MetaAlignerError(f"stopped before exceeding --max_cost {config.max_cost:g} "

@@ -16,6 +16,12 @@
 Metrics (see ``metaaligner.judge.metrics``): ``win_half_tie`` = (W + T/2)/N (default), ``win`` = W/N,
 ``win_plus_tie`` (alias ``paper``) = (W + T)/(W + T + L), what the released scripts printed. Every
 caption names its metric(s) and the verdict parser recorded in the rows (``judge_parser``).
+
+Controls (``metaaligner.judge.controls``): where the judge run wrote ``<policy>.controls.json`` beside
+the verdicts, every table prints under it how often each control answer ('.', a refusal, the first
+half, the answer twice) beat the original answer with the same judge on the same rows, and its
+caption says "judge unusable for this table" when '.' won on more than half of them. Rows the judge
+left out because it was trained on their query are counted in the caption.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import atomic_open, read_records, write_csv
+from metaaligner.judge.controls import LABELS as CONTROL_LABELS, unusable_note
 from metaaligner.judge.metrics import (
     METRIC_LABELS,
     METRIC_SHORT,
@@ -41,6 +48,7 @@ from metaaligner.judge.metrics import (
 from metaaligner.judge.positions import VERDICTS
 
 ROW_KEYS = ("dataset", "policy", "target", "objective", "row", "verdict")
+CONTROL_PREFIX = "control:"  # targets of the judge's control rows: not table rows
 ALIGNED, ORIGIN = "aligned_responses", "origin_responses"
 TABLE3_ORDER = ("MetaAligner", "MORLHF", "MODPO", "SFT")
 DASH = "–"
@@ -87,6 +95,8 @@ def load_verdicts(paths: Iterable[str | Path], mode: str | None = None) -> list[
         for i, row in enumerate(records, start=1):
             if mode and row.get("mode", "pairwise") != mode:
                 continue
+            if str(row.get("target", "")).startswith(CONTROL_PREFIX):
+                continue  # read through the .controls.json summaries
             try:
                 row["row"] = int(row["row"])
             except (TypeError, ValueError):
@@ -608,6 +618,110 @@ def figure3_markdown(points: list[Figure3Point], steps: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- controls under every table
+
+def load_controls(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The ``<policy>.controls.json`` files the judge wrote under the folders in ``paths``."""
+    import json
+
+    found = []
+    for path in paths:
+        path = Path(path)
+        for file in sorted(path.rglob("*.controls.json")) if path.is_dir() else []:
+            try:
+                info = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DataError(file, f"not a controls file ({exc})") from None
+            found.append(info)
+    return found
+
+
+def controls_for(rows: list[dict[str, Any]], controls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The control entries of the table's rows: same dataset, policy, mode and judge configuration,
+    objectives the table shows; one per (policy, objective, control) when several folders hold them."""
+    shown = {(r.get("dataset"), r.get("policy"), r.get("mode", "pairwise"), str(r.get("judge_config") or ""),
+              r.get("objective")) for r in rows}
+    out: dict[tuple, dict[str, Any]] = {}
+    for info in controls:
+        for entry in info.get("controls", []):
+            key = (info.get("dataset"), info.get("policy"), info.get("mode"), str(info.get("judge_config") or ""),
+                   entry.get("objective"))
+            if key in shown:
+                out.setdefault(key + (entry.get("control"),), {**entry, "policy": info.get("policy")})
+    return list(out.values())
+
+
+def excluded_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows left out per policy because the judge was trained on their query, from the summary file
+    beside each verdict file (``excluded_training_prompts``)."""
+    import json
+
+    out: dict[str, int] = {}
+    for file in dict.fromkeys(r["_file"] for r in rows if r.get("_file")):
+        summary = Path(file).with_name(Path(file).name[: -len(".csv")] + ".summary.json")
+        try:
+            info = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        count = int(info.get("excluded_training_prompts") or 0) if isinstance(info, dict) else 0
+        policy = str(info.get("policy", ""))
+        out[policy] = max(out.get(policy, 0), count)
+    return {k: v for k, v in out.items() if v}
+
+
+def controls_caption(entries: list[dict[str, Any]], excluded: dict[str, int]) -> str:
+    """The caption's sentences on the judge: unusable ('.' preferred on most rows), rows left out."""
+    parts = []
+    dot = [e for e in entries if e["control"] == "dot"]
+    note = unusable_note(sum(e["wins"] for e in dot), sum(e["n"] for e in dot))
+    if note:
+        parts.append(note[0].upper() + note[1:] + ".")
+    if excluded:
+        each = ", ".join(f"{p} {n}" for p, n in excluded.items())
+        parts.append(f"{sum(excluded.values())} row(s) left out because the judge was trained on their query "
+                     f"({each}).")
+    return " ".join(parts)
+
+
+def controls_markdown(entries: list[dict[str, Any]]) -> str:
+    """The control rows under a table: per policy and objective, how often each control answer beat
+    the original answer (wins/rows)."""
+    if not entries:
+        return ""
+    names = list(dict.fromkeys(e["control"] for e in entries))
+    index = {(e["policy"], e["objective"], e["control"]): e for e in entries}
+    lines = ["Controls: the same judge on the same rows, each control answer against the original answer "
+             "(wins/rows; a judge that prefers '.' on more than half of the rows is unusable).", "",
+             "| Policy | Objective | " + " | ".join(CONTROL_LABELS.get(n, n) for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for policy, objective, name in dict.fromkeys((e["policy"], e["objective"], e["objective_name"])
+                                                 for e in entries):
+        cells = [index.get((policy, objective, n)) for n in names]
+        lines.append(f"| {policy} | {name} | " + " | ".join(
+            DASH if c is None else f"{c['wins']}/{c['n']}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def with_controls(text: str, rows: list[dict[str, Any]], controls: list[dict[str, Any]]) -> str:
+    """A report's Markdown with the judge's caption sentences appended to its caption (the last line)
+    and the control rows under it."""
+    entries = controls_for(rows, controls)
+    extra = controls_caption(entries, excluded_counts(rows))
+    if extra:
+        text = text.rstrip("\n") + " " + extra + "\n"
+    block = controls_markdown(entries)
+    return text + ("\n" + block if block else "")
+
+
+def latex_with_controls(text: str, rows: list[dict[str, Any]], controls: list[dict[str, Any]]) -> str:
+    """The LaTeX table's caption comment (its first line) with the judge's caption sentences."""
+    extra = controls_caption(controls_for(rows, controls), excluded_counts(rows))
+    if not extra:
+        return text
+    first, _, rest = text.partition("\n")
+    return f"{first}; {extra}\n{rest}"
+
+
 # ----------------------------------------------------------------------------- the 0-10 rating study
 
 UNALIGNED = "Unaligned"
@@ -728,8 +842,9 @@ def _write_table2(output_dir: Path, inputs: list[str], metrics: list[str], n_boo
     if not cells:
         raise MetaAlignerError("Table 2 needs pairwise verdicts for both aligned_responses and origin_responses "
                                f"under {inputs}")
-    _write_text(output_dir / "table2.md", table2_markdown(cells))
-    _write_text(output_dir / "table2.tex", table2_latex(cells))
+    controls = load_controls(inputs)
+    _write_text(output_dir / "table2.md", with_controls(table2_markdown(cells), rows, controls))
+    _write_text(output_dir / "table2.tex", latex_with_controls(table2_latex(cells), rows, controls))
     write_csv(output_dir / "table2.csv", [asdict(c) for c in cells], list(GainCell.__dataclass_fields__))
     written["table2"] = cells
     written["files"] += [output_dir / f"table2.{ext}" for ext in ("md", "tex", "csv")]
@@ -743,8 +858,10 @@ def _write_table3(output_dir: Path, inputs: list[str], metrics: list[str], n_boo
         raise MetaAlignerError(f"Table 3 found no pairwise aligned_responses verdicts under {inputs}")
     hours = device_hours(training_logs or {})
     order = methods or list(TABLE3_ORDER)
-    _write_text(output_dir / "table3.md", table3_markdown(cells, hours, order))
-    _write_text(output_dir / "table3.tex", table3_latex(cells, hours, order))
+    controls = load_controls(inputs)
+    shown = [r for r in rows if r["target"] == ALIGNED]
+    _write_text(output_dir / "table3.md", with_controls(table3_markdown(cells, hours, order), shown, controls))
+    _write_text(output_dir / "table3.tex", latex_with_controls(table3_latex(cells, hours, order), shown, controls))
     out_rows = [{**asdict(c), "gpu_hours": hours.get(c.method)} for c in cells]
     write_csv(output_dir / "table3.csv", out_rows, list(RateCell.__dataclass_fields__) + ["gpu_hours"])
     written.update(table3=cells, gpu_hours=hours)
@@ -754,21 +871,26 @@ def _write_table3(output_dir: Path, inputs: list[str], metrics: list[str], n_boo
 def _write_figure3(output_dir: Path, inputs: list[str], metric: str, n_boot: int, seed: int,
                    written: dict[str, Any]) -> None:
     steps = labelled_inputs(inputs, PAPER_STEPS)
-    points = figure3_points([(label, load_verdicts([path], "pairwise")) for label, path in steps],
-                            metric, n_boot, seed)
+    runs = [(label, load_verdicts([path], "pairwise")) for label, path in steps]
+    points = figure3_points(runs, metric, n_boot, seed)
     labels = [label for label, _ in steps]
     plot_figure3(points, labels, output_dir / "figure3.png")
-    _write_text(output_dir / "figure3.md", figure3_markdown(points, labels))
+    rows = [r for _, step_rows in runs for r in step_rows]
+    text = with_controls(figure3_markdown(points, labels), rows, load_controls(path for _, path in steps))
+    _write_text(output_dir / "figure3.md", text)
     write_csv(output_dir / "figure3.csv", [asdict(p) for p in points], list(Figure3Point.__dataclass_fields__))
     written["figure3"] = points
     written["files"] += [output_dir / f"figure3.{ext}" for ext in ("png", "md", "csv")]
 
 
 def _write_ratings(output_dir: Path, inputs: list[str], n_boot: int, seed: int, written: dict[str, Any]) -> None:
-    runs = [(label, load_verdicts([path], "rating")) for label, path in labelled_inputs(inputs)]
+    labelled = labelled_inputs(inputs)
+    runs = [(label, load_verdicts([path], "rating")) for label, path in labelled]
     cells = ratings_data(runs, n_boot, seed)
     plot_ratings(cells, output_dir / "ratings.png")
-    _write_text(output_dir / "ratings.md", ratings_markdown(cells))
+    rows = [r for _, run_rows in runs for r in run_rows]
+    text = with_controls(ratings_markdown(cells), rows, load_controls(path for _, path in labelled))
+    _write_text(output_dir / "ratings.md", text)
     write_csv(output_dir / "ratings.csv", [asdict(c) for c in cells], list(RatingCell.__dataclass_fields__))
     written["ratings"] = cells
     written["files"] += [output_dir / f"ratings.{ext}" for ext in ("png", "md", "csv")]

@@ -29,8 +29,11 @@ from metaaligner.judge.runner import (
     JudgeSettings,
     RunResult,
     discover_inputs,
+    drop_training_prompts,
     dry_run_plan,
+    plan_control_tasks,
     plan_tasks,
+    write_control_files,
     write_run_summary,
 )
 
@@ -76,7 +79,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
                   cache_path: str | Path | None = None, objectives_file: str | None = None,
                   add_objective: list[str] | None = None, max_failures: int = 20, progress: bool = True,
                   engine: Any = None, profile: str | None = None, parser: str | None = None,
-                  columns: dict[str, str] | None = None, overwrite: bool = False) -> RunResult | dict[str, Any]:
+                  columns: dict[str, str] | None = None, overwrite: bool = False,
+                  controls: bool | None = None) -> RunResult | dict[str, Any]:
     """Judge every row of the aligner output file(s) at ``input_path`` for each target and objective.
 
     ``profile`` (``clean`` by default, ``paper``, or a YAML file) sets the prompt set, judge model,
@@ -85,14 +89,20 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     (``run.json``: model, prompt, parser, endpoint, decoding) is refused unless ``overwrite``; its
     summaries never mix two judges' rows.
 
+    ``controls`` (None: on for the probe judge, which costs nothing; off for endpoints, which may
+    bill): after the real rows, judge the control answers ('.', a refusal, the first half, the answer
+    twice) against the original answers of the same rows (``metaaligner.judge.controls``); written to
+    ``<mode>/<policy>.controls.json``. A judge engine with ``is_training_prompt`` (the probe) has every
+    row whose query it was trained on left out and counted (``excluded_training_prompts``).
+
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
     from metaaligner.io import redact_url, write_json
+    from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine, judge_model_id
     from metaaligner.registry.objectives import build_registry
 
     output_dir = Path(output_dir)
     if judge_model == "probe" and engine is None:  # the offline probe judge (metaaligner/judge/probe.py)
-        from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine, judge_model_id
         engine, judge_model, judge_prompt = ProbeEngine(), judge_model_id(), str(PROMPTS_FILE)
     files = discover_inputs(input_path, exclude=output_dir)
     config = resolve_dataset(dataset, files)
@@ -117,6 +127,14 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
         log.warning("--max_cost has no effect: %s has no price (pass --price_per_1k_input/output)", judge_model)
     meter = CostMeter(price_in, price_out, max_cost)
     tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit, columns=columns)
+    if controls is None:
+        controls = isinstance(engine, ProbeEngine)
+    control_tasks = plan_control_tasks(files, config.name, objectives, settings, output_dir, limit=limit,
+                                       columns=columns) if controls else []
+    is_training_prompt = getattr(engine, "is_training_prompt", None)
+    excluded = drop_training_prompts(tasks, is_training_prompt) if is_training_prompt else 0
+    if is_training_prompt:
+        drop_training_prompts(control_tasks, is_training_prompt)
 
     if output_dir.exists() and not output_dir.is_dir():
         raise MetaAlignerError(f"{output_dir}: is a file, but --output_dir is a folder; choose another path")
@@ -127,7 +145,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     try:
         if dry_run:
             runner = JudgeRunner(settings, None, cache, meter, concurrency=concurrency, resume=resume)
-            return {**dry_run_plan(tasks, runner, output_dir, resume=resume), "profile": judge_profile.name}
+            return {**dry_run_plan(tasks + control_tasks, runner, output_dir, resume=resume),
+                    "profile": judge_profile.name, "control_tasks": len(control_tasks), "excluded": excluded}
         if engine is None:
             engine = OpenAIChatEngine(judge_model, base_url=base_url, timeout=timeout, max_retries=max_retries)
         write_json(output_dir / "run.json", {"judge_config": settings.fingerprint(),
@@ -135,7 +154,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
             "prompt_system": prompt.system,
             "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
             "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
-            "judge_quality": getattr(engine, "caption", None),
+            "judge_quality": getattr(engine, "caption", None), "controls": bool(controls),
+            "excluded_training_prompts": excluded,
             "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries,
             "timeout": timeout,
             "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
@@ -143,11 +163,26 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
         runner = JudgeRunner(settings, engine, cache, meter, concurrency=concurrency, resume=resume,
                              max_failures=max_failures, progress=progress, overwrite=overwrite)
         result = runner.run(tasks)
+        result.excluded = excluded
         write_run_summary(output_dir, result.summaries, settings.fingerprint())
+        if control_tasks and result.stopped is None and not result.failed:
+            run_controls(result, control_tasks, settings, engine, cache, meter, output_dir,
+                         dict(concurrency=concurrency, resume=resume, max_failures=max_failures, progress=progress,
+                              overwrite=overwrite))
         return result
     finally:
         if cache is not None:
             cache.close()
+
+
+def run_controls(result: RunResult, tasks: list, settings: JudgeSettings, engine: Any, cache, meter: CostMeter,
+                 output_dir: Path, options: dict[str, Any]) -> None:
+    """Judge the control tasks after the real ones (same engine, cache and spending cap) and write
+    the ``.controls.json`` files; ``result.control_run`` and ``result.controls`` hold the outcome."""
+    runner = JudgeRunner(settings, engine, cache, meter, **options)
+    result.control_run = runner.run(tasks)
+    finished = {(s["policy"], s["target"], s["objective"]) for s in result.control_run.summaries}
+    result.controls = write_control_files(output_dir, tasks, finished, settings)
 
 
 def check_same_judge(run_json: Path, settings: JudgeSettings) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from metaaligner.errors import MetaAlignerError
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "data" / "offline_judge"
+REPO_ROOT = PROBE_DIR.parents[2]  # probe.json names its input relative to the repository
 ENGINE_NAME = "probe"
 
 
@@ -123,6 +124,23 @@ def agreement(score_chosen: Sequence[float], score_rejected: Sequence[float]) ->
     return {"pairs": n, "agreement": wins / n if n else float("nan"), "ci95": [low, high]}
 
 
+def normalise(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def choice(output1: str, output2: str, score1: float, score2: float) -> int:
+    """1 or 2 (the higher score), 0 for the same text or the same score."""
+    if normalise(output1) == normalise(output2) or score1 == score2:
+        return 0
+    return 1 if score1 > score2 else 2
+
+
+def resolve_input(path: str) -> Path:
+    """``probe.json``'s ``input``: as given, else relative to the repository root."""
+    given = Path(path)
+    return given if given.is_absolute() or given.exists() else REPO_ROOT / given
+
+
 @dataclass
 class ProbeJudge:
     """The fitted probe plus the feature settings it was fitted with."""
@@ -132,6 +150,7 @@ class ProbeJudge:
     info: dict
     model: object = None
     tokenizer: object = None
+    _train_prompts: set | None = None
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> ProbeJudge:
@@ -164,6 +183,26 @@ class ProbeJudge:
                 f"agreement with human preference {held.get('agreement', float('nan')):.1%} "
                 f"(95% CI {low:.1%}-{high:.1%}) on {held.get('pairs', 0)} held-out harmless-base pairs")
 
+    def training_prompts(self) -> set[str]:
+        """The prompts (whitespace-normalised) of the rows the probe was fitted on: ``train_rows`` of
+        probe.json; a probe without them counts every row of its input outside ``heldout_rows``."""
+        if self._train_prompts is None:
+            self._train_prompts = set()
+            if self.info.get("input") and ("train_rows" in self.info or "heldout_rows" in self.info):
+                from metaaligner.dataset.rewards import load_preference_rows
+
+                rows = load_preference_rows(resolve_input(self.info["input"]))
+                if "train_rows" in self.info:
+                    ids = set(self.info["train_rows"])
+                else:
+                    ids = {r.row_id for r in rows} - set(self.info["heldout_rows"])
+                self._train_prompts = {normalise(r.prompt) for r in rows if r.row_id in ids}
+        return self._train_prompts
+
+    def is_training_prompt(self, query: str) -> bool:
+        """Whether ``query`` is one of the probe's training prompts (whitespace-normalised)."""
+        return normalise(query) in self.training_prompts()
+
     def _ensure_model(self):
         if self.model is None:
             import torch
@@ -192,8 +231,7 @@ class ProbeJudge:
         """Per row 1 (output1 better), 2 (output2 better) or 0 (same text or same score)."""
         n = len(prompts)
         scores = self.score(list(prompts) * 2, list(outputs1) + list(outputs2))
-        return [0 if " ".join(a.split()) == " ".join(b.split()) or x == y else 1 if x > y else 2
-                for a, b, x, y in zip(outputs1, outputs2, scores[:n], scores[n:])]
+        return [choice(a, b, x, y) for a, b, x, y in zip(outputs1, outputs2, scores[:n], scores[n:])]
 
 
 # ---------------------------------------------------------------- as a judge engine of evaluation/
@@ -235,6 +273,15 @@ class ProbeEngine:
         self.judge = ProbeJudge.load(folder)
         self.caption = self.judge.caption
         self._lock = threading.Lock()
+        self._scores: dict[tuple[str, str], float] = {}  # every objective asks the same question
+
+    def is_training_prompt(self, query: str) -> bool:
+        return self.judge.is_training_prompt(query)
+
+    def _score(self, query: str, output: str) -> float:
+        if (query, output) not in self._scores:
+            self._scores[(query, output)] = self.judge.score([query], [output])[0]
+        return self._scores[(query, output)]
 
     def complete(self, messages: list[dict[str, str]], decoding=None):
         from metaaligner.judge.cache import Completion
@@ -242,7 +289,8 @@ class ProbeEngine:
         fields = read_fields(messages[-1]["content"])
         with self._lock:
             if "output" in fields:
-                score = self.judge.score([fields["query"]], [fields["output"]])[0]
+                score = self._score(fields["query"], fields["output"])
                 return Completion(text=f"[[{round(10 / (1 + math.exp(-score)))}]]")
-            verdict = self.judge.compare([fields["query"]], [fields["output1"]], [fields["output2"]])[0]
+            a, b = fields["output1"], fields["output2"]
+            verdict = choice(a, b, self._score(fields["query"], a), self._score(fields["query"], b))
         return Completion(text=f"[[{verdict}]]")

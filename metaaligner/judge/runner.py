@@ -6,6 +6,12 @@ written incrementally to ``<output_dir>/<mode>/<policy>/<target>/<objective>.csv
 through the SQLite cache first, so a re-run issues 0 requests and an interrupted run continues
 where it stopped. Rows whose call failed after all retries are left unwritten (never filled with
 another reply); the run then stops with a one-line error and ``--resume`` retries exactly those.
+
+Controls (``plan_control_tasks``, ``metaaligner.judge.controls``) are extra tasks of the same kind:
+the control answers judged against the original answers, written under ``<mode>/<policy>/controls/``
+and summed up in ``<mode>/<policy>.controls.json``; they never change the requests of the real rows.
+A judge that knows its training prompts (the probe) has those rows left out of every task and counted
+(``drop_training_prompts``).
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.io import ResumableWriter, read_table, write_csv, write_json
+from metaaligner.io import ResumableWriter, read_records, read_table, write_csv, write_json
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
+from metaaligner.judge.controls import CONTROLS, ORIGINAL, control_answer, tally, unusable, verdict_of_ratings
 from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
 from metaaligner.judge.metrics import (
     bootstrap_ci,
@@ -43,6 +50,8 @@ from metaaligner.registry.objectives import Objective
 log = logging.getLogger(__name__)
 
 TARGETS = ("aligned_responses", "origin_responses")
+ORIGIN = "origin_responses"
+CONTROL_PREFIX = "control:"   # the target of a control task: control:dot, control:refusal, ...
 ROW_COLUMNS = ["dataset", "policy", "target", "objective", "objective_name", "unseen", "mode", "row", "item_id",
                "position", "reply", "reminder_reply", "verdict", "score", "verdict_first", "reply_swapped",
                "reminder_reply_swapped", "verdict_swapped", "consistent", "calls", "cached_calls",
@@ -84,6 +93,7 @@ class Task:
     objective: Objective
     rows_path: Path
     units: list["Unit"] = field(default_factory=list)
+    excluded: int = 0          # rows left out: their query is among the judge's training prompts
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -187,6 +197,98 @@ def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Obj
     return tasks
 
 
+def drop_training_prompts(tasks: list[Task], is_training_prompt) -> int:
+    """Leave out every unit whose query the judge was trained on (``task.excluded`` counts them), so
+    no score comes from a prompt the judge saw in training. Returns how many units were left out."""
+    seen: dict[str, bool] = {}
+    dropped = 0
+    for task in tasks:
+        keep = [u for u in task.units if not seen.setdefault(u.query, bool(is_training_prompt(u.query)))]
+        task.excluded = len(task.units) - len(keep)
+        dropped += task.excluded
+        task.units = keep
+    return dropped
+
+
+def control_rows_path(output_dir: Path, mode: str, policy: str, control: str, objective: str) -> Path:
+    return output_dir / mode / policy / "controls" / control / f"{objective}.csv"
+
+
+def controls_file(output_dir: Path, mode: str, policy: str) -> Path:
+    """``<mode>/<policy>.controls.json``: next to the policy's verdict folder."""
+    return output_dir / mode / f"{policy}.controls.json"
+
+
+def plan_control_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Objective],
+                       settings: JudgeSettings, output_dir: Path, limit: int = 0,
+                       columns: dict[str, str] | None = None) -> list[Task]:
+    """One task per (policy file, control, objective). Pairwise: the control answer is the candidate and
+    the original answer (``origin_responses``) stands where the golden one does; rating: the control is
+    rated, and so is the original (control ``original``) to compare with. Files without
+    ``origin_responses`` get no controls."""
+    names = list(CONTROLS) + ([ORIGINAL] if settings.mode == "rating" else [])
+    tasks = []
+    for policy, path in files:
+        try:  # "rating": the golden column is not needed here
+            rows = load_rows(path, "rating", [ORIGIN], limit, columns)
+        except DataError as exc:
+            log.warning("no controls for %s: %s", policy, exc)
+            continue
+        for name in names:
+            for objective in objectives:
+                task = Task(dataset, policy, CONTROL_PREFIX + name, objective,
+                            control_rows_path(output_dir, settings.mode, policy, name, objective.key))
+                for i, row in enumerate(rows):
+                    original = str(row[ORIGIN] or "")
+                    golden = original if settings.mode == "pairwise" else ""
+                    task.units.append(Unit(task.key, i, item_id(row["query"], golden), row["query"],
+                                           control_answer(name, original), golden, objective.description))
+                tasks.append(task)
+    return tasks
+
+
+def _rating(row: dict[str, Any] | None) -> float | None:
+    if row is None or row.get("verdict") == INVALID or str(row.get("score", "")) == "":
+        return None
+    return float(row["score"])
+
+
+def control_verdicts(task: Task, rows: dict[tuple, dict[int, dict]], mode: str) -> list[str]:
+    """The control's verdict against the original on each row of ``task``."""
+    mine = rows[task.key]
+    if mode == "pairwise":
+        return [str(mine[u.row]["verdict"]) for u in task.units]
+    original = rows[(task.policy, CONTROL_PREFIX + ORIGINAL, task.objective.key)]
+    return [verdict_of_ratings(_rating(mine.get(u.row)), _rating(original.get(u.row))) for u in task.units]
+
+
+def write_control_files(output_dir: Path, tasks: list[Task], finished: set[tuple], settings: JudgeSettings
+                        ) -> list[dict[str, Any]]:
+    """``<mode>/<policy>.controls.json`` for each policy whose control tasks all finished: per objective
+    and control, the tally against the original answers, and whether the judge is unusable ('.'
+    preferred on more than half of the rows)."""
+    out = []
+    for policy in dict.fromkeys(t.policy for t in tasks):
+        mine = [t for t in tasks if t.policy == policy]
+        if not all(t.key in finished for t in mine):
+            continue
+        rows = {t.key: {int(r["row"]): r for r in read_records(t.rows_path)} for t in mine}
+        entries = [{"objective": t.objective.key, "objective_name": t.objective.name,
+                    "unseen": bool(t.objective.unseen), "control": t.target[len(CONTROL_PREFIX):],
+                    **tally(control_verdicts(t, rows, settings.mode))}
+                   for t in mine if t.target != CONTROL_PREFIX + ORIGINAL]
+        dot = [e for e in entries if e["control"] == "dot"]
+        dot_wins, dot_rows = sum(e["wins"] for e in dot), sum(e["n"] for e in dot)
+        info = {"dataset": mine[0].dataset, "policy": policy, "mode": settings.mode,
+                "judge_model": settings.judge_model, "judge_config": settings.fingerprint(),
+                "rows": len(mine[0].units), "excluded_training_prompts": mine[0].excluded,
+                "dot_wins": dot_wins, "dot_rows": dot_rows, "unusable": unusable(dot_wins, dot_rows),
+                "controls": entries}
+        write_json(controls_file(output_dir, settings.mode, policy), info)
+        out.append(info)
+    return out
+
+
 # ---------------------------------------------------------------------------- running
 
 @dataclass
@@ -215,6 +317,9 @@ class RunResult:
     summaries: list[dict[str, Any]]
     finished_tasks: int
     total_tasks: int
+    excluded: int = 0                                               # units left out: judge training prompts
+    controls: list[dict[str, Any]] = field(default_factory=list)    # the .controls.json contents
+    control_run: "RunResult | None" = None
 
     @property
     def rows_per_s(self) -> float:
@@ -493,6 +598,7 @@ def summarize_task(task: Task, rows: list[dict[str, Any]], settings: JudgeSettin
         summary.update(summarize_ratings(scores))
         valid = [s for s in scores if s is not None]
         summary["mean_ci95"] = list(bootstrap_ci(valid, seed=settings.seed)) if valid else None
+    summary["excluded_training_prompts"] = task.excluded
     summary["empty_candidates"] = sum(1 for u in task.units if not u.candidate.strip())
     summary["empty_goldens"] = sum(1 for u in task.units if settings.mode == "pairwise" and not u.golden.strip())
     summary["prompt_tokens"] = sum(int(r.get("prompt_tokens") or 0) for r in rows)
@@ -509,7 +615,9 @@ def write_run_summary(output_dir: Path, summaries: list[dict[str, Any]], judge_c
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if judge_config is None or (isinstance(summary, dict) and summary.get("judge_config") == judge_config):
+        if not isinstance(summary, dict) or str(summary.get("target", "")).startswith(CONTROL_PREFIX):
+            continue  # controls have their own <policy>.controls.json
+        if judge_config is None or summary.get("judge_config") == judge_config:
             all_summaries.append(summary)
     if not all_summaries:
         all_summaries = summaries
