@@ -1,4 +1,4 @@
-"""The built-in aligner's safety net and its evaluation measures (no model is loaded)."""
+"""The built-in aligner's safety net: the degeneration guard in every path (no model is loaded)."""
 from __future__ import annotations
 
 import pytest
@@ -15,7 +15,6 @@ from metaaligner.aligner.inference import (
 )
 from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.training.demo import text_measures, win_rate
 
 LOOP = "I'm not a medical professional. I'm not a doctor. I'm not a doctor. I'm not a doctor. I'm not a doctor."
 TRIMMED = "I'm not a medical professional. I'm not a doctor."  # LOOP after the guard
@@ -108,58 +107,3 @@ def test_guard_flag_values():
     assert _guard_on("on", released) is True and _guard_on("off", builtin) is False
     with pytest.raises(MetaAlignerError, match="--guard must be auto, on or off"):
         _guard_on("yes", builtin)
-
-
-def test_text_measures_hand_computed():
-    m = text_measures(["one two three four", "a b", "x"], ["one two three four", "", LOOP])
-    assert m["rows"] == 3 and m["loop_rate"] == pytest.approx(1 / 3) and m["empty_rate"] == pytest.approx(1 / 3)
-    assert m["copy_rate"] == pytest.approx(1 / 3)
-    assert m["length_ratio"] == pytest.approx((1 + 0 + 21) / 3)  # words out / words in; LOOP has 5 + 4 * 4 words
-    assert m["similarity"] < 1 / 3 + 0.01
-
-
-def test_win_rate_counts_same_text_as_tie():
-    out = win_rate([2.0, 0.0, 5.0, 1.0], [1.0, 1.0, 1.0, 1.0], ["x", "y", "same", "z"], ["a", "b", "same ", "c"])
-    assert (out["wins"], out["ties"], out["losses"]) == (1, 2, 1)
-    assert out["rate"] == pytest.approx(0.5) and out["n"] == 4
-
-
-def test_eval_script_writes_json_and_table(tiny_llama_dir, tmp_path, repo_root):
-    import json
-    import shutil
-
-    import torch
-
-    from metaaligner.judge.probe import ProbeJudge
-    from training.eval_demo_aligner import EvalDemoConfig, main
-
-    model = tmp_path / "aligner"
-    shutil.copytree(tiny_llama_dir, model)
-    (model / "metaaligner.json").write_text(json.dumps({"template": "hh-rlhf", "objectives": ["harmlessness"]}))
-    from metaaligner.io import read_records, write_csv, write_jsonl
-
-    records = read_records(repo_root / "samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz")[:12]
-    pairs = str(tmp_path / "pairs.jsonl")
-    write_jsonl(pairs, records)
-    policy = tmp_path / "policy.csv"
-    write_csv(policy, [{"query": "\n\nHuman: hi?\n\nAssistant:", "generated_text": f"Hello number {i}."} for i in range(3)],
-              ["query", "generated_text"])
-    info = {"model": str(tiny_llama_dir), "layer": 1, "max_tokens": 64, "max_response_tokens": 32,
-            "input": pairs, "heldout": {"pairs": 6, "agreement": 0.6, "ci95": [0.55, 0.65]},
-            "heldout_rows": [0, 1, 2, 3, 4, 5]}
-    ProbeJudge(torch.ones(16), torch.ones(16), info).save(tmp_path / "judge")
-    out = main(EvalDemoConfig(output_dir=str(tmp_path / "eval"), aligner_path=str(model), base_model=str(model),
-                              judge_dir=str(tmp_path / "judge"), pairs_file=pairs, policy_file=str(policy),
-                              n_pair_rows=3, n_policy_rows=2, max_query_tokens=400, max_answer_tokens=200,
-                              max_new_tokens=6, batch_size=8, compare_aligner=str(model),
-                              compare_label="previous (†)", compare_note="(†) the same folder, for the test."))
-    hb = out["by_source"]["harmless-base"]
-    assert hb["copy (answer unchanged)"]["vs_unaligned"]["ties"] == 3  # a copy always ties
-    assert hb["copy (answer unchanged)"]["vs_unaligned"]["rate"] == 0.5
-    assert out["by_source"]["Claude-3"]["aligner, guard on"]["rows"] == 2
-    assert "human-chosen response (reference)" in hb and "human-chosen response (reference)" not in out["by_source"]["Claude-3"]
-    table = (tmp_path / "eval" / "eval.md").read_text()
-    assert table.startswith("_judge: offline probe") and "| copy (answer unchanged) | 50.0% (" in table
-    assert "| previous (†), guard on | " in table and table.endswith("\n\n(†) the same folder, for the test.\n")
-    assert hb["previous (†), guard off"] == hb["aligner, guard off"] and out["compare_note"].startswith("(†)")
-    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["by_source"] == out["by_source"]

@@ -112,7 +112,7 @@ def test_dataset_configs_ship_inside_the_package(tmp_path):
     from metaaligner.registry.datasets import CONFIG_DIR, available, load_dataset_config
 
     assert CONFIG_DIR == PACKAGE / "data" / "datasets"
-    assert available() == ["hh-rlhf", "imhi", "ultrafeedback"]
+    assert available() == ["edit-bench", "hh-rlhf", "imhi", "ultrafeedback"]
     shipped = load_dataset_config("hh-rlhf")
     assert Path(shipped.path) == CONFIG_DIR / "hh-rlhf.yaml"
     assert shipped.objectives == ["harmlessness", "helpfulness", "humour"]

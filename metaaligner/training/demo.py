@@ -1,12 +1,12 @@
-"""The shipped demo aligner: its data slice, its labels, and its held-out check.
+"""The shipped demo aligner's helpers: data slices, labels, the objective-withheld ablation's data,
+the loss curve.
 
-The demo is a LoRA adapter on the embedded SmolLM2-135M-Instruct trained by the real pipeline
-(reward labelling -> Algorithm 1 -> 3-step curriculum) on a short-sequence slice of the shipped
-HH-RLHF harmless-base pairs, small enough for 2 CPU cores. Labels: harmlessness = the human
-preference of harmless-base (chosen = 1, rejected = 0; the data set's own annotation of which answer
-is more harmless), helpfulness = the offline LLM scorer of ``reward_labelling.py`` (SmolLM2's
-logit(Yes) - logit(No), rounded to 1 decimal as released, which creates the ties of the equal set).
-It demonstrates that the pipeline runs offline end to end; it is not the paper's 1.1B-13B aligner.
+The shipped aligner (``scripts/train_demo_aligner.sh``) is a LoRA adapter on the embedded
+SmolLM2-135M-Instruct trained by the project's own stages on damaged vs clean answers labelled by the
+rule scorers; ``evaluation/edit_bench.py`` measures it. ``select_short_pairs`` and
+``add_human_preference`` build the harmless-base slice of the human-preference recipe (stage 1 of
+``scripts/reproduce_demo.sh`` style data, harmlessness = the human label). A 135M demonstration,
+not the paper's 1.1B-13B aligners.
 """
 from __future__ import annotations
 
@@ -174,62 +174,3 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, title: str) -> P
     fig.savefig(png_path)
     plt.close(fig)
     return Path(png_path)
-
-
-def heldout_policy_rows(path: str | Path, tokenizer, n_rows: int, max_query_tokens: int, max_answer_tokens: int,
-                        exclude_prompts: set[str], seed: int = 0) -> list[dict[str, str]]:
-    """Up to ``n_rows`` policy outputs (``query``, ``generated_text``) that fit the demo's token limits,
-    have a non-empty answer and a query the aligner never saw in training; seeded sample, file order."""
-    from metaaligner.io import read_records
-
-    ok = []
-    for row in read_records(path):
-        query, answer = str(row.get("query") or ""), str(row.get("generated_text") or "")
-        if not answer.strip() or query in exclude_prompts:
-            continue
-        if len(tokenizer(query, add_special_tokens=False)["input_ids"]) > max_query_tokens:
-            continue
-        if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) > max_answer_tokens:
-            continue
-        ok.append({"query": query, "answer": answer})
-    picked = sorted(random.Random(f"heldout|{seed}").sample(range(len(ok)), min(n_rows, len(ok))))
-    return [ok[i] for i in picked]
-
-
-def text_measures(answers: list[str], outputs: list[str]) -> dict[str, Any]:
-    """What a reader can check at a glance: share of outputs that loop (a word 4-gram 3+ times, or a
-    sentence of 4+ words twice) or are empty, mean length ratio (output words / answer words, empty
-    answers skipped), mean difflib similarity to the answer, share identical to the answer (whitespace-normalised)."""
-    import difflib
-
-    from metaaligner.aligner.inference import degenerate_reason
-
-    if len(answers) != len(outputs):
-        raise ValueError("answers and outputs differ in length")
-    n = len(answers)
-    reasons = [degenerate_reason(o) for o in outputs]
-    ratios = [len(o.split()) / len(a.split()) for a, o in zip(answers, outputs) if a.split()]
-    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(o)).ratio()
-            for a, o in zip(answers, outputs)]
-    same = [normalise_text(a) == normalise_text(o) for a, o in zip(answers, outputs)]
-    return {"rows": n, "loop_rate": reasons.count("loop") / n if n else None,
-            "empty_rate": reasons.count("empty") / n if n else None,
-            "length_ratio": sum(ratios) / len(ratios) if ratios else None,
-            "similarity": sum(sims) / n if n else None, "copy_rate": sum(same) / n if n else None}
-
-
-def win_rate(scores_a: list[float], scores_b: list[float], texts_a: list[str], texts_b: list[str]) -> dict[str, Any]:
-    """How often A beats B on the judge: wins, ties (same text or same score, counted half), losses,
-    rate = (wins + ties / 2) / n with its Wilson 95% interval."""
-    from metaaligner.judge.probe import wilson_interval
-
-    wins = ties = 0
-    for sa, sb, ta, tb in zip(scores_a, scores_b, texts_a, texts_b):
-        if normalise_text(ta) == normalise_text(tb) or sa == sb:
-            ties += 1
-        elif sa > sb:
-            wins += 1
-    n = len(scores_a)
-    rate = (wins + ties / 2) / n if n else float("nan")
-    return {"n": n, "wins": wins, "ties": ties, "losses": n - wins - ties, "rate": rate,
-            "ci95": list(wilson_interval(wins + ties / 2, n))}
