@@ -14,7 +14,10 @@
 #   6  judging through a local OpenAI-compatible server (`transformers serve` on the embedded model),
 #      started and stopped by this script: pairwise (Tables 2/3, Figure 3 on all 10 objectives) and the
 #      0-10 rating study (answers aligned on all 4 objectives and unaligned)
-#   7  evaluation/report.py: Table 2, Table 3, Figure 3 (paper layout), the rating study
+#   7  evaluation/report.py: Table 2, Table 3, Figure 3 (paper layout), the rating study, each judge table
+#      with its control rows ("." , a canned refusal, half and twice the answer against the original)
+#   8  evaluation/edit_bench.py: the aligner of stage 3 against copy and the untrained base on held-out
+#      answers damaged in ways a checker verifies (trained and unseen objectives; no judge)
 #
 # Every stage skips finished work: a stage whose artefact exists and whose command is unchanged is not
 # run again (stamps in $OUT/.stamps), and the long stages run with --resume, so a killed run continues
@@ -65,6 +68,8 @@ case "$SCALE" in
     : "${TABLE3_BASELINE:=1}"     # Table 3: also align with the untrained base model as a method
     : "${BOOTSTRAP:=1000}"
     : "${JUDGE:=probe}"
+    : "${BENCH_ROWS:=16}"         # edit bench: held-out answers (x ~21 items each: trained, unseen, clean)
+    : "${BENCH_TOKENS:=96}"
     ;;
   tiny)
     : "${JUDGE:=server}"
@@ -85,6 +90,8 @@ case "$SCALE" in
     : "${IMHI_POLICIES:=vicuna_7B}"
     : "${TABLE3_BASELINE:=0}"
     : "${BOOTSTRAP:=50}"
+    : "${BENCH_ROWS:=2}"
+    : "${BENCH_TOKENS:=4}"
     ;;
   *) echo "error: SCALE must be demo or tiny, got '$SCALE'" >&2; exit 2 ;;
 esac
@@ -325,8 +332,15 @@ stage 7 report "$OUT/7_report/figure3.png" \
     --metric win_half_tie,win_plus_tie --training_logs "MetaAligner=$OUT/3_aligner/training_log.jsonl" \
     --methods MetaAligner,Untrained-base --bootstrap "$BOOTSTRAP" --seed 0 --output_dir "$OUT/7_report"
 
+stage 8 edit_bench "$OUT/8_edit_bench/edit_bench.md" \
+  "$PY" evaluation/edit_bench.py --output_dir "$OUT/8_edit_bench" --rows "$BENCH_ROWS" --max_new_tokens "$BENCH_TOKENS" \
+    --batch_size 8 --seed 0 --systems "copy,aligner=$OUT/3_aligner,base=$MODEL_PATH"
+echo
+sed -n '/^## Summary/,/^## Trained/p' "$OUT/8_edit_bench/edit_bench.md" | grep '^|'
+
 echo
 echo "artefacts:"
 printf '  %s\n' "${ARTEFACTS[@]}"
 echo "  reports: $OUT/7_report/{table2,table3}.{md,csv,tex}, $OUT/7_report/{figure3,ratings}.{png,md,csv}"
+echo "  edit bench (computed checks, no judge): $OUT/8_edit_bench/edit_bench.{md,json,png}"
 echo "done in $((SECONDS - START)) s (SCALE=$SCALE, THREADS=$THREADS)"

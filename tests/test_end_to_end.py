@@ -128,7 +128,7 @@ def test_paper_runner_prints_commands_and_refuses_missing_inputs():
 
 # ----------------------------------------------------------------------------- the demo pipeline
 
-STAGES = ["1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "6f", "7"]
+STAGES = ["1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "6f", "7", "8"]
 
 
 def _run_demo(out: Path, model: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -206,6 +206,12 @@ def test_demo_pipeline_tiny_end_to_end_and_resume(tmp_path, tiny_llama_dir):
     table3 = read_records(report / "table3.csv")
     assert {r["method"] for r in table3} == {"MetaAligner"}
     assert float(table3[0]["gpu_hours"]) > 0  # read from the aligner's own training log
+    # 8: the edit bench measured the trained aligner against copy and the base on held-out answers
+    bench = json.loads((out / "8_edit_bench/edit_bench.json").read_text())
+    assert list(bench["systems"]) == ["copy", "aligner", "base"] and bench["rows"] == 2
+    assert bench["systems"]["aligner"]["model"] == str(out / "3_aligner")
+    assert bench["summary"]["groups"]["copy"]["fix"]["fixed"]["rate"] == 0
+    assert "| copy | 0% (0%-0%) |" in proc.stdout   # the summary is printed at the end
     # nothing leaked the planted key
     key = PLANTED_KEY.encode()
     assert PLANTED_KEY not in proc.stdout + proc.stderr
