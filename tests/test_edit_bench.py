@@ -222,3 +222,26 @@ def test_edit_bench_refuses_a_subject_that_is_not_a_system(tmp_path, repo_root):
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1] == "error: --subject 'aligner' is not one of the systems ['copy']"
     assert not (tmp_path / "x").exists()
+
+
+def test_concat_joins_stage1_tables_and_refuses_other_columns(tmp_path, repo_root):
+    from metaaligner.io import read_records, write_csv
+
+    a, b, bad = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "bad.csv"
+    write_csv(a, [{"prompt": "p", "chosen_response": "c", "rejected_response": "r", "chosen_score1": 1,
+                   "rejected_score1": 0}], ["prompt", "chosen_response", "rejected_response", "chosen_score1",
+                                             "rejected_score1"])
+    write_csv(b, [{"prompt": "q", "chosen_response": "d", "rejected_response": "s", "chosen_score1": 0,
+                   "rejected_score1": -1, "source_row": 7}],
+              ["source_row", "prompt", "rejected_score1", "chosen_response", "rejected_response", "chosen_score1"])
+    write_csv(bad, [{"prompt": "q", "chosen_response": "d", "rejected_response": "s"}],
+              ["prompt", "chosen_response", "rejected_response"])
+    script = str(repo_root / "training/demo_aligner_data.py")
+    subprocess.run([sys.executable, script, "--step", "concat", "--input", f"{a},{b}", "--output",
+                    str(tmp_path / "ab.csv")], check=True, capture_output=True, cwd=repo_root)
+    rows = read_records(tmp_path / "ab.csv")
+    assert [list(r.values()) for r in rows] == [["p", "c", "r", "1", "0"], ["q", "d", "s", "0", "-1"]]
+    run = subprocess.run([sys.executable, script, "--step", "concat", "--input", f"{a},{bad}", "--output",
+                          str(tmp_path / "x.csv")], capture_output=True, text=True, cwd=repo_root)
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: columns differ")
+    assert not (tmp_path / "x.csv").exists()

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 class DemoDataConfig:
     step: str = field(metadata={"help": "slice: pick short pairs; merge: add the human preference as score 1; "
                                         "edit_pairs: damaged vs clean pairs of the edit bench's train split; "
-                                        "blind: copy an aligner data folder with the objective text withheld"})
+                                        "blind: copy an aligner data folder with the objective text withheld; "
+                                        "concat: stage-1 CSVs with the same columns (comma-separated --input) "
+                                        "into one"})
     output: str = field(metadata={"help": "output CSV"})
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "slice: HH-RLHF JSONL(.gz) transcripts; merge: the reward_labelling.py CSV"})
@@ -37,6 +39,8 @@ class DemoDataConfig:
                               metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
     draws: int = field(default=2, metadata={"help": "edit_pairs: pair kinds drawn per clean answer"})
     max_words: int = field(default=45, metadata={"help": "edit_pairs: longest answer and query, in words"})
+    exclude_edit_test: bool = field(default=False, metadata={
+        "help": "slice: leave out prompts of the edit bench's test split (metaaligner.editbench.data.is_test_query)"})
     exclude_heldout: str | None = field(default=None, metadata={
         "help": "slice: probe.json of the offline judge; the prompts of its held-out rows are never used"})
 
@@ -53,9 +57,14 @@ def main(cfg: DemoDataConfig) -> None:
         from metaaligner.training.demo import heldout_prompts, select_short_pairs
 
         tok = load_tokenizer(resolve_model_path(cfg.model))
-        exclude = heldout_prompts(cfg.exclude_heldout, cfg.input) if cfg.exclude_heldout else None
+        exclude = heldout_prompts(cfg.exclude_heldout, cfg.input) if cfg.exclude_heldout else set()
+        if cfg.exclude_edit_test:
+            from metaaligner.dataset.rewards import load_preference_rows
+            from metaaligner.editbench.data import is_test_query
+
+            exclude |= {r.prompt for r in load_preference_rows(cfg.input) if is_test_query(r.prompt)}
         rows, skipped = select_short_pairs(cfg.input, tok, cfg.n_pairs, cfg.max_prompt_tokens,
-                                           cfg.max_response_tokens, cfg.seed, exclude)
+                                           cfg.max_response_tokens, cfg.seed, exclude or None)
         write_csv(cfg.output, rows, ["source_row", "prompt", "chosen_response", "rejected_response"])
         print(f"demo slice: {len(rows)} pairs out ({', '.join(f'{k}={v}' for k, v in sorted(skipped.items()))}); "
               f"{time.perf_counter() - start:.1f}s -> {cfg.output}")
@@ -77,13 +86,24 @@ def main(cfg: DemoDataConfig) -> None:
         print(f"edit pairs: {len(rows)} pairs from {answers} train-split answers "
               f"({len(pool) - answers} test-split answers never used); "
               f"{time.perf_counter() - start:.1f}s -> {cfg.output}")
+    elif cfg.step == "concat":
+        from metaaligner.cli import split_csv
+
+        tables = [(path, read_records(path)) for path in split_csv(cfg.input)]
+        columns = [c for c in tables[0][1][0] if c != "source_row"] if tables[0][1] else []
+        for path, rows in tables:
+            if not rows or {c for c in rows[0] if c != "source_row"} != set(columns):
+                raise MetaAlignerError(f"{path}: columns differ from {tables[0][0]} ({columns})")
+        rows = [{c: r[c] for c in columns} for _, rows in tables for r in rows]
+        write_csv(cfg.output, rows, columns)
+        print(f"concat: {len(rows)} rows from {len(tables)} files -> {cfg.output}")
     elif cfg.step == "blind":
         from metaaligner.training.demo import blind_data_folder
 
         n = blind_data_folder(cfg.input, cfg.output)
         print(f"blind data: {n} items with the objective text withheld -> {cfg.output}")
     else:
-        raise MetaAlignerError(f"--step must be slice, merge, edit_pairs or blind, got {cfg.step!r}")
+        raise MetaAlignerError(f"--step must be slice, merge, edit_pairs, concat or blind, got {cfg.step!r}")
 
 
 def make_parser():
