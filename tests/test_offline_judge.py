@@ -1,6 +1,8 @@
 """The offline judge (metaaligner/judge/probe.py): interval, split, probe fit, features, round trip."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from metaaligner.errors import MetaAlignerError
@@ -176,3 +178,147 @@ def test_judge_outputs_with_the_probe_engine(tiny_llama_dir, tmp_path):
     assert (summary["n"], summary["ties"], summary["invalid"]) == (1, 1, 0)  # same text as the golden: a tie
     run = (tmp_path / "out" / "run.json").read_text()
     assert "70.0% (95% CI 40.0%-90.0%)" in run
+
+
+# ----------------------------------------------------------------------------- reproducing the probe
+
+def _train_script():
+    import importlib.util
+
+    from metaaligner.judge.probe import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("train_offline_judge", REPO_ROOT / "training/train_offline_judge.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shipped_probe():
+    from metaaligner.judge.probe import PROBE_DIR
+
+    if not (PROBE_DIR / "probe.json").exists():
+        pytest.skip("no shipped offline judge")
+    return ProbeJudge.load()
+
+
+def test_shipped_probe_split_is_the_scripts_split():
+    from metaaligner.judge.probe import resolve_input
+
+    judge, script = _shipped_probe(), _train_script()
+    info = judge.info
+    rows = script.load_pairs(resolve_input(info["input"]))
+    train, held = script.split_rows(rows, info["test_fraction"], info["max_train_pairs"], info["seed"])
+    assert train == info["train_rows"] and held == info["heldout_rows"]
+    assert len(train) == info["train_pairs"] == 900 and len(held) == info["heldout"]["pairs"] == 460
+    prompts = {r.row_id: r.prompt for r in rows}
+    assert not {prompts[i] for i in train} & {prompts[i] for i in held}  # no prompt on both sides
+
+
+def test_shipped_probe_weights_refit_from_its_stored_features():
+    """The final fit and the held-out agreement, from the features the script stored beside the probe."""
+    import torch
+    from safetensors.torch import load_file
+
+    from metaaligner.judge.probe import PROBE_DIR, resolve_input
+
+    judge, script = _shipped_probe(), _train_script()
+    fit = load_file(str(PROBE_DIR / script.FIT_FILE))
+    assert fit["train_diffs"].shape == (900, 576) and fit["heldout_diffs"].shape == (460, 576)
+    w, scale = fit_logistic(fit["train_diffs"], judge.info["l2"])
+    assert torch.allclose(w, judge.weights, rtol=1e-4, atol=1e-6) and torch.allclose(scale, judge.scale)
+    margin = (fit["heldout_diffs"] / scale) @ w
+    assert float((margin > 0).float().mean()) == pytest.approx(judge.info["heldout"]["agreement"], abs=1e-6)
+    rows = {r.row_id: r.prompt for r in script.load_pairs(resolve_input(judge.info["input"]))}
+    prompts = [rows[i] for i in judge.info["train_rows"]]
+    chosen = f"layer{judge.info['layer']}_l2{judge.info['l2']:g}"
+    cv = script.cross_validate(fit["train_diffs"], prompts, judge.info["l2"], 5, judge.info["seed"])
+    assert cv == pytest.approx(judge.info["cv_agreement"][chosen]) and max(judge.info["cv_agreement"].values()) == cv
+
+
+@pytest.mark.slow
+def test_shipped_probe_stored_features_are_the_models_on_a_slice():
+    """Recompute the features of a few train and held-out rows with the embedded SmolLM2."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from metaaligner.judge.probe import PROBE_DIR, resolve_input
+    from metaaligner.models import load_tokenizer, resolve_model_path
+
+    judge, script = _shipped_probe(), _train_script()
+    info = judge.info
+    fit = load_file(str(PROBE_DIR / script.FIT_FILE))
+    rows = {r.row_id: r for r in script.load_pairs(resolve_input(info["input"]))}
+    path = resolve_model_path(None)
+    tok = load_tokenizer(path, padding_side="right")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.model.layers = model.model.layers[: info["layer"] + 1]
+    for name, ids, picks in (("train_diffs", info["train_rows"], [0, 450, 899]), ("heldout_diffs", info["heldout_rows"], [7])):
+        pairs = [rows[ids[k]] for k in picks]
+        feats = extract_features(model, tok, [p.prompt for p in pairs] * 2,
+                                 [p.chosen_response for p in pairs] + [p.rejected_response for p in pairs],
+                                 [info["layer"]], info["max_tokens"], info["max_response_tokens"])[:, 0]
+        assert torch.allclose(feats[: len(pairs)] - feats[len(pairs):], fit[name][picks], atol=1e-4), name
+
+
+def _tiny_pairs(path, n=24):
+    """``n`` HH-RLHF transcripts: 8 prompts, 3 pairs each (chosen and rejected differ)."""
+    from metaaligner.io import write_jsonl
+
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: question number {i % 8}, please?\n\nAssistant:"
+        rows.append({"chosen": f"{prompt} A kind helpful answer {i}.", "rejected": f"{prompt} Go away {i}!"})
+    write_jsonl(path, rows)
+    return path
+
+
+def test_training_script_reproduces_its_probe_from_scratch(tiny_llama_dir, tmp_path):
+    """Two runs (no shared cache) give the same weights, and probe.json names the rows each side used."""
+    import torch
+
+    script = _train_script()
+    data = _tiny_pairs(tmp_path / "pairs.jsonl")
+    infos, judges = [], []
+    for run in ("a", "b"):
+        cfg = script.JudgeConfig(output_dir=str(tmp_path / run), input=str(data), cache=str(tmp_path / f"{run}.pt"),
+                                 layers="1,2", l2="0.01,0.1", max_train_pairs=12, test_fraction=0.25,
+                                 max_tokens=32, max_response_tokens=16, model=str(tiny_llama_dir), seed=3)
+        infos.append(script.main(cfg))
+        judges.append(ProbeJudge.load(tmp_path / run))
+    assert torch.allclose(judges[0].weights, judges[1].weights) and infos[0] == infos[1]
+    info = infos[0]
+    assert len(info["train_rows"]) == 12 and len(info["heldout_rows"]) == 6  # 2 of 8 prompts x 3 pairs
+    assert not set(info["train_rows"]) & set(info["heldout_rows"])
+    held_prompts = {i % 8 for i in info["heldout_rows"]}
+    assert len(held_prompts) == 2 and not {i % 8 for i in info["train_rows"]} & held_prompts
+    from safetensors.torch import load_file
+
+    fit = load_file(str(tmp_path / "a" / script.FIT_FILE))
+    w, _ = fit_logistic(fit["train_diffs"], info["l2"])
+    assert torch.allclose(w, judges[0].weights)
+
+
+def test_training_prompts_are_the_train_rows_prompts(tmp_path):
+    import torch
+
+    data = _tiny_pairs(tmp_path / "pairs.jsonl")
+    info = {"input": str(data), "train_rows": [0, 9], "heldout_rows": [2, 10, 18], "layer": 1}
+    judge = ProbeJudge(torch.ones(4), torch.ones(4), info)
+    assert judge.is_training_prompt("\n\nHuman: question number 0, please?\n\nAssistant:")
+    assert judge.is_training_prompt("  Human: question number 1,   please? Assistant: ")  # whitespace-blind
+    assert not judge.is_training_prompt("\n\nHuman: question number 2, please?\n\nAssistant:")  # held out
+    assert not judge.is_training_prompt("\n\nHuman: question number 3, please?\n\nAssistant:")  # never used
+    assert len(judge.training_prompts()) == 2
+    older = ProbeJudge(torch.ones(4), torch.ones(4), {"input": str(data), "heldout_rows": [2, 10, 18]})
+    assert len(older.training_prompts()) == 7  # no train_rows: every prompt not held out counts
+    assert ProbeJudge(torch.ones(4), torch.ones(4), {"heldout_rows": []}).training_prompts() == set()
+
+
+def test_shipped_probe_knows_which_claude3_queries_it_was_trained_on(repo_root):
+    from metaaligner.io import read_records
+
+    judge = _shipped_probe()
+    queries = [r["query"] for r in read_records(repo_root / "samples/HH-RLHF_model_output/Claude-3.csv.gz")]
+    assert sum(map(judge.is_training_prompt, queries)) == 491 and len(queries) == 1200
