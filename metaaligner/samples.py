@@ -38,6 +38,7 @@ FLAT_DATASETS = {"HH-RLHF_model_output": "HH-RLHF_model_output",
 IMHI_SOURCE = "IMHI_model_output"
 IMHI_INSTRUCTIONS = "imhi-test-instruction"
 IMHI_GOLDEN_COLUMN = "gpt-3.5-turbo"
+IMHI_RELEASE_COLUMNS = ["goldens", "generated_text"]  # the release's IMHI files, in this order
 
 
 @dataclass
@@ -81,15 +82,20 @@ def join_imhi_queries(answers_path: str | Path, instructions_path: str | Path) -
     its task joined in by row number. Every ``goldens`` cell must equal the instruction file's
     ``gpt-3.5-turbo`` cell of the same row, else ``DataError`` (a wrong pairing would silently
     align answers against other posts)."""
-    answers = read_table(answers_path, required=["goldens", "generated_text"])
+    answers = read_table(answers_path, required=IMHI_RELEASE_COLUMNS)
+    return join_rows(answers, instructions_path, answers_path)
+
+
+def join_rows(answers: list[dict], instructions_path: str | Path, where: str | Path) -> list[dict[str, str]]:
+    """``join_imhi_queries`` on rows already read (``where`` names them in errors)."""
     instructions = read_table(instructions_path, required=["query", IMHI_GOLDEN_COLUMN])
     if len(answers) > len(instructions):
-        raise DataError(answers_path, f"{len(answers)} rows but {instructions_path} has only "
+        raise DataError(where, f"{len(answers)} rows but {instructions_path} has only "
                         f"{len(instructions)}; cannot join queries by row")
     out = []
     for i, (ans, ins) in enumerate(zip(answers, instructions), start=1):
         if ans["goldens"] != ins[IMHI_GOLDEN_COLUMN]:
-            raise DataError(answers_path, f"goldens differ from {instructions_path} column "
+            raise DataError(where, f"goldens differ from {instructions_path} column "
                             f"{IMHI_GOLDEN_COLUMN!r} of the same row; refusing to join queries",
                             row=i, column="goldens")
         out.append({"query": ins["query"], "goldens": ans["goldens"], "generated_text": ans["generated_text"]})
