@@ -144,7 +144,8 @@ def control_lines(result) -> list[str]:
         cells = ", ".join(f"{LABELS.get(c, c)} {w}/{n}" for c, (w, n) in wins.items())
         verdict = (f"judge UNUSABLE for these rows: prefers '.' to the original on {info['dot_wins']} of "
                    f"{info['dot_rows']} rows" if info["unusable"] else "'.' is not preferred on most rows")
-        lines.append(f"  {info['policy']}: control beats the original answer: {cells}; {verdict}")
+        over = f" (rows x {info['objectives']} objectives)" if info.get("objectives", 1) > 1 else ""
+        lines.append(f"  {info['policy']}: control beats the original answer{over}: {cells}; {verdict}")
     return lines
 
 
@@ -178,8 +179,8 @@ def main(config: JudgeConfig) -> None:
             print(f"  the calls include {result['control_tasks']} control outputs (--no_controls drops them)")
         return
     print(result.line())
-    if result.excluded:
-        print(f"  {result.excluded} row(s) left out: their query is among the judge's training prompts")
+    for policy, count in result.excluded.items():
+        print(f"  {policy}: {count} input row(s) left out: their query is among the judge's training prompts")
     for summary in result.summaries:
         if summary["mode"] == "pairwise":
             print(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "

@@ -675,7 +675,9 @@ def controls_caption(entries: list[dict[str, Any]], excluded: dict[str, int]) ->
     dot = [e for e in entries if e["control"] == "dot"]
     note = unusable_note(sum(e["wins"] for e in dot), sum(e["n"] for e in dot))
     if note:
-        parts.append(note[0].upper() + note[1:] + ".")
+        objectives = len({(e["policy"], e["objective"]) for e in dot})
+        over = f" (judged rows summed over {objectives} policy-objective cells)" if objectives > 1 else ""
+        parts.append(note[0].upper() + note[1:] + over + ".")
     if excluded:
         each = ", ".join(f"{p} {n}" for p, n in excluded.items())
         parts.append(f"{sum(excluded.values())} row(s) left out because the judge was trained on their query "

@@ -112,7 +112,7 @@ def run_judge(tmp_path, out="out", **kw):
 
 def test_runner_judges_controls_and_leaves_out_training_prompts(tmp_path):
     result, engine = run_judge(tmp_path, controls=True)
-    assert result.excluded == 2  # one row in each of the two targets
+    assert result.excluded == {"P": 1}  # one input row (left out of both targets)
     assert {(s["target"], s["n"], s["excluded_training_prompts"]) for s in result.summaries} == {
         ("aligned_responses", 3, 1), ("origin_responses", 3, 1)}
     assert not any(TRAINED.strip() in call for call in engine.calls)  # never asked about a trained prompt
@@ -127,7 +127,7 @@ def test_runner_judges_controls_and_leaves_out_training_prompts(tmp_path):
     assert [int(r["row"]) for r in rows] == [0, 1, 2] and {r["verdict"] for r in rows} == {"win"}
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert {s["target"] for s in summary} == {"aligned_responses", "origin_responses"}  # controls kept apart
-    assert json.loads((tmp_path / "out/run.json").read_text())["excluded_training_prompts"] == 2
+    assert json.loads((tmp_path / "out/run.json").read_text())["excluded_training_prompts"] == {"P": 1}
     again, engine2 = run_judge(tmp_path, controls=True)
     assert again.api_calls == 0 and again.control_run.api_calls == 0 and not engine2.calls  # all cached
 
@@ -164,7 +164,7 @@ def test_controls_are_extra_requests_and_off_by_default_for_endpoints(tmp_path):
 
 def test_dry_run_counts_the_control_calls(tmp_path):
     info, _ = run_judge(tmp_path, dry_run=True, controls=True)
-    assert (info["calls"], info["control_tasks"], info["excluded"]) == (2 * 3 + 4 * 3, 4, 2)
+    assert (info["calls"], info["control_tasks"], info["excluded"]) == (2 * 3 + 4 * 3, 4, {"P": 1})
 
 
 # ----------------------------------------------------------------------------- in the reports
@@ -200,3 +200,55 @@ def test_reports_without_controls_files_are_unchanged(tmp_path):
     write_reports(tmp_path / "reports", [tmp_path / "out"], n_boot=50)
     text = (tmp_path / "reports/table2.md").read_text()
     assert "Controls" not in text and "unusable" not in text and "left out" not in text
+
+
+def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
+    import importlib.util
+    import sys
+
+    from metaaligner.reports import write_reports
+
+    result, _ = run_judge(tmp_path, controls=True, aspects=["harmlessness", "helpfulness"])
+    write_reports(tmp_path / "reports", [tmp_path / "out"], n_boot=50)
+    assert ("Judge unusable for this table: prefers '.' to the original on 6 of 6 rows (judged rows summed over 2 "
+            "policy-objective cells).") in (tmp_path / "reports/table2.md").read_text()
+    spec = importlib.util.spec_from_file_location("judge_script", Path(__file__).parent.parent / "evaluation/judge.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    lines = script.control_lines(result)
+    assert lines[1] == ("  P: control beats the original answer (rows x 2 objectives): '.' 6/6, canned refusal 2/6, "
+                        "first half 2/6, answer twice 0/6; judge UNUSABLE for these rows: prefers '.' to the original "
+                        "on 6 of 6 rows")
+
+
+def test_judge_controls_script_on_a_tiny_probe(tiny_llama_dir, tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    import torch
+
+    from metaaligner.io import write_jsonl
+    from metaaligner.judge.probe import ProbeJudge
+
+    prompts = [f"\n\nHuman: question {i}?\n\nAssistant:" for i in range(4)]
+    write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": f"{p} Yes, gladly.", "rejected": f"{p} No."} for p in prompts])
+    info = {"model": str(tiny_llama_dir), "layer": 1, "max_tokens": 64, "max_response_tokens": 32,
+            "input": str(tmp_path / "pairs.jsonl"), "train_rows": [3], "heldout_rows": [0, 1, 2],
+            "heldout": {"pairs": 3, "agreement": 0.5, "ci95": [0.1, 0.9]}}
+    torch.manual_seed(0)
+    ProbeJudge(torch.randn(16), torch.ones(16), info).save(tmp_path / "probe")
+    spec = importlib.util.spec_from_file_location("judge_controls", Path(__file__).parent.parent /
+                                                  "evaluation/judge_controls.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    tables = script.main(script.ControlsConfig(judge_dir=str(tmp_path / "probe"), n_rows=2, seed=0))
+    assert set(tables) == {"human-chosen", "rejected"}
+    assert {t["n"] for table in tables.values() for t in table.values()} == {2}
+    assert "controls on 2 held-out harmless-base pairs (seed 0)" in capsys.readouterr().out
+    write_csv(tmp_path / "out.csv", [{"query": p, "origin_responses": "Sure."} for p in prompts], ["query", "origin_responses"])
+    tables = script.main(script.ControlsConfig(judge_dir=str(tmp_path / "probe"), input=str(tmp_path / "out.csv"),
+                                               n_rows=0))
+    assert tables["origin_responses"]["dot"]["n"] == 3  # question 3 is a training prompt
+    assert "(1 left out: the probe was trained on their query)" in capsys.readouterr().out

@@ -132,7 +132,7 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     control_tasks = plan_control_tasks(files, config.name, objectives, settings, output_dir, limit=limit,
                                        columns=columns) if controls else []
     is_training_prompt = getattr(engine, "is_training_prompt", None)
-    excluded = drop_training_prompts(tasks, is_training_prompt) if is_training_prompt else 0
+    excluded = drop_training_prompts(tasks, is_training_prompt) if is_training_prompt else {}
     if is_training_prompt:
         drop_training_prompts(control_tasks, is_training_prompt)
 

@@ -9,8 +9,11 @@ with the weights (``metaaligner/data/offline_judge/``) and printed in every tabl
     judge = ProbeJudge.load()                        # the shipped probe
     judge.score(["\\n\\nHuman: hi\\n\\nAssistant:"], ["Hello!"])   # one float per response
     judge.compare(prompts, outputs1, outputs2)       # 1, 2 or 0 (tie) per row
+    judge.is_training_prompt(query)                  # fitted on this prompt: leave the row out
 
-Train it with ``training/train_offline_judge.py``.
+Train it with ``training/train_offline_judge.py`` (probe.json names the rows it was fitted on,
+``train_rows``, and held out, ``heldout_rows``). What it rewards besides quality: it prefers '.'
+and a canned refusal to most real answers (docs/evaluation.md, ``evaluation/judge_controls.py``).
 """
 from __future__ import annotations
 

@@ -197,16 +197,16 @@ def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Obj
     return tasks
 
 
-def drop_training_prompts(tasks: list[Task], is_training_prompt) -> int:
+def drop_training_prompts(tasks: list[Task], is_training_prompt) -> dict[str, int]:
     """Leave out every unit whose query the judge was trained on (``task.excluded`` counts them), so
-    no score comes from a prompt the judge saw in training. Returns how many units were left out."""
+    no score comes from a prompt the judge saw in training. Returns the input rows left out per policy."""
     seen: dict[str, bool] = {}
-    dropped = 0
+    dropped: dict[str, int] = {}
     for task in tasks:
         keep = [u for u in task.units if not seen.setdefault(u.query, bool(is_training_prompt(u.query)))]
         task.excluded = len(task.units) - len(keep)
-        dropped += task.excluded
         task.units = keep
+        dropped[task.policy] = max(dropped.get(task.policy, 0), task.excluded)
     return dropped
 
 
@@ -282,6 +282,7 @@ def write_control_files(output_dir: Path, tasks: list[Task], finished: set[tuple
         info = {"dataset": mine[0].dataset, "policy": policy, "mode": settings.mode,
                 "judge_model": settings.judge_model, "judge_config": settings.fingerprint(),
                 "rows": len(mine[0].units), "excluded_training_prompts": mine[0].excluded,
+                "objectives": len({t.objective.key for t in mine}),
                 "dot_wins": dot_wins, "dot_rows": dot_rows, "unusable": unusable(dot_wins, dot_rows),
                 "controls": entries}
         write_json(controls_file(output_dir, settings.mode, policy), info)
@@ -317,7 +318,7 @@ class RunResult:
     summaries: list[dict[str, Any]]
     finished_tasks: int
     total_tasks: int
-    excluded: int = 0                                               # units left out: judge training prompts
+    excluded: dict[str, int] = field(default_factory=dict)         # input rows left out per policy
     controls: list[dict[str, Any]] = field(default_factory=list)    # the .controls.json contents
     control_run: "RunResult | None" = None
 
