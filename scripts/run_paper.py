@@ -8,9 +8,14 @@
     python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --variant 7B --ablation no_equal --dry_run
     # override a variable, e.g. where the HH-RLHF training transcripts are
     python scripts/run_paper.py --config configs/paper/hh-rlhf.yaml --set HH_TRAIN=/data/hh/train.jsonl.gz
+    # Table 2's policies from the release's own outputs instead of regenerating 7 of 10 per dataset
+    python scripts/fetch_release_samples.py --only 'HH-RLHF_model_output/*' --only 'UltraFeedback_model_output/*'
 
 Every stage is an ordinary command line (printed before it runs); nothing here replaces the stage
 scripts, it only strings them together with the paper's settings (see configs/paper/README.md).
+Each Table 2 policy is said to come from "released outputs" (its released file is present: the stage
+that would generate it is skipped) or to be regenerated (released file missing: run
+scripts/fetch_release_samples.py).
 """
 from __future__ import annotations
 
@@ -38,6 +43,13 @@ def make_parser():
     return _make_parser(RunPaperConfig, description=__doc__)
 
 
+def print_policies(run) -> None:
+    if run.policies:
+        print("Table 2's policies:")
+        for policy in run.policies:
+            print(f"    {policy.name}: {policy.source(run.repo_root)}")
+
+
 def main(config: RunPaperConfig) -> None:
     import subprocess
     import time
@@ -60,7 +72,12 @@ def main(config: RunPaperConfig) -> None:
                                    f"{', '.join('--' + u for u in unknown)}")
     ablation = f", ablation {run.ablation} ({run.ablation_label})" if run.ablation else ""
     print(f"{run.name} ({run.variables.get('VARIANT', 'default')}{ablation}): {len(stages)} stage(s)")
+    print_policies(run)
+    skipped = run.skipped()
     for i, stage in enumerate(stages, start=1):
+        if stage.name in skipped:
+            print(f"\n[{i}/{len(stages)}] {stage.name}: skipped ({skipped[stage.name]})")
+            continue
         print(f"\n[{i}/{len(stages)}] {stage.name} (expected device hours: {stage.device_hours})")
         if stage.note:
             print(f"    note: {stage.note}")

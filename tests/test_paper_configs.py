@@ -12,10 +12,13 @@ import yaml
 
 from metaaligner import cli
 from metaaligner.paper import check_flags, load_paper_config
+from metaaligner.release_samples import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE2_POLICIES = ["LLaMA2-Chat-7B", "LLaMA2-Chat-13B", "LLaMA2-Chat-70B", "Gemma-instruct-2B", "Gemma-instruct-7B",
                    "Vicuna-7B", "Vicuna-13B", "Vicuna-33B", "GPT-3.5-Turbo", "Claude-3-Sonnet"]
+
+FOLDERS = {"hh-rlhf": "HH-RLHF_model_output", "ultrafeedback": "UltraFeedback_model_output"}
 
 # the release's samples/IMHI_model_output/ folders (built into IMHI_POLICIES by the samples_full stage)
 RELEASED_IMHI = ["Gemma_instruct_2B", "Gemma_instruct_7B", "Mentallama-13B", "Mentallama-33B", "Mentallama-7B",
@@ -80,12 +83,15 @@ def test_paper_configs_list_table2s_ten_policies(name):
     assert list(policies) == TABLE2_POLICIES
     run = load_paper_config(path, "7B")
     stages = {s.name: s for s in run.stages}
+    released = {e.path for e in read_manifest()}
     for policy, source in policies.items():
-        if "file" in source:
-            assert (REPO / source["file"]).is_file(), (name, policy)
-        elif "release" in source:  # IMHI: released folders, built with queries by samples_full
+        if "file" in source:  # the release's file: shipped, or fetched by scripts/fetch_release_samples.py
+            assert source["file"].startswith("samples/") and source["file"].endswith(".csv.gz"), (name, policy)
+            assert source["file"][len("samples/"):-len(".gz")] in released, (name, policy)
+            assert "stage" in source or (REPO / source["file"]).is_file(), (name, policy)
+        if "release" in source:  # IMHI: released folders, built with queries by samples_full
             assert source["release"] in RELEASED_IMHI, (name, policy)
-        else:
+        if "stage" in source:
             stage = stages[source["stage"]]
             assert stage.script == "inference/policy_generation.py" and check_flags(stage) == []
             assert (stage.args["model"], stage.args["model_output_path"]) == (source["model"], f"runs/paper/{name}-policies")
@@ -109,7 +115,9 @@ def test_hh_rlhf_generation_stage_is_the_released_generation():
 def test_table3_has_aligner7b_and_self_refinement(name):
     run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B")
     stages = {s.name: s for s in run.stages}
-    out, policy_file = f"runs/paper/{name}-7B/table3", f"runs/paper/{name}-policies/llama2-chat-7B.csv"
+    released = f"samples/{FOLDERS[name]}/llama2-chat-7B.csv.gz"  # used when fetched, else the generated one
+    policy_file = released if (REPO / released).is_file() else f"runs/paper/{name}-policies/llama2-chat-7B.csv"
+    out = f"runs/paper/{name}-7B/table3"
     aligner7b, refine = stages["table3_aligner7b"], stages["table3_self_refine"]
     assert (aligner7b.args["aligner_path"], aligner7b.args["aligned_model"], aligner7b.args["data_dir"],
             aligner7b.args["model_output_path"]) == ("aligner/aligner-7b-v1.0", "Aligner-7B", policy_file, out)
@@ -120,3 +128,65 @@ def test_table3_has_aligner7b_and_self_refinement(name):
     assert stages["report"].args["table3_inputs"] == f"runs/paper/{name}-7B/judged_table3"
     for stage in stages.values():
         assert check_flags(stage) == [], stage.name
+
+
+def _paper_run(name: str, root: Path):
+    return load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B", repo_root=root)
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback"])
+def test_every_table2_policy_has_a_released_file_used_whenever_present(name, tmp_path):
+    """Issue 31, section 1: the release ships all 10 policies per dataset; a released file, once
+    present, replaces its policy_* stage (and Table 3's input); while missing, the run says so."""
+    policies = yaml.safe_load((REPO / "configs/paper" / f"{name}.yaml").read_text())["policies"]
+    assert all("file" in source for source in policies.values()) and len(policies) == 10
+    generated = {p: s for p, s in policies.items() if "stage" in s}
+    assert len(generated) == 7
+    run = _paper_run(name, tmp_path)  # nothing fetched: the 7 are regenerated, and the run says so
+    said = {p.name: p.source(tmp_path) for p in run.policies}
+    for policy, source in generated.items():
+        assert said[policy] == (f"regenerated (released file missing: run scripts/fetch_release_samples.py) "
+                                f"by stage {source['stage']}")
+    assert run.skipped() == {}
+    table3 = {s.name: s for s in run.stages}["table3_metaaligner"]
+    assert table3.args["data_dir"] == f"runs/paper/{name}-policies/llama2-chat-7B.csv"
+    for source in policies.values():  # fetched
+        (tmp_path / source["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / source["file"]).write_bytes(b"")
+    run = _paper_run(name, tmp_path)
+    assert all(p.source(tmp_path) == f"released outputs ({p.file})" for p in run.policies)
+    skipped = run.skipped()
+    assert set(skipped) == {s["stage"] for s in generated.values()} | {"align_generated"}
+    assert skipped["policy_llama2-chat-7B"] == (f"LLaMA2-Chat-7B: released outputs present "
+                                                f"(samples/{FOLDERS[name]}/llama2-chat-7B.csv.gz)")
+    table3 = {s.name: s for s in run.stages}["table3_self_refine"]
+    assert table3.args["data_dir"] == f"samples/{FOLDERS[name]}/llama2-chat-7B.csv.gz"
+    (tmp_path / policies["Vicuna-33B"]["file"]).unlink()  # one missing: it alone is generated, then aligned
+    assert set(_paper_run(name, tmp_path).skipped()) == {s["stage"] for s in generated.values()} - {"policy_Vicuna-33B"}
+
+
+def test_dry_run_says_per_policy_released_or_the_fetch_hint(tmp_path, monkeypatch, capsys):
+    import metaaligner.paper as paper
+
+    spec = importlib.util.spec_from_file_location("_run_paper_test", REPO / "scripts/run_paper.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    config = module.RunPaperConfig(config=str(REPO / "configs/paper/hh-rlhf.yaml"), dry_run=True)
+    monkeypatch.setattr(paper, "REPO_ROOT", tmp_path)
+    module.main(config)
+    out = capsys.readouterr().out
+    assert ("    Vicuna-7B: regenerated (released file missing: run scripts/fetch_release_samples.py) by stage "
+            "policy_Vicuna-7B\n") in out
+    assert ("    Claude-3-Sonnet: missing (released file samples/HH-RLHF_model_output/Claude-3.csv.gz not found: "
+            "run scripts/fetch_release_samples.py)\n") in out  # shipped, so no stage regenerates it
+    assert "[9/19] policy_Vicuna-7B (expected device hours" in out
+    released = tmp_path / "samples/HH-RLHF_model_output/Vicuna-7B.csv.gz"
+    released.parent.mkdir(parents=True)
+    released.write_bytes(b"")
+    module.main(config)
+    out = capsys.readouterr().out
+    assert "    Vicuna-7B: released outputs (samples/HH-RLHF_model_output/Vicuna-7B.csv.gz)\n" in out
+    assert ("[9/19] policy_Vicuna-7B: skipped (Vicuna-7B: released outputs present "
+            "(samples/HH-RLHF_model_output/Vicuna-7B.csv.gz))\n") in out
+    sys.modules.pop(spec.name, None)
