@@ -279,6 +279,20 @@ def _header(columns: list[tuple[str, str, str]], metrics: list[str]) -> list[str
     return [f"{d}: {name} {METRIC_SHORT[m]}" for d, _, name in columns for m in metrics]
 
 
+def resolution_note(cells: list[Any], null: float, what: str) -> str:
+    """Whether the table can show an effect at its size: how many cells have a 95% interval that
+    excludes ``null`` (0 for a gain, 50% for a win rate), and the rows per cell."""
+    if not cells:
+        return ""
+    sizes = sorted(c.n for c in cells)
+    clear = sum(1 for c in cells if not (c.low <= null <= c.high))
+    span = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+    text = f"Rows per cell: {span}; {clear} of {len(cells)} cells have a 95% interval that excludes {what}."
+    if clear == 0:
+        text += " At this size the table cannot tell an effect from noise."
+    return text
+
+
 def table2_markdown(cells: list[GainCell]) -> str:
     columns = _columns(cells)
     metrics = _metrics_of(cells)
@@ -296,7 +310,8 @@ def table2_markdown(cells: list[GainCell]) -> str:
     lines.append(f"Gain in win rate after alignment, {_caption_metrics(metrics)}; "
                  f"{parser_label(c.parser for c in cells)}: "
                  "aligned minus original answer, each judged against the golden answer with the same judge and "
-                 "candidate positions; [95% paired bootstrap interval], percentage points.")
+                 "candidate positions; [95% paired bootstrap interval], percentage points. "
+                 + resolution_note(cells, 0.0, "0 (no gain)"))
     return "\n".join(lines) + "\n"
 
 
@@ -410,7 +425,8 @@ def table3_markdown(cells: list[RateCell], hours: dict[str, float | None] | None
     lines.append("")
     lines.append(f"Win rate against the golden answer, {_caption_metrics(metrics)}; "
                  f"{parser_label(c.parser for c in cells)} [95% bootstrap interval]; "
-                 "GPU hours = training device hours from the training logs (– = no log given).")
+                 "GPU hours = training device hours from the training logs (– = no log given). "
+                 + resolution_note(cells, 0.5, "50% (as good as the golden answer)"))
     return "\n".join(lines) + "\n"
 
 

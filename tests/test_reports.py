@@ -91,6 +91,10 @@ def test_table2_matches_hand_computed_values(judged):
     assert re.search(r"^\| P \| \+20\.00% \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \| – \|$", md, re.M)
     assert re.search(r"^\| Q \| – \| \+50\.00% \[", md, re.M)
     assert "metric (W + T/2)/N; verdict parser not recorded" in md
+    # P: 5 rows, gain +20% whose interval spans 0; Q: 2 rows W,W vs L,W, gain 50% in every resample but
+    # the one that draws row 2 twice (0%), so its interval holds 0 too
+    assert md.rstrip().endswith("Rows per cell: 2-5; 0 of 2 cells have a 95% interval that excludes 0 (no gain). "
+                                "At this size the table cannot tell an effect from noise.")
     tex = table2_latex(cells)
     assert r"\multicolumn{2}{c}{hh-rlhf}" in tex and r"+20.00\%" in tex and "Policy & Harmlessness & Helpfulness" in tex
     assert summarize_pairwise(ORIGIN) == {"n": 5, "wins": 1, "ties": 0, "losses": 3, "invalid": 1, "win": 0.2,
@@ -137,6 +141,9 @@ def test_table3_with_gpu_hours_from_training_logs(tmp_path):
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| MetaAligner", "| SFT", "| Extra"]  # paper order first
     assert lines[2].startswith("| MetaAligner | 75.00% [") and lines[2].endswith(" | 0.75 |")
     assert lines[3].endswith(" | – |")
+    # 2 rows each: Extra (W,W) has 100% in every resample, the others' intervals hold 50%
+    assert md.rstrip().endswith("Rows per cell: 2; 1 of 3 cells have a 95% interval that excludes 50% "
+                                "(as good as the golden answer).")
 
 
 def test_both_metrics_side_by_side_and_captions_name_metric_and_parser(tmp_path):
