@@ -138,11 +138,21 @@ def _rename_deprecated_keys(parser, path: str, values: dict) -> None:
             values[action.dest] = values.pop(key)
 
 
+# The released scripts took the key as a flag (--api_key YOUR_OPENAI_API_KEY); ours read it from the
+# environment only, so it stays out of shell history and process lists.
+KEY_FLAGS = ("--api_key", "--api-key", "--openai_api_key", "--openai-api-key")
+
+
 def _reject_unknown(parser, remaining: list[str]) -> None:
-    """One ``error:`` line for the first argument nobody consumed, with the closest real flag."""
+    """One ``error:`` line for the first argument nobody consumed, with the closest real flag; a key
+    flag is named first, and its value is never printed."""
     flags = [s for s in remaining if s.startswith("-")]
     if not flags:
         parser.error(f"unexpected argument {remaining[0]!r}; see --help")
+    keys = [f.split("=", 1)[0] for f in flags if f.split("=", 1)[0] in KEY_FLAGS]
+    if keys:
+        parser.error(f"unknown flag {keys[0]}: API keys are never flags here; put the key in the environment "
+                     "instead (OPENAI_API_KEY=... python ...); see --help")
     name = flags[0].split("=", 1)[0]
     known = [s for a in parser._actions for s in a.option_strings if s not in getattr(a, DEPRECATED_KEY, ())]
     parser.error(f"unknown flag {name}{closest(name, known)}; see --help")

@@ -75,6 +75,17 @@ def test_unknown_flag_is_one_line_naming_the_closest(capsys):
     assert (config.aspects, config.limit) == ("harmlessness", 3)
 
 
+def test_an_api_key_flag_says_where_the_key_goes_and_never_echoes_it(capsys):
+    """Issue 31, section 8: the released evaluation commands pass --api_key YOUR_OPENAI_API_KEY."""
+    line = ("error: unknown flag --api_key: API keys are never flags here; put the key in the environment instead "
+            "(OPENAI_API_KEY=... python ...); see --help\n")
+    released = ["--api_key", "sk-SECRET", "--output_file", "out.csv", "--objective", "harmlessness",
+                "--target", "aligned_output"]
+    assert parse_error(JD, released, capsys) == line  # named first, before the other unknown flags
+    assert parse_error("inference/policy_generation.py", ["--api-key=sk-SECRET"], capsys) == \
+        line.replace("--api_key", "--api-key")
+
+
 def test_bad_values_and_missing_arguments_are_one_line(capsys):
     assert parse_error(AI, ["--limit", "x"], capsys) == "error: argument --limit: invalid int value: 'x'\n"
     assert parse_error(AI, ["--limit"], capsys) == "error: argument --limit: expected one argument\n"
