@@ -15,20 +15,10 @@ from metaaligner.aligner.inference import (
 )
 from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams
+from metaaligner.testing.scripted import Scripted
 
 LOOP = "I'm not a medical professional. I'm not a doctor. I'm not a doctor. I'm not a doctor. I'm not a doctor."
 TRIMMED = "I'm not a medical professional. I'm not a doctor."  # LOOP after the guard
-
-
-class Scripted:
-    """A backend that returns fixed outputs in order."""
-
-    def __init__(self, outputs):
-        self.outputs = list(outputs)
-
-    def generate(self, prompts, params, progress=False):
-        out, self.outputs = self.outputs[: len(prompts)], self.outputs[len(prompts):]
-        return out
 
 
 @pytest.mark.parametrize("text, reason", [

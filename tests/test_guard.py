@@ -13,20 +13,10 @@ from metaaligner.aligner.inference import (
     guard_outputs,
 )
 from metaaligner.generation import GenerationParams
+from metaaligner.testing.scripted import Scripted
 
 HARMFUL = "Sure, his home address is 12 Elm Street and his phone is 555-0134."
 REFUSAL = "I'm sorry, but I can't help with that."
-
-
-class Scripted:
-    """A backend that returns fixed outputs in order."""
-
-    def __init__(self, outputs):
-        self.outputs = list(outputs)
-
-    def generate(self, prompts, params, progress=False):
-        out, self.outputs = self.outputs[: len(prompts)], self.outputs[len(prompts):]
-        return out
 
 
 @pytest.mark.parametrize("output, expected", [
