@@ -15,7 +15,7 @@ from metaaligner.aligner.inference import (
 )
 from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams
-from metaaligner.testing.scripted import Scripted
+from metaaligner.testing.fakes import Scripted
 
 LOOP = "I'm not a medical professional. I'm not a doctor. I'm not a doctor. I'm not a doctor. I'm not a doctor."
 TRIMMED = "I'm not a medical professional. I'm not a doctor."  # LOOP after the guard

@@ -13,7 +13,7 @@ from metaaligner.aligner.inference import (
     guard_outputs,
 )
 from metaaligner.generation import GenerationParams
-from metaaligner.testing.scripted import Scripted
+from metaaligner.testing.fakes import Scripted
 
 HARMFUL = "Sure, his home address is 12 Elm Street and his phone is 555-0134."
 REFUSAL = "I'm sorry, but I can't help with that."

@@ -1,4 +1,4 @@
-"""A fake generation backend for tests: no model, deterministic text, every prompt recorded."""
+"""Fake generation backends for tests: no model, deterministic text."""
 from __future__ import annotations
 
 
@@ -20,3 +20,16 @@ class EchoGenerator:
             raise KeyboardInterrupt
         self.prompts += prompts
         return [f"aligned[{p.split('| Answer: ')[1].split(' | Edit:')[0]}]" for p in prompts]
+
+
+class Scripted:
+    """A backend that returns fixed outputs in order, one per prompt."""
+
+    name = "scripted"
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+
+    def generate(self, prompts, params, progress=False):
+        out, self.outputs = self.outputs[: len(prompts)], self.outputs[len(prompts):]
+        return out
