@@ -245,3 +245,17 @@ def test_concat_joins_stage1_tables_and_refuses_other_columns(tmp_path, repo_roo
                           str(tmp_path / "x.csv")], capture_output=True, text=True, cwd=repo_root)
     assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: columns differ")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_copy_through_the_guard_removes_the_repeated_sentence_only(tmp_path):
+    from metaaligner.generation import GenerationParams
+
+    items = bench.make_items([{"source": "s", "query": "q", "clean": CLEAN}], seed=0)
+    system = bench.parse_system("copy:guard")
+    assert (system.name, system.model, system.guard) == ("copy + guard", None, True)
+    outputs, actions = bench.run_system(system, items, None, GenerationParams(), tmp_path)
+    by = {it.label: (it, o, a) for it, o, a in zip(items, outputs, actions)}
+    assert by["fix repeat"][1:] == (CLEAN, "trimmed")
+    assert by["fix len"][1:] == (by["fix len"][0].input, "kept")
+    plain, plain_actions = bench.run_system(bench.parse_system("copy"), items, None, GenerationParams(), tmp_path)
+    assert plain == [it.input for it in items] and set(plain_actions) == {"off"}

@@ -153,13 +153,14 @@ class System:
 
 
 def parse_system(spec: str, default_template: str = "hh-rlhf") -> System:
-    """``copy`` | ``NAME=MODEL`` (a model folder, ``embedded``, or a hub name). A model folder's
+    """``copy`` | ``copy:guard`` (the input through the degeneration guard, which alone removes a
+    repeated sentence) | ``NAME=MODEL`` (a model folder, ``embedded``, or a hub name). A model folder's
     ``metaaligner.json`` gives its template and whether it was trained with the objective text
     withheld (``"objective_text": "withheld"``); ``NAME=MODEL:raw`` turns the guard off."""
     from metaaligner.errors import MetaAlignerError
 
-    if spec == "copy":
-        return System("copy")
+    if spec in ("copy", "copy:guard"):
+        return System(spec.replace(":", " + "), guard=spec == "copy:guard")
     if "=" not in spec:
         raise MetaAlignerError(f"--systems: expected copy or NAME=MODEL, got {spec!r}")
     name, model = (s.strip() for s in spec.split("=", 1))
@@ -219,11 +220,20 @@ class GenerationCache:
 
 def run_system(system: System, items: list[Item], registry, params, folder: Path,
                generator_factory=None) -> tuple[list[str], list[str]]:
-    """Final outputs and guard actions per item (``copy``: the inputs, action ``kept``)."""
+    """Final outputs and guard actions per item (``copy``: the inputs; action ``off`` without the guard)."""
     from metaaligner.aligner.inference import guard_outputs
 
     if system.model is None:
-        return [it.input for it in items], ["kept"] * len(items)
+        raw = [it.input for it in items]
+    else:
+        raw = _generate(system, items, registry, params, folder, generator_factory)
+    if not system.guard:
+        return raw, ["off"] * len(items)
+    texts, actions = guard_outputs([it.input for it in items], raw)
+    return list(texts), list(actions)
+
+
+def _generate(system: System, items: list[Item], registry, params, folder: Path, generator_factory) -> list[str]:
     prompts = [prompt_for(system, it, registry) for it in items]
     cache = GenerationCache.open(folder, system, params)
     todo = list(dict.fromkeys(p for p in prompts if cache.key(p) not in cache.done))
@@ -237,11 +247,7 @@ def run_system(system: System, items: list[Item], registry, params, folder: Path
                 part = todo[start:start + chunk]
                 cache.add(part, [str(t or "") for t in generator.generate(part, params)])
                 bar.update(len(part))
-    raw = [cache.done[cache.key(p)] for p in prompts]
-    if not system.guard:
-        return raw, ["off"] * len(items)
-    texts, actions = guard_outputs([it.input for it in items], raw)
-    return list(texts), list(actions)
+    return [cache.done[cache.key(p)] for p in prompts]
 
 
 def _hf_generator(model: str):
