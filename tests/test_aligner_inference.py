@@ -395,15 +395,19 @@ def test_released_flags_map_to_ours():
 HH = ("hh-rlhf", ("harmlessness", "helpfulness", "humour"))
 UF = ("ultrafeedback", ("instruction_following", "honesty", "truthfulness", "helpfulness"))
 IMHI = ("imhi", ("correct", "informative", "professional"))
+UNPUBLISHED = "MetaAligner/MetaAligner-IMHI-1.1B"  # the README's ninth model, not on the hub (issue 31, section 8)
 RELEASED = {f"MetaAligner/MetaAligner-{d}-{s}": spec for d, spec in
-            (("HH-RLHF", HH), ("UltraFeedback", UF), ("IMHI", IMHI)) for s in ("1.1B", "7B", "13B")}
+            (("HH-RLHF", HH), ("UltraFeedback", UF), ("IMHI", IMHI)) for s in ("1.1B", "7B", "13B")
+            if f"MetaAligner/MetaAligner-{d}-{s}" != UNPUBLISHED}
 
 
-def test_the_nine_released_checkpoints_are_known_by_name():
+def test_the_eight_published_checkpoints_are_known_by_name():
     import yaml
 
     table = yaml.safe_load(al.KNOWN_CHECKPOINTS_FILE.read_text(encoding="utf-8"))
-    assert sorted(n for n in table if n.startswith("MetaAligner/")) == sorted(RELEASED) and len(RELEASED) == 9
+    assert sorted(n for n in table if n.startswith("MetaAligner/")) == sorted([*RELEASED, UNPUBLISHED])
+    assert len(RELEASED) == 8 and table[UNPUBLISHED]["published"] is False
+    assert all(table[name].get("published", True) for name in RELEASED)
     for name, (template, objectives) in RELEASED.items():
         source = al.resolve_aligner(name)
         assert (source.model, source.template, source.template_from, source.objective_group, source.objectives) == \
@@ -414,6 +418,16 @@ def test_the_nine_released_checkpoints_are_known_by_name():
     # the flag still wins, and a known checkpoint beats the dataset config's template
     assert al.resolve_aligner("MetaAligner/MetaAligner-IMHI-7B", template="paper").template_from == "flag"
     assert al.resolve_aligner("MetaAligner/MetaAligner-IMHI-7B", dataset_template="hh-rlhf").template == "imhi"
+
+
+def test_the_unpublished_imhi_1_1b_is_refused_by_name(tmp_path, monkeypatch):
+    with pytest.raises(MetaAlignerError, match=r"^MetaAligner/MetaAligner-IMHI-1\.1B: not on the Hugging Face hub "
+                                               r"\(.*\): use MetaAligner/MetaAligner-IMHI-7B or MetaAligner/"
+                                               r"MetaAligner-IMHI-13B, or an aligner folder of your own"):
+        al.resolve_aligner(UNPUBLISHED, template="imhi")
+    monkeypatch.chdir(tmp_path)  # a local folder of that name is the user's own copy: used
+    (tmp_path / UNPUBLISHED).mkdir(parents=True)
+    assert al.resolve_aligner(UNPUBLISHED).template == "imhi"
 
 
 def test_known_checkpoints_are_never_guessed_from_a_path(tmp_path):

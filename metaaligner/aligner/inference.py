@@ -130,6 +130,8 @@ def resolve_aligner(aligner_path: str | None = None, template: str | None = None
         label += f"+lora:{lora_path}"
     card = read_model_card(lora_path) or read_model_card(model if model != "embedded" else None)
     known = {} if card else known_checkpoint(name)
+    if known.get("published") is False and not Path(name).exists():  # listed so it is refused, not guessed
+        raise MetaAlignerError(f"{name}: {known.get('note') or 'not published on the hub'}")
     candidates = [(template, "flag"), (card.get("template"), MODEL_CARD), (known.get("template"), KNOWN_CHECKPOINTS),
                   (dataset_template, "dataset"), (fallback, "default")]
     card = card or known  # objective group and trained objectives come from the same place
