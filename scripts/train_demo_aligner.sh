@@ -76,5 +76,5 @@ PY
 
 # 6. the edit bench on held-out answers
 python evaluation/edit_bench.py --output_dir "$RUN/edit_bench" --rows "$ROWS" --seed 0 --png docs/edit_bench.png \
-    --systems "copy,aligner=$DEST,aligner raw=$DEST:raw,base=embedded,blind=$RUN/blind"
+    --systems "copy,copy:guard,aligner=$DEST,aligner raw=$DEST:raw,base=embedded,base raw=embedded:raw,blind=$RUN/blind"
 cp "$RUN/edit_bench/edit_bench.json" "$RUN/edit_bench/edit_bench.md" "$DEST/"

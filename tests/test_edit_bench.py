@@ -196,7 +196,8 @@ def test_blind_data_withholds_the_objective_text_in_both_forms(tmp_path):
 def test_edit_bench_script_end_to_end_and_resumes_from_its_cache(tiny_llama_dir, tmp_path, repo_root):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(repo_root / "evaluation/edit_bench.py"), "--output_dir", str(out), "--rows", "2",
-           "--max_new_tokens", "4", "--batch_size", "8", "--systems", f"copy,tiny={tiny_llama_dir}",
+           "--max_new_tokens", "4", "--batch_size", "8", "--systems",
+           f"copy,tiny={tiny_llama_dir},tiny raw={tiny_llama_dir}:raw",
            "--subject", "tiny"]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -206,14 +207,16 @@ def test_edit_bench_script_end_to_end_and_resumes_from_its_cache(tiny_llama_dir,
     assert copy["fix"]["kept"]["rate"] == 1 and copy["fix"]["fix" + "ed_and_kept"]["rate"] == 0
     rows = list(csv.DictReader(open(out / "outputs.csv", encoding="utf-8")))
     assert len(rows) == report["items"] and all(r["copy"] == r["input"] for r in rows)
-    cache = (out / "generations" / "tiny.jsonl").read_text().splitlines()
+    [cache_file] = (out / "generations").iterdir()   # "tiny" and "tiny raw" share one model's generations
+    cache = cache_file.read_text().splitlines()
     assert len(cache) == len({r["input"] + r["requested"] for r in rows})   # one generation per distinct prompt
+    assert report["systems"]["tiny raw"]["guard"] is False and set(report["guard_actions"]["tiny raw"]) == {"off"}
     md = (out / "edit_bench.md").read_text()
     assert "| copy | 0% (0%-0%) | 100% (100%-100%) | 0% (0%-0%) |" in md
     assert (out / "edit_bench.png").stat().st_size > 1000
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root)
     assert again.returncode == 0 and "edit bench: tiny" not in again.stderr   # nothing left to generate
-    assert (out / "generations" / "tiny.jsonl").read_text().splitlines() == cache
+    assert cache_file.read_text().splitlines() == cache
 
 
 def test_edit_bench_refuses_a_subject_that_is_not_a_system(tmp_path, repo_root):

@@ -198,7 +198,8 @@ class GenerationCache:
 
         stamp = json.dumps({"model": system.model, "files": folder_identity(system.model) if system.model and
                             Path(system.model).is_dir() else None, "params": repr(params)}, sort_keys=True)
-        path = folder / f"{system.name}.jsonl"
+        # one file per model and decoding: a guarded and a raw system share their generations
+        path = folder / f"{hashlib.sha256(stamp.encode('utf-8')).hexdigest()[:16]}.jsonl"
         cache = cls(path, stamp)
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
