@@ -346,7 +346,12 @@ class Fetcher:
             kept = "the old file kept" if target.exists() else "nothing written"
             return False, f"refused, {problem}; {kept}"
         payload, form = imhi_form(entry, data, self.imhi_queries) if entry.is_imhi else (data, "as released")
-        write_atomically(target, gzip_bytes(payload) if target.name.endswith(".gz") else payload)
+        try:
+            write_atomically(target, gzip_bytes(payload) if target.name.endswith(".gz") else payload)
+        except OSError as exc:  # e.g. a full disk: this file fails, the others are still tried
+            from metaaligner.cli import os_error_line
+
+            return False, f"not written: {os_error_line(exc)}; nothing partial left at {target}"
         report.fetched.append(entry.path)
         report.bytes_downloaded += len(data)
         return True, (f"downloaded {len(data) / 2**20:.1f} MiB in {time.time() - start:.1f} s, git blob sha1 "

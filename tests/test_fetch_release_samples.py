@@ -264,3 +264,16 @@ def test_every_shipped_sample_verifies_against_the_manifest():
     assert len(report.present) == 46 and len(joined) == 40, said
     assert {path for path, _ in report.failed} == {e.path for e in rs.read_manifest()} - set(report.present)
     assert all(reason == "missing" for _, reason in report.failed)
+
+
+def test_a_file_that_cannot_be_written_fails_alone(server, setup):
+    manifest, out, _ = setup
+    out.mkdir()
+    (out / "UltraFeedback_model_output").write_text("a file where a folder goes")
+    Handler.routes["UltraFeedback_model_output/Claude-3.csv"] = ("ok", UF)
+    entries = rs.select(rs.read_manifest(manifest), ["HH-RLHF_model_output/Gemma-2B.csv",
+                                                     "UltraFeedback_model_output/Claude-3.csv"])
+    report = rs.Fetcher(out, server, retries=0, echo=lambda line: None).run(entries)
+    assert report.fetched == ["HH-RLHF_model_output/Gemma-2B.csv"]
+    assert report.failed == [("UltraFeedback_model_output/Claude-3.csv",
+                              f"not written: {out / 'UltraFeedback_model_output'}: File exists")]
