@@ -1,4 +1,4 @@
-"""Fit the offline judge (a linear probe on frozen SmolLM2-135M features) on human preferences.
+r"""Fit the offline judge (a linear probe on frozen SmolLM2-135M features) on human preferences.
 
     python training/train_offline_judge.py --output_dir metaaligner/data/offline_judge --cache runs/judge/features.pt \
         --layers 3,6 --max_tokens 64 --max_response_tokens 48 --max_train_pairs 900 --seed 0
