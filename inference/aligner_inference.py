@@ -11,6 +11,9 @@ r"""Align policy outputs with a MetaAligner model (the paper's main job).
     cd inference && python aligner_inference.py --aligner_path MetaAligner/MetaAligner-HH-RLHF-1.1B \
         --data_dir ../samples/HH-RLHF_model_output --aligned_model Claude-3 --model_output_path OUT \
         --cuda --batch_size 16 --llama --aspects harmlessness,helpfulness,humour --dry_run
+    # as the release ran: the checkpoint's generation config (seeded), whole prompts, empty answers as "nan"
+    python inference/aligner_inference.py --aligner_path MetaAligner/MetaAligner-HH-RLHF-7B \
+        --dataset hh-rlhf --max_new_tokens 1024 --profile paper --seed 0
     # an OpenAI-compatible server (vLLM, transformers serve); key from OPENAI_API_KEY
     python inference/aligner_inference.py --backend openai --base_url http://127.0.0.1:8000/v1 \
         --aligner_path my-served-aligner --template hh-rlhf --dataset hh-rlhf
@@ -52,12 +55,16 @@ class AlignerInferenceConfig:
     guard: str = field(default="auto", metadata={"help": "degeneration guard: a looping output is trimmed to its first occurrence (a sentence repeating an earlier one verbatim or nearly, a word 4-gram 3+ times); an empty output, or one with under 3 words left, falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
-    dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model"})
+    dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model (so a prompt that --long_prompts shorten would cut at run time is written whole)"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
     add_objective: list[str] = field(default_factory=list, metadata={"help": "inline objective 'key=Description: ...' (repeatable)", "action": "append"})
     max_new_tokens: int = field(default=256, metadata={"help": "new tokens per aligned answer (the released script used 1024)"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0)"})
+    profile: str = field(default="clean", metadata={"help": "clean (ours) | paper (as the release ran: --decoding checkpoint --long_prompts whole --empty_cells nan); the three flags below override it one by one"})
+    decoding: str = field(default=None, metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the aligner folder's generation_config.json, exactly as a bare model.generate applies it; sampled configs seeded by --seed). Default: the --profile's (clean: greedy, paper: checkpoint)"})
+    long_prompts: str = field(default=None, metadata={"help": "a prompt longer than the context minus --max_new_tokens: shorten (cut the answer, then the question, in the middle, keeping the instruction, the objectives and the 'Edit:' cue; counted in the summary) | whole (fed whole, as released). Default: the --profile's (clean: shorten, paper: whole)"})
+    empty_cells: str = field(default=None, metadata={"help": "an empty answer (or question) cell in the prompt: empty (sent as '') | nan (sent as 'nan', as the release's str() of pandas' NaN did; also cells pandas reads as NaN such as 'NA', 'None'). Default: the --profile's (clean: empty, paper: nan)"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples (--decoding greedy only)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0, or a checkpoint whose generation config samples)"})
     base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: OPENAI_API_KEY env)"})
     device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
@@ -113,6 +120,7 @@ def main(config: AlignerInferenceConfig) -> None:
         plan_jobs,
         resolve_aligner,
         resolve_objectives,
+        run_profile,
     )
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
@@ -140,15 +148,20 @@ def main(config: AlignerInferenceConfig) -> None:
     if config.limit is not None and config.limit < 1:
         raise MetaAlignerError(f"--limit must be >= 1, got {config.limit}")
     jobs = plan_jobs(data_dir, config.aligned_model, config.model_output_path)
+    run = run_profile(config.profile, decoding=config.decoding, long_prompts=config.long_prompts,
+                      empty_cells=config.empty_cells)
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              seed=config.seed, batch_size=config.batch_size)
+                              seed=config.seed, batch_size=config.batch_size, decoding=run["decoding"],
+                              long_prompts=run["long_prompts"])
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
                                 iterations=config.iterations, backend=config.backend, endpoint=config.base_url,
-                                guard=_guard_on(config.guard, source))
+                                guard=_guard_on(config.guard, source), empty_cells=run["empty_cells"],
+                                profile=config.profile)
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
-    log.info("aligner %s, template %s (from %s), aspects %s, %d file(s)", source.label, source.template,
-             source.template_from, ",".join(labels), len(jobs))
+    log.info("aligner %s, template %s (from %s), aspects %s, %d file(s); profile %s: decoding %s, long prompts %s, "
+             "empty cells %s", source.label, source.template, source.template_from, ",".join(labels), len(jobs),
+             config.profile, params.decoding, params.long_prompts, settings.empty_cells)
     backend = None
 
     def get_backend():

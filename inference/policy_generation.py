@@ -15,9 +15,11 @@ r"""Generate policy answers for a file of queries, in the samples format aligner
     # Self-Refinement (Table 3): the policy revises its own answers toward the objectives
     python inference/policy_generation.py --self_refine --dataset hh-rlhf --model embedded \
         --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --model_name Self-Refinement --limit 2
-    # the released generation flags --cuda and --llama are accepted
+    # the released generation flags --cuda and --llama are accepted; --profile paper decodes as the
+    # released generators did (the model's own generation config, seeded; whole prompts)
     python inference/policy_generation.py --model meta-llama/Llama-2-70b-chat-hf --model_name llama2-chat-70B \
-        --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --batch_size 32 --llama --cuda --chat_template false
+        --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz --batch_size 32 --llama --cuda --chat_template false \
+        --max_new_tokens 1024 --profile paper --seed 0
 
 Writes ``<model_output_path>/<model_name>.csv`` for a file, ``<model_output_path>/<model_name>/<file>.csv``
 for a folder, with columns ``query, goldens, generated_text, model``. With ``--self_refine`` the input
@@ -60,8 +62,11 @@ class PolicyGenerationConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <output>.prompts.jsonl with the queries that would be sent; load no model"})
     max_new_tokens: int = field(default=256, metadata={"help": "new tokens per answer"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0)"})
+    profile: str = field(default="clean", metadata={"help": "clean (ours) | paper (as the released generators ran: --decoding checkpoint --long_prompts whole); the two flags below override it one by one"})
+    decoding: str = field(default=None, metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the model folder's generation_config.json, exactly as a bare model.generate applies it; sampled configs seeded by --seed). Default: the --profile's (clean: greedy, paper: checkpoint)"})
+    long_prompts: str = field(default=None, metadata={"help": "a prompt longer than the context minus --max_new_tokens: shorten (cut the query, with --self_refine the answer first, in the middle; counted in the summary) | whole (fed whole, as released). Default: the --profile's (clean: shorten, paper: whole)"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples (--decoding greedy only)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0, or a checkpoint whose generation config samples)"})
     base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint (key: OPENAI_API_KEY env)"})
     device: str = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
@@ -90,7 +95,14 @@ def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str
 
 
 def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner.inference import FileJob, check_cuda, load_policy_rows, make_generator, plan_jobs
+    from metaaligner.aligner.inference import (
+        FileJob,
+        check_cuda,
+        load_policy_rows,
+        make_generator,
+        plan_jobs,
+        run_profile,
+    )
     from metaaligner.aligner.policy import generate_file, load_queries, self_refine_file
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
@@ -117,8 +129,10 @@ def main(config: PolicyGenerationConfig) -> None:
     else:
         jobs = [FileJob(j.input_path, f"{name}/{j.name}", j.output_root)
                 for j in plan_jobs(path, None, config.model_output_path)]
+    run = run_profile(config.profile, decoding=config.decoding, long_prompts=config.long_prompts)
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              seed=config.seed, batch_size=config.batch_size)
+                              seed=config.seed, batch_size=config.batch_size, decoding=run["decoding"],
+                              long_prompts=run["long_prompts"])
     if config.cuda and config.device and not config.device.startswith("cuda"):
         raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
     device = config.device or ("cuda" if config.cuda else None)
@@ -146,11 +160,11 @@ def main(config: PolicyGenerationConfig) -> None:
         if refine:
             rows = load_policy_rows(job.input_path, dataset.columns if dataset else None, config.limit)
             stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run,
-                                     overwrite=config.overwrite)
+                                     overwrite=config.overwrite, profile=config.profile)
         else:
             rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
             stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run,
-                                  overwrite=config.overwrite, settings=knobs)
+                                  overwrite=config.overwrite, settings=knobs, profile=config.profile)
         print(f"{job.name}: {stats.rows_in} queries -> {stats.output}" if config.dry_run else stats.summary())
         total += stats.rows_in
     print(f"done: {len(jobs)} file(s), {total} queries, {time.time() - start:.1f} s; outputs under {config.model_output_path}")

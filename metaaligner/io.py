@@ -129,6 +129,20 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     raise DataError(path, f"unsupported file type; use one of {', '.join(TEXT_SUFFIXES)}")
 
 
+# The cells pandas.read_csv reads as NaN by default (pandas' STR_NA_VALUES). The released scripts
+# read tables with pandas and put cells into prompts with str(), so each of these became "nan".
+PANDAS_NA_VALUES = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def as_released_text(value: Any) -> str:
+    """A cell as the released scripts put it into a prompt: ``str()`` of what pandas read, so a missing
+    cell or one pandas reads as NaN (``""``, ``NA``, ``None``, ...) is the text ``nan``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in PANDAS_NA_VALUES:
+        return "nan"
+    return str(value)
+
+
 def read_table(path: str | Path, required: Iterable[str] = (), text_columns: Iterable[str] | None = None,
                numeric_columns: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Rows with the ``required`` columns checked; text columns must hold strings, numeric columns
@@ -549,6 +563,11 @@ class ResumableWriter:
             self.rows[row[self.key]] = row
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+    def write_record(self, **facts: Any) -> None:
+        """Facts about how this run made its rows (counts, the decoding the backend applied) beside the
+        fingerprint under ``record``; never compared on resume."""
+        self._write_meta(record=_canonical(facts))
 
     def close(self) -> None:
         """Close the partial file and release the lock (the rows stay for ``--resume``)."""

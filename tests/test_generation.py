@@ -71,13 +71,18 @@ def test_sampling_is_seeded(hf_generator):
     assert other != first
 
 
-def test_long_prompts_keep_their_end(hf_generator):
-    hf_generator.max_input_tokens = 4
+def test_long_prompts_keep_their_start_and_end(hf_generator):
+    """A prompt no caller fitted is cut in the middle (the instruction and the cue stay), never under "whole"."""
+    prompt = "Instruction first. one two three four five six seven eight nine ten | Edit: "
+    hf_generator.max_input_tokens = 8
     try:
         hf_generator.truncated = 0
-        ids = hf_generator._encode("one two three four five six seven | Edit: ", hf_generator._input_limit(GenerationParams()))
-        assert len(ids) == 4 and hf_generator.tokenizer.decode(ids).endswith("Edit: ")
-        assert hf_generator.truncated == 1
+        ids = hf_generator._encode(prompt, hf_generator._input_limit(GenerationParams()))
+        text = hf_generator.tokenizer.decode(ids)
+        assert len(ids) == 8 and text.startswith("Instruction first.") and text.endswith("| Edit: ")
+        assert "five" not in text and hf_generator.truncated == 1
+        whole = hf_generator._encode(prompt, hf_generator._input_limit(GenerationParams(long_prompts="whole")))
+        assert hf_generator.tokenizer.decode(whole) == prompt and hf_generator.truncated == 1
     finally:
         hf_generator.max_input_tokens = None
 
@@ -270,7 +275,7 @@ def test_vllm_engine_kwargs_prefix_caching_tensor_parallel_ngram():
 
     assert engine_kwargs("m", None, False, 1, None, 0.9, 0) == {
         "model": "m", "dtype": "auto", "seed": 0, "enable_lora": False, "tensor_parallel_size": 1,
-        "gpu_memory_utilization": 0.9, "enable_prefix_caching": True}
+        "gpu_memory_utilization": 0.9, "enable_prefix_caching": True, "generation_config": "auto"}
     kwargs = engine_kwargs("m", "bf16", True, 4, 4096, 0.8, 3, prefix_caching=False, ngram_speculation=5)
     assert kwargs["dtype"] == "bfloat16" and kwargs["enable_lora"] and kwargs["tensor_parallel_size"] == 4
     assert kwargs["max_model_len"] == 4096 and kwargs["enable_prefix_caching"] is False

@@ -108,7 +108,24 @@ def test_hh_rlhf_generation_stage_is_the_released_generation():
     assert stage.command("python") == (
         "python inference/policy_generation.py --data_dir samples/HH-RLHF_model_output/Claude-3.csv.gz "
         "--model_output_path runs/paper/hh-rlhf-policies --chat_template false --max_new_tokens 1024 "
-        "--batch_size 32 --resume --model lmsys/vicuna-33b-v1.3 --model_name Vicuna-33B")
+        "--batch_size 32 --resume --profile paper --seed 0 --model lmsys/vicuna-33b-v1.3 --model_name Vicuna-33B")
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback", "imhi"])
+def test_release_decoding_where_the_release_ran_generate(name):
+    """The MetaAligner and hub-policy stages decode as the release did (--profile paper, seeded); the API
+    policies greedy (the release has no code for them); Aligner-7B and Self-Refinement keep our defaults."""
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B")
+    paper = sorted(s.name for s in run.stages if s.script.startswith("inference/")
+                   and s.args.get("profile") == "paper" and s.args.get("seed") == 0)
+    aligners = sorted(s.name for s in run.stages if s.script == "inference/aligner_inference.py"
+                      and s.args["aligner_path"] == f"runs/paper/{name}-7B/aligner")
+    policies = sorted(s.name for s in run.stages if s.name.startswith("policy_"))
+    api = sorted(s.name for s in run.stages if s.name.startswith("policy_") and s.args.get("base_url"))
+    assert paper == sorted(aligners + policies) and aligners and policies
+    assert all(s.args["decoding"] == "greedy" for s in run.stages if s.name in api)
+    assert all("decoding" not in s.args for s in run.stages if s.name in paper and s.name not in api)
+    assert all("profile" not in s.args for s in run.stages if s.name in ("table3_aligner7b", "table3_self_refine"))
 
 
 @pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback"])

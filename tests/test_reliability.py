@@ -17,8 +17,8 @@ server of ``metaaligner.testing`` (real HTTP, real ``openai`` client).
 | reward_labelling       | error        | error   | error | error     | dropped, counted | dropped (too_long), counted | error | error |
 | build_aligner_dataset  | error        | error   | error | error     | dropped, counted | kept verbatim | error | error |
 | train_aligner          | error        | error   | error | error     | (n/a: no rows)   | truncated, counted | (n/a) | error |
-| policy_generation      | error        | error   | error | error     | generated        | truncated + warning | (n/a) | error |
-| aligner_inference      | error        | error   | error | error     | '' aligned, counted; null -> error | truncated + warning | error | error |
+| policy_generation      | error        | error   | error | error     | generated        | cut in the middle, counted | (n/a) | error |
+| aligner_inference      | error        | error   | error | error     | '' aligned, counted; null -> error | answer cut in the middle, counted | error | error |
 | judge                  | error        | error   | error | error     | judged           | judged     | error       | error          |
 | report                 | error        | error   | error | error     | unknown verdict: error | (n/a)      | (n/a)       | error          |
 """
@@ -538,18 +538,20 @@ def test_training_truncates_long_items_counts_them_and_saves_safetensors(world):
     assert pickled_weights == []
 
 
-def test_policy_generation_answers_every_query_and_warns_on_truncation(world):
+def test_policy_generation_answers_every_query_and_counts_shortened_prompts(world):
     r = expect_ok(world, "pg:bad_rows")
     rows = read_records(world.d / "pg_ok/pol.csv")
     assert [x["query"] for x in rows] == ["Q1?", "", "q" * LONG]
     assert [x["goldens"] for x in rows] == ["G1", "G2", "G3"]
-    assert re.search(r"1 prompts were longer than \d+ tokens; kept their last", r["stderr"])
+    assert "1 prompts shortened to fit the context" in r["stdout"]
+    assert "prompts were longer than" not in r["stderr"]  # fitted before the backend saw them
 
 
-def test_aligner_inference_aligns_empty_answers_as_empty_and_warns_on_truncation(world):
+def test_aligner_inference_aligns_empty_answers_as_empty_and_counts_shortened_prompts(world):
     r = expect_ok(world, "ai:bad_rows")
-    assert "3 rows in, 3 aligned, 0 resumed, 1 empty answers (aligned as '')" in r["stdout"]
-    assert re.search(r"1 prompts were longer than \d+ tokens; kept their last", r["stderr"])
+    assert re.search(r"3 rows in, 3 aligned, 0 resumed, 1 empty answers \(aligned as ''\), \d+ empty outputs, "
+                     r"1 prompts shortened to fit the context", r["stdout"]), r["stdout"]
+    assert "prompts were longer than" not in r["stderr"]  # fitted before the backend saw them
     rows = read_records(world.d / "ai_ok/policy.csv")
     assert [x["origin_responses"] for x in rows] == ["A1", "", "x" * LONG]
     assert all(x["aspects"] == "harmlessness,helpfulness,humour" and x["template"] == "hh-rlhf" for x in rows)

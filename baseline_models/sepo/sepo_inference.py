@@ -28,6 +28,9 @@ class SePOInferenceConfig:
     backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, auto"})
     prompt_template: str = field(default="{query}", metadata={"help": "prompt built from each query"})
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
+    decoding: str = field(default="greedy", metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | "
+                                                             "checkpoint (the model folder's generation_config.json, "
+                                                             "as a bare model.generate applies it; seeded by --seed)"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling p"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
@@ -48,7 +51,8 @@ def main(config: SePOInferenceConfig) -> None:
     from metaaligner.methods.sepo import generate_outputs
 
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
+                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
+                              decoding=config.decoding)
     generate_outputs(config.input, config.model, config.output, params, backend=config.backend,
                      origin_model=config.origin_model, prompt_template=config.prompt_template,
                      limit=config.limit, resume=config.resume, overwrite=config.overwrite)

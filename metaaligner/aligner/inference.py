@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +32,7 @@ from metaaligner.io import (
     OUTPUT_COLUMNS,
     TEXT_SUFFIXES,
     ResumableWriter,
+    as_released_text,
     read_table,
     run_resumable,
     write_jsonl,
@@ -54,6 +55,29 @@ EMBEDDED_LABEL = "embedded:SmolLM2-135M-Instruct"
 
 PROVENANCE_COLUMNS = ["aligner", "template", "aspects"]
 INPUT_COLUMNS = {"query": "query", "goldens": "goldens", "answer": "generated_text"}
+
+# An empty answer (or question) cell in the aligner prompt: "empty" sends "" (ours); "nan" sends what
+# the release sent, str() of the NaN pandas read (io.as_released_text).
+EMPTY_CELLS = ("empty", "nan")
+# --profile: the defaults of --decoding, --long_prompts and --empty_cells. "paper" runs as the release
+# ran: the checkpoint's generation config, whole prompts, empty cells as "nan".
+RUN_PROFILES = {"clean": {"decoding": "greedy", "long_prompts": "shorten", "empty_cells": "empty"},
+                "paper": {"decoding": "checkpoint", "long_prompts": "whole", "empty_cells": "nan"}}
+
+
+def run_profile(profile: str | None = None, **given: str | None) -> dict[str, str]:
+    """The profile's settings with every explicitly ``given`` one on top (None: the profile's)."""
+    name = profile or "clean"
+    if name not in RUN_PROFILES:
+        raise MetaAlignerError(f"unknown profile {name!r}; choose one of {', '.join(RUN_PROFILES)}")
+    unknown = sorted(set(given) - set(RUN_PROFILES[name]))
+    if unknown:
+        raise MetaAlignerError(f"not a profile setting: {', '.join(unknown)}")
+    settings = {**RUN_PROFILES[name], **{k: v for k, v in given.items() if v is not None}}
+    if settings["empty_cells"] not in EMPTY_CELLS:
+        raise MetaAlignerError(f"unknown empty_cells {settings['empty_cells']!r}; choose one of "
+                               f"{', '.join(EMPTY_CELLS)}")
+    return settings
 
 
 # ---------------------------------------------------------------- which aligner, which template
@@ -189,9 +213,12 @@ def resolve_objectives(objectives: str | Sequence[str], registry: ObjectiveRegis
     return labels, descriptions
 
 
-def normalize_answer(answer: Any) -> str:
-    """The answer verbatim (whitespace-only included, as the release sends it); only a missing/NaN
-    cell becomes ``""`` (never ``"nan"``)."""
+def normalize_answer(answer: Any, empty_cells: str = "empty") -> str:
+    """The answer verbatim (whitespace-only included, as the release sends it). A missing/NaN cell
+    becomes ``""``; with ``empty_cells="nan"`` (the paper profile) every cell pandas reads as NaN
+    becomes ``"nan"``, as the release's ``str(answer)`` made it."""
+    if empty_cells == "nan":
+        return as_released_text(answer)
     if answer is None or (isinstance(answer, float) and math.isnan(answer)):
         return ""
     return str(answer)
@@ -203,12 +230,32 @@ def is_empty_answer(answer: Any) -> bool:
 
 
 def build_prompts(template: str | Template, questions: Sequence[str], answers: Sequence[Any],
-                  descriptions: list[str], mode: str = "better") -> list[str]:
+                  descriptions: list[str], mode: str = "better", empty_cells: str = "empty") -> list[str]:
     """One aligner input per (question, answer), objectives joined with ``'; '`` in the given order."""
+    return fit_aligner_prompts(None, None, template, questions, answers, descriptions, mode, empty_cells)[0]
+
+
+def fit_aligner_prompts(generator, params: GenerationParams | None, template: str | Template,
+                        questions: Sequence[Any], answers: Sequence[Any], descriptions: list[str],
+                        mode: str = "better", empty_cells: str = "empty") -> tuple[list[str], list[bool]]:
+    """``(prompts, shortened)``: the aligner inputs, each fitted to ``generator``'s context under
+    ``params.long_prompts == "shorten"``: the answer, then the question, cut in the middle; the
+    instruction, the objectives and the ``Edit:`` cue stay whole (``generation.fit``). No generator:
+    nothing is fitted."""
+    from metaaligner.generation.fit import fit_prompts
+
     if len(questions) != len(answers):
         raise MetaAlignerError(f"{len(questions)} questions but {len(answers)} answers")
     tpl = template if isinstance(template, Template) else get_template(template)
-    return [render(tpl, str(q), normalize_answer(a), descriptions, mode=mode) for q, a in zip(questions, answers)]
+    question = as_released_text if empty_cells == "nan" else str  # the release str()-ed its questions too
+    rows = [(normalize_answer(a, empty_cells), question(q)) for q, a in zip(questions, answers)]
+
+    def fill(fields: list[str]) -> str:
+        return render(tpl, fields[1], fields[0], descriptions, mode=mode)
+
+    if generator is None or params is None:
+        return [fill(list(r)) for r in rows], [False] * len(rows)
+    return fit_prompts(generator, params, rows, fill)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")  # . ! or ? and any closing quotes
@@ -371,16 +418,21 @@ def guard_default(source: AlignerSource) -> bool:
 def align_iteratively(generator, params: GenerationParams, template: str | Template, questions: Sequence[str],
                       answers: Sequence[Any], descriptions: list[str], iterations: int = 1,
                       progress: bool = False, guard: bool = False,
-                      actions: list[list[str]] | None = None) -> list[list[str]]:
+                      actions: list[list[str]] | None = None, empty_cells: str = "empty",
+                      shortened: list[list[bool]] | None = None) -> list[list[str]]:
     """The paper's iterative alignment: iteration k aligns iteration k-1's output. Returns the
     outputs of every iteration (the last is the final answer). ``guard``: see ``guard_output``,
-    each iteration against its own input; each iteration's per-row actions are appended to ``actions``."""
+    each iteration against its own input; each iteration's per-row actions are appended to ``actions``,
+    and which of its prompts were cut to fit the context (``fit_aligner_prompts``) to ``shortened``."""
     if iterations < 1:
         raise MetaAlignerError(f"--iterations must be >= 1, got {iterations}")
     current = [normalize_answer(a) for a in answers]
     history = []
     for _ in range(iterations):
-        prompts = build_prompts(template, questions, current, descriptions)
+        prompts, cut = fit_aligner_prompts(generator, params, template, questions, current, descriptions,
+                                           empty_cells=empty_cells)
+        if shortened is not None:
+            shortened.append(cut)
         previous = current
         current = [normalize_answer(text) for text in generate_all(generator, prompts, params, progress=progress)]
         if guard:
@@ -533,6 +585,8 @@ class AlignStats:
     empty_outputs: int = 0  # aligner outputs that came back empty
     trimmed: int = 0        # looping outputs trimmed to their first occurrence (the guard; all iterations)
     fallbacks: int = 0      # outputs replaced by their input answer: empty, or nothing usable after trimming
+    shortened: int = 0      # rows whose prompt was cut in the middle to fit the context (any iteration)
+    empty_cells: str = "empty"  # how empty answers were sent (EMPTY_CELLS)
     prompt_chars: int = 0
     seconds: float = 0.0
     output: str = ""
@@ -542,8 +596,10 @@ class AlignStats:
         if self.skipped:
             return f"{self.name}: skipped ({self.skipped})"
         rate = self.aligned / self.seconds if self.seconds > 0 else 0.0
+        sent = "'nan'" if self.empty_cells == "nan" else "''"
         return (f"{self.name}: {self.rows_in} rows in, {self.aligned} aligned, {self.resumed} resumed, "
-                f"{self.empty_answers} empty answers (aligned as ''), {self.empty_outputs} empty outputs, "
+                f"{self.empty_answers} empty answers (aligned as {sent}), {self.empty_outputs} empty outputs, "
+                + (f"{self.shortened} prompts shortened to fit the context, " if self.shortened else "")
                 + (f"{self.trimmed} looping outputs trimmed to their first occurrence, " if self.trimmed else "")
                 + (f"{self.fallbacks} fell back to the answer (nothing usable left), " if self.fallbacks else "")
                 + f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
@@ -561,6 +617,8 @@ class AlignRunSettings:
     backend: str = ""                # recorded in the fingerprint (hf and vllm may decode differently)
     endpoint: str | None = None      # an OpenAI-compatible server's base URL (stored redacted)
     guard: bool = False     # degeneration guard (guard_output); on for the built-in aligners
+    empty_cells: str = "empty"       # EMPTY_CELLS
+    profile: str = "clean"           # the RUN_PROFILES entry the settings started from (recorded)
 
     @property
     def columns(self) -> list[str]:
@@ -581,9 +639,8 @@ class AlignRunSettings:
                 "model_files": folder_identity(self.source.model), "lora_path": self.source.lora_path,
                 "lora_files": folder_identity(self.source.lora_path), "template": tpl.name,
                 "template_text": [tpl.better, tpl.equal], "aspects": list(self.aspect_labels),
-                "objective_texts": list(self.descriptions), "max_new_tokens": p.max_new_tokens,
-                "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "iterations": self.iterations,
-                "backend": self.backend, "endpoint": redact_url(self.endpoint)}
+                "objective_texts": list(self.descriptions), **p.describe(), "empty_cells": self.empty_cells,
+                "iterations": self.iterations, "backend": self.backend, "endpoint": redact_url(self.endpoint)}
 
 
 def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, str] | None = None,
@@ -592,7 +649,7 @@ def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, st
     start = time.time()
     rows = load_policy_rows(job.input_path, columns, limit)
     prompts = build_prompts(settings.source.template, [r["query"] for r in rows], [r["answer"] for r in rows],
-                            settings.descriptions)
+                            settings.descriptions, empty_cells=settings.empty_cells)
     write_jsonl(job.prompts_path, ({"query": r["query"], "prompt": p} for r, p in zip(rows, prompts)))
     return AlignStats(name=job.name, rows_in=len(rows), empty_answers=sum(is_empty_answer(r["answer"]) for r in rows),
                       prompt_chars=sum(len(p) for p in prompts), seconds=time.time() - start,
@@ -613,7 +670,7 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
     start = time.time()
     rows = load_policy_rows(job.input_path, columns, limit)
     stats = AlignStats(name=job.name, rows_in=len(rows), output=str(job.output_path),
-                       empty_answers=sum(is_empty_answer(r["answer"]) for r in rows))
+                       empty_answers=sum(is_empty_answer(r["answer"]) for r in rows), empty_cells=settings.empty_cells)
     provenance = settings.provenance()
     writer = ResumableWriter(job.output_path, settings.columns, key="row_id", resume=resume,
                              fingerprint=settings.fingerprint(), overwrite=overwrite)
@@ -631,10 +688,13 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
                                    "delete it or run without --resume")
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
+        used.setdefault("decoding_used", _decoding_used(backend, settings.params))
+        cut: list[list[bool]] = []
         history = align_iteratively(backend, settings.params, settings.source.template,
                                     [r["query"] for r in part], [r["answer"] for r in part],
                                     settings.descriptions, settings.iterations, guard=settings.guard,
-                                    actions=actions)
+                                    actions=actions, empty_cells=settings.empty_cells, shortened=cut)
+        stats.shortened += sum(any(flags) for flags in zip(*cut))
         out_rows = []
         for j, row in enumerate(part):
             out = {"row_id": row["row_id"], "query": row["query"], "goldens": row["goldens"],
@@ -645,6 +705,7 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
         return out_rows
 
     actions: list[list[str]] = []
+    used: dict[str, Any] = {}
     chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
     stats.resumed, final = run_resumable(rows, writer, generator, make_rows, chunk, job.name, progress)
     stats.aligned = len(rows) - stats.resumed
@@ -652,7 +713,17 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
     stats.trimmed, stats.fallbacks = counts["trimmed"], counts["fallback_empty"] + counts["fallback_unusable"]
     stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
     stats.seconds = time.time() - start
+    writer.write_record(profile=settings.profile, **used, aligned=stats.aligned, resumed=stats.resumed,
+                        shortened=stats.shortened, empty_answers=stats.empty_answers,
+                        empty_cells=settings.empty_cells, long_prompts=settings.params.long_prompts)
     return stats
+
+
+def _decoding_used(backend, params: GenerationParams) -> dict[str, Any]:
+    """What the backend did to decode, for the run record (a backend that cannot say: the settings)."""
+    if hasattr(backend, "decoding_used"):
+        return backend.decoding_used(params)
+    return {"decoding": params.decoding}
 
 
 # ---------------------------------------------------------------- Python API
@@ -664,19 +735,32 @@ class Aligner:
     SmolLM2 with the ``hh-rlhf`` template); ``Aligner("MetaAligner/MetaAligner-HH-RLHF-7B",
     template="hh-rlhf")`` a hub model; ``Aligner("path/to/folder")`` a folder with ``metaaligner.json``.
     The model loads on the first ``align`` call; ``prompts`` never loads it.
+
+    ``profile="paper"`` runs as the release ran (``RUN_PROFILES``): the checkpoint's generation config
+    (``decoding="checkpoint"``, seeded by ``params.seed``), whole prompts, empty answers as ``"nan"``;
+    ``decoding``, ``long_prompts`` and ``empty_cells`` override it one by one.
     """
 
     def __init__(self, model: str | None = None, template: str | None = None, lora_path: str | None = None,
                  backend: str = "auto", device: str | None = None, dtype: str | None = None,
                  base_url: str | None = None, objectives_file: str | None = None,
                  add_objective: list[str] | None = None, objective_group: str | None = None,
-                 params: GenerationParams | None = None, generator=None, guard: bool | None = None):
+                 params: GenerationParams | None = None, generator=None, guard: bool | None = None,
+                 profile: str = "clean", decoding: str | None = None, long_prompts: str | None = None,
+                 empty_cells: str | None = None):
         self.source = resolve_aligner(model, template, lora_path)
         self.guard = guard_default(self.source) if guard is None else guard  # see guard_output
         self.guard_actions: Counter[str] = Counter()  # the guard's action per output so far (GUARD_ACTIONS)
         self.registry = build_registry(objectives_file, add_objective)
         self.group = objective_group_for(self.source, self.registry, objective_group)
-        self.params = params or GenerationParams()
+        base, unset = params or GenerationParams(), GenerationParams()
+        # what params set away from its defaults counts as given explicitly, like the keyword arguments
+        decoding = decoding or (base.decoding if base.decoding != unset.decoding else None)
+        long_prompts = long_prompts or (base.long_prompts if base.long_prompts != unset.long_prompts else None)
+        settings = run_profile(profile, decoding=decoding, long_prompts=long_prompts, empty_cells=empty_cells)
+        self.empty_cells = settings["empty_cells"]
+        self.params = replace(base, decoding=settings["decoding"], long_prompts=settings["long_prompts"])
+        self.shortened = 0  # prompts cut in the middle to fit the context so far
         self._backend_kwargs = {"backend": backend, "device": device, "dtype": dtype, "base_url": base_url}
         self._generator = generator
 
@@ -692,7 +776,8 @@ class Aligner:
     def prompts(self, question: str | Sequence[str], answer: str | Sequence[str],
                 objectives: str | Sequence[str]) -> str | list[str]:
         questions, answers, single = _as_lists(question, answer)
-        out = build_prompts(self.source.template, questions, answers, self.descriptions(objectives))
+        out = build_prompts(self.source.template, questions, answers, self.descriptions(objectives),
+                            empty_cells=self.empty_cells)
         return out[0] if single else out
 
     def align(self, question: str | Sequence[str], answer: str | Sequence[str], objectives: str | Sequence[str],
@@ -700,9 +785,12 @@ class Aligner:
         """The aligned answer(s): one string for one pair, a list for lists (batched)."""
         questions, answers, single = _as_lists(question, answer)
         actions: list[list[str]] = []
+        cut: list[list[bool]] = []
         history = align_iteratively(self.generator, self.params, self.source.template, questions, answers,
-                                    self.descriptions(objectives), iterations, guard=self.guard, actions=actions)
+                                    self.descriptions(objectives), iterations, guard=self.guard, actions=actions,
+                                    empty_cells=self.empty_cells, shortened=cut)
         self.guard_actions.update(a for done in actions for a in done)
+        self.shortened += sum(sum(flags) for flags in cut)
         return history[-1][0] if single else history[-1]
 
     @property

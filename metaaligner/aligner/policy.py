@@ -55,13 +55,16 @@ class PolicyStats:
     generated: int = 0
     resumed: int = 0
     empty_outputs: int = 0
+    shortened: int = 0      # prompts cut in the middle to fit the context (--long_prompts shorten)
     seconds: float = 0.0
     output: str = ""
 
     def summary(self) -> str:
         rate = self.generated / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.name}: {self.rows_in} queries, {self.generated} generated, {self.resumed} resumed, "
-                f"{self.empty_outputs} empty answers, {self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
+                f"{self.empty_outputs} empty answers, "
+                + (f"{self.shortened} prompts shortened to fit the context, " if self.shortened else "")
+                + f"{self.seconds:.1f} s, {rate:.2f} rows/s -> {self.output}")
 
 
 def policy_fingerprint(model_label: str, params: GenerationParams, extra: dict | None = None) -> dict:
@@ -69,14 +72,33 @@ def policy_fingerprint(model_label: str, params: GenerationParams, extra: dict |
     from metaaligner.io import folder_identity
 
     model = model_label.split(":", 1)[1] if model_label.startswith("embedded:") else model_label
-    return {"stage": "policy", "model": model_label, "model_files": folder_identity(model),
-            "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
-            "seed": params.seed, **(extra or {})}
+    return {"stage": "policy", "model": model_label, "model_files": folder_identity(model), **params.describe(),
+            **(extra or {})}
+
+
+def _generate_fitted(backend, params: GenerationParams, rows: list[list[str]], render, stats: PolicyStats,
+                     used: dict) -> list[str]:
+    """Answers to ``render(fields)`` per row, each prompt fitted to the backend's context first
+    (``generation.fit``: the first field, then the next, cut in the middle)."""
+    from metaaligner.generation.fit import fit_prompts
+
+    if "decoding_used" not in used:
+        used["decoding_used"] = (backend.decoding_used(params) if hasattr(backend, "decoding_used")
+                                 else {"decoding": params.decoding})
+    prompts, cut = fit_prompts(backend, params, rows, render)
+    stats.shortened += sum(cut)
+    return generate_all(backend, prompts, params)
+
+
+def _record(writer: ResumableWriter, stats: PolicyStats, params: GenerationParams, used: dict,
+            profile: str | None) -> None:
+    writer.write_record(profile=profile, **used, generated=stats.generated, resumed=stats.resumed,
+                        shortened=stats.shortened, long_prompts=params.long_prompts)
 
 
 def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                   resume: bool = False, dry_run: bool = False, progress: bool = True, overwrite: bool = False,
-                  settings: dict | None = None) -> PolicyStats:
+                  settings: dict | None = None, profile: str | None = None) -> PolicyStats:
     """Answer ``rows`` into ``job.output_path`` (resumable, chunks of 4 batches). ``generator``
     may be a factory, called only when some row still needs an answer. The output carries the
     fingerprint of the model, ``params`` and ``settings`` (other knobs, e.g. the chat template):
@@ -94,8 +116,10 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
         writer.close()
         raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
 
+    used: dict = {}
+
     def make_rows(backend, part: list[dict]) -> list[dict]:
-        answers = generate_all(backend, [r["query"] for r in part], params)
+        answers = _generate_fitted(backend, params, [[str(r["query"])] for r in part], lambda f: f[0], stats, used)
         return [{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)]
 
     stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
@@ -103,6 +127,7 @@ def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationP
     stats.generated = len(rows) - stats.resumed
     stats.empty_outputs = sum(1 for r in final if not str(r["generated_text"]).strip())
     stats.seconds = time.time() - start
+    _record(writer, stats, params, used, profile)
     return stats
 
 
@@ -113,7 +138,7 @@ SELF_REFINE_TEMPLATE = "self-refine"
 
 def self_refine_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                      labels: list[str], descriptions: list[str], resume: bool = False, dry_run: bool = False,
-                     progress: bool = True, overwrite: bool = False) -> PolicyStats:
+                     progress: bool = True, overwrite: bool = False, profile: str | None = None) -> PolicyStats:
     """Self-Refinement: the policy revises its own answers (``rows`` from ``aligner.load_policy_rows``)
     toward the objectives, prompted by ``templates.SELF_REFINE_PROMPT``. Writes the aligner output
     format (``query, goldens, origin_responses, aligned_responses, aligner, template, aspects``), so
@@ -138,8 +163,12 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
     writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume,
                              fingerprint=fingerprint, overwrite=overwrite)
 
+    used: dict = {}
+
     def make_rows(backend, part: list[dict]) -> list[dict]:
-        answers = generate_all(backend, [prompts[r["row_id"]] for r in part], params)
+        fields = [[normalize_answer(r["answer"]), str(r["query"])] for r in part]
+        answers = _generate_fitted(backend, params, fields,
+                                   lambda f: self_refine_prompt(f[1], f[0], descriptions), stats, used)
         return [{"row_id": r["row_id"], "query": r["query"], "goldens": r["goldens"], "origin_responses": r["answer"],
                  "aligned_responses": a, **provenance} for r, a in zip(part, answers)]
 
@@ -148,4 +177,5 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
     stats.generated = len(rows) - stats.resumed
     stats.empty_outputs = sum(1 for r in final if not str(r["aligned_responses"]).strip())
     stats.seconds = time.time() - start
+    _record(writer, stats, params, used, profile)
     return stats

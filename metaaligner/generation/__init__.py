@@ -11,18 +11,44 @@ from typing import Protocol
 
 from metaaligner.errors import MetaAlignerError
 
+# How a backend decodes: "greedy" (ours: argmax, or sampling at ``temperature`` > 0) or "checkpoint"
+# (the model folder's generation config, exactly as a bare ``model.generate`` applies it; the
+# release passed no decoding arguments, so each checkpoint's generation_config.json decided).
+DECODINGS = ("greedy", "checkpoint")
+# Prompts longer than the context minus max_new_tokens: "shorten" cuts the answer, then the
+# question, in the middle (``metaaligner.generation.fit``); "whole" feeds them whole, as released.
+LONG_PROMPTS = ("shorten", "whole")
+
 
 @dataclass
 class GenerationParams:
     max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy
+    temperature: float = 0.0  # 0 means greedy (decoding "greedy" only)
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16
+    decoding: str = "greedy"
+    long_prompts: str = "shorten"
+
+    def __post_init__(self):
+        if self.decoding not in DECODINGS:
+            raise MetaAlignerError(f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
+        if self.long_prompts not in LONG_PROMPTS:
+            raise MetaAlignerError(f"unknown long_prompts rule {self.long_prompts!r}; choose one of "
+                                   f"{', '.join(LONG_PROMPTS)}")
+        if self.decoding == "checkpoint" and self.temperature > 0:
+            raise MetaAlignerError("--temperature samples with our settings, --decoding checkpoint with the "
+                                   "checkpoint's generation config: give one of them")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        """Our own argmax decoding (never true for "checkpoint": the checkpoint decides)."""
+        return self.decoding == "greedy" and self.temperature <= 0
+
+    def describe(self) -> dict:
+        """The decoding settings as a run's fingerprint records them."""
+        return {"decoding": self.decoding, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed, "long_prompts": self.long_prompts}
 
 
 class Generator(Protocol):

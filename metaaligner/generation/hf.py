@@ -3,6 +3,8 @@
 Sorting by token length (longest first, so an out-of-memory error shows up in the first batch)
 means each batch pads to nearly its own length; results are put back in input order. Greedy
 decoding gives the same text as one ``generate`` call per prompt (tested on a tiny LLaMA).
+``decoding="checkpoint"`` decodes as a bare ``generate`` does with the model's generation config
+(the fast engine when that config is plain argmax, else ``generate`` itself, seeded per batch).
 """
 from __future__ import annotations
 
@@ -62,27 +64,55 @@ class HFGenerator:
         # the fast engine adds where its time goes (fast_greedy.add_stats).
         self.stats = {"prompts": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
-    def _input_limit(self, params: GenerationParams) -> int | None:
+    def prompt_budget(self, params: GenerationParams) -> int | None:
+        """Prompt tokens that leave ``max_new_tokens`` inside the context (``max_input_tokens`` if set)."""
         if self.max_input_tokens:
             return self.max_input_tokens
-        # Leave room for the new tokens inside the model's context window.
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context and context > params.max_new_tokens:
             return context - params.max_new_tokens
         return None
 
-    def _encode(self, prompt: str, limit: int | None) -> list[int]:
+    def _input_limit(self, params: GenerationParams) -> int | None:
+        return None if params.long_prompts == "whole" else self.prompt_budget(params)
+
+    def count_tokens(self, prompt: str) -> int:
+        """The prompt's length in tokens as this backend feeds it (chat template and BOS included)."""
+        return len(self._tokenize(prompt))
+
+    def _tokenize(self, prompt: str) -> list[int]:
         if self.chat_template:
             ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                      add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        else:
-            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def _encode(self, prompt: str, limit: int | None) -> list[int]:
+        ids = self._tokenize(prompt)
         if limit and len(ids) > limit:
-            # Keep the end: the template's "| Edit: " cue sits there.
+            # A caller that did not fit its prompt (metaaligner.generation.fit): cut the middle, so the
+            # instruction at the start and the cue at the end both stay.
             self.truncated += 1
-            ids = ids[-limit:]
-        return list(ids)
+            ids = ids[:limit - limit // 2] + (ids[-(limit // 2):] if limit // 2 else [])
+        return ids
+
+    def decoding_used(self, params: GenerationParams) -> dict:
+        """What this backend did to decode (the run record): ours, or the checkpoint's config as applied."""
+        from metaaligner.generation.decoding import effective_config, is_plain_greedy
+
+        if params.decoding != "checkpoint":
+            return {"decoding": "greedy" if params.greedy else "sample", "temperature": params.temperature,
+                    "top_p": params.top_p}
+        config = self.model.generation_config
+        return {"decoding": "checkpoint", **effective_config(config), "plain_greedy": is_plain_greedy(config)}
+
+    def _argmax(self, params: GenerationParams) -> bool:
+        """Whether this run is plain argmax decoding (ours, or a checkpoint config that is only that)."""
+        from metaaligner.generation.decoding import is_plain_greedy
+
+        if params.decoding == "checkpoint":
+            return is_plain_greedy(self.model.generation_config)
+        return params.greedy
 
     def _count_new(self, row: list[int]) -> int:
         stop = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
@@ -112,25 +142,27 @@ class HFGenerator:
                                 ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers,
                                 merge_linears=self.merge_linears, stats=self.stats)
 
-    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, generator) -> list[list[int]]:
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
         import torch
 
+        from metaaligner.generation.decoding import batch_seed
+
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        kwargs = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy,
-                  "pad_token_id": self.tokenizer.pad_token_id}
-        if not params.greedy:
-            # Per-batch seed drawn from one seeded generator: a rerun reproduces every batch.
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.decoding == "greedy":  # "checkpoint": nothing more, the model's generation config decides
+            kwargs["do_sample"] = not params.greedy
+            if params.greedy:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            else:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        if not self._argmax(params):  # a sampled batch: seeded from the run's seed and its own prompts
+            torch.manual_seed(batch_seed(params.seed, prompts))
         with torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
         return out[:, batch["input_ids"].shape[1]:].tolist()
 
     def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
-        import torch
         from tqdm.auto import tqdm
 
         if not prompts:
@@ -140,21 +172,20 @@ class HFGenerator:
         limit = self._input_limit(params)
         encoded = [self._encode(p, limit) for p in prompts]
         if self.truncated > truncated_before:
-            log.warning("%d prompts were longer than %s tokens; kept their last %s tokens",
-                        self.truncated - truncated_before, limit, limit)
+            log.warning("%d prompts were longer than %s tokens; kept their first %s and last %s tokens",
+                        self.truncated - truncated_before, limit, limit - limit // 2, limit // 2)
         order = list(range(len(prompts)))
         if self.sort_by_length:
             order.sort(key=lambda i: len(encoded[i]), reverse=True)
         results: list[str | None] = [None] * len(prompts)
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
         bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
         from metaaligner.generation.fast_greedy import fast_greedy_supported
 
-        fast = params.greedy and self.engine == "fast" and fast_greedy_supported(self.model)
+        fast = self._argmax(params) and self.engine == "fast" and fast_greedy_supported(self.model)
         for begin in range(0, len(order), max(1, params.batch_size)):
             idx = order[begin:begin + max(1, params.batch_size)]
             rows = (self._fast_batch([encoded[i] for i in idx], params) if fast
-                    else self._generate_batch([encoded[i] for i in idx], params, generator))
+                    else self._generate_batch([encoded[i] for i in idx], params))
             texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
             for i, row, text in zip(idx, rows, texts):
                 results[i] = text.strip()

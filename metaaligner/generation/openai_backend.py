@@ -7,6 +7,10 @@ backoff are the client's own (``max_retries``). One string per prompt, in input 
 
 Raw prompts go to ``/v1/completions`` (what the aligners were trained on); ``chat_template=True``
 sends each prompt as one user message to ``/v1/chat/completions`` (chat policies).
+
+``decoding="checkpoint"`` sends no temperature or top_p, so the server's defaults decide (vLLM's
+server: the model's generation config). No tokenizer here, so ``long_prompts="shorten"`` cannot
+count tokens: prompts go whole and the server's own context limit applies.
 """
 from __future__ import annotations
 
@@ -57,9 +61,9 @@ class OpenAIGenerator:
         self._lock = threading.Lock()
 
     def _request(self, prompt: str, params: GenerationParams) -> str:
-        common = {"model": self.model, "max_tokens": params.max_new_tokens,
-                  "temperature": max(params.temperature, 0.0),
-                  "top_p": params.top_p, "seed": params.seed}
+        common = {"model": self.model, "max_tokens": params.max_new_tokens, "seed": params.seed}
+        if params.decoding != "checkpoint":
+            common.update(temperature=max(params.temperature, 0.0), top_p=params.top_p)
         if self.chat_template:
             response = self.client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
             text = response.choices[0].message.content if response.choices else ""
@@ -72,6 +76,12 @@ class OpenAIGenerator:
                 self.stats["prompt_tokens"] += getattr(usage, "prompt_tokens", 0) or 0
                 self.stats["generated_tokens"] += getattr(usage, "completion_tokens", 0) or 0
         return (text or "").strip()
+
+    def decoding_used(self, params: GenerationParams) -> dict:
+        if params.decoding == "checkpoint":
+            return {"decoding": "checkpoint", "sent": "no temperature or top_p: the server's defaults"}
+        return {"decoding": "greedy" if params.greedy else "sample", "temperature": params.temperature,
+                "top_p": params.top_p}
 
     def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
         import openai

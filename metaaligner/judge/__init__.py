@@ -115,7 +115,8 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
         profile, mode, config.judge_family, judge_prompt=judge_prompt, judge_model=judge_model, parser=parser,
         temperature=temperature, max_tokens=max_tokens, seed=seed)
     settings = JudgeSettings(mode=mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=seed,
-                             both_orders=both_orders, endpoint=redact_url(base_url) or "")
+                             both_orders=both_orders, endpoint=redact_url(base_url) or "",
+                             empty_cells=judge_profile.empty_cells)
     prices = default_prices(judge_model)
     price_in = price_per_1k_input if price_per_1k_input is not None and price_per_1k_input >= 0 else \
         (prices[0] if prices else 0.0)

@@ -30,6 +30,7 @@ class JudgeProfile:
     parsers: dict[str, str | None] = field(default_factory=dict)
     metric: str = "win_half_tie"
     description: str = ""
+    empty_cells: str = "empty"         # "nan": empty cells sent as "nan", as the released scripts' str() did
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +65,14 @@ def load_profile(name_or_path: str | None) -> JudgeProfile:
         raise MetaAlignerError(f"judge profile {name!r}: decoding must be {API_DEFAULT} or a mapping")
     return JudgeProfile(name=name, judge_prompt=str(data["judge_prompt"]), judge_model=str(data["judge_model"]),
                         decoding=decoding, parsers=dict(data.get("parsers") or {}),
-                        metric=str(data.get("metric", "win_half_tie")), description=str(data.get("description", "")))
+                        metric=str(data.get("metric", "win_half_tie")), description=str(data.get("description", "")),
+                        empty_cells=_empty_cells(name, data.get("empty_cells", "empty")))
+
+
+def _empty_cells(profile: str, value: Any) -> str:
+    if value not in ("empty", "nan"):
+        raise MetaAlignerError(f"judge profile {profile!r}: empty_cells must be empty or nan, got {value!r}")
+    return str(value)
 
 
 def profile_decoding(profile: JudgeProfile, prompt: JudgePrompt, seed: int, temperature: float | None = None,

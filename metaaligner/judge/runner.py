@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.io import ResumableWriter, read_records, read_table, write_csv, write_json
+from metaaligner.io import ResumableWriter, as_released_text, read_records, read_table, write_csv, write_json
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.controls import CONTROLS, ORIGINAL, control_answer, tally, unusable, verdict_of_ratings
 from metaaligner.judge.engine import BudgetExceeded, CostMeter, Decoding, JudgeCallError, estimate_prompt_tokens
@@ -72,11 +72,14 @@ class JudgeSettings:
     both_orders: bool = False
     endpoint: str = ""         # the server's base URL, redacted ("" = the OpenAI API): same model name,
     #                            another server, other verdicts
+    empty_cells: str = "empty"  # "nan": an empty query/answer/golden is sent as "nan", as the release's str() did
 
     def describe(self) -> dict[str, Any]:
+        # empty_cells only when not the default, so earlier runs' fingerprints stay what they were
         return {"mode": self.mode, "judge_prompt": self.prompt.set_name, "judge_family": self.prompt.family,
                 "judge_model": self.judge_model, "decoding": self.decoding.to_dict(), "seed": self.seed,
-                "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict(), "endpoint": self.endpoint}
+                "both_orders": self.both_orders, "parser": self.prompt.parser.to_dict(), "endpoint": self.endpoint,
+                **({"empty_cells": self.empty_cells} if self.empty_cells != "empty" else {})}
 
     def fingerprint(self) -> str:
         """A short hash of everything that decides a verdict (prompt texts included): resumed rows
@@ -445,10 +448,12 @@ class JudgeRunner:
     # -------------------------------------------------------------- one row
     def unit_messages(self, unit: Unit, position: int | None) -> list[dict[str, str]]:
         prompt = self.settings.prompt
+        cell = as_released_text if self.settings.empty_cells == "nan" else (lambda value: value)
+        query, candidate, golden = cell(unit.query), cell(unit.candidate), cell(unit.golden)
         if self.settings.mode == "rating":
-            return prompt.messages(query=unit.query, output=unit.candidate, aspects=unit.aspects)
-        output1, output2 = place(unit.candidate, unit.golden, position)
-        return prompt.messages(query=unit.query, output1=output1, output2=output2, aspects=unit.aspects)
+            return prompt.messages(query=query, output=candidate, aspects=unit.aspects)
+        output1, output2 = place(candidate, golden, position)
+        return prompt.messages(query=query, output1=output1, output2=output2, aspects=unit.aspects)
 
     def judge_unit(self, unit: Unit, task: Task) -> dict[str, Any]:
         stats = _Stats()

@@ -54,10 +54,14 @@ class BaselineInferenceConfig:
         "help": "stage-1 rewards CSV: default targets = its maximum normalised reward per objective"})
     backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, openai or auto"})
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens generated per response"})
+    decoding: str = field(default="greedy", metadata={
+        "help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the model folder's "
+                "generation_config.json, exactly as a bare model.generate applies it; seeded by --seed)"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling p"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
-    max_input_tokens: int | None = field(default=None, metadata={"help": "hf: cut longer prompts from the left"})
+    max_input_tokens: int | None = field(default=None, metadata={
+        "help": "hf: cut longer prompts in the middle (their start and end kept)"})
     device: str | None = field(default=None, metadata={"help": "hf: cpu, cuda, ... (default: auto)"})
     dtype: str | None = field(default=None, metadata={"help": "hf: float32, bfloat16, float16 (default: by device)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -151,17 +155,19 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.dataset,
                   "aspects": ",".join(spec.keys),
                   "targets": format_targets(spec.keys, targets) if targets is not None else ""}
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
+                              decoding=config.decoding)
     fingerprint = {"stage": "baseline", **provenance, "model_files": folder_identity(config.aligner_path),
                    "conditioning": conditioning, "backend": config.backend, "max_new_tokens": config.max_new_tokens,
-                   "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+                   "decoding": config.decoding, "temperature": config.temperature, "top_p": config.top_p,
+                   "seed": config.seed,
                    "max_input_tokens": config.max_input_tokens, "cut_next_turn": config.cut_next_turn}
     writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume,
                              fingerprint=fingerprint, overwrite=config.overwrite)
     hashes = [row_hash(r) for r in rows]
     todo = [i for i in range(len(rows)) if not writer.is_done(i, hashes[i])]
     skipped_empty = sum(1 for i in todo if not str(rows[i].get(query_col) or "").strip())
-    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
     if todo and generator is None:
         kwargs = {k: v for k, v in {"device": config.device, "dtype": config.dtype,
                                     "max_input_tokens": config.max_input_tokens}.items() if v is not None}

@@ -558,7 +558,8 @@ def generate_outputs(input_path: str | Path, model: str, output: str | Path, par
     has_origin = "generated_text" in rows[0]
     fingerprint = {"stage": "sepo", "model": model, "model_files": folder_identity(model), "backend": backend,
                    "origin_model": origin_model, "prompt_template": prompt_template,
-                   "params": {k: getattr(params, k, None) for k in ("max_new_tokens", "temperature", "top_p", "seed")}}
+                   "params": {k: getattr(params, k, None) for k in ("max_new_tokens", "temperature", "top_p", "seed",
+                                                                     "decoding", "long_prompts")}}
     writer = ResumableWriter(output, OUTPUT_COLUMNS, key="row_id", resume=resume, fingerprint=fingerprint,
                              overwrite=overwrite)
     hashes = [row_hash(r) for r in rows]
