@@ -14,6 +14,7 @@ import difflib
 import errno
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -25,6 +26,92 @@ _PARSER_CLASS = None
 def deprecated_aliases(*flags: str) -> dict[str, tuple[str, ...]]:
     """Field metadata for old flag spellings: accepted, hidden from --help's flag column, warned about."""
     return {DEPRECATED_KEY: tuple(flags)}
+
+
+# ---------------------------------------------------------------- flag rules, declared next to the field
+
+CHECK_KEY = "check"
+
+
+class Rule:
+    """What a flag accepts, declared in its field's metadata (``**check(...)``) so that the rule and its
+    ``--help`` text live together: a range (``ge``/``gt``/``le``/``lt``; ``None`` = unset is always
+    allowed), extra values outside it (``also``: e.g. ``-1`` = the registry's default), and pairs:
+    ``only_with={"backend": ("openai", "auto")}`` (when this flag is given, those flags must hold one of
+    those values, else the flag would be silently ignored) and ``not_with={"mode": ("rating",)}``."""
+
+    def __init__(self, ge=None, gt=None, le=None, lt=None, also=(), only_with=None, not_with=None):
+        self.ge, self.gt, self.le, self.lt, self.also = ge, gt, le, lt, tuple(also)
+        self.only_with, self.not_with = dict(only_with or {}), dict(not_with or {})
+
+    def range_text(self) -> str:
+        bounds = [f"{op} {v:g}" if isinstance(v, float) else f"{op} {v}"
+                  for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        text = " and ".join(bounds)
+        return text + (", or " + " or ".join(str(v) for v in self.also) if text and self.also else "")
+
+    def describe(self) -> str:
+        parts = [self.range_text()] if self.range_text() else []
+        parts += [f"only with --{k} {' or '.join(map(str, v))}" for k, v in self.only_with.items()]
+        parts += [f"not with --{k} {' or '.join(map(str, v))}" for k, v in self.not_with.items()]
+        return "; ".join(parts)
+
+    def in_range(self, value) -> bool:
+        if value is None or value in self.also:
+            return True
+        try:
+            return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                    and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        except TypeError:
+            return False
+
+
+def check(ge=None, gt=None, le=None, lt=None, also=(), only_with=None, not_with=None) -> dict[str, Rule]:
+    """Field metadata for a flag's rule: ``field(default=16, metadata={"help": ..., **check(ge=1)})``.
+    ``parse`` (and ``run_main``) refuse a value that breaks it before any work starts; ``--help`` shows it."""
+    return {CHECK_KEY: Rule(ge, gt, le, lt, also, only_with, not_with)}
+
+
+def _is_given(config, f) -> bool:
+    import dataclasses
+
+    value = getattr(config, f.name)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None
+    return value not in (None, False, "", []) and value != default
+
+
+def check_config(*configs) -> None:
+    """One validation pass over config dataclasses: every field's declared ``Rule`` (a one-line
+    ``MetaAlignerError`` naming the flag, what it accepts and what it got)."""
+    import dataclasses
+
+    from metaaligner.errors import MetaAlignerError
+
+    for config in configs:
+        if not dataclasses.is_dataclass(config):
+            continue
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        for f in dataclasses.fields(config):
+            rule = f.metadata.get(CHECK_KEY)
+            if rule is None:
+                continue
+            value = values[f.name]
+            if not isinstance(value, bool) and not rule.in_range(value):
+                raise MetaAlignerError(f"--{f.name} must be {rule.range_text()}, got {value!r}")
+            if not _is_given(config, f):
+                continue
+            for other, allowed in rule.only_with.items():
+                if values.get(other) not in allowed:
+                    raise MetaAlignerError(f"--{f.name} needs --{other} {' or '.join(map(str, allowed))} (got "
+                                           f"--{other} {values.get(other)}): it would be ignored")
+            for other, refused in rule.not_with.items():
+                if values.get(other) in refused:
+                    raise MetaAlignerError(f"--{f.name} does not go with --{other} {values.get(other)}")
 
 
 def deprecation_line(old: str, new: str) -> str:
@@ -83,10 +170,14 @@ def _parser_class():
         @staticmethod
         def _parse_dataclass_field(parser, field):
             old = tuple(field.metadata.get(DEPRECATED_KEY, ()))
-            if old:
-                meta = {k: v for k, v in field.metadata.items() if k != DEPRECATED_KEY}
-                given = meta.get("aliases", [])
-                meta["aliases"] = [*([given] if isinstance(given, str) else given), *old]
+            rule = field.metadata.get(CHECK_KEY)
+            if old or rule is not None:
+                meta = {k: v for k, v in field.metadata.items() if k not in (DEPRECATED_KEY, CHECK_KEY)}
+                if old:
+                    given = meta.get("aliases", [])
+                    meta["aliases"] = [*([given] if isinstance(given, str) else given), *old]
+                if rule is not None and rule.describe():  # the rule shows where the flag is documented
+                    meta["help"] = f"{meta.get('help', '')} [{rule.describe()}]".strip()
                 field = copy.copy(field)
                 field.metadata = types.MappingProxyType(meta)
             HfArgumentParser._parse_dataclass_field(parser, field)
@@ -160,8 +251,6 @@ def _reject_unknown(parser, remaining: list[str]) -> None:
 
 def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
     """Parse into the parser's dataclasses, applying ``--config_file`` defaults first."""
-    import yaml
-
     args = list(sys.argv[1:] if argv is None else argv)
     if YAML_FLAG in args:
         i = args.index(YAML_FLAG)
@@ -169,13 +258,15 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
             parser.error(f"{YAML_FLAG} needs a file")
         path = args[i + 1]
         del args[i:i + 2]
-        try:
-            with open(path, encoding="utf-8") as fh:
-                values = yaml.safe_load(fh) or {}
+        from metaaligner.errors import DataError
+        from metaaligner.io import load_yaml
+
+        try:  # aliases refused, errors name the file
+            values = load_yaml(path) or {}
         except OSError as exc:
             parser.error(f"{path}: {exc.strerror}")
-        except yaml.YAMLError as exc:
-            parser.error(yaml_error_line(exc) or f"{path}: malformed YAML")
+        except DataError as exc:
+            parser.error(str(exc))
         if not isinstance(values, dict):
             parser.error(f"{path}: expected a YAML mapping of flag -> value")
         dests = {a.dest: a for a in parser._actions}
@@ -188,8 +279,13 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
             dests[key].required = False
     _warn_deprecated(parser, args)
     # No .args file next to the script is read: a stray file must not change a run's settings.
-    *outputs, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True,
-                                                             look_for_args_file=False)
+    from metaaligner.errors import MetaAlignerError
+
+    try:  # a config's __post_init__ may refuse a value: one line, like the rules below
+        *outputs, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True,
+                                                                 look_for_args_file=False)
+    except MetaAlignerError as exc:
+        parser.error(str(exc))
     if remaining:
         _reject_unknown(parser, remaining)
     # The --config_file action belongs to no dataclass: HfArgumentParser returns it as a trailing
@@ -198,6 +294,10 @@ def parse(parser, argv: list[str] | None = None) -> tuple[Any, ...]:
 
     if outputs and isinstance(outputs[-1], argparse.Namespace) and set(vars(outputs[-1])) <= {"config_file"}:
         outputs = outputs[:-1]
+    try:  # every flag's rule, before any work starts
+        check_config(*outputs)
+    except MetaAlignerError as exc:
+        parser.error(str(exc))
     return tuple(outputs)
 
 
@@ -254,6 +354,7 @@ def run_main(main: Callable[..., Any], *configs) -> int:
     quiet_libraries(configs)
     quiet_http_logs()
     try:
+        check_config(*configs)  # also for configs built in Python, not parsed
         main(*configs)
     except MetaAlignerError as exc:
         return _fail(str(exc))
@@ -287,24 +388,43 @@ def _fail(message: str) -> int:
 
 
 class _RedactFilter(logging.Filter):
-    """Scrub URL credentials from every log record (ours and libraries')."""
+    """Scrub secrets (``metaaligner.io.redact_text``) from every log record, ours and libraries'."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from metaaligner.io import redact_text
 
-        if record.args or "://" in str(record.msg):
-            record.msg, record.args = redact_text(record.getMessage()), None
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
         return True
 
 
+# The HTTP client libraries (and their forks: httpx2/httpcore2 ship beside newer openai clients) log one
+# INFO line per request; every stage keeps them at WARNING, here and nowhere else.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "urllib3", "requests", "h11", "h2",
+                       "hpack", "aiohttp")
+_HTTP_LOGGER = re.compile(r"(?:%s)\d*(?:\.|$)" % "|".join(HTTP_CLIENT_LOGGERS))
+
+
+class _QuietHttpFilter(logging.Filter):
+    """Drops INFO and DEBUG records of HTTP client loggers, also of a client version named like
+    ``httpx3`` that no setLevel call names."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _HTTP_LOGGER.match(record.name)
+
+
 def quiet_http_logs() -> None:
-    """The HTTP clients log one INFO line per request with its URL: keep them at WARNING, and
-    redact URLs in whatever is logged."""
-    for noisy in ("httpx", "httpcore", "openai", "urllib3"):
+    """The one place that quiets HTTP client loggers (one INFO line per request otherwise): they stay
+    at WARNING, and every root handler drops their INFO records and redacts secrets
+    (``metaaligner.io.redact_text``) from whatever is logged."""
+    for noisy in HTTP_CLIENT_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _RedactFilter) for f in handler.filters):
-            handler.addFilter(_RedactFilter())
+        for kind in (_QuietHttpFilter, _RedactFilter):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
 
 
 _OS_FIXES = {
@@ -315,6 +435,9 @@ _OS_FIXES = {
     errno.ENOTDIR: "a file is in the way where a folder is needed; move it or choose another path",
     errno.EISDIR: "a folder is where a file goes; move it or choose another path",
     errno.ENOSPC: "the disk is full; free space or choose another output path",
+    errno.EFBIG: "the file outgrew the file system's or the process's size limit (ulimit -f); raise the limit, "
+                 "free space or choose another output path",
+    errno.EDQUOT: "the disk quota is used up; free space or choose another output path",
     errno.ENOENT: "check the path",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
 import hashlib
 import io as _io
@@ -20,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -51,8 +53,11 @@ def _read_text(path: Path) -> str:
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except OSError as exc:
-            raise DataError(path, f"not a valid gzip file ({exc})") from None
+        except EOFError:  # cut short: the end-of-stream marker never came
+            raise DataError(path, "truncated gzip file (it ends before its end-of-stream marker); download or "
+                                  "copy it again") from None
+        except (OSError, zlib.error) as exc:
+            raise DataError(path, f"not a valid gzip file or corrupted ({exc}); download or copy it again") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -78,6 +83,66 @@ def _row_of_offset(path: Path, prefix: str, line: int) -> int | None:
     return max(1, records - 1)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice (``json.loads`` would keep the last value silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"duplicated key {key!r}")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def json_loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses an object naming a key twice (raises ``DuplicateKey``), as the CSV
+    reader refuses a header naming a column twice."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    """CSV rows as dicts of strings. A quoted cell never closed, a stray quote, or a row with more or
+    fewer cells than the header is an error naming the data row (never a silently merged or padded row)."""
+    reader = csv.reader(_io.StringIO(text, newline=""), strict=True)
+    records, start = 0, 1
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataError(path, "file has no header")
+        seen: set[str] = set()
+        for name in header:
+            if name in seen:  # a dict would silently keep the last one
+                raise DataError(path, "the header names this column twice; rename or drop one", column=name)
+            seen.add(name)
+        rows = []
+        start = reader.line_num + 1
+        for records, cells in enumerate(reader, start=1):
+            if not cells:  # a blank line (csv.DictReader skipped them too)
+                records -= 1
+            elif len(cells) > len(header):
+                raise DataError(path, "more cells than header columns", row=records)
+            elif len(cells) < len(header):
+                raise DataError(path, f"fewer cells than header columns ({len(cells)} of {len(header)}, line "
+                                      f"{start}); a cell is missing or a line break split the row", row=records)
+            else:
+                rows.append(dict(zip(header, cells)))
+            start = reader.line_num + 1
+        return rows
+    except csv.Error as exc:
+        row, line = records + 1, reader.line_num
+        if "unexpected end of data" in str(exc):
+            raise DataError(path, f"a quoted cell is never closed (a '\"' opened on line {start} or later runs to "
+                                  "the end of the file); close or double the quote", row=row) from None
+        raise DataError(path, f"malformed CSV on line {line} ({exc}); quote cells that hold quotes, commas or "
+                              "line breaks, doubling inner quotes", row=row) from None
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a CSV(.gz), JSONL(.gz) or JSON list file as dicts, with no schema check.
 
@@ -89,20 +154,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(path, "file is empty")
     suffix = _suffix(path)
     if suffix in (".csv", ".csv.gz"):
-        reader = csv.DictReader(_io.StringIO(text, newline=""))
-        if not reader.fieldnames:
-            raise DataError(path, "file has no header")
-        seen: set[str] = set()
-        for name in reader.fieldnames:
-            if name in seen:  # DictReader would silently keep the last one
-                raise DataError(path, "the header names this column twice; rename or drop one", column=name)
-            seen.add(name)
-        rows = []
-        for i, row in enumerate(reader, start=1):
-            if None in row:
-                raise DataError(path, "more cells than header columns", row=i)
-            rows.append({k: ("" if v is None else v) for k, v in row.items()})
-        return rows
+        return _read_csv(path, text)
     if suffix in (".jsonl", ".jsonl.gz"):
         rows = []
         # split on \n only: str.splitlines() also splits inside JSON strings written with
@@ -111,18 +163,23 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json_loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(path, f"invalid JSON ({exc.msg})", row=i) from None
+            except DuplicateKey as exc:
+                raise DataError(path, "the object names this key twice; rename or drop one", row=i,
+                                column=exc.key) from None
             if not isinstance(obj, dict):
                 raise DataError(path, "each line must be a JSON object", row=i)
             rows.append(obj)
         return rows
     if suffix in (".json", ".json.gz"):
         try:
-            data = json.loads(text)
+            data = json_loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(path, f"invalid JSON at line {exc.lineno} ({exc.msg})") from None
+        except DuplicateKey as exc:
+            raise DataError(path, "an object names this key twice; rename or drop one", column=exc.key) from None
         if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
             raise DataError(path, "expected a JSON list of objects")
         return data
@@ -196,6 +253,53 @@ def _umask() -> int:
     return mask
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = {"a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+               "r": os.O_RDONLY, "rb": os.O_RDONLY, "r+b": os.O_RDWR}
+
+
+def symlink_error(path: str | Path) -> MetaAlignerError:
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return MetaAlignerError(f"{path}: is a symbolic link{target}; refusing to write through a link this run did not "
+                            "create; remove it, or choose another output path")
+
+
+def refuse_symlink(path: str | Path) -> Path:
+    """``path``, refused (one line) when it is a symbolic link: a side file (partial rows, lock,
+    fingerprint, cache) planted as a link must not make a run create or truncate a file elsewhere."""
+    path = Path(path)
+    if path.is_symlink():
+        raise symlink_error(path)
+    return path
+
+
+def open_no_follow(path: str | Path, mode: str = "a", encoding: str = "utf-8"):
+    """``open(path, mode)`` for side files (``a``, ``ab``, ``r``, ``rb``, ``r+b``) that never follows a
+    symbolic link at ``path`` (``O_NOFOLLOW``: no window between a check and the open); a link is a
+    one-line ``MetaAlignerError``."""
+    path = Path(path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS[mode] | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise symlink_error(path) from None
+        raise
+    if "b" in mode:
+        return os.fdopen(fd, mode)
+    return os.fdopen(fd, mode, encoding=encoding)
+
+
+def name_os_error(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` when it names no file (a write that fails with ``File too large`` or
+    ``No space left`` names none), so its one error line says which file."""
+    if getattr(exc, "filename", None) is None:
+        exc.filename = str(path)
+    return exc
+
+
 def check_output_file(path: str | Path) -> Path:
     """``path`` as a Path, refused (one line, naming it) when a folder sits where the file goes."""
     path = Path(path)
@@ -220,6 +324,10 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with opener(tmp, mode if "b" in mode or opener is open else mode.replace("w", "wt"), **kwargs) as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or `ulimit -f` names no file: name the output
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise name_os_error(exc, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -230,32 +338,120 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 def atomic_folder(path: str | Path, drop: tuple[str, ...] = ()):
     """Build a multi-file output in a temporary sibling folder (yielded) and swap it in for ``path``
     only when the block succeeds, so the folder is whole (all files from one run) or absent.
-    Entries of an old ``path`` that the new run did not write are carried over, except the top-level
-    names in ``drop`` (outputs of another setting that must not survive); on failure the old folder
-    is left exactly as it was."""
+
+    Entries of an old ``path`` that the new run did not write are carried over as copies (hard links
+    where the file system has them), except the top-level names in ``drop`` (outputs of another
+    setting that must not survive); the old folder is never emptied. The swap renames whole folders:
+    the finished build becomes ``.<name>.new``, the old folder ``.<name>.old``, the new one ``path``,
+    then the old one is deleted. A run killed at any point leaves either folder whole, and the next
+    ``atomic_folder`` (or ``recover_folder``) on ``path`` finishes or undoes the swap and reports
+    what it did; on an exception the old folder is left exactly as it was."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MetaAlignerError(f"{path}: is a file, but an output folder goes there; remove it or choose "
                                "another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_folder(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        old = None
         if path.exists():
             for entry in path.iterdir():
-                if not (tmp / entry.name).exists() and not entry.name.startswith(f".{path.name}.") \
+                if not os.path.lexists(tmp / entry.name) and not entry.name.startswith(f".{path.name}.") \
                         and entry.name not in drop:
-                    os.replace(entry, tmp / entry.name)
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+                    _carry(entry, tmp / entry.name)
+        _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_names(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """Copy one entry of the old folder into the new one (hard links where possible, links as links)."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(a, b, follow_symlinks=False)
+
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+    else:
+        link_or_copy(src, dst)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    new, old = _swap_names(path)
+    for leftover in (new, old):  # recover_folder ran first: these are not another run's
+        if os.path.lexists(leftover):
+            shutil.rmtree(leftover)
+    os.rename(tmp, new)             # the build is complete
+    if path.exists():
+        os.rename(path, old)        # the old folder, whole, until the new one is in place
+    os.rename(new, path)
+    if os.path.lexists(old):
+        shutil.rmtree(old)
+
+
+def recover_folder(path: str | Path) -> list[str]:
+    """Finish or undo a folder swap of ``atomic_folder`` that a kill interrupted, and clear its
+    leftovers; returns (and logs as warnings) one line per thing done.
+
+    ``.<name>.new`` is a complete build: swapped in when ``path`` is missing or still the old folder.
+    ``.<name>.old`` is the previous folder: put back when nothing else is there, else deleted.
+    ``.<name>.<pid>.*.tmp`` of a dead process is an unfinished build (the old folder's files were
+    copied into it, never moved): deleted. Other hidden ``.<name>.*`` siblings (left by an older
+    version, which moved the old folder's files into its build folder) are reported, never deleted:
+    they may hold files of the old folder."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    done: list[str] = []
+    new, old = _swap_names(path)
+    if new.is_dir():
+        if path.exists():
+            if os.path.lexists(old):
+                shutil.rmtree(old)
+            os.rename(path, old)
+        os.rename(new, path)
+        done.append(f"{path}: finished swapping in the complete output of an interrupted run ({new.name})")
+    if old.is_dir():
+        if path.exists():
+            shutil.rmtree(old)
+            done.append(f"{path}: removed the previous output ({old.name}) an interrupted run left beside it")
+        else:
+            os.rename(old, path)
+            done.append(f"{path}: put back the previous output ({old.name}) an interrupted run had moved aside")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp")
+    for sibling in sorted(parent.glob(f".{glob_escape(path.name)}.*")):
+        if sibling in (new, old):
+            continue
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_dir():
+            if _pid_alive(int(match.group(1))) and int(match.group(1)) != os.getpid():
+                continue  # another run is building it now
+            shutil.rmtree(sibling, ignore_errors=True)
+            done.append(f"{path}: removed {sibling.name}, the unfinished build of an interrupted run")
+        elif sibling.is_dir() and (sibling.name.endswith(".tmp") or ".old-" in sibling.name):
+            done.append(f"{sibling}: left by an interrupted run of an older version; it may hold files of "
+                        f"{path}: move back what you need, then delete it")
+    for line in done:
+        log.warning("%s", line)
+    return done
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 # ---------------------------------------------------------------- secrets and names
@@ -285,10 +481,41 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+# Secrets in free text that are not URL credentials: an Authorization header or a bearer token echoed
+# by an upstream error page, an OpenAI-style key, a "key": "value" pair in a JSON body.
+_AUTH_HEADER = re.compile(r"(?P<k>\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+", re.IGNORECASE)
+# a token: 6+ characters with a digit in them, or 20+ (so "Basic authentication failed" stays)
+_BEARER = re.compile(r"(?P<k>\b(?:bearer|basic)\s+)(?:(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{6,}|"
+                     r"[A-Za-z0-9._~+/=-]{20,})", re.IGNORECASE)
+_KEY_VALUE = re.compile(r"(?P<k>\b(?:api[_-]?key|access[_-]?token|secret|password|passwd)\b[\"']?\s*[:=]\s*[\"']?)"
+                        r"[^\s\"',;&}]+", re.IGNORECASE)
+_OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{6,}")
+SECRET_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """A secret this process holds (an API key, a token): ``redact_text`` removes it wherever it shows up
+    verbatim, whatever surrounds it. Values under 6 characters (placeholders like ``EMPTY``) are ignored."""
+    if value and len(value) >= 6 and value != "EMPTY":
+        _SECRETS.add(value)
+
+
 def redact_text(text: str) -> str:
-    """Every URL credential inside free text (error lines, log records) replaced by ``***``."""
-    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
-    return _QUERY_SECRET.sub(lambda m: m.group("k") + "***", text)
+    """Free text (an error line, a log record, an upstream's error body) with every secret replaced by
+    ``***``: URL credentials, Authorization headers, bearer/basic tokens, OpenAI-style keys, key=value
+    pairs named like a key, and the verbatim value of every registered secret and of ``SECRET_ENV``.
+    The one redaction helper: whatever prints or stores an upstream message goes through it."""
+    text = str(text)
+    for value in sorted(_SECRETS | {v for v in (os.environ.get(n) for n in SECRET_ENV) if v and len(v) >= 6
+                                    and v != "EMPTY"}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    text = _QUERY_SECRET.sub(lambda m: m.group("k") + "***", text)
+    text = _AUTH_HEADER.sub(lambda m: m.group("k") + "***", text)
+    text = _BEARER.sub(lambda m: m.group("k") + "***", text)
+    text = _KEY_VALUE.sub(lambda m: m.group("k") + "***", text)
+    return _OPENAI_KEY.sub("sk-***", text)
 
 
 def inside(root: str | Path, name: str, what: str) -> Path:
@@ -402,7 +629,7 @@ class OutputLock:
     def acquire(self) -> None:
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o666)
             except FileExistsError:
                 pid = self._owner()
                 # this process's own lock (a writer dropped without close) never blocks it
@@ -455,6 +682,8 @@ class ResumableWriter:
         self.fingerprint = None if fingerprint is None else _canonical(fingerprint)
         self.from_output = False  # rows were taken back from a finished output
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for side in (self.partial, self.meta_path, self.path.with_name(self.path.name + ".lock")):
+            refuse_symlink(side)  # planted links are never followed (the opens below use O_NOFOLLOW too)
         self.rows: dict[Any, dict[str, Any]] = {}
         self._fh = None
         self._lock = OutputLock(self.path)
@@ -514,7 +743,7 @@ class ResumableWriter:
 
     def _load_partial(self, overwrite: bool = False) -> None:
         good = 0
-        with open(self.partial, "rb") as fh:
+        with open_no_follow(self.partial, "rb") as fh:
             data = fh.read()
         stored = self._meta().get("partial")
         if self.fingerprint is not None and stored is None:
@@ -533,7 +762,7 @@ class ResumableWriter:
                 break  # a line cut short by a kill: everything after it is dropped
             good += len(line) + 1
             self.rows[row[self.key]] = row
-        with open(self.partial, "r+b") as fh:
+        with open_no_follow(self.partial, "r+b") as fh:
             fh.truncate(min(good, len(data)))
 
     @property
@@ -554,15 +783,24 @@ class ResumableWriter:
             fresh = not self.partial.exists() or self.partial.stat().st_size == 0
             if fresh and self.fingerprint is not None:  # recorded before the first row lands
                 self._write_meta(partial=self.fingerprint)
-            self._fh = open(self.partial, "a", encoding="utf-8")
+            self._fh = open_no_follow(self.partial, "a")
             if self.from_output:  # the rows taken back from the finished output go first
                 for row in self.rows.values():
-                    self._fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    self._write_line(json.dumps(row, ensure_ascii=False, default=str))
         for row in rows:
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._write_line(json.dumps(row, ensure_ascii=False))
             self.rows[row[self.key]] = row
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise name_os_error(exc, self.partial)
+
+    def _write_line(self, line: str) -> None:
+        try:
+            self._fh.write(line + "\n")
+        except OSError as exc:  # a full disk or `ulimit -f`: name the file
+            raise name_os_error(exc, self.partial)
 
     def write_record(self, **facts: Any) -> None:
         """Facts about how this run made its rows (counts, the decoding the backend applied) beside the
@@ -571,15 +809,17 @@ class ResumableWriter:
 
     def close(self) -> None:
         """Close the partial file and release the lock (the rows stay for ``--resume``)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._close_partial()
         self._lock.release()
 
-    def finish(self, order: list | None = None) -> list[dict[str, Any]]:
+    def _close_partial(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # every append flushed; only a failed write's bytes remain
+                fh.close()
+
+    def finish(self, order: list | None = None) -> list[dict[str, Any]]:
+        self._close_partial()
         try:
             keys = order if order is not None else sorted(self.rows)
             rows = [self.rows[k] for k in keys if k in self.rows]
@@ -637,20 +877,84 @@ def iter_batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+_DATA_LOADER = None
+
+
+def _data_loader():
+    """``yaml.SafeLoader`` that refuses aliases (``*name``, ``<<: *name``): data files never need them, and
+    they make alias bombs (billion laughs: a few lines that expand to 10^9 items) and alias loops."""
+    global _DATA_LOADER
+    if _DATA_LOADER is None:
+        import yaml
+
+        class DataLoader(yaml.SafeLoader):
+            def compose_node(self, parent, index):
+                if self.check_event(yaml.AliasEvent):
+                    event = self.peek_event()
+                    raise yaml.composer.ComposerError(
+                        None, None, f"an alias (*{event.anchor}); aliases are not allowed in data files, write "
+                                    "the value out", event.start_mark)
+                return super().compose_node(parent, index)
+
+        _DATA_LOADER = DataLoader
+    return _DATA_LOADER
+
+
 def load_yaml(path: str | Path, text: str | None = None) -> Any:
-    """A YAML file's content; malformed YAML is a ``DataError`` naming the file, line and column."""
+    """A YAML data file's content, loaded safely (no Python objects, no aliases); malformed YAML, an
+    alias, nesting too deep or bytes that are not UTF-8 are a ``DataError`` naming the file (line and
+    column where there are some)."""
     import yaml
 
     path = Path(path)
     if text is None:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"bytes that are not UTF-8 at offset {exc.start}; re-save the file as "
+                                  "UTF-8") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_data_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise DataError(path, f"{where}malformed YAML ({problem}); fix the file") from None
+    except RecursionError:
+        raise DataError(path, "YAML nested too deeply to be data; fix the file") from None
+
+
+def check_types(path: str | Path, where: str, data: dict[str, Any], types: dict[str, Any]) -> None:
+    """Each key of ``data`` named in ``types`` holds a value of that type (a type, a tuple of types, or
+    ``list[str]`` / ``dict[str, str]`` spelled ``(list, str)`` / ``(dict, str)``); else a ``DataError``
+    naming the file, the entry and the key, so a list never becomes text where a string belongs."""
+    def fits(value, kind) -> bool:
+        if isinstance(kind, tuple) and len(kind) == 2 and kind[0] in (list, dict):
+            container, item = kind
+            if not isinstance(value, container):
+                return False
+            items = value.values() if container is dict else value
+            keys = value.keys() if container is dict else ()
+            return all(isinstance(v, item) for v in items) and all(isinstance(k, str) for k in keys)
+        return isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
+
+    def name(kind) -> str:
+        if isinstance(kind, tuple) and len(kind) == 2 and kind[0] in (list, dict):
+            return f"a list of {kind[1].__name__}" if kind[0] is list else f"a mapping of str to {kind[1].__name__}"
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+                 dict: "a mapping", type(None): "empty"}
+        return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+    for key, kind in types.items():
+        if key in data and not fits(data[key], kind):
+            got = type(data[key]).__name__
+            raise DataError(path, f"{where}{key} must be {name(kind)}, got {got} {_short_repr(data[key])}")
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def folder_identity(path: str | Path | None) -> str | None:

@@ -212,8 +212,10 @@ class GenerationCache:
         return hashlib.sha256((self.stamp + "\x00" + prompt).encode("utf-8")).hexdigest()[:24]
 
     def add(self, prompts: list[str], outputs: list[str]) -> None:
+        from metaaligner.io import open_no_follow
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open_no_follow(self.path, "a") as f:  # a planted link is refused, never followed
             for p, o in zip(prompts, outputs):
                 self.done[self.key(p)] = o
                 f.write(json.dumps({"key": self.key(p), "output": o}) + "\n")

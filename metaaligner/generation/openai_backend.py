@@ -34,6 +34,9 @@ def resolve_api_key(base_url: str | None) -> str:
     (never a flag, never logged); a local server (``base_url``) without one gets a placeholder."""
     key = os.environ.get(API_KEY_ENV, "")
     if key:
+        from metaaligner.io import register_secret
+
+        register_secret(key)  # redacted from every message printed or stored (metaaligner.io.redact_text)
         return key
     if base_url:
         return PLACEHOLDER_KEY  # local OpenAI-compatible servers accept any key
@@ -102,11 +105,13 @@ class OpenAIGenerator:
             except openai.OpenAIError as exc:
                 for f in futures:
                     f.cancel()
+                from metaaligner.io import redact_text
+
                 where = self.base_url or "the OpenAI API"
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise MetaAlignerError(f"request {i + 1} of {len(prompts)} to {where} failed "
-                                       f"(after {self.max_retries} retries): {type(exc).__name__}: {message}"
-                                       ) from None
+                raise MetaAlignerError(redact_text(f"request {i + 1} of {len(prompts)} to {where} failed "
+                                                   f"(after {self.max_retries} retries): {type(exc).__name__}: "
+                                                   f"{message}")) from None
         self.stats["prompts"] += len(prompts)
         self.stats["seconds"] += time.time() - start
         return results

@@ -7,6 +7,7 @@ table (for diagnosis) and are never read back as verdicts.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -45,8 +46,12 @@ class JudgeCache:
                                    "or pass --cache_path elsewhere (or --no_cache)") from None
 
     def _open(self) -> None:
+        from metaaligner.io import refuse_symlink
+
         if self.path.is_dir():
             raise sqlite3.OperationalError("a folder is where the cache file goes")
+        for suffix in ("", "-wal", "-shm", "-journal"):  # sqlite follows links: a planted one is refused
+            refuse_symlink(self.path.with_name(self.path.name + suffix))
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -57,8 +62,21 @@ class JudgeCache:
             key TEXT, model TEXT, error TEXT, created REAL)""")
         self._db.commit()
 
+    @contextlib.contextmanager
+    def _failing(self):
+        """A sqlite error while the run goes on (a full disk, ``ulimit -f``: "disk I/O error") is one line
+        naming the cache file; the rows already written stay (``--resume`` continues)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            from metaaligner.errors import MetaAlignerError
+
+            raise MetaAlignerError(f"{self.path}: the judge cache failed ({exc}); free disk space or raise the file "
+                                   "size limit, or pass --cache_path elsewhere (or --no_cache), then re-run with "
+                                   "--resume") from None
+
     def get(self, key: str) -> Completion | None:
-        with self._lock:
+        with self._lock, self._failing():
             row = self._db.execute("SELECT reply, prompt_tokens, completion_tokens, finish_reason FROM replies "
                                    "WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -67,11 +85,11 @@ class JudgeCache:
                           finish_reason=row[3])
 
     def __contains__(self, key: str) -> bool:
-        with self._lock:
+        with self._lock, self._failing():
             return self._db.execute("SELECT 1 FROM replies WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, request: dict[str, Any], completion: Completion) -> None:
-        with self._lock:
+        with self._lock, self._failing():
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (key, request.get("model"), json.dumps(request, sort_keys=True, ensure_ascii=False),
                               completion.text, completion.prompt_tokens, completion.completion_tokens,
@@ -79,8 +97,11 @@ class JudgeCache:
             self._db.commit()
 
     def record_failure(self, key: str, model: str, error: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO failures VALUES (?, ?, ?, ?)", (key, model, error[:2000], time.time()))
+        from metaaligner.io import redact_text
+
+        with self._lock, self._failing():  # an upstream message may echo the key: never stored as it came
+            self._db.execute("INSERT INTO failures VALUES (?, ?, ?, ?)",
+                             (key, model, redact_text(error)[:2000], time.time()))
             self._db.commit()
 
     def count(self) -> int:

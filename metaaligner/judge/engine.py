@@ -21,7 +21,14 @@ from metaaligner.judge.cache import Completion
 
 
 class JudgeCallError(Exception):
-    """A judge call that failed after all retries (the message never contains the key)."""
+    """A judge call that failed after all retries. Its message (printed, and stored in the cache's
+    failures table) goes through ``metaaligner.io.redact_text``: an upstream error body that echoes the
+    key or the Authorization header never carries them further."""
+
+    def __init__(self, message: str):
+        from metaaligner.io import redact_text
+
+        super().__init__(redact_text(message))
 
 
 class _Malformed(Exception):

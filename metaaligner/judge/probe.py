@@ -139,9 +139,12 @@ def choice(output1: str, output2: str, score1: float, score2: float) -> int:
 
 
 def resolve_input(path: str) -> Path:
-    """``probe.json``'s ``input``: as given, else relative to the repository root."""
+    """``probe.json``'s ``input``: as given, else found like other data the user did not name
+    (``metaaligner.registry.datasets.find_data``: $METAALIGNER_DATA, the working tree, the checkout)."""
+    from metaaligner.registry.datasets import find_data
+
     given = Path(path)
-    return given if given.is_absolute() or given.exists() else REPO_ROOT / given
+    return given if given.is_absolute() or given.exists() else find_data(given, "probe training file")
 
 
 @dataclass
@@ -174,7 +177,10 @@ class ProbeJudge:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"weights": self.weights.contiguous(), "scale": self.scale.contiguous()},
                   str(folder / "probe.safetensors"))
-        (folder / "probe.json").write_text(json.dumps(self.info, indent=2) + "\n", encoding="utf-8")
+        from metaaligner.io import atomic_open
+
+        with atomic_open(folder / "probe.json") as fh:  # temp file + rename: never through a planted link
+            fh.write(json.dumps(self.info, indent=2) + "\n")
         return folder
 
     @property

@@ -48,7 +48,12 @@ def load_profile(name_or_path: str | None) -> JudgeProfile:
     if name in _builtin():
         data = _builtin()[name]
     elif Path(name).suffix in (".yaml", ".yml") and Path(name).is_file():
-        data = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+        from metaaligner.io import check_types, load_yaml
+
+        data = load_yaml(name)  # named in its errors, aliases refused
+        if isinstance(data, dict):
+            check_types(name, "", data, {k: str for k in ("judge_prompt", "judge_model", "metric", "description",
+                                                           "empty_cells")} | {"parsers": dict})
         name = Path(name).stem
     else:
         raise MetaAlignerError(f"unknown judge profile {name!r}; choose one of {profile_names()} or give a YAML "

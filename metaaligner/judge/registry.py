@@ -12,8 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metaaligner.errors import MetaAlignerError
 
 REGISTRY_FILE = Path(__file__).with_name("prompts.yaml")
@@ -131,7 +129,9 @@ class JudgePrompt:
 
 @lru_cache(maxsize=1)
 def load_registry() -> dict[str, Any]:
-    return yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))
+    from metaaligner.io import load_yaml
+
+    return load_yaml(REGISTRY_FILE)
 
 
 def prompt_set_names() -> list[str]:
@@ -145,9 +145,21 @@ def _load_set(name_or_path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         return name_or_path, registry["prompt_sets"][name_or_path], parsers
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.exists():
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        from metaaligner.io import DuplicateKey, check_types, json_loads, load_yaml
+
+        try:  # named in every error; aliases refused; each field's type checked
+            data = (json_loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else load_yaml(path)) or {}
+        except ValueError as exc:  # invalid JSON, or a key given twice
+            what = f"key {exc.key!r} given twice" if isinstance(exc, DuplicateKey) else f"invalid JSON ({exc})"
+            raise MetaAlignerError(f"{path}: {what}; fix the file") from None
         if not isinstance(data, dict):
             raise MetaAlignerError(f"{path}: a judge prompt set must be a mapping")
+        check_types(path, "", data, {"parsers": (dict, dict), **{mode: (dict, dict) for mode in MODES}})
+        for mode in MODES:
+            for family, spec in (data.get(mode) or {}).items():
+                check_types(path, f"{mode}/{family}: ", spec, {"user": str, "reminder": str,
+                                                               "system": (str, type(None)), "max_tokens": int,
+                                                               "parser": (str, dict)})
         parsers.update(data.pop("parsers", None) or {})
         return path.stem, data, parsers
     raise MetaAlignerError(f"unknown judge prompt {name_or_path!r}; choose one of {prompt_set_names()} "

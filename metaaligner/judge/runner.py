@@ -190,7 +190,7 @@ def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Obj
         rows = load_rows(path, settings.mode, targets, limit, columns)
         for target in targets:
             for objective in objectives:
-                rows_path = output_dir / settings.mode / policy / target / f"{objective.key}.csv"
+                rows_path = output_path(output_dir, settings.mode, policy, target, f"{objective.key}.csv")
                 task = Task(dataset, policy, target, objective, rows_path)
                 for i, row in enumerate(rows):
                     golden = row.get("goldens", "") if settings.mode == "pairwise" else ""
@@ -213,13 +213,20 @@ def drop_training_prompts(tasks: list[Task], is_training_prompt) -> dict[str, in
     return dropped
 
 
+def output_path(output_dir: Path, *parts: str) -> Path:
+    """``output_dir / parts...``, refused when a part (a policy, objective key) would lead outside it."""
+    from metaaligner.io import inside
+
+    return inside(output_dir, "/".join(parts), "output file")
+
+
 def control_rows_path(output_dir: Path, mode: str, policy: str, control: str, objective: str) -> Path:
-    return output_dir / mode / policy / "controls" / control / f"{objective}.csv"
+    return output_path(output_dir, mode, policy, "controls", control, f"{objective}.csv")
 
 
 def controls_file(output_dir: Path, mode: str, policy: str) -> Path:
     """``<mode>/<policy>.controls.json``: next to the policy's verdict folder."""
-    return output_dir / mode / f"{policy}.controls.json"
+    return output_path(output_dir, mode, f"{policy}.controls.json")
 
 
 def plan_control_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Objective],
@@ -540,6 +547,7 @@ class JudgeRunner:
                         bar.set_postfix(cost=f"${self.meter.spent:.4f}", calls=self.api_calls,
                                         cached=self.cached_calls, refresh=False)
             except BaseException:  # Ctrl-C: drop queued rows, keep what is written (--resume continues)
+                bar.close()  # the error line starts on a line of its own
                 for future in pending:
                     future.cancel()
                 for writer in writers.values():

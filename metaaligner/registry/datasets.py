@@ -4,13 +4,44 @@ it reads one of these."""
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaaligner.errors import MetaAlignerError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a checkout; after a plain `pip install .`: site-packages' parent
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "datasets"
+DATA_ENV = "METAALIGNER_DATA"  # a folder holding samples/ (a checkout of the repository, or a copy of its data)
+
+
+def find_data(relative: str | Path, what: str = "data") -> Path:
+    """A data path the user did not name (a shipped dataset config's samples folder, the probe's training
+    file), found where the data is rather than where the package was installed:
+
+    1. ``relative`` itself when absolute;
+    2. ``$METAALIGNER_DATA/<relative>`` (the documented data folder);
+    3. the working tree: ``<relative>`` under the current folder, then under each of its parents;
+    4. the checkout the package was imported from (an editable install).
+
+    Absent everywhere: a one-line error listing where it looked and how to get the data."""
+    relative = Path(relative)
+    if relative.is_absolute():
+        return relative
+    places: list[Path] = []
+    if os.environ.get(DATA_ENV):
+        places.append(Path(os.environ[DATA_ENV]).expanduser())
+    cwd = Path.cwd().resolve()
+    places += [cwd, *cwd.parents, REPO_ROOT]
+    for place in dict.fromkeys(places):
+        if (place / relative).exists():
+            return place / relative
+    env = f"${DATA_ENV} ({os.environ[DATA_ENV]})" if os.environ.get(DATA_ENV) else f"${DATA_ENV} (unset)"
+    raise MetaAlignerError(f"{relative}: no such {what} under {env}, the current folder ({cwd}) or its parents, or "
+                           f"{REPO_ROOT}; the samples ship with the repository, not the installed package: run from "
+                           f"a checkout, set {DATA_ENV} to a checkout (a folder holding samples/), or name the data "
+                           "with --data_dir FILE_OR_FOLDER (the release's other policy outputs: "
+                           "scripts/fetch_release_samples.py)")
 
 
 @dataclass
@@ -65,5 +96,10 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
     for key in ("name", "template", "objectives"):
         if key not in data:
             raise MetaAlignerError(f"{path}: missing key {key!r}")
+    from metaaligner.io import check_types
+
+    check_types(path, "", data, {"name": str, "template": str, "objective_group": str, "objectives": (list, str),
+                                 "columns": (dict, str), "unseen_objectives": (list, str), "judge_family": str,
+                                 "samples": (str, type(None))})
     data.setdefault("objective_group", data["name"])
     return DatasetConfig(**data, path=str(path))

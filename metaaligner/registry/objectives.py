@@ -7,15 +7,26 @@ objectives from a YAML/JSON file or inline ``key=description`` specs; those take
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from metaaligner.errors import MetaAlignerError
 
 BUILTIN_FILE = Path(__file__).resolve().parents[1] / "data" / "objectives.yaml"
 USER_GROUP = "user"
+# An objective key (and a group) is a name, never a path: it becomes part of output file names (the
+# judge writes <mode>/<policy>/<target>/<key>.csv). Letters, digits, '_', '.', '-'; not starting with
+# '.' or '-', and no '..'.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_key(key: str, what: str = "objective key") -> str:
+    """``key`` if it is a plain name (``KEY_PATTERN``, no ``..``), else a one-line error."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key) or ".." in key:
+        raise MetaAlignerError(f"{what} {key!r} is not a plain name: use letters, digits, '_', '.' and '-' "
+                               "(not starting with '.' or '-', no '..'), since it becomes part of file names")
+    return key
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,17 @@ class ObjectiveRegistry:
     def __init__(self, objectives: list[Objective] | None = None, aliases: dict[tuple[str, str], str] | None = None):
         self._items: dict[tuple[str, str], Objective] = {}
         for obj in objectives or []:
-            self._items[(obj.group, obj.key)] = obj
+            check_key(obj.group, "objective group")
+            self._items[(obj.group, check_key(obj.key))] = obj
         self._aliases: dict[tuple[str, str], str] = dict(aliases or {})  # (group, alias) -> key
+        for _, alias in self._aliases:
+            check_key(alias, "objective alias")
 
     @classmethod
     def builtin(cls) -> "ObjectiveRegistry":
-        data = yaml.safe_load(BUILTIN_FILE.read_text(encoding="utf-8"))
+        from metaaligner.io import load_yaml
+
+        data = load_yaml(BUILTIN_FILE)
         objectives = [
             Objective(key, spec["name"], spec["description"], group, bool(spec.get("unseen", False)))
             for group, entries in data.items()
@@ -78,6 +94,7 @@ class ObjectiveRegistry:
             raise MetaAlignerError(f"objective needs a key and a description, got key={key!r}")
         if ":" in key or "," in key:
             raise MetaAlignerError(f"objective key {key!r} may not contain ':' or ','")
+        check_key(key)
         obj = Objective(key, name or description.split(":", 1)[0].strip(), description, group)
         self._items[(group, key)] = obj
         return obj
@@ -90,27 +107,38 @@ class ObjectiveRegistry:
         return self.add(key, description)
 
     def add_file(self, path: str | Path) -> list[Objective]:
-        """A YAML or JSON mapping key -> description (or key -> {description, name})."""
+        """A YAML or JSON mapping key -> description (or key -> {description, name}). Every value is
+        type-checked (a list where a description belongs is an error, never text); YAML aliases are
+        refused (``metaaligner.io.load_yaml``), JSON objects naming a key twice too."""
+        from metaaligner.io import DuplicateKey, check_types, json_loads, load_yaml
+
         path = Path(path)
         if not path.exists():
             raise MetaAlignerError(f"{path}: objectives file not found")
-        text = path.read_text(encoding="utf-8")
-        from metaaligner.io import load_yaml
-
         try:
-            data = json.loads(text) if path.suffix == ".json" else load_yaml(path, text)
+            data = json_loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else load_yaml(path)
         except json.JSONDecodeError as exc:
             raise MetaAlignerError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}); fix the file") from None
+        except DuplicateKey as exc:
+            raise MetaAlignerError(f"{path}: objective {exc.key!r} is given twice; keep one") from None
         if not isinstance(data, dict) or not data:
             raise MetaAlignerError(f"{path}: expected a non-empty mapping of key -> description")
         added = []
         for key, value in data.items():
+            if not isinstance(key, str):
+                raise MetaAlignerError(f"{path}: objective key {key!r} must be text")
             if isinstance(value, dict):
-                added.append(self.add(str(key), str(value.get("description", "")), value.get("name")))
+                unknown = sorted(set(value) - {"description", "name"})
+                if unknown:
+                    raise MetaAlignerError(f"{path}: objective {key!r}: unknown keys {unknown}; allowed: "
+                                           "description, name")
+                check_types(path, f"objective {key!r}: ", value, {"description": str, "name": (str, type(None))})
+                added.append(self.add(key, value.get("description", ""), value.get("name")))
             elif isinstance(value, str):
-                added.append(self.add(str(key), value))
+                added.append(self.add(key, value))
             else:
-                raise MetaAlignerError(f"{path}: objective {key!r} must map to a description string")
+                raise MetaAlignerError(f"{path}: objective {key!r} must map to a description string, got "
+                                       f"{type(value).__name__}")
         return added
 
     def get(self, key: str, group: str | None = None) -> Objective:

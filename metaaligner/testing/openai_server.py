@@ -41,7 +41,8 @@ class Fault:
     client's timeout = a timeout); ``body``: send this raw text as a 200 response body (malformed JSON);
     ``retry_after_ms``: the ``retry-after-ms`` header sent with an error (the openai client honours it,
     which keeps retry tests fast); ``content``: after ``delay``, answer 200 with this text instead of
-    failing (a slow but successful reply).
+    failing (a slow but successful reply); ``echo_auth``: the error message echoes the request's
+    ``Authorization`` header, as some proxies' 401 pages do (a key must never reach logs or caches).
     """
 
     status: int | None = None
@@ -49,6 +50,7 @@ class Fault:
     body: str | None = None
     retry_after_ms: float | None = 5.0
     content: str | None = None
+    echo_auth: bool = False
 
 
 Reply = Union[str, Fault, dict]
@@ -298,6 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
                     extra["x-should-retry"] = "false"
                 owner._record(path, body, status, None, headers)
                 message = reply_error or f"scripted fault {status}"
+                if reply.echo_auth:
+                    message = f"Incorrect API key provided. Authorization: {self.headers.get('Authorization')}"
                 self._send(status, {"error": {"message": message, "type": "scripted_fault", "code": status}},
                            extra)
                 return
