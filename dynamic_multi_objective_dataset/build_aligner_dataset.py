@@ -15,6 +15,19 @@ only ``no_equal/`` and ``all_equal/``); ``--warmup none`` writes the release's d
 
     python dynamic_multi_objective_dataset/build_aligner_dataset.py --input runs/hh/rewards.csv \
         --test_input runs/hh/test_rewards.csv --dataset hh-rlhf --output_dir runs/hh/aligner_data --warmup none
+
+``--algorithm1 released`` writes what the released scripts wrote, bugs included, item for item (to
+compare with the released ``HH-RLHF-MetaAligner-Data``): ``HH_RLHF_make_aligner_data.py`` from a
+stage-1 pairs CSV, ``UltraFeedback_make_aligner_data.py`` from ``prepare_ultrafeedback.py``'s
+``completions.csv``; ``no_equal/{train,val}.json`` (the first ``--val_items`` shuffled items are val)
+and ``all_equal/train.json``, no warm-up folder; with ``--test_input`` (HH-RLHF) also the release's
+test run, ``no_equal/test.json`` and ``all_equal/val.json``. ``--seed S`` gives the files the released
+script writes after ``random.seed(S)``:
+
+    python dynamic_multi_objective_dataset/build_aligner_dataset.py --input runs/hh/rewards.csv \
+        --dataset hh-rlhf --output_dir runs/hh/aligner_data_released --algorithm1 released
+    python dynamic_multi_objective_dataset/build_aligner_dataset.py --input data/ultrafeedback/completions.csv \
+        --dataset ultrafeedback --output_dir runs/uf/aligner_data_released --algorithm1 released
 """
 from __future__ import annotations
 
@@ -33,6 +46,12 @@ WARMUP_NOTES = {
     "unbeaten": "copy items only for answers that no pair of their question shows worse on some objective "
                 "(for data with several pairs per question, such as damaged copies of one answer)",
     "none": "no warm-up set, as released (only no_equal/ and all_equal/)",
+}
+ALGORITHM1 = {
+    "ours": "Algorithm 1 with the release's bugs fixed (metaaligner/dataset/reformulation.py)",
+    "released": "the released scripts' Algorithm 1, item for item (HH_RLHF_make_aligner_data.py for a pairs CSV, "
+                "UltraFeedback_make_aligner_data.py for completions.csv), their shuffles drawn from "
+                "random.Random(seed)",
 }
 
 
@@ -66,6 +85,14 @@ class BuildConfig:
                 "none: no warm-up set (the release's data: only no_equal/ and all_equal/)"})
     test_input: str | None = field(default=None, metadata={
         "help": "stage-1 CSV of a held-out split (e.g. HH-RLHF test) -> no_equal/test.json, its contrastive items"})
+    algorithm1: str = field(default="ours", metadata={
+        "help": "ours: the release's bugs fixed (seeded, grouped split; warm-up set); released: the released "
+                "scripts item for item, bugs included (HH_RLHF_make_aligner_data.py from a pairs CSV, "
+                "UltraFeedback_make_aligner_data.py from prepare_ultrafeedback.py's completions.csv): no_equal/ and "
+                "all_equal/ only, --val_size, --warmup, --tie_tolerance, --keep_identical_pairs unused"})
+    val_items: int = field(default=15000, metadata={
+        "help": "--algorithm1 released: the first N shuffled contrastive items are no_equal/val.json (the "
+                "release's 15000; fewer items: all are val, as the release's slicing gives)"})
 
 
 def main(cfg: BuildConfig) -> dict:
@@ -80,11 +107,17 @@ def main(cfg: BuildConfig) -> dict:
     start = time.perf_counter()
     if cfg.warmup not in WARMUP_NOTES:
         raise MetaAlignerError(f"--warmup must be one of {', '.join(WARMUP_NOTES)}, got {cfg.warmup!r}")
+    if cfg.algorithm1 not in ALGORITHM1:
+        raise MetaAlignerError(f"--algorithm1 must be one of {', '.join(ALGORITHM1)}, got {cfg.algorithm1!r}")
+    if cfg.val_items < 0:
+        raise MetaAlignerError(f"--val_items must be >= 0, got {cfg.val_items}")
     dataset = load_dataset_config(cfg.dataset)
     registry = build_registry(cfg.objectives_file, cfg.add_objective)
     keys = split_csv(cfg.objectives) or list(dataset.objectives)
     objectives = registry.resolve(keys, dataset.objective_group)
     template = get_template(cfg.template or dataset.template)
+    if cfg.algorithm1 == "released":
+        return main_released(cfg, dataset.name, objectives, template, start)
     rows = read_records(cfg.input)
     rows_in = len(rows)
     if cfg.limit is not None:
@@ -121,6 +154,66 @@ def main(cfg: BuildConfig) -> dict:
     return stats
 
 
+def main_released(cfg: BuildConfig, dataset: str, objectives, template, start: float) -> dict:
+    """``--algorithm1 released``: the released script's files (see the module docstring)."""
+    import random
+
+    from metaaligner.dataset import reformulation as r1
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.io import atomic_folder, read_records
+
+    if cfg.tie_tolerance:
+        raise MetaAlignerError("--tie_tolerance: the released scripts compare scores with ==; drop it with "
+                               "--algorithm1 released")
+    keys, descriptions = [o.key for o in objectives], [o.description for o in objectives]
+
+    def items_of(path: str, limit: int | None) -> tuple[str, list, list, dict]:
+        rows = read_records(path)
+        rows_in = len(rows)
+        rows = rows[:limit] if limit is not None else rows
+        rng = random.Random(cfg.seed)   # the release's global generator, one stream per script run
+        if rows and "response" in rows[0] and "chosen_response" not in rows[0]:
+            records = r1.completions_from_rows(rows, len(keys), path=path)
+            items, equal = r1.released_ultrafeedback_items(records, keys, descriptions, template, rng)
+            counts = {"script": "UltraFeedback_make_aligner_data.py", "rows_in": len(rows), "records": len(records),
+                      "records_with_pairs": sum(len(rec) > 1 for rec in records)}
+        else:
+            pairs, dropped = r1.released_pairs_from_rows(rows, len(keys), path=path)
+            items, equal = r1.released_hh_items(pairs, keys, descriptions, template, rng)
+            counts = {"script": "HH_RLHF_make_aligner_data.py", "rows_in": len(rows), "pairs": len(pairs),
+                      "dropped_rows": dict(sorted(dropped.items()))}
+        counts["rows_in_file"] = rows_in
+        return rng, items, equal, counts
+
+    rng, items, equal, counts = items_of(cfg.input, cfg.limit)
+    result = r1.build_released_dataset(items, equal, seed=cfg.seed, val_items=cfg.val_items, rng=rng)
+    files = {"no_equal/train.json": result.no_equal_train, "no_equal/val.json": result.no_equal_val,
+             "all_equal/train.json": result.all_equal}
+    stats = dict(counts, **result.stats, input=str(cfg.input), config=dataset, template=template.name,
+                 objectives=keys, algorithm1={"mode": "released", "note": ALGORITHM1["released"]},
+                 warmup={"mode": "none", "note": WARMUP_NOTES["none"]})
+    if cfg.test_input:   # the release's second run (--split test): every item shuffled, equal items as val
+        test_rng, test_items, test_equal, test_counts = items_of(cfg.test_input, None)
+        if test_counts["script"] != "HH_RLHF_make_aligner_data.py":
+            raise MetaAlignerError("--test_input: the released UltraFeedback script writes no test items (its test "
+                                   "queries are prepare_ultrafeedback.py's test.csv); give a stage-1 pairs CSV")
+        test_rng.shuffle(test_items)
+        files["no_equal/test.json"], files["all_equal/val.json"] = test_items, test_equal
+        stats["test"] = dict(test_counts, input=str(cfg.test_input),
+                             **r1.released_stats({"no_equal/test": test_items, "all_equal/val": test_equal}))
+    out = Path(cfg.output_dir)
+    with atomic_folder(out, drop=("warmup",)) as tmp:
+        write_outputs(tmp, files, stats)
+    seconds = time.perf_counter() - start
+    made = ", ".join(f"{name.removesuffix('.json')} {len(items)}" for name, items in files.items())
+    empty = sum(stats["items_without_aspects"].values())
+    nested = sum(stats["items_with_nested_prompt"].values())
+    print(f"build_aligner_dataset (--algorithm1 released, as {counts['script']}): {counts['rows_in']} rows in; "
+          f"{made}; {empty} items without aspects, {nested} with another item's prompt as context; "
+          f"{seconds:.1f}s -> {out}")
+    return stats
+
+
 def _heldout(cfg: BuildConfig, objectives, template) -> tuple[list, dict]:
     """``--test_input`` -> (its contrastive items, their counts for stats.json)."""
     from metaaligner.dataset.reformulation import heldout_items, pairs_from_rows
@@ -140,7 +233,7 @@ def write_outputs(folder: Path, files: dict[str, list], stats: dict) -> None:
     from metaaligner.dataset.reformulation import to_fastchat
     from metaaligner.io import write_fastchat, write_json
 
-    for stale in ("warmup/train.json", "no_equal/test.json"):
+    for stale in ("warmup/train.json", "no_equal/test.json", "all_equal/val.json"):
         if stale not in files and (folder / stale).exists():
             (folder / stale).unlink()
     for rel, items in files.items():

@@ -58,6 +58,22 @@ EXPECTED_REWARDS = [
     row("Name a primary colour.", "Blue is one.", "  Yellow.\n", "4554", "3453"),
     row("What is 2+2?", "4", "Four.", "5555", "5555"),
 ]
+# every used training completion once, with its record and position (the released SFT and aligner
+# loops iterate over these): "Say hi." keeps its single completion, which rewards.csv cannot hold
+EXPECTED_COMPLETIONS = [
+    {"record": "1", "completion": "0", "prompt": "Name a primary colour.", "response": "Red.",
+     "score1": "5", "score2": "5", "score3": "5", "score4": "4"},
+    {"record": "1", "completion": "1", "prompt": "Name a primary colour.", "response": "Blue is one.",
+     "score1": "4", "score2": "5", "score3": "5", "score4": "4"},
+    {"record": "1", "completion": "4", "prompt": "Name a primary colour.", "response": "  Yellow.\n",
+     "score1": "3", "score2": "4", "score3": "5", "score4": "3"},
+    {"record": "2", "completion": "0", "prompt": "Say hi.", "response": "Hi!",
+     "score1": "5", "score2": "5", "score3": "5", "score4": "5"},
+    {"record": "3", "completion": "0", "prompt": "What is 2+2?", "response": "4",
+     "score1": "5", "score2": "5", "score3": "5", "score4": "5"},
+    {"record": "3", "completion": "1", "prompt": "What is 2+2?", "response": "Four.",
+     "score1": "5", "score2": "5", "score3": "5", "score4": "5"},
+]
 EXPECTED_TEST = [{"query": "Define entropy.", "goldens": "A measure of disorder."},
                  {"query": "Tell a joke.", "goldens": "Why did the chicken..."}]
 EXPECTED_STATS = {
@@ -67,6 +83,7 @@ EXPECTED_STATS = {
     "train": {"completions": 8, "completions_used": 6,
               "dropped_completions": {"nan_response": 1, "non_digit_rating": 1},
               "records_without_pairs": 1, "pairs": 4},
+    "completions": 6,
     "test": {"rows": 2, "dropped_completions": {"nan_response": 1}, "records_without_golden": 1},
 }
 
@@ -98,6 +115,7 @@ def _check_outputs(out_dir):
         "prompt,chosen_response,rejected_response,chosen_score1,chosen_score2,chosen_score3,chosen_score4,"
         "rejected_score1,rejected_score2,rejected_score3,rejected_score4")
     assert read_records(out_dir / "test.csv") == EXPECTED_TEST
+    assert read_records(out_dir / "completions.csv") == EXPECTED_COMPLETIONS
     stats = json.loads((out_dir / "stats.json").read_text())
     assert {k: v for k, v in stats.items() if k not in ("input", "seconds")} == EXPECTED_STATS
 

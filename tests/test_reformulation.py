@@ -271,7 +271,7 @@ def test_warmup_none_writes_the_released_layout_and_stats_say_which(tmp_path):
     build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "copy"), val_size=0,
                            warmup="none"))
     assert not (tmp_path / "copy" / "warmup" / "train.json").exists()
-    with pytest.raises(MetaAlignerError, match="--warmup must be one of copy, none, got 'off'"):
+    with pytest.raises(MetaAlignerError, match="--warmup must be one of copy, unbeaten, none, got 'off'"):
         build_main(BuildConfig(input=str(tmp_path / "six.csv"), output_dir=str(tmp_path / "x"), warmup="off"))
 
 
@@ -348,3 +348,174 @@ def test_hh_rlhf_paper_config_builds_the_released_test_split(capsys):
         .startswith("--input data/hh-rlhf/test.jsonl.gz --output runs/paper/hh-rlhf-13B/test_rewards.csv ")
     assert ("build_aligner_dataset.py --input runs/paper/hh-rlhf-13B/rewards.csv "
             "--test_input runs/paper/hh-rlhf-13B/test_rewards.csv ") in _command(out, "build_aligner_dataset")
+
+
+# ---------------------------------------------------------------- Algorithm 1 as released (--algorithm1 released)
+
+UF_IF = "Instruction following: the response should follow the instructions of the query"
+UF_HON = "Honesty: the response should not tell lies"
+UF_TRU = "Truthfulness: the response should actively making known all the full truth of a matter"
+UF_HELP = "Helpfulness: the response should provide useful resources and suggestions to the user"
+UF_BETTER = ("You are an assistant to human. You will be provided with a query and an answer. Consider the query, "
+             "then edit the answer to improve it considering these aspects: {a} | Query: {q} | Answer: {y} | Edit: ")
+UF_EQUAL = UF_BETTER.replace("improve it", "make it equal")
+
+
+def _canonical(item: dict, order: list[str]) -> tuple:
+    """(id, prompt with every aspects slot in config order, target): the release shuffled the aspects
+    unseeded, so a comparison with its files holds up to their order."""
+    import re
+
+    def sort(match):
+        found = match.group(2).split("; ") if match.group(2) else []
+        return match.group(1) + "; ".join(sorted(found, key=order.index)) + match.group(3)
+
+    prompt = re.sub(r"(these aspects: )(.*?)( \| (?:Context|Query): )", sort, item["conversations"][0]["value"])
+    assert item["conversations"][0]["from"] == "human" and item["conversations"][1]["from"] == "gpt"
+    return item["id"], prompt, item["conversations"][1]["value"]
+
+
+def _released_rows() -> list[dict]:
+    rows = []
+    for q, c, r, cs, rs in [
+        ("Q1", "c1", "r1", ("1", "1", "1"), ("0", "0", "0")),         # > > >
+        ("Q2", "c2", "r2", ("2", "-1", "0.3"), ("1", "1", "0.3")),    # > < =
+        ("Q3", "c3", "r3", ("0.5",) * 3, ("0.5",) * 3),               # = = =
+        ("Q4", "c4", "", ("1",) * 3, ("0",) * 3),                     # empty rejected cell: pandas NaN, skipped
+        ("Q5", "c5", "r5", ("0", "0", "2"), ("1", "1", "1")),         # < < >
+        ("NA", "same", "same", ("1", "0", "0"), ("0", "0", "0")),     # prompt NA -> "nan"; identical texts kept
+        ("Q7", "c7", "None", ("1",) * 3, ("0",) * 3),                 # "None" is NaN to pandas: skipped
+        ("Q8", "c8", "r8", ("1", "", "0"), ("0", "1", "0")),          # a NaN score: in no set
+    ]:
+        row = {"prompt": q, "chosen_response": c, "rejected_response": r}
+        for j, (a, b) in enumerate(zip(cs, rs), start=1):
+            row[f"chosen_score{j}"], row[f"rejected_score{j}"] = a, b
+        rows.append(row)
+    return rows
+
+
+def test_algorithm1_released_hh_rlhf_item_for_item(tmp_path):
+    """HH_RLHF_make_aligner_data.py on a fixed rewards.csv, its items written out by hand: equal items
+    carry the O< aspects (empty when O< is), the O< and equal items take the previous item's whole
+    prompt as context (the script overwrote `query`), integer ids over both files, val = the first
+    --val_items shuffled items, no warm-up folder."""
+    write_csv(tmp_path / "rewards.csv", _released_rows(), list(_released_rows()[0]))
+    p1 = HH_BETTER.format(a=HARM, q="Q2", y="r2")
+    p2 = HH_BETTER.format(a=HELP, q=p1, y="c2")
+    p5 = HH_BETTER.format(a=HUMOUR, q="Q5", y="r5")
+    p6 = HH_BETTER.format(a=HARM, q="nan", y="same")
+    p8 = HH_BETTER.format(a=HARM, q="Q8", y="r8")
+    contrastive = [
+        (0, HH_BETTER.format(a=f"{HARM}; {HELP}; {HUMOUR}", q="Q1", y="r1"), "c1"),
+        (1, p1, "c2"), (2, p2, "r2"),
+        (5, p5, "c5"), (6, HH_BETTER.format(a=f"{HARM}; {HELP}", q=p5, y="c5"), "r5"),
+        (7, p6, "same"),
+        (9, p8, "c8"),
+    ]
+    equal = [
+        (3, HH_EQUAL.format(a=HELP, q=p2, y="r2"), "c2"),
+        (4, HH_EQUAL.format(a="", q="Q3", y="r3"), "c3"),
+        (8, HH_EQUAL.format(a="", q=p6, y="same"), "same"),
+        (10, HH_EQUAL.format(a="", q=p8, y="r8"), "c8"),
+    ]
+    out = tmp_path / "out"
+    stats = build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(out),
+                                   algorithm1="released", val_items=3))
+    train, val = (json.loads((out / f"no_equal/{s}.json").read_text()) for s in ("train", "val"))
+    assert (len(train), len(val)) == (4, 3)
+    assert Counter(_canonical(i, DESCS) for i in train + val) == Counter(contrastive)
+    assert [_canonical(i, DESCS) for i in json.loads((out / "all_equal/train.json").read_text())] == equal
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [
+        "all_equal/train.json", "no_equal/train.json", "no_equal/val.json", "stats.json"]
+    assert stats["script"] == "HH_RLHF_make_aligner_data.py"
+    assert (stats["rows_in"], stats["pairs"], stats["dropped_rows"]) == (8, 6, {"nan_response": 2})
+    assert stats["items_without_aspects"] == {"no_equal/train": 0, "no_equal/val": 0, "all_equal/train": 3}
+    assert sum(stats["items_with_nested_prompt"].values()) == 2 + 3
+    assert stats["warmup"]["mode"] == "none" and stats["algorithm1"]["mode"] == "released"
+    # the release's shuffles are random.Random(seed): one seed, one set of files
+    again = tmp_path / "again"
+    build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(again), algorithm1="released",
+                           val_items=3))
+    for name in ("no_equal/train.json", "no_equal/val.json", "all_equal/train.json"):
+        assert (out / name).read_bytes() == (again / name).read_bytes()
+    # the default split is the release's: the first 15,000 shuffled items are val
+    assert BuildConfig(input="x", output_dir="y").val_items == 15000
+    default = build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(tmp_path / "d"),
+                                     algorithm1="released"))
+    assert default["items"] == {"no_equal/train": 0, "no_equal/val": 7, "all_equal/train": 4}
+
+
+def test_algorithm1_released_hh_rlhf_test_run(tmp_path):
+    """--test_input: the released script's --split test run, every item in no_equal/test.json, the
+    equal items in all_equal/val.json, ids from 0 as in a second run of the script."""
+    rows = _released_rows()
+    write_csv(tmp_path / "rewards.csv", rows, list(rows[0]))
+    write_csv(tmp_path / "test.csv", rows[:3], list(rows[0]))
+    out = tmp_path / "out"
+    stats = build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), test_input=str(tmp_path / "test.csv"),
+                                   output_dir=str(out), algorithm1="released"))
+    test = json.loads((out / "no_equal/test.json").read_text())
+    p1 = HH_BETTER.format(a=HARM, q="Q2", y="r2")
+    p2 = HH_BETTER.format(a=HELP, q=p1, y="c2")
+    assert Counter(_canonical(i, DESCS) for i in test) == Counter([
+        (0, HH_BETTER.format(a=f"{HARM}; {HELP}; {HUMOUR}", q="Q1", y="r1"), "c1"), (1, p1, "c2"), (2, p2, "r2")])
+    assert [_canonical(i, DESCS) for i in json.loads((out / "all_equal/val.json").read_text())] == [
+        (3, HH_EQUAL.format(a=HELP, q=p2, y="r2"), "c2"), (4, HH_EQUAL.format(a="", q="Q3", y="r3"), "c3")]
+    assert stats["test"]["items"] == {"no_equal/test": 3, "all_equal/val": 2}
+
+
+def test_algorithm1_released_ultrafeedback_item_for_item(tmp_path):
+    """UltraFeedback_make_aligner_data.py on a fixed completions.csv: one item per pair i < j, towards
+    the side with more objectives (ties of counts: towards i; all ties: no aspects); after each i's
+    pair loop one equal item from the pair (i, last); a record with one completion gives nothing."""
+    def comp(record, position, prompt, response, scores):
+        return {"record": record, "completion": position, "prompt": prompt, "response": response,
+                **{f"score{n}": s for n, s in enumerate(scores, start=1)}}
+
+    rows = [comp(1, 0, "Name a colour.", "Red.", "5554"), comp(1, 1, "Name a colour.", "Blue.", "4554"),
+            comp(1, 3, "Name a colour.", "Green?", "3453"),
+            comp(3, 0, "2+2?", "4", "5555"), comp(3, 1, "2+2?", "Four.", "5555"),
+            comp(5, 0, "Say hi.", "Hi!", "5555"),
+            comp(7, 0, "Joke?", "X", "1115"), comp(7, 1, "Joke?", "Y", "5551")]
+    write_csv(tmp_path / "completions.csv", rows, list(rows[0]))
+    order = [UF_IF, UF_HON, UF_TRU, UF_HELP]
+    contrastive = [
+        (0, UF_BETTER.format(a=UF_IF, q="Name a colour.", y="Blue."), "Red."),
+        (1, UF_BETTER.format(a=f"{UF_IF}; {UF_HON}; {UF_HELP}", q="Name a colour.", y="Green?"), "Red."),
+        (3, UF_BETTER.format(a=f"{UF_IF}; {UF_HON}; {UF_HELP}", q="Name a colour.", y="Green?"), "Blue."),
+        (5, UF_BETTER.format(a="", q="2+2?", y="Four."), "4"),
+        (7, UF_BETTER.format(a=f"{UF_IF}; {UF_HON}; {UF_TRU}", q="Joke?", y="X"), "Y"),
+    ]
+    equal = [
+        (2, UF_EQUAL.format(a=UF_TRU, q="Name a colour.", y="Green?"), "Red."),
+        (4, UF_EQUAL.format(a=UF_TRU, q="Name a colour.", y="Green?"), "Blue."),
+        (6, UF_EQUAL.format(a=f"{UF_IF}; {UF_HON}; {UF_TRU}; {UF_HELP}", q="2+2?", y="Four."), "4"),
+    ]
+    out = tmp_path / "out"
+    stats = build_main(BuildConfig(input=str(tmp_path / "completions.csv"), dataset="ultrafeedback",
+                                   output_dir=str(out), algorithm1="released", val_items=2))
+    train, val = (json.loads((out / f"no_equal/{s}.json").read_text()) for s in ("train", "val"))
+    assert (len(train), len(val)) == (3, 2)
+    assert Counter(_canonical(i, order) for i in train + val) == Counter(contrastive)
+    assert [_canonical(i, order) for i in json.loads((out / "all_equal/train.json").read_text())] == equal
+    assert stats["script"] == "UltraFeedback_make_aligner_data.py"
+    assert (stats["records"], stats["records_with_pairs"]) == (4, 3)
+    assert stats["items_without_aspects"]["all_equal/train"] == 0
+    assert stats["items_without_aspects"]["no_equal/train"] + stats["items_without_aspects"]["no_equal/val"] == 1
+    with pytest.raises(MetaAlignerError, match="the released UltraFeedback script writes no test items"):
+        build_main(BuildConfig(input=str(tmp_path / "completions.csv"), dataset="ultrafeedback",
+                               test_input=str(tmp_path / "completions.csv"), output_dir=str(tmp_path / "x"),
+                               algorithm1="released"))
+
+
+def test_algorithm1_released_refusals(tmp_path):
+    write_csv(tmp_path / "rewards.csv", _released_rows(), list(_released_rows()[0]))
+    with pytest.raises(MetaAlignerError, match="--algorithm1 must be one of ours, released, got 'paper'"):
+        build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(tmp_path / "o"), algorithm1="paper"))
+    with pytest.raises(MetaAlignerError, match="--tie_tolerance: the released scripts compare scores with =="):
+        build_main(BuildConfig(input=str(tmp_path / "rewards.csv"), output_dir=str(tmp_path / "o"),
+                               algorithm1="released", tie_tolerance=0.1))
+    bad = [dict(_released_rows()[0], chosen_score1="high")]
+    write_csv(tmp_path / "bad.csv", bad, list(bad[0]))
+    with pytest.raises(DataError, match="row 1, column 'chosen_score1': expected a number, got 'high'"):
+        build_main(BuildConfig(input=str(tmp_path / "bad.csv"), output_dir=str(tmp_path / "o"), algorithm1="released"))

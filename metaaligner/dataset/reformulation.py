@@ -21,10 +21,17 @@ texts), so an item does not depend on where its pair sits in the file. The train
 seeded and grouped by question: every item of one question lands in the same split, and the equal
 and warm-up sets only hold train questions, so no prompt appears in two splits.
 
-Fixed here, compared with the released scripts: equal items carried the O< aspects instead of O=;
-the UltraFeedback equal block sat outside the pair loop (one item, empty aspect list); items could
-have no aspects; the split was positional after one unseeded shuffle, so the two directions of a
-pair could land in train and val.
+Fixed here, compared with the released scripts: equal items carried the O< aspects instead of O=
+(so an equal item of a pair without O< had none); HH-RLHF's second and equal items took the first
+item's whole prompt as their context (the script reassigned ``query``); UltraFeedback gave one item
+per pair (the direction with more objectives; all ties: an item with no aspects) and its equal block
+sat after the inner pair loop (one item per answer i, from the pair (i, last answer)); the split was
+positional after one unseeded shuffle, so the two directions of a pair could land in train and val.
+
+``--algorithm1 released`` (``released_hh_items``, ``released_ultrafeedback_items``,
+``build_released_dataset``) keeps all of that, item for item, for comparison with the released data:
+the release's shuffles become ``random.Random(seed)`` drawn in the release's order, so the files are
+those the released script writes after ``random.seed(seed)``.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from metaaligner.errors import DataError, MetaAlignerError
+from metaaligner.io import PANDAS_NA_VALUES, as_released_text
 from metaaligner.registry.templates import Template, get_template, render
 
 # Item kinds (the subset an item belongs to) and directions.
@@ -73,7 +81,7 @@ class ScoredPair:
 
 @dataclass(frozen=True)
 class Item:
-    id: str
+    id: str | int  # ours: "<row>-<direction>"; Algorithm 1 as released: the release's running integer
     direction: str
     pair_index: int
     question: str
@@ -329,3 +337,228 @@ def to_fastchat(items: list[Item]) -> list[dict[str, Any]]:
     from metaaligner.io import fastchat_item
 
     return [fastchat_item(item.id, item.prompt, item.target) for item in items]
+
+
+# ---------------------------------------------------------------- Algorithm 1 as released
+
+RELEASED_VAL_ITEMS = 15000   # the release's no_equal/val.json: the first 15,000 shuffled items
+COMPLETION_COLUMNS = ("record", "completion", PROMPT, "response")   # prepare_ultrafeedback's completions.csv
+
+
+@dataclass(frozen=True)
+class ScoredCompletion:
+    """One used UltraFeedback completion (a row of ``completions.csv``): its record, its position in
+    the record's completions, the instruction, the response and its ratings in objective order."""
+    record: int
+    position: int
+    prompt: str
+    response: str
+    scores: tuple[float, ...]
+
+
+@dataclass
+class ReleasedDataset:
+    """What ``--algorithm1 released`` writes: the contrastive items split positionally after one
+    shuffle (``no_equal/val.json`` = the first ``val_items``), the equal items in creation order."""
+    no_equal_train: list[Item] = field(default_factory=list)
+    no_equal_val: list[Item] = field(default_factory=list)
+    all_equal: list[Item] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def released_sets(chosen: Iterable[float], rejected: Iterable[float]) -> tuple[list[int], list[int], list[int]]:
+    """(O>, O<, O=) as the released scripts fill them: ``>``, ``<``, ``==`` on the raw values, in
+    objective order, no tolerance; a NaN score lands in no set."""
+    better, worse, equal = [], [], []
+    for j, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+        if c > r:
+            better.append(j)
+        elif c < r:
+            worse.append(j)
+        elif c == r:
+            equal.append(j)
+    return better, worse, equal
+
+
+def released_pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int,
+                             path: str = "<rows>") -> tuple[list[ScoredPair], Counter]:
+    """Stage-1 rows as ``HH_RLHF_make_aligner_data.py`` read them with pandas: a row whose chosen or
+    rejected cell pandas reads as NaN (empty, ``NA``, ``None``, ``nan``, ...) is skipped and counted
+    (``nan_response``); every other row is used as it is (identical texts, blank answers); a prompt
+    pandas reads as NaN is the text ``nan``; a score cell pandas reads as NaN is NaN (in no set); a
+    score that is no number is a ``DataError``."""
+    if not rows:
+        raise DataError(path, "no rows")
+    columns = set(rows[0])
+    for column in (PROMPT, CHOSEN, REJECTED):
+        if column not in columns:
+            raise DataError(path, f"missing column (found: {', '.join(sorted(columns))})", column=column)
+    found = score_columns(columns)
+    if found != n_objectives:
+        raise DataError(path, f"found {found} chosen_score{{i}}/rejected_score{{i}} column pairs but the "
+                              f"config names {n_objectives} objectives; pass --objectives to match")
+    pairs, dropped = [], Counter()
+    for i, row in enumerate(rows, start=1):
+        if any(_pandas_nan(row.get(c)) for c in (CHOSEN, REJECTED)):
+            dropped["nan_response"] += 1
+            continue
+        scores = [tuple(_released_score(path, row.get(f"{side}_score{j}"), i, f"{side}_score{j}")
+                        for j in range(1, n_objectives + 1)) for side in ("chosen", "rejected")]
+        pairs.append(ScoredPair(i, as_released_text(row.get(PROMPT)), str(row[CHOSEN]), str(row[REJECTED]),
+                                scores[0], scores[1]))
+    return pairs, dropped
+
+
+def _pandas_nan(value: Any) -> bool:
+    return _missing(value) or (isinstance(value, str) and value in PANDAS_NA_VALUES)
+
+
+def _released_score(path: str, value: Any, row: int, column: str) -> float:
+    if _pandas_nan(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(path, f"expected a number, got {value!r}", row=row, column=column) from None
+
+
+def completions_from_rows(rows: list[dict[str, Any]], n_objectives: int,
+                          path: str = "<rows>") -> list[list[ScoredCompletion]]:
+    """``completions.csv`` rows -> one list per record, in file order. A record's rows must be
+    consecutive (as ``prepare_ultrafeedback.py`` writes them); ratings are numbers."""
+    if not rows:
+        raise DataError(path, "no rows")
+    columns = set(rows[0])
+    wanted = list(COMPLETION_COLUMNS) + [f"score{j}" for j in range(1, n_objectives + 1)]
+    for column in wanted:
+        if column not in columns:
+            raise DataError(path, f"missing column (found: {', '.join(sorted(columns))}); --algorithm1 released "
+                                  "reads a stage-1 pairs CSV (HH-RLHF) or prepare_ultrafeedback.py's completions.csv",
+                            column=column)
+    records: list[list[ScoredCompletion]] = []
+    seen: set[int] = set()
+    for i, row in enumerate(rows, start=1):
+        record = int(_score(path, row.get("record"), i, "record") or 0)
+        if not records or records[-1][0].record != record:
+            if record in seen:
+                raise DataError(path, f"record {record} appears again after other records; its completions "
+                                      "must be consecutive", row=i, column="record")
+            seen.add(record)
+            records.append([])
+        for column in (PROMPT, "response"):
+            if not isinstance(row.get(column), str):
+                raise DataError(path, f"expected text, got {type(row.get(column)).__name__}", row=i, column=column)
+        scores = []
+        for j in range(1, n_objectives + 1):
+            value = _score(path, row.get(f"score{j}"), i, f"score{j}")
+            if value is None or not math.isfinite(value):
+                raise DataError(path, f"expected a rating, got {row.get(f'score{j}')!r}", row=i, column=f"score{j}")
+            scores.append(value)
+        records[-1].append(ScoredCompletion(record, int(_score(path, row.get("completion"), i, "completion") or 0),
+                                            row[PROMPT], row["response"], tuple(scores)))
+    return records
+
+
+def released_hh_items(pairs: list[ScoredPair], objective_keys: list[str], descriptions: list[str],
+                      template: str | Template, rng: random.Random) -> tuple[list[Item], list[Item]]:
+    """``HH_RLHF_make_aligner_data.py``'s loop, item for item: (contrastive items, equal items) in
+    creation order, ids one running integer over both. Per pair: O> non-empty -> answer y2, target
+    y1; O< non-empty -> answer y1, target y2; O= non-empty -> the equal template, answer y2, target
+    y1, aspects the O< ones (empty when O< is). Each set is shuffled when used (O= too, unused).
+    The script reassigned its ``query`` variable, so the O< item's context is the O> item's whole
+    prompt when there is one, and the equal item's context the last prompt written for the pair."""
+    tpl = template if isinstance(template, Template) else get_template(template)
+    items, equal_items = [], []
+    for pair in pairs:
+        better, worse, equal = released_sets(pair.chosen_scores, pair.rejected_scores)
+        context = pair.prompt
+        if better:
+            rng.shuffle(better)
+            context = render(tpl, context, pair.rejected, [descriptions[j] for j in better])
+            items.append(Item(len(items) + len(equal_items), CHOSEN_BETTER, pair.index, pair.prompt, context,
+                              pair.chosen, tuple(objective_keys[j] for j in better)))
+        if worse:
+            rng.shuffle(worse)
+            context = render(tpl, context, pair.chosen, [descriptions[j] for j in worse])
+            items.append(Item(len(items) + len(equal_items), REJECTED_BETTER, pair.index, pair.prompt, context,
+                              pair.rejected, tuple(objective_keys[j] for j in worse)))
+        if equal:
+            rng.shuffle(equal)
+            prompt = render(tpl, context, pair.rejected, [descriptions[j] for j in worse], mode="equal",
+                            allow_empty=True)
+            equal_items.append(Item(len(items) + len(equal_items), EQUAL, pair.index, pair.prompt, prompt,
+                                    pair.chosen, tuple(objective_keys[j] for j in worse)))
+    return items, equal_items
+
+
+def released_ultrafeedback_items(records: list[list[ScoredCompletion]], objective_keys: list[str],
+                                 descriptions: list[str], template: str | Template,
+                                 rng: random.Random) -> tuple[list[Item], list[Item]]:
+    """``UltraFeedback_make_aligner_data.py``'s loop, item for item: for every pair i < j of a
+    record's completions one item, towards i (answer j, aspects O>) when |O>| >= |O<| (all ties: an
+    item with no aspects), else towards j (answer i, aspects O<); after the j loop of each i, one
+    equal item from the pair (i, last) when it has ties (answer = the last completion, target i).
+    Ids: one running integer over both lists, in creation order."""
+    tpl = template if isinstance(template, Template) else get_template(template)
+    items, equal_items = [], []
+
+    def add(out: list[Item], direction: str, record: list[ScoredCompletion], aspects: list[int],
+            answer: str, target: str, mode: str = "better") -> None:
+        prompt = render(tpl, record[0].prompt, answer, [descriptions[j] for j in aspects], mode=mode,
+                        allow_empty=True)
+        out.append(Item(len(items) + len(equal_items), direction, record[0].record, record[0].prompt, prompt,
+                        target, tuple(objective_keys[j] for j in aspects)))
+
+    for record in records:
+        for i in range(len(record) - 1):
+            equal: list[int] = []
+            for j in range(i + 1, len(record)):
+                better, worse, equal = released_sets(record[i].scores, record[j].scores)
+                if len(better) >= len(worse):
+                    rng.shuffle(better)
+                    add(items, CHOSEN_BETTER, record, better, record[j].response, record[i].response)
+                else:
+                    rng.shuffle(worse)
+                    add(items, REJECTED_BETTER, record, worse, record[i].response, record[j].response)
+            if equal:
+                rng.shuffle(equal)
+                add(equal_items, EQUAL, record, equal, record[-1].response, record[i].response, mode="equal")
+    return items, equal_items
+
+
+def build_released_dataset(items: list[Item], equal_items: list[Item], seed: int = 0,
+                           val_items: int = RELEASED_VAL_ITEMS, rng: random.Random | None = None) -> ReleasedDataset:
+    """The release's split: the contrastive items shuffled once, the first ``val_items`` are
+    ``no_equal/val.json``, the rest ``no_equal/train.json`` (fewer items than that: all are val, as
+    the release's slicing gives); the equal items unshuffled. ``rng`` continues the stream that made
+    the items (the release shuffled with the same global generator)."""
+    rng = rng or random.Random(seed)
+    shuffled = list(items)
+    rng.shuffle(shuffled)
+    out = ReleasedDataset(no_equal_train=shuffled[val_items:], no_equal_val=shuffled[:val_items],
+                          all_equal=list(equal_items))
+    out.stats = released_stats({"no_equal/train": out.no_equal_train, "no_equal/val": out.no_equal_val,
+                                "all_equal/train": out.all_equal})
+    out.stats.update(seed=seed, val_items=val_items)
+    return out
+
+
+def released_stats(subsets: dict[str, list[Item]]) -> dict[str, Any]:
+    """Items per file, per direction, without aspects, with another item's prompt as their context,
+    objectives per item and objective counts."""
+    return {
+        "items": {name: len(items) for name, items in subsets.items()},
+        "directions": {name: dict(sorted(Counter(i.direction for i in items).items()))
+                       for name, items in subsets.items()},
+        "items_without_aspects": {name: sum(not i.aspects for i in items) for name, items in subsets.items()},
+        "items_with_nested_prompt": {name: sum(_nested(i) for i in items) for name, items in subsets.items()},
+        "objectives_per_item": {name: {str(k): v for k, v in sorted(Counter(len(i.aspects) for i in items).items())}
+                                for name, items in subsets.items()},
+        "objective_counts": {name: dict(sorted(Counter(a for i in items for a in i.aspects).items()))
+                             for name, items in subsets.items()},
+    }
+
+
+def _nested(item: Item) -> bool:
+    """The item's context is another item's prompt (HH-RLHF as released), not its question."""
+    return item.prompt.count(" | Answer: ") > 1 and item.question.count(" | Answer: ") == 0

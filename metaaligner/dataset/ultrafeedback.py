@@ -10,7 +10,11 @@ What the released ``UltraFeedback_make_aligner_data.py`` does, and so what this 
   used completions of one record is a preference pair (chosen = i, rejected = j, whichever is
   better: Algorithm 1 sorts the objectives out), its ratings are the scores (no reward model);
 - test: the golden answer is the completion with the highest sum of its digit ratings (a non-digit
-  rating counts 0; the first one wins a tie); the query is the instruction.
+  rating counts 0; the first one wins a tie); the query is the instruction;
+- ``completions.csv``: every used training completion once, with its record and position (what the
+  released loops iterate over: ``UltraFeedback_make_sft_data.py`` makes one SFT item of each,
+  ``UltraFeedback_make_aligner_data.py`` pairs them per record; ``rewards.csv`` has lost the records
+  with a single used completion and the record boundaries).
 
 Responses and instructions are kept verbatim (never stripped).
 """
@@ -50,6 +54,7 @@ class Prepared:
     """What ``prepare_ultrafeedback`` writes: stage-1 rows, test rows and the counts."""
     rewards: list[dict[str, Any]] = field(default_factory=list)
     test: list[dict[str, str]] = field(default_factory=list)
+    completions: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -203,6 +208,23 @@ def training_pairs(instruction: str, completions: list[Completion]) -> tuple[lis
     return rows, dropped
 
 
+def completion_rows(record: int, instruction: str, completions: list[Completion]) -> list[dict[str, Any]]:
+    """``completions.csv`` rows of one training record: each used completion (all four ratings
+    digits) once, ``record`` (the record's 1-based row), ``completion`` (its position in the record),
+    ``prompt``, ``response``, ``score1..4``."""
+    rows = []
+    for c in completions:
+        if drop_reason(c) is None:
+            row = {"record": record, "completion": c.position, "prompt": instruction, "response": c.response}
+            row.update({f"score{n}": rating_value(r) for n, r in enumerate(c.ratings, start=1)})
+            rows.append(row)
+    return rows
+
+
+def completion_columns(n: int = len(ASPECTS)) -> list[str]:
+    return ["record", "completion", "prompt", "response"] + [f"score{i}" for i in range(1, n + 1)]
+
+
 def golden_answer(completions: list[Completion]) -> str | None:
     """The response with the highest sum of digit ratings (non-digit = 0), first on ties; None
     when no completion has a response."""
@@ -242,6 +264,7 @@ def prepare_ultrafeedback(source: str, test_size: int = DEFAULT_TEST_SIZE, progr
             counts["train_completions"] += len(completions)
             counts["train_records_without_pairs"] += not pairs
             out.rewards.extend(pairs)
+            out.completions.extend(completion_rows(row, instruction, completions))
             continue
         test_drop.update(NAN_RESPONSE for c in completions if c.response is None)
         golden = golden_answer(completions)
@@ -266,6 +289,7 @@ def _stats(source: str, test_size: int, n: int, n_train: int, out: Prepared, cou
                   "dropped_completions": dict(sorted(train_drop.items())),
                   "records_without_pairs": counts["train_records_without_pairs"],
                   "pairs": len(out.rewards)},
+        "completions": len(out.completions),
         "test": {"rows": len(out.test), "dropped_completions": dict(sorted(test_drop.items())),
                  "records_without_golden": counts["test_records_without_golden"]},
         "seconds": round(seconds, 3),
@@ -273,16 +297,18 @@ def _stats(source: str, test_size: int, n: int, n_train: int, out: Prepared, cou
 
 
 def write_prepared(result: Prepared, output_dir: str | Path) -> dict[str, Path]:
-    """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``) and ``stats.json``, built
+    """``rewards.csv`` (stage-1 columns), ``test.csv`` (``query, goldens``), ``completions.csv`` (each used
+    training completion once, ``completion_rows``) and ``stats.json``, built
     in a temporary sibling folder swapped in at the end (``io.atomic_folder``: the folder is whole or
     absent, an old one survives a failed run untouched); returns their paths."""
     from metaaligner.dataset.rewards import output_columns
     from metaaligner.io import atomic_folder, write_csv, write_json
 
     out = Path(output_dir)
-    names = {"rewards": "rewards.csv", "test": "test.csv", "stats": "stats.json"}
+    names = {"rewards": "rewards.csv", "test": "test.csv", "completions": "completions.csv", "stats": "stats.json"}
     with atomic_folder(out) as tmp:
         write_csv(tmp / names["rewards"], result.rewards, output_columns(len(ASPECTS)))
         write_csv(tmp / names["test"], result.test, ["query", "goldens"])
+        write_csv(tmp / names["completions"], result.completions, completion_columns())
         write_json(tmp / names["stats"], result.stats)
     return {key: out / name for key, name in names.items()}

@@ -98,13 +98,16 @@ def join_aspects(descriptions: list[str]) -> str:
     return ASPECT_SEPARATOR.join(descriptions)
 
 
-def render(template: str | Template, question: str, answer: str, aspects: list[str], mode: str = "better") -> str:
+def render(template: str | Template, question: str, answer: str, aspects: list[str], mode: str = "better",
+           allow_empty: bool = False) -> str:
     """The aligner input for one (question, answer, objective descriptions) triple.
 
     Values are inserted verbatim: braces in the question or answer are never interpreted.
+    ``allow_empty``: an empty aspect list gives an empty aspects slot (only Algorithm 1 as released
+    writes such items); otherwise it is an error.
     """
     tpl = template if isinstance(template, Template) else get_template(template)
-    if not aspects:
+    if not aspects and not allow_empty:
         raise MetaAlignerError("an aligner prompt needs at least one objective")
     text = tpl.text(mode)
     values = {"aspects": join_aspects(aspects), "question": question, "answer": answer}
