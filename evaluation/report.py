@@ -12,7 +12,8 @@ the paper's step labels "Aligned Obj.", "+Specificity", ..., "+Length"):
         --ratings "All 4=judged/rate/all,Instruction following=judged/rate/instruction_following" --output_dir reports
 
 Writes ``table2.{md,csv,tex}`` (gain of aligned over original answers with paired bootstrap 95%
-intervals), ``table3.{md,csv,tex}`` (method win rates + training GPU hours), ``figure3.{png,md,csv}``
+intervals; IMHI: one row per policy over its 9 tasks' rows, each task's row count under the table, the
+per-task table in ``table2_tasks.{md,csv}``), ``table3.{md,csv,tex}`` (method win rates + training GPU hours), ``figure3.{png,md,csv}``
 (win rate vs golden per objective and alignment step, before/after alignment) and
 ``ratings.{png,md,csv}`` (the 0-10 rating study) for the inputs given. Every caption names the metric
 and the verdict parser.

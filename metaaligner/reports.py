@@ -2,7 +2,10 @@
 
 - Table 2: rows = policy models, columns = objectives grouped by dataset; a cell is
   metric(aligned) - metric(original) over the same rows (same judge, same candidate positions), with a
-  paired bootstrap 95% interval (rows resampled together). Markdown, CSV and LaTeX.
+  paired bootstrap 95% interval (rows resampled together). Markdown, CSV and LaTeX. A dataset whose
+  config names ``tasks`` (IMHI: verdicts of ``<policy>/<task>``) gets one row per policy, its tasks'
+  rows pooled, as the paper reports it; the rows per task are listed under the table and the per-task
+  table is the supplement ``table2_tasks.{md,csv}``.
 - Table 3: methods (MetaAligner, MORLHF, MODPO, SFT, then any other) x objectives: metric of each
   method's ``aligned_responses`` vs the golden answer, plus training GPU hours read from each method's
   training log (``read_device_hours``) when given.
@@ -30,6 +33,7 @@ import io
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -196,37 +200,104 @@ class GainCell:
     high: float
     metric: str
     parser: str = ""
+    task_rows: str = ""   # a pooled row (IMHI): its rows per task, "CAMS=625,DR=405,..." in the config's task order
+
+
+@lru_cache(maxsize=None)
+def dataset_tasks(dataset: str) -> tuple[str, ...]:
+    """The ``tasks`` of a shipped dataset config (IMHI's 9), else ()."""
+    from metaaligner.registry.datasets import available, load_dataset_config
+
+    if dataset not in available():  # a name read from data names a shipped config, never a file
+        return ()
+    try:
+        return tuple(load_dataset_config(dataset).tasks)
+    except MetaAlignerError:
+        return ()
+
+
+def policy_task(dataset: str, policy: str) -> tuple[str, str]:
+    """``("llama2-chat-7B", "CAMS")`` for the verdicts of ``llama2-chat-7B/CAMS`` of a dataset whose
+    config names ``tasks`` (IMHI); ``(policy, "")`` otherwise."""
+    if dataset_tasks(dataset) and "/" in policy:
+        head, task = policy.rsplit("/", 1)
+        return head, task
+    return policy, ""
+
+
+def _task_rank(dataset: str, task: str) -> tuple[int, str]:
+    tasks = dataset_tasks(dataset)
+    return (tasks.index(task), task) if task in tasks else (len(tasks), task)
 
 
 def table2(rows: list[dict[str, Any]], metric: str = "win_half_tie", n_boot: int = 1000,
-           seed: int = 0) -> list[GainCell]:
-    """One cell per (dataset, policy, objective) that has both targets, over the rows both have."""
+           seed: int = 0, pool_tasks: bool = True) -> list[GainCell]:
+    """One cell per (dataset, policy, objective) that has both targets, over the rows both have.
+    ``pool_tasks``: a dataset with ``tasks`` (IMHI) gets one cell per policy over all its tasks' rows
+    (the paper's Table 2 row; ``task_rows`` counts them per task); False: one cell per policy/task."""
     _check_metric(metric)
     cells = []
-    groups = _group([r for r in rows if r.get("mode", "pairwise") == "pairwise"], "dataset", "policy", "objective")
+    groups: dict[tuple, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for r in rows:
+        if r.get("mode", "pairwise") == "pairwise":
+            policy, task = policy_task(r.get("dataset", ""), r.get("policy", "")) if pool_tasks else (r["policy"], "")
+            groups[(r.get("dataset", ""), policy, r.get("objective", ""))].append((task, r))
     for (dataset, policy, objective), group in groups.items():
-        aligned = {r["row"]: r for r in group if r["target"] == ALIGNED}
-        origin = {r["row"]: r for r in group if r["target"] == ORIGIN}
-        common = sorted(set(aligned) & set(origin))
+        aligned = {(task, r["row"]): r for task, r in group if r["target"] == ALIGNED}
+        origin = {(task, r["row"]): r for task, r in group if r["target"] == ORIGIN}
+        common = sorted(set(aligned) & set(origin), key=lambda k: (_task_rank(dataset, k[0]), k[1]))
         if not common:
             continue
-        for i in common:
-            a, o = aligned[i], origin[i]
+        for key in common:
+            a, o = aligned[key], origin[key]
+            where = f"{a['policy']}/{objective} row {key[1]}"
             if str(a.get("position", "")) != str(o.get("position", "")):
-                raise MetaAlignerError(f"{policy}/{objective} row {i}: the aligned and original answers were judged "
+                raise MetaAlignerError(f"{where}: the aligned and original answers were judged "
                                        "with different candidate positions (different --seed?); "
                                        "Table 2 needs the same")
-            for key in ("judge_model", "judge_prompt"):
-                if a.get(key, "") != o.get(key, ""):
-                    raise MetaAlignerError(f"{policy}/{objective} row {i}: aligned and original were judged by "
-                                           f"different {key} ({a.get(key)!r} vs {o.get(key)!r})")
-        sa = verdict_scores([aligned[i]["verdict"] for i in common], metric)
-        so = verdict_scores([origin[i]["verdict"] for i in common], metric)
+            for field_name in ("judge_model", "judge_prompt"):
+                if a.get(field_name, "") != o.get(field_name, ""):
+                    raise MetaAlignerError(f"{where}: aligned and original were judged by different {field_name} "
+                                           f"({a.get(field_name)!r} vs {o.get(field_name)!r})")
+        sa = verdict_scores([aligned[k]["verdict"] for k in common], metric)
+        so = verdict_scores([origin[k]["verdict"] for k in common], metric)
         gain, low, high = paired_bootstrap_diff(sa, so, n_boot=n_boot, seed=seed)
         name = aligned[common[0]].get("objective_name") or objective
+        per_task = dict.fromkeys(k[0] for k in common)
+        task_rows = ",".join(f"{t}={sum(1 for k in common if k[0] == t)}" for t in per_task) if any(per_task) else ""
         cells.append(GainCell(dataset, policy, objective, name, len(common), rate(sa), rate(so),
-                              gain, low, high, metric, parser_of(group)))
+                              gain, low, high, metric, parser_of([r for _, r in group]), task_rows))
     return cells
+
+
+def task_rows_markdown(cells: list[GainCell]) -> str:
+    """Under a table of pooled rows: each policy's rows per task (every task of the dataset config,
+    '–' where it has no verdicts), from the cells of the headline metric; 'a-b' where its objectives
+    were judged on different numbers of rows."""
+    pooled = [c for c in cells if c.task_rows and c.metric == _metrics_of(cells)[0]]
+    lines = []
+    for dataset in dict.fromkeys(c.dataset for c in pooled):
+        mine = [c for c in pooled if c.dataset == dataset]
+        counts: dict[str, dict[str, set[int]]] = {}
+        for c in mine:
+            for part in c.task_rows.split(","):
+                task, n = part.rsplit("=", 1)
+                counts.setdefault(c.policy, {}).setdefault(task, set()).add(int(n))
+        tasks = list(dataset_tasks(dataset)) + sorted({t for per in counts.values() for t in per}
+                                                      - set(dataset_tasks(dataset)))
+        lines += [f"Rows per task ({dataset}: each policy's row pools its tasks; {DASH} = no verdicts for the task):",
+                  "", "| Policy | " + " | ".join(tasks) + " | all |", "|---|" + "---|" * (len(tasks) + 1)]
+        for policy in _row_names(mine, "policy"):
+            per = counts.get(policy, {})
+            span = [_span(per[t]) if t in per else DASH for t in tasks]
+            totals = {c.n for c in mine if c.policy == policy}
+            lines.append(f"| {policy} | " + " | ".join(span) + f" | {_span(totals)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _span(values: set[int]) -> str:
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def objective_rank(dataset: str, objective: str) -> tuple[int, str]:
@@ -861,11 +932,24 @@ def _write_table2(output_dir: Path, inputs: list[str], metrics: list[str], n_boo
         raise MetaAlignerError("Table 2 needs pairwise verdicts for both aligned_responses and origin_responses "
                                f"under {inputs}")
     controls = load_controls(inputs)
-    _write_text(output_dir / "table2.md", with_controls(table2_markdown(cells), rows, controls))
+    tasks = task_rows_markdown(cells)
+    _write_text(output_dir / "table2.md",
+                with_controls(table2_markdown(cells), rows, controls) + ("\n" + tasks if tasks else ""))
     _write_text(output_dir / "table2.tex", latex_with_controls(table2_latex(cells), rows, controls))
     write_csv(output_dir / "table2.csv", [asdict(c) for c in cells], list(GainCell.__dataclass_fields__))
     written["table2"] = cells
     written["files"] += [output_dir / f"table2.{ext}" for ext in ("md", "tex", "csv")]
+    if tasks:   # the supplement: one row per policy/task of the pooled datasets
+        pooled = {c.dataset for c in cells if c.task_rows}
+        task_cells = [c for m in metrics for c in table2([r for r in rows if r.get("dataset") in pooled], m, n_boot,
+                                                          seed, pool_tasks=False)]
+        text = ("Supplement to table2.md: one row per policy/task of " + ", ".join(sorted(pooled))
+                + " (Table 2 pools each policy's tasks).\n\n" + table2_markdown(task_cells))
+        _write_text(output_dir / "table2_tasks.md", with_controls(text, rows, controls))
+        write_csv(output_dir / "table2_tasks.csv", [asdict(c) for c in task_cells],
+                  list(GainCell.__dataclass_fields__))
+        written["table2_tasks"] = task_cells
+        written["files"] += [output_dir / f"table2_tasks.{ext}" for ext in ("md", "csv")]
 
 
 def _write_table3(output_dir: Path, inputs: list[str], metrics: list[str], n_boot: int, seed: int,

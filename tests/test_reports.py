@@ -297,3 +297,43 @@ def test_report_script_profile_metric_and_figure3_flag(tmp_path, capsys):
     assert "| Honesty | no | 50.00% | " + " | ".join(["75.00%"] * 7) + " |" in capsys.readouterr().out
     with pytest.raises(MetaAlignerError, match="unknown judge profile"):
         report.main(report.ReportConfig(figure3_inputs=labelled, output_dir=str(out), profile="nope"))
+
+
+def test_imhi_table2_pools_each_policys_tasks_swmh_included(tmp_path):
+    """IMHI as the paper reports it: one Table 2 row per policy over its tasks' rows (swmh wherever it
+    was judged), each task's row count under the table, the per-task table as a supplement."""
+    root = tmp_path / "judged"
+    for policy, task, aligned, origin in [
+        ("llama2-chat-7B", "CAMS", ["win", "tie", "loss"], ["loss", "loss", "loss"]),
+        ("llama2-chat-7B", "swmh", ["win", "win"], ["tie", "win"]),
+        ("vicuna_7B", "CAMS", ["loss", "loss"], ["win", "loss"]),
+    ]:
+        for target, verdicts in (("aligned_responses", aligned), ("origin_responses", origin)):
+            write_rows(root / f"pairwise/{policy}/{task}/{target}/correct.csv",
+                       verdict_rows(f"{policy}/{task}", "correct", target, verdicts, dataset="imhi",
+                                    name="Correctness"))
+    write_rows(root / "pairwise/hh/aligned.csv", verdict_rows("P/x", "harmlessness", "aligned_responses", ["win"]))
+    write_rows(root / "pairwise/hh/origin.csv", verdict_rows("P/x", "harmlessness", "origin_responses", ["loss"]))
+    written = write_reports(tmp_path / "rep", [str(root)], n_boot=200)
+    cells = {(c.dataset, c.policy): c for c in written["table2"]}
+    assert set(cells) == {("imhi", "llama2-chat-7B"), ("imhi", "vicuna_7B"), ("hh-rlhf", "P/x")}  # HH: no tasks
+    pooled = cells[("imhi", "llama2-chat-7B")]
+    # (W + T/2)/N over the 5 pooled rows: aligned (3 + 0.5)/5 = 0.7, original (1 + 0.5)/5 = 0.3
+    assert (pooled.n, pooled.aligned, pooled.origin, round(pooled.gain, 6)) == (5, 0.7, 0.3, 0.4)
+    assert pooled.task_rows == "CAMS=3,swmh=2" and cells[("imhi", "vicuna_7B")].task_rows == "CAMS=2"
+    assert cells[("hh-rlhf", "P/x")].task_rows == ""
+    md = (tmp_path / "rep/table2.md").read_text()
+    assert "| llama2-chat-7B | – | +40.00% [" in md
+    tasks = md.split("Rows per task (imhi: each policy's row pools its tasks; – = no verdicts for the task):\n\n")[1]
+    assert tasks.splitlines()[:4] == [
+        "| Policy | CAMS | DR | Irf | MultiWD | SAD | dreaddit | loneliness | swmh | t-sid | all |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| llama2-chat-7B | 3 | – | – | – | – | – | – | 2 | – | 5 |",
+        "| vicuna_7B | 2 | – | – | – | – | – | – | – | – | 2 |"]
+    supplement = (tmp_path / "rep/table2_tasks.md").read_text()
+    assert supplement.startswith("Supplement to table2.md: one row per policy/task of imhi")
+    assert [line.split(" | ")[0] for line in supplement.splitlines() if line.startswith("| ") and "/" in line] == [
+        "| llama2-chat-7B/CAMS", "| llama2-chat-7B/swmh", "| vicuna_7B/CAMS"]
+    per_task = {r["policy"]: r for r in read_records(tmp_path / "rep/table2_tasks.csv")}
+    assert float(per_task["llama2-chat-7B/CAMS"]["gain"]) == pytest.approx(0.5 - 0.0)   # (1 + 0.5)/3 - 0/3
+    assert float(per_task["llama2-chat-7B/swmh"]["gain"]) == pytest.approx(1.0 - 0.75)

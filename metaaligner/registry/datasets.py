@@ -55,6 +55,9 @@ class DatasetConfig:
     unseen_objectives: list[str] = field(default_factory=list)
     judge_family: str = "general"
     samples: str | None = None
+    # Policies whose outputs are folders of tasks (IMHI: <policy>/<task>.csv): Table 2 pools each
+    # policy's tasks into one row; the task names, in the order the report lists them.
+    tasks: list[str] = field(default_factory=list)
     path: str | None = None
 
     def objective_descriptions(self, registry=None) -> list[str]:
@@ -100,6 +103,6 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
 
     check_types(path, "", data, {"name": str, "template": str, "objective_group": str, "objectives": (list, str),
                                  "columns": (dict, str), "unseen_objectives": (list, str), "judge_family": str,
-                                 "samples": (str, type(None))})
+                                 "samples": (str, type(None)), "tasks": (list, str)})
     data.setdefault("objective_group", data["name"])
     return DatasetConfig(**data, path=str(path))
