@@ -46,11 +46,15 @@ def _values(config, keys: dict) -> dict:
 ALIGNER = {"learning_rate": 1e-5, "weight_decay": 1e-5, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine",
            "num_train_epochs": 2.0, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,
            "gradient_accumulation_steps": 64, "gradient_checkpointing": True, "max_length": 4096,
-           "logging_steps": 1, "save_total_limit": 20, "seed": 42}
+           "logging_steps": 1, "save_total_limit": 20, "seed": 42, "prompt_format": "vicuna_v1.1"}
 SFT = {**ALIGNER, "num_train_epochs": 3.0, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}
+# the README's flags, then what the released train_cdpo.py sets in code: warm-up ceil(0.03 x steps), cosine,
+# Adam betas (0.9, 0.95), --l2 0.0, --seed 42
 CDPO = {"beta": 0.1, "learning_rate": 5e-7, "num_train_epochs": 1.0, "per_device_train_batch_size": 2,
         "max_length": 4096, "gradient_checkpointing": True, "logging_steps": 1,
-        "deepspeed": "configs/deepspeed/zero3.json", "gradient_accumulation_steps": 8}
+        "deepspeed": "configs/deepspeed/zero3.json", "gradient_accumulation_steps": 8,
+        "warmup_ratio": 0.03, "lr_scheduler_type": "cosine", "adam_beta1": 0.9, "adam_beta2": 0.95,
+        "weight_decay": 0.0, "seed": 42}
 
 
 def test_training_recipes_parse_into_the_trainer_configs(tmp_path):
@@ -66,6 +70,8 @@ def test_training_recipes_parse_into_the_trainer_configs(tmp_path):
                                                            "--data_dir", str(tmp_path), "--output_dir", str(tmp_path)])
     assert _values(dpo, CDPO) == CDPO
     assert (REPO / dpo.deepspeed).is_file()
+    trl = dpo.to_trl(str(tmp_path), device="cpu")   # what reaches the optimizer and the scheduler
+    assert (trl.adam_beta1, trl.adam_beta2, trl.warmup_steps, trl.weight_decay, trl.seed) == (0.9, 0.95, 0.03, 0.0, 42)
 
 
 def test_every_training_number_names_its_source():

@@ -54,6 +54,25 @@ def test_truncation_keeps_prompt_end_and_half_budget_for_target(tokenizer):
     assert labels == [-100] * 8 + c[:8]
 
 
+def test_vicuna_v1_1_format_wraps_and_masks_as_fastchat(tokenizer):
+    """FastChat's train_mem.py (the released aligner and SFT runs): the item inside the Vicuna v1.1
+    conversation, "<system> USER: <prompt> ASSISTANT: <target></s>", the loss on " <target>" + EOS only."""
+    ids, labels, cut = tokenize_item(tokenizer, "Edit: ", "Sure thing.", None, prompt_format="vicuna_v1.1")
+    assert tokenizer.decode(ids) == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: Edit:  ASSISTANT: Sure thing.<|im_end|>")
+    n_masked = len(tokenizer("A chat between a curious user and an artificial intelligence assistant. The assistant "
+                             "gives helpful, detailed, and polite answers to the user's questions. USER: Edit:  "
+                             "ASSISTANT:")["input_ids"])
+    # SmolLM2: " Sure" = 16096 (the target's first token carries the space after "ASSISTANT:"), " thing" 2775, "." 30
+    assert labels == [-100] * n_masked + [16096, 2775, 30, 2] and ids[n_masked:] == [16096, 2775, 30, 2]
+    assert cut is False
+    assert tokenize_item(tokenizer, "Edit: ", "Sure thing.", None) == tokenize_item(
+        tokenizer, "Edit: ", "Sure thing.", None, prompt_format="raw")
+    with pytest.raises(Exception, match="--prompt_format must be one of raw, vicuna_v1.1, got 'chatml'"):
+        tokenize_item(tokenizer, "Edit: ", "Sure thing.", None, prompt_format="chatml")
+
+
 def test_logged_first_loss_is_target_only_nll(tiny_llama_dir, tmp_path):
     """The trainer's first logged loss equals -mean log p(target + EOS | prompt) computed by hand."""
     import torch

@@ -37,6 +37,10 @@ class DPOTrainConfig(PreferenceTrainConfigBase):
 
     beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull towards the reference model"})
 
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (the released CDPO run: 0.9)"})
+    adam_beta2: float = field(default=0.999, metadata={
+        "help": "Adam beta2 (transformers' default 0.999; the released CDPO run: 0.95, OpenRLHF's optimizer betas)"})
+
     def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
         """The equivalent ``trl.DPOConfig``, with precision chosen by device (float32 on CPU)."""
         from trl import DPOConfig

@@ -4,7 +4,10 @@ Objective (each step of the aligner curriculum and the SFT baseline):
 
     L(theta) = - sum_t log p_theta(target_t | prompt, target_<t),   target = completion + EOS,
 
-the loss taken on the target tokens only (prompt labels are -100).
+the loss taken on the target tokens only (prompt labels are -100). ``prompt_format="vicuna_v1.1"``
+wraps the prompt as FastChat's ``train_mem.py`` did (``format_prompt``): its Vicuna v1.1 system line,
+``USER: <prompt> ASSISTANT:``, the target after one space and closed by EOS (sep2 ``</s>``), the
+system and user turn masked.
 
 Why we tokenize ourselves instead of handing TRL raw text: TRL tokenizes ``prompt`` and
 ``prompt + completion`` and masks their common prefix. Our templates end in ``"Edit: "``, and a
@@ -61,6 +64,7 @@ class SFTStageConfig(TrainerConfigBase):
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; precision follows it (float32 on CPU, bf16/fp16 on GPU)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); default: the model's."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name as in transformers.TrainingArguments."})
+    prompt_format: str = field(default="raw", metadata={"help": "raw: train on the prompt as inference feeds it (the released aligner_inference.py feeds the raw template); vicuna_v1.1: FastChat's Vicuna v1.1 conversation, as the released FastChat train_mem.py trained the aligners and the SFT baseline (system line, 'USER: <prompt> ASSISTANT:', the loss on the assistant turn and its EOS only)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: torch's default). On a busy shared CPU, 1 avoids oversubscription (measured 3x faster here)."})
 
@@ -86,15 +90,48 @@ class SFTStageConfig(TrainerConfigBase):
 
 # ---------------------------------------------------------------- tokenization
 
-def tokenize_item(tokenizer, prompt: str, completion: str, max_length: int | None) -> tuple[list[int], list[int], bool]:
+# FastChat's conversation template "vicuna_v1.1" (fastchat/conversation.py): this system message, roles
+# USER / ASSISTANT, SeparatorStyle.ADD_COLON_TWO with sep " " and sep2 "</s>", so one exchange reads
+# "<system> USER: <prompt> ASSISTANT: <target></s>"; train.py's preprocess masks all but the target and
+# its "</s>".
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+PROMPT_FORMATS = ("raw", "vicuna_v1.1")
+
+
+def format_prompt(prompt: str, prompt_format: str = "raw") -> str:
+    """The text before the target: the prompt itself (``raw``), or FastChat's Vicuna v1.1 conversation
+    up to the assistant's role (``vicuna_v1.1``: ``"<system> USER: <prompt> ASSISTANT:"``)."""
+    if prompt_format == "raw":
+        return prompt
+    if prompt_format == "vicuna_v1.1":
+        return f"{VICUNA_SYSTEM} USER: {prompt} ASSISTANT:"
+    raise MetaAlignerError(f"--prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+
+
+def tokenize_item(tokenizer, prompt: str, completion: str, max_length: int | None,
+                  prompt_format: str = "raw") -> tuple[list[int], list[int], bool]:
     """(input_ids, labels, truncated): prompt ids as inference builds them, completion ids + EOS;
     labels are -100 on the prompt. Over ``max_length``: the target keeps
     ``max(max_length - len(prompt), max_length // 2)`` tokens (cut at its end) and the prompt keeps its
-    end (the template's ``| Edit:`` cue), like inference truncates."""
+    end (the template's ``| Edit:`` cue), like inference truncates.
+
+    ``vicuna_v1.1``: the prompt is ``format_prompt``'s conversation and the target's tokens are those
+    of `` <target>`` in the whole conversation, as FastChat tokenized it (``ASSISTANT: <target>``), so
+    the first target token carries its leading space (FastChat's masking offsets assume the same)."""
     if tokenizer.eos_token_id is None:
         raise MetaAlignerError("the tokenizer has no EOS token; the target must end in EOS")
-    p = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    c = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    text = format_prompt(prompt, prompt_format)
+    p = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if prompt_format == "raw":
+        c = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    else:
+        whole = list(tokenizer(f"{text} {completion}", add_special_tokens=True)["input_ids"])
+        if whole[:len(p)] != p:
+            raise MetaAlignerError("vicuna_v1.1: the tokenizer merges the 'ASSISTANT:' cue into the target's first "
+                                   "token, so the turn cannot be masked at a token boundary")
+        c = whole[len(p):]
+    c = c + [tokenizer.eos_token_id]
     truncated = False
     if max_length is not None and len(p) + len(c) > max_length:
         truncated = True
@@ -105,7 +142,8 @@ def tokenize_item(tokenizer, prompt: str, completion: str, max_length: int | Non
     return p + c, [-100] * len(p) + c, truncated
 
 
-def tokenize_items(tokenizer, items: list[dict], max_length: int | None, name: str = "train"):
+def tokenize_items(tokenizer, items: list[dict], max_length: int | None, name: str = "train",
+                   prompt_format: str = "raw"):
     """A ``datasets.Dataset`` of ``input_ids``/``labels`` and the count of truncated items."""
     from datasets import Dataset
 
@@ -113,7 +151,7 @@ def tokenize_items(tokenizer, items: list[dict], max_length: int | None, name: s
     for i, item in enumerate(items):
         if not isinstance(item.get("prompt"), str) or not isinstance(item.get("completion"), str):
             raise MetaAlignerError(f"{name} item {i + 1}: needs text fields 'prompt' and 'completion'")
-        x, y, cut = tokenize_item(tokenizer, item["prompt"], item["completion"], max_length)
+        x, y, cut = tokenize_item(tokenizer, item["prompt"], item["completion"], max_length, prompt_format)
         ids.append(x)
         labels.append(y)
         truncated += cut
@@ -258,8 +296,8 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     set_seed(config.seed)
     model, tokenizer, peft_config = load_trainable_model(model_name_or_path, config, device)
     _speed_paths(model, config)
-    train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train")
-    eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval")
+    train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train", config.prompt_format)
+    eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval", config.prompt_format)
                          if eval_items else (None, 0))
     args = build_sft_args(config, output_dir, eval_ds is not None, device)
     all_callbacks = list(callbacks or [])
