@@ -102,6 +102,39 @@ def test_make_sft_data_items_carry_their_own_rewards(tmp_path):
     assert (tmp_path / "sft" / "train.json").read_bytes() == (tmp_path / "sft2" / "train.json").read_bytes()
 
 
+def test_ultrafeedback_sft_data_takes_each_completion_once_as_released(tmp_path):
+    """UltraFeedback_make_sft_data.py: each used completion once with its four ratings, from
+    prepare_ultrafeedback.py's completions.csv; a record with a single completion is kept (from the
+    pairs of rewards.csv a completion would appear n - 1 times and that record not at all)."""
+    from metaaligner.dataset.ultrafeedback import completion_columns
+    from metaaligner.io import write_csv
+
+    rows = [{"record": 1, "completion": 0, "prompt": "Name a colour.", "response": "Red.",
+             "score1": 5, "score2": 5, "score3": 5, "score4": 4},
+            {"record": 1, "completion": 1, "prompt": "Name a colour.", "response": "Blue.",
+             "score1": 4, "score2": 5, "score3": 5, "score4": 4},
+            {"record": 1, "completion": 3, "prompt": "Name a colour.", "response": "Green?",
+             "score1": 3, "score2": 4, "score3": 5, "score4": 3},
+            {"record": 2, "completion": 0, "prompt": "Say hi.", "response": "Hi!",
+             "score1": 5, "score2": 5, "score3": 5, "score4": 5}]
+    write_csv(tmp_path / "completions.csv", rows, completion_columns())
+    stats = make_sft_data(tmp_path / "completions.csv", "ultrafeedback", tmp_path / "sft", seed=0, val_size=0)
+    train = json.loads((tmp_path / "sft" / "train.json").read_text())
+    head = "<Instruction following>: {}; <Honesty>: {}; <Truthfulness>: {}; <Helpfulness>: {} | {}"
+    assert sorted((i["id"], i["conversations"][0]["value"], i["conversations"][1]["value"]) for i in train) == [
+        ("1-0", head.format("5.00", "5.00", "5.00", "4.00", "Name a colour."), "Red."),
+        ("1-1", head.format("4.00", "5.00", "5.00", "4.00", "Name a colour."), "Blue."),
+        ("1-3", head.format("3.00", "4.00", "5.00", "3.00", "Name a colour."), "Green?"),
+        ("2-0", head.format("5.00", "5.00", "5.00", "5.00", "Say hi."), "Hi!")]
+    assert (stats["layout"], stats["records"], stats["completions"], stats["items"]) == ("completions", 2, 4, 4)
+    assert stats["max_rewards"] == {"instruction_following": 5.0, "honesty": 5.0, "truthfulness": 5.0,
+                                    "helpfulness": 5.0}
+    # a record's completions stay in one split
+    grouped = make_sft_data(tmp_path / "completions.csv", "ultrafeedback", tmp_path / "sft2", seed=0, val_size=1)
+    val = json.loads((tmp_path / "sft2" / "val.json").read_text())
+    assert grouped["val"] in (1, 3) and len({i["id"].split("-")[0] for i in val}) == 1
+
+
 def test_split_keeps_both_items_of_a_pair_together():
     items = [{"id": f"{g}-{s}", "group": g} for g in range(20) for s in ("chosen", "rejected")]
     train, val = split_by_group(items, 0.25, seed=3)

@@ -3,6 +3,9 @@ an SFT item whose prompt carries its own rewards, ``<Harmlessness>: 0.52; ... | 
 
     python baseline_models/sft/make_sft_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/sft_data \
         --seed 0
+    # UltraFeedback as released (UltraFeedback_make_sft_data.py): each used completion once, with its ratings
+    python baseline_models/sft/make_sft_data.py --input data/ultrafeedback/completions.csv --dataset ultrafeedback \
+        --output_dir runs/uf_sft_data
 
 Writes ``DIR/train.json`` and ``DIR/val.json`` (FastChat conversation JSON: human turn = the
 conditioned prompt, gpt turn = the response; both items of a pair stay in one split) and
@@ -19,7 +22,9 @@ from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, par
 @dataclass
 class MakeSFTDataConfig:
     input: str = field(metadata={"help": "stage-1 rewards CSV: prompt, chosen_response, rejected_response, "
-                                         "chosen_score{i}, rejected_score{i}"})
+                                         "chosen_score{i}, rejected_score{i} (both answers of each pair), or "
+                                         "prepare_ultrafeedback.py's completions.csv (each completion once, as "
+                                         "the released UltraFeedback SFT data)"})
     output_dir: str = field(metadata={"help": "folder for train.json, val.json, stats.json"})
     dataset: str = field(default="hh-rlhf", metadata={"help": "dataset config name (hh-rlhf, ultrafeedback, imhi) "
                                                               "or YAML path; gives objective names and score order",
