@@ -249,6 +249,11 @@ def load_paper_config(path: str | Path, variant: str | None = None, overrides: d
 
 def script_flags(script: str | Path, repo_root: Path = REPO_ROOT) -> set[str]:
     """Every flag name (dest) that a stage script's ``make_parser()`` accepts, without running it."""
+    return set(script_defaults(script, repo_root))
+
+
+def script_defaults(script: str | Path, repo_root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Every flag (dest) of a stage script's ``make_parser()`` with its default, without running it."""
     path = Path(script)
     if not path.is_absolute():
         path = repo_root / path
@@ -265,7 +270,59 @@ def script_flags(script: str | Path, repo_root: Path = REPO_ROOT) -> set[str]:
     if not hasattr(module, "make_parser"):
         raise MetaAlignerError(f"{path}: has no make_parser()")
     parser = module.make_parser()
-    return {action.dest for action in parser._actions if action.dest != "help"}
+    return {action.dest: action.default for action in parser._actions if action.dest != "help"}
+
+
+DECODING_NOTES = {"checkpoint": "the model's own generation_config.json, as the release's bare model.generate "
+                                "applied it",
+                  "greedy": "argmax"}
+
+
+def stage_settings(stage: PaperStage, repo_root: Path = REPO_ROOT) -> list[str]:
+    """What decides a stage's outputs beyond its command line's paths, for the dry run: the decoding of
+    a generating stage (its own flag, else its --profile's, else the script's default) with its seed,
+    the judge's decoding under its profile, the training data's prompt format (from --config_file),
+    and the profile named."""
+    flags = script_defaults(stage.script, repo_root)
+    args = stage.args
+    profile = args.get("profile")
+    out = []
+    if "decoding" in flags:
+        source = "--decoding"
+        decoding = args.get("decoding")
+        if decoding is None and "profile" in flags:   # the profile's (the script's default profile when none)
+            from metaaligner.aligner.inference import RUN_PROFILES
+
+            name = profile or flags["profile"] or "clean"
+            decoding = RUN_PROFILES.get(str(name), {}).get("decoding")
+            source = f"profile {name}" + ("" if profile else ", the default")
+        if decoding is None:
+            decoding, source = flags["decoding"], "the script's default"
+        seed = args.get("seed", flags.get("seed"))
+        note = DECODING_NOTES.get(str(decoding), "")
+        out.append(f"decoding: {decoding} ({source}{'; ' + note if note else ''}), seed {seed}")
+    elif "judge_model" in flags and profile:
+        from metaaligner.judge.profiles import API_DEFAULT, load_profile
+
+        judge = load_profile(str(profile))
+        decoding = ("the API's defaults (no temperature, max_tokens or seed sent)" if judge.decoding == API_DEFAULT
+                    else ", ".join(f"{k} {v}" for k, v in judge.decoding.items()))
+        model = args.get("judge_model", judge.judge_model)
+        out.append(f"judge decoding: {decoding} (profile {profile}, model {model})")
+    if "prompt_format" in flags:
+        fmt, source = args.get("prompt_format"), "--prompt_format"
+        if fmt is None and args.get("config_file"):
+            recipe = Path(str(args["config_file"]))
+            recipe = recipe if recipe.is_absolute() else repo_root / recipe
+            fmt = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("prompt_format") if recipe.is_file() \
+                else None
+            source = str(args["config_file"])
+        if fmt is None:
+            fmt, source = flags["prompt_format"], "the script's default"
+        out.append(f"training items: {fmt} ({source})")
+    if profile:
+        out.append(f"profile: {profile}")
+    return out
 
 
 def check_flags(stage: PaperStage, repo_root: Path = REPO_ROOT) -> list[str]:

@@ -15,7 +15,9 @@ Every stage is an ordinary command line (printed before it runs); nothing here r
 scripts, it only strings them together with the paper's settings (see configs/paper/README.md).
 Each Table 2 policy is said to come from "released outputs" (its released file is present: the stage
 that would generate it is skipped) or to be regenerated (released file missing: run
-scripts/fetch_release_samples.py).
+scripts/fetch_release_samples.py). Each stage says what decides its outputs besides its paths: the
+decoding of a generating stage (and its seed), the judge's decoding, the training items' format, and
+the profile it runs under.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def main(config: RunPaperConfig) -> None:
     import time
 
     from metaaligner.errors import MetaAlignerError
-    from metaaligner.paper import REPO_ROOT, check_flags, load_paper_config, missing_inputs
+    from metaaligner.paper import REPO_ROOT, check_flags, load_paper_config, missing_inputs, stage_settings
 
     overrides = {}
     for item in split_csv(config.set):
@@ -81,6 +83,8 @@ def main(config: RunPaperConfig) -> None:
         print(f"\n[{i}/{len(stages)}] {stage.name} (expected device hours: {stage.device_hours})")
         if stage.note:
             print(f"    note: {stage.note}")
+        for line in stage_settings(stage):
+            print(f"    {line}")
         print("    " + stage.command(config.python))
         if config.dry_run:
             continue

@@ -115,7 +115,7 @@ def test_paper_runner_prints_commands_and_refuses_missing_inputs():
     dry = subprocess.run(base + ["--variant", "13B", "--dry_run"], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
-    assert "ultrafeedback (13B): 40 stage(s)" in dry.stdout   # prepare_ultrafeedback, Table 2's policies, Figure 3, ratings, Table 3
+    assert "ultrafeedback (13B): 49 stage(s)" in dry.stdout   # prepare_ultrafeedback, Table 2's policies, Figure 3, ratings, Table 3 with its baselines
     assert ("--aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len"
             in dry.stdout)
     assert "--model_name_or_path meta-llama/Llama-2-13b-hf" in dry.stdout

@@ -203,13 +203,97 @@ def test_dry_run_says_per_policy_released_or_the_fetch_hint(tmp_path, monkeypatc
             "policy_Vicuna-7B\n") in out
     assert ("    Claude-3-Sonnet: missing (released file samples/HH-RLHF_model_output/Claude-3.csv.gz not found: "
             "run scripts/fetch_release_samples.py)\n") in out  # shipped, so no stage regenerates it
-    assert "[9/19] policy_Vicuna-7B (expected device hours" in out
+    assert "[9/28] policy_Vicuna-7B (expected device hours" in out
     released = tmp_path / "samples/HH-RLHF_model_output/Vicuna-7B.csv.gz"
     released.parent.mkdir(parents=True)
     released.write_bytes(b"")
     module.main(config)
     out = capsys.readouterr().out
     assert "    Vicuna-7B: released outputs (samples/HH-RLHF_model_output/Vicuna-7B.csv.gz)\n" in out
-    assert ("[9/19] policy_Vicuna-7B: skipped (Vicuna-7B: released outputs present "
+    assert ("[9/28] policy_Vicuna-7B: skipped (Vicuna-7B: released outputs present "
             "(samples/HH-RLHF_model_output/Vicuna-7B.csv.gz))\n") in out
     sys.modules.pop(spec.name, None)
+
+
+BASELINE_STAGES = ["sft_data", "train_sft", "table3_sft", "cdpo_data", "train_cdpo", "table3_cdpo",
+                   "morlhf_reward_models", "train_morlhf", "table3_morlhf"]
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback"])
+def test_table3_baselines_in_one_command(name):
+    """Issue 31 §6: Table 3's SFT, CDPO (the MODPO row) and MORLHF rows are stages of the paper
+    configs, trained as the release did and run on the Table 3 policy's queries, their outputs judged
+    by judge_table3 and their training logs read by the report."""
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B")
+    stages = {s.name: s for s in run.stages}
+    assert all(stage in stages for stage in BASELINE_STAGES)
+    order = [s.name for s in run.stages]
+    assert order.index("train_sft") < order.index("train_cdpo") < order.index("judge_table3")
+    base = f"runs/paper/{name}-7B/baselines"
+    data = {"hh-rlhf": "runs/paper/hh-rlhf-7B/rewards.csv", "ultrafeedback": "data/ultrafeedback/rewards.csv"}[name]
+    sft_input = {"hh-rlhf": data, "ultrafeedback": "data/ultrafeedback/completions.csv"}[name]
+    assert stages["sft_data"].args == {"input": sft_input, "dataset": name, "output_dir": f"{base}/sft_data", "seed": 0}
+    assert stages["train_sft"].args["config_file"] == "configs/training/paper-sft.yaml"
+    assert stages["train_sft"].args["model_name_or_path"] == "meta-llama/Llama-2-7b-chat-hf"
+    assert stages["train_sft"].launcher.endswith(" --num_processes 2")   # the README's --nproc_per_node=2
+    assert (stages["train_cdpo"].args["config_file"], stages["train_cdpo"].args["model_name_or_path"]) == (
+        "configs/training/paper-cdpo.yaml", f"{base}/sft")
+    assert stages["cdpo_data"].args["input"] == data and stages["morlhf_reward_models"].args["input"] == data
+    morlhf = stages["train_morlhf"].args
+    assert (morlhf["normalize_rewards"], morlhf["learning_rate"], morlhf["beta"], morlhf["lora_r"], morlhf["lora_alpha"],
+            morlhf["temperature"], morlhf["max_new_tokens"], morlhf["seed"]) == (False, 1e-5, 0.2, 64, 128, 0.7, 48, 8888)
+    for stage, method, model in (("table3_sft", "SFT", "sft"), ("table3_cdpo", "MODPO", "cdpo"),
+                                 ("table3_morlhf", "MORLHF", "morlhf/policy")):
+        args = stages[stage].args
+        assert (args["aligned_model"], args["aligner_path"], args["model_output_path"], args["data_dir"]) == (
+            method, f"{base}/{model}", f"runs/paper/{name}-7B/table3", stages["table3_metaaligner"].args["data_dir"])
+        assert (args["decoding"], args["seed"], args["max_new_tokens"]) == ("checkpoint", 0, 1024)
+    assert stages["judge_table3"].args["input"] == f"runs/paper/{name}-7B/table3"
+    assert stages["report"].args["training_logs"] == (
+        f"MetaAligner=runs/paper/{name}-7B/aligner,SFT={base}/sft,MODPO={base}/cdpo,MORLHF={base}/morlhf")
+    for stage in BASELINE_STAGES:   # every command parses with its script's own parser
+        _parse(stages[stage].script, stages[stage].argv("python")[stages[stage].argv("python").index(
+            stages[stage].script) + 1:])
+
+
+@pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback"])
+def test_released_data_ablation_builds_algorithm1_as_released(name):
+    run = load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B", ablation="released_data")
+    build = {s.name: s for s in run.stages}["build_aligner_dataset"]
+    assert (build.args["algorithm1"], build.args["warmup"]) == ("released", "none")
+    assert build.args["input"] == {"hh-rlhf": "runs/paper/hh-rlhf-7B/rewards.csv",
+                                   "ultrafeedback": "data/ultrafeedback/completions.csv"}[name]
+    assert {s.name: s for s in run.stages}["train_aligner"].args["stages"] == "equal,contrastive"
+    assert load_paper_config(REPO / "configs/paper" / f"{name}.yaml", "7B").stages[
+        [s.name for s in run.stages].index("build_aligner_dataset")].args["algorithm1"] == "ours"
+
+
+def test_dry_run_shows_decoding_per_stage_and_the_profile(capsys):
+    """Every generating stage says its decoding (flag, profile or default) and seed, the judge its
+    decoding under its profile, the training stages their items' format."""
+    from metaaligner.cli import parse, run_main
+
+    spec = importlib.util.spec_from_file_location("_run_paper_settings", REPO / "scripts/run_paper.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    try:
+        code = run_main(module.main, *parse(module.make_parser(), ["--config", "configs/paper/hh-rlhf.yaml",
+                                                                   "--dry_run"]))
+    finally:
+        sys.modules.pop(spec.name, None)
+    out = capsys.readouterr().out
+    assert code == 0
+    blocks = {b.split(" (", 1)[0].split("] ", 1)[1]: b for b in out.split("\n[")[1:]}
+    checkpoint = ("decoding: checkpoint (profile paper; the model's own generation_config.json, as the release's "
+                  "bare model.generate applied it), seed 0")
+    for stage in ("align", "table3_metaaligner", "policy_Vicuna-7B"):
+        assert f"    {checkpoint}\n    profile: paper\n" in blocks[stage], stage
+    assert "    decoding: greedy (profile clean, the default; argmax), seed 0\n" in blocks["table3_aligner7b"]
+    assert ("    decoding: checkpoint (--decoding; the model's own generation_config.json, as the release's bare "
+            "model.generate applied it), seed 0\n") in blocks["table3_sft"]
+    assert ("    judge decoding: the API's defaults (no temperature, max_tokens or seed sent) (profile paper, model "
+            "gpt-4-turbo-preview)\n    profile: paper\n") in blocks["judge"]
+    assert "    training items: vicuna_v1.1 (configs/training/paper.yaml)\n" in blocks["train_aligner"]
+    assert "    training items: vicuna_v1.1 (configs/training/paper-sft.yaml)\n" in blocks["train_sft"]
+    assert "    profile: paper\n" in blocks["report"]

@@ -214,9 +214,10 @@ def test_paper_config_prepares_ultrafeedback_instead_of_a_hand_made_csv(capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = [line.strip() for line in out.splitlines()]
-    assert lines[2].startswith("[1/") and "] prepare_ultrafeedback (" in lines[2]
-    assert lines[4].endswith("dynamic_multi_objective_dataset/prepare_ultrafeedback.py --input openbmb/UltraFeedback "
-                             "--output_dir data/ultrafeedback --test_size 15000")
+    head = next(i for i, line in enumerate(lines) if line.startswith("[1/"))
+    assert "] prepare_ultrafeedback (" in lines[head]
+    assert lines[head + 2].endswith("dynamic_multi_objective_dataset/prepare_ultrafeedback.py --input "
+                                    "openbmb/UltraFeedback --output_dir data/ultrafeedback --test_size 15000")
     build = next(line for line in lines if "build_aligner_dataset.py" in line)
     assert "--input data/ultrafeedback/rewards.csv --dataset ultrafeedback " in build
 
