@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from metaaligner.cli import check
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -70,7 +72,7 @@ class BenchConfig:
     data: str = field(default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"),
                       metadata={"help": "policy-output table (query, answer)"})
     workloads: str = field(default="16x64,32x256", metadata={"help": "comma-separated ROWSxNEW_TOKENS workloads"})
-    batch_size: int = field(default=32, metadata={"help": "rows per batch for the batched methods"})
+    batch_size: int = field(default=32, metadata={**check(ge=1), "help": "rows per batch for the batched methods"})
     methods: str = field(default="released,generate,fast",
                          metadata={"help": "methods to time: released, generate, fast_noprefix, "
                                            "fast_nopack, fast_nomerge, fast_nogroup, fast_nospec, fast_cold, fast, "
@@ -78,11 +80,14 @@ class BenchConfig:
     model: str | None = field(default=None, metadata={"help": "model (default: the embedded SmolLM2-135M)"})
     aligner: str | None = field(default=None, metadata={"help": "a LoRA aligner folder (merged into the base at "
                                                                 "load), e.g. metaaligner/data/demo_aligner"})
-    prompt_lookup: int = field(default=0, metadata={"help": "also time the released way with prompt-lookup (n-gram) "
+    prompt_lookup: int = field(default=0, metadata={**check(ge=0),
+                                                    "help": "also time the released way with prompt-lookup (n-gram) "
                                                             "speculation of N tokens (0: skip)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default; 1 is steadier on a busy "
+    threads: int = field(default=0, metadata={**check(ge=0),
+                                              "help": "torch CPU threads (0: torch's default; 1 is steadier on a busy "
                                                       "shared CPU)"})
-    repeat: int = field(default=1, metadata={"help": "rounds, each running every method once in order; a line shows "
+    repeat: int = field(default=1, metadata={**check(ge=1),
+                                             "help": "rounds, each running every method once in order; a line shows "
                                                      "the median time, each run's and each round's ratio to the "
                                                      "first method (a shared machine's neighbours come and go)"})
     quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metaaligner.cli import deprecated_aliases
+from metaaligner.cli import check, deprecated_aliases
 
 log = logging.getLogger("build_aligner_dataset")
 WARMUP_NOTES = {
@@ -64,7 +64,7 @@ class BuildConfig:
         "help": "dataset config: hh-rlhf, ultrafeedback, imhi, or a YAML path (template + objectives in score order)",
         **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seeds the aspect shuffles, the split and the item order"})
-    val_size: float = field(default=0.1, metadata={
+    val_size: float = field(default=0.1, metadata={**check(ge=0.0),
         "help": "validation prompts: a fraction (< 1) or a number (>= 1) of distinct prompts"})
     template: str | None = field(default=None, metadata={
         "help": "override the config's template (hh-rlhf, ultrafeedback, imhi, paper, or a YAML file)"})
@@ -74,11 +74,12 @@ class BuildConfig:
                                         metadata={"help": "YAML/JSON of extra objectives key -> description"})
     add_objective: list[str] = field(default_factory=list, metadata={
         "help": "extra objective 'key=description' (repeatable)"})
-    tie_tolerance: float = field(default=0.0, metadata={"help": "|chosen - rejected| <= this counts as equal"})
+    tie_tolerance: float = field(default=0.0, metadata={**check(ge=0.0),
+                                                        "help": "|chosen - rejected| <= this counts as equal"})
     keep_identical_pairs: bool = field(default=False, metadata={
         "help": "keep pairs whose chosen and rejected texts are identical but scored differently (the released "
                 "scripts did; their items' target equals the input); default: drop and count them"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N input rows"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "use only the first N input rows"})
     warmup: str = field(default="copy", metadata={
         "help": "copy: warmup/train.json of copy items (this project's reading of the paper's warm-up step); "
                 "unbeaten: copy items only for answers no pair of their question shows worse on some objective; "

@@ -22,13 +22,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 
 @dataclass
 class PrepareUltraFeedbackConfig:
     input: str = field(metadata={"help": "UltraFeedback records: a JSONL(.gz)/JSON/parquet file or folder of them, "
                                          "a datasets save_to_disk folder, or the hub name openbmb/UltraFeedback"})
     output_dir: str = field(metadata={"help": "folder for rewards.csv, test.csv and stats.json"})
-    test_size: int = field(default=15000, metadata={
+    test_size: int = field(default=15000, metadata={**check(ge=0),
         "help": "the last N records form the test set (the release's train[-15000:]); 0: all records train"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (--progress false to hide it)"})
 

@@ -25,6 +25,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 log = logging.getLogger("reward_labelling")
 
 
@@ -53,12 +55,15 @@ class RewardLabellingConfig:
     objective_group: str = field(default="hh-rlhf", metadata={
         "help": "objective group used to look up LLM-scored names (hh-rlhf, ultrafeedback, imhi)"})
     batch_size: int = field(default=16,
-                            metadata={"help": "sequences per forward pass (length-sorted, padded per batch)"})
-    chunk_size: int = field(default=512, metadata={"help": "rows scored between checkpoints (--resume granularity)"})
-    max_length: int = field(default=1024, metadata={
+                            metadata={**check(ge=1),
+                                      "help": "sequences per forward pass (length-sorted, padded per batch)"})
+    chunk_size: int = field(default=512, metadata={**check(ge=1),
+                                                   "help": "rows scored between checkpoints (--resume granularity)"})
+    max_length: int = field(default=1024, metadata={**check(ge=1),
         "help": "max tokens per scorer input (capped by the tokenizer's own limit); longer transcripts are dropped"})
-    min_tokens: int = field(default=8, metadata={"help": "transcripts shorter than this many tokens are dropped"})
-    round: int = field(default=1, metadata={
+    min_tokens: int = field(default=8, metadata={**check(ge=0),
+                                                 "help": "transcripts shorter than this many tokens are dropped"})
+    round: int = field(default=1, metadata={**check(ge=0, also=(-1,)),
         "help": "round raw scores to this many decimals before normalising (released behaviour; -1: off)"})
     normalize: bool = field(default=True, metadata={"help": "z-score each reward over chosen + rejected"})
     chat_template: str = field(default="auto", metadata={
@@ -67,9 +72,9 @@ class RewardLabellingConfig:
                                metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if any)"})
     dtype: str | None = field(default=None,
                               metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU)"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N input rows"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "score only the first N input rows"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its shard checkpoints"})
-    shard_timeout_s: float = field(default=7200.0, metadata={
+    shard_timeout_s: float = field(default=7200.0, metadata={**check(gt=0.0),
         "help": "multi-process: how long rank 0 waits for the other ranks' shards"})
 
 

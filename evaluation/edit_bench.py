@@ -23,6 +23,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 DEFAULT_SYSTEMS = ("copy,aligner=metaaligner/data/demo_aligner,aligner raw=metaaligner/data/demo_aligner:raw,"
                    "base=embedded")
 
@@ -36,11 +38,12 @@ class EditBenchConfig:
                 "untrained SmolLM2 base, or a hub name; ':raw' after it turns the degeneration guard off)"})
     subject: str = field(default="aligner", metadata={
         "help": "the system the matrix, the examples and the paired tests are about"})
-    rows: int = field(default=48, metadata={"help": "held-out answers (a seeded sample of the test split)"})
+    rows: int = field(default=48, metadata={**check(ge=1),
+                                            "help": "held-out answers (a seeded sample of the test split)"})
     seed: int = field(default=0, metadata={"help": "seeds the row sample, the damages and the bootstrap"})
-    max_new_tokens: int = field(default=96, metadata={"help": "generation budget per output (greedy)"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
-    max_words: int = field(default=45, metadata={"help": "longest answer and query used, in words"})
+    max_new_tokens: int = field(default=96, metadata={**check(ge=1), "help": "generation budget per output (greedy)"})
+    batch_size: int = field(default=16, metadata={**check(ge=1), "help": "generation batch size"})
+    max_words: int = field(default=45, metadata={**check(ge=1), "help": "longest answer and query used, in words"})
     template: str = field(default="hh-rlhf", metadata={
         "help": "prompt template of systems whose folder names none (the untrained base)"})
     png: str | None = field(default=None, metadata={"help": "also save the plot here (e.g. docs/edit_bench.png)"})

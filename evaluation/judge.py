@@ -80,32 +80,43 @@ class JudgeConfig:
                                                              "profile's (clean: gpt-4, paper: gpt-4-turbo-preview); "
                                                              "'probe' = the offline probe judge "
                                                              "(metaaligner/judge/probe.py, no server)"})
-    concurrency: int = field(default=8, metadata={"help": "requests in flight (1 = the released sequential loop)"})
+    concurrency: int = field(default=8, metadata={**cli.check(ge=1),
+                                                  "help": "requests in flight (1 = the released sequential loop)"})
     seed: int = field(default=0, metadata={"help": "seed of the per-row candidate position and of the request"})
-    temperature: float = field(default=None, metadata={"help": "judge sampling temperature; default: the profile's "
+    temperature: float = field(default=None, metadata={**cli.check(ge=0.0),
+                                                       "help": "judge sampling temperature; default: the profile's "
                                                                "(clean: 0; paper: not sent)"})
-    max_tokens: int = field(default=0, metadata={"help": "reply token limit; 0 = the profile's (clean: the prompt "
+    max_tokens: int = field(default=0, metadata={**cli.check(ge=0),
+                                                 "help": "reply token limit; 0 = the profile's (clean: the prompt "
                                                          "set's; paper: not sent)"})
-    both_orders: bool = field(default=False, metadata={"help": "judge each pair in both positions; a win needs "
+    both_orders: bool = field(default=False, metadata={**cli.check(not_with={"mode": ("rating",)}),
+                                                       "help": "judge each pair in both positions; a win needs "
                                                                "both orders to agree (MT-Bench convention)"})
     dry_run: bool = field(default=False, metadata={"help": "print the calls and a cost estimate; call nothing"})
     resume: bool = field(default=False, metadata={"help": "keep rows already written by an interrupted run (only one "
                                                           "with the same judge, objectives and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "judge into an --output_dir that holds another judge's "
                                                              "run or outputs made with other settings"})
-    limit: int = field(default=0, metadata={"help": "judge only the first N rows of each file (0 = all)"})
+    limit: int = field(default=0, metadata={**cli.check(ge=0),
+                                            "help": "judge only the first N rows of each file (0 = all)"})
     max_cost: float = field(default=0.0,
-                            metadata={"help": "stop cleanly before spending more USD than this (0 = no limit)"})
+                            metadata={**cli.check(ge=0.0),
+                                      "help": "stop cleanly before spending more USD than this (0 = no limit)"})
     price_per_1k_input: float = field(default=-1.0,
-                                      metadata={"help": "USD per 1k prompt tokens; -1 = registry default"})
+                                      metadata={**cli.check(ge=0.0, also=(-1.0,)),
+                                                "help": "USD per 1k prompt tokens; -1 = registry default"})
     price_per_1k_output: float = field(default=-1.0,
-                                       metadata={"help": "USD per 1k reply tokens; -1 = registry default"})
+                                       metadata={**cli.check(ge=0.0, also=(-1.0,)),
+                                                 "help": "USD per 1k reply tokens; -1 = registry default"})
     max_retries: int = field(default=6,
-                             metadata={"help": "client retries with exponential backoff on 429/5xx/timeouts"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds per request before it counts as timed out"})
+                             metadata={**cli.check(ge=0),
+                                       "help": "client retries with exponential backoff on 429/5xx/timeouts"})
+    timeout: float = field(default=60.0, metadata={**cli.check(gt=0.0),
+                                                   "help": "seconds per request before it counts as timed out"})
     cache: bool = field(default=True, metadata={"help": "use the SQLite cache (--no_cache disables it)"})
     cache_path: str = field(default=None, metadata={"help": "cache file; default: <output_dir>/judge_cache.sqlite"})
-    max_failures: int = field(default=20, metadata={"help": "stop submitting after this many calls failed for good"})
+    max_failures: int = field(default=20, metadata={**cli.check(ge=1),
+                                                    "help": "stop submitting after this many calls failed for good"})
     controls: bool = field(default=False, metadata={"help": "also judge the control answers ('.', a refusal, the "
                                                             "first half, the answer twice) against the original "
                                                             "answers: 4 more calls per row and objective (default: "
@@ -150,16 +161,13 @@ def control_lines(result) -> list[str]:
 
 
 def main(config: JudgeConfig) -> None:
-    import logging
-
     from metaaligner.errors import MetaAlignerError
     from metaaligner.judge import judge_outputs
     from metaaligner.judge.runner import format_dry_run
 
     if not config.input or not config.output_dir:
         raise MetaAlignerError("--input and --output_dir are required")
-    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cli.quiet_http_logs()  # also when main() is called without run_main
     result = judge_outputs(
         config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
         dataset=config.dataset or None, mode=config.mode, judge_prompt=config.judge_prompt or None,

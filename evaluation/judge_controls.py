@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 
 @dataclass
 class ControlsConfig:
@@ -23,9 +25,10 @@ class ControlsConfig:
     input: str = field(default=None, metadata={"help": "aligner output CSV instead of the held-out pairs"})
     answer_column: str = field(default="origin_responses", metadata={"help": "--input's answer column"})
     query_column: str = field(default="query", metadata={"help": "--input's query column"})
-    n_rows: int = field(default=100, metadata={"help": "rows sampled (seeded; 0 = all)"})
+    n_rows: int = field(default=100, metadata={**check(ge=0), "help": "rows sampled (seeded; 0 = all)"})
     seed: int = field(default=0, metadata={"help": "row sample seed"})
-    torch_threads: int = field(default=1, metadata={"help": "CPU threads (1 is fastest on a busy shared CPU)"})
+    torch_threads: int = field(default=1, metadata={**check(ge=1),
+                                                    "help": "CPU threads (1 is fastest on a busy shared CPU)"})
 
 
 def sample(items: list, n: int, seed: int) -> list:

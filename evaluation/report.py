@@ -48,7 +48,8 @@ class ReportConfig:
         "help": "metric(s), comma-separated, side by side in Tables 2/3 (Figure 3 uses the first): "
                 "win_half_tie = (W+T/2)/N; win = W/N; win_plus_tie (alias paper) = (W+T)/(W+T+L) as the released "
                 "code counted; default: the --profile's, else win_half_tie"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
+    bootstrap: int = field(default=1000, metadata={**cli.check(ge=1),
+                                                   "help": "bootstrap resamples for the 95% intervals"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
     training_logs: str = field(default=None, metadata={"help": "method=path pairs, comma-separated: a training "
                                                                "log JSONL or a training output folder "

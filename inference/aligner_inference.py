@@ -28,7 +28,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from metaaligner import cli
 
@@ -41,7 +40,7 @@ class AlignerInferenceConfig:
     data_dir: str = field(default=None, metadata={"help": "policy outputs: a CSV/CSV.gz/JSONL file or a folder of them (default: the --dataset config's samples folder)"})
     aligned_model: str = field(default=None, metadata={"help": "policy to align: file stem (or IMHI folder) in --data_dir; default: every table there"})
     model_output_path: str = field(default="outputs/aligned", metadata={"help": "output folder: <model_output_path>/<policy>.csv"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
+    batch_size: int = field(default=16, metadata={**cli.check(ge=1), "help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
     aspects: str = field(default=None, metadata={"help": "comma-separated objective keys, in order (default: the --dataset config's objectives, else those in the aligner's metaaligner.json)"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
     template: str = field(default=None, metadata={"help": "prompt template: hh-rlhf | ultrafeedback | imhi | paper | aligner | a YAML file (default: metaaligner.json in the model folder, a known checkpoint's, then --dataset)"})
@@ -50,22 +49,22 @@ class AlignerInferenceConfig:
     answer_column: str = field(default=None, metadata={"help": "input column holding the policy's answer (default: the --dataset config's, else 'generated_text')"})
     goldens_column: str = field(default=None, metadata={"help": "input column holding the golden answer, optional (default: the --dataset config's, else 'goldens')"})
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
-    limit: int = field(default=None, metadata={"help": "align only the first N rows of each file"})
-    iterations: int = field(default=1, metadata={"help": "iterative alignment: feed the aligned answer back K times"})
+    limit: int = field(default=None, metadata={**cli.check(ge=1), "help": "align only the first N rows of each file"})
+    iterations: int = field(default=1, metadata={**cli.check(ge=1), "help": "iterative alignment: feed the aligned answer back K times"})
     guard: str = field(default="auto", metadata={"help": "degeneration guard: a looping output is trimmed to its first occurrence (a sentence repeating an earlier one verbatim or nearly, a word 4-gram 3+ times); an empty output, or one with under 3 words left, falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model (so a prompt that --long_prompts shorten would cut at run time is written whole)"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
     add_objective: list[str] = field(default_factory=list, metadata={"help": "inline objective 'key=Description: ...' (repeatable)", "action": "append"})
-    max_new_tokens: int = field(default=256, metadata={"help": "new tokens per aligned answer (the released script used 1024)"})
+    max_new_tokens: int = field(default=256, metadata={**cli.check(ge=1), "help": "new tokens per aligned answer (the released script used 1024)"})
     profile: str = field(default="clean", metadata={"help": "clean (ours) | paper (as the release ran: --decoding checkpoint --long_prompts whole --empty_cells nan); the three flags below override it one by one"})
     decoding: str = field(default=None, metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the aligner folder's generation_config.json, exactly as a bare model.generate applies it; sampled configs seeded by --seed). Default: the --profile's (clean: greedy, paper: checkpoint)"})
     long_prompts: str = field(default=None, metadata={"help": "a prompt longer than the context minus --max_new_tokens: shorten (cut the answer, then the question, in the middle, keeping the instruction, the objectives and the 'Edit:' cue; counted in the summary) | whole (fed whole, as released). Default: the --profile's (clean: shorten, paper: whole)"})
     empty_cells: str = field(default=None, metadata={"help": "an empty answer (or question) cell in the prompt: empty (sent as '') | nan (sent as 'nan', as the release's str() of pandas' NaN did; also cells pandas reads as NaN such as 'NA', 'None'). Default: the --profile's (clean: empty, paper: nan)"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples (--decoding greedy only)"})
+    temperature: float = field(default=0.0, metadata={**cli.check(ge=0.0), "help": "0 = greedy; > 0 samples (--decoding greedy only)"})
     seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0, or a checkpoint whose generation config samples)"})
-    base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: OPENAI_API_KEY env)"})
+    base_url: str = field(default=None, metadata={**cli.check(only_with={"backend": ("openai", "auto")}), "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (key: OPENAI_API_KEY env)"})
     device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' to spread a large aligner over several GPUs"})
@@ -124,7 +123,7 @@ def main(config: AlignerInferenceConfig) -> None:
     )
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
-    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.registry.datasets import find_data, load_dataset_config
     from metaaligner.registry.objectives import build_registry
 
     start = time.time()
@@ -142,7 +141,7 @@ def main(config: AlignerInferenceConfig) -> None:
     if data_dir is None:
         if not (dataset and dataset.samples):
             raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER or --dataset NAME")
-        data_dir = str(REPO_ROOT / dataset.samples) if not Path(dataset.samples).is_absolute() else dataset.samples
+        data_dir = str(find_data(dataset.samples, f"samples folder of --dataset {dataset.name}"))  # not beside an installed package
     if config.iterations < 1:
         raise MetaAlignerError(f"--iterations must be >= 1, got {config.iterations}")
     if config.limit is not None and config.limit < 1:

@@ -53,21 +53,21 @@ class PolicyGenerationConfig:
     goldens_column: str = field(default="goldens", metadata={"help": "column holding the golden answer, copied to 'goldens' (optional)"})
     queries_dir: str = field(default=None, metadata={"help": "for files without a query column (released IMHI outputs): folder of <task>.csv with query + gpt-3.5-turbo to join by row"})
     dataset: str = field(default=None, metadata={"help": "dataset config (hh-rlhf | ultrafeedback | imhi | path.yaml): its columns and samples folder"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
+    batch_size: int = field(default=16, metadata={**cli.check(ge=1), "help": "prompts per generate call (hf, vllm); concurrent requests (openai)"})
     backend: str = field(default="auto", metadata={"help": "hf | vllm | openai | auto (openai with --base_url, vllm if installed with a GPU, else hf)"})
     chat_template: bool = field(default=True, metadata={"help": "wrap each query in the model's chat template (openai: /v1/chat/completions); --chat_template false for raw completion"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --model"})
-    limit: int = field(default=None, metadata={"help": "answer only the first N queries of each file"})
+    limit: int = field(default=None, metadata={**cli.check(ge=1), "help": "answer only the first N queries of each file"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
     dry_run: bool = field(default=False, metadata={"help": "write <output>.prompts.jsonl with the queries that would be sent; load no model"})
-    max_new_tokens: int = field(default=256, metadata={"help": "new tokens per answer"})
+    max_new_tokens: int = field(default=256, metadata={**cli.check(ge=1), "help": "new tokens per answer"})
     profile: str = field(default="clean", metadata={"help": "clean (ours) | paper (as the released generators ran: --decoding checkpoint --long_prompts whole); the two flags below override it one by one"})
     decoding: str = field(default=None, metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the model folder's generation_config.json, exactly as a bare model.generate applies it; sampled configs seeded by --seed). Default: the --profile's (clean: greedy, paper: checkpoint)"})
     long_prompts: str = field(default=None, metadata={"help": "a prompt longer than the context minus --max_new_tokens: shorten (cut the query, with --self_refine the answer first, in the middle; counted in the summary) | whole (fed whole, as released). Default: the --profile's (clean: shorten, paper: whole)"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples (--decoding greedy only)"})
+    temperature: float = field(default=0.0, metadata={**cli.check(ge=0.0), "help": "0 = greedy; > 0 samples (--decoding greedy only)"})
     seed: int = field(default=0, metadata={"help": "sampling seed (temperature > 0, or a checkpoint whose generation config samples)"})
-    base_url: str = field(default=None, metadata={"help": "OpenAI-compatible endpoint (key: OPENAI_API_KEY env)"})
+    base_url: str = field(default=None, metadata={**cli.check(only_with={"backend": ("openai", "auto")}), "help": "OpenAI-compatible endpoint (key: OPENAI_API_KEY env)"})
     device: str = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' for several GPUs"})
@@ -107,7 +107,7 @@ def main(config: PolicyGenerationConfig) -> None:
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
     from metaaligner.models import EMBEDDED_NAMES
-    from metaaligner.registry.datasets import REPO_ROOT, load_dataset_config
+    from metaaligner.registry.datasets import find_data, load_dataset_config
 
     start = time.time()
     dataset = load_dataset_config(config.dataset) if config.dataset else None
@@ -115,7 +115,8 @@ def main(config: PolicyGenerationConfig) -> None:
     if dataset:
         query_column = dataset.columns.get("query", query_column) if query_column == "query" else query_column
         goldens_column = dataset.columns.get("goldens", goldens_column) if goldens_column == "goldens" else goldens_column
-    data_dir = config.data_dir or (str(REPO_ROOT / dataset.samples) if dataset and dataset.samples else None)
+    data_dir = config.data_dir or (str(find_data(dataset.samples, f"samples folder of --dataset {dataset.name}"))
+                                   if dataset and dataset.samples else None)  # not beside an installed package
     if not data_dir:
         raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER (or --dataset NAME)")
     embedded = config.model is None or str(config.model).strip().lower() in EMBEDDED_NAMES

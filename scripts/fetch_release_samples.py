@@ -56,8 +56,10 @@ class FetchReleaseSamplesConfig:
                                                                 "present; none: keep IMHI tables as released"})
     manifest: str = field(default=None, metadata={"help": "manifest TSV (path, git_blob_sha1, size_bytes); "
                                                           "default: the one shipped in metaaligner/data/release/"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds without data before a download is given up"})
-    retries: int = field(default=2, metadata={"help": "extra tries of a download cut short or refused by a busy "
+    timeout: float = field(default=60.0, metadata={**cli.check(gt=0.0),
+                                                   "help": "seconds without data before a download is given up"})
+    retries: int = field(default=2, metadata={**cli.check(ge=0),
+                                              "help": "extra tries of a download cut short or refused by a busy "
                                                       "server (a hash mismatch or a 4xx is never retried)"})
 
 

@@ -509,3 +509,157 @@ def test_every_http_client_logger_is_quiet_after_one_call(monkeypatch):
         root.removeHandler(handler)
         root.setLevel(old_level)
     assert records == ["httpx2: retrying", "aligner_inference: key ***"]
+
+
+# ============================================================================= 3. every flag checked first
+
+ENTRY_SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("*/**/*.py")
+                       if p.parts[len(REPO.parts)] not in ("tests", "metaaligner") and "def make_parser" in p.read_text()
+                       and "cli" in p.read_text())
+
+
+def _dataclass_fields(script: str):
+    import dataclasses
+
+    parser = load_script(script).make_parser()
+    for kind in getattr(parser, "dataclass_types", []):
+        for f in dataclasses.fields(kind):
+            yield kind, f
+
+
+def _numeric(f) -> bool:
+    kind = str(f.type)
+    return any(kind.startswith(t) for t in ("int", "float")) and "bool" not in kind
+
+
+def test_every_numeric_flag_of_every_stage_declares_its_rule():
+    """The class, not the examples: each int/float flag of each stage script names its range next to its
+    help text (seeds take any integer)."""
+    assert len(ENTRY_SCRIPTS) >= 25
+    missing = [f"{script}: --{f.name}" for script in ENTRY_SCRIPTS for _, f in _dataclass_fields(script)
+               if _numeric(f) and f.name != "seed" and cli.CHECK_KEY not in f.metadata]
+    assert missing == []
+
+
+def _outside(rule) -> float | None:
+    """A value just outside the rule's range (and not one of its extra values)."""
+    if rule.ge is not None:
+        step = 1 if isinstance(rule.ge, int) else 0.5
+        return next(rule.ge - k * step for k in (1, 2, 3) if rule.ge - k * step not in rule.also)
+    if rule.gt is not None:
+        return rule.gt
+    if rule.le is not None:
+        return rule.le + 0.5
+    if rule.lt is not None:
+        return rule.lt
+    return None
+
+
+def _required(script: str) -> list[str]:
+    import dataclasses
+
+    return [a for _, f in _dataclass_fields(script) if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING for a in (f"--{f.name}", "x")]
+
+
+RANGE_RULES = sorted({(script, f.name) for script in ENTRY_SCRIPTS for _, f in _dataclass_fields(script)
+                      if cli.CHECK_KEY in f.metadata and _outside(f.metadata[cli.CHECK_KEY]) is not None})
+
+
+@pytest.mark.parametrize("script, name", RANGE_RULES)
+def test_each_range_rule_refuses_a_value_outside_it_in_one_line(script, name, capsys):
+    rule = next(f.metadata[cli.CHECK_KEY] for _, f in _dataclass_fields(script) if f.name == name)
+    value = _outside(rule)
+    with pytest.raises(SystemExit) as exc:
+        cli.parse(load_script(script).make_parser(), [*_required(script), f"--{name}", str(value)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --{name} must be {rule.range_text()}, got {value!r}\n"
+    # the boundary itself is accepted, and --help shows the rule next to the flag
+    bound = next(v for v in (rule.ge, rule.le) if v is not None) if (rule.ge, rule.le) != (None, None) else None
+    if bound is not None:
+        cli.parse(load_script(script).make_parser(), [*_required(script), f"--{name}", str(bound)])
+    assert f"[{rule.describe()}]" in " ".join(load_script(script).make_parser().format_help().split())
+
+
+@pytest.mark.parametrize("script, argv, line", [
+    ("inference/aligner_inference.py", ["--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+    ("inference/aligner_inference.py", ["--max_new_tokens", "-5"], "--max_new_tokens must be >= 1, got -5"),
+    ("inference/aligner_inference.py", ["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    ("inference/aligner_inference.py", ["--batch_size", "-2"], "--batch_size must be >= 1, got -2"),
+    ("inference/aligner_inference.py", ["--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+    ("inference/aligner_inference.py", ["--limit", "0"], "--limit must be >= 1, got 0"),
+    ("inference/aligner_inference.py", ["--backend", "hf", "--base_url", "http://127.0.0.1:9/v1"],
+     "--base_url needs --backend openai or auto (got --backend hf): it would be ignored"),
+    ("inference/policy_generation.py", ["--backend", "vllm", "--base_url", "http://127.0.0.1:9/v1"],
+     "--base_url needs --backend openai or auto (got --backend vllm): it would be ignored"),
+    ("evaluation/judge.py", ["--concurrency", "0"], "--concurrency must be >= 1, got 0"),
+    ("evaluation/judge.py", ["--limit", "-1"], "--limit must be >= 0, got -1"),
+    ("evaluation/judge.py", ["--max_cost", "-1"], "--max_cost must be >= 0, got -1.0"),
+    ("evaluation/judge.py", ["--mode", "rating", "--both_orders"], "--both_orders does not go with --mode rating"),
+    ("evaluation/judge.py", ["--timeout", "0"], "--timeout must be > 0, got 0.0"),
+    ("evaluation/judge.py", ["--max_retries", "-1"], "--max_retries must be >= 0, got -1"),
+    ("evaluation/judge.py", ["--price_per_1k_input", "-2"], "--price_per_1k_input must be >= 0, or -1.0, got -2.0"),
+    ("dynamic_multi_objective_dataset/build_aligner_dataset.py", ["--tie_tolerance", "-1"],
+     "--tie_tolerance must be >= 0, got -1.0"),
+    ("evaluation/report.py", ["--bootstrap", "0"], "--bootstrap must be >= 1, got 0"),
+])
+def test_the_issues_flags_are_refused_before_work_starts(script, argv, line, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse(load_script(script).make_parser(), [*_required(script), *argv])
+    assert exc.value.code == 2 and capsys.readouterr().err == f"error: {line}\n"
+
+
+def test_pairs_pass_when_they_agree_and_configs_built_in_python_are_checked_too(tmp_path, capsys):
+    ai = load_script("inference/aligner_inference.py")
+    cli.parse(ai.make_parser(), ["--backend", "openai", "--base_url", "http://127.0.0.1:9/v1"])
+    cli.parse(ai.make_parser(), ["--base_url", "http://127.0.0.1:9/v1"])  # auto picks openai
+    judge = load_script("evaluation/judge.py")
+    cli.parse(judge.make_parser(), ["--both_orders"])
+    config = judge.JudgeConfig(input=str(judge_inputs(tmp_path / "pol.csv", 1)), output_dir=str(tmp_path / "out"),
+                               concurrency=0, judge_model="j", dry_run=True, dataset="hh-rlhf")
+    code, err = run_cli(judge.main, config, capsys)
+    assert code == 2 and one_error_line(err) == "error: --concurrency must be >= 1, got 0"
+    assert not (tmp_path / "out").exists()
+
+
+# ============================================================================= 6. installed, not only checked out
+
+@pytest.mark.slow
+def test_the_readme_main_job_runs_from_an_installed_package(tmp_path):
+    """The package as a plain `pip install .` lays it out (a copy in site-packages, no samples beside it):
+    from inside the checkout the shipped config finds samples/ in the working tree; from elsewhere it
+    finds them through $METAALIGNER_DATA, or says in one line how to get them."""
+    import shutil
+
+    from metaaligner.registry.datasets import DATA_ENV
+
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    shutil.copytree(REPO / "metaaligner", site / "metaaligner", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in CHILD_ENV.items() if k != DATA_ENV} | {"PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import metaaligner; print(metaaligner.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert where.stdout.strip() == str(site / "metaaligner" / "__init__.py"), where.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def main_job(cwd: Path, *extra: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "inference/aligner_inference.py"), "--dataset", "hh-rlhf",
+                               "--aligned_model", "Claude-3", "--limit", "2", "--max_new_tokens", "4", *extra],
+                              cwd=cwd, env={**env, **more_env}, capture_output=True, text=True, timeout=1200)
+
+    out = tmp_path / "aligned"
+    proc = main_job(REPO, "--model_output_path", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_records(out / "Claude-3.csv")
+    claude = read_records(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz")
+    assert [r["query"] for r in rows] == [r["query"] for r in claude[:2]] and all(r["aligned_responses"] for r in rows)
+    proc = main_job(elsewhere, "--dry_run", "--model_output_path", str(tmp_path / "dry"))
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2 and line.startswith(
+        "error: samples/HH-RLHF_model_output: no such samples folder of --dataset hh-rlhf under $METAALIGNER_DATA "
+        f"(unset), the current folder ({elsewhere.resolve()}) or its parents, or {site}; the "
+        "samples ship with the repository, not the installed package: run from a checkout, set METAALIGNER_DATA")
+    proc = main_job(elsewhere, "--dry_run", "--model_output_path", str(tmp_path / "dry"), **{DATA_ENV: str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(read_records(tmp_path / "dry" / "Claude-3.prompts.jsonl")) == 2

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 
 @dataclass
 class DemoDataConfig:
@@ -30,15 +32,19 @@ class DemoDataConfig:
     output: str = field(metadata={"help": "output CSV"})
     input: str = field(default="samples/hh-rlhf-harmless-base/harmless-base-test.jsonl.gz", metadata={
         "help": "slice: HH-RLHF JSONL(.gz) transcripts; merge: the reward_labelling.py CSV"})
-    n_pairs: int = field(default=300, metadata={"help": "slice: pairs to keep (seeded sample, input order kept)"})
+    n_pairs: int = field(default=300, metadata={**check(ge=1),
+                                                "help": "slice: pairs to keep (seeded sample, input order kept)"})
     max_prompt_tokens: int = field(default=96,
-                                   metadata={"help": "slice: longest prompt (transcript up to the last Assistant:)"})
-    max_response_tokens: int = field(default=64, metadata={"help": "slice: longest chosen/rejected response"})
+                                   metadata={**check(ge=1),
+                                             "help": "slice: longest prompt (transcript up to the last Assistant:)"})
+    max_response_tokens: int = field(default=64, metadata={**check(ge=1),
+                                                           "help": "slice: longest chosen/rejected response"})
     seed: int = field(default=0, metadata={"help": "slice: sampling seed"})
     model: str | None = field(default=None,
                               metadata={"help": "tokenizer for the token limits (default: embedded SmolLM2)"})
-    draws: int = field(default=2, metadata={"help": "edit_pairs: pair kinds drawn per clean answer"})
-    max_words: int = field(default=45, metadata={"help": "edit_pairs: longest answer and query, in words"})
+    draws: int = field(default=2, metadata={**check(ge=1), "help": "edit_pairs: pair kinds drawn per clean answer"})
+    max_words: int = field(default=45, metadata={**check(ge=1),
+                                                 "help": "edit_pairs: longest answer and query, in words"})
     exclude_edit_test: bool = field(default=False, metadata={
         "help": "slice: leave out prompts of the edit bench's test split (metaaligner.editbench.data.is_test_query)"})
     exclude_heldout: str | None = field(default=None, metadata={

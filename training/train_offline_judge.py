@@ -21,6 +21,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from metaaligner.cli import check
+
 
 @dataclass
 class JudgeConfig:
@@ -33,13 +35,17 @@ class JudgeConfig:
     layers: str = field(default="3,6", metadata={"help": "comma-separated hidden-state layers to try"})
     l2: str = field(default="0.001,0.01,0.1", metadata={"help": "comma-separated L2 strengths to try"})
     max_train_pairs: int = field(default=900,
-                                 metadata={"help": "use at most N training pairs (seeded sample; 0: all; 900 fits a "
+                                 metadata={**check(ge=0),
+                                           "help": "use at most N training pairs (seeded sample; 0: all; 900 fits a "
                                                    "busy 2-core CPU); the held-out side is never cut"})
-    test_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out from all training"})
-    max_tokens: int = field(default=64, metadata={"help": "tokens per (prompt tail + response)"})
-    max_response_tokens: int = field(default=48, metadata={"help": "response tokens kept (from its start)"})
-    batch_size: int = field(default=16, metadata={"help": "feature batch size"})
-    torch_threads: int = field(default=1, metadata={"help": "CPU threads (1 is fastest on a busy shared CPU)"})
+    test_fraction: float = field(default=0.2, metadata={**check(gt=0.0, lt=1.0),
+                                                        "help": "share of prompts held out from all training"})
+    max_tokens: int = field(default=64, metadata={**check(ge=1), "help": "tokens per (prompt tail + response)"})
+    max_response_tokens: int = field(default=48, metadata={**check(ge=1),
+                                                           "help": "response tokens kept (from its start)"})
+    batch_size: int = field(default=16, metadata={**check(ge=1), "help": "feature batch size"})
+    torch_threads: int = field(default=1, metadata={**check(ge=1),
+                                                    "help": "CPU threads (1 is fastest on a busy shared CPU)"})
     seed: int = field(default=0, metadata={"help": "split and cross-validation seed"})
     model: str = field(default="", metadata={"help": "feature model folder (default: the embedded SmolLM2-135M)"})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 from metaaligner.training.dpo import DPOTrainConfig
 
 
@@ -33,7 +33,8 @@ class TrainCDPOConfig:
     ref_model_path: str | None = field(default=None, metadata={
         "help": "reference model (default: the starting model itself)"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N training pairs (smoke tests)"})
+    limit: int | None = field(default=None, metadata={**check(ge=1),
+                                                      "help": "only the first N training pairs (smoke tests)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
 
 

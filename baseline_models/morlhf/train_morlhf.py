@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 from metaaligner.training.morlhf import MORLHFTrainConfig
 
 
@@ -36,7 +36,7 @@ class TrainMORLHFConfig:
     weights: str | None = field(default=None, metadata={
         "help": "comma-separated weights, one per reward model (default: uniform 1/n)"})
     prompt_column: str = field(default="prompt", metadata={"help": "column of --input holding the prompts"})
-    limit: int | None = field(default=None, metadata={"help": "only N prompts (seeded choice)"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only N prompts (seeded choice)"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (paper: r=64, alpha=128)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
 

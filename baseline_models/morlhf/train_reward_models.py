@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, parse, run_main, split_csv
+from metaaligner.cli import check, deprecated_aliases, make_parser as _make_parser, parse, run_main, split_csv
 from metaaligner.training.reward_model import RewardModelTrainConfig
 
 
@@ -29,8 +29,9 @@ class TrainRewardModelsConfig:
     base_model: str = field(default="embedded", metadata={
         "help": "sequence-classification base (folder or hub name; 'embedded' = SmolLM2 with a fresh scalar head)"})
     objectives: str | None = field(default=None, metadata={"help": "comma-separated objective keys (default: all)"})
-    val_size: float = field(default=0.1, metadata={"help": "validation share of pairs (<1) or number (>=1)"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N pairs of the input"})
+    val_size: float = field(default=0.1, metadata={**check(ge=0.0),
+                                                   "help": "validation share of pairs (<1) or number (>=1)"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N pairs of the input"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged into the saved model)"})
     resume: bool = field(default=False, metadata={"help": "continue each model from its last checkpoint"})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -22,7 +22,7 @@ class MakePairsConfig:
     input: str = field(metadata={"help": "HH-RLHF JSONL(.gz) of chosen/rejected transcripts, or a rewards CSV "
                                          "with prompt, chosen_response, rejected_response"})
     output: str = field(metadata={"help": "output JSONL of prompt, chosen, rejected"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N input rows"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N input rows"})
 
 
 def make_parser():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -30,14 +30,17 @@ class SelectTokensConfig:
     oracle: str = field(metadata={"help": "DPO-trained oracle (model folder or LoRA adapter folder)"})
     reference: str = field(metadata={"help": "the oracle's reference: its SFT starting point ('embedded' allowed)"})
     output: str = field(metadata={"help": "output JSONL of pairs with token rewards and selected positions"})
-    ratio: float = field(default=0.3, metadata={"help": "share k of tokens kept per response: floor(k * N)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass (length-sorted batches)"})
-    max_length: int = field(default=1024, metadata={"help": "max tokens of prompt + response; longer responses are "
+    ratio: float = field(default=0.3, metadata={**check(gt=0.0, le=1.0),
+                                                "help": "share k of tokens kept per response: floor(k * N)"})
+    batch_size: int = field(default=16, metadata={**check(ge=1),
+                                                  "help": "sequences per forward pass (length-sorted batches)"})
+    max_length: int = field(default=1024, metadata={**check(ge=1),
+                                                    "help": "max tokens of prompt + response; longer responses are "
                                                              "cut at the end (use the oracle's DPO max_length)"})
     add_eos: bool = field(default=True, metadata={"help": "append EOS to each response before scoring (as TRL's DPO)"})
     dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bf16 on GPU), float32, bfloat16, "
                                                          "float16"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N pairs"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N pairs"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its partial files"})
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -27,15 +27,15 @@ class SePOInferenceConfig:
                                                                      "no generated_text (e.g. the SFT start)"})
     backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, auto"})
     prompt_template: str = field(default="{query}", metadata={"help": "prompt built from each query"})
-    max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
+    max_new_tokens: int = field(default=256, metadata={**check(ge=1), "help": "max tokens per answer"})
     decoding: str = field(default="greedy", metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | "
                                                              "checkpoint (the model folder's generation_config.json, "
                                                              "as a bare model.generate applies it; seeded by --seed)"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling p"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
+    temperature: float = field(default=0.0, metadata={**check(ge=0.0), "help": "0 = greedy"})
+    top_p: float = field(default=1.0, metadata={**check(gt=0.0, le=1.0), "help": "nucleus sampling p"})
+    batch_size: int = field(default=16, metadata={**check(ge=1), "help": "prompts per generation batch"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N queries"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N queries"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, "
                                                           "settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 from metaaligner.training.dpo import DPOTrainConfig
 
 
@@ -29,8 +29,10 @@ class TrainOracleConfig:
     model_name_or_path: str = field(default="embedded", metadata={"help": "the oracle's SFT starting point (= its "
                                                                         "reference); default the embedded SmolLM2"})
     eval_input: str | None = field(default=None, metadata={"help": "held-out pairs for evaluation"})
-    fraction: float = field(default=1.0, metadata={"help": "share of the input pairs to train on (random, seeded)"})
-    limit: int | None = field(default=None, metadata={"help": "at most N training pairs (after --fraction)"})
+    fraction: float = field(default=1.0, metadata={**check(gt=0.0, le=1.0),
+                                                   "help": "share of the input pairs to train on (random, seeded)"})
+    limit: int | None = field(default=None, metadata={**check(ge=1),
+                                                      "help": "at most N training pairs (after --fraction)"})
     ref_model_path: str | None = field(default=None, metadata={"help": "a reference other than the starting model"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (reference = base, adapter off)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 from metaaligner.training.sepo_trainer import SePOTrainConfig
 
 
@@ -31,10 +31,11 @@ class TrainPolicyConfig:
     output_dir: str = field(metadata={"help": "folder of the trained policy"})
     model_name_or_path: str = field(default="embedded", metadata={"help": "the policy's starting point (SFT model); "
                                                                         "default the embedded SmolLM2"})
-    ratio: float | None = field(default=None, metadata={"help": "re-select k from the stored rewards (default: use "
+    ratio: float | None = field(default=None, metadata={**check(gt=0.0, le=1.0),
+                                                        "help": "re-select k from the stored rewards (default: use "
                                                                 "the selection in the file)"})
     eval_input: str | None = field(default=None, metadata={"help": "held-out select_tokens.py output"})
-    limit: int | None = field(default=None, metadata={"help": "at most N training pairs"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "at most N training pairs"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
     log_path: str | None = field(default=None, metadata={"help": "JSONL log (default OUT/train_log.jsonl)"})

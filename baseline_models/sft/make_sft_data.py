@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import deprecated_aliases, make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, deprecated_aliases, make_parser as _make_parser, parse, run_main
 
 
 @dataclass
@@ -30,7 +30,8 @@ class MakeSFTDataConfig:
                                                               "or YAML path; gives objective names and score order",
                                                       **deprecated_aliases("--config", "--dataset_config")})
     seed: int = field(default=0, metadata={"help": "seed of the train/val split"})
-    val_size: float = field(default=0.1, metadata={"help": "validation share of pairs (<1) or number of pairs (>=1)"})
+    val_size: float = field(default=0.1, metadata={**check(ge=0.0),
+                                                   "help": "validation share of pairs (<1) or number of pairs (>=1)"})
 
 
 def make_parser():

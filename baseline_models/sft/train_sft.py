@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from metaaligner.cli import make_parser as _make_parser, parse, run_main
+from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 from metaaligner.training.sft import SFTStageConfig
 
 
@@ -28,7 +28,8 @@ class TrainSFTBaselineConfig:
     output_dir: str = field(metadata={"help": "folder for the trained model, baseline.json and train_log.jsonl"})
     model_name_or_path: str = field(default="embedded", metadata={
         "help": "starting causal LM (local folder or hub name; 'embedded' = SmolLM2-135M-Instruct)"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N training items (smoke tests)"})
+    limit: int | None = field(default=None, metadata={**check(ge=1),
+                                                      "help": "only the first N training items (smoke tests)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaaligner.cli import deprecated_aliases
+from metaaligner.cli import check, deprecated_aliases
 from metaaligner.errors import MetaAlignerError
 from metaaligner.io import OUTPUT_COLUMNS
 from metaaligner.methods.common import METADATA_FILE, read_metadata, write_metadata  # noqa: F401
@@ -53,21 +53,21 @@ class BaselineInferenceConfig:
     rewards_csv: str | None = field(default=None, metadata={
         "help": "stage-1 rewards CSV: default targets = its maximum normalised reward per objective"})
     backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, openai or auto"})
-    max_new_tokens: int = field(default=256, metadata={"help": "max tokens generated per response"})
+    max_new_tokens: int = field(default=256, metadata={**check(ge=1), "help": "max tokens generated per response"})
     decoding: str = field(default="greedy", metadata={
         "help": "greedy (argmax, or sampling with --temperature > 0) | checkpoint (the model folder's "
                 "generation_config.json, exactly as a bare model.generate applies it; seeded by --seed)"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling p"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
-    max_input_tokens: int | None = field(default=None, metadata={
+    temperature: float = field(default=0.0, metadata={**check(ge=0.0), "help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=1.0, metadata={**check(gt=0.0, le=1.0), "help": "nucleus sampling p"})
+    batch_size: int = field(default=16, metadata={**check(ge=1), "help": "prompts per generation batch"})
+    max_input_tokens: int | None = field(default=None, metadata={**check(ge=1),
         "help": "hf: cut longer prompts in the middle (their start and end kept)"})
     device: str | None = field(default=None, metadata={"help": "hf: cpu, cuda, ... (default: auto)"})
     dtype: str | None = field(default=None, metadata={"help": "hf: float32, bfloat16, float16 (default: by device)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     cut_next_turn: bool = field(default=True, metadata={
         "help": "cut a response where the model starts a new '\\nHuman:'/'\\nAssistant:' turn itself"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
+    limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N rows"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, "
                                                           "settings and inputs)"})
     overwrite: bool = field(default=False,

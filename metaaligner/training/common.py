@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import check, check_config
 from metaaligner.errors import MetaAlignerError
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -23,22 +24,25 @@ class TrainerConfigBase:
     fields after these. ``training_kwargs`` turns the config into keyword arguments of a
     ``TrainingArguments``-like class (``trl.DPOConfig``, ``trl.RewardConfig``, ...)."""
 
-    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (paper: 5e-7 for DPO/SePO)"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data"})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples per device per step"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    learning_rate: float = field(default=5e-7, metadata={**check(gt=0.0), "help": "Peak learning rate (paper: 5e-7 for DPO/SePO)"})
+    num_train_epochs: float = field(default=1.0, metadata={**check(gt=0.0), "help": "Epochs over the training data"})
+    max_steps: int = field(default=-1, metadata={**check(ge=1, also=(-1,)), "help": "Stop after this many optimizer steps (-1: use epochs)"})
+    per_device_train_batch_size: int = field(default=4, metadata={**check(ge=1), "help": "Examples per device per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={**check(ge=1), "help": "Micro-batches per optimizer step"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up"})
+    warmup_ratio: float = field(default=0.1, metadata={**check(ge=0.0, lt=1.0), "help": "Share of steps with linear warm-up"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory"})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps"})
-    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints"})
+    logging_steps: int = field(default=10, metadata={**check(ge=1), "help": "Log every N optimizer steps"})
+    save_steps: int = field(default=500, metadata={**check(ge=1), "help": "Checkpoint every N steps (for --resume)"})
+    save_total_limit: int = field(default=2, metadata={**check(ge=1), "help": "Keep at most this many checkpoints"})
     seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with --lora)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --lora)"})
+    lora_r: int = field(default=16, metadata={**check(ge=1), "help": "LoRA rank (with --lora)"})
+    lora_alpha: int = field(default=32, metadata={**check(ge=1), "help": "LoRA alpha (with --lora)"})
+    lora_dropout: float = field(default=0.05, metadata={**check(ge=0.0, lt=1.0), "help": "LoRA dropout (with --lora)"})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json)"})
+
+    def __post_init__(self):
+        check_config(self)  # every field's rule, also for configs built in Python (subclasses call super())
 
     def lora_targets(self) -> Any:
         """``lora_target_modules`` as PEFT wants it: ``"all-linear"`` or a list of names
@@ -84,10 +88,10 @@ class TrainerConfigBase:
 class PreferenceTrainConfigBase(TrainerConfigBase):
     """``TrainerConfigBase`` plus the fields of offline preference training on pairs (DPO, SePO)."""
 
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Pairs per device per eval step"})
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response (longer are cut at the end)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: once per epoch when eval pairs exist)"})
+    per_device_eval_batch_size: int = field(default=4, metadata={**check(ge=1), "help": "Pairs per device per eval step"})
+    max_length: int = field(default=1024, metadata={**check(ge=1), "help": "Max tokens of prompt + response (longer are cut at the end)"})
+    weight_decay: float = field(default=0.0, metadata={**check(ge=0.0), "help": "AdamW weight decay"})
+    eval_steps: int = field(default=0, metadata={**check(ge=0), "help": "Evaluate every N steps (0: once per epoch when eval pairs exist)"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules, comma-separated or all-linear"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
@@ -159,8 +163,10 @@ def make_jsonl_callback(path: str | Path, stage: str):
                       "tokens_seen": tokens,
                       "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 and tokens else None,
                       **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
+            from metaaligner.io import open_no_follow
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as fh:
+            with open_no_follow(self.path, "a") as fh:  # a planted link is refused, never followed
                 fh.write(json.dumps(record) + "\n")
 
     return JsonlLogCallback()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaaligner.cli import deprecated_aliases
+from metaaligner.cli import check, deprecated_aliases
 from metaaligner.errors import MetaAlignerError
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class CurriculumConfig:
     resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last checkpoint (weights, optimizer, scheduler, data position)."})
     template: str | None = field(default=None, metadata={"help": "Template recorded in metaaligner.json; default: the one in <data_dir>/stats.json."})
     dataset: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them.", **deprecated_aliases("--dataset_config", "--dataset-config")})
-    max_train_items: int = field(default=0, metadata={"help": "Use at most N training items per stage (seeded sample; 0: all)."})
-    max_eval_items: int = field(default=32, metadata={"help": "Evaluate each stage (once, at its end) on at most N validation items (seeded sample; 0: all). The cap keeps short runs short: a full val set took 30 s-4 min per stage on CPU."})
+    max_train_items: int = field(default=0, metadata={**check(ge=0), "help": "Use at most N training items per stage (seeded sample; 0: all)."})
+    max_eval_items: int = field(default=32, metadata={**check(ge=0), "help": "Evaluate each stage (once, at its end) on at most N validation items (seeded sample; 0: all). The cap keeps short runs short: a full val set took 30 s-4 min per stage on CPU."})
     stage_max_items: str | None = field(default=None, metadata={"help": "Per-stage caps on training items, e.g. 'warmup=100,contrastive=400' (others use --max_train_items)."})
     stage_max_steps: str | None = field(default=None, metadata={"help": "Per-stage step overrides, e.g. 'warmup=20,equal=20,contrastive=80' (others use --max_steps)."})
     no_eval: bool = field(default=False, metadata={"help": "Skip evaluation on no_equal/val.json."})

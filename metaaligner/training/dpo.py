@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import check
 from metaaligner.errors import MetaAlignerError
 from metaaligner.training.common import PreferenceTrainConfigBase, check_pairs
 
@@ -35,7 +36,8 @@ class DPOTrainConfig(PreferenceTrainConfigBase):
     ``to_trl`` turns it into a ``trl.DPOConfig``; a ``trl.DPOConfig`` may also be passed to
     ``train_dpo`` directly (its precision is still set by device)."""
 
-    beta: float = field(default=0.1, metadata={"help": "DPO beta: strength of the pull towards the reference model"})
+    beta: float = field(default=0.1, metadata={**check(gt=0.0),
+                                               "help": "DPO beta: strength of the pull towards the reference model"})
 
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (the released CDPO run: 0.9)"})
     adam_beta2: float = field(default=0.999, metadata={

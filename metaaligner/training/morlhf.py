@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from metaaligner.cli import check
 from metaaligner.errors import MetaAlignerError
 from metaaligner.methods.common import METADATA_FILE
 from metaaligner.training.common import TrainerConfigBase, override
@@ -51,19 +52,22 @@ class MORLHFTrainConfig(TrainerConfigBase):
     lora_r: int = override("lora_r", 64, "LoRA rank (with --lora; paper: 64)")
     lora_alpha: int = override("lora_alpha", 128, "LoRA alpha (with --lora; paper: 128)")
     algorithm: str = field(default="rloo", metadata={"help": "rloo (default) or grpo; both from trl>=1.16 (no PPO)"})
-    beta: float = field(default=0.05, metadata={
+    beta: float = field(default=0.05, metadata={**check(ge=0.0),
         "help": "KL coefficient to the reference (rloo: in the reward; grpo: in the loss); 0 loads no reference"})
-    max_new_tokens: int = field(default=128, metadata={"help": "Max tokens sampled per response"})
-    max_prompt_length: int = field(default=512, metadata={"help": "Prompts longer than this are cut from the left"})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (paper: 0.7)"})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling p"})
-    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (k >= 2)"})
-    num_iterations: int = field(default=1, metadata={"help": "Optimisation passes per generated batch (mu)"})
+    max_new_tokens: int = field(default=128, metadata={**check(ge=1), "help": "Max tokens sampled per response"})
+    max_prompt_length: int = field(default=512, metadata={**check(ge=1),
+                                                          "help": "Prompts longer than this are cut from the left"})
+    temperature: float = field(default=0.7, metadata={**check(gt=0.0), "help": "Sampling temperature (paper: 0.7)"})
+    top_p: float = field(default=1.0, metadata={**check(gt=0.0, le=1.0), "help": "Nucleus sampling p"})
+    num_generations: int = field(default=4, metadata={**check(ge=2), "help": "Completions per prompt (k >= 2)"})
+    num_iterations: int = field(default=1, metadata={**check(ge=1),
+                                                     "help": "Optimisation passes per generated batch (mu)"})
     normalize_advantages: bool = field(default=False, metadata={"help": "rloo: normalise advantages per batch"})
     multi_objective_aggregation: str = field(default="sum_then_normalize", metadata={
         "help": "grpo only: sum_then_normalize (linear scalarisation) or normalize_then_sum"})
-    reward_batch_size: int = field(default=16, metadata={"help": "Batch size of the reward models"})
-    reward_max_length: int = field(default=1024, metadata={"help": "Max tokens a reward model reads (left-cut)"})
+    reward_batch_size: int = field(default=16, metadata={**check(ge=1), "help": "Batch size of the reward models"})
+    reward_max_length: int = field(default=1024, metadata={**check(ge=1),
+                                                           "help": "Max tokens a reward model reads (left-cut)"})
     score_until_next_turn: bool = field(default=True, metadata={
         "help": "Score a completion only up to a '\\nHuman:'/'\\nAssistant:' turn the policy writes itself (as the "
                 "released script cleaned responses); the sampled tokens are still all trained on"})
@@ -74,12 +78,9 @@ class MORLHFTrainConfig(TrainerConfigBase):
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
     def __post_init__(self):
+        super().__post_init__()  # every field's rule (metaaligner.cli.check): k >= 2 for the group baseline, ...
         if self.algorithm not in ALGORITHMS:
             raise MetaAlignerError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.num_generations < 2:
-            raise MetaAlignerError("num_generations must be >= 2 (the leave-one-out / group baseline needs k >= 2)")
-        if self.max_new_tokens < 1:
-            raise MetaAlignerError("max_new_tokens must be >= 1")
 
     def to_trl(self, output_dir: str, weights: Sequence[float], device: str | None = None):
         """The equivalent ``trl.RLOOConfig`` or ``trl.GRPOConfig`` (precision by device)."""
@@ -219,7 +220,10 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
                 [{"name": getattr(f, "__name__", type(f).__name__)} for f in reward_funcs],
                 "weights": list(map(float, weights)), "beta": config.beta, "max_new_tokens": config.max_new_tokens,
                 "prompts": len(prompts), "lora": lora, "conditioning": None}
-        (Path(output_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        from metaaligner.io import atomic_open
+
+        with atomic_open(Path(output_dir) / METADATA_FILE) as fh:  # temp file + rename: never through a link
+            fh.write(json.dumps(meta, indent=2) + "\n")
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from metaaligner.cli import check
 from metaaligner.errors import MetaAlignerError
 from metaaligner.training.common import TrainerConfigBase, check_pairs, override
 
@@ -39,16 +40,18 @@ class RewardModelTrainConfig(TrainerConfigBase):
     per_device_train_batch_size: int = override("per_device_train_batch_size", 8)
     lr_scheduler_type: str = override("lr_scheduler_type", "linear")
     warmup_ratio: float = override("warmup_ratio", 0.03)
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per eval step"})
-    max_length: int = field(default=1024, metadata={
+    per_device_eval_batch_size: int = field(default=8, metadata={**check(ge=1),
+                                                                 "help": "Pairs per device per eval step"})
+    max_length: int = field(default=1024, metadata={**check(ge=1),
         "help": "Max tokens of prompt + response; longer training pairs are dropped by TRL, longer texts are "
                 "cut from the left when scoring"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    center_rewards_coefficient: float | None = field(default=None, metadata={
+    weight_decay: float = field(default=0.0, metadata={**check(ge=0.0), "help": "AdamW weight decay"})
+    center_rewards_coefficient: float | None = field(default=None, metadata={**check(ge=0.0),
         "help": "Pull scores towards mean zero (TRL's center_rewards_coefficient; e.g. 0.01)"})
-    stats_samples: int = field(default=2000, metadata={
+    stats_samples: int = field(default=2000, metadata={**check(ge=1),
         "help": "Training pairs (seeded sample) scored after training for the normalisation mean/std"})
-    score_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring for the statistics"})
+    score_batch_size: int = field(default=16, metadata={**check(ge=1),
+                                                        "help": "Batch size when scoring for the statistics"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
     def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
@@ -174,7 +177,10 @@ def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]]
         stats.update(objective=objective, train_pairs=len(train), eval_pairs=len(evals),
                      train_accuracy_sample=sum(c > r for c, r in zip(chosen, rejected)) / len(sample),
                      eval_accuracy=eval_metrics.get("eval_accuracy"), train_seconds=round(time.time() - start, 2))
-        (Path(output_dir) / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        from metaaligner.io import atomic_open
+
+        with atomic_open(Path(output_dir) / STATS_FILE) as fh:  # temp file + rename: never through a link
+            fh.write(json.dumps(stats, indent=2) + "\n")
         log.info("%s: mean %.4f std %.4f train accuracy (sample) %.3f eval accuracy %s", stage, stats["mean"],
                  stats["std"], stats["train_accuracy_sample"], stats["eval_accuracy"])
     del trainer

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import check
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.training.common import PreferenceTrainConfigBase
 
@@ -54,7 +55,8 @@ class SePOTrainConfig(PreferenceTrainConfigBase):
     """Training settings of the SePO policy stage (defaults: the paper's lr 5e-7, 1 epoch; the shared
     fields are documented in ``TrainerConfigBase``)."""
 
-    gamma: float = field(default=1.0, metadata={"help": "Scale of the selected-token margin inside the sigmoid "
+    gamma: float = field(default=1.0, metadata={**check(gt=0.0),
+                                                "help": "Scale of the selected-token margin inside the sigmoid "
                                                          "(1.0 = the published loss)"})
 
     def to_training_args(self, output_dir: str, device: str | None = None, has_eval: bool = False):

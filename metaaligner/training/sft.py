@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaaligner.cli import check
 from metaaligner.errors import MetaAlignerError
 from metaaligner.training.common import TrainerConfigBase, override
 
@@ -51,31 +51,25 @@ class SFTStageConfig(TrainerConfigBase):
     gradient_accumulation_steps: int = override("gradient_accumulation_steps", 4)
     warmup_ratio: float = override("warmup_ratio", 0.05)
     seed: int = override("seed", 42)
-    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay."})
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Sequences per device per eval batch."})
-    max_length: int = field(default=4096, metadata={"help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
+    weight_decay: float = field(default=1e-5, metadata={**check(ge=0.0), "help": "AdamW weight decay."})
+    per_device_eval_batch_size: int = field(default=4, metadata={**check(ge=1), "help": "Sequences per device per eval batch."})
+    max_length: int = field(default=4096, metadata={**check(ge=8), "help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
     padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
     segment_attention: bool = field(default=True, metadata={"help": "With padding_free and sdpa: attend within each packed item (causal sdpa per item) instead of over the whole packed row with a block-diagonal mask. Same loss; --no_segment_attention (false in YAML) restores the masked path."})
     targets_only_lm_head: bool = field(default=True, metadata={"help": "Compute the LM head and its softmax only at target positions (TRL does this only on Triton devices). Same loss; --no_targets_only_lm_head (false in YAML) restores TRL's every-position scoring off Triton."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or 'all-linear'."})
-    lora_top_layers: int = field(default=0, metadata={"help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N (faster; the frozen lower layers need no gradients)."})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate on the val split every N steps (0: once at the end of the stage)."})
+    lora_top_layers: int = field(default=0, metadata={**check(ge=0), "help": "Put LoRA only on the last N decoder layers (0: all). The backward pass then stops at layer L-N (faster; the frozen lower layers need no gradients)."})
+    eval_steps: int = field(default=0, metadata={**check(ge=0), "help": "Evaluate on the val split every N steps (0: once at the end of the stage)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; precision follows it (float32 on CPU, bf16/fp16 on GPU)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (eager, sdpa, flash_attention_2); default: the model's."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name as in transformers.TrainingArguments."})
     prompt_format: str = field(default="raw", metadata={"help": "raw: train on the prompt as inference feeds it (the released aligner_inference.py feeds the raw template); vicuna_v1.1: FastChat's Vicuna v1.1 conversation, as the released FastChat train_mem.py trained the aligners and the SFT baseline (system line, 'USER: <prompt> ASSISTANT:', the loss on the assistant turn and its EOS only)."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: torch's default). On a busy shared CPU, 1 avoids oversubscription (measured 3x faster here)."})
+    dataloader_num_workers: int = field(default=0, metadata={**check(ge=0), "help": "DataLoader worker processes."})
+    torch_threads: int = field(default=0, metadata={**check(ge=0), "help": "CPU threads per process (0: torch's default). On a busy shared CPU, 1 avoids oversubscription (measured 3x faster here)."})
 
     def __post_init__(self):
-        if not 0 <= self.warmup_ratio < 1:
-            raise MetaAlignerError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_length is not None and self.max_length < 8:
-            raise MetaAlignerError(f"max_length must be >= 8, got {self.max_length}")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise MetaAlignerError(f"{name} must be >= 1")
+        super().__post_init__()  # every field's rule (metaaligner.cli.check), also for configs built in Python
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,12 +320,13 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
         "base": str(model_name_or_path), "config": config.to_dict(),
     }
     if trainer.is_world_process_zero():
+        from metaaligner.io import atomic_open, open_no_follow
+
         if log_path:
-            with open(log_path, "a", encoding="utf-8") as fh:
+            with open_no_follow(log_path, "a") as fh:
                 fh.write(json.dumps({"stage": stage, "event": "stage_end", **{k: v for k, v in summary.items() if k != "config"}}) + "\n")
-        tmp = Path(output_dir) / (STAGE_DONE + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        os.replace(tmp, Path(output_dir) / STAGE_DONE)
+        with atomic_open(Path(output_dir) / STAGE_DONE) as fh:  # temp file + rename: never through a link
+            fh.write(json.dumps(summary, indent=2))
     trainer.accelerator.wait_for_everyone()  # the next stage loads these files on every rank
     print(f"[{stage}] {len(train_items)} items ({cut_train} truncated), {trainer.state.global_step} steps, "
           f"train loss {result.training_loss:.4f}"
