@@ -73,6 +73,15 @@ class AlignerInferenceConfig:
     lora: bool = field(default=False, metadata={"help": "the released flag; accepted, not needed: --lora_path alone applies the adapter"})
 
 
+# The flags that cannot change an output row; every other flag is in the resume fingerprint
+# (cli.config_fingerprint), so a flag added later is covered by default. Rows are keyed by their input's
+# hash, so where they are read from, how many are taken and where they go do not decide them.
+NOT_IN_FINGERPRINT = ("resume", "overwrite", "dry_run",        # how this run treats earlier ones
+                      "data_dir", "aligned_model", "limit",   # which input rows (each row's content is hashed)
+                      "model_output_path",                    # where the rows go
+                      "llama", "lora")                        # released flags accepted as no-ops
+
+
 def make_parser():
     return cli.make_parser(AlignerInferenceConfig, description=__doc__)
 
@@ -155,7 +164,7 @@ def main(config: AlignerInferenceConfig) -> None:
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
                                 iterations=config.iterations, backend=config.backend, endpoint=config.base_url,
                                 guard=_guard_on(config.guard, source), empty_cells=run["empty_cells"],
-                                profile=config.profile)
+                                profile=config.profile, flags=cli.config_fingerprint(config, NOT_IN_FINGERPRINT))
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s); profile %s: decoding %s, long prompts %s, "

@@ -77,6 +77,15 @@ class PolicyGenerationConfig:
     llama: bool = field(default=False, metadata={"help": "the released flag (LlamaForCausalLM/LlamaTokenizer); accepted, not needed: the model class comes from the checkpoint's config"})
 
 
+# The flags that cannot change an output row; every other flag is in the resume fingerprint
+# (cli.config_fingerprint), so a flag added later is covered by default. Rows are keyed by their input's
+# hash, so where they are read from, how many are taken and where they go do not decide them.
+NOT_IN_FINGERPRINT = ("resume", "overwrite", "dry_run",        # how this run treats earlier ones
+                      "data_dir", "limit",                    # which input rows (each row's content is hashed)
+                      "model_output_path", "model_name",      # where the rows go
+                      "llama")                                # a released flag accepted as a no-op
+
+
 def make_parser():
     return cli.make_parser(PolicyGenerationConfig, description=__doc__)
 
@@ -145,7 +154,8 @@ def main(config: PolicyGenerationConfig) -> None:
     for job in jobs:
         inside(Path(config.model_output_path), f"{job.name}.csv", "--model_name")
     knobs = {"backend": config.backend, "chat_template": config.chat_template, "lora_path": config.lora_path,
-             "lora_files": folder_identity(config.lora_path), "base_url": redact_url(config.base_url)}
+             "lora_files": folder_identity(config.lora_path), "base_url": redact_url(config.base_url),
+             **cli.config_fingerprint(config, NOT_IN_FINGERPRINT)}
     backend = None
 
     def get_backend():
@@ -161,7 +171,7 @@ def main(config: PolicyGenerationConfig) -> None:
         if refine:
             rows = load_policy_rows(job.input_path, dataset.columns if dataset else None, config.limit)
             stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run,
-                                     overwrite=config.overwrite, profile=config.profile)
+                                     overwrite=config.overwrite, profile=config.profile, settings=knobs)
         else:
             rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
             stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run,

@@ -114,6 +114,29 @@ def check_config(*configs) -> None:
                     raise MetaAlignerError(f"--{f.name} does not go with --{other} {values.get(other)}")
 
 
+def config_fingerprint(config, ignore: tuple[str, ...] | frozenset[str] = ()) -> dict[str, Any]:
+    """Every flag of ``config`` as ``{"--name": value}`` for a run's fingerprint, except the fields named in
+    ``ignore`` (those that cannot change an output row: ``--resume``, ``--dry_run``, where the rows are read
+    from or written to...). A flag added later is covered by default; URL credentials are redacted."""
+    import dataclasses
+    import json
+
+    from metaaligner.io import redact_url
+
+    unknown = sorted(set(ignore) - {f.name for f in dataclasses.fields(config)})
+    if unknown:  # a renamed flag must not silently drop out of the fingerprint's exceptions
+        raise ValueError(f"{type(config).__name__} has no fields {unknown}")
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name in ignore:
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, str) and "://" in value:
+            value = redact_url(value)
+        out[f"--{f.name}"] = json.loads(json.dumps(value, default=str))
+    return out
+
+
 def deprecation_line(old: str, new: str) -> str:
     return f"warning: {old} is deprecated; use {new} (the old name will be removed in a later release)"
 

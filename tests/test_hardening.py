@@ -663,3 +663,77 @@ def test_the_readme_main_job_runs_from_an_installed_package(tmp_path):
     proc = main_job(elsewhere, "--dry_run", "--model_output_path", str(tmp_path / "dry"), **{DATA_ENV: str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_records(tmp_path / "dry" / "Claude-3.prompts.jsonl")) == 2
+
+
+# ============================================================================= 4. resume that sees every setting
+
+def _changed(value, f):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, list):
+        return [*value, "x=An objective: added."]
+    return f"{value}-other" if value else "other"
+
+
+@pytest.mark.parametrize("script", ["inference/aligner_inference.py", "inference/policy_generation.py"])
+def test_every_flag_but_a_short_named_list_is_in_the_resume_fingerprint(script):
+    import dataclasses
+
+    module = load_script(script)
+    kind = module.make_parser().dataclass_types[0]
+    base = kind()
+    before = cli.config_fingerprint(base, module.NOT_IN_FINGERPRINT)
+    for f in dataclasses.fields(kind):
+        after = cli.config_fingerprint(dataclasses.replace(base, **{f.name: _changed(getattr(base, f.name), f)}),
+                                       module.NOT_IN_FINGERPRINT)
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        assert changed == ([] if f.name in module.NOT_IN_FINGERPRINT else [f"--{f.name}"]), f.name
+    assert set(module.NOT_IN_FINGERPRINT) <= {"resume", "overwrite", "dry_run", "data_dir", "aligned_model", "limit",
+                                              "model_output_path", "model_name", "llama", "lora"}
+    with pytest.raises(ValueError, match=r"has no fields \['progress'\]"):
+        cli.config_fingerprint(base, ("progress",))
+
+
+@pytest.fixture
+def echo_backend(monkeypatch):
+    """The aligner script's main() with the fake backend instead of a model (its rows: aligned[<answer>])."""
+    made = []
+
+    def make_generator(*args, **kwargs):
+        made.append(kwargs)
+        return backends.pop(0) if backends else EchoGenerator()
+
+    backends: list = []
+    monkeypatch.setattr(al, "make_generator", make_generator)
+    return backends
+
+
+@pytest.mark.parametrize("first, second, diff", [
+    (["--guard", "on"], ["--guard", "off"], '--guard: "on" -> "off"; guard: true -> false'),
+    (["--dtype", "float32"], ["--dtype", "bfloat16"], '--dtype: "float32" -> "bfloat16"'),
+    ([], ["--device", "cpu"], '--device: null -> "cpu"'),
+])
+def test_resume_with_another_guard_dtype_or_device_is_refused(tmp_path, capsys, echo_backend, first, second, diff):
+    script = load_script("inference/aligner_inference.py")
+    inp = policy_table(tmp_path / "pol.csv", 8)
+    common = ["--aligner_path", "embedded", "--template", "hh-rlhf", "--aspects", "harmlessness", "--data_dir",
+              str(inp), "--model_output_path", str(tmp_path / "out"), "--batch_size", "1", "--backend", "hf"]
+    echo_backend.append(EchoGenerator(fail_on_call=2))  # interrupted after one chunk of 4 rows: a partial file is left
+    code = cli.run_main(script.main, *cli.parse(script.make_parser(), [*common, *first]))
+    assert code == 130 and (tmp_path / "out" / "pol.csv.partial.jsonl").exists()
+    capsys.readouterr()
+    code = cli.run_main(script.main, *cli.parse(script.make_parser(), [*common, *second, "--resume"]))
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and line == (f"error: {tmp_path / 'out' / 'pol.csv.partial.jsonl'}: an interrupted run made with "
+                                  f"other settings ({diff}); resume with the same settings, or run without --resume "
+                                  "to start over")
+    code = cli.run_main(script.main, *cli.parse(script.make_parser(), [*common, *first, "--resume"]))
+    out = capsys.readouterr()
+    assert code == 0 and "rows in, 4 aligned, 4 resumed" in out.out, out.err
+    # a finished output made with other settings is refused too, naming the flag
+    code = cli.run_main(script.main, *cli.parse(script.make_parser(), [*common, *second, "--resume"]))
+    assert code == 2 and f"a finished output made with other settings ({diff})" in one_error_line(capsys.readouterr().err)

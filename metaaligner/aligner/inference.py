@@ -619,6 +619,7 @@ class AlignRunSettings:
     guard: bool = False     # degeneration guard (guard_output); on for the built-in aligners
     empty_cells: str = "empty"       # EMPTY_CELLS
     profile: str = "clean"           # the RUN_PROFILES entry the settings started from (recorded)
+    flags: dict[str, Any] = field(default_factory=dict)  # the script's whole config, less what cannot change a row
 
     @property
     def columns(self) -> list[str]:
@@ -640,7 +641,8 @@ class AlignRunSettings:
                 "lora_files": folder_identity(self.source.lora_path), "template": tpl.name,
                 "template_text": [tpl.better, tpl.equal], "aspects": list(self.aspect_labels),
                 "objective_texts": list(self.descriptions), **p.describe(), "empty_cells": self.empty_cells,
-                "iterations": self.iterations, "backend": self.backend, "endpoint": redact_url(self.endpoint)}
+                "iterations": self.iterations, "backend": self.backend, "endpoint": redact_url(self.endpoint),
+                "guard": self.guard, **self.flags}
 
 
 def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, str] | None = None,

@@ -138,7 +138,8 @@ SELF_REFINE_TEMPLATE = "self-refine"
 
 def self_refine_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                      labels: list[str], descriptions: list[str], resume: bool = False, dry_run: bool = False,
-                     progress: bool = True, overwrite: bool = False, profile: str | None = None) -> PolicyStats:
+                     progress: bool = True, overwrite: bool = False, profile: str | None = None,
+                     settings: dict | None = None) -> PolicyStats:
     """Self-Refinement: the policy revises its own answers (``rows`` from ``aligner.load_policy_rows``)
     toward the objectives, prompted by ``templates.SELF_REFINE_PROMPT``. Writes the aligner output
     format (``query, goldens, origin_responses, aligned_responses, aligner, template, aspects``), so
@@ -158,7 +159,7 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
                   "aspects": ",".join(labels)}
     stats.output = str(job.output_path)
     # the run fingerprint (model, decoding, objective texts) keeps --resume from mixing settings
-    fingerprint = policy_fingerprint(model_label, params, {"stage": "self_refine", **provenance,
+    fingerprint = policy_fingerprint(model_label, params, {**(settings or {}), "stage": "self_refine", **provenance,
                                                            "objective_texts": list(descriptions)})
     writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume,
                              fingerprint=fingerprint, overwrite=overwrite)
