@@ -31,8 +31,15 @@ EXPECTED = {
         "informative": "Informative: the response should express clear logic and provide consistent evidence",
         "professional": "Professional: the response should provide evidence with high quality and reliability",
     },
+    # ours, not the release's: the edit bench's held-out objectives (each has a computed check)
+    "edit-bench": {
+        "disclaimer": "Disclaimer: the response should end with the sentence 'Please consult a professional.'",
+        "no_caps": "Capitalisation: the response should not write any word in capital letters only.",
+        "ask_back": "Engagement: the response should end with a question to the user.",
+        "word_limit": "Brevity: the response should be at most 25 words long.",
+    },
 }
-UNSEEN = {"speci", "factual", "read", "fair", "repeat", "len"}
+UNSEEN = {"speci", "factual", "read", "fair", "repeat", "len", "disclaimer", "no_caps", "ask_back", "word_limit"}
 
 Q = "How do I {bake} bread?"  # braces must pass through untouched
 A = "Mix flour and water. {answer}"
@@ -47,7 +54,7 @@ def test_every_builtin_objective_byte_exact():
             assert obj.description.encode("utf-8") == text.encode("utf-8")
             assert obj.name == text.split(":")[0]
             assert obj.unseen == (key in UNSEEN)
-    assert sorted(registry.groups()) == ["hh-rlhf", "imhi", "ultrafeedback"]
+    assert sorted(registry.groups()) == ["edit-bench", "hh-rlhf", "imhi", "ultrafeedback"]
 
 
 def test_hh_rlhf_template_byte_exact():
