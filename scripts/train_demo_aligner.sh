@@ -64,6 +64,9 @@ import json, sys
 path, run = sys.argv[1], sys.argv[2]
 card = json.load(open(path))
 card["made_by"] = f"scripts/train_demo_aligner.sh (RUN={run})"
+# bare keys resolve in hh-rlhf first (its template; "helpfulness" is in two groups); the edit bench's
+# keys (repeat, len, disclaimer, ...) are unique in their groups
+card["objective_group"] = "hh-rlhf"
 card["labels"] = ("rule scorers (metaaligner/editbench/checks.py): harmlessness = minus insult-word hits, "
                   "repeat = minus repeated sentences, len = minus filler sentences")
 card["note"] = ("135M demonstration trained on damaged vs clean answers; measured by evaluation/edit_bench.py "
