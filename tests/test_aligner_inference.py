@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from metaaligner.generation import GenerationParams
 from metaaligner.io import read_records, read_table
 from metaaligner.registry.objectives import ObjectiveRegistry
 from metaaligner.testing.fakes import EchoGenerator
+from metaaligner.testing.waits import DEADLINE_S, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "inference" / "aligner_inference.py"
@@ -52,7 +52,7 @@ def run_inprocess(argv: list[str], capsys) -> tuple[int, str, str]:
 def run_script(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=240, **kw)
+                          cwd=REPO, timeout=DEADLINE_S, **kw)
 
 
 
@@ -276,11 +276,9 @@ def test_killed_run_resumes_every_row_once(tiny_llama_dir, tmp_path, capsys):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, cwd=REPO)
-    deadline = time.time() + 120
-    while not (partial.exists() and partial.read_text().count("\n") >= 4):  # the first chunk (4 rows) is on disk
-        assert proc.poll() is None, "finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
+    # the first chunk (4 rows) is on disk; a run that finishes first fails the wait (metaaligner.testing.waits)
+    wait_for(lambda: partial.exists() and partial.read_text().count("\n") >= 4,
+             "the first 4 rows in pol.csv.partial.jsonl (to kill the run mid-way)", process=proc, interval=0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = partial.read_text().count("\n")
@@ -350,7 +348,7 @@ def _released_command(out: Path) -> list[str]:
 def test_released_readme_command_runs_from_inference_dir(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "aligner_inference.py", *_released_command(tmp_path), "--dry_run"],
-                          capture_output=True, text=True, env=env, cwd=REPO / "inference", timeout=240, check=False)
+                          capture_output=True, text=True, env=env, cwd=REPO / "inference", timeout=DEADLINE_S, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == (f"Claude-3: 1200 prompts (0 empty answers, 1814902 chars, ~453725 tokens) "
                                            f"-> {tmp_path / 'Claude-3.prompts.jsonl'}")
@@ -371,7 +369,7 @@ def test_released_command_without_gpu_is_one_line(tmp_path, capsys, monkeypatch)
     # the released generation command's --cuda, the same way
     proc = subprocess.run([sys.executable, str(REPO / "inference/policy_generation.py"), "--model", "embedded",
                            "--data_dir", "../samples/HH-RLHF_model_output/Claude-3.csv.gz", "--limit", "1", "--cuda",
-                           "--model_output_path", str(tmp_path / "pol")], capture_output=True, text=True, timeout=240,
+                           "--model_output_path", str(tmp_path / "pol")], capture_output=True, text=True, timeout=DEADLINE_S,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO / "inference", check=False)
     assert (proc.returncode, proc.stderr) == (2, ("error: --device cuda (--cuda): no CUDA device is visible; drop the "
                                                   "flag to run on the CPU\n"))
@@ -504,7 +502,7 @@ def test_self_refine_flag_dry_run_names_the_dataset_objectives(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--self_refine", "--dataset", "hh-rlhf", "--aspects", "humor,harmless",
                            "--data_dir", "samples/HH-RLHF_model_output/Claude-3.csv.gz", "--model", "meta-llama/Llama-2-7b-chat-hf",
                            "--model_name", "Self-Refinement", "--limit", "3", "--model_output_path", str(tmp_path),
-                           "--cuda", "--llama", "--dry_run"], capture_output=True, text=True, env=env, cwd=REPO, timeout=240,
+                           "--cuda", "--llama", "--dry_run"], capture_output=True, text=True, env=env, cwd=REPO, timeout=DEADLINE_S,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"Self-Refinement: 3 queries -> {tmp_path / 'Self-Refinement.prompts.jsonl'}" in proc.stdout

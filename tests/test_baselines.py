@@ -24,6 +24,7 @@ from metaaligner.methods.common import (
 )
 from metaaligner.methods.morlhf import parse_weights, reward_model_pairs, scalarise
 from metaaligner.methods.sft import make_sft_data
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 HH_NAMES = ["Harmlessness", "Helpfulness", "Humour"]
@@ -433,7 +434,7 @@ def test_inference_output_feeds_judge_dry_run(pipeline, tmp_path):
             [sys.executable, str(REPO / "evaluation" / "judge.py"), "--input", str(path), "--target",
              "aligned_responses", "--aspects", "harmlessness,helpfulness",  # dataset from the template column
              "--output_dir", str(tmp_path / method), "--dry_run"],
-            capture_output=True, text=True, timeout=120, cwd=REPO)
+            capture_output=True, text=True, timeout=DEADLINE_S, cwd=REPO)
         assert result.returncode == 0, (method, result.stdout[-2000:], result.stderr[-2000:])
         calls = tmp_path / method / "dry_run.calls.jsonl"
         assert len(calls.read_text().splitlines()) == 4  # 2 rows x 2 objectives planned, none made

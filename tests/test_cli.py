@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from metaaligner import cli
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("*/**/*.py")
@@ -95,7 +96,7 @@ def test_bad_values_and_missing_arguments_are_one_line(capsys):
 
 def test_unknown_flag_as_a_script_prints_no_traceback():
     proc = subprocess.run([sys.executable, AI, "--aspect", "humour"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=DEADLINE_S)
     assert (proc.returncode, proc.stdout, proc.stderr) == \
         (2, "", "error: unknown flag --aspect (did you mean --aspects?); see --help\n")
 
@@ -336,7 +337,7 @@ def test_model_run_prints_nothing_alarming(tiny_llama_dir, tiny_lora_dir, tmp_pa
                            str(tiny_lora_dir), "--template", "hh-rlhf", "--dataset", "hh-rlhf", "--aligned_model",
                            "Claude-3", "--limit", "2", "--max_new_tokens", "2", "--device", "cpu",
                            "--model_output_path", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=300)
+                          cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     both = proc.stdout + proc.stderr
     for noise in ("Warning", "warnings.warn", "unable to detect", "Loading weights", "Traceback"):
@@ -358,7 +359,7 @@ def test_training_run_prints_nothing_alarming(tiny_llama_dir, tmp_path):
     proc = subprocess.run([sys.executable, TA, "--data_dir", str(tmp_path / "data"), "--output_dir",
                            str(tmp_path / "out"), "--model_name_or_path", str(tiny_llama_dir), "--stages", "warmup",
                            "--max_steps", "1", "--no_eval", "--max_length", "128", "--lora", "--torch_threads", "1"],
-                          cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=300)
+                          cwd=REPO, capture_output=True, text=True, env=clean_env(), timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     both = proc.stdout + proc.stderr
     for noise in ("Warning", "warnings.warn", "unable to detect", "Loading weights", "Writing model shards"):
@@ -388,7 +389,7 @@ def test_deepspeed_accelerator_warning_only_without_quieting():
     if importlib.util.find_spec("deepspeed") is None or torch.cuda.is_available():
         pytest.skip("the warning appears only where deepspeed is installed and CUDA is not")
     runs = {mode: subprocess.run([sys.executable, "-c", QUIET_PROBE, mode], cwd=REPO, capture_output=True, text=True,
-                                 env=clean_env(), timeout=300) for mode in ("loud", "quiet", "deepspeed")}
+                                 env=clean_env(), timeout=DEADLINE_S) for mode in ("loud", "quiet", "deepspeed")}
     assert "unable to detect" in runs["loud"].stdout + runs["loud"].stderr  # the control: the warning is real
     assert "unable to detect" not in runs["quiet"].stdout + runs["quiet"].stderr
     assert runs["quiet"].stdout.strip().splitlines()[-1] == "DS_ACCELERATOR=cpu"

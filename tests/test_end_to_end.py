@@ -17,12 +17,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from metaaligner.io import read_records
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 PLANTED_KEY = "sk-planted-e2e-0123456789SECRET"
@@ -40,7 +40,7 @@ def test_import_metaaligner_is_cheap_and_aligner_is_lazy():
             "from metaaligner import Aligner; assert Aligner.__module__ == 'metaaligner.aligner.inference'; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
             "assert 'Aligner' in dir(metaaligner); print(metaaligner.__version__)")
-    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=DEADLINE_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0.1.0"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -113,14 +113,14 @@ def test_paper_configs_use_real_flags(name):
 def test_paper_runner_prints_commands_and_refuses_missing_inputs():
     base = [sys.executable, "scripts/run_paper.py", "--config", "configs/paper/ultrafeedback.yaml"]
     dry = subprocess.run(base + ["--variant", "13B", "--dry_run"], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=DEADLINE_S)
     assert dry.returncode == 0, dry.stderr
     assert "ultrafeedback (13B): 49 stage(s)" in dry.stdout   # prepare_ultrafeedback, Table 2's policies, Figure 3, ratings, Table 3 with its baselines
     assert ("--aspects instruction_following,honesty,truthfulness,helpfulness,speci,factual,read,fair,repeat,len"
             in dry.stdout)
     assert "--model_name_or_path meta-llama/Llama-2-13b-hf" in dry.stdout
     run = subprocess.run(base + ["--stages", "build_aligner_dataset", "--set", "UF_REWARDS=/nonexistent/uf.csv"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=DEADLINE_S)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(
         "error: stage 'build_aligner_dataset' needs /nonexistent/uf.csv")
@@ -131,17 +131,15 @@ def test_paper_runner_prints_commands_and_refuses_missing_inputs():
 STAGES = ["1", "2", "3", "4", "5a", "5b", "5c", "5d", "5e", "6a", "6b", "6c", "6d", "6e", "6f", "7", "8"]
 
 
-def _run_demo(out: Path, model: Path) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.time()
-    proc = subprocess.run(["bash", "scripts/reproduce_demo.sh"], cwd=REPO, capture_output=True, text=True,
-                          timeout=1500, env=_env(OUT=str(out), SCALE="tiny", MODEL=str(model), THREADS="1"))
-    return proc, time.time() - start
+def _run_demo(out: Path, model: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/reproduce_demo.sh"], cwd=REPO, capture_output=True, text=True,
+                          timeout=DEADLINE_S, env=_env(OUT=str(out), SCALE="tiny", MODEL=str(model), THREADS="1"))
 
 
 @pytest.mark.slow
 def test_demo_pipeline_tiny_end_to_end_and_resume(tmp_path, tiny_llama_dir):
     out = tmp_path / "demo"
-    proc, first_s = _run_demo(out, tiny_llama_dir)
+    proc = _run_demo(out, tiny_llama_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = re.findall(r"^\[(\w+)\] \S+: \d+ s -> (\S+)$", proc.stdout, flags=re.M)
     assert [sid for sid, _ in ran] == STAGES
@@ -219,16 +217,17 @@ def test_demo_pipeline_tiny_end_to_end_and_resume(tmp_path, tiny_llama_dir):
 
     # a second run does no work: every stage is skipped, nothing is rewritten, no server starts
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and ".stamps" not in p.parts}
-    again, second_s = _run_demo(out, tiny_llama_dir)
+    again = _run_demo(out, tiny_llama_dir)
     assert again.returncode == 0, again.stderr[-2000:]
     assert re.findall(r"^\[(\w+)\] \S+: done already", again.stdout, flags=re.M) == STAGES
     assert "running" not in again.stdout and "judge server" not in again.stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    assert second_s < 30 and second_s < first_s / 4, (first_s, second_s)
+    # no time bound (a loaded machine makes any bound flaky): the work is what must not happen again
+    assert {p for p in out.rglob("*") if p.is_file() and ".stamps" not in p.parts} == set(mtimes)
 
     # resume after a lost artefact: only the report stage (the last) runs again
     (report / "figure3.png").unlink()
-    third, _ = _run_demo(out, tiny_llama_dir)
+    third = _run_demo(out, tiny_llama_dir)
     assert third.returncode == 0, third.stderr[-2000:]
     assert re.findall(r"^\[(\w+)\] \S+: running", third.stdout, flags=re.M) == ["7"]
     assert (report / "figure3.png").is_file()

@@ -16,6 +16,7 @@ import pytest
 from metaaligner import release_samples as rs
 from metaaligner.errors import MetaAlignerError
 from metaaligner.samples import csv_bytes
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = "scripts/fetch_release_samples.py"
@@ -98,7 +99,7 @@ def setup(tmp_path):
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

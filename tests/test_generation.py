@@ -7,13 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from metaaligner.errors import MetaAlignerError
 from metaaligner.generation import GenerationParams, get_generator
+from metaaligner.testing.waits import wait_for_http
 
 PROMPTS = [
     "Hello there",
@@ -125,18 +124,9 @@ def test_openai_backend_against_transformers_serve(varied_llama_dir, hf_generato
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(varied_llama_dir), "--host", "127.0.0.1",
          "--port", str(port), "--device", "cpu", "--dtype", "float32"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.time() < deadline, "server did not answer /health in 60 s"
-            time.sleep(0.2)
+    try:  # its own readiness signal, with a deadline a loaded machine never reaches (metaaligner.testing.waits)
+        wait_for_http(f"http://127.0.0.1:{port}/health", "transformers serve to answer /health", process=server,
+                      log=tmp_path / "serve.log")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local server needs no key
         params = GenerationParams(max_new_tokens=12, batch_size=4)
         remote = get_generator("openai", str(varied_llama_dir), base_url=f"http://127.0.0.1:{port}/v1")

@@ -8,6 +8,7 @@ client); interruptions and file size limits are real child processes.
 """
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import logging
@@ -30,6 +31,7 @@ from metaaligner.judge import judge_outputs
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
 from metaaligner.testing import Fault, ScriptedOpenAIServer
 from metaaligner.testing.fakes import EchoGenerator
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-PLANTED-key-0123"
@@ -296,7 +298,7 @@ def test_a_kill_anywhere_inside_the_folder_swap_loses_no_file(tmp_path):
     reference = tmp_path / "ref" / "data"
     old = _old_folder(reference)
     done = subprocess.run([sys.executable, "-c", SWAP_CHILD, str(reference), "0"], env=CHILD_ENV,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=DEADLINE_S)
     assert done.returncode == 0, done.stderr
     new, total = files_under(reference), int(done.stdout.split()[-1])
     assert new == {**old, **{f"new{i}.txt": b"new" for i in range(3)}, "shared.txt": b"new"}
@@ -305,7 +307,7 @@ def test_a_kill_anywhere_inside_the_folder_swap_loses_no_file(tmp_path):
         folder = tmp_path / f"k{kill_at}" / "data"
         _old_folder(folder)
         child = subprocess.run([sys.executable, "-c", SWAP_CHILD, str(folder), str(kill_at)], env=CHILD_ENV,
-                               capture_output=True, text=True, timeout=600)
+                               capture_output=True, text=True, timeout=DEADLINE_S)
         assert child.returncode == -9, (kill_at, child.stdout, child.stderr)
         recover_folder(folder)
         assert files_under(folder) in (old, new), kill_at
@@ -394,7 +396,7 @@ FSIZE_CHILD = textwrap.dedent(r"""
 
 def _run_limited(limit: int, script: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(limit), str(REPO / script), *argv],
-                          env={**CHILD_ENV, "OPENAI_API_KEY": ""}, capture_output=True, text=True, timeout=900)
+                          env={**CHILD_ENV, "OPENAI_API_KEY": ""}, capture_output=True, text=True, timeout=DEADLINE_S)
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
@@ -444,7 +446,7 @@ def test_a_billion_laughs_objectives_file_is_refused_at_once(tmp_path):
             "from metaaligner.errors import MetaAlignerError\n"
             "try:\n    build_registry(sys.argv[1])\nexcept MetaAlignerError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(bomb)], env=CHILD_ENV, capture_output=True, text=True,
-                          timeout=300)  # a hang guard only: the refusal comes before any expansion
+                          timeout=DEADLINE_S)  # a hang guard only: the refusal comes before any expansion
     assert proc.stdout.strip() == (f"{bomb}: line 2, column 8: malformed YAML (an alias (*a); aliases are not "
                                    "allowed in data files, write the value out); fix the file"), proc.stderr
 
@@ -638,7 +640,7 @@ def test_the_readme_main_job_runs_from_an_installed_package(tmp_path):
     shutil.copytree(REPO / "metaaligner", site / "metaaligner", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in CHILD_ENV.items() if k != DATA_ENV} | {"PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     where = subprocess.run([sys.executable, "-c", "import metaaligner; print(metaaligner.__file__)"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)
+                           env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert where.stdout.strip() == str(site / "metaaligner" / "__init__.py"), where.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -646,7 +648,7 @@ def test_the_readme_main_job_runs_from_an_installed_package(tmp_path):
     def main_job(cwd: Path, *extra: str, **more_env: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(REPO / "inference/aligner_inference.py"), "--dataset", "hh-rlhf",
                                "--aligned_model", "Claude-3", "--limit", "2", "--max_new_tokens", "4", *extra],
-                              cwd=cwd, env={**env, **more_env}, capture_output=True, text=True, timeout=1200)
+                              cwd=cwd, env={**env, **more_env}, capture_output=True, text=True, timeout=DEADLINE_S)
 
     out = tmp_path / "aligned"
     proc = main_job(REPO, "--model_output_path", str(out))
@@ -663,6 +665,60 @@ def test_the_readme_main_job_runs_from_an_installed_package(tmp_path):
     proc = main_job(elsewhere, "--dry_run", "--model_output_path", str(tmp_path / "dry"), **{DATA_ENV: str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_records(tmp_path / "dry" / "Claude-3.prompts.jsonl")) == 2
+
+
+# ============================================================================= 7. tests that hold on a busy machine
+
+_CLOCK = {"time", "monotonic", "perf_counter"}
+_TIMING_NAME = re.compile(r"(_s|_secs|_seconds|^seconds|elapsed|duration|_wall)$")
+
+
+def _reads_the_clock(node) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _CLOCK
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == "time" for n in ast.walk(node))
+
+
+def test_no_test_depends_on_wall_clock_speed():
+    """No assert bounds a duration (``second_s < 30``, ``time.time() - start < 1``), no test builds its own
+    deadline (``time.time() + 60``) and no child process gets a short hang guard (``timeout=120``): waits go
+    through metaaligner.testing.waits (readiness signal, process exit, one deadline a loaded machine never
+    reaches, ``DEADLINE_S``, and a message saying what was waited for and how long)."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Assert):
+                for cmp in (c for c in ast.walk(node.test) if isinstance(c, ast.Compare)):
+                    timed = _reads_the_clock(cmp) or any(isinstance(n, ast.Name) and _TIMING_NAME.search(n.id)
+                                                         for n in ast.walk(cmp))
+                    if timed and any(isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in cmp.ops):
+                        offenders.append(f"{path.name}:{node.lineno}: {ast.get_source_segment(source, node)}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and _reads_the_clock(node):
+                offenders.append(f"{path.name}:{node.lineno}: {ast.get_source_segment(source, node)}")
+            # a child process's hang guard is a deadline too: the shared one (DEADLINE_S), not a guess
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "subprocess":
+                offenders += [f"{path.name}:{node.lineno}: subprocess.run(..., timeout={k.value.value})"
+                              for k in node.keywords if k.arg == "timeout" and isinstance(k.value, ast.Constant)]
+    assert offenders == []
+
+
+def test_a_wait_says_what_it_waited_for_how_long_and_why_it_stopped(tmp_path):
+    from metaaligner.testing.waits import WaitTimeout, wait_for, wait_for_http
+
+    log = tmp_path / "child.log"
+    with open(log, "w") as fh:
+        child = subprocess.Popen([sys.executable, "-c", "print('bind failed: port in use'); raise SystemExit(3)"],
+                                 stdout=fh, stderr=subprocess.STDOUT)
+    with pytest.raises(WaitTimeout) as err:
+        wait_for(lambda: False, "the server to answer /health", process=child, log=log)
+    assert re.fullmatch(r"waited [\d.]+ s for the server to answer /health, but the process exited first with "
+                        r"code 3; its output ends: 'bind failed: port in use\\n'", str(err.value)), str(err.value)
+    with pytest.raises(WaitTimeout, match=r"^waited 0 s \(the deadline, METAALIGNER_TEST_DEADLINE_S\) for a file; "
+                                          "it did not come$"):
+        wait_for(lambda: False, "a file", deadline_s=0.0)
+    with ScriptedOpenAIServer("[[1]]") as server:
+        assert wait_for_http(server.base_url.replace("/v1", "/health"), "the scripted server") >= 0
 
 
 # ============================================================================= 4. resume that sees every setting

@@ -27,6 +27,7 @@ from metaaligner.judge.positions import (
 )
 from metaaligner.judge.registry import default_prices
 from metaaligner.testing import Fault, ScriptedOpenAIServer, fail_first_per_prompt, fail_first_requests, last_user_text
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -219,7 +220,7 @@ def test_judge_script_profile_flag_dry_run(tmp_path):
     inp = make_outputs(tmp_path / "pol.csv", n=2)
     out = subprocess.run([sys.executable, "evaluation/judge.py", "--input", str(inp), "--output_dir",
                           str(tmp_path / "out"), "--profile", "paper", "--dry_run", "--aspects", "harmlessness"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                         cwd=REPO, capture_output=True, text=True, timeout=DEADLINE_S, check=False,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert ("  judge: gpt-4-turbo-preview, prompts released, parser released, profile paper; decoding sent: "
@@ -501,7 +502,7 @@ def _free_port() -> int:
 def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
     """``transformers serve`` on a tiny random model folder (no API key, no hub); the judge script's
     ``main`` runs through it. The request's ``model`` must be the folder path."""
-    import urllib.request
+    from metaaligner.testing.waits import wait_for_http
 
     sys.path.insert(0, str(REPO / "evaluation"))
     import judge as judge_script
@@ -511,21 +512,16 @@ def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # started before the model folder exists (it loads the model named by the first request), so its
     # start-up overlaps with building the tiny model
+    log = open(tmp_path / "serve.log", "wb")
     serve = subprocess.Popen(["transformers", "serve", "--host", "127.0.0.1", "--port", str(port),
                               "--device", "cpu", "--dtype", "float32"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=log, stderr=subprocess.STDOUT)
     try:
         folder = str(request.getfixturevalue("tiny_llama_dir"))
         inp = make_outputs(tmp_path / "pol.csv", n=2)
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or serve.poll() is not None:
-                    pytest.fail("transformers serve did not come up: " + serve.stderr.read1().decode()[-500:])
-                time.sleep(0.2)
+        # its own readiness signal, with a deadline a loaded machine never reaches (metaaligner.testing.waits)
+        wait_for_http(f"http://127.0.0.1:{port}/health", "transformers serve to answer /health", process=serve,
+                      log=tmp_path / "serve.log")
         out = tmp_path / "out"
         config = judge_script.JudgeConfig(input=str(inp), output_dir=str(out), base_url=f"http://127.0.0.1:{port}/v1",
                                           judge_model=folder, target="aligned_responses", aspects="harmlessness",
@@ -548,6 +544,7 @@ def test_end_to_end_with_transformers_serve(tmp_path, capsys, request):
             serve.wait(timeout=10)
         except subprocess.TimeoutExpired:
             serve.kill()
+        log.close()
 
 
 @pytest.mark.parametrize("name", ["hh-rlhf", "ultrafeedback", "imhi"])

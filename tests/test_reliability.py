@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import pytest
 
 from metaaligner.io import fastchat_item, read_records, write_fastchat, write_json
 from metaaligner.testing import Fault, ScriptedOpenAIServer, fail_first_per_prompt, fail_first_requests, user_text
+from metaaligner.testing.waits import DEADLINE_S, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PLANTED_KEY = "sk-planted-0123456789abcdefSECRET"
@@ -397,7 +397,7 @@ def world(tmp_path_factory, tiny_llama_dir) -> World:
         harness.write_text(HARNESS)
         (d / "cases.json").write_text(json.dumps(cases))
         proc = subprocess.run([sys.executable, str(harness), str(d / "cases.json"), str(d / "results.json")],
-                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900)
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=DEADLINE_S)
         results = json.loads((d / "results.json").read_text()) if (d / "results.json").exists() else {}
         assert proc.returncode == 0, proc.stderr[-3000:]
         yield World(d, tiny_llama_dir, results, servers, harness)
@@ -740,20 +740,18 @@ def test_sigkill_then_resume_yields_every_row_exactly_once(world, tmp_path, ref,
     rng = random.Random(f"kill|{kind}|0")
     lines_before_kill = rng.randint(1, 3 if kind != "jd" else 20)  # a seeded random point mid-run
     try:
-        proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            p = out / partial
-            if p.exists() and p.read_bytes().count(b"\n") >= lines_before_kill:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"{kind}: finished before it could be killed\n{proc.stderr.read().decode()[-1500:]}"
+        with open(tmp_path / "child.err", "wb") as err:
+            proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=err)
+        # a run that finishes before the kill point fails the wait, with its stderr (metaaligner.testing.waits)
+        wait_for(lambda: (out / partial).exists() and (out / partial).read_bytes().count(b"\n") >= lines_before_kill,
+                 f"{kind}: {lines_before_kill} rows in {partial} (to kill the run mid-way)", process=proc,
+                 interval=0.01, log=tmp_path / "child.err")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert not (out / final).exists(), "a killed run left an output that looks complete"
         assert (out / partial).exists()
         resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                                 timeout=300)
+                                 timeout=DEADLINE_S)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     finally:
         if kind == "jd":

@@ -39,6 +39,7 @@ from metaaligner.dataset.rewards import (
 from metaaligner.distributed import shard_range
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import read_records
+from metaaligner.testing.waits import DEADLINE_S
 
 HARM = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
 REPO = Path(__file__).resolve().parent.parent
@@ -339,7 +340,7 @@ def test_scripts_as_subprocesses(tiny_llama_dir, tmp_path, repo_root):
     stage1 = subprocess.run([sys.executable, "dynamic_multi_objective_dataset/reward_labelling.py", "--input", str(src),
                              "--output", str(tmp_path / "rewards.csv"), "--model", str(tiny_llama_dir),
                              "--batch_size", "4", "--device", "cpu"],
-                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert stage1.returncode == 0, stage1.stderr[-2000:]
     assert "6 rows in, 5 out, dropped 1 (empty_response=1)" in stage1.stdout
     assert "empty_response" in stage1.stderr and "[2]" in stage1.stderr
@@ -348,7 +349,7 @@ def test_scripts_as_subprocesses(tiny_llama_dir, tmp_path, repo_root):
     stage2 = subprocess.run([sys.executable, "dynamic_multi_objective_dataset/build_aligner_dataset.py", "--input",
                              str(tmp_path / "rewards.csv"), "--dataset", "hh-rlhf", "--output_dir", str(tmp_path / "ds"),
                              "--seed", "0", "--val_size", "0.2"],
-                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert stage2.returncode == 0, stage2.stderr[-2000:]
     built = json.loads((tmp_path / "ds" / "stats.json").read_text())
     assert built["pairs"] == 5 and built["prompts"] == {"train": 4, "val": 1}

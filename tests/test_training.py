@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from metaaligner.testing.waits import DEADLINE_S
 from metaaligner.training.sft import SFTStageConfig, tokenize_item, train_sft
 
 
@@ -352,7 +353,7 @@ def test_two_processes_match_one(tiny_llama_dir, tmp_path, repo_root):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
            str(repo_root / "training" / "train_aligner.py"), *common, "--output_dir", str(tmp_path / "two"),
            "--per_device_train_batch_size", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert set(one) == set(two)
