@@ -262,3 +262,14 @@ def test_copy_through_the_guard_removes_the_repeated_sentence_only(tmp_path):
     assert by["fix len"][1:] == (by["fix len"][0].input, "kept")
     plain, plain_actions = bench.run_system(bench.parse_system("copy"), items, None, GenerationParams(), tmp_path)
     assert plain == [it.input for it in items] and set(plain_actions) == {"off"}
+
+
+def test_no_item_whose_damage_no_check_can_see():
+    # the filler lands after the unfinished last sentence for seed 1 and merges into it
+    clean = "Boil the egg for ten minutes. Then let it cool down for a while"
+    rng = random.Random("bench|1|0|len")
+    merged = damage.damage_all(["len"], clean, rng, "test")
+    assert checks.passes("len", merged)
+    items = bench.make_items([{"source": "s", "query": "q", "clean": clean}], seed=1)
+    assert "fix len" not in {it.label for it in items}
+    assert all(not checks.passes(k, it.input) for it in items for k in it.damaged)
