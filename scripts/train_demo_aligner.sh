@@ -11,9 +11,12 @@
 #    len (filler sentence); reward = minus the violations
 # 3. stage 2, Algorithm 1, with copy (warm-up) items only for answers no pair shows worse
 #    (--warmup unbeaten), and the ablation's copy of it with the objective text withheld
-# 4. the 3-step curriculum twice, in parallel (1 thread each): the aligner and the ablation
+# 4. the 3-step curriculum twice, in parallel (1 thread each): the aligner and the ablation; then a third
+#    run with 300 harmless-base human-preference pairs mixed in (harmlessness = the human label,
+#    repeat/len by rule), to see what that mix costs on the checks (not shipped)
 # 5. ship the aligner (adapter + card + training log), the loss curve
-# 6. evaluation/edit_bench.py: the aligner (guard on and off), copy, the untrained base, the ablation
+# 6. evaluation/edit_bench.py: the aligner (guard on and off), copy (with and without the guard), the
+#    untrained base (guard on and off), the ablation, the human-preference mix
 #
 # The held-out objectives of the bench (disclaimer, no_caps, ask_back, word_limit) appear in no file
 # of steps 1-3 (tests/test_edit_bench.py checks it).
@@ -33,6 +36,16 @@ python dynamic_multi_objective_dataset/reward_labelling.py --input "$RUN/pairs.c
 python dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$RUN/rewards.csv" --dataset edit-bench \
     --output_dir "$RUN/aligner_data" --seed 0 --val_size 0.05 --warmup unbeaten
 python training/demo_aligner_data.py --step blind --input "$RUN/aligner_data" --output "$RUN/blind_data"
+# the human-preference mix: a harmless-base slice without edit-bench test prompts, repeat/len by rule,
+# the human label as harmlessness (score 1), joined to the edit pairs
+python training/demo_aligner_data.py --step slice --output "$RUN/hb_slice.csv" --n_pairs 300 --max_prompt_tokens 96 \
+    --max_response_tokens 64 --seed 0 --exclude_edit_test
+python dynamic_multi_objective_dataset/reward_labelling.py --input "$RUN/hb_slice.csv" --output "$RUN/hb_rule.csv" \
+    --reward_names repeat,len --scorer rule --normalize false --round 0
+python training/demo_aligner_data.py --step merge --input "$RUN/hb_rule.csv" --output "$RUN/hb_rewards.csv"
+python training/demo_aligner_data.py --step concat --input "$RUN/rewards.csv,$RUN/hb_rewards.csv" --output "$RUN/mix_rewards.csv"
+python dynamic_multi_objective_dataset/build_aligner_dataset.py --input "$RUN/mix_rewards.csv" --dataset edit-bench \
+    --output_dir "$RUN/mix_data" --seed 0 --val_size 0.05 --warmup unbeaten
 
 # 4. the curriculum: LoRA on the top 10 of SmolLM2's 30 layers, capped items per step
 train() {
@@ -47,6 +60,7 @@ train "$RUN/blind_data" "$RUN/blind" > "$RUN/train_blind.log" 2>&1 &
 BLIND_PID=$!
 wait "$ALIGNER_PID" || { tail -n 20 "$RUN/train_aligner.log"; exit 1; }
 wait "$BLIND_PID" || { tail -n 20 "$RUN/train_blind.log"; exit 1; }
+train "$RUN/mix_data" "$RUN/mix" > "$RUN/train_mix.log" 2>&1 || { tail -n 20 "$RUN/train_mix.log"; exit 1; }
 python - "$RUN/blind/metaaligner.json" <<'PY'
 import json, sys
 card = json.load(open(sys.argv[1]))
@@ -79,5 +93,5 @@ PY
 
 # 6. the edit bench on held-out answers
 python evaluation/edit_bench.py --output_dir "$RUN/edit_bench" --rows "$ROWS" --seed 0 --png docs/edit_bench.png \
-    --systems "copy,copy:guard,aligner=$DEST,aligner raw=$DEST:raw,base=embedded,base raw=embedded:raw,blind=$RUN/blind"
+    --systems "copy,copy:guard,aligner=$DEST,aligner raw=$DEST:raw,base=embedded,base raw=embedded:raw,blind=$RUN/blind,human-preference mix=$RUN/mix"
 cp "$RUN/edit_bench/edit_bench.json" "$RUN/edit_bench/edit_bench.md" "$DEST/"
