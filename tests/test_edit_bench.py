@@ -273,3 +273,17 @@ def test_no_item_whose_damage_no_check_can_see():
     items = bench.make_items([{"source": "s", "query": "q", "clean": clean}], seed=1)
     assert "fix len" not in {it.label for it in items}
     assert all(not checks.passes(k, it.input) for it in items for k in it.damaged)
+
+
+def test_model_digest_reads_weights_and_configs_not_results_beside_them(tmp_path):
+    import os
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    (tmp_path / "metaaligner.json").write_text('{"template": "hh-rlhf"}')
+    first = bench.model_files_digest(str(tmp_path))
+    (tmp_path / "edit_bench.md").write_text("results")
+    os.utime(tmp_path / "adapter_model.safetensors", (1, 1))
+    assert bench.model_files_digest(str(tmp_path)) == first
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"retrained")
+    assert bench.model_files_digest(str(tmp_path)) != first
+    assert bench.model_files_digest("some/hub-model") is None

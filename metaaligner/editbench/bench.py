@@ -186,6 +186,23 @@ def prompt_for(system: System, item: Item, registry, group: str = "edit-bench") 
     return render(system.template, item.query, item.input, aspects)
 
 
+MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "metaaligner.json",
+               "tokenizer.json", "tokenizer_config.json")
+
+
+def model_files_digest(model: str | None) -> str | None:
+    """A digest of the contents of the files that decide a local model's outputs (weights, configs,
+    card, tokenizer), so results written beside the weights (edit_bench.md, a log) or a fresh
+    checkout's new modification times do not invalidate cached generations. None for a hub name."""
+    if not model or not Path(model).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(Path(model).iterdir()):
+        if path.is_file() and (path.suffix in (".safetensors", ".bin") or path.name in MODEL_FILES):
+            digest.update(path.name.encode("utf-8") + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class GenerationCache:
     """Raw outputs on disk, one JSON line per prompt, keyed by (model files, decoding, prompt):
@@ -196,10 +213,8 @@ class GenerationCache:
 
     @classmethod
     def open(cls, folder: Path, system: System, params) -> "GenerationCache":
-        from metaaligner.io import folder_identity
-
-        stamp = json.dumps({"model": system.model, "files": folder_identity(system.model) if system.model and
-                            Path(system.model).is_dir() else None, "params": repr(params)}, sort_keys=True)
+        stamp = json.dumps({"model": system.model, "files": model_files_digest(system.model),
+                            "params": repr(params)}, sort_keys=True)
         # one file per model and decoding: a guarded and a raw system share their generations
         path = folder / f"{hashlib.sha256(stamp.encode('utf-8')).hexdigest()[:16]}.jsonl"
         cache = cls(path, stamp)
@@ -404,8 +419,9 @@ def examples(items: list[Item], outputs: list[str], limit_labels: tuple[str, ...
 
 
 def plot(summary: dict[str, Any], items: list[Item], path: str | Path, subject: str) -> Path:
-    """Fix rate per objective (trained: single fixes; held out: unseen, plus the subject with the
-    placebo text), one bar per system, 95% intervals."""
+    """Fixed-and-kept rate per objective (trained: single fixes; held out: unseen, plus the subject
+    with the placebo text), one bar per system, 95% intervals: a fix that drops the answer's content
+    (a rewrite, a refusal) does not count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,8 +429,9 @@ def plot(summary: dict[str, Any], items: list[Item], path: str | Path, subject: 
 
     keys = list(checks.TRAINED) + list(checks.HELD_OUT)
     labels = {k: (f"fix {k}" if k in checks.TRAINED else f"unseen {k}") for k in keys}
-    series = {n: [summary["labels"][n].get(labels[k], {}).get("fixed") for k in keys] for n in summary["labels"]}
-    series[f"{subject}, placebo text"] = [summary["labels"][subject].get(f"placebo ({k})", {}).get("fixed")
+    measure = "fixed_and_kept"
+    series = {n: [summary["labels"][n].get(labels[k], {}).get(measure) for k in keys] for n in summary["labels"]}
+    series[f"{subject}, placebo text"] = [summary["labels"][subject].get(f"placebo ({k})", {}).get(measure)
                                           for k in keys]
     fig, ax = plt.subplots(figsize=(9, 3.8), dpi=110)
     width = 0.8 / len(series)
@@ -427,7 +444,7 @@ def plot(summary: dict[str, Any], items: list[Item], path: str | Path, subject: 
     ax.axvline(len(checks.TRAINED) - 0.1, color="grey", ls=":", lw=1)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
     ax.set_xticklabels([("" if k in checks.TRAINED else "unseen: ") + k for k in keys], fontsize=8)
-    ax.set_ylabel("fixed (check passes)")
+    ax.set_ylabel("fixed, content kept")
     ax.set_ylim(0, 1.05)
     ax.set_title("Edit benchmark: trained objectives (left) and held-out objectives (right)", fontsize=9)
     ax.legend(fontsize=7, ncol=3)
