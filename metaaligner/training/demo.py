@@ -62,7 +62,7 @@ def select_short_pairs(path: str | Path, tokenizer, n_pairs: int, max_prompt_tok
 
 def heldout_prompts(probe_json: str | Path, pairs_path: str | Path) -> set[str]:
     """The prompts of the offline judge's held-out rows (``heldout_rows`` of its probe.json, row ids
-    of ``pairs_path``): no training of any kind may see them."""
+    of ``pairs_path``), to keep out of a training slice."""
     import json
 
     from metaaligner.dataset.rewards import load_preference_rows
