@@ -22,7 +22,8 @@ from metaaligner.methods.common import (
     read_reward_pairs,
     split_by_group,
 )
-from metaaligner.methods.morlhf import parse_weights, reward_model_pairs, scalarise
+from metaaligner.methods.morlhf import parse_weights, reward_model_pairs
+from metaaligner.methods.scalarisation import scalarise
 from metaaligner.methods.sft import make_sft_data
 from metaaligner.testing.waits import DEADLINE_S
 

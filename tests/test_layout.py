@@ -2,6 +2,7 @@
 baseline metadata file, dataset configs shipped with the package), checked by behaviour."""
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -122,3 +123,53 @@ def test_dataset_configs_ship_inside_the_package(tmp_path):
     assert (config.name, config.path, config.template) == ("mine", str(mine), "hh-rlhf")
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
     assert '"data/**/*"' in pyproject   # setuptools ships metaaligner/data/datasets/*.yaml
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """module -> the metaaligner modules it imports, at top level or inside functions (``ast``); a
+    ``from pkg import name`` counts ``pkg.name`` when that is a module, else ``pkg``."""
+    modules = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = p
+    graph: dict[str, set[str]] = {}
+    for name, p in modules.items():
+        is_pkg = p.name == "__init__.py"
+        targets = set()
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:   # relative: resolve against this module's package
+                    base = name.split(".") if is_pkg else name.split(".")[:-1]
+                    base = base[:len(base) - node.level + 1]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets.update(f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles_between_package_modules():
+    graph = _package_imports()
+    assert graph["metaaligner.training.morlhf"] >= {"metaaligner.methods.scalarisation"}   # the walk sees imports
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -1,6 +1,6 @@
 """MORLHF baseline: one reward model per objective, trained on pairs ordered by that objective's
 score (ties dropped); the policy reward is the linear scalarisation  R(x, y) = sum_j w_j * r_j(x, y)
-of standardised rewards. Data rule ``reward_model_pairs``, ``train_reward_models``,
+of standardised rewards (``methods.scalarisation``). Data rule ``reward_model_pairs``, ``train_reward_models``,
 ``train_morlhf_baseline`` (the RL trainer is ``training.morlhf``); inference: ``infer`` (plain queries).
 """
 from __future__ import annotations
@@ -51,18 +51,6 @@ def parse_weights(spec: str | Sequence[float] | None, n: int) -> list[float]:
     if not all(math.isfinite(w) for w in weights):
         raise MetaAlignerError(f"--weights must be finite, got {spec!r}")
     return weights
-
-
-def standardise(value: float, mean: float, std: float) -> float:
-    """(value - mean) / std: one reward model's score on the scale of its training responses."""
-    return (value - mean) / std if std > 0 else value - mean
-
-
-def scalarise(rewards: Sequence[float], weights: Sequence[float]) -> float:
-    """Linear scalarisation R = sum_j w_j * r_j of one response's per-objective (normalised) rewards."""
-    if len(rewards) != len(weights):
-        raise MetaAlignerError(f"{len(rewards)} rewards but {len(weights)} weights")
-    return float(sum(w * r for w, r in zip(weights, rewards)))
 
 
 def train_reward_models(input_path: str | Path, config: str, output_dir: str | Path, base_model: str | None,

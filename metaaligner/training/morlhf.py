@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from metaaligner.cli import check
 from metaaligner.errors import MetaAlignerError
 from metaaligner.methods.common import METADATA_FILE
+from metaaligner.methods.scalarisation import standardise
 from metaaligner.training.common import TrainerConfigBase, override
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,6 @@ class NormalisedRewardModel:
         return score_texts(self.model, self.tokenizer, prompts, completions, self.batch_size, self.max_length)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs) -> list[float]:
-        from metaaligner.methods.morlhf import standardise
-
         raw = self.raw_scores(prompts, completions)
         return [standardise(r, self.spec.mean, self.spec.std) for r in raw] if self.normalize else raw
 
