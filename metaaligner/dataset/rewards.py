@@ -5,12 +5,14 @@ Pieces, each usable on its own:
 - ``load_preference_rows``: HH-RLHF transcripts (``chosen``/``rejected``) or ready columns
   (``prompt``/``chosen_response``/``rejected_response``) -> ``PreferenceRow`` list.
 - The reward registry ``REWARDS`` (name -> released classifier + objective key) and
-  ``resolve_rewards`` (names + overrides -> ``RewardSpec`` list). Three scorer kinds:
-  ``pair`` (sequence classifier on the (prompt, response) text pair, score = the single logit),
-  ``response`` (classifier on the response alone, score = logit of label 1) and ``llm`` (any causal
-  LM; score = logit("Yes") - logit("No") after ``templates.llm_scorer_prompt``; the embedded SmolLM2
-  by default, so everything runs offline).
-- ``score_sequences``: batched forward passes, sequences sorted by length and padded per batch.
+  ``resolve_rewards`` (names + overrides -> ``RewardSpec`` list); ``build_scorers`` loads them. The
+  scorer kinds live one per module: ``classifier_scorer`` (``pair``: sequence classifier on the
+  (prompt, response) text pair, score = the single logit; ``response``: classifier on the response
+  alone, score = logit of label 1), ``llm_scorer`` (``llm``: any causal LM; score = logit("Yes") -
+  logit("No") after ``templates.llm_scorer_prompt``; the embedded SmolLM2 by default, so everything
+  runs offline) and ``rule_scorer`` (``rule``: minus a check's violations). Their shared contract
+  is ``scoring``; this module re-exports its names and the scorer classes.
+- ``score_sequences`` (``scoring``): batched forward passes, sequences sorted by length and padded per batch.
 - ``label_shard``: one process's rows (``accelerate launch``/``torchrun`` give each rank a contiguous
   slice), resumable, raw scores plus a status per row.
 - ``merge_shards`` / ``finalise``: every input row exactly once, in input order; rounding
@@ -31,14 +33,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from metaaligner.distributed import in_input_order, length_sorted_batches, shard_range
+from metaaligner.dataset.classifier_scorer import ClassifierScorer, load_classifier
+from metaaligner.dataset.llm_scorer import LLMScorer, SharedLMScorer
+from metaaligner.dataset.scoring import (  # noqa: F401  (re-exported: the stage-1 names in one place)
+    KINDS,
+    LLM,
+    PAIR,
+    RESPONSE,
+    RULE,
+    RewardSpec,
+    Scorer,
+    pad_right,
+    score_sequences,
+    transcript,
+)
+from metaaligner.distributed import in_input_order, shard_range
 from metaaligner.errors import DataError, MetaAlignerError
 
 log = logging.getLogger(__name__)
 
 ASSISTANT_CUE = "\n\nAssistant:"
-PAIR, RESPONSE, LLM, RULE = "pair", "response", "llm", "rule"
-KINDS = (PAIR, RESPONSE, LLM, RULE)
 OK = "ok"
 # Row statuses that drop a pair (counted in the stats; never written as rewards).
 EMPTY_RESPONSE, NO_ASSISTANT_TURN, TOO_SHORT, TOO_LONG, NAN_SCORE = (
@@ -144,17 +158,6 @@ REWARDS: dict[str, RegisteredReward] = {
 ALIASES = {"harmlessness": "harmless", "helpfulness": "helpful", "humour": "humor"}
 
 
-@dataclass(frozen=True)
-class RewardSpec:
-    """One reward column: how to score it. ``model`` is a hub name or local path (``None`` = the
-    embedded model, LLM scorer only); ``description`` is the objective text the LLM scorer asks about."""
-    name: str
-    kind: str
-    model: str | None
-    label: int | None = None
-    description: str | None = None
-
-
 def parse_overrides(specs: Iterable[str]) -> dict[str, tuple[str | None, str]]:
     """``name=path`` or ``name=pair:path`` / ``name=response:path`` -> {name: (kind or None, path)}."""
     out = {}
@@ -222,292 +225,6 @@ def resolve_rewards(names: list[str], scorer: str = LLM, model: str | None = Non
 
 # ---------------------------------------------------------------- scorers
 
-class Scorer:
-    """Encodes a (prompt, response) into token ids and scores padded batches of them."""
-    name: str
-    kind: str
-    model_name: str
-    max_length: int
-    tokenizer: Any
-
-    def encode(self, prompt: str, response: str) -> list[int]:
-        raise NotImplementedError
-
-    def score_batch(self, batch: list[list[int]]) -> list[float]:
-        raise NotImplementedError
-
-    def transcript_length(self, prompt: str, response: str) -> int:
-        """Tokens of the pair's transcript (prompt + response), the length the filter checks (as released)."""
-        return len(self.tokenizer(transcript(prompt, response), add_special_tokens=True)["input_ids"])
-
-
-def transcript(prompt: str, response: str) -> str:
-    return f"{prompt} {response}" if prompt else response
-
-
-def _pad_right(batch: list[list[int]], pad_id: int, device):
-    import torch
-
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, :len(ids)] = 1
-    return input_ids.to(device), mask.to(device)
-
-
-class ClassifierScorer(Scorer):
-    """A sequence classifier: ``pair`` kind on (prompt, response) as a text pair, ``response`` kind on
-    the response alone; inputs truncated to ``max_length``; right padding (absolute positions stay 0..n)."""
-
-    def __init__(self, spec: RewardSpec, model, tokenizer, device, max_length: int):
-        self.name, self.kind, self.model_name, self.label = spec.name, spec.kind, str(spec.model), spec.label
-        self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
-        n_labels = int(getattr(model.config, "num_labels", 1))
-        if self.label is None and n_labels != 1:
-            raise MetaAlignerError(f"{spec.model}: reward {spec.name!r} expects one logit but the model has "
-                                   f"{n_labels} labels; use name=response:PATH for a 2-label classifier")
-        if self.label is not None and self.label >= n_labels:
-            raise MetaAlignerError(f"{spec.model}: reward {spec.name!r} reads label {self.label} but the model "
-                                   f"has {n_labels} labels")
-
-    def encode(self, prompt: str, response: str) -> list[int]:
-        if self.kind == PAIR:
-            enc = self.tokenizer(prompt, response, truncation=True, max_length=self.max_length)
-        else:
-            enc = self.tokenizer(response, truncation=True, max_length=self.max_length)
-        return list(enc["input_ids"])
-
-    def score_batch(self, batch: list[list[int]]) -> list[float]:
-        import torch
-
-        input_ids, mask = _pad_right(batch, self.tokenizer.pad_token_id, self.device)
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
-        column = logits[:, 0 if self.label is None else self.label]
-        return column.cpu().tolist()
-
-
-class SharedLMScorer:
-    """One causal LM shared by every LLM-scored reward: score = logit("Yes") - logit("No") at the
-    next token after ``templates.llm_scorer_parts`` (context, answer, objective), optionally wrapped
-    in the tokenizer's chat template.
-
-    With ``prefix_sharing`` (default), one pair's 2 x R questions (two answers, R objectives) are
-    packed into one sequence shaped as a tree, context -> answer -> objective, with a 4D attention
-    mask and per-path position ids: the context is encoded once instead of 2R times, and each
-    context + answer once instead of R times. Every path holds exactly the tokens of the unpacked
-    question, so the scores match the unpacked ones (checked on the first pair; a model whose
-    attention ignores custom masks falls back to unpacked scoring with a warning).
-    """
-
-    def __init__(self, model, tokenizer, device, model_name: str, max_length: int, chat_template: bool,
-                 prefix_sharing: bool = True):
-        import inspect
-
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.model_name, self.max_length, self.chat_template = model_name, max_length, chat_template
-        self.prefix_sharing, self._checked = prefix_sharing, False
-        lead = "" if chat_template else " "   # raw prompts end with "Reply:", so the answer starts with a space
-        self.yes_id = tokenizer.encode(lead + "Yes", add_special_tokens=False)[0]
-        self.no_id = tokenizer.encode(lead + "No", add_special_tokens=False)[0]
-        if self.yes_id == self.no_id:
-            raise MetaAlignerError(f"{model_name}: 'Yes' and 'No' start with the same token; cannot score")
-        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.pre, self.post = self._wrapping()
-        self.lead_ids = self._lead_ids()
-
-    def _wrapping(self) -> tuple[str, str]:
-        """Chat-template text before and after the user message ("" and "" for raw prompts)."""
-        if not self.chat_template:
-            return "", ""
-        marker = "\x00METAALIGNER\x00"
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": marker}],
-                                                  add_generation_prompt=True, tokenize=False)
-        pre, _, post = text.partition(marker)
-        return pre, post
-
-    def _lead_ids(self) -> list[int]:
-        """Special tokens the tokenizer puts in front of a raw text (a BOS), none for chat prompts."""
-        if self.chat_template:
-            return []
-        with_special = self.tokenizer("x", add_special_tokens=True)["input_ids"]
-        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
-        return list(with_special[:with_special.index(plain[0])]) if plain and plain[0] in with_special else []
-
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode_pair(self, prompt: str, responses: list[str], descriptions: list[str]
-                    ) -> tuple[list[int], list[list[int]], list[list[int]]]:
-        """(context ids, one answer-ids list per response, one objective-ids list per description);
-        the question for (response a, objective k) is context + answers[a] + objectives[k]. The
-        conversation loses its start when the longest question exceeds ``max_length``."""
-        from metaaligner.registry.templates import llm_scorer_parts
-
-        answers = [self._ids(llm_scorer_parts(prompt, r, "")[1]) for r in responses]
-        objectives = [self._ids(llm_scorer_parts("", "", d)[2] + self.post) for d in descriptions]
-        tail = max(len(a) for a in answers) + max(len(o) for o in objectives)
-        question = prompt
-        context = self.lead_ids + self._ids(self.pre + llm_scorer_parts(question, "", "")[0])
-        for _ in range(4):
-            excess = len(context) + tail - self.max_length
-            if excess <= 0:
-                break
-            q = self._ids(question)
-            question = "..." + self.tokenizer.decode(q[min(len(q), excess + 8):])
-            context = self.lead_ids + self._ids(self.pre + llm_scorer_parts(question, "", "")[0])
-        room = self.max_length - len(context) - max(len(o) for o in objectives)
-        if room <= 0:
-            raise MetaAlignerError(f"--max_length {self.max_length} leaves no room for the answer in the LLM "
-                                   "scorer's question; raise it")
-        return context, [a[:room] for a in answers], objectives
-
-    def score_pairs(self, pairs: list[tuple[str, str, str]], descriptions: list[str], batch_size: int = 16,
-                    on_progress: Callable[[int], None] | None = None) -> list[tuple[list[float], list[float]]]:
-        """For each (prompt, chosen, rejected): (chosen scores, rejected scores), one per description."""
-        encoded = [self.encode_pair(p, [c, r], descriptions) for p, c, r in pairs]
-        if self.prefix_sharing and encoded and not self._checked:
-            self._check_tree(encoded[0])
-        if self.prefix_sharing:
-            trees = [_pack_tree(*e) for e in encoded]
-            order = sorted(range(len(trees)), key=lambda i: len(trees[i][0]), reverse=True)
-            flat: list[list[float]] = [[] for _ in trees]
-            for start in range(0, len(order), max(1, batch_size)):
-                idx = order[start:start + batch_size]
-                for i, scores in zip(idx, self._score_trees([trees[i] for i in idx])):
-                    flat[i] = scores
-                if on_progress:
-                    on_progress(len(idx) * 2 * len(descriptions))
-        else:
-            sequences = [ctx + a + o for ctx, answers, objs in encoded for a in answers for o in objs]
-            scores = score_sequences(self, sequences, batch_size, on_progress)
-            per = 2 * len(descriptions)
-            flat = [scores[i * per:(i + 1) * per] for i in range(len(encoded))]
-        n = len(descriptions)
-        return [(s[:n], s[n:]) for s in flat]
-
-    def _check_tree(self, example) -> None:
-        import torch
-
-        self._checked = True
-        ctx, answers, objs = example
-        plain = self.score_batch([ctx + a + o for a in answers for o in objs])
-        packed = self._score_trees([_pack_tree(ctx, answers, objs)])[0]
-        tol = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 0.25
-        diff = max(abs(a - b) for a, b in zip(plain, packed))
-        if not diff <= tol:
-            log.warning("%s: packed (prefix-sharing) scores differ from plain ones by %.3g; this model's attention "
-                        "does not honour custom masks, scoring unpacked", self.model_name, diff)
-            self.prefix_sharing = False
-
-    def score_batch(self, batch: list[list[int]]) -> list[float]:
-        """Plain sequences, right-padded: the logit gap at each sequence's last token."""
-        import torch
-
-        input_ids, mask = _pad_right(batch, self.tokenizer.pad_token_id, self.device)
-        last = mask.sum(dim=1) - 1
-        kwargs = {}
-        if self.keeps_logits:
-            keep = torch.unique(last)
-            kwargs["logits_to_keep"] = keep
-            last = torch.searchsorted(keep, last)
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=mask, **kwargs).logits
-        rows = logits[torch.arange(len(batch), device=logits.device), last].float()
-        return (rows[:, self.yes_id] - rows[:, self.no_id]).cpu().tolist()
-
-    def _score_trees(self, trees: list[tuple[list[int], list[int], list[int], list[int]]]) -> list[list[float]]:
-        """Packed trees (ids, positions, segment parents, question ends), padded to one length."""
-        import torch
-
-        width = max(len(t[0]) for t in trees)
-        n = len(trees)
-        dtype = next(self.model.parameters()).dtype
-        input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        positions = torch.zeros((n, width), dtype=torch.long)
-        allowed = torch.zeros((n, width, width), dtype=torch.bool)
-        ends = []
-        for b, (ids, pos, segs, last) in enumerate(trees):
-            L = len(ids)
-            input_ids[b, :L] = torch.tensor(ids)
-            positions[b, :L] = torch.tensor(pos)
-            seg = torch.tensor(segs[0])
-            ancestors = torch.tensor(segs[1])           # [segment, segment] ancestor-or-self
-            allowed[b, :L, :L] = ancestors[seg][:, seg] & torch.ones(L, L, dtype=torch.bool).tril()
-            pad = torch.arange(L, width)
-            allowed[b, pad, pad] = True                 # padding attends to itself only (no NaN rows)
-            ends.append(last)
-        mask = torch.zeros((n, 1, width, width), dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        flat_ends = torch.tensor([e for es in ends for e in es])
-        kwargs = {}
-        gather = flat_ends
-        if self.keeps_logits:
-            keep = torch.unique(flat_ends)
-            kwargs["logits_to_keep"] = keep.to(self.device)
-            gather = torch.searchsorted(keep, flat_ends)
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), **kwargs).logits
-        rows_idx = torch.tensor([b for b, es in enumerate(ends) for _ in es])
-        picked = logits[rows_idx.to(logits.device), gather.to(logits.device)].float()
-        gaps = (picked[:, self.yes_id] - picked[:, self.no_id]).cpu().tolist()
-        out, k = [], 0
-        for es in ends:
-            out.append(gaps[k:k + len(es)])
-            k += len(es)
-        return out
-
-
-def _pack_tree(context: list[int], answers: list[list[int]], objectives: list[list[int]]):
-    """One sequence: context | answer_1 | objective_1..R | answer_2 | objective_1..R, with positions
-    along each root-to-leaf path, a segment id per token, the segments' ancestor matrix, and the index
-    of each question's last token (answer-major order)."""
-    ids, pos, seg_of = list(context), list(range(len(context))), [0] * len(context)
-    parents = [-1]                                   # segment 0 = context
-    ends = []
-    for answer in answers:
-        a_seg = len(parents)
-        parents.append(0)
-        start = len(context)
-        ids += answer
-        pos += range(start, start + len(answer))
-        seg_of += [a_seg] * len(answer)
-        for objective in objectives:
-            o_seg = len(parents)
-            parents.append(a_seg)
-            base = start + len(answer)
-            ids += objective
-            pos += range(base, base + len(objective))
-            seg_of += [o_seg] * len(objective)
-            ends.append(len(ids) - 1)
-    n = len(parents)
-    ancestors = [[False] * n for _ in range(n)]
-    for s in range(n):
-        a = s
-        while a >= 0:
-            ancestors[s][a] = True
-            a = parents[a]
-    return ids, pos, (seg_of, ancestors), ends
-
-
-class LLMScorer(Scorer):
-    """One LLM-scored reward: the shared ``SharedLMScorer`` asked about ``description``."""
-
-    def __init__(self, spec: RewardSpec, judge: SharedLMScorer):
-        self.name, self.kind, self.description, self.judge = spec.name, LLM, spec.description, judge
-        self.model_name, self.max_length, self.tokenizer = judge.model_name, judge.max_length, judge.tokenizer
-
-    def encode(self, prompt: str, response: str) -> list[int]:
-        context, answers, objectives = self.judge.encode_pair(prompt, [response], [self.description])
-        return context + answers[0] + objectives[0]
-
-    def score_batch(self, batch: list[list[int]]) -> list[float]:
-        return self.judge.score_batch(batch)
-
-
 def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str | None = None,
                   max_length: int = 1024, chat_template: str = "auto", prefix_sharing: bool = True) -> list[Scorer]:
     """Load each distinct model once (several LLM-scored rewards share one model) on ``device``."""
@@ -537,7 +254,7 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
             scorers.append(LLMScorer(spec, judges[spec.model]))
         else:
             if spec.model not in classifiers:
-                classifiers[spec.model] = _load_classifier(spec.model, device, dtype)
+                classifiers[spec.model] = load_classifier(spec.model, device, dtype)
             model, tokenizer = classifiers[spec.model]
             scorers.append(ClassifierScorer(spec, model, tokenizer, device, _max_len(tokenizer, max_length)))
     return scorers
@@ -546,39 +263,6 @@ def build_scorers(specs: list[RewardSpec], device: str | None = None, dtype: str
 def _max_len(tokenizer, max_length: int) -> int:
     limit = getattr(tokenizer, "model_max_length", None) or max_length
     return int(min(limit, max_length))
-
-
-def _load_classifier(path: str, device: str, dtype: str | None):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from metaaligner.models import pick_dtype, quiet_transformers
-
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=pick_dtype(device, dtype))
-    except OSError as exc:
-        raise MetaAlignerError(f"cannot load reward model {path!r}: {str(exc).splitlines()[0]}") from None
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device).eval()
-    return model, tokenizer
-
-
-def score_sequences(scorer: Scorer, sequences: list[list[int]], batch_size: int,
-                    on_batch: Callable[[int], None] | None = None) -> list[float]:
-    """Scores in input order; batches of ``batch_size`` sequences after sorting by length (longest
-    first, so an out-of-memory error shows up at once), each padded to its own longest."""
-    out: list[float] = [math.nan] * len(sequences)
-    for idx in length_sorted_batches([len(s) for s in sequences], batch_size):
-        for i, score in zip(idx, scorer.score_batch([sequences[i] for i in idx])):
-            out[i] = float(score)
-        if on_batch:
-            on_batch(len(idx))
-    return out
 
 
 # ---------------------------------------------------------------- one process's share
