@@ -319,7 +319,7 @@ def _judged(root: Path, aligned=("win", "loss"), origin=("loss", "loss")) -> Pat
 
 
 def test_report_that_fails_mid_write_leaves_the_old_folder_intact(tmp_path, monkeypatch):
-    import metaaligner.reports as rep
+    import metaaligner.reports.write as rep
 
     judged = _judged(tmp_path / "judged")
     rep.write_reports(tmp_path / "reports", [str(judged)], n_boot=20)
