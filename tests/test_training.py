@@ -257,6 +257,38 @@ def test_resume_continues_from_saved_step_with_same_optimizer_state(tiny_llama_d
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # same weights as the uninterrupted run
 
 
+def test_resume_refuses_another_global_batch_and_skips_an_incomplete_checkpoint(tiny_llama_dir, tmp_path, caplog):
+    """Issue 33: --resume went on at another --gradient_accumulation_steps silently, and a
+    checkpoint-3/ without trainer_state.json (killed while saving) blocked resuming from checkpoint-2."""
+    import logging
+    import shutil
+    from dataclasses import replace
+
+    from metaaligner.errors import MetaAlignerError
+
+    items = [{"prompt": f"Q: {i} | Edit: ", "completion": f"answer number {i}"} for i in range(8)]
+    cfg = SFTStageConfig(max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                         logging_steps=1, save_steps=1, learning_rate=1e-3)
+    out, log = tmp_path / "b", tmp_path / "b.jsonl"
+    with pytest.raises(_Interrupt):
+        train_sft(str(tiny_llama_dir), items, None, str(out), cfg, "s", str(log), callbacks=[_stop_after_save(2)])
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-3")
+    (out / "checkpoint-3" / "trainer_state.json").unlink()           # the kill came before the state file
+    with pytest.raises(MetaAlignerError, match=r"global batch 4 \(per-device 2 x accumulation 2 x 1 processes\) "
+                                               r"against the checkpoint's 2 \(per-device 2 x accumulation 1"):
+        train_sft(str(tiny_llama_dir), items, None, str(out), replace(cfg, gradient_accumulation_steps=2), "s",
+                  str(log), resume=True)
+    with pytest.raises(MetaAlignerError, match=r"learning rate 0.01 against the checkpoint's 0.001"):
+        train_sft(str(tiny_llama_dir), items, None, str(out), replace(cfg, learning_rate=1e-2), "s", str(log),
+                  resume=True)
+    with caplog.at_level(logging.WARNING):
+        train_sft(str(tiny_llama_dir), items, None, str(out), cfg, "s", str(log), resume=True)
+    assert any("checkpoint-3 is incomplete" in r.getMessage() for r in caplog.records)
+    done = json.loads((out / "stage_done.json").read_text())
+    assert done["steps"] == 4 and done["resumed_from"].endswith("checkpoint-2")
+    assert [r["step"] for r in _records(log) if "loss" in r] == [1, 2, 3, 4]
+
+
 def test_padding_free_gives_the_padded_loss(tiny_llama_dir, tmp_path):
     items = [{"prompt": "Q: a | Edit: ", "completion": "short"},
              {"prompt": "Q: a much longer question here | Edit: ", "completion": "a much longer answer, with commas"}]

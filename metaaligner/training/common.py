@@ -186,3 +186,95 @@ def read_device_hours(log_path: str | Path) -> float | None:
         if "device_hours" in record:
             last[record.get("stage", "")] = float(record["device_hours"])
     return sum(last.values()) if last else None
+
+
+# ---------------------------------------------------------------- resume: complete checkpoints, same settings
+
+RESUME_SETTINGS = "resume_settings.json"
+_SETTING_NAMES = {"global_batch": "global batch", "learning_rate": "learning rate",
+                  "lr_scheduler_type": "schedule", "warmup_ratio": "warm-up ratio", "max_steps": "max steps",
+                  "num_train_epochs": "epochs", "weight_decay": "weight decay", "seed": "seed",
+                  "model": "model", "data_sha256": "training data"}
+
+
+def last_complete_checkpoint(output_dir: str | Path, logger=None) -> str | None:
+    """The highest ``checkpoint-N`` in ``output_dir`` that the Trainer finished saving (its
+    ``trainer_state.json``, written last, parses); later incomplete ones (a kill during save) are
+    skipped with a warning. None when there is none."""
+    import logging
+    import re
+
+    logger = logger or logging.getLogger(__name__)
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("%s is incomplete (no readable trainer_state.json: killed while saving?); "
+                           "skipping it for an earlier checkpoint", path)
+            continue
+        return str(path)
+    return None
+
+
+def resume_settings(config: TrainerConfigBase, world_size: int, model: str | None, items: list) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoints: the global batch
+    (per-device batch x accumulation x processes, so 2 processes x 1 may resume 1 x 2), the
+    optimiser schedule, the seed, the model and a hash of the training items."""
+    import hashlib
+
+    return {
+        "global_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps, "processes": world_size,
+        "learning_rate": config.learning_rate, "lr_scheduler_type": config.lr_scheduler_type,
+        "warmup_ratio": config.warmup_ratio, "max_steps": config.max_steps,
+        "num_train_epochs": config.num_train_epochs, "weight_decay": getattr(config, "weight_decay", None),
+        "seed": config.seed, "model": str(model),
+        "data_sha256": hashlib.sha256(json.dumps(items, sort_keys=True).encode("utf-8")).hexdigest(),
+    }
+
+
+def _describe(name: str, s: dict[str, Any]) -> str:
+    if name == "global_batch":
+        return (f"{s['global_batch']} (per-device {s.get('per_device_train_batch_size')} x accumulation "
+                f"{s.get('gradient_accumulation_steps')} x {s.get('processes')} processes)")
+    if name == "data_sha256":
+        return f"sha256 {str(s[name])[:12]}"
+    return repr(s[name])
+
+
+def check_resume_settings(output_dir: str | Path, checkpoint: str | None, settings: dict[str, Any],
+                          write: bool, logger=None) -> None:
+    """Refuse to resume ``checkpoint`` with settings other than those recorded in
+    ``output_dir/resume_settings.json`` (one line naming each difference); record ``settings`` there
+    when starting afresh (``write``: the main process only)."""
+    import logging
+
+    logger = logger or logging.getLogger(__name__)
+    path = Path(output_dir) / RESUME_SETTINGS
+    if checkpoint is not None and path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MetaAlignerError(f"{path} is unreadable ({exc}); cannot check --resume's settings") from exc
+        diffs = [f"{_SETTING_NAMES[k]} {_describe(k, settings)} against the checkpoint's {_describe(k, saved)}"
+                 for k in _SETTING_NAMES if k in saved and saved[k] != settings.get(k)]
+        if diffs:
+            raise MetaAlignerError(f"--resume from {checkpoint} with other settings than it was trained with: "
+                                   + "; ".join(diffs) + "; resume with the same settings or start over "
+                                   "in a new --output_dir")
+        return
+    if checkpoint is not None:
+        logger.warning("%s: no %s (written before issue 33); resuming without checking the settings",
+                       checkpoint, RESUME_SETTINGS)
+    if write:
+        from metaaligner.io import atomic_open
+
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            fh.write(json.dumps(settings, indent=2, sort_keys=True))

@@ -48,7 +48,7 @@ class CurriculumConfig:
     output_dir: str = field(metadata={"help": "Where the aligner goes: OUT/stages/<stage>/ per step, the final model + metaaligner.json in OUT."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Base causal LM (path or hub name); default: the embedded SmolLM2-135M-Instruct. May be a LoRA adapter folder of an earlier run."})
     stages: str = field(default="warmup,equal,contrastive", metadata={"help": "Comma-separated steps to run, in curriculum order (warmup, equal, contrastive); each starts from the previous one's weights."})
-    resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last checkpoint (weights, optimizer, scheduler, data position)."})
+    resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last complete checkpoint (weights, optimizer, scheduler, data position); refused when the global batch, schedule, seed, model or data differ."})
     template: str | None = field(default=None, metadata={"help": "Template recorded in metaaligner.json; default: the one in <data_dir>/stats.json."})
     dataset: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them.", **deprecated_aliases("--dataset_config", "--dataset-config")})
     max_train_items: int = field(default=0, metadata={**check(ge=0), "help": "Use at most N training items per stage (seeded sample; 0: all)."})

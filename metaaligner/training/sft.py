@@ -242,11 +242,10 @@ def _speed_paths(model, config: SFTStageConfig) -> None:
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The last complete ``checkpoint-N`` (an incomplete later one is skipped with a warning)."""
+    from metaaligner.training.common import last_complete_checkpoint
 
-    if not Path(output_dir).is_dir():
-        return None
-    return get_last_checkpoint(str(output_dir))
+    return last_complete_checkpoint(output_dir, log)
 
 
 def stage_done(output_dir: str | Path) -> dict | None:
@@ -279,7 +278,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     from trl import SFTTrainer
 
     from metaaligner.models import pick_device
-    from metaaligner.training.common import make_jsonl_callback
+    from metaaligner.training.common import check_resume_settings, make_jsonl_callback, resume_settings
 
     if not train_items:
         raise MetaAlignerError(f"stage {stage!r}: no training items")
@@ -302,6 +301,9 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     checkpoint = last_checkpoint(output_dir) if resume else None
     if resume and checkpoint is None:
         log.info("stage %s: --resume given but no checkpoint in %s; starting fresh", stage, output_dir)
+    check_resume_settings(output_dir, checkpoint,
+                          resume_settings(config, args.world_size, model_name_or_path, train_items),
+                          write=trainer.is_world_process_zero(), logger=log)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = None
     if eval_ds is not None:
