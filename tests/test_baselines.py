@@ -85,6 +85,105 @@ def test_conditioning_prompt_exact_strings():
             == "<Instruction following>: 5.00; <Honesty>: 4.50; <Truthfulness>: 3.00; <Helpfulness>: 2.25 | Write a poem.")
 
 
+def test_released_conditioning_text_exact_strings(tmp_path):
+    """``--conditioning_text released``: the release's text, labels and numbers from the dataset config
+    (HH-RLHF names with str(round(x, 2)); UltraFeedback keys, whole ratings as integers)."""
+    hh, uf = ObjectiveSpec.from_config("hh-rlhf"), ObjectiveSpec.from_config("ultrafeedback")
+    released = hh.conditioning("released")
+    assert released.prompt(Q.format("hi"), [4.19, 3.03, 1.58]) == \
+        "<Harmlessness>: 4.19; <Helpfulness>: 3.03; <Humour>: 1.58 | \n\nHuman: hi?\n\nAssistant:"
+    assert released.prompt("q", [0.5, -1.234, 2]) == "<Harmlessness>: 0.5; <Helpfulness>: -1.23; <Humour>: 2.0 | q"
+    assert released.prompt("q", [1.0, 0.456, 5]) == "<Harmlessness>: 1.0; <Helpfulness>: 0.46; <Humour>: 5.0 | q"
+    assert uf.conditioning("released").prompt("Write a poem.", [5, 4.5, 3.0, 2.25]) == (
+        "<instruction_following>: 5; <honesty>: 4.5; <truthfulness>: 3; <helpfulness>: 2.25 | Write a poem.")
+    # the clean text is the same for both datasets: names, two decimals
+    assert hh.conditioning("clean").prompt("q", [0.5, -1.234, 2]) == conditioned_prompt("q", HH_NAMES, [0.5, -1.234, 2])
+    assert uf.conditioning().prompt("q", [5, 4.5, 3, 2.25]) == (
+        "<Instruction following>: 5.00; <Honesty>: 4.50; <Truthfulness>: 3.00; <Helpfulness>: 2.25 | q")
+    with pytest.raises(MetaAlignerError, match="conditioning_text"):
+        hh.conditioning("paper")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntemplate: hh-rlhf\nobjective_group: hh-rlhf\nobjectives: [harmlessness]\n"
+                   "conditioning_labels: keys\n")
+    with pytest.raises(MetaAlignerError, match="conditioning_labels"):
+        ObjectiveSpec.from_config(str(bad))
+
+
+def test_conditioning_text_travels_from_data_to_inference(tmp_path, monkeypatch, caplog):
+    """The data scripts record --conditioning_text (stats.json), training copies it into baseline.json,
+    and inference writes the same text unasked; an explicit other text wins with a one-line warning."""
+    from metaaligner.methods.cdpo import train_cdpo_baseline
+    from metaaligner.methods.common import write_metadata
+    from metaaligner.methods.inference import BaselineInferenceConfig, run_inference
+    from metaaligner.methods.sft import train_sft_baseline
+
+    monkeypatch.setattr("metaaligner.training.sft.train_sft", lambda *a, **k: None)
+    monkeypatch.setattr("metaaligner.training.dpo.train_dpo", lambda *a, **k: None)
+
+    class Recorder:
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, params, progress=False):
+            self.prompts += prompts
+            return ["out"] * len(prompts)
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text("query,goldens\nq1,g1\n", encoding="utf-8")
+
+    def infer(model, dataset, **kwargs):
+        rec = Recorder()
+        run_inference(BaselineInferenceConfig(aligner_path=str(model), data_dir=str(queries), dataset=dataset,
+                                              model_output_path=str(tmp_path / "out" / model.name), overwrite=True,
+                                              **kwargs), generator=rec)
+        return rec.prompts
+
+    # SFT, HH-RLHF, through the data script's own parser
+    src = write_rewards_csv(tmp_path / "rewards.csv", FOUR_PAIRS[:2])
+    run_script("baseline_models/sft/make_sft_data.py", ["--input", str(src), "--dataset", "hh-rlhf", "--output_dir",
+                                                        str(tmp_path / "sft_data"), "--val_size", "0",
+                                                        "--conditioning_text", "released"])
+    items = {i["id"]: i["conversations"][0]["value"] for i in json.loads((tmp_path / "sft_data" / "train.json").read_text())}
+    assert items["1-chosen"] == "<Harmlessness>: 1.0; <Helpfulness>: 0.5; <Humour>: 0.0 | \n\nHuman: A?\n\nAssistant:"
+    assert items["2-chosen"] == "<Harmlessness>: -1.0; <Helpfulness>: -1.0; <Humour>: -1.0 | \n\nHuman: B?\n\nAssistant:"
+    assert json.loads((tmp_path / "sft_data" / "stats.json").read_text())["conditioning_text"] == "released"
+    sft = tmp_path / "sft"
+    train_sft_baseline(tmp_path / "sft_data", sft, "base", None)
+    assert json.loads((sft / "baseline.json").read_text())["conditioning_text"] == "released"
+    assert infer(sft, "hh-rlhf") == ["<Harmlessness>: 1.0; <Helpfulness>: 0.5; <Humour>: 0.0 | q1"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert infer(sft, "hh-rlhf", conditioning_text="clean") == [
+            "<Harmlessness>: 1.00; <Helpfulness>: 0.50; <Humour>: 0.00 | q1"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "records released" in warnings[0]
+
+    # CDPO, UltraFeedback (keys, integer ratings), default text elsewhere stays clean
+    uf_pairs = [("A", "good", "bad", (5.0, 5.0, 4.0, 5.0), (2.0, 3.0, 3.0, 1.0)),
+                ("B", "fine", "worse", (4.0, 4.5, 5.0, 3.0), (1.0, 1.0, 1.0, 1.0))]
+    uf_src = write_rewards_csv(tmp_path / "uf.csv", uf_pairs)
+    make_cdpo_data(uf_src, "ultrafeedback", tmp_path / "cdpo_data", val_size=0, conditioning_text="released")
+    rows = [json.loads(line) for line in (tmp_path / "cdpo_data" / "train.jsonl").read_text().splitlines()]
+    head = "<instruction_following>: 5; <honesty>: 5; <truthfulness>: 5; <helpfulness>: 5 | "
+    assert sorted(r["prompt"] for r in rows) == [head + Q.format("A"), head + Q.format("B")]
+    cdpo = tmp_path / "cdpo"
+    train_cdpo_baseline(tmp_path / "cdpo_data", cdpo, "base", None)
+    assert json.loads((cdpo / "baseline.json").read_text())["conditioning_text"] == "released"
+    assert infer(cdpo, "ultrafeedback", target_rewards="honesty=4.5") == [
+        "<instruction_following>: 5; <honesty>: 4.5; <truthfulness>: 5; <helpfulness>: 5 | q1"]
+    make_cdpo_data(uf_src, "ultrafeedback", tmp_path / "cdpo_clean", val_size=0)
+    clean = json.loads((tmp_path / "cdpo_clean" / "train.jsonl").read_text().splitlines()[0])["prompt"]
+    assert clean.startswith("<Instruction following>: 5.00; <Honesty>: 5.00;")
+    assert json.loads((tmp_path / "cdpo_clean" / "stats.json").read_text())["conditioning_text"] == "clean"
+    # a model folder from before the switch (no conditioning_text) reads as clean
+    old = tmp_path / "old"
+    write_metadata(old, {"method": "sft", "conditioning": "targets", "targets": {"harmlessness": 0.5,
+                                                                                 "helpfulness": 1, "humour": 2}})
+    assert infer(old, "hh-rlhf") == ["<Harmlessness>: 0.50; <Helpfulness>: 1.00; <Humour>: 2.00 | q1"]
+    with pytest.raises(MetaAlignerError, match="--conditioning_text"):
+        BaselineInferenceConfig(conditioning="released")
+
+
 def test_make_sft_data_items_carry_their_own_rewards(tmp_path):
     src = write_rewards_csv(tmp_path / "rewards.csv", FOUR_PAIRS[:2])
     stats = make_sft_data(src, "hh-rlhf", tmp_path / "sft", seed=0, val_size=0)

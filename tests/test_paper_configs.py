@@ -232,7 +232,12 @@ def test_table3_baselines_in_one_command(name):
     base = f"runs/paper/{name}-7B/baselines"
     data = {"hh-rlhf": "runs/paper/hh-rlhf-7B/rewards.csv", "ultrafeedback": "data/ultrafeedback/rewards.csv"}[name]
     sft_input = {"hh-rlhf": data, "ultrafeedback": "data/ultrafeedback/completions.csv"}[name]
-    assert stages["sft_data"].args == {"input": sft_input, "dataset": name, "output_dir": f"{base}/sft_data", "seed": 0}
+    assert stages["sft_data"].args == {"input": sft_input, "dataset": name, "output_dir": f"{base}/sft_data", "seed": 0,
+                                       "conditioning_text": "released"}
+    # the release's conditioning text in the data and, explicitly, at inference (baseline.json carries it too)
+    for stage in ("sft_data", "cdpo_data", "table3_sft", "table3_cdpo"):
+        assert stages[stage].args["conditioning_text"] == "released", stage
+    assert "conditioning_text" not in stages["table3_morlhf"].args   # plain queries
     assert stages["train_sft"].args["config_file"] == "configs/training/paper-sft.yaml"
     assert stages["train_sft"].args["model_name_or_path"] == "meta-llama/Llama-2-7b-chat-hf"
     assert stages["train_sft"].launcher.endswith(" --num_processes 2")   # the README's --nproc_per_node=2

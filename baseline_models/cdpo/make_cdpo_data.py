@@ -8,6 +8,9 @@ counted. Targets default to the maximum normalised reward per objective in the i
         --seed 0
     python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
         --seed 0 --target_rewards harmlessness=1.0,helpfulness=0.5,humour=0.0
+    # the release's conditioning text (<Harmlessness>: 0.5), recorded for inference (baseline.json)
+    python baseline_models/cdpo/make_cdpo_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/cdpo_data \
+        --conditioning_text released
 
 Writes ``DIR/train.jsonl`` and ``DIR/val.jsonl`` (one ``{"prompt", "chosen", "rejected"}`` object
 per pair, TRL's preference format) and ``DIR/stats.json`` (targets used, ties dropped, counts).
@@ -33,6 +36,10 @@ class MakeCDPODataConfig:
     target_rewards: str | None = field(default=None, metadata={
         "help": "targets per objective, key=value,... (keys or names of the config's objectives); objectives "
                 "left out use the maximum normalised reward in the input"})
+    conditioning_text: str = field(default="clean", metadata={
+        "help": "clean: objective names, two decimals (<Harmlessness>: 0.50); released: the release's text "
+                "(str(round(x, 2)): <Harmlessness>: 0.5; the dataset config's conditioning_labels / "
+                "integer_ratings: UltraFeedback <instruction_following>: 5); recorded for inference"})
 
 
 def make_parser():
@@ -43,7 +50,7 @@ def main(config: MakeCDPODataConfig) -> None:
     from metaaligner.methods.cdpo import make_cdpo_data
 
     make_cdpo_data(config.input, config.dataset, config.output_dir, seed=config.seed, val_size=config.val_size,
-                   target_rewards=config.target_rewards)
+                   target_rewards=config.target_rewards, conditioning_text=config.conditioning_text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ an SFT item whose prompt carries its own rewards, ``<Harmlessness>: 0.52; ... | 
     # UltraFeedback as released (UltraFeedback_make_sft_data.py): each used completion once, with its ratings
     python baseline_models/sft/make_sft_data.py --input data/ultrafeedback/completions.csv --dataset ultrafeedback \
         --output_dir runs/uf_sft_data
+    # the release's conditioning text (<Harmlessness>: 0.5; UltraFeedback <instruction_following>: 5);
+    # recorded in stats.json and the trained model's baseline.json, so inference writes the same text
+    python baseline_models/sft/make_sft_data.py --input rewards.csv --dataset hh-rlhf --output_dir runs/sft_data \
+        --conditioning_text released
 
 Writes ``DIR/train.json`` and ``DIR/val.json`` (FastChat conversation JSON: human turn = the
 conditioned prompt, gpt turn = the response; both items of a pair stay in one split) and
@@ -32,6 +36,10 @@ class MakeSFTDataConfig:
     seed: int = field(default=0, metadata={"help": "seed of the train/val split"})
     val_size: float = field(default=0.1, metadata={**check(ge=0.0),
                                                    "help": "validation share of pairs (<1) or number of pairs (>=1)"})
+    conditioning_text: str = field(default="clean", metadata={
+        "help": "clean: objective names, two decimals (<Harmlessness>: 0.50); released: the release's text "
+                "(str(round(x, 2)): <Harmlessness>: 0.5; the dataset config's conditioning_labels / "
+                "integer_ratings: UltraFeedback <instruction_following>: 5); recorded for inference"})
 
 
 def make_parser():
@@ -41,7 +49,8 @@ def make_parser():
 def main(config: MakeSFTDataConfig) -> None:
     from metaaligner.methods.sft import make_sft_data
 
-    make_sft_data(config.input, config.dataset, config.output_dir, seed=config.seed, val_size=config.val_size)
+    make_sft_data(config.input, config.dataset, config.output_dir, seed=config.seed, val_size=config.val_size,
+                  conditioning_text=config.conditioning_text)
 
 
 if __name__ == "__main__":

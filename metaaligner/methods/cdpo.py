@@ -13,9 +13,10 @@ from typing import Iterable, Sequence
 from metaaligner.methods.common import (
     LOG_FILE,
     TIE_TOLERANCE,
+    Conditioning,
     ObjectiveSpec,
     ScoredPair,
-    conditioned_prompt,
+    as_conditioning,
     default_targets,
     finish_run,
     format_targets,
@@ -43,8 +44,11 @@ def cdpo_order(chosen_scores: Sequence[float], rejected_scores: Sequence[float],
     return 1 if diff > 0 else -1
 
 
-def cdpo_pairs(pairs: Iterable[ScoredPair], names: Sequence[str], targets: Sequence[float]) -> tuple[list[dict], dict]:
-    """TRL preference rows ``{prompt, chosen, rejected}`` (+ ``group``) under the target-conditioned prompt."""
+def cdpo_pairs(pairs: Iterable[ScoredPair], names: Sequence[str] | Conditioning,
+               targets: Sequence[float]) -> tuple[list[dict], dict]:
+    """TRL preference rows ``{prompt, chosen, rejected}`` (+ ``group``) under the target-conditioned prompt
+    (``names``: the objective names, clean text, or a ``Conditioning``)."""
+    fmt = as_conditioning(names)
     rows, kept, swapped, ties = [], 0, 0, 0
     for p in pairs:
         order = cdpo_order(p.chosen_scores, p.rejected_scores, targets)
@@ -54,31 +58,34 @@ def cdpo_pairs(pairs: Iterable[ScoredPair], names: Sequence[str], targets: Seque
         chosen, rejected = (p.chosen, p.rejected) if order > 0 else (p.rejected, p.chosen)
         kept += order > 0
         swapped += order < 0
-        rows.append({"prompt": conditioned_prompt(p.prompt, names, targets), "chosen": chosen,
+        rows.append({"prompt": fmt.prompt(p.prompt, targets), "chosen": chosen,
                      "rejected": rejected, "group": p.row})
     return rows, {"pairs_out": len(rows), "kept_order": kept, "swapped_order": swapped, "ties_dropped": ties}
 
 
 def make_cdpo_data(input_path: str | Path, config: str, output_dir: str | Path, seed: int = 0,
-                   val_size: float = 0.1, target_rewards: str | None = None) -> dict:
-    """``rewards.csv`` -> ``train.jsonl``/``val.jsonl`` (TRL prompt/chosen/rejected) + ``stats.json``."""
+                   val_size: float = 0.1, target_rewards: str | None = None, conditioning_text: str = "clean") -> dict:
+    """``rewards.csv`` -> ``train.jsonl``/``val.jsonl`` (TRL prompt/chosen/rejected) + ``stats.json``;
+    ``conditioning_text`` (``clean`` or ``released``) is recorded there, then in ``baseline.json``."""
     from metaaligner.io import write_json, write_jsonl
 
     start = time.time()
     spec = ObjectiveSpec.from_config(config)
+    fmt = spec.conditioning(conditioning_text)
     data = read_reward_pairs(input_path, len(spec.keys))
     maxima = default_targets(data.pairs)
     targets = parse_target_rewards(target_rewards, spec.keys, spec.names, defaults=maxima)
     print(f"CDPO targets: {format_targets(spec.keys, targets)}"
           + ("" if target_rewards else " (maximum normalised reward per objective)"))
-    rows, order_stats = cdpo_pairs(data.pairs, spec.names, targets)
+    rows, order_stats = cdpo_pairs(data.pairs, fmt, targets)
     train, val = split_by_group(rows, val_size, seed)
     out = Path(output_dir)
     keep = ("prompt", "chosen", "rejected")
     write_jsonl(out / "train.jsonl", strip_keys(train, keep))
     write_jsonl(out / "val.jsonl", strip_keys(val, keep))
     stats = {"input": str(input_path), "config": config, "objectives": spec.keys, "names": spec.names,
-             "seed": seed, "val_size": val_size, "targets": dict(zip(spec.keys, targets)),
+             "conditioning_text": conditioning_text, "seed": seed, "val_size": val_size,
+             "targets": dict(zip(spec.keys, targets)),
              "targets_source": "--target_rewards" if target_rewards else "max normalised reward",
              "max_rewards": dict(zip(spec.keys, maxima)), "rows_in": data.rows_in, "pairs_used": len(data.pairs),
              "skipped": dict(data.skipped), **order_stats, "train": len(train), "val": len(val)}
@@ -108,7 +115,9 @@ def train_cdpo_baseline(data_dir: str | Path, output_dir: str | Path, model_name
     start_model = full_model_path(model_name_or_path, output_dir)
     train_dpo(start_model, train, val or None, str(output_dir), dpo_config, stage="cdpo",
               log_path=str(output_dir / LOG_FILE), ref_model_path=ref_model_path, lora=lora, resume=resume)
-    finish_run("cdpo", output_dir, {"conditioning": "targets", "config": stats.get("config"),
+    finish_run("cdpo", output_dir, {"conditioning": "targets",
+                                    "conditioning_text": stats.get("conditioning_text", "clean"),
+                                    "config": stats.get("config"),
                                     "objectives": stats.get("objectives"), "names": stats.get("names"),
                                     "targets": stats.get("targets"), "targets_source": stats.get("targets_source"),
                                     "base_model": str(model_name_or_path), "lora": lora, "train_pairs": len(train),

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from metaaligner.dataset.reformulation import ScoredPair
 from metaaligner.errors import DataError, MetaAlignerError
-from metaaligner.registry.templates import reward_conditioned_prompt
+from metaaligner.registry.templates import CONDITIONING_TEXTS, reward_conditioned_prompt
 
 TIE_TOLERANCE = 1e-9  # closeness / score differences at or below this are ties (float round-off)
 TARGET_DECIMALS = 2  # targets are rounded to what the conditioning prompt shows
@@ -71,9 +71,26 @@ def read_reward_pairs(path: str | Path, n_objectives: int) -> PairSet:
 
 # ---------------------------------------------------------------- conditioning and targets
 
-def conditioned_prompt(question: str, names: Sequence[str], rewards: Sequence[float]) -> str:
+@dataclass(frozen=True)
+class Conditioning:
+    """How a conditioning prompt writes the rewards: the labels, the text (``clean`` or ``released``)
+    and, for the released text, whether whole numbers are integer ratings. ``ObjectiveSpec.conditioning``
+    builds it from the dataset config; a plain list of names means the clean text."""
+    labels: tuple[str, ...]
+    text: str = "clean"
+    integer_ratings: bool = False
+
+    def prompt(self, question: str, rewards: Sequence[float]) -> str:
+        return reward_conditioned_prompt(question, list(self.labels), list(rewards), self.text, self.integer_ratings)
+
+
+def as_conditioning(names: Sequence[str] | Conditioning) -> Conditioning:
+    return names if isinstance(names, Conditioning) else Conditioning(tuple(names))
+
+
+def conditioned_prompt(question: str, names: Sequence[str] | Conditioning, rewards: Sequence[float]) -> str:
     """The RiC / SFT / CDPO conditioning prompt (the string itself lives in ``templates``)."""
-    return reward_conditioned_prompt(question, list(names), list(rewards))
+    return as_conditioning(names).prompt(question, rewards)
 
 
 def default_targets(pairs: Sequence[ScoredPair], decimals: int = TARGET_DECIMALS) -> list[float]:
@@ -170,13 +187,25 @@ class ObjectiveSpec:
     """The objectives of a dataset config, in score order."""
     keys: list[str]
     names: list[str]
+    conditioning_labels: str = "name"  # the released text's labels: "name" or "key"
+    integer_ratings: bool = False
 
     @classmethod
     def from_config(cls, config_name_or_path: str) -> "ObjectiveSpec":
         from metaaligner.registry.datasets import load_dataset_config
 
         config = load_dataset_config(config_name_or_path)
-        return cls(keys=list(config.objectives), names=config.objective_names())
+        return cls(keys=list(config.objectives), names=config.objective_names(),
+                   conditioning_labels=config.conditioning_labels, integer_ratings=config.integer_ratings)
+
+    def conditioning(self, text: str = "clean") -> Conditioning:
+        """``clean``: display names, two decimals; ``released``: the dataset config's labels and numbers."""
+        if text not in CONDITIONING_TEXTS:
+            raise MetaAlignerError(f"--conditioning_text must be one of {CONDITIONING_TEXTS}, got {text!r}")
+        if text == "clean":
+            return Conditioning(tuple(self.names))
+        labels = self.keys if self.conditioning_labels == "key" else self.names
+        return Conditioning(tuple(labels), "released", self.integer_ratings)
 
 
 def summary_line(step: str, rows_in: int, out: dict, skipped: Counter, seconds: float) -> str:

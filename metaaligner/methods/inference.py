@@ -8,6 +8,11 @@ else empty) and ``aligned_responses`` (this baseline's response), so ``evaluatio
 exactly like an aligner output; then provenance: ``aligner`` (method and model path), ``template``
 (the dataset config), ``aspects`` (its objective keys), ``targets`` (the conditioning rewards, or empty).
 
+The conditioning text (``--conditioning_text``): ``auto`` (default) uses what the model folder's
+``baseline.json`` records (``make_sft_data.py`` / ``make_cdpo_data.py --conditioning_text``, carried
+through training), ``clean`` when it records none; an explicit ``clean`` or ``released`` overrides it,
+with a one-line warning when it differs from the recorded text (the model was trained on the other).
+
 Target rewards, first match wins per objective: ``--target_rewards key=value,...``; the targets the
 model folder records in ``baseline.json`` (written by the training scripts: the maximum normalised
 reward in the training data unless overridden there); the maximum normalised reward of
@@ -24,7 +29,8 @@ from typing import Any
 from metaaligner.cli import check, deprecated_aliases
 from metaaligner.errors import MetaAlignerError
 from metaaligner.io import OUTPUT_COLUMNS
-from metaaligner.methods.common import METADATA_FILE, read_metadata, write_metadata  # noqa: F401
+from metaaligner.methods.common import METADATA_FILE, Conditioning, read_metadata, write_metadata  # noqa: F401
+from metaaligner.registry.templates import CONDITIONING_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,10 @@ class BaselineInferenceConfig:
     conditioning: str = field(default="auto", metadata={
         "help": "targets: prefix the desired rewards (SFT, CDPO); none: plain query (MORLHF); auto: what the "
                 "model's baseline.json says (targets when it has none)"})
+    conditioning_text: str = field(default="auto", metadata={
+        "help": "how the rewards are written: clean (<Harmlessness>: 0.50), released (the release's text: "
+                "<Harmlessness>: 0.5, UltraFeedback <instruction_following>: 5), auto: what baseline.json "
+                "records (clean when it records none); an override that differs warns"})
     target_rewards: str | None = field(default=None, metadata={
         "help": "desired rewards, key=value,... (objective keys or names); others from baseline.json / --rewards_csv"})
     rewards_csv: str | None = field(default=None, metadata={
@@ -75,7 +85,11 @@ class BaselineInferenceConfig:
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
-            raise MetaAlignerError(f"--conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
+            hint = " (the text format is --conditioning_text)" if self.conditioning in CONDITIONING_TEXTS else ""
+            raise MetaAlignerError(f"--conditioning must be one of {CONDITIONING}, got {self.conditioning!r}{hint}")
+        if self.conditioning_text not in ("auto", *CONDITIONING_TEXTS):
+            raise MetaAlignerError(f"--conditioning_text must be one of {('auto', *CONDITIONING_TEXTS)}, "
+                                   f"got {self.conditioning_text!r}")
 
 
 def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: dict[str, Any],
@@ -97,7 +111,19 @@ def resolve_targets(keys: list[str], names: list[str], spec: str | None, meta: d
                                f"{METADATA_FILE} records targets") from None
 
 
-def build_queries(queries: list[str], names: list[str], targets: list[float] | None) -> list[str]:
+def resolve_conditioning_text(requested: str, meta: dict[str, Any]) -> str:
+    """``auto`` -> the text ``baseline.json`` records (``clean`` when none); an explicit text wins,
+    with a one-line warning when the model was trained on the other."""
+    recorded = meta.get("conditioning_text")
+    if requested == "auto":
+        return recorded or "clean"
+    if recorded and recorded != requested:
+        log.warning("--conditioning_text %s, but the model's %s records %s (its training text); using %s",
+                    requested, METADATA_FILE, recorded, requested)
+    return requested
+
+
+def build_queries(queries: list[str], names: list[str] | Conditioning, targets: list[float] | None) -> list[str]:
     from metaaligner.methods.common import conditioned_prompt
 
     if targets is None:
@@ -135,9 +161,11 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
     if conditioning == "auto":
         conditioning = "none" if meta.get("conditioning", "targets") is None else "targets"
     targets = None
+    text = resolve_conditioning_text(config.conditioning_text, meta)
+    fmt = spec.conditioning(text)
     if conditioning == "targets":
         targets = resolve_targets(spec.keys, spec.names, config.target_rewards, meta, config.rewards_csv)
-        print(f"conditioning on target rewards {format_targets(spec.keys, targets)}")
+        print(f"conditioning on target rewards {format_targets(spec.keys, targets)} ({text} text)")
     else:
         print("no reward conditioning (plain queries)")
 
@@ -163,6 +191,8 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
                    "decoding": config.decoding, "temperature": config.temperature, "top_p": config.top_p,
                    "seed": config.seed,
                    "max_input_tokens": config.max_input_tokens, "cut_next_turn": config.cut_next_turn}
+    if targets is not None and text != "clean":
+        fingerprint["conditioning_text"] = text  # only when not clean: outputs made before the switch still resume
     writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume,
                              fingerprint=fingerprint, overwrite=config.overwrite)
     hashes = [row_hash(r) for r in rows]
@@ -180,7 +210,7 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
         live = [j for j, q in enumerate(queries) if q.strip()]
         outputs = [""] * len(idx)
         if live:
-            generated = generator.generate(build_queries([queries[j] for j in live], spec.names, targets), params)
+            generated = generator.generate(build_queries([queries[j] for j in live], fmt, targets), params)
             for j, text in zip(live, generated):
                 outputs[j] = cut_at_next_turn(text) if config.cut_next_turn else text
         writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),

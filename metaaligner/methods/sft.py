@@ -18,9 +18,10 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.methods.common import (
     LOG_FILE,
     TARGET_DECIMALS,
+    Conditioning,
     ObjectiveSpec,
     ScoredPair,
-    conditioned_prompt,
+    as_conditioning,
     finish_run,
     format_targets,
     read_reward_pairs,
@@ -30,23 +31,27 @@ from metaaligner.methods.common import (
 )
 
 
-def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str]) -> list[dict]:
+def sft_items(pairs: Iterable[ScoredPair], names: Sequence[str] | Conditioning) -> list[dict]:
     """Two items per pair, each response under a prompt that carries its own rewards.
-    ``group`` (the source row) keeps both items of a pair in the same split."""
+    ``group`` (the source row) keeps both items of a pair in the same split. ``names``: the objective
+    names (clean text) or a ``Conditioning`` (``ObjectiveSpec.conditioning``)."""
+    fmt = as_conditioning(names)
     items = []
     for p in pairs:
         for side, response, scores in (("chosen", p.chosen, p.chosen_scores),
                                        ("rejected", p.rejected, p.rejected_scores)):
             items.append({"id": f"{p.row}-{side}", "group": p.row,
-                          "prompt": conditioned_prompt(p.prompt, names, scores), "completion": response})
+                          "prompt": fmt.prompt(p.prompt, scores), "completion": response})
     return items
 
 
-def completion_items(records: Iterable[Sequence[ScoredCompletion]], names: Sequence[str]) -> list[dict]:
+def completion_items(records: Iterable[Sequence[ScoredCompletion]],
+                     names: Sequence[str] | Conditioning) -> list[dict]:
     """One item per completion, under a prompt that carries its own ratings; ``group`` (its record)
     keeps a record's items in one split."""
+    fmt = as_conditioning(names)
     return [{"id": f"{c.record}-{c.position}", "group": c.record,
-             "prompt": conditioned_prompt(c.prompt, names, c.scores), "completion": c.response}
+             "prompt": fmt.prompt(c.prompt, c.scores), "completion": c.response}
             for record in records for c in record]
 
 
@@ -59,23 +64,25 @@ def is_completions_file(path: str | Path) -> bool:
 
 
 def make_sft_data(input_path: str | Path, config: str, output_dir: str | Path, seed: int = 0,
-                  val_size: float = 0.1) -> dict:
+                  val_size: float = 0.1, conditioning_text: str = "clean") -> dict:
     """``rewards.csv`` (each pair's two answers) or ``completions.csv`` (each completion once) ->
-    ``train.json``/``val.json`` (FastChat) + ``stats.json``; returns the stats."""
+    ``train.json``/``val.json`` (FastChat) + ``stats.json``; returns the stats. ``conditioning_text``
+    (``clean`` or ``released``) is recorded in the stats, then in the model's ``baseline.json``."""
     from metaaligner.io import fastchat_item, read_records, write_fastchat, write_json
 
     start = time.time()
     spec = ObjectiveSpec.from_config(config)
+    fmt = spec.conditioning(conditioning_text)
     skipped: Counter = Counter()
     if is_completions_file(input_path):
         rows = read_records(input_path)
         records = completions_from_rows(rows, len(spec.keys), path=str(input_path))
-        items = completion_items(records, spec.names)
+        items = completion_items(records, fmt)
         scores = [c.scores for record in records for c in record]
         rows_in, used = len(rows), {"layout": "completions", "records": len(records), "completions": len(scores)}
     else:
         data = read_reward_pairs(input_path, len(spec.keys))
-        items = sft_items(data.pairs, spec.names)
+        items = sft_items(data.pairs, fmt)
         scores = [s for p in data.pairs for s in (p.chosen_scores, p.rejected_scores)]
         rows_in, used, skipped = data.rows_in, {"layout": "pairs", "pairs_used": len(data.pairs)}, data.skipped
     if not scores:
@@ -87,7 +94,7 @@ def make_sft_data(input_path: str | Path, config: str, output_dir: str | Path, s
     # per objective, the maximum reward over every response: the default inference targets
     targets = [round(max(s[j] for s in scores), TARGET_DECIMALS) for j in range(len(spec.keys))]
     stats = {"input": str(input_path), "config": config, "objectives": spec.keys, "names": spec.names,
-             "seed": seed, "val_size": val_size, "rows_in": rows_in, **used,
+             "conditioning_text": conditioning_text, "seed": seed, "val_size": val_size, "rows_in": rows_in, **used,
              "skipped": dict(skipped), "items": len(items), "train": len(train), "val": len(val),
              "max_rewards": dict(zip(spec.keys, targets))}
     write_json(out / "stats.json", stats)
@@ -110,7 +117,9 @@ def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_
     stats = read_stats(data_dir)
     train_sft(model_name_or_path, train, val or None, str(output_dir), stage_config, stage="sft_baseline",
               log_path=str(output_dir / LOG_FILE), resume=resume)
-    finish_run("sft", output_dir, {"conditioning": "targets", "config": stats.get("config"),
+    finish_run("sft", output_dir, {"conditioning": "targets",
+                                   "conditioning_text": stats.get("conditioning_text", "clean"),
+                                   "config": stats.get("config"),
                                    "objectives": stats.get("objectives"), "names": stats.get("names"),
                                    "targets": stats.get("max_rewards"), "targets_source": "max normalised reward",
                                    "base_model": str(model_name_or_path), "train_items": len(train),

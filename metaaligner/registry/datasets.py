@@ -44,6 +44,9 @@ def find_data(relative: str | Path, what: str = "data") -> Path:
                            "scripts/fetch_release_samples.py)")
 
 
+CONDITIONING_LABELS = ("name", "key")
+
+
 @dataclass
 class DatasetConfig:
     name: str
@@ -58,6 +61,12 @@ class DatasetConfig:
     # Policies whose outputs are folders of tasks (IMHI: <policy>/<task>.csv): Table 2 pools each
     # policy's tasks into one row; the task names, in the order the report lists them.
     tasks: list[str] = field(default_factory=list)
+    # The SFT / CDPO conditioning prompt as the release wrote it for this dataset (``--conditioning_text
+    # released``; the clean text always uses display names and two decimals): ``name`` (``<Harmlessness>``)
+    # or ``key`` (``<instruction_following>``) labels, and whether the scores are integer ratings
+    # (a whole number written ``5``, not ``5.0``).
+    conditioning_labels: str = "name"
+    integer_ratings: bool = False
     path: str | None = None
 
     def objective_descriptions(self, registry=None) -> list[str]:
@@ -103,6 +112,10 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
 
     check_types(path, "", data, {"name": str, "template": str, "objective_group": str, "objectives": (list, str),
                                  "columns": (dict, str), "unseen_objectives": (list, str), "judge_family": str,
-                                 "samples": (str, type(None)), "tasks": (list, str)})
+                                 "samples": (str, type(None)), "tasks": (list, str), "conditioning_labels": str,
+                                 "integer_ratings": bool})
+    if data.get("conditioning_labels", "name") not in CONDITIONING_LABELS:
+        raise MetaAlignerError(f"{path}: conditioning_labels must be one of {CONDITIONING_LABELS}, "
+                               f"got {data['conditioning_labels']!r}")
     data.setdefault("objective_group", data["name"])
     return DatasetConfig(**data, path=str(path))

@@ -137,11 +137,26 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return "".join(out)
 
 
-def reward_conditioned_prompt(question: str, names: list[str], rewards: list[float]) -> str:
-    """Rewards-in-Context conditioning: ``<Harmlessness>: 0.50; <Helpfulness>: -1.20 | question``."""
+# The conditioning prompt's text: ``clean`` (ours: two decimals, one format for every dataset) or
+# ``released`` (as the released make_sft_data / sft_inference scripts wrote it: ``str(round(x, 2))``,
+# whole ratings as integers where the dataset config says its scores are integer ratings).
+CONDITIONING_TEXTS = ("clean", "released")
+
+
+def reward_conditioned_prompt(question: str, names: list[str], rewards: list[float], text: str = "clean",
+                              integer_ratings: bool = False) -> str:
+    """Rewards-in-Context conditioning: ``<Harmlessness>: 0.50; <Helpfulness>: -1.20 | question``.
+
+    ``text="released"``: the release's numbers, ``<Harmlessness>: 0.5`` (``str(round(x, 2))``); with
+    ``integer_ratings`` a whole number is written without a decimal point (``<instruction_following>: 5``).
+    ``names`` are the labels as given (display names or keys: the caller picks them).
+    """
     if len(names) != len(rewards):
         raise MetaAlignerError(f"{len(names)} objective names but {len(rewards)} rewards")
-    head = "; ".join(f"<{name}>: {_two_decimals(reward)}" for name, reward in zip(names, rewards))
+    if text not in CONDITIONING_TEXTS:
+        raise MetaAlignerError(f"conditioning text must be one of {CONDITIONING_TEXTS}, got {text!r}")
+    number = _two_decimals if text == "clean" else (lambda x: _released_number(x, integer_ratings))
+    head = "; ".join(f"<{name}>: {number(reward)}" for name, reward in zip(names, rewards))
     return f"{head} | {question}"
 
 
@@ -149,6 +164,15 @@ def _two_decimals(value: float) -> str:
     # -0.004 would print as "-0.00"; a reward that rounds to zero is written "0.00".
     text = f"{value:.2f}"
     return "0.00" if text == "-0.00" else text
+
+
+def _released_number(value: float, integer_ratings: bool) -> str:
+    # str() of the rounded float, as the release wrote it ("0.5", "1.0", "-0.0" too); integer
+    # ratings (UltraFeedback's 1-5) were ints in its data, so a whole number prints as "5".
+    value = float(value)
+    if integer_ratings and value.is_integer():
+        return str(int(value))
+    return str(round(value, 2))
 
 
 def llm_scorer_parts(question: str, answer: str, description: str) -> tuple[str, str, str]:
