@@ -87,6 +87,7 @@ def main(cfg: RewardLabellingConfig) -> dict | None:
         load_preference_rows,
         merge_shards,
         parse_overrides,
+        remove_shards,
         resolve_rewards,
         scorer_info,
         wait_for_shards,
@@ -110,17 +111,14 @@ def main(cfg: RewardLabellingConfig) -> dict | None:
     if rank != 0:
         print(f"reward_labelling[rank {rank}]: scored {mine} rows in {seconds:.1f}s; rank 0 merges")
         return None
-    paths = wait_for_shards(cfg.output, world, cfg.shard_timeout_s)
+    paths = wait_for_shards(cfg.output, world, len(rows), cfg.shard_timeout_s)
     results = merge_shards(paths, len(rows))
     stats = finalise(rows, results, [scorer_info(s) for s in scorers], cfg.output,
                      round_digits=cfg.round if cfg.round >= 0 else None, normalize=cfg.normalize,
                      extra_stats={"input": cfg.input, "processes": world, "batch_size": cfg.batch_size,
                                   "seconds_rank0": round(seconds, 2),
                                   "rows_per_s_rank0": round(mine / max(seconds, 1e-9), 2)})
-    from metaaligner.io import remove_output
-
-    for path in paths:
-        remove_output(path)
+    remove_shards(cfg.output, len(rows))     # those of an earlier process count too
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items()) or "none"
     print(f"reward_labelling: {stats['rows_in']} rows in, {stats['rows_out']} out, "
           f"dropped {sum(stats['dropped'].values())} "

@@ -699,7 +699,7 @@ KILLS = [
     # (reference case, script, argv after the shared ones, partial file, final output, key columns)
     ("ai:reference", AI, "ai", "policy12.csv.partial.jsonl", "policy12.csv"),
     ("pg:reference", PG, "pg", "pol.csv.partial.jsonl", "pol.csv"),
-    ("rl:reference", RL, "rl", "r.csv.shard0of1.jsonl.partial.jsonl", "r.csv"),
+    ("rl:reference", RL, "rl", "r.csv.rows0-12of12.jsonl.partial.jsonl", "r.csv"),
     ("jd:reference", JD, "jd", "pairwise/policy/aligned_responses/harmlessness.csv.partial.jsonl",
      "pairwise/policy/aligned_responses/harmlessness.csv"),
 ]

@@ -306,13 +306,50 @@ def test_shards_merge_every_row_once_in_input_order(tmp_path):
 def test_resume_keeps_finished_rows(tmp_path):
     rows = _rows([(f"c {i} x y", f"r {i} x y") for i in range(6)])
     out = tmp_path / "rewards.csv"
-    partial = tmp_path / "rewards.csv.shard0of1.jsonl.partial.jsonl"
+    partial = tmp_path / "rewards.csv.rows0-6of6.jsonl.partial.jsonl"
     partial.write_text(json.dumps({"row_id": 0, "status": OK, "chosen": [42.0], "rejected": [7.0]}) + "\n"
                        + '{"row_id": 1, "sta')       # a line cut short by a kill
     path = label_shard(rows, [FakeScorer()], out, resume=True, min_tokens=1, progress=False)
     merged = merge_shards([path], 6)
     assert merged[0]["chosen"] == [42.0] and merged[1]["chosen"] == [0.7]
     assert [m["row_id"] for m in merged] == list(range(6))
+
+
+class CountingScorer(FakeScorer):
+    """FakeScorer counting the sequences it scores; raises once ``fail_after`` were scored (a kill)."""
+
+    def __init__(self, fail_after=None):
+        super().__init__()
+        self.scored, self.fail_after = 0, fail_after
+
+    def score_batch(self, batch):
+        if self.fail_after is not None and self.scored >= self.fail_after:
+            raise KeyboardInterrupt
+        self.scored += len(batch)
+        return super().score_batch(batch)
+
+
+def test_resume_at_another_process_count_reuses_every_finished_row_and_cleans_up(tmp_path):
+    """Issue 33: shard names carried the world size, so --resume at another count redid every row."""
+    from metaaligner.dataset.rewards import remove_shards, shard_files, shard_path
+
+    rows = _rows([(f"chosen {'x ' * (i % 5)} end", f"rejected {'y ' * (i % 3)} end") for i in range(11)])
+    out = tmp_path / "rewards.csv"
+    kw = {"batch_size": 2, "chunk_size": 2, "min_tokens": 1, "progress": False}
+    for rank in (0, 2):                                    # 3 processes: ranks 0 and 2 finish (rows 0-2, 7-10)
+        label_shard(rows, [CountingScorer()], out, rank=rank, world=3, **kw)
+    with pytest.raises(KeyboardInterrupt):                 # rank 1 (rows 3-6) is killed after rows 3 and 4
+        label_shard(rows, [CountingScorer(fail_after=4)], out, rank=1, world=3, **kw)
+    assert shard_path(out, 0, 2, 11).name == "rewards.csv.rows0-5of11.jsonl"
+    scorers = [CountingScorer(), CountingScorer()]
+    paths = [label_shard(rows, [scorers[r]], out, rank=r, world=2, resume=True, **kw) for r in (0, 1)]
+    assert [s.scored for s in scorers] == [0, 4]           # rows 5 and 6 only (both in 5-10), chosen + rejected
+    merged = merge_shards(paths, len(rows))
+    single = label_shard(rows, [FakeScorer()], tmp_path / "one.csv", min_tokens=1, progress=False)
+    assert merged == merge_shards([single], len(rows))
+    assert len(shard_files(out, 11)) == 5                  # three of the 3-process run, two of this one
+    remove_shards(out, 11)
+    assert sorted(p.name for p in tmp_path.iterdir() if "rewards.csv" in p.name) == []
 
 
 # ---------------------------------------------------------------- the scripts, end to end

@@ -267,9 +267,59 @@ def _max_len(tokenizer, max_length: int) -> int:
 
 # ---------------------------------------------------------------- one process's share
 
-def shard_path(output: str | Path, rank: int, world: int) -> Path:
+def shard_path(output: str | Path, rank: int, world: int, n_rows: int) -> Path:
+    """``<output>.rows<start>-<stop>of<n>.jsonl``: named by the rows it covers, not the process count,
+    so that ``--resume`` at another count finds every finished row (``label_shard``)."""
+    output, rows = Path(output), shard_range(n_rows, rank, world)
+    return output.with_name(f"{output.name}.rows{rows.start}-{rows.stop}of{n_rows}.jsonl")
+
+
+def shard_files(output: str | Path, n_rows: int) -> list[Path]:
+    """Every shard of ``output`` over ``n_rows`` rows that is there, finished or partial, whatever the
+    process count that wrote it (as its finished path)."""
+    import re
+
     output = Path(output)
-    return output.with_name(f"{output.name}.shard{rank}of{world}.jsonl")
+    name = re.compile(re.escape(output.name) + rf"\.rows\d+-\d+of{n_rows}\.jsonl")
+    found = {p.name.removesuffix(".partial.jsonl") for p in output.parent.glob(f"{output.name}.rows*")}
+    return sorted(output.with_name(n) for n in found if name.fullmatch(n))
+
+
+def remove_shards(output: str | Path, n_rows: int) -> None:
+    """After the merge: every shard of ``output`` with its partial file, fingerprint and a lock left by
+    a killed run, those of earlier process counts included."""
+    import contextlib
+
+    from metaaligner.io import remove_output
+
+    for path in shard_files(output, n_rows):
+        remove_output(path)
+        for side in (path.with_name(path.name + ".partial.jsonl"), path.with_name(path.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                side.unlink()
+
+
+def _rows_of_other_shards(output: Path, n_rows: int, world: int, fingerprint: dict[str, Any],
+                          hashes: dict[int, str]) -> list[dict[str, Any]]:
+    """Finished rows of this slice in shards an earlier run wrote at another process count (same
+    settings, unchanged input rows); the current run's own shard files are not read."""
+    from metaaligner.io import INPUT_HASH, ResumableWriter
+
+    current = {shard_path(output, r, world, n_rows) for r in range(world)}
+    found: dict[int, dict[str, Any]] = {}
+    for path in shard_files(output, n_rows):
+        if path in current:
+            continue
+        try:
+            old = ResumableWriter(path, ["row_id", "status", "chosen", "rejected"], key="row_id", resume=True,
+                                  fingerprint=fingerprint, lock=False)
+        except MetaAlignerError as exc:      # made with other settings: its rows are not ours
+            log.warning("not reusing %s: %s", path, exc)
+            continue
+        for rid, rec in old.rows.items():
+            if int(rid) in hashes and rec.get(INPUT_HASH) == hashes[int(rid)]:
+                found[int(rid)] = rec
+    return list(found.values())
 
 
 def label_rows(rows: list[PreferenceRow], scorers: list[Scorer], batch_size: int = 16, min_tokens: int = 8,
@@ -333,14 +383,15 @@ def label_rows(rows: list[PreferenceRow], scorers: list[Scorer], batch_size: int
 def label_shard(rows: list[PreferenceRow], scorers: list[Scorer], output: str | Path, rank: int = 0,
                 world: int = 1, batch_size: int = 16, chunk_size: int = 512, min_tokens: int = 8,
                 resume: bool = False, progress: bool = True) -> Path:
-    """Score this rank's slice of ``rows`` chunk by chunk into ``<output>.shard{rank}of{world}.jsonl``
-    (appended per chunk, so ``resume`` continues after the last finished chunk; only a run with the
-    same scorers, and rows whose texts are unchanged). Returns the shard path."""
+    """Score this rank's slice of ``rows`` chunk by chunk into ``<output>.rows<start>-<stop>of<n>.jsonl``
+    (appended per chunk, so ``resume`` continues after the last finished chunk, also from the shards
+    of a run at another process count; only a run with the same scorers, and rows whose texts are
+    unchanged). Returns the shard path."""
     from tqdm.auto import tqdm
 
     from metaaligner.io import INPUT_HASH, ResumableWriter
 
-    path = shard_path(output, rank, world)
+    path = shard_path(output, rank, world, len(rows))
     mine = [rows[i] for i in shard_range(len(rows), rank, world)]
     if path.exists() and not resume:
         path.unlink()
@@ -348,6 +399,10 @@ def label_shard(rows: list[PreferenceRow], scorers: list[Scorer], output: str | 
     writer = ResumableWriter(path, ["row_id", "status", "chosen", "rejected"], key="row_id", resume=resume,
                              fingerprint=shard_fingerprint(scorers, min_tokens), overwrite=not resume)
     hashes = {r.row_id: preference_row_hash(r) for r in mine}
+    if resume:
+        writer.append(rec for rec in _rows_of_other_shards(Path(output), len(rows), world, writer.fingerprint,
+                                                           hashes) if not writer.is_done(rec["row_id"],
+                                                                                         hashes[rec["row_id"]]))
     todo = [r for r in mine if not writer.is_done(r.row_id, hashes[r.row_id])]
     if len(todo) < len(mine):
         log.info("rank %d: resuming, %d of %d rows already scored", rank, len(mine) - len(todo), len(mine))
@@ -385,8 +440,9 @@ def preference_row_hash(row: PreferenceRow) -> str:
                      "status": row.status})
 
 
-def wait_for_shards(output: str | Path, world: int, timeout_s: float = 7200, poll_s: float = 2.0) -> list[Path]:
-    paths = [shard_path(output, r, world) for r in range(world)]
+def wait_for_shards(output: str | Path, world: int, n_rows: int, timeout_s: float = 7200,
+                    poll_s: float = 2.0) -> list[Path]:
+    paths = [shard_path(output, r, world, n_rows) for r in range(world)]
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in paths):
         if time.monotonic() > deadline:
