@@ -162,13 +162,13 @@ def control_lines(result) -> list[str]:
 
 def main(config: JudgeConfig) -> None:
     from metaaligner.errors import MetaAlignerError
-    from metaaligner.judge import judge_outputs
+    from metaaligner.judge import JudgeRun, judge_outputs
     from metaaligner.judge.runner import format_dry_run
 
     if not config.input or not config.output_dir:
         raise MetaAlignerError("--input and --output_dir are required")
     cli.quiet_http_logs()  # also when main() is called without run_main
-    result = judge_outputs(
+    result = judge_outputs(run=JudgeRun(
         config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
         dataset=config.dataset or None, mode=config.mode, judge_prompt=config.judge_prompt or None,
         profile=config.profile, parser=config.parser or None,
@@ -180,7 +180,7 @@ def main(config: JudgeConfig) -> None:
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
         add_objective=_flatten(config.add_objective), overwrite=config.overwrite,
         columns={"query": config.query_column, "goldens": config.goldens_column},
-        controls=True if config.controls else False if config.no_controls else None)
+        controls=True if config.controls else False if config.no_controls else None))
     if config.dry_run:
         print(format_dry_run(result, result.get("judge_model") or config.judge_model))
         if result.get("control_tasks"):

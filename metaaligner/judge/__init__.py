@@ -6,24 +6,30 @@ answer parsing, a SQLite cache keyed on the full request, concurrency, retries a
                            dataset="hh-rlhf", base_url="http://127.0.0.1:8000/v1", judge_model="gpt-4")
     # the paper as published: released prompts and parser, gpt-4-turbo-preview, API-default decoding
     judge_outputs("outputs/hh", "judged/hh-paper", targets=["aligned_responses"], profile="paper")
+    # the same as one config
+    judge_outputs(run=JudgeRun("outputs/hh", "judged/hh-paper", targets=["aligned_responses"], profile="paper"))
 
-Modules: ``registry`` (prompts.yaml: prompt sets, parsers, prices), ``profiles`` (profiles.yaml:
-named judging profiles ``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engine``
-(openai client, cost meter), ``cache`` (SQLite), ``runner`` (plan, run, dry run), ``metrics`` (win
-rates, bootstrap).
+Modules: ``run_config`` (``JudgeRun``: what is judged, how, where it goes), ``registry``
+(prompts.yaml: prompt sets, parsers, prices), ``profiles`` (profiles.yaml: named judging profiles
+``clean`` and ``paper``), ``positions`` (swap/unswap, verdicts), ``engines`` (engines by name:
+``openai``, ``probe``), ``engine`` (openai client, cost meter), ``probe`` (the offline judge),
+``cache`` (SQLite), ``runner`` (plan, run, dry run), ``metrics`` (win rates, bootstrap).
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from metaaligner.errors import MetaAlignerError
 from metaaligner.judge.cache import Completion, JudgeCache, request_key
 from metaaligner.judge.engine import CostMeter, Decoding, JudgeCallError, OpenAIChatEngine
+from metaaligner.judge.engines import ENGINES, engine_name, make_engine, pinned_judge
 from metaaligner.judge.profiles import load_profile, resolve_judge
 from metaaligner.judge.registry import JudgePrompt, default_prices, get_prompt
+from metaaligner.judge.run_config import JudgeRun
 from metaaligner.judge.runner import (
     JudgeRunner,
     JudgeSettings,
@@ -39,7 +45,8 @@ from metaaligner.judge.runner import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Completion", "CostMeter", "Decoding", "JudgeCache", "JudgeCallError", "JudgePrompt", "JudgeRunner",
+__all__ = ["ENGINES", "Completion", "CostMeter", "Decoding", "JudgeCache", "JudgeCallError", "JudgePrompt", "JudgeRun",
+           "JudgeRunner",
            "JudgeSettings", "OpenAIChatEngine", "RunResult", "default_prices", "get_prompt", "judge_outputs",
            "load_profile", "request_key", "resolve_dataset", "resolve_judge"]
 
@@ -68,26 +75,19 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
                            f"the inputs' template columns give {sorted(names) or 'nothing'}")
 
 
-def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: list[str],
-                  aspects: list[str] | None = None, dataset: str | None = None, mode: str = "pairwise",
-                  judge_prompt: str | None = None, base_url: str | None = None, judge_model: str | None = None,
-                  concurrency: int = 8, seed: int = 0, temperature: float | None = None,
-                  max_tokens: int | None = None, both_orders: bool = False, dry_run: bool = False,
-                  resume: bool = False, limit: int = 0, max_cost: float = 0.0,
-                  price_per_1k_input: float | None = None, price_per_1k_output: float | None = None,
-                  max_retries: int = 6, timeout: float = 60.0, use_cache: bool = True,
-                  cache_path: str | Path | None = None, objectives_file: str | None = None,
-                  add_objective: list[str] | None = None, max_failures: int = 20, progress: bool = True,
-                  engine: Any = None, profile: str | None = None, parser: str | None = None,
-                  columns: dict[str, str] | None = None, overwrite: bool = False,
-                  controls: bool | None = None) -> RunResult | dict[str, Any]:
-    """Judge every row of the aligner output file(s) at ``input_path`` for each target and objective.
+def judge_outputs(input_path: str | Path | None = None, output_dir: str | Path | None = None, *,
+                  run: JudgeRun | None = None, **options: Any) -> RunResult | dict[str, Any]:
+    """Judge every row of the aligner output file(s) for each target and objective, as ``run`` (a
+    ``JudgeRun``) says; without ``run``, the arguments are ``JudgeRun``'s fields
+    (``judge_outputs(input_path, output_dir, targets=[...], ...)``).
 
     ``profile`` (``clean`` by default, ``paper``, or a YAML file) sets the prompt set, judge model,
     decoding and parser; ``judge_prompt``, ``judge_model``, ``parser``, ``temperature`` and
-    ``max_tokens`` override its parts when given. An ``output_dir`` holding another judge's run
-    (``run.json``: model, prompt, parser, endpoint, decoding) is refused unless ``overwrite``; its
-    summaries never mix two judges' rows.
+    ``max_tokens`` override its parts when given. The engine comes from ``judge.engines`` by
+    ``judge_model`` (``probe``: the offline probe, which fixes its own model and prompt set; else the
+    OpenAI-compatible endpoint) unless ``run.engine`` is given. An ``output_dir`` holding another
+    judge's run (``run.json``: model, prompt, parser, endpoint, decoding) is refused unless
+    ``overwrite``; its summaries never mix two judges' rows.
 
     ``controls`` (None: on for the probe judge, which costs nothing; off for endpoints, which may
     bill): after the real rows, judge the control answers ('.', a refusal, the first half, the answer
@@ -97,41 +97,41 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
 
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
-    from metaaligner.io import redact_url, write_json
-    from metaaligner.judge.probe import PROMPTS_FILE, ProbeEngine, judge_model_id
+    from metaaligner.io import redact_url
     from metaaligner.registry.objectives import build_registry
 
-    output_dir = Path(output_dir)
-    if judge_model == "probe" and engine is None:  # the offline probe judge (metaaligner/judge/probe.py)
-        engine, judge_model, judge_prompt = ProbeEngine(), judge_model_id(), str(PROMPTS_FILE)
-    files = discover_inputs(input_path, exclude=output_dir)
-    config = resolve_dataset(dataset, files)
-    registry = build_registry(objectives_file, add_objective)
-    keys = list(aspects or [])
+    if run is None:
+        run = JudgeRun(input_path=input_path, output_dir=output_dir, **options)
+    elif input_path is not None or output_dir is not None or options:
+        raise MetaAlignerError("judge_outputs: give either run=JudgeRun(...) or its fields, not both")
+    output_dir = Path(run.output_dir)
+    engine, judge_model, judge_prompt = run.engine, run.judge_model, run.judge_prompt
+    name = engine_name(judge_model)
+    pinned = pinned_judge(name) if engine is None else None
+    if pinned:   # an engine that fixes its judge (the offline probe) is made at once; an endpoint only to call it
+        engine, (judge_model, judge_prompt) = make_engine(name, run), pinned
+    files = discover_inputs(run.input_path, exclude=output_dir)
+    config = resolve_dataset(run.dataset, files)
+    registry = build_registry(run.objectives_file, run.add_objective)
+    keys = list(run.aspects or [])
     if not keys:
-        keys = list(config.objectives) + (list(config.unseen_objectives) if mode == "rating" else [])
+        keys = list(config.objectives) + (list(config.unseen_objectives) if run.mode == "rating" else [])
     objectives = registry.resolve(keys, config.objective_group)
     judge_profile, prompt, judge_model, decoding = resolve_judge(
-        profile, mode, config.judge_family, judge_prompt=judge_prompt, judge_model=judge_model, parser=parser,
-        temperature=temperature, max_tokens=max_tokens, seed=seed)
-    settings = JudgeSettings(mode=mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=seed,
-                             both_orders=both_orders, endpoint=redact_url(base_url) or "",
+        run.profile, run.mode, config.judge_family, judge_prompt=judge_prompt, judge_model=judge_model,
+        parser=run.parser, temperature=run.temperature, max_tokens=run.max_tokens, seed=run.seed)
+    settings = JudgeSettings(mode=run.mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=run.seed,
+                             both_orders=run.both_orders, endpoint=redact_url(run.base_url) or "",
                              empty_cells=judge_profile.empty_cells)
-    prices = default_prices(judge_model)
-    price_in = price_per_1k_input if price_per_1k_input is not None and price_per_1k_input >= 0 else \
-        (prices[0] if prices else 0.0)
-    price_out = price_per_1k_output if price_per_1k_output is not None and price_per_1k_output >= 0 else \
-        (prices[1] if prices else 0.0)
-    if prices is None and price_per_1k_input is None and base_url is None:
-        log.warning("no registry price for %s: costs count as 0 (pass --price_per_1k_input/output)", judge_model)
-    if max_cost > 0 and price_in == 0 and price_out == 0:
-        log.warning("--max_cost has no effect: %s has no price (pass --price_per_1k_input/output)", judge_model)
-    meter = CostMeter(price_in, price_out, max_cost)
-    tasks = plan_tasks(files, config.name, objectives, targets, settings, output_dir, limit=limit, columns=columns)
+    price_in, price_out = _prices(run, judge_model)
+    meter = CostMeter(price_in, price_out, run.max_cost)
+    tasks = plan_tasks(files, config.name, objectives, run.targets, settings, output_dir, limit=run.limit,
+                       columns=run.columns)
+    controls = run.controls
     if controls is None:
-        controls = isinstance(engine, ProbeEngine)
-    control_tasks = plan_control_tasks(files, config.name, objectives, settings, output_dir, limit=limit,
-                                       columns=columns) if controls else []
+        controls = _is_probe(engine)
+    control_tasks = plan_control_tasks(files, config.name, objectives, settings, output_dir, limit=run.limit,
+                                       columns=run.columns) if controls else []
     is_training_prompt = getattr(engine, "is_training_prompt", None)
     excluded = drop_training_prompts(tasks, is_training_prompt) if is_training_prompt else {}
     if is_training_prompt:
@@ -140,40 +140,68 @@ def judge_outputs(input_path: str | Path, output_dir: str | Path, *, targets: li
     if output_dir.exists() and not output_dir.is_dir():
         raise MetaAlignerError(f"{output_dir}: is a file, but --output_dir is a folder; choose another path")
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not dry_run and not overwrite:
+    if not run.dry_run and not run.overwrite:
         check_same_judge(output_dir / "run.json", settings)
-    cache = JudgeCache(cache_path or output_dir / "judge_cache.sqlite") if use_cache else None
+    cache = JudgeCache(run.cache_path or output_dir / "judge_cache.sqlite") if run.use_cache else None
     try:
-        if dry_run:
-            runner = JudgeRunner(settings, None, cache, meter, concurrency=concurrency, resume=resume)
-            return {**dry_run_plan(tasks + control_tasks, runner, output_dir, resume=resume),
+        if run.dry_run:
+            runner = JudgeRunner(settings, None, cache, meter, concurrency=run.concurrency, resume=run.resume)
+            return {**dry_run_plan(tasks + control_tasks, runner, output_dir, resume=run.resume),
                     "profile": judge_profile.name, "control_tasks": len(control_tasks), "excluded": excluded}
         if engine is None:
-            engine = OpenAIChatEngine(judge_model, base_url=base_url, timeout=timeout, max_retries=max_retries)
-        write_json(output_dir / "run.json", {"judge_config": settings.fingerprint(),
-            **settings.describe(), "profile": judge_profile.name, "prompt_user": prompt.user,
-            "prompt_system": prompt.system,
-            "reminder": prompt.reminder, "dataset": config.name, "targets": targets,
-            "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": limit,
-            "judge_quality": getattr(engine, "caption", None), "controls": bool(controls),
-            "excluded_training_prompts": excluded,
-            "base_url": redact_url(base_url), "concurrency": concurrency, "max_retries": max_retries,
-            "timeout": timeout,
-            "price_per_1k_input": price_in, "price_per_1k_output": price_out, "max_cost": max_cost,
-            "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        runner = JudgeRunner(settings, engine, cache, meter, concurrency=concurrency, resume=resume,
-                             max_failures=max_failures, progress=progress, overwrite=overwrite)
-        result = runner.run(tasks)
+            engine = make_engine(name, replace(run, judge_model=judge_model))
+        _write_run_json(output_dir, run, settings, judge_profile, prompt, config, objectives, files, engine,
+                        controls, excluded, (price_in, price_out), cache)
+        options = dict(concurrency=run.concurrency, resume=run.resume, max_failures=run.max_failures,
+                       progress=run.progress, overwrite=run.overwrite)
+        result = JudgeRunner(settings, engine, cache, meter, **options).run(tasks)
         result.excluded = excluded
         write_run_summary(output_dir, result.summaries, settings.fingerprint())
         if control_tasks and result.stopped is None and not result.failed:
-            run_controls(result, control_tasks, settings, engine, cache, meter, output_dir,
-                         dict(concurrency=concurrency, resume=resume, max_failures=max_failures, progress=progress,
-                              overwrite=overwrite))
+            run_controls(result, control_tasks, settings, engine, cache, meter, output_dir, options)
         return result
     finally:
         if cache is not None:
             cache.close()
+
+
+def _is_probe(engine: Any) -> bool:
+    from metaaligner.judge.probe import ProbeEngine
+
+    return isinstance(engine, ProbeEngine)
+
+
+def _prices(run: JudgeRun, judge_model: str) -> tuple[float, float]:
+    """(input, output) price per 1k tokens: the given ones, else the registry's for ``judge_model`` (0 when none)."""
+    prices = default_prices(judge_model)
+    price_in = run.price_per_1k_input if run.price_per_1k_input is not None and run.price_per_1k_input >= 0 else \
+        (prices[0] if prices else 0.0)
+    price_out = run.price_per_1k_output if run.price_per_1k_output is not None and run.price_per_1k_output >= 0 else \
+        (prices[1] if prices else 0.0)
+    if prices is None and run.price_per_1k_input is None and run.base_url is None:
+        log.warning("no registry price for %s: costs count as 0 (pass --price_per_1k_input/output)", judge_model)
+    if run.max_cost > 0 and price_in == 0 and price_out == 0:
+        log.warning("--max_cost has no effect: %s has no price (pass --price_per_1k_input/output)", judge_model)
+    return price_in, price_out
+
+
+def _write_run_json(output_dir: Path, run: JudgeRun, settings: JudgeSettings, judge_profile, prompt, config,
+                    objectives, files, engine, controls: bool, excluded: dict, prices: tuple[float, float],
+                    cache) -> None:
+    """``run.json``: the judge's configuration and the run's settings, beside its verdicts."""
+    from metaaligner.io import redact_url, write_json
+
+    write_json(output_dir / "run.json", {"judge_config": settings.fingerprint(),
+        **settings.describe(), "profile": judge_profile.name, "prompt_user": prompt.user,
+        "prompt_system": prompt.system,
+        "reminder": prompt.reminder, "dataset": config.name, "targets": run.targets,
+        "objectives": [o.key for o in objectives], "inputs": [str(p) for _, p in files], "limit": run.limit,
+        "judge_quality": getattr(engine, "caption", None), "controls": bool(controls),
+        "excluded_training_prompts": excluded,
+        "base_url": redact_url(run.base_url), "concurrency": run.concurrency, "max_retries": run.max_retries,
+        "timeout": run.timeout,
+        "price_per_1k_input": prices[0], "price_per_1k_output": prices[1], "max_cost": run.max_cost,
+        "cache": str(cache.path) if cache else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def run_controls(result: RunResult, tasks: list, settings: JudgeSettings, engine: Any, cache, meter: CostMeter,

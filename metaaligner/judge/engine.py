@@ -202,3 +202,8 @@ class CostMeter:
             self.completion_tokens += completion_tokens
             self.calls += 1
         return actual
+
+
+def make_engine(run) -> OpenAIChatEngine:
+    """The ``openai`` engine of ``judge.engines``: ``run.judge_model`` at ``run.base_url``."""
+    return OpenAIChatEngine(run.judge_model, base_url=run.base_url, timeout=run.timeout, max_retries=run.max_retries)

@@ -303,3 +303,13 @@ class ProbeEngine:
             a, b = fields["output1"], fields["output2"]
             verdict = choice(a, b, self._score(fields["query"], a), self._score(fields["query"], b))
         return Completion(text=f"[[{verdict}]]")
+
+
+def pinned_judge() -> tuple[str, str]:
+    """The probe fixes its judge: its model id (from its weights) and the prompt set it reads back."""
+    return judge_model_id(), str(PROMPTS_FILE)
+
+
+def make_engine(run) -> ProbeEngine:
+    """The ``probe`` engine of ``judge.engines``."""
+    return ProbeEngine()
