@@ -68,6 +68,9 @@ class AlignerInferenceConfig:
     device: str = field(default=None, metadata={"help": "hf backend device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' to spread a large aligner over several GPUs"})
+    tensor_parallel_size: int = field(default=None, metadata={**cli.check(ge=1, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: GPUs per model copy (tensor parallelism). Default 1; raise it only for a model that does not fit one GPU (the head count must divide by it)"})
+    max_model_len: int = field(default=None, metadata={**cli.check(ge=1, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: context length (prompt + new tokens; default: the model's); also the budget of --long_prompts shorten"})
+    gpu_memory_utilization: float = field(default=None, metadata={**cli.check(gt=0.0, le=1.0, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: share of each GPU's memory vLLM may take (default 0.9)"})
     cuda: bool = field(default=False, metadata={"help": "the released flag: same as --device cuda (an error, not a silent CPU run, when no GPU is visible)"})
     llama: bool = field(default=False, metadata={"help": "the released flag (LlamaForCausalLM/LlamaTokenizer); accepted, not needed: the model class comes from the checkpoint's config"})
     lora: bool = field(default=False, metadata={"help": "the released flag; accepted, not needed: --lora_path alone applies the adapter"})
@@ -120,6 +123,7 @@ def _guard_on(value: str, source) -> bool:
 
 def main(config: AlignerInferenceConfig) -> None:
     from metaaligner.aligner.inference import (
+        VLLM_OPTIONS,
         AlignRunSettings,
         align_file,
         dry_run_file,
@@ -176,7 +180,8 @@ def main(config: AlignerInferenceConfig) -> None:
         nonlocal backend
         if backend is None:
             backend = make_generator(config.backend, source, device=device, dtype=config.dtype,
-                                     base_url=config.base_url, device_map=config.device_map)
+                                     base_url=config.base_url, device_map=config.device_map,
+                                     vllm_options={k: getattr(config, k) for k in VLLM_OPTIONS})
         return backend
 
     totals = {"rows": 0, "aligned": 0, "empty": 0}

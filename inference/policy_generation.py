@@ -71,6 +71,9 @@ class PolicyGenerationConfig:
     device: str = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
     dtype: str = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: float32 on CPU, bf16/fp16 on GPU)"})
     device_map: str = field(default=None, metadata={"help": "hf backend: e.g. 'auto' for several GPUs"})
+    tensor_parallel_size: int = field(default=None, metadata={**cli.check(ge=1, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: GPUs per model copy (tensor parallelism). Default 1; raise it only for a model that does not fit one GPU (the head count must divide by it)"})
+    max_model_len: int = field(default=None, metadata={**cli.check(ge=1, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: context length (prompt + new tokens; default: the model's); also the budget of --long_prompts shorten"})
+    gpu_memory_utilization: float = field(default=None, metadata={**cli.check(gt=0.0, le=1.0, only_with={"backend": ("vllm", "auto")}), "help": "vllm backend: share of each GPU's memory vLLM may take (default 0.9)"})
     self_refine: bool = field(default=False, metadata={"help": "Self-Refinement (Table 3): --data_dir holds policy outputs (query, goldens, generated_text); the model revises each answer toward --aspects; writes the aligner output format"})
     aspects: str = field(default=None, metadata={"help": "--self_refine: comma-separated objective keys, in order (default: the --dataset config's objectives)"})
     cuda: bool = field(default=False, metadata={"help": "the released flag: same as --device cuda"})
@@ -105,6 +108,7 @@ def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str
 
 def main(config: PolicyGenerationConfig) -> None:
     from metaaligner.aligner.inference import (
+        VLLM_OPTIONS,
         FileJob,
         check_cuda,
         load_policy_rows,
@@ -163,7 +167,8 @@ def main(config: PolicyGenerationConfig) -> None:
         if backend is None:
             backend = make_generator(config.backend, None if embedded else config.model, device=device,
                                      dtype=config.dtype, base_url=config.base_url, device_map=config.device_map,
-                                     chat_template=config.chat_template, lora_path=config.lora_path)
+                                     chat_template=config.chat_template, lora_path=config.lora_path,
+                                     vllm_options={k: getattr(config, k) for k in VLLM_OPTIONS})
         return backend
 
     total = 0

@@ -357,3 +357,65 @@ def test_generate_all_checks_one_completion_per_prompt():
     with pytest.raises(MetaAlignerError, match="^backend returned 1 outputs for 2 prompts$"):
         generate_all(Short(), ["a", "b"], GenerationParams())
     assert generate_all(Short(), ["a"], GenerationParams()) == ["only one"]
+
+
+# ---------------------------------------------------------------- vllm: install hint and engine options (issue 33)
+
+def test_vllm_missing_says_which_releases_fit_and_not_a_bare_pip_install(monkeypatch):
+    import re
+
+    monkeypatch.setitem(sys.modules, "vllm", None)           # import vllm -> ImportError, installed or not
+    with pytest.raises(MetaAlignerError) as exc:
+        get_generator("vllm", "x")
+    message = str(exc.value)
+    assert "needs vllm" in message and not re.search(r"pip install vllm(?!==)", message)
+    for fits in ("0.32.0 needs torch==2.13.0 with transformers<5.20", "0.33.0 torch==2.14.0 with transformers<5.21",
+                 "0.34.0 torch==2.14.0 with transformers>=5.16.1,<5.23", "--backend openai --base_url"):
+        assert fits in message
+
+
+def test_vllm_options_reach_the_engine_and_tensor_parallel_defaults_to_1(monkeypatch, tiny_llama_dir):
+    import types
+
+    import torch
+
+    from metaaligner.aligner import make_generator
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)   # TP over every visible GPU was the default
+    plain = make_generator("vllm", str(tiny_llama_dir), dtype="float32")
+    assert plain.llm.kwargs["tensor_parallel_size"] == 1 and plain.llm.kwargs["gpu_memory_utilization"] == 0.9
+    assert "max_model_len" not in plain.llm.kwargs and plain.llm.kwargs["dtype"] == "float32"
+    tuned = make_generator("vllm", str(tiny_llama_dir), dtype="float32", vllm_options={
+        "tensor_parallel_size": 2, "max_model_len": 1024, "gpu_memory_utilization": 0.5})
+    assert {k: tuned.llm.kwargs[k] for k in ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")} == {
+        "tensor_parallel_size": 2, "max_model_len": 1024, "gpu_memory_utilization": 0.5}
+    with pytest.raises(MetaAlignerError, match="--tensor_parallel_size needs --backend vllm or auto"):
+        make_generator("hf", str(tiny_llama_dir), vllm_options={"tensor_parallel_size": 2})
+    with pytest.raises(MetaAlignerError, match="unknown vllm option"):
+        make_generator("vllm", str(tiny_llama_dir), vllm_options={"tp": 2})
+
+
+@pytest.mark.parametrize("script", ["inference/aligner_inference.py", "inference/policy_generation.py"])
+def test_generation_scripts_take_the_vllm_options(script, repo_root, capsys, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from metaaligner import cli
+
+    name = "issue33_" + Path(script).stem
+    spec = importlib.util.spec_from_file_location(name, repo_root / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    config = cli.parse(module.make_parser(), ["--backend", "vllm", "--tensor_parallel_size", "2",
+                                              "--max_model_len", "2048", "--gpu_memory_utilization", "0.6"])[0]
+    assert (config.tensor_parallel_size, config.max_model_len, config.gpu_memory_utilization) == (2, 2048, 0.6)
+    assert cli.parse(module.make_parser(), [])[0].tensor_parallel_size is None    # the backend's 1
+    with pytest.raises(SystemExit):
+        cli.parse(module.make_parser(), ["--backend", "hf", "--tensor_parallel_size", "2"])
+    assert "--tensor_parallel_size needs --backend vllm or auto" in capsys.readouterr().err

@@ -455,11 +455,16 @@ def check_cuda(device: str | None, backend: str) -> None:
                                "drop the flag to run on the CPU")
 
 
+VLLM_OPTIONS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
+
+
 def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
                    dtype: str | None = None, base_url: str | None = None, device_map: str | None = None,
-                   chat_template: bool = False, lora_path: str | None = None):
+                   chat_template: bool = False, lora_path: str | None = None, vllm_options: dict | None = None):
     """Build a generation backend for an aligner (or policy) model. ``auto``: openai when a
-    ``base_url`` is given, vllm when installed with a GPU, else hf."""
+    ``base_url`` is given, vllm when installed with a GPU, else hf. ``vllm_options``: the vllm
+    backend's engine settings (``tensor_parallel_size``, default 1; ``max_model_len``;
+    ``gpu_memory_utilization``); None values keep vLLM's defaults; an error with ``backend`` hf or openai."""
     from metaaligner.generation import get_generator, resolve_backend
     from metaaligner.models import resolve_model_path
 
@@ -467,12 +472,22 @@ def make_generator(backend: str, source: AlignerSource | str | None, device: str
         model, lora_path = source.model, source.lora_path or lora_path
     else:
         model = source
+    vllm_options = {k: v for k, v in (vllm_options or {}).items() if v is not None}
+    unknown = sorted(set(vllm_options) - set(VLLM_OPTIONS))
+    if unknown:
+        raise MetaAlignerError(f"unknown vllm option(s) {unknown}; choose from {list(VLLM_OPTIONS)}")
+    if vllm_options and backend in ("hf", "openai"):
+        raise MetaAlignerError(f"{', '.join('--' + k for k in vllm_options)} needs --backend vllm or auto "
+                               f"(got --backend {backend}): it would be ignored")
     backend = resolve_backend(backend, base_url)
+    if vllm_options and backend != "vllm":
+        log.warning("--backend auto picked %s: %s ignored", backend, ", ".join("--" + k for k in vllm_options))
     if backend == "hf":
         return get_generator("hf", model, device=device, dtype=dtype, lora_path=lora_path, device_map=device_map,
                              chat_template=chat_template)
     if backend == "vllm":
-        return get_generator("vllm", model, dtype=dtype, lora_path=lora_path, chat_template=chat_template)
+        return get_generator("vllm", model, dtype=dtype, lora_path=lora_path, chat_template=chat_template,
+                             **vllm_options)
     if backend == "openai":
         if lora_path:
             raise MetaAlignerError("--lora_path is not supported with the openai backend; serve the merged model")
@@ -740,7 +755,8 @@ class Aligner:
 
     ``profile="paper"`` runs as the release ran (``RUN_PROFILES``): the checkpoint's generation config
     (``decoding="checkpoint"``, seeded by ``params.seed``), whole prompts, empty answers as ``"nan"``;
-    ``decoding``, ``long_prompts`` and ``empty_cells`` override it one by one.
+    ``decoding``, ``long_prompts`` and ``empty_cells`` override it one by one. ``vllm_options``:
+    ``{"tensor_parallel_size": 1, "max_model_len": ..., "gpu_memory_utilization": ...}`` for the vllm backend.
     """
 
     def __init__(self, model: str | None = None, template: str | None = None, lora_path: str | None = None,
@@ -749,7 +765,7 @@ class Aligner:
                  add_objective: list[str] | None = None, objective_group: str | None = None,
                  params: GenerationParams | None = None, generator=None, guard: bool | None = None,
                  profile: str = "clean", decoding: str | None = None, long_prompts: str | None = None,
-                 empty_cells: str | None = None):
+                 empty_cells: str | None = None, vllm_options: dict | None = None):
         self.source = resolve_aligner(model, template, lora_path)
         self.guard = guard_default(self.source) if guard is None else guard  # see guard_output
         self.guard_actions: Counter[str] = Counter()  # the guard's action per output so far (GUARD_ACTIONS)
@@ -763,7 +779,8 @@ class Aligner:
         self.empty_cells = settings["empty_cells"]
         self.params = replace(base, decoding=settings["decoding"], long_prompts=settings["long_prompts"])
         self.shortened = 0  # prompts cut in the middle to fit the context so far
-        self._backend_kwargs = {"backend": backend, "device": device, "dtype": dtype, "base_url": base_url}
+        self._backend_kwargs = {"backend": backend, "device": device, "dtype": dtype, "base_url": base_url,
+                                "vllm_options": vllm_options}
         self._generator = generator
 
     @property

@@ -24,9 +24,24 @@ _DTYPES = {None: "auto", "auto": "auto", "float32": "float32", "fp32": "float32"
            "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
+# No vLLM release installs beside requirements.txt (torch==2.13.0, transformers>=5.20): 0.34.0 needs
+# torch==2.14.0 and transformers>=5.16.1,<5.23; 0.33.0 torch==2.14.0 and transformers<5.21; 0.32.0
+# torch==2.13.0 and transformers<5.20. A plain ``pip install vllm`` would replace our torch.
+VLLM_MISSING = (
+    "the vllm backend needs vllm, and no vLLM release installs beside this package's pins (torch==2.13.0, "
+    "transformers>=5.20): vllm 0.32.0 needs torch==2.13.0 with transformers<5.20, 0.33.0 torch==2.14.0 with "
+    "transformers<5.21, 0.34.0 torch==2.14.0 with transformers>=5.16.1,<5.23. Either serve the model from a "
+    "separate environment (python -m venv vllm-env; vllm-env/bin/pip install vllm==0.34.0; vllm-env/bin/vllm "
+    "serve MODEL) and pass --backend openai --base_url http://127.0.0.1:8000/v1, or, for this backend, a "
+    "separate environment where vLLM's pins win: pip install vllm==0.34.0 'transformers>=5.20,<5.23' "
+    "(torch 2.14.0 instead of requirements.txt's 2.13.0; not checked by our tests). Without a GPU: --backend hf")
+
+
 class VLLMGenerator:
     name = "vllm"
 
+    # tensor_parallel_size: GPUs per model (default 1: a <=7B aligner fits one GPU, and TP over every visible
+    # GPU fails for models whose head count the GPU count does not divide, SmolLM2's 9 heads on 2, 4 or 8)
     def __init__(self, model: str | None = None, dtype: str | None = None, lora_path: str | None = None,
                  chat_template: bool = False, tensor_parallel_size: int | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, seed: int = 0,
@@ -34,10 +49,7 @@ class VLLMGenerator:
         try:
             from vllm import LLM
         except ImportError:
-            raise MetaAlignerError("the vllm backend needs vllm (pip install vllm, on a machine with a GPU); "
-                                   "use --backend hf otherwise") from None
-        import torch
-
+            raise MetaAlignerError(VLLM_MISSING) from None
         from metaaligner.models import _adapter_base, resolve_model_path
 
         path = resolve_model_path(model)
@@ -45,7 +57,7 @@ class VLLMGenerator:
         if adapter is None and (Path(path) / "adapter_config.json").is_file():
             adapter, path = path, _adapter_base(path)
         kwargs = engine_kwargs(path, hf_gpu_dtype() if dtype in (None, "auto") else dtype, bool(adapter),
-                               tensor_parallel_size or max(1, torch.cuda.device_count()),
+                               tensor_parallel_size or 1,
                                max_model_len, gpu_memory_utilization, seed, prefix_caching, ngram_speculation)
         self.llm = LLM(**kwargs)
         self.path = path
