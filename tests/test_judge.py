@@ -584,3 +584,17 @@ def test_ultrafeedback_config_runs_figure3_as_the_paper_draws_it():
     assert [s.args["aspects"] for s in singles] == seen.split(",")
     assert {s.args["aligned_model"] for s in singles} == {"gpt-3.5-turbo"}
     assert report["ratings"].split(",")[0] == "All 4 objectives=runs/paper/ultrafeedback-7B/judged_ratings/all"
+
+
+def test_judge_run_config_and_engines_by_name(tmp_path):
+    from metaaligner.judge import JudgeRun, judge_outputs
+    from metaaligner.judge.engines import ENGINES, engine_name, make_engine
+
+    assert sorted(ENGINES) == ["openai", "probe"]
+    assert (engine_name("probe"), engine_name("gpt-4"), engine_name(None)) == ("probe", "openai", "openai")
+    with pytest.raises(MetaAlignerError, match="unknown judge engine 'nope'"):
+        make_engine("nope", None)
+    run = JudgeRun(tmp_path / "in", tmp_path / "out", targets=["aligned_responses"], judge_model="gpt-4",
+                   base_url="http://127.0.0.1:9/v1", timeout=5.0, max_retries=1)
+    with pytest.raises(MetaAlignerError, match="not both"):
+        judge_outputs(tmp_path / "in", run=run)
