@@ -347,9 +347,16 @@ def test_shipped_demo_aligner_card(repo_root):
     folder = repo_root / "metaaligner" / "data" / "demo_aligner"
     card = json.loads((folder / "metaaligner.json").read_text())
     assert (card["template"], card["base_model"], card["lora"]) == ("hh-rlhf", "embedded", True)
-    assert card["objectives"] == ["harmlessness", "helpfulness"] and len(card["data_sha256"]) == 64
+    assert card["objectives"] == ["harmlessness", "repeat", "len"] and len(card["data_sha256"]) == 64
+    assert (card["dataset"], card["objective_group"]) == ("edit-bench", "hh-rlhf")
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "embedded"
     assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000
+    # shipped only because it beats copy on the trained objectives with the content kept (issue 30)
+    bench = json.loads((folder / "edit_bench.json").read_text())
+    fix = {name: groups["fix"] for name, groups in bench["summary"]["groups"].items()}
+    assert fix["aligner"]["fixed"]["rate"] > fix["copy"]["fixed"]["rate"] == 0
+    assert fix["aligner"]["kept"]["rate"] >= bench["kept_threshold"] == 0.8
+    assert bench["systems"]["aligner"]["model"] == "metaaligner/data/demo_aligner"
 
 
 def test_demo_helpers_human_preference_and_copy_stats():
