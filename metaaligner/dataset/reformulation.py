@@ -171,13 +171,8 @@ def score_columns(columns: Iterable[str]) -> int:
     return n
 
 
-def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>",
-                    keep_identical: bool = False) -> tuple[list[ScoredPair], Counter]:
-    """Stage-1 rows -> pairs. Rows with an empty response, a missing score (``missing_score``), a
-    NaN/inf score (``non_finite_score``), or identical chosen and rejected texts scored differently
-    (``identical_texts``: the item's target would equal its input; ``keep_identical`` keeps them, as
-    the released scripts did) are dropped and counted by reason; a cell that is not a number at all
-    is a ``DataError``."""
+def check_stage1_columns(rows: list[dict[str, Any]], n_objectives: int, path: str) -> None:
+    """A stage-1 table has rows, the text columns and one score column pair per objective."""
     if not rows:
         raise DataError(path, "no rows")
     columns = set(rows[0])
@@ -188,6 +183,16 @@ def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "
     if found != n_objectives:
         raise DataError(path, f"found {found} chosen_score{{i}}/rejected_score{{i}} column pairs but the "
                               f"config names {n_objectives} objectives; pass --objectives to match")
+
+
+def pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int, path: str = "<rows>",
+                    keep_identical: bool = False) -> tuple[list[ScoredPair], Counter]:
+    """Stage-1 rows -> pairs. Rows with an empty response, a missing score (``missing_score``), a
+    NaN/inf score (``non_finite_score``), or identical chosen and rejected texts scored differently
+    (``identical_texts``: the item's target would equal its input; ``keep_identical`` keeps them, as
+    the released scripts did) are dropped and counted by reason; a cell that is not a number at all
+    is a ``DataError``."""
+    check_stage1_columns(rows, n_objectives, path)
     pairs, dropped = [], Counter()
     for i, row in enumerate(rows):
         texts = [row.get(c) for c in (PROMPT, CHOSEN, REJECTED)]
@@ -387,16 +392,7 @@ def released_pairs_from_rows(rows: list[dict[str, Any]], n_objectives: int,
     (``nan_response``); every other row is used as it is (identical texts, blank answers); a prompt
     pandas reads as NaN is the text ``nan``; a score cell pandas reads as NaN is NaN (in no set); a
     score that is no number is a ``DataError``."""
-    if not rows:
-        raise DataError(path, "no rows")
-    columns = set(rows[0])
-    for column in (PROMPT, CHOSEN, REJECTED):
-        if column not in columns:
-            raise DataError(path, f"missing column (found: {', '.join(sorted(columns))})", column=column)
-    found = score_columns(columns)
-    if found != n_objectives:
-        raise DataError(path, f"found {found} chosen_score{{i}}/rejected_score{{i}} column pairs but the "
-                              f"config names {n_objectives} objectives; pass --objectives to match")
+    check_stage1_columns(rows, n_objectives, path)
     pairs, dropped = [], Counter()
     for i, row in enumerate(rows, start=1):
         if any(_pandas_nan(row.get(c)) for c in (CHOSEN, REJECTED)):
