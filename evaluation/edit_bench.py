@@ -34,8 +34,9 @@ class EditBenchConfig:
     output_dir: str = field(metadata={"help": "where edit_bench.json, edit_bench.md, outputs.csv, edit_bench.png "
                                               "and generations/ go"})
     systems: str = field(default=DEFAULT_SYSTEMS, metadata={
-        "help": "comma-separated: copy (the input unchanged) or NAME=MODEL (an aligner folder, 'embedded' for the "
-                "untrained SmolLM2 base, or a hub name; ':raw' after it turns the degeneration guard off)"})
+        "help": "comma-separated: copy (the input unchanged), copy:guard (the input through the degeneration guard) "
+                "or NAME=MODEL (an aligner folder, 'embedded' for the untrained SmolLM2 base, or a hub name; ':raw' "
+                "after it turns the degeneration guard off)"})
     subject: str = field(default="aligner", metadata={
         "help": "the system the matrix, the examples and the paired tests are about"})
     rows: int = field(default=48, metadata={**check(ge=1),
@@ -63,8 +64,6 @@ def main(cfg: EditBenchConfig) -> dict:
     from metaaligner.registry.objectives import build_registry
 
     start = time.perf_counter()
-    if cfg.rows < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise MetaAlignerError("--rows, --max_new_tokens and --batch_size must be >= 1")
     systems = [bench.parse_system(s, cfg.template) for s in split_csv(cfg.systems)]
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
