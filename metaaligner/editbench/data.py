@@ -39,16 +39,21 @@ def usable(answer: str, max_words: int, min_words: int = 12) -> bool:
             and not checks.passes("disclaimer", answer))
 
 
-def load_pool(files: tuple[str, ...] | list[str] = POOL_FILES, root: str | Path = ".", max_answer_words: int = 45,
-              max_query_words: int = 45, test_fraction: float = 0.3) -> list[dict[str, str]]:
+def load_pool(files: tuple[str, ...] | list[str] = POOL_FILES, root: str | Path | None = None,
+              max_answer_words: int = 45, max_query_words: int = 45,
+              test_fraction: float = 0.3) -> list[dict[str, str]]:
     """``{"source", "split", "query", "clean"}`` per usable answer, file order; answers are
-    whitespace-normalised (so a damage and its repair are exact string operations)."""
+    whitespace-normalised (so a damage and its repair are exact string operations). Files are read
+    under ``root``, or found like other shipped data (``registry.datasets.find_data``: $METAALIGNER_DATA,
+    the working tree, the checkout)."""
     from metaaligner.io import read_records
+    from metaaligner.registry.datasets import find_data
 
     out, seen = [], set()
     for name in files:
         source = f"{Path(name).parent.name.split('_')[0]}/{Path(name).name.split('.csv')[0]}"
-        for row in read_records(Path(root) / name):
+        path = Path(root) / name if root is not None else find_data(name, "edit bench answers")
+        for row in read_records(path):
             query, answer = str(row.get("query") or ""), " ".join(str(row.get("generated_text") or "").split())
             if not query.strip() or len(checks.words(query)) > max_query_words or (query, answer) in seen:
                 continue
