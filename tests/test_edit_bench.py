@@ -287,3 +287,9 @@ def test_model_digest_reads_weights_and_configs_not_results_beside_them(tmp_path
     (tmp_path / "adapter_model.safetensors").write_bytes(b"retrained")
     assert bench.model_files_digest(str(tmp_path)) != first
     assert bench.model_files_digest("some/hub-model") is None
+
+
+def test_the_pool_is_found_from_another_folder(tmp_path, monkeypatch, repo_root):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("METAALIGNER_DATA", raising=False)
+    assert load_pool() == load_pool(root=repo_root)
