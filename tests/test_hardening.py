@@ -31,6 +31,7 @@ from metaaligner.judge import judge_outputs
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
 from metaaligner.testing import Fault, ScriptedOpenAIServer
 from metaaligner.testing.fakes import EchoGenerator
+from metaaligner.testing.scripts import load_script
 from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,18 +64,6 @@ def judge_inputs(path: Path, n: int, text=lambda i: f"cand-{i}") -> Path:
                       "aligned_responses": text(i), "template": "hh-rlhf"} for i in range(n)],
               ["query", "goldens", "origin_responses", "aligned_responses", "template"])
     return path
-
-
-def load_script(relpath: str):
-    import importlib.util
-
-    name = "issue34_" + Path(relpath).stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def one_error_line(err: str) -> str:

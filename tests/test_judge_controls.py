@@ -21,6 +21,7 @@ from metaaligner.judge.controls import (
     unusable_note,
 )
 from metaaligner.judge.probe import PROMPTS_FILE, read_fields
+from metaaligner.testing.scripts import load_script
 
 
 def by_words(queries, outputs1, outputs2):
@@ -203,8 +204,6 @@ def test_reports_without_controls_files_are_unchanged(tmp_path):
 
 
 def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
-    import importlib.util
-    import sys
 
     from metaaligner.reports import write_reports
 
@@ -212,10 +211,7 @@ def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
     write_reports(tmp_path / "reports", [tmp_path / "out"], n_boot=50)
     assert ("Judge unusable for this table: prefers '.' to the original on 6 of 6 rows (judged rows summed over 2 "
             "policy-objective cells).") in (tmp_path / "reports/table2.md").read_text()
-    spec = importlib.util.spec_from_file_location("judge_script", Path(__file__).parent.parent / "evaluation/judge.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_script("evaluation/judge.py")
     lines = script.control_lines(result)
     assert lines[1] == ("  P: control beats the original answer (rows x 2 objectives): '.' 6/6, canned refusal 2/6, "
                         "first half 2/6, answer twice 0/6; judge UNUSABLE for these rows: prefers '.' to the original "
@@ -223,8 +219,6 @@ def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
 
 
 def test_judge_controls_script_on_a_tiny_probe(tiny_llama_dir, tmp_path, capsys):
-    import importlib.util
-    import sys
 
     import torch
 
@@ -238,11 +232,7 @@ def test_judge_controls_script_on_a_tiny_probe(tiny_llama_dir, tmp_path, capsys)
             "heldout": {"pairs": 3, "agreement": 0.5, "ci95": [0.1, 0.9]}}
     torch.manual_seed(0)
     ProbeJudge(torch.randn(16), torch.ones(16), info).save(tmp_path / "probe")
-    spec = importlib.util.spec_from_file_location("judge_controls", Path(__file__).parent.parent /
-                                                  "evaluation/judge_controls.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_script("evaluation/judge_controls.py")
     tables = script.main(script.ControlsConfig(judge_dir=str(tmp_path / "probe"), n_rows=2, seed=0))
     assert set(tables) == {"human-chosen", "rejected"}
     assert {t["n"] for table in tables.values() for t in table.values()} == {2}

@@ -35,6 +35,7 @@ from metaaligner.judge.runner import ROW_COLUMNS
 from metaaligner.registry.objectives import ObjectiveRegistry
 from metaaligner.testing import ScriptedOpenAIServer, user_text
 from metaaligner.testing.fakes import EchoGenerator
+from metaaligner.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-PLANTED"
@@ -89,18 +90,6 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def load_script(relpath: str):
-    import importlib.util
-
-    name = "issue16_" + Path(relpath).stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ----------------------------------------------------------------------------- 1. resume never mixes
