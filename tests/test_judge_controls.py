@@ -204,7 +204,6 @@ def test_reports_without_controls_files_are_unchanged(tmp_path):
 
 
 def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
-
     from metaaligner.reports import write_reports
 
     result, _ = run_judge(tmp_path, controls=True, aspects=["harmlessness", "helpfulness"])
@@ -219,7 +218,6 @@ def test_two_objectives_sum_their_judged_rows_and_the_script_says_so(tmp_path):
 
 
 def test_judge_controls_script_on_a_tiny_probe(tiny_llama_dir, tmp_path, capsys):
-
     import torch
 
     from metaaligner.io import write_jsonl
