@@ -501,6 +501,12 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
+def normalise_space(text: str) -> str:
+    """``text`` with every run of whitespace made one space, stripped: how two texts are compared
+    "whitespace aside" (a copy, a tie, a query seen in training)."""
+    return " ".join(str(text).split())
+
+
 def redact_text(text: str) -> str:
     """Free text (an error line, a log record, an upstream's error body) with every secret replaced by
     ``***``: URL credentials, Authorization headers, bearer/basic tokens, OpenAI-style keys, key=value

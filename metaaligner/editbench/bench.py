@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from metaaligner.editbench import checks, damage
+from metaaligner.io import normalise_space
 
 KEPT_THRESHOLD = 0.8
 PLACEBO = "Tone: the response should be written in the same language as the question."
@@ -94,10 +95,6 @@ def pick_rows(pool: list[dict[str, str]], n: int, seed: int = 0) -> list[dict[st
 
 # ---------------------------------------------------------------- measures
 
-def normalise(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def measure(item: Item, output: str) -> dict[str, Any]:
     """The computed measures of one output (see the module docstring)."""
     output = str(output or "")
@@ -105,7 +102,7 @@ def measure(item: Item, output: str) -> dict[str, Any]:
     recall = checks.kept_recall(item.clean, output)
     others = [k for k in checks.TRAINED if k not in item.target]
     untouched = all(checks.passes(k, output) == checks.passes(k, item.input) for k in others)
-    unchanged = normalise(output) == normalise(item.input)
+    unchanged = normalise_space(output) == normalise_space(item.input)
     return {"fixed": fixed, "kept": recall >= KEPT_THRESHOLD, "recall": round(recall, 4), "untouched": untouched,
             "unchanged": unchanged, "fixed_and_kept": fixed and recall >= KEPT_THRESHOLD,
             "passes": {k: checks.passes(k, output) for k in checks.CHECKS}}

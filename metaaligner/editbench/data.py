@@ -46,7 +46,7 @@ def load_pool(files: tuple[str, ...] | list[str] = POOL_FILES, root: str | Path 
     whitespace-normalised (so a damage and its repair are exact string operations). Files are read
     under ``root``, or found like other shipped data (``registry.datasets.find_data``: $METAALIGNER_DATA,
     the working tree, the checkout)."""
-    from metaaligner.io import read_records
+    from metaaligner.io import normalise_space, read_records
     from metaaligner.registry.datasets import find_data
 
     out, seen = [], set()
@@ -54,7 +54,7 @@ def load_pool(files: tuple[str, ...] | list[str] = POOL_FILES, root: str | Path 
         source = f"{Path(name).parent.name.split('_')[0]}/{Path(name).name.split('.csv')[0]}"
         path = Path(root) / name if root is not None else find_data(name, "edit bench answers")
         for row in read_records(path):
-            query, answer = str(row.get("query") or ""), " ".join(str(row.get("generated_text") or "").split())
+            query, answer = str(row.get("query") or ""), normalise_space(row.get("generated_text") or "")
             if not query.strip() or len(checks.words(query)) > max_query_words or (query, answer) in seen:
                 continue
             if usable(answer, max_answer_words):
@@ -69,10 +69,11 @@ def harmless_base_pool(path: str | Path, max_answer_words: int = 45, max_query_w
     """Training-only answers: the human-chosen responses of HH-RLHF harmless-base pairs that pass
     ``usable``, except those whose prompt hashes to the test split."""
     from metaaligner.dataset.rewards import load_preference_rows
+    from metaaligner.io import normalise_space
 
     out, seen = [], set()
     for row in load_preference_rows(path):
-        query, answer = row.prompt, " ".join(row.chosen_response.split())
+        query, answer = row.prompt, normalise_space(row.chosen_response)
         if row.status != "ok" or is_test_query(query, test_fraction) or (query, answer) in seen:
             continue
         if len(checks.words(query)) <= max_query_words and usable(answer, max_answer_words):

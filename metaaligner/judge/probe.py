@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.io import normalise_space
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "data" / "offline_judge"
 REPO_ROOT = PROBE_DIR.parents[2]  # probe.json names its input relative to the repository
@@ -127,13 +128,9 @@ def agreement(score_chosen: Sequence[float], score_rejected: Sequence[float]) ->
     return {"pairs": n, "agreement": wins / n if n else float("nan"), "ci95": [low, high]}
 
 
-def normalise(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def choice(output1: str, output2: str, score1: float, score2: float) -> int:
     """1 or 2 (the higher score), 0 for the same text or the same score."""
-    if normalise(output1) == normalise(output2) or score1 == score2:
+    if normalise_space(output1) == normalise_space(output2) or score1 == score2:
         return 0
     return 1 if score1 > score2 else 2
 
@@ -205,12 +202,12 @@ class ProbeJudge:
                     ids = set(self.info["train_rows"])
                 else:
                     ids = {r.row_id for r in rows} - set(self.info["heldout_rows"])
-                self._train_prompts = {normalise(r.prompt) for r in rows if r.row_id in ids}
+                self._train_prompts = {normalise_space(r.prompt) for r in rows if r.row_id in ids}
         return self._train_prompts
 
     def is_training_prompt(self, query: str) -> bool:
         """Whether ``query`` is one of the probe's training prompts (whitespace-normalised)."""
-        return normalise(query) in self.training_prompts()
+        return normalise_space(query) in self.training_prompts()
 
     def _ensure_model(self):
         if self.model is None:

@@ -120,24 +120,22 @@ def blind_data_folder(src: str | Path, dst: str | Path) -> int:
     return n
 
 
-def normalise_text(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def copy_stats(answers: list[str], edits: list[str]) -> dict[str, Any]:
     """How often the edit differs from a plain copy of the input answer (whitespace-normalised), and
     the mean character-level similarity (difflib ratio) between answer and edit."""
     import difflib
 
+    from metaaligner.io import normalise_space
+
     if len(answers) != len(edits):
         raise ValueError("answers and edits differ in length")
-    differs = [normalise_text(a) != normalise_text(e) for a, e in zip(answers, edits)]
-    sims = [difflib.SequenceMatcher(None, normalise_text(a), normalise_text(e)).ratio()
+    differs = [normalise_space(a) != normalise_space(e) for a, e in zip(answers, edits)]
+    sims = [difflib.SequenceMatcher(None, normalise_space(a), normalise_space(e)).ratio()
             for a, e in zip(answers, edits)]
     n = len(answers)
     return {"rows": n, "differs": sum(differs), "differs_rate": sum(differs) / n if n else None,
             "mean_similarity": sum(sims) / n if n else None,
-            "empty_edits": sum(1 for e in edits if not normalise_text(e))}
+            "empty_edits": sum(1 for e in edits if not normalise_space(e))}
 
 
 def plot_loss_curve(log_path: str | Path, png_path: str | Path, title: str) -> Path:
