@@ -68,6 +68,10 @@ def test_cpu_2proc_really_starts_two_gloo_processes(repo_root, tmp_path):
         torch.distributed.all_reduce(t)
         print(f"rank={args.process_index} world={args.world_size} sum={int(t.item())} "
               f"backend={torch.distributed.get_backend()}", flush=True)
+        # leave the group before exiting: a rank that exits with gloo's threads still up can abort
+        # ("terminate called without an active exception", SIGABRT) while its peer is tearing down
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """ % str(tmp_path / "out")))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo_root))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
