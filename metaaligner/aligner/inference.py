@@ -455,7 +455,8 @@ def check_cuda(device: str | None, backend: str) -> None:
                                "drop the flag to run on the CPU")
 
 
-VLLM_OPTIONS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
+VLLM_OPTIONS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "data_parallel_size",
+                "max_lora_rank")
 
 
 def make_generator(backend: str, source: AlignerSource | str | None, device: str | None = None,
