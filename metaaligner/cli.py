@@ -176,7 +176,55 @@ def _help_formatter():
             # argparse writes "[--flag ARGS]"; for a bare flag ARGS is empty, leaving "[--flag ]".
             return re.sub(r"(--[\w-]+) \]", r"\1]", super()._format_usage(usage, actions, groups, prefix))
 
+        def _expand_help(self, action):
+            # At --help time, so a default set by --config_file shows too.
+            return super()._expand_help(action) + default_note(action)
+
     return HelpFormatter
+
+
+# A help text that already says what the flag's default is ("default: the --dataset config's", "rloo
+# (default) or grpo"); other defaults it names ("-1 = registry default", "0: torch's default") do not count.
+_STATES_DEFAULT = re.compile(r"(?<!'s )(?<!' )(?<!registry )(?<!offline )\bdefault\b(?! of\b)(?! targets\b)", re.I)
+
+
+def default_text(value) -> str:
+    """A default as --help shows it: ``none``, ``true``/``false``, a list's items, a string bare."""
+    import enum
+
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(default_text(v) for v in value)
+    if value == "":
+        return "empty"
+    return str(value)
+
+
+def default_note(action) -> str:
+    """What --help appends to a flag's help: `` (default: X)`` unless the help already says it,
+    `` (required)`` for a required flag, nothing for a bare flag that is off unless given."""
+    import argparse
+
+    if isinstance(action, argparse._HelpAction) or not action.option_strings:
+        return ""
+    if action.required:
+        return " (required)"
+    if action.nargs == 0 or (_is_flag(action) and action.default in (False, None)):
+        return ""
+    if _STATES_DEFAULT.search(action.help or ""):
+        return ""
+    return f" (default: {default_text(action.default)})"
+
+
+def plain_text(text: str | None) -> str | None:
+    """Docstring and field help as --help prints them: reST's double backticks dropped
+    (````rewards.csv```` reads ``rewards.csv``)."""
+    return text.replace("``", "") if text else text
 
 
 def _parser_class():
@@ -204,6 +252,9 @@ def _parser_class():
                 field = copy.copy(field)
                 field.metadata = types.MappingProxyType(meta)
             HfArgumentParser._parse_dataclass_field(parser, field)
+            negation = parser._option_string_actions.get(f"--no_{field.name}")
+            if negation is not None and negation.dest == field.name:  # HfArgumentParser's twin of a True bool
+                negation.help = f"turn --{field.name} off (the same as --{field.name} false)"
             if old:
                 action = parser._option_string_actions[f"--{field.name}"]
                 setattr(action, DEPRECATED_KEY, old)
@@ -219,12 +270,13 @@ def _parser_class():
 
 
 def make_parser(*dataclass_types, description: str | None = None):
-    parser = _parser_class()(dataclass_types, description=description, formatter_class=_help_formatter(),
-                             allow_abbrev=False)
+    parser = _parser_class()(dataclass_types, description=plain_text(description),
+                             formatter_class=_help_formatter(), allow_abbrev=False)
     parser.add_argument(YAML_FLAG, default=None, metavar="FILE.yaml",
                         help="YAML file of flag defaults; flags given on the command line override it")
     # argparse %-formats help strings: a literal "95%" in a field's help made --help crash.
     for action in parser._actions:
+        action.help = plain_text(action.help)
         if action.help and "%" in action.help and "%(" not in action.help and "%%" not in action.help:
             action.help = action.help.replace("%", "%%")
     return parser
