@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from metaaligner import cli
+from metaaligner.sharding import MERGE_HELP, SHARD_HELP
 
 log = logging.getLogger("aligner_inference")
 
@@ -54,6 +55,8 @@ class AlignerInferenceConfig:
     guard: str = field(default="auto", metadata={"help": "degeneration guard: a looping output is trimmed to its first occurrence (a sentence repeating an earlier one verbatim or nearly, a word 4-gram 3+ times); an empty output, or one with under 3 words left, falls back to the input answer; auto = on for the built-in aligners, off for others | on | off"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (rows already written are kept, none twice; only a run with the same settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
+    shard: str = field(default=None, metadata={"help": SHARD_HELP})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP})
     dry_run: bool = field(default=False, metadata={"help": "write <model_output_path>/<policy>.prompts.jsonl with the exact aligner inputs; load no model (so a prompt that --long_prompts shorten would cut at run time is written whole)"})
     objectives_file: str = field(default=None, metadata={"help": "YAML/JSON mapping key -> description of your own objectives"})
     add_objective: list[str] = field(default_factory=list, metadata={"help": "inline objective 'key=Description: ...' (repeatable)", "action": "append"})
@@ -84,7 +87,8 @@ class AlignerInferenceConfig:
 NOT_IN_FINGERPRINT = ("resume", "overwrite", "dry_run",        # how this run treats earlier ones
                       "data_dir", "aligned_model", "limit",   # which input rows (each row's content is hashed)
                       "model_output_path",                    # where the rows go
-                      "llama", "lora")                        # released flags accepted as no-ops
+                      "llama", "lora",                        # released flags accepted as no-ops
+                      "shard", "merge")                       # which slice this process writes
 
 
 def make_parser():
@@ -123,13 +127,10 @@ def _guard_on(value: str, source) -> bool:
     return guard_default(source) if value == "auto" else value == "on"
 
 
-def main(config: AlignerInferenceConfig) -> None:
+def run_settings(config: AlignerInferenceConfig):
+    """(settings, jobs, input columns) of a run: the aligner, objectives, profile and files, checked."""
     from metaaligner.aligner.inference import (
-        VLLM_OPTIONS,
         AlignRunSettings,
-        align_file,
-        dry_run_file,
-        make_generator,
         objective_group_for,
         plan_jobs,
         resolve_aligner,
@@ -138,11 +139,9 @@ def main(config: AlignerInferenceConfig) -> None:
     )
     from metaaligner.errors import MetaAlignerError
     from metaaligner.generation import GenerationParams
-    from metaaligner.registry.datasets import find_data, load_dataset_config
+    from metaaligner.registry.datasets import load_dataset_config
     from metaaligner.registry.objectives import build_registry
 
-    start = time.time()
-    device = released_flags(config)
     dataset = load_dataset_config(config.dataset) if config.dataset else None
     source = resolve_aligner(config.aligner_path, config.template, config.lora_path,
                              dataset.template if dataset else None)
@@ -152,16 +151,7 @@ def main(config: AlignerInferenceConfig) -> None:
     if not aspects:
         raise MetaAlignerError("no objectives: pass --aspects key1,key2 or --dataset NAME")
     labels, descriptions = resolve_objectives(aspects, registry, group, allow_free_text=False)
-    data_dir = config.data_dir
-    if data_dir is None:
-        if not (dataset and dataset.samples):
-            raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER or --dataset NAME")
-        data_dir = str(find_data(dataset.samples, f"samples folder of --dataset {dataset.name}"))  # not beside an installed package
-    if config.iterations < 1:
-        raise MetaAlignerError(f"--iterations must be >= 1, got {config.iterations}")
-    if config.limit is not None and config.limit < 1:
-        raise MetaAlignerError(f"--limit must be >= 1, got {config.limit}")
-    jobs = plan_jobs(data_dir, config.aligned_model, config.model_output_path)
+    jobs = plan_jobs(_data_dir(config, dataset), config.aligned_model, config.model_output_path)
     run = run_profile(config.profile, decoding=config.decoding, long_prompts=config.long_prompts,
                       empty_cells=config.empty_cells)
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -173,9 +163,37 @@ def main(config: AlignerInferenceConfig) -> None:
                                 profile=config.profile, flags=cli.config_fingerprint(config, NOT_IN_FINGERPRINT))
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
+    return settings, jobs, columns
+
+
+def _data_dir(config: AlignerInferenceConfig, dataset) -> str:
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.registry.datasets import find_data
+
+    if config.iterations < 1:
+        raise MetaAlignerError(f"--iterations must be >= 1, got {config.iterations}")
+    if config.limit is not None and config.limit < 1:
+        raise MetaAlignerError(f"--limit must be >= 1, got {config.limit}")
+    if config.data_dir is not None:
+        return config.data_dir
+    if not (dataset and dataset.samples):
+        raise MetaAlignerError("no input: pass --data_dir FILE_OR_FOLDER or --dataset NAME")
+    return str(find_data(dataset.samples, f"samples folder of --dataset {dataset.name}"))  # not beside an installed package
+
+
+def main(config: AlignerInferenceConfig) -> None:
+    from metaaligner.aligner.inference import VLLM_OPTIONS, align_file, dry_run_file, make_generator
+    from metaaligner.sharding import plan_shards, rank_device
+
+    start = time.time()
+    plan = plan_shards(config.shard, config.merge)
+    device = rank_device(released_flags(config), plan)
+    settings, jobs, columns = run_settings(config)
+    source, params = settings.source, settings.params
     log.info("aligner %s, template %s (from %s), aspects %s, %d file(s); profile %s: decoding %s, long prompts %s, "
-             "empty cells %s", source.label, source.template, source.template_from, ",".join(labels), len(jobs),
-             config.profile, params.decoding, params.long_prompts, settings.empty_cells)
+             "empty cells %s; %s", source.label, source.template, source.template_from,
+             ",".join(settings.aspect_labels), len(jobs), config.profile, params.decoding, params.long_prompts,
+             settings.empty_cells, plan.label)
     backend = None
 
     def get_backend():
@@ -194,13 +212,14 @@ def main(config: AlignerInferenceConfig) -> None:
                   f"{stats.prompt_chars} chars, ~{stats.prompt_chars // 4} tokens) -> {stats.output}")
         else:
             stats = align_file(job, settings, get_backend, columns, config.limit, config.resume,
-                               overwrite=config.overwrite)
+                               overwrite=config.overwrite, plan=plan)
             print(stats.summary())
         totals["rows"] += stats.rows_in
         totals["aligned"] += stats.aligned
         totals["empty"] += stats.empty_answers
     print(f"done: {len(jobs)} file(s), {totals['rows']} rows in, {totals['aligned']} aligned, "
-          f"{totals['empty']} empty answers, {time.time() - start:.1f} s; outputs under {config.model_output_path}")
+          f"{totals['empty']} empty answers, {time.time() - start:.1f} s; outputs under {config.model_output_path}"
+          + (f" ({plan.label}: shards there; merge with --merge)" if plan.given else ""))
 
 
 if __name__ == "__main__":

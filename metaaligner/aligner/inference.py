@@ -31,10 +31,8 @@ from metaaligner.generation import GenerationParams, generate_all
 from metaaligner.io import (
     OUTPUT_COLUMNS,
     TEXT_SUFFIXES,
-    ResumableWriter,
     as_released_text,
     read_table,
-    run_resumable,
     write_jsonl,
 )
 from metaaligner.registry.objectives import ObjectiveRegistry, build_registry
@@ -491,7 +489,10 @@ def make_generator(backend: str, source: AlignerSource | str | None, device: str
                              **vllm_options)
     if backend == "openai":
         if lora_path:
-            raise MetaAlignerError("--lora_path is not supported with the openai backend; serve the merged model")
+            from metaaligner.generation.openai_backend import LORA_SERVING
+
+            raise MetaAlignerError(f"--lora_path {lora_path}: with --backend openai the server applies the adapter; "
+                                   f"{LORA_SERVING}")
         served = resolve_model_path(None) if model in (None, "embedded") else model
         return get_generator("openai", served, base_url=base_url, chat_template=chat_template)
     return get_generator(backend, model)  # raises the unknown-backend error
@@ -508,8 +509,11 @@ def table_stem(path: str | Path) -> str:
 
 
 def _tables_in(folder: Path) -> list[Path]:
+    """The input tables of a folder (hidden files and the shards of a stage not yet merged left out)."""
+    from metaaligner.sharding import is_shard_name
+
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and any(p.name.lower().endswith(s) for s in TEXT_SUFFIXES))
+                  and any(p.name.lower().endswith(s) for s in TEXT_SUFFIXES) and not is_shard_name(p.name))
 
 
 @dataclass(frozen=True)
@@ -676,27 +680,58 @@ def dry_run_file(job: FileJob, settings: AlignRunSettings, columns: dict[str, st
 
 def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dict[str, str] | None = None,
                limit: int | None = None, resume: bool = False, chunk_rows: int | None = None,
-               progress: bool = True, overwrite: bool = False) -> AlignStats:
+               progress: bool = True, overwrite: bool = False, plan=None) -> AlignStats:
     """Align one table into ``job.output_path``, appending finished chunks to a partial file so a
     killed run continues with ``resume=True`` (every row exactly once). The output carries the
     settings' fingerprint: a resume with other settings, or a finished output made with other
     settings, is an error unless ``overwrite``; rows whose input changed are aligned again.
     ``generator`` may be a callable returning the backend, so nothing is loaded when every row is
-    already done."""
+    already done. ``plan`` (``sharding.ShardPlan``): this process's slice, written as a shard
+    (merged by rank 0 of a launched run), or ``--merge``."""
     from metaaligner.io import row_hash
+    from metaaligner.sharding import ShardPlan, ShardSet, run_rows
 
-    start = time.time()
+    start, plan = time.time(), plan or ShardPlan()
     rows = load_policy_rows(job.input_path, columns, limit)
     stats = AlignStats(name=job.name, rows_in=len(rows), output=str(job.output_path),
                        empty_answers=sum(is_empty_answer(r["answer"]) for r in rows), empty_cells=settings.empty_cells)
-    provenance = settings.provenance()
-    writer = ResumableWriter(job.output_path, settings.columns, key="row_id", resume=resume,
-                             fingerprint=settings.fingerprint(), overwrite=overwrite)
-    if writer.from_output and len(writer.rows) == len(rows) and \
-            all(writer.is_done(r["row_id"], row_hash(r)) for r in rows):
-        writer.close()
-        stats.skipped, stats.resumed = "already complete; drop --resume to redo it", len(rows)
-        return stats
+    shards = ShardSet(job.output_path, len(rows), settings.fingerprint(), settings.columns)
+    writer = None
+    if not plan.merge:
+        writer = shards.open(plan, {r["row_id"]: row_hash(r) for r in rows}, resume, overwrite)
+        if _already_complete(writer, rows, plan, stats):
+            return stats
+        _check_provenance(writer, settings.provenance())
+    actions: list[list[str]] = []
+    used: dict[str, Any] = {}
+    chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
+    stats.resumed, final, out, writer = run_rows(
+        rows, shards, plan, generator, _row_maker(settings, stats, actions, used), chunk, job.name, resume,
+        overwrite, progress, writer)
+    _finish_stats(stats, rows, plan, final, actions, time.time() - start)
+    if final is None:  # this process wrote its shard only
+        stats.output = str(shards.path(plan))
+    if out is not None or writer is not None:
+        (out or writer).write_record(profile=settings.profile, **used, aligned=stats.aligned, resumed=stats.resumed,
+                                     shortened=stats.shortened, empty_answers=stats.empty_answers,
+                                     empty_cells=settings.empty_cells, long_prompts=settings.params.long_prompts)
+    return stats
+
+
+def _already_complete(writer, rows: list[dict], plan, stats: AlignStats) -> bool:
+    """One process resuming a finished output with every row done: nothing to do (the writer closed)."""
+    from metaaligner.io import row_hash
+
+    if plan.sharded or not (writer.from_output and len(writer.rows) == len(rows)) or \
+            not all(writer.is_done(r["row_id"], row_hash(r)) for r in rows):
+        return False
+    writer.close()
+    stats.skipped, stats.resumed = "already complete; drop --resume to redo it", len(rows)
+    return True
+
+
+def _check_provenance(writer, provenance: dict[str, str]) -> None:
+    """Refuse a partial file whose rows name another aligner, template or objectives."""
     if writer.rows and not writer.from_output:
         first = next(iter(writer.rows.values()))
         mismatch = [k for k, v in provenance.items() if first.get(k) != v]
@@ -704,6 +739,11 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
             writer.close()
             raise MetaAlignerError(f"{writer.partial}: made with other settings ({', '.join(mismatch)} differ); "
                                    "delete it or run without --resume")
+
+
+def _row_maker(settings: AlignRunSettings, stats: AlignStats, actions: list, used: dict):
+    """``make_rows(backend, part)`` of ``run_resumable``: the aligned rows of one chunk."""
+    provenance = settings.provenance()
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
         used.setdefault("decoding_used", _decoding_used(backend, settings.params))
@@ -722,19 +762,16 @@ def align_file(job: FileJob, settings: AlignRunSettings, generator, columns: dic
             out_rows.append(out)
         return out_rows
 
-    actions: list[list[str]] = []
-    used: dict[str, Any] = {}
-    chunk = chunk_rows or max(1, settings.params.batch_size * 4)  # resume granularity
-    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, chunk, job.name, progress)
-    stats.aligned = len(rows) - stats.resumed
+    return make_rows
+
+
+def _finish_stats(stats: AlignStats, rows: list[dict], plan, final: list[dict] | None, actions: list,
+                  seconds: float) -> None:
+    stats.aligned = 0 if plan.merge else len(plan.rows(len(rows))) - stats.resumed
     counts = Counter(a for done in actions for a in done)
     stats.trimmed, stats.fallbacks = counts["trimmed"], counts["fallback_empty"] + counts["fallback_unusable"]
-    stats.empty_outputs = sum(1 for r in final if r["aligned_responses"] == "")
-    stats.seconds = time.time() - start
-    writer.write_record(profile=settings.profile, **used, aligned=stats.aligned, resumed=stats.resumed,
-                        shortened=stats.shortened, empty_answers=stats.empty_answers,
-                        empty_cells=settings.empty_cells, long_prompts=settings.params.long_prompts)
-    return stats
+    stats.empty_outputs = sum(1 for r in final or [] if r["aligned_responses"] == "")
+    stats.seconds = seconds
 
 
 def _decoding_used(backend, params: GenerationParams) -> dict[str, Any]:
