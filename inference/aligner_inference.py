@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from metaaligner import cli
-from metaaligner.sharding import MERGE_HELP, SHARD_HELP
+from metaaligner.sharding import MERGE_HELP, NOT_IN_FINGERPRINT as SHARD_FLAGS, SHARD_HELP
 
 log = logging.getLogger("aligner_inference")
 
@@ -87,8 +87,8 @@ class AlignerInferenceConfig:
 NOT_IN_FINGERPRINT = ("resume", "overwrite", "dry_run",        # how this run treats earlier ones
                       "data_dir", "aligned_model", "limit",   # which input rows (each row's content is hashed)
                       "model_output_path",                    # where the rows go
-                      "llama", "lora",                        # released flags accepted as no-ops
-                      "shard", "merge")                       # which slice this process writes
+                      "llama", "lora")                        # released flags accepted as no-ops
+# (and sharding.NOT_IN_FINGERPRINT: --shard/--merge, which slice this process writes, left out by every stage)
 
 
 def make_parser():
@@ -160,7 +160,7 @@ def run_settings(config: AlignerInferenceConfig):
     settings = AlignRunSettings(source=source, aspect_labels=labels, descriptions=descriptions, params=params,
                                 iterations=config.iterations, backend=config.backend, endpoint=config.base_url,
                                 guard=_guard_on(config.guard, source), empty_cells=run["empty_cells"],
-                                profile=config.profile, flags=cli.config_fingerprint(config, NOT_IN_FINGERPRINT))
+                                profile=config.profile, flags=cli.config_fingerprint(config, NOT_IN_FINGERPRINT + SHARD_FLAGS))
     flags = {"query": config.query_column, "answer": config.answer_column, "goldens": config.goldens_column}
     columns = {**(dataset.columns if dataset else {}), **{k: v for k, v in flags.items() if v}}
     return settings, jobs, columns

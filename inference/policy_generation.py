@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaaligner import cli
+from metaaligner.sharding import MERGE_HELP, NOT_IN_FINGERPRINT as SHARD_FLAGS, SHARD_HELP
 
 
 @dataclass
@@ -60,6 +61,8 @@ class PolicyGenerationConfig:
     limit: int = field(default=None, metadata={**cli.check(ge=1), "help": "answer only the first N queries of each file"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run (only one with the same model, settings and inputs)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an output made with other settings (else that is an error)"})
+    shard: str = field(default=None, metadata={"help": SHARD_HELP})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP})
     dry_run: bool = field(default=False, metadata={"help": "write <output>.prompts.jsonl with the queries that would be sent; load no model"})
     max_new_tokens: int = field(default=256, metadata={**cli.check(ge=1), "help": "new tokens per answer"})
     profile: str = field(default="clean", metadata={"help": "clean (ours) | paper (as the released generators ran: --decoding checkpoint --long_prompts whole); the two flags below override it one by one"})
@@ -89,6 +92,7 @@ NOT_IN_FINGERPRINT = ("resume", "overwrite", "dry_run",        # how this run tr
                       "data_dir", "limit",                    # which input rows (each row's content is hashed)
                       "model_output_path", "model_name",      # where the rows go
                       "llama")                                # a released flag accepted as a no-op
+# (and sharding.NOT_IN_FINGERPRINT: --shard/--merge, which slice this process writes, left out by every stage)
 
 
 def make_parser():
@@ -108,28 +112,14 @@ def refine_objectives(aspects: str | None, dataset) -> tuple[list[str], list[str
                               allow_free_text=False)
 
 
-def main(config: PolicyGenerationConfig) -> None:
-    from metaaligner.aligner.inference import (
-        VLLM_OPTIONS,
-        FileJob,
-        check_cuda,
-        load_policy_rows,
-        make_generator,
-        plan_jobs,
-        run_profile,
-    )
-    from metaaligner.aligner.policy import generate_file, load_queries, self_refine_file
+def plan_files(config: PolicyGenerationConfig, dataset) -> tuple[list, str, bool]:
+    """(jobs, model label, embedded?): the input files and where each one's answers go."""
+    from metaaligner.aligner.inference import FileJob, plan_jobs
     from metaaligner.errors import MetaAlignerError
-    from metaaligner.generation import GenerationParams
+    from metaaligner.io import inside
     from metaaligner.models import EMBEDDED_NAMES
-    from metaaligner.registry.datasets import find_data, load_dataset_config
+    from metaaligner.registry.datasets import find_data
 
-    start = time.time()
-    dataset = load_dataset_config(config.dataset) if config.dataset else None
-    query_column, goldens_column = config.query_column, config.goldens_column
-    if dataset:
-        query_column = dataset.columns.get("query", query_column) if query_column == "query" else query_column
-        goldens_column = dataset.columns.get("goldens", goldens_column) if goldens_column == "goldens" else goldens_column
     data_dir = config.data_dir or (str(find_data(dataset.samples, f"samples folder of --dataset {dataset.name}"))
                                    if dataset and dataset.samples else None)  # not beside an installed package
     if not data_dir:
@@ -145,23 +135,48 @@ def main(config: PolicyGenerationConfig) -> None:
     else:
         jobs = [FileJob(j.input_path, f"{name}/{j.name}", j.output_root)
                 for j in plan_jobs(path, None, config.model_output_path)]
-    run = run_profile(config.profile, decoding=config.decoding, long_prompts=config.long_prompts)
-    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              seed=config.seed, batch_size=config.batch_size, decoding=run["decoding"],
-                              long_prompts=run["long_prompts"])
+    for job in jobs:
+        inside(Path(config.model_output_path), f"{job.name}.csv", "--model_name")
+    return jobs, label, embedded
+
+
+def _device(config: PolicyGenerationConfig) -> str | None:
+    from metaaligner.aligner.inference import check_cuda
+    from metaaligner.errors import MetaAlignerError
+
     if config.cuda and config.device and not config.device.startswith("cuda"):
         raise MetaAlignerError(f"--cuda contradicts --device {config.device}; give one of them")
     device = config.device or ("cuda" if config.cuda else None)
     if not config.dry_run:
         check_cuda(device, "openai" if config.base_url and config.backend == "auto" else config.backend)
-    refine = refine_objectives(config.aspects, dataset) if config.self_refine else None
-    from metaaligner.io import folder_identity, inside, redact_url
+    return device
 
-    for job in jobs:
-        inside(Path(config.model_output_path), f"{job.name}.csv", "--model_name")
+
+def main(config: PolicyGenerationConfig) -> None:
+    from metaaligner.aligner.inference import VLLM_OPTIONS, load_policy_rows, make_generator, run_profile
+    from metaaligner.aligner.policy import generate_file, load_queries, self_refine_file
+    from metaaligner.generation import GenerationParams
+    from metaaligner.io import folder_identity, redact_url
+    from metaaligner.registry.datasets import load_dataset_config
+    from metaaligner.sharding import plan_shards, rank_device
+
+    start = time.time()
+    plan = plan_shards(config.shard, config.merge)
+    dataset = load_dataset_config(config.dataset) if config.dataset else None
+    query_column, goldens_column = config.query_column, config.goldens_column
+    if dataset:
+        query_column = dataset.columns.get("query", query_column) if query_column == "query" else query_column
+        goldens_column = dataset.columns.get("goldens", goldens_column) if goldens_column == "goldens" else goldens_column
+    jobs, label, embedded = plan_files(config, dataset)
+    run = run_profile(config.profile, decoding=config.decoding, long_prompts=config.long_prompts)
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              seed=config.seed, batch_size=config.batch_size, decoding=run["decoding"],
+                              long_prompts=run["long_prompts"])
+    device = rank_device(_device(config), plan)
+    refine = refine_objectives(config.aspects, dataset) if config.self_refine else None
     knobs = {"backend": config.backend, "chat_template": config.chat_template, "lora_path": config.lora_path,
              "lora_files": folder_identity(config.lora_path), "base_url": redact_url(config.base_url),
-             **cli.config_fingerprint(config, NOT_IN_FINGERPRINT)}
+             **cli.config_fingerprint(config, NOT_IN_FINGERPRINT + SHARD_FLAGS)}
     backend = None
 
     def get_backend():
@@ -178,11 +193,11 @@ def main(config: PolicyGenerationConfig) -> None:
         if refine:
             rows = load_policy_rows(job.input_path, dataset.columns if dataset else None, config.limit)
             stats = self_refine_file(job, rows, get_backend, params, label, *refine, config.resume, config.dry_run,
-                                     overwrite=config.overwrite, profile=config.profile, settings=knobs)
+                                     overwrite=config.overwrite, profile=config.profile, settings=knobs, plan=plan)
         else:
             rows = load_queries(job.input_path, query_column, goldens_column, config.queries_dir, config.limit)
             stats = generate_file(job, rows, get_backend, params, label, config.resume, config.dry_run,
-                                  overwrite=config.overwrite, settings=knobs, profile=config.profile)
+                                  overwrite=config.overwrite, settings=knobs, profile=config.profile, plan=plan)
         print(f"{job.name}: {stats.rows_in} queries -> {stats.output}" if config.dry_run else stats.summary())
         total += stats.rows_in
     print(f"done: {len(jobs)} file(s), {total} queries, {time.time() - start:.1f} s; outputs under {config.model_output_path}")

@@ -11,7 +11,8 @@ from pathlib import Path
 from metaaligner.aligner.inference import FileJob
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.generation import GenerationParams, generate_all
-from metaaligner.io import ResumableWriter, read_records, read_table, run_resumable, write_jsonl
+from metaaligner.io import ResumableWriter, read_records, read_table, write_jsonl
+from metaaligner.sharding import ShardSet
 
 POLICY_COLUMNS = ["query", "goldens", "generated_text", "model"]
 
@@ -98,37 +99,57 @@ def _record(writer: ResumableWriter, stats: PolicyStats, params: GenerationParam
 
 def generate_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                   resume: bool = False, dry_run: bool = False, progress: bool = True, overwrite: bool = False,
-                  settings: dict | None = None, profile: str | None = None) -> PolicyStats:
+                  settings: dict | None = None, profile: str | None = None, plan=None) -> PolicyStats:
     """Answer ``rows`` into ``job.output_path`` (resumable, chunks of 4 batches). ``generator``
     may be a factory, called only when some row still needs an answer. The output carries the
     fingerprint of the model, ``params`` and ``settings`` (other knobs, e.g. the chat template):
-    another fingerprint on resume, or on a finished output, is an error unless ``overwrite``."""
+    another fingerprint on resume, or on a finished output, is an error unless ``overwrite``.
+    ``plan`` (``sharding.ShardPlan``): this process's slice as a shard, or ``--merge``."""
     start = time.time()
     stats = PolicyStats(job.name, rows_in=len(rows))
     if dry_run:
         write_jsonl(job.prompts_path, ({"query": r["query"], "prompt": r["query"]} for r in rows))
         stats.output = str(job.prompts_path)
         return stats
-    stats.output = str(job.output_path)
-    writer = ResumableWriter(job.output_path, POLICY_COLUMNS, key="row_id", resume=resume,
-                             fingerprint=policy_fingerprint(model_label, params, settings), overwrite=overwrite)
-    if writer.rows and next(iter(writer.rows.values())).get("model") != model_label:
-        writer.close()
-        raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
-
     used: dict = {}
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
         answers = _generate_fitted(backend, params, [[str(r["query"])] for r in part], lambda f: f[0], stats, used)
         return [{**r, "generated_text": a, "model": model_label} for r, a in zip(part, answers)]
 
-    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
-                                         job.name, progress)
-    stats.generated = len(rows) - stats.resumed
-    stats.empty_outputs = sum(1 for r in final if not str(r["generated_text"]).strip())
+    def check(writer) -> None:
+        if writer.rows and next(iter(writer.rows.values())).get("model") != model_label:
+            writer.close()
+            raise MetaAlignerError(f"{writer.partial}: made with another model; delete it or run without --resume")
+
+    shards = ShardSet(job.output_path, len(rows), policy_fingerprint(model_label, params, settings), POLICY_COLUMNS)
+    final = _run_sharded(job, rows, shards, plan, generator, make_rows, params, stats, resume, overwrite, progress,
+                         check, used, profile)
+    stats.empty_outputs = sum(1 for r in final or [] if not str(r["generated_text"]).strip())
     stats.seconds = time.time() - start
-    _record(writer, stats, params, used, profile)
     return stats
+
+
+def _run_sharded(job: FileJob, rows: list[dict], shards: ShardSet, plan, generator, make_rows,
+                 params: GenerationParams, stats: PolicyStats, resume: bool, overwrite: bool, progress: bool,
+                 check, used: dict, profile: str | None) -> list[dict] | None:
+    """``sharding.run_rows`` for one policy file, the counts and run record kept in ``stats``; returns
+    the output rows (None when this process wrote its shard only)."""
+    from metaaligner.io import row_hash
+    from metaaligner.sharding import ShardPlan, run_rows
+
+    plan = plan or ShardPlan()
+    writer = None
+    if not plan.merge:
+        writer = shards.open(plan, {r["row_id"]: row_hash(r) for r in rows}, resume, overwrite)
+        check(writer)
+    chunk = max(1, params.batch_size * 4)
+    stats.resumed, final, out, writer = run_rows(rows, shards, plan, generator, make_rows, chunk, job.name, resume,
+                                                 overwrite, progress, writer)
+    stats.generated = 0 if plan.merge else len(plan.rows(len(rows))) - stats.resumed
+    stats.output = str(job.output_path if final is not None else shards.path(plan))
+    _record(out or writer, stats, params, used, profile)
+    return final
 
 
 # ---------------------------------------------------------------- Self-Refinement (Table 3)
@@ -139,7 +160,7 @@ SELF_REFINE_TEMPLATE = "self-refine"
 def self_refine_file(job: FileJob, rows: list[dict], generator, params: GenerationParams, model_label: str,
                      labels: list[str], descriptions: list[str], resume: bool = False, dry_run: bool = False,
                      progress: bool = True, overwrite: bool = False, profile: str | None = None,
-                     settings: dict | None = None) -> PolicyStats:
+                     settings: dict | None = None, plan=None) -> PolicyStats:
     """Self-Refinement: the policy revises its own answers (``rows`` from ``aligner.load_policy_rows``)
     toward the objectives, prompted by ``templates.SELF_REFINE_PROMPT``. Writes the aligner output
     format (``query, goldens, origin_responses, aligned_responses, aligner, template, aspects``), so
@@ -157,13 +178,9 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
         return stats
     provenance = {"aligner": f"{SELF_REFINE_TEMPLATE}:{model_label}", "template": SELF_REFINE_TEMPLATE,
                   "aspects": ",".join(labels)}
-    stats.output = str(job.output_path)
     # the run fingerprint (model, decoding, objective texts) keeps --resume from mixing settings
     fingerprint = policy_fingerprint(model_label, params, {**(settings or {}), "stage": "self_refine", **provenance,
                                                            "objective_texts": list(descriptions)})
-    writer = ResumableWriter(job.output_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=resume,
-                             fingerprint=fingerprint, overwrite=overwrite)
-
     used: dict = {}
 
     def make_rows(backend, part: list[dict]) -> list[dict]:
@@ -173,10 +190,9 @@ def self_refine_file(job: FileJob, rows: list[dict], generator, params: Generati
         return [{"row_id": r["row_id"], "query": r["query"], "goldens": r["goldens"], "origin_responses": r["answer"],
                  "aligned_responses": a, **provenance} for r, a in zip(part, answers)]
 
-    stats.resumed, final = run_resumable(rows, writer, generator, make_rows, max(1, params.batch_size * 4),
-                                         job.name, progress)
-    stats.generated = len(rows) - stats.resumed
-    stats.empty_outputs = sum(1 for r in final if not str(r["aligned_responses"]).strip())
+    shards = ShardSet(job.output_path, len(rows), fingerprint, OUTPUT_COLUMNS + PROVENANCE_COLUMNS)
+    final = _run_sharded(job, rows, shards, plan, generator, make_rows, params, stats, resume, overwrite, progress,
+                         lambda writer: None, used, profile)
+    stats.empty_outputs = sum(1 for r in final or [] if not str(r["aligned_responses"]).strip())
     stats.seconds = time.time() - start
-    _record(writer, stats, params, used, profile)
     return stats
