@@ -92,3 +92,25 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert anchors(page) == {"latest-results-per-machine-kind", "as-the-release-ran-decoding-x"}
     assert [m.group(1) for m in LINK.finditer("[a](b.md#c) ![img](d.png) [e](https://x.org/f)")] == [
         "b.md#c", "d.png", "https://x.org/f"]
+
+
+def test_differences_rows_are_short():
+    """docs/differences.md: one short row per difference (point, release, ours, switch), details below."""
+    text = (REPO / "docs/differences.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert rows[0] == "| point | release | ours (default) | switch |"
+    assert len(rows) >= 46
+    for row in rows[1:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
+        assert len(cells) == 4, row
+        assert all(len(c.split()) <= 25 for c in cells), row
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. \*\*", text, re.M)]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 45
+
+
+def test_performance_page_is_short_and_names_its_scripts():
+    text = (REPO / "docs/performance.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 200
+    for script in ("bench_aligner_inference.py", "bench_training.py", "bench_judge.py",
+                   "bench_reward_labelling.py", "bench_sepo_scoring.py", "run_all.py"):
+        assert f"benchmarks/{script}" in text or f"`{script}" in text, script
