@@ -31,6 +31,7 @@ from metaaligner.errors import MetaAlignerError
 from metaaligner.io import OUTPUT_COLUMNS
 from metaaligner.methods.common import METADATA_FILE, Conditioning, read_metadata, write_metadata  # noqa: F401
 from metaaligner.registry.templates import CONDITIONING_TEXTS
+from metaaligner.sharding import MERGE_HELP, SHARD_HELP
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class BaselineInferenceConfig:
                                                           "settings and inputs)"})
     overwrite: bool = field(default=False,
                             metadata={"help": "replace an output made with other settings (else that is an error)"})
+    shard: str | None = field(default=None, metadata={"help": SHARD_HELP})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP})
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONING:
@@ -141,22 +144,55 @@ def output_name(data_path: str | Path) -> str:
 
 
 def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
-    """Generate one response per input row; write ``<model_output_path>/<aligned_model>.csv``.
+    """Generate one response per input row; write ``<model_output_path>/<aligned_model>.csv``
+    (``--shard I/N``, ``--merge`` and torchrun ranks as in ``metaaligner.sharding``).
 
     ``generator`` (optional) is an object with ``.generate(prompts, params)`` (tests, the Python API);
     by default it is built from ``config.backend`` and ``config.aligner_path``.
     """
-    from tqdm.auto import tqdm
-
-    from metaaligner.generation import GenerationParams, get_generator
-    from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, read_records, row_hash
-    from metaaligner.methods.common import ObjectiveSpec, cut_at_next_turn, format_targets
-    from metaaligner.registry.datasets import load_dataset_config
+    from metaaligner.generation import get_generator
+    from metaaligner.io import row_hash
+    from metaaligner.sharding import ShardSet, plan_shards, rank_device, run_rows
 
     start = time.time()
-    dataset = load_dataset_config(config.dataset)
-    spec = ObjectiveSpec.from_config(config.dataset)
+    plan = plan_shards(config.shard, config.merge)
     meta = read_metadata(config.aligner_path if config.aligner_path not in (None, "", "embedded") else None)
+    conditioning, fmt, targets, text = _conditioning(config, meta)
+    rows, columns = _read_inputs(config)
+    name = config.aligned_model or output_name(config.data_dir)
+    out_path = Path(config.model_output_path) / f"{name}.csv"
+    provenance = _provenance(config, meta, targets)
+    shards = ShardSet(out_path, len(rows), _fingerprint(config, provenance, conditioning, targets, text),
+                      OUTPUT_COLUMNS + PROVENANCE_COLUMNS)
+    empty = [0]
+
+    def make_backend():
+        kwargs = {k: v for k, v in {"device": rank_device(config.device, plan), "dtype": config.dtype,
+                                    "max_input_tokens": config.max_input_tokens}.items() if v is not None}
+        return get_generator(config.backend, config.aligner_path, **kwargs)
+
+    def make_rows(backend, part: list[dict]) -> list[dict]:
+        ids = [item["row_id"] for item in part]
+        return _generate_rows(config, backend, [rows[i] for i in ids], ids, columns, fmt, targets, provenance, empty)
+
+    resumed, final, _, _ = run_rows(
+        [{"row_id": i} for i in range(len(rows))], shards, plan, generator or make_backend, make_rows,
+        max(1, config.batch_size) * 4, "baseline inference", config.resume, config.overwrite,
+        hashes={i: row_hash(r) for i, r in enumerate(rows)})
+    done = 0 if plan.merge else len(plan.rows(len(rows))) - resumed
+    elapsed = time.time() - start
+    written = out_path if final is not None else shards.path(plan)
+    print(f"baseline inference: {len(rows)} rows in, {done} generated ({len(rows) - done} resumed), "
+          f"{empty[0]} empty queries left empty; {elapsed:.1f}s "
+          f"({done / elapsed if elapsed > 0 else 0:.2f} rows/s) -> {written}")
+    return written
+
+
+def _conditioning(config: BaselineInferenceConfig, meta: dict[str, Any]):
+    """(conditioning, text format, target rewards or None, conditioning text) of the run."""
+    from metaaligner.methods.common import ObjectiveSpec, format_targets
+
+    spec = ObjectiveSpec.from_config(config.dataset)
     conditioning = config.conditioning
     if conditioning == "auto":
         conditioning = "none" if meta.get("conditioning", "targets") is None else "targets"
@@ -168,24 +204,42 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
         print(f"conditioning on target rewards {format_targets(spec.keys, targets)} ({text} text)")
     else:
         print("no reward conditioning (plain queries)")
+    return conditioning, fmt, targets, text
 
+
+def _read_inputs(config: BaselineInferenceConfig) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The input rows (first ``--limit``) and the dataset config's query, goldens and answer columns."""
+    from metaaligner.io import read_records
+    from metaaligner.registry.datasets import load_dataset_config
+
+    dataset = load_dataset_config(config.dataset)
     rows = read_records(config.data_dir)
-    query_col, golden_col = dataset.columns.get("query", "query"), dataset.columns.get("goldens", "goldens")
-    answer_col = dataset.columns.get("answer", "generated_text")
-    if query_col not in rows[0]:
+    columns = {"query": dataset.columns.get("query", "query"), "goldens": dataset.columns.get("goldens", "goldens"),
+               "answer": dataset.columns.get("answer", "generated_text")}
+    if columns["query"] not in rows[0]:
         from metaaligner.errors import DataError
 
-        raise DataError(config.data_dir, f"missing column (found: {', '.join(sorted(rows[0]))})", column=query_col)
+        raise DataError(config.data_dir, f"missing column (found: {', '.join(sorted(rows[0]))})",
+                        column=columns["query"])
     if config.limit is not None:
         rows = rows[:config.limit]
-    name = config.aligned_model or output_name(config.data_dir)
-    out_path = Path(config.model_output_path) / f"{name}.csv"
-    provenance = {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.dataset,
-                  "aspects": ",".join(spec.keys),
-                  "targets": format_targets(spec.keys, targets) if targets is not None else ""}
-    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
-                              decoding=config.decoding)
+    return rows, columns
+
+
+def _provenance(config: BaselineInferenceConfig, meta: dict[str, Any], targets: list[float] | None) -> dict[str, str]:
+    from metaaligner.methods.common import ObjectiveSpec, format_targets
+
+    spec = ObjectiveSpec.from_config(config.dataset)
+    return {"aligner": f"{meta.get('method', 'baseline')}:{config.aligner_path}", "template": config.dataset,
+            "aspects": ",".join(spec.keys),
+            "targets": format_targets(spec.keys, targets) if targets is not None else ""}
+
+
+def _fingerprint(config: BaselineInferenceConfig, provenance: dict[str, str], conditioning: str,
+                 targets: list[float] | None, text: str) -> dict[str, Any]:
+    """Everything that decides an output row (what ``--resume`` and ``--merge`` must find unchanged)."""
+    from metaaligner.io import folder_identity
+
     fingerprint = {"stage": "baseline", **provenance, "model_files": folder_identity(config.aligner_path),
                    "conditioning": conditioning, "backend": config.backend, "max_new_tokens": config.max_new_tokens,
                    "decoding": config.decoding, "temperature": config.temperature, "top_p": config.top_p,
@@ -193,38 +247,30 @@ def run_inference(config: BaselineInferenceConfig, generator=None) -> Path:
                    "max_input_tokens": config.max_input_tokens, "cut_next_turn": config.cut_next_turn}
     if targets is not None and text != "clean":
         fingerprint["conditioning_text"] = text  # only when not clean: outputs made before the switch still resume
-    writer = ResumableWriter(out_path, OUTPUT_COLUMNS + PROVENANCE_COLUMNS, key="row_id", resume=config.resume,
-                             fingerprint=fingerprint, overwrite=config.overwrite)
-    hashes = [row_hash(r) for r in rows]
-    todo = [i for i in range(len(rows)) if not writer.is_done(i, hashes[i])]
-    skipped_empty = sum(1 for i in todo if not str(rows[i].get(query_col) or "").strip())
-    if todo and generator is None:
-        kwargs = {k: v for k, v in {"device": config.device, "dtype": config.dtype,
-                                    "max_input_tokens": config.max_input_tokens}.items() if v is not None}
-        generator = get_generator(config.backend, config.aligner_path, **kwargs)
-    chunk = max(1, config.batch_size) * 4
-    bar = tqdm(total=len(todo), desc="baseline inference", unit="row")
-    for s in range(0, len(todo), chunk):
-        idx = todo[s:s + chunk]
-        queries = [str(rows[i].get(query_col) or "") for i in idx]
-        live = [j for j, q in enumerate(queries) if q.strip()]
-        outputs = [""] * len(idx)
-        if live:
-            generated = generator.generate(build_queries([queries[j] for j in live], fmt, targets), params)
-            for j, text in zip(live, generated):
-                outputs[j] = cut_at_next_turn(text) if config.cut_next_turn else text
-        writer.append({"row_id": i, "query": rows[i].get(query_col, ""), "goldens": rows[i].get(golden_col, ""),
-                       "origin_responses": rows[i].get(answer_col, ""), "aligned_responses": out, **provenance,
-                       INPUT_HASH: hashes[i]}
-                      for i, out in zip(idx, outputs))
-        bar.update(len(idx))
-    bar.close()
-    writer.finish(order=list(range(len(rows))))
-    elapsed = time.time() - start
-    print(f"baseline inference: {len(rows)} rows in, {len(todo)} generated ({len(rows) - len(todo)} resumed), "
-          f"{skipped_empty} empty queries left empty; {elapsed:.1f}s "
-          f"({len(todo) / elapsed if elapsed > 0 else 0:.2f} rows/s) -> {out_path}")
-    return out_path
+    return fingerprint
+
+
+def _generate_rows(config: BaselineInferenceConfig, generator, rows: list[dict], ids: list[int],
+                   columns: dict[str, str], fmt, targets: list[float] | None, provenance: dict[str, str],
+                   empty: list[int]) -> list[dict[str, Any]]:
+    """Output rows of one chunk; an empty query is left unanswered (counted in ``empty``)."""
+    from metaaligner.generation import GenerationParams
+    from metaaligner.methods.common import cut_at_next_turn
+
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
+                              decoding=config.decoding)
+    queries = [str(r.get(columns["query"]) or "") for r in rows]
+    live = [j for j, q in enumerate(queries) if q.strip()]
+    empty[0] += len(rows) - len(live)
+    outputs = [""] * len(rows)
+    if live:
+        generated = generator.generate(build_queries([queries[j] for j in live], fmt, targets), params)
+        for j, text in zip(live, generated):
+            outputs[j] = cut_at_next_turn(text) if config.cut_next_turn else text
+    return [{"row_id": i, "query": r.get(columns["query"], ""), "goldens": r.get(columns["goldens"], ""),
+             "origin_responses": r.get(columns["answer"], ""), "aligned_responses": out, **provenance}
+            for i, r, out in zip(ids, rows, outputs)]
 
 
 def make_parser(description: str | None = None):
