@@ -274,11 +274,11 @@ def test_resume_refuses_another_global_batch_and_skips_an_incomplete_checkpoint(
         train_sft(str(tiny_llama_dir), items, None, str(out), cfg, "s", str(log), callbacks=[_stop_after_save(2)])
     shutil.copytree(out / "checkpoint-2", out / "checkpoint-3")
     (out / "checkpoint-3" / "trainer_state.json").unlink()           # the kill came before the state file
-    with pytest.raises(MetaAlignerError, match=r"global batch 4 \(per-device 2 x accumulation 2 x 1 processes\) "
-                                               r"against the checkpoint's 2 \(per-device 2 x accumulation 1"):
+    with pytest.raises(MetaAlignerError, match=r"global batch 2 \(per-device 2 x accumulation 1 x 1 processes\) "
+                                               r"-> 4 \(per-device 2 x accumulation 2 x 1 processes\)"):
         train_sft(str(tiny_llama_dir), items, None, str(out), replace(cfg, gradient_accumulation_steps=2), "s",
                   str(log), resume=True)
-    with pytest.raises(MetaAlignerError, match=r"learning rate 0.01 against the checkpoint's 0.001"):
+    with pytest.raises(MetaAlignerError, match=r"learning rate 0.001 -> 0.01"):
         train_sft(str(tiny_llama_dir), items, None, str(out), replace(cfg, learning_rate=1e-2), "s", str(log),
                   resume=True)
     with caplog.at_level(logging.WARNING):

@@ -35,7 +35,11 @@ class TrainCDPOConfig:
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     limit: int | None = field(default=None, metadata={**check(ge=1),
                                                       "help": "only the first N training pairs (smoke tests)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
 
 
 def make_parser():
@@ -47,7 +51,7 @@ def main(config: TrainCDPOConfig, dpo_config: DPOTrainConfig) -> str:
 
     return train_cdpo_baseline(config.data_dir, config.output_dir, config.model_name_or_path, dpo_config,
                                ref_model_path=config.ref_model_path, lora=config.lora, limit=config.limit,
-                               resume=config.resume)
+                               resume=config.resume, overwrite=config.overwrite)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,11 @@ class TrainMORLHFConfig:
     prompt_column: str = field(default="prompt", metadata={"help": "column of --input holding the prompts"})
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only N prompts (seeded choice)"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (paper: r=64, alpha=128)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
 
 
 def make_parser():
@@ -50,7 +54,8 @@ def main(config: TrainMORLHFConfig, rl_config: MORLHFTrainConfig) -> str:
 
     return train_morlhf_baseline(config.input, config.reward_models, config.weights, config.policy_model,
                                  config.output_dir, rl_config, prompt_column=config.prompt_column,
-                                 limit=config.limit, lora=config.lora, resume=config.resume)
+                                 limit=config.limit, lora=config.lora, resume=config.resume,
+                                 overwrite=config.overwrite)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,11 @@ class TrainRewardModelsConfig:
                                                    "help": "validation share of pairs (<1) or number (>=1)"})
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N pairs of the input"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged into the saved model)"})
-    resume: bool = field(default=False, metadata={"help": "continue each model from its last checkpoint"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue each model from its last complete checkpoint; refused, naming each difference, when the "
+                "global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start each model over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
 
 
 def make_parser():
@@ -45,7 +49,8 @@ def main(config: TrainRewardModelsConfig, rm_config: RewardModelTrainConfig) -> 
 
     return train_reward_models(config.input, config.dataset, config.output_dir, config.base_model, rm_config,
                                objectives=split_csv(config.objectives) or None, seed=rm_config.seed,
-                               val_size=config.val_size, limit=config.limit, lora=config.lora, resume=config.resume)
+                               val_size=config.val_size, limit=config.limit, lora=config.lora, resume=config.resume,
+                               overwrite=config.overwrite)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ class TrainOracleConfig:
                                                       "help": "at most N training pairs (after --fraction)"})
     ref_model_path: str | None = field(default=None, metadata={"help": "a reference other than the starting model"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (reference = base, adapter off)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
     log_path: str | None = field(default=None, metadata={"help": "JSONL log (default OUT/train_log.jsonl)"})
 
 
@@ -53,7 +57,8 @@ def main(config: TrainOracleConfig, train: DPOTrainConfig) -> None:
     evals = read_pairs(config.eval_input) if config.eval_input else None
     log_path = config.log_path or str(Path(config.output_dir) / "train_log.jsonl")
     out = train_dpo(config.model_name_or_path, pairs, evals, config.output_dir, train, stage="sepo_oracle",
-                    log_path=log_path, ref_model_path=config.ref_model_path, lora=config.lora, resume=config.resume)
+                    log_path=log_path, ref_model_path=config.ref_model_path, lora=config.lora, resume=config.resume,
+                    overwrite=config.overwrite)
     print(f"train_oracle: {len(pairs)} pairs -> {out} (log {log_path})")
 
 

@@ -37,7 +37,11 @@ class TrainPolicyConfig:
     eval_input: str | None = field(default=None, metadata={"help": "held-out select_tokens.py output"})
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "at most N training pairs"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
     log_path: str | None = field(default=None, metadata={"help": "JSONL log (default OUT/train_log.jsonl)"})
 
 
@@ -53,7 +57,7 @@ def main(config: TrainPolicyConfig, train: SePOTrainConfig) -> None:
     log_path = config.log_path or str(Path(config.output_dir) / "train_log.jsonl")
     out = train_sepo(config.model_name_or_path, config.input, config.output_dir, train, log_path,
                      ratio=config.ratio, eval_selection_path=config.eval_input, lora=config.lora,
-                     resume=config.resume, limit=config.limit)
+                     resume=config.resume, limit=config.limit, overwrite=config.overwrite)
     print(f"train_policy: -> {out} (log {log_path})")
 
 

@@ -30,7 +30,11 @@ class TrainSFTBaselineConfig:
         "help": "starting causal LM (local folder or hub name; 'embedded' = SmolLM2-135M-Instruct)"})
     limit: int | None = field(default=None, metadata={**check(ge=1),
                                                       "help": "only the first N training items (smoke tests)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output_dir"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
 
 
 def make_parser():
@@ -41,7 +45,8 @@ def main(config: TrainSFTBaselineConfig, stage_config: SFTStageConfig) -> str:
     from metaaligner.methods.sft import train_sft_baseline
 
     return train_sft_baseline(config.data_dir, config.output_dir, config.model_name_or_path, stage_config,
-                              limit=config.limit, resume=config.resume)
+                              limit=config.limit, resume=config.resume,
+                              overwrite=config.overwrite)
 
 
 if __name__ == "__main__":

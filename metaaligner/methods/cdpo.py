@@ -101,8 +101,9 @@ def make_cdpo_data(input_path: str | Path, config: str, output_dir: str | Path, 
 
 def train_cdpo_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None, dpo_config,
                         ref_model_path: str | None = None, lora: bool = False, limit: int | None = None,
-                        resume: bool = False) -> str:
-    """DPO on ``make_cdpo_data`` output, from the SFT baseline (its own reference by default)."""
+                        resume: bool = False, overwrite: bool = False) -> str:
+    """DPO on ``make_cdpo_data`` output, from the SFT baseline (its own reference by default);
+    ``resume``/``overwrite``: ``train_dpo``'s."""
     from metaaligner.io import read_records
     from metaaligner.training.dpo import train_dpo
 
@@ -114,7 +115,8 @@ def train_cdpo_baseline(data_dir: str | Path, output_dir: str | Path, model_name
     stats = read_stats(data_dir)
     start_model = full_model_path(model_name_or_path, output_dir)
     train_dpo(start_model, train, val or None, str(output_dir), dpo_config, stage="cdpo",
-              log_path=str(output_dir / LOG_FILE), ref_model_path=ref_model_path, lora=lora, resume=resume)
+              log_path=str(output_dir / LOG_FILE), ref_model_path=ref_model_path, lora=lora, resume=resume,
+              overwrite=overwrite)
     finish_run("cdpo", output_dir, {"conditioning": "targets",
                                     "conditioning_text": stats.get("conditioning_text", "clean"),
                                     "config": stats.get("config"),

@@ -55,7 +55,8 @@ def parse_weights(spec: str | Sequence[float] | None, n: int) -> list[float]:
 
 def train_reward_models(input_path: str | Path, config: str, output_dir: str | Path, base_model: str | None,
                         rm_config, objectives: Sequence[str] | None = None, seed: int = 0, val_size: float = 0.1,
-                        limit: int | None = None, lora: bool = False, resume: bool = False) -> dict[str, Any]:
+                        limit: int | None = None, lora: bool = False, resume: bool = False,
+                        overwrite: bool = False) -> dict[str, Any]:
     """One reward model per objective, each on the pairs ordered by that objective's score (ties
     dropped), into ``output_dir/<objective>/``; ``output_dir/reward_models.json`` lists them."""
     from metaaligner.io import write_json
@@ -82,7 +83,7 @@ def train_reward_models(input_path: str | Path, config: str, output_dir: str | P
         keep = ("prompt", "chosen", "rejected")
         train_reward_model(base_model, strip_keys(train, keep), strip_keys(val, keep), folder, rm_config,
                            stage=f"reward_model:{key}", log_path=output_dir / LOG_FILE, lora=lora, resume=resume,
-                           objective=key)
+                           objective=key, overwrite=overwrite)
         stats = read_reward_stats(folder)
         entries.append({"objective": key, "name": spec.names[j], "path": str(folder), "mean": stats["mean"],
                         "std": stats["std"], "train_pairs": len(train), "val_pairs": len(val),
@@ -136,7 +137,7 @@ def read_prompts(path: str | Path, column: str = "prompt", limit: int | None = N
 def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[str], weights: str | None,
                           policy_model: str | None, output_dir: str | Path, morlhf_config,
                           prompt_column: str = "prompt", limit: int | None = None, lora: bool = False,
-                          resume: bool = False) -> str:
+                          resume: bool = False, overwrite: bool = False) -> str:
     from metaaligner.training.morlhf import train_morlhf
 
     started = time.time()
@@ -147,7 +148,7 @@ def train_morlhf_baseline(input_path: str | Path, reward_models: str | Sequence[
           + " (each reward normalised by its model's mean/std)")
     prompts = read_prompts(input_path, prompt_column, limit, morlhf_config.seed)
     train_morlhf(full_model_path(policy_model, output_dir), prompts, specs, w, output_dir, morlhf_config,
-                 stage="morlhf", log_path=output_dir / LOG_FILE, lora=lora, resume=resume)
+                 stage="morlhf", log_path=output_dir / LOG_FILE, lora=lora, resume=resume, overwrite=overwrite)
     meta = read_metadata(str(output_dir))
     meta.pop("method", None)
     finish_run("morlhf", output_dir, {**meta, "input": str(input_path)}, started)

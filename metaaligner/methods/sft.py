@@ -105,8 +105,8 @@ def make_sft_data(input_path: str | Path, config: str, output_dir: str | Path, s
 
 
 def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_or_path: str | None,
-                       stage_config, limit: int | None = None, resume: bool = False) -> str:
-    """Train the SFT baseline on ``make_sft_data`` output."""
+                       stage_config, limit: int | None = None, resume: bool = False, overwrite: bool = False) -> str:
+    """Train the SFT baseline on ``make_sft_data`` output (``resume``/``overwrite``: ``train_sft``'s)."""
     from metaaligner.io import read_fastchat
     from metaaligner.training.sft import train_sft
 
@@ -116,7 +116,7 @@ def train_sft_baseline(data_dir: str | Path, output_dir: str | Path, model_name_
     val = read_fastchat(data_dir / "val.json") if (data_dir / "val.json").exists() else []
     stats = read_stats(data_dir)
     train_sft(model_name_or_path, train, val or None, str(output_dir), stage_config, stage="sft_baseline",
-              log_path=str(output_dir / LOG_FILE), resume=resume)
+              log_path=str(output_dir / LOG_FILE), resume=resume, overwrite=overwrite)
     finish_run("sft", output_dir, {"conditioning": "targets",
                                    "conditioning_text": stats.get("conditioning_text", "clean"),
                                    "config": stats.get("config"),

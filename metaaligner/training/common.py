@@ -67,11 +67,13 @@ class TrainerConfigBase:
         return {"eval_strategy": "steps", "eval_steps": eval_steps} if eval_steps > 0 else {"eval_strategy": "epoch"}
 
     def training_kwargs(self, args_cls, output_dir: str, device: str | None = None, has_eval: bool = False,
-                        count_tokens: bool = True, **extra: Any) -> dict[str, Any]:
+                        count_tokens: bool = True, lora: bool = False, **extra: Any) -> dict[str, Any]:
         """Keyword arguments of ``args_cls`` (a ``TrainingArguments`` subclass): every field of this
         config that ``args_cls`` has, ``warmup_ratio`` passed as ``warmup_steps`` (transformers 5: a
         float < 1 is a ratio), step-wise saving, ``eval_kwargs``, the tokens-seen counter
-        (``count_tokens``), then ``extra``, then precision by device (float32 on CPU)."""
+        (``count_tokens``), ``ddp_find_unused_parameters=False`` when training ``lora`` adapters (every
+        trainable weight is used; DDP's search for unused ones costs a graph walk per step and fails
+        with reentrant checkpointing), then ``extra``, then precision by device (float32 on CPU)."""
         keep = {f.name for f in fields(args_cls)}
         values: dict[str, Any] = {k: v for k, v in asdict(self).items()
                                   if k in keep and k not in ("eval_steps", "warmup_ratio")}
@@ -79,6 +81,8 @@ class TrainerConfigBase:
                       **self.eval_kwargs(has_eval))
         if count_tokens:
             values["include_num_input_tokens_seen"] = "non_padding"
+        if lora:
+            values["ddp_find_unused_parameters"] = False
         values.update(extra)
         values.update(precision_kwargs(device))
         return values
@@ -188,29 +192,97 @@ def read_device_hours(log_path: str | Path) -> float | None:
     return sum(last.values()) if last else None
 
 
+# ---------------------------------------------------------------- peak memory of a stage
+
+def reset_peak_memory() -> None:
+    """Restart the peak counters (Linux: this process's VmHWM; CUDA: the allocator's peak), so the
+    next ``peak_memory`` is the peak of the stage that follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM to the current RSS
+            fh.write("5")
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float | None]:
+    """``peak_rss_mb`` (VmHWM since ``reset_peak_memory``; elsewhere the process's ru_maxrss) and
+    ``cuda_peak_mb`` (the CUDA allocator's peak; None without a GPU)."""
+    rss = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if rss is None:
+        import resource
+        import sys
+
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = raw / 2**20 if sys.platform == "darwin" else raw / 1024  # bytes on macOS, KiB on Linux
+    import torch
+
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": round(rss, 1), "cuda_peak_mb": None if cuda is None else round(cuda, 1)}
+
+
+def memory_text(memory: dict[str, float | None]) -> str:
+    """``peak RSS 2.41 GB`` (+ ``, CUDA peak 5.20 GB`` on a GPU), for a stage's summary line."""
+    text = f"peak RSS {memory['peak_rss_mb'] / 1024:.2f} GB"
+    if memory.get("cuda_peak_mb") is not None:
+        text += f", CUDA peak {memory['cuda_peak_mb'] / 1024:.2f} GB"
+    return text
+
+
+def summary_line(stage: str, rows: str, trainer, train_loss: float | None, started: float, output_dir: str,
+                 memory: dict[str, float | None], extra: str = "") -> str:
+    """One line closing a training stage: what it read, steps, loss, time, tokens/s, peak memory, output."""
+    elapsed = time.time() - started
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    speed = f", {tokens / elapsed:.1f} tokens/s" if tokens and elapsed > 0 else ""
+    loss = f", train loss {train_loss:.4f}" if train_loss is not None else ""
+    return (f"[{stage}] {rows}, {trainer.state.global_step} steps{loss}{extra}, {elapsed:.1f} s{speed}, "
+            f"{memory_text(memory)} -> {output_dir}")
+
+
 # ---------------------------------------------------------------- resume: complete checkpoints, same settings
 
 RESUME_SETTINGS = "resume_settings.json"
+# settings a resumed run must share with the checkpoint (key -> the name an error uses); every other
+# key of a fingerprint (a trainer's own, e.g. DPO's beta) is compared too, named after its key
 _SETTING_NAMES = {"global_batch": "global batch", "learning_rate": "learning rate",
-                  "lr_scheduler_type": "schedule", "warmup_ratio": "warm-up ratio", "max_steps": "max steps",
-                  "num_train_epochs": "epochs", "weight_decay": "weight decay", "seed": "seed",
-                  "model": "model", "data_sha256": "training data"}
+                  "lr_scheduler_type": "schedule", "warmup": "warm-up", "warmup_ratio": "warm-up ratio",
+                  "max_steps": "max steps", "num_train_epochs": "epochs", "weight_decay": "weight decay",
+                  "optim": "optimizer", "adam_betas": "Adam betas", "seed": "seed", "model": "model",
+                  "data_sha256": "training data"}
+# recorded for the messages, not compared: 2 processes x 1 may resume 1 process x 2
+_PARTS_OF_GLOBAL_BATCH = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes")
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder in ``output_dir``, highest N first (complete or not)."""
+    import re
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def last_complete_checkpoint(output_dir: str | Path, logger=None) -> str | None:
     """The highest ``checkpoint-N`` in ``output_dir`` that the Trainer finished saving (its
     ``trainer_state.json``, written last, parses); later incomplete ones (a kill during save) are
-    skipped with a warning. None when there is none."""
+    skipped with a one-line warning. None when there is none."""
     import logging
-    import re
 
     logger = logger or logging.getLogger(__name__)
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    for _, path in sorted(found, reverse=True):
+    for path in checkpoint_folders(output_dir):
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -221,22 +293,33 @@ def last_complete_checkpoint(output_dir: str | Path, logger=None) -> str | None:
     return None
 
 
-def resume_settings(config: TrainerConfigBase, world_size: int, model: str | None, items: list) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote its checkpoints: the global batch
-    (per-device batch x accumulation x processes, so 2 processes x 1 may resume 1 x 2), the
-    optimiser schedule, the seed, the model and a hash of the training items."""
+def items_sha256(items: Any) -> str:
+    """sha256 of the training items (the rows a trainer reads from its files, after any sampling)."""
     import hashlib
 
-    return {
-        "global_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size,
-        "per_device_train_batch_size": config.per_device_train_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps, "processes": world_size,
-        "learning_rate": config.learning_rate, "lr_scheduler_type": config.lr_scheduler_type,
-        "warmup_ratio": config.warmup_ratio, "max_steps": config.max_steps,
-        "num_train_epochs": config.num_train_epochs, "weight_decay": getattr(config, "weight_decay", None),
-        "seed": config.seed, "model": str(model),
-        "data_sha256": hashlib.sha256(json.dumps(items, sort_keys=True).encode("utf-8")).hexdigest(),
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def training_fingerprint(args, model: str | None, items: Any, **extra: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote its checkpoints, from the trainer's
+    ``TrainingArguments`` ``args``: the global batch (per-device batch x accumulation x processes),
+    learning rate, schedule (type, warm-up, steps or epochs), weight decay, optimizer, seed, the model,
+    a hash of the training ``items`` and ``extra`` (a trainer's own settings: DPO's beta, the reward
+    models of MORLHF, ...; JSON-able)."""
+    world = int(getattr(args, "world_size", 1) or 1)
+    fingerprint = {
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": world,
+        "learning_rate": args.learning_rate, "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value",
+                                                                              args.lr_scheduler_type)),
+        "warmup": getattr(args, "warmup_steps", None), "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs, "weight_decay": args.weight_decay,
+        "optim": str(getattr(args.optim, "value", args.optim)), "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "seed": args.seed, "model": None if model is None else str(model), "data_sha256": items_sha256(items),
     }
+    fingerprint.update(json.loads(json.dumps(extra, default=str)))
+    return fingerprint
 
 
 def _describe(name: str, s: dict[str, Any]) -> str:
@@ -244,15 +327,25 @@ def _describe(name: str, s: dict[str, Any]) -> str:
         return (f"{s['global_batch']} (per-device {s.get('per_device_train_batch_size')} x accumulation "
                 f"{s.get('gradient_accumulation_steps')} x {s.get('processes')} processes)")
     if name == "data_sha256":
-        return f"sha256 {str(s[name])[:12]}"
-    return repr(s[name])
+        return f"sha256 {str(s.get(name))[:12]}"
+    value = s.get(name)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def fingerprint_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``name old -> new`` for every compared setting that differs (keys missing from an older
+    record are not compared)."""
+    keys = list(_SETTING_NAMES) + sorted(k for k in set(saved) | set(new)
+                                         if k not in _SETTING_NAMES and k not in _PARTS_OF_GLOBAL_BATCH)
+    return [f"{_SETTING_NAMES.get(k, k.replace('_', ' '))} {_describe(k, saved)} -> {_describe(k, new)}"
+            for k in keys if k in saved and k in new and saved[k] != new[k]]
 
 
 def check_resume_settings(output_dir: str | Path, checkpoint: str | None, settings: dict[str, Any],
                           write: bool, logger=None) -> None:
     """Refuse to resume ``checkpoint`` with settings other than those recorded in
-    ``output_dir/resume_settings.json`` (one line naming each difference); record ``settings`` there
-    when starting afresh (``write``: the main process only)."""
+    ``output_dir/resume_settings.json`` (one line naming each difference, old -> new); record
+    ``settings`` there when starting afresh (``write``: the main process only)."""
     import logging
 
     logger = logger or logging.getLogger(__name__)
@@ -262,19 +355,72 @@ def check_resume_settings(output_dir: str | Path, checkpoint: str | None, settin
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise MetaAlignerError(f"{path} is unreadable ({exc}); cannot check --resume's settings") from exc
-        diffs = [f"{_SETTING_NAMES[k]} {_describe(k, settings)} against the checkpoint's {_describe(k, saved)}"
-                 for k in _SETTING_NAMES if k in saved and saved[k] != settings.get(k)]
+        diffs = fingerprint_differences(saved, settings)
         if diffs:
-            raise MetaAlignerError(f"--resume from {checkpoint} with other settings than it was trained with: "
-                                   + "; ".join(diffs) + "; resume with the same settings or start over "
-                                   "in a new --output_dir")
+            raise MetaAlignerError(f"--resume from {checkpoint}: other settings than it was trained with ("
+                                   + "; ".join(diffs) + "); resume with the checkpoint's settings, or pass "
+                                   "--overwrite to start over (its checkpoints are deleted)")
         return
     if checkpoint is not None:
-        logger.warning("%s: no %s (written before issue 33); resuming without checking the settings",
+        logger.warning("%s: no %s beside it (an older version wrote it); resuming without checking the settings",
                        checkpoint, RESUME_SETTINGS)
+        return
     if write:
         from metaaligner.io import atomic_open
 
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as fh:
             fh.write(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def clear_run(output_dir: str | Path, also: tuple[str, ...] = ()) -> list[str]:
+    """Delete what an earlier run left for ``--resume`` in ``output_dir``: its ``checkpoint-N``
+    folders, ``resume_settings.json`` and the files named in ``also``; returns what was removed."""
+    import shutil
+
+    folder = Path(output_dir)
+    removed = []
+    for path in checkpoint_folders(folder):
+        shutil.rmtree(path)
+        removed.append(path.name)
+    for name in (RESUME_SETTINGS, *also):
+        if (folder / name).is_file() and not (folder / name).is_symlink():
+            (folder / name).unlink()
+            removed.append(name)
+    return removed
+
+
+def prepare_resume(trainer, output_dir: str | Path, resume: bool, overwrite: bool, fingerprint: dict[str, Any],
+                   logger=None, also_clear: tuple[str, ...] = ()) -> str | None:
+    """The checkpoint ``trainer.train`` starts from, the one rule of every trainer:
+
+    - ``overwrite``: the earlier run's checkpoints and records (``clear_run``) are deleted; start afresh;
+    - ``resume``: the last complete ``checkpoint-N`` (an incomplete later one skipped with a warning),
+      refused when ``fingerprint`` differs from the one recorded when the run started (old -> new);
+    - neither: a folder already holding checkpoints is refused (a later ``--resume`` would take them up
+      under this run's settings).
+
+    A fresh start records ``fingerprint`` in ``output_dir/resume_settings.json`` (main process)."""
+    import logging
+
+    logger = logger or logging.getLogger(__name__)
+    main = trainer.is_world_process_zero()
+    if overwrite:
+        if main:
+            removed = clear_run(output_dir, also_clear)
+            if removed:
+                logger.warning("--overwrite: deleted %s in %s", ", ".join(removed), output_dir)
+        trainer.accelerator.wait_for_everyone()  # no rank looks for checkpoints while they are deleted
+        checkpoint = None
+    elif resume:
+        checkpoint = last_complete_checkpoint(output_dir, logger)
+        if checkpoint is None:
+            logger.info("--resume: no complete checkpoint in %s; starting fresh", output_dir)
+    else:
+        checkpoint = None
+        earlier = [p.name for p in checkpoint_folders(output_dir)]
+        if earlier:
+            raise MetaAlignerError(f"{output_dir} holds checkpoints of an earlier run ({', '.join(earlier)}); pass "
+                                   "--resume to continue it or --overwrite to start over")
+    check_resume_settings(output_dir, checkpoint, fingerprint, write=main, logger=logger)
+    return checkpoint

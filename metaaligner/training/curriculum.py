@@ -48,7 +48,8 @@ class CurriculumConfig:
     output_dir: str = field(metadata={"help": "Where the aligner goes: OUT/stages/<stage>/ per step, the final model + metaaligner.json in OUT."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Base causal LM (path or hub name); default: the embedded SmolLM2-135M-Instruct. May be a LoRA adapter folder of an earlier run."})
     stages: str = field(default="warmup,equal,contrastive", metadata={"help": "Comma-separated steps to run, in curriculum order (warmup, equal, contrastive); each starts from the previous one's weights."})
-    resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last complete checkpoint (weights, optimizer, scheduler, data position); refused when the global batch, schedule, seed, model or data differ."})
+    resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the current one from its last complete checkpoint (weights, optimizer, scheduler, data position; an incomplete later one is skipped with a warning); refused, naming each difference (old -> new), when the global batch, learning rate, schedule, seed, model or training data differ."})
+    overwrite: bool = field(default=False, metadata={"help": "Start over in an --output_dir that holds an earlier run: its stages' checkpoints and records are deleted and every stage trains afresh."})
     template: str | None = field(default=None, metadata={"help": "Template recorded in metaaligner.json; default: the one in <data_dir>/stats.json."})
     dataset: str | None = field(default=None, metadata={"help": "Dataset config (hh-rlhf, ultrafeedback, imhi or YAML) giving template/objectives when <data_dir>/stats.json lacks them.", **deprecated_aliases("--dataset_config", "--dataset-config")})
     max_train_items: int = field(default=0, metadata={**check(ge=0), "help": "Use at most N training items per stage (seeded sample; 0: all)."})
@@ -243,7 +244,7 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
     """Run the requested stages in order; return the summary (also written to metaaligner.json)."""
     from dataclasses import replace
 
-    from metaaligner.training.sft import copy_model_files, stage_done, train_sft
+    from metaaligner.training.sft import check_finished_stage, copy_model_files, stage_done, train_sft
 
     stages = curriculum.stage_list()
     stage_steps = parse_stage_steps(curriculum.stage_max_steps)
@@ -254,24 +255,29 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
     meta = dataset_meta(data_dir, curriculum.template, curriculum.dataset)
     out = Path(curriculum.output_dir)
     log_path = out / LOG_FILE
-    if not curriculum.resume and (out / META_FILE).exists():
-        raise MetaAlignerError(f"{out} already holds a trained aligner; pass --resume or pick a new --output_dir")
+    if not curriculum.resume and not curriculum.overwrite and (out / META_FILE).exists():
+        raise MetaAlignerError(f"{out} already holds a trained aligner; pass --resume, --overwrite or a new "
+                               "--output_dir")
+    if curriculum.overwrite and _is_main() and log_path.is_file() and not log_path.is_symlink():
+        log_path.unlink()  # the earlier run's log; each stage's folder is cleared by train_sft
     started = time.time()
     current = curriculum.model_name_or_path
     summaries = []
     for stage in stages:
         stage_dir = out / "stages" / stage
-        done = stage_done(stage_dir) if curriculum.resume else None
-        if done is not None:
-            print(f"[{stage}] already finished ({done.get('steps')} steps); skipping (--resume)", flush=True)
-            summaries.append({k: v for k, v in done.items() if k != "config"})
-            current = str(stage_dir)
-            continue
         train, val = load_stage_items(data_dir, stage, stage_items.get(stage, curriculum.max_train_items),
                                       curriculum.max_eval_items,
                                       seed=sft.seed, with_eval=not curriculum.no_eval)
         config = replace(sft, max_steps=stage_steps[stage]) if stage in stage_steps else sft
-        train_sft(current, train, val, str(stage_dir), config, stage, str(log_path), resume=curriculum.resume)
+        done = stage_done(stage_dir) if curriculum.resume and not curriculum.overwrite else None
+        if done is not None:
+            check_finished_stage(stage_dir, current, train, config)
+            print(f"[{stage}] already finished ({done.get('steps')} steps); skipping (--resume)", flush=True)
+            summaries.append({k: v for k, v in done.items() if k != "config"})
+            current = str(stage_dir)
+            continue
+        train_sft(current, train, val, str(stage_dir), config, stage, str(log_path), resume=curriculum.resume,
+                  overwrite=curriculum.overwrite)
         summaries.append({k: v for k, v in (stage_done(stage_dir) or {}).items() if k != "config"})
         current = str(stage_dir)
     from metaaligner.training.common import read_device_hours

@@ -43,33 +43,80 @@ class DPOTrainConfig(PreferenceTrainConfigBase):
     adam_beta2: float = field(default=0.999, metadata={
         "help": "Adam beta2 (transformers' default 0.999; the released CDPO run: 0.95, OpenRLHF's optimizer betas)"})
 
-    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False, lora: bool = False):
         """The equivalent ``trl.DPOConfig``, with precision chosen by device (float32 on CPU)."""
         from trl import DPOConfig
 
-        return DPOConfig(**self.training_kwargs(DPOConfig, output_dir, device, has_eval, loss_type=["sigmoid"]))
+        return DPOConfig(**self.training_kwargs(DPOConfig, output_dir, device, has_eval, lora=lora,
+                                                loss_type=["sigmoid"]))
+
+
+def _dpo_args(config: Any, output_dir: str, device: str, has_eval: bool, lora: bool):
+    """(``trl.DPOConfig``, LoRA config or None) from a ``DPOTrainConfig`` or a ``trl.DPOConfig``."""
+    from trl import DPOConfig
+
+    from metaaligner.training.common import precision_kwargs
+
+    if isinstance(config, DPOConfig):
+        args = config
+        args.output_dir = output_dir
+        for key, value in precision_kwargs(device).items():
+            setattr(args, key, value)
+        if lora:
+            args.ddp_find_unused_parameters = False
+        return args, DPOTrainConfig().lora_config() if lora else None
+    if isinstance(config, DPOTrainConfig):
+        return config.to_trl(output_dir, device=device, has_eval=has_eval, lora=lora), \
+            config.lora_config() if lora else None
+    raise MetaAlignerError(f"train_dpo: config must be DPOTrainConfig or trl.DPOConfig, got {type(config).__name__}")
+
+
+def _load_reference(ref_model_path: str | None, model_path: str, device: str):
+    """An explicit reference model, or None when it is the starting model itself (TRL reloads it)."""
+    from transformers import AutoModelForCausalLM
+
+    from metaaligner.models import pick_dtype, resolve_model_path
+
+    if ref_model_path is None or resolve_model_path(ref_model_path) == model_path:
+        return None
+    ref_path = resolve_model_path(ref_model_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(ref_path, dtype=pick_dtype(device))
+    except OSError as exc:
+        raise MetaAlignerError(f"cannot load reference model {ref_path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]] | None,
               output_dir: str | Path, config: Any, stage: str, log_path: str | Path,
-              ref_model_path: str | None = None, lora: bool = False, resume: bool = False) -> str:
+              ref_model_path: str | None = None, lora: bool = False, resume: bool = False,
+              overwrite: bool = False) -> str:
     """DPO-train ``model_name_or_path`` on ``{"prompt","chosen","rejected"}`` pairs; return ``output_dir``.
 
     ``config`` is a ``DPOTrainConfig`` or a ``trl.DPOConfig``. The reference is ``ref_model_path``
     when given, else the starting model itself (reloaded by TRL from its path, or the LoRA base with
     the adapter disabled). With ``lora`` the folder holds a PEFT adapter (``load_causal_lm`` merges it
-    on load). ``resume`` continues from the last checkpoint in ``output_dir`` if there is one.
+    on load). ``resume`` continues from the last complete checkpoint in ``output_dir``, refused when
+    the settings differ; ``overwrite`` starts over (``metaaligner.training.common.prepare_resume``).
     Logs go to ``log_path`` as JSON lines tagged with ``stage``.
     """
+    import time
+
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    from metaaligner.models import load_tokenizer, pick_device, pick_dtype, resolve_model_path
-    from metaaligner.training.common import make_jsonl_callback, precision_kwargs
+    from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
+    from metaaligner.training.common import (
+        make_jsonl_callback,
+        peak_memory,
+        prepare_resume,
+        reset_peak_memory,
+        summary_line,
+        training_fingerprint,
+    )
 
+    started = time.time()
+    reset_peak_memory()
     output_dir = str(output_dir)
     model_path = resolve_model_path(model_name_or_path)
     train = check_pairs(train_pairs, "train")
@@ -77,46 +124,21 @@ def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_p
         raise MetaAlignerError("train_dpo: no training pairs")
     evals = check_pairs(eval_pairs or [], "eval")
     device = pick_device(None)
-
-    if isinstance(config, DPOConfig):
-        args = config
-        args.output_dir = output_dir
-        for key, value in precision_kwargs(device).items():
-            setattr(args, key, value)
-        lora_cfg = DPOTrainConfig().lora_config() if lora else None
-    elif isinstance(config, DPOTrainConfig):
-        args = config.to_trl(output_dir, device=device, has_eval=bool(evals))
-        lora_cfg = config.lora_config() if lora else None
-    else:
-        raise MetaAlignerError(f"train_dpo: config must be DPOTrainConfig or trl.DPOConfig, "
-                               f"got {type(config).__name__}")
-
+    args, lora_cfg = _dpo_args(config, output_dir, device, bool(evals), lora)
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    ref_model = None
-    if ref_model_path is not None and resolve_model_path(ref_model_path) != model_path:
-        ref_path = resolve_model_path(ref_model_path)
-        try:
-            ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=pick_dtype(device))
-        except OSError as exc:
-            raise MetaAlignerError(f"cannot load reference model {ref_path!r}: {str(exc).splitlines()[0]}") from None
-
-    trainer = DPOTrainer(
-        model=model_path,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(evals) if evals else None,
-        processing_class=tokenizer,
-        peft_config=lora_cfg,
-        callbacks=[make_jsonl_callback(log_path, stage)],
-    )
-    checkpoint = None
-    if resume and Path(output_dir).is_dir():
-        checkpoint = get_last_checkpoint(output_dir)
-        log.info("resuming %s from %s", stage, checkpoint or "scratch (no checkpoint found)")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer = DPOTrainer(model=model_path, ref_model=_load_reference(ref_model_path, model_path, device), args=args,
+                         train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer,
+                         peft_config=lora_cfg, callbacks=[make_jsonl_callback(log_path, stage)])
+    fingerprint = training_fingerprint(args, model_name_or_path, train, reference=ref_model_path, beta=args.beta,
+                                       lora=lora, max_length=args.max_length)
+    checkpoint = prepare_resume(trainer, output_dir, resume, overwrite, fingerprint, log)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
+    if trainer.is_world_process_zero():
+        print(summary_line(stage, f"{len(train)} pairs", trainer, result.training_loss, started, output_dir,
+                           peak_memory()), flush=True)
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -83,12 +83,12 @@ class MORLHFTrainConfig(TrainerConfigBase):
         if self.algorithm not in ALGORITHMS:
             raise MetaAlignerError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
 
-    def to_trl(self, output_dir: str, weights: Sequence[float], device: str | None = None):
+    def to_trl(self, output_dir: str, weights: Sequence[float], device: str | None = None, lora: bool = False):
         """The equivalent ``trl.RLOOConfig`` or ``trl.GRPOConfig`` (precision by device)."""
         from trl import GRPOConfig, RLOOConfig
 
         cls = RLOOConfig if self.algorithm == "rloo" else GRPOConfig
-        return cls(**self.training_kwargs(cls, output_dir, device, count_tokens=False,
+        return cls(**self.training_kwargs(cls, output_dir, device, count_tokens=False, lora=lora,
                                           max_completion_length=self.max_new_tokens,
                                           reward_weights=[float(w) for w in weights], remove_unused_columns=False))
 
@@ -160,69 +160,103 @@ def truncate_prompts(prompts: Sequence[str], tokenizer, max_tokens: int) -> tupl
     return out, cut
 
 
-def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models: Sequence[RewardModelSpec],
-                 weights: Sequence[float], output_dir: str | Path, config: MORLHFTrainConfig, stage: str,
-                 log_path: str | Path, lora: bool = False, resume: bool = False,
-                 reward_funcs: Sequence[Any] | None = None) -> str:
-    """Online RL of ``policy_path`` on ``prompts`` with reward ``sum_j w_j * normalised r_j``.
-
-    ``reward_funcs`` (optional) replaces the reward models built from ``reward_models`` (tests, custom
-    scorers); they must be callables ``(prompts, completions, **kw) -> list[float]``. The output
-    folder holds the policy (a PEFT adapter with ``lora``) and ``baseline.json``.
-    """
-    import torch
-    from accelerate import PartialState
-    from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import GRPOTrainer, RLOOTrainer
-
-    from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
-    from metaaligner.training.common import make_jsonl_callback
-
-    output_dir = str(output_dir)
-    policy = resolve_model_path(policy_path)
-    prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
-    if not prompts:
+def _check_inputs(prompts: Sequence[str], n_rewards: int, weights: Sequence[float], stage: str) -> list[str]:
+    """The non-empty prompts; one weight per reward model."""
+    kept = [p for p in prompts if isinstance(p, str) and p.strip()]
+    if not kept:
         raise MetaAlignerError(f"{stage}: no prompts to train on")
-    n_rewards = len(reward_funcs) if reward_funcs is not None else len(reward_models)
     if n_rewards == 0:
         raise MetaAlignerError(f"{stage}: no reward models")
     if len(weights) != n_rewards:
         raise MetaAlignerError(f"{stage}: {len(weights)} weights for {n_rewards} reward models")
-    device = pick_device(None)
-    args = config.to_trl(output_dir, weights, device=device)
+    return kept
+
+
+def _reward_functions(reward_models: Sequence[RewardModelSpec], config: MORLHFTrainConfig) -> list[Any]:
+    """One ``NormalisedRewardModel`` per spec, on this process's device."""
+    from accelerate import PartialState
+
+    device = str(PartialState().device)
+    return [NormalisedRewardModel(spec, device=device, batch_size=config.reward_batch_size,
+                                  max_length=config.reward_max_length, cut_next_turn=config.score_until_next_turn,
+                                  normalize=config.normalize_rewards) for spec in reward_models]
+
+
+def _write_metadata(output_dir: str, config: MORLHFTrainConfig, policy_path: str | None,
+                    reward_models: Sequence[RewardModelSpec], reward_funcs: Sequence[Any],
+                    weights: Sequence[float], n_prompts: int, lora: bool) -> None:
+    from metaaligner.io import atomic_open
+
+    meta = {"method": "morlhf", "algorithm": config.algorithm, "policy_start": str(policy_path or "embedded"),
+            "reward_models": [asdict(s) for s in reward_models] if reward_models else
+            [{"name": getattr(f, "__name__", type(f).__name__)} for f in reward_funcs],
+            "weights": list(map(float, weights)), "beta": config.beta, "max_new_tokens": config.max_new_tokens,
+            "prompts": n_prompts, "lora": lora, "conditioning": None}
+    with atomic_open(Path(output_dir) / METADATA_FILE) as fh:  # temp file + rename: never through a link
+        fh.write(json.dumps(meta, indent=2) + "\n")
+
+
+def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models: Sequence[RewardModelSpec],
+                 weights: Sequence[float], output_dir: str | Path, config: MORLHFTrainConfig, stage: str,
+                 log_path: str | Path, lora: bool = False, resume: bool = False,
+                 reward_funcs: Sequence[Any] | None = None, overwrite: bool = False) -> str:
+    """Online RL of ``policy_path`` on ``prompts`` with reward ``sum_j w_j * normalised r_j``.
+
+    ``reward_funcs`` (optional) replaces the reward models built from ``reward_models`` (tests, custom
+    scorers); they must be callables ``(prompts, completions, **kw) -> list[float]``. The output
+    folder holds the policy (a PEFT adapter with ``lora``) and ``baseline.json``. ``resume`` /
+    ``overwrite``: ``metaaligner.training.common.prepare_resume`` (the reward models and weights are
+    part of the settings a resume must share).
+    """
+    import time
+
+    import torch
+    from datasets import Dataset
+    from trl import GRPOTrainer, RLOOTrainer
+
+    from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
+    from metaaligner.training.common import (
+        make_jsonl_callback,
+        peak_memory,
+        prepare_resume,
+        reset_peak_memory,
+        summary_line,
+        training_fingerprint,
+    )
+
+    started = time.time()
+    reset_peak_memory()
+    output_dir = str(output_dir)
+    policy = resolve_model_path(policy_path)
+    prompts = _check_inputs(prompts, len(reward_funcs) if reward_funcs is not None else len(reward_models),
+                            weights, stage)
+    args = config.to_trl(output_dir, weights, device=pick_device(None), lora=lora)
     tokenizer = load_tokenizer(policy, padding_side="left")
     prompts, cut = truncate_prompts(prompts, tokenizer, config.max_prompt_length)
     if cut:
         log.info("%s: %d of %d prompts cut to their last %d tokens", stage, cut, len(prompts),
                  config.max_prompt_length)
+    reward_names = [asdict(s) for s in reward_models] if reward_funcs is None else \
+        [getattr(f, "__name__", type(f).__name__) for f in reward_funcs]
     if reward_funcs is None:
-        rm_device = str(PartialState().device)
-        reward_funcs = [NormalisedRewardModel(spec, device=rm_device, batch_size=config.reward_batch_size,
-                                              max_length=config.reward_max_length,
-                                              cut_next_turn=config.score_until_next_turn,
-                                              normalize=config.normalize_rewards) for spec in reward_models]
+        reward_funcs = _reward_functions(reward_models, config)
     trainer_cls = RLOOTrainer if config.algorithm == "rloo" else GRPOTrainer
     trainer = trainer_cls(model=policy, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, peft_config=config.lora_config() if lora else None,
                           callbacks=[make_jsonl_callback(log_path, stage)])
-    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
-    if resume:
-        log.info("resuming %s from %s", stage, checkpoint or "scratch (no checkpoint found)")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    fingerprint = training_fingerprint(
+        args, policy_path, prompts, algorithm=config.algorithm, reward_models=reward_names,
+        weights=[float(w) for w in weights], beta=config.beta, num_generations=config.num_generations,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, lora=lora)
+    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
+                                                                 fingerprint, log))
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
-        meta = {"method": "morlhf", "algorithm": config.algorithm, "policy_start": str(policy_path or "embedded"),
-                "reward_models": [asdict(s) for s in reward_models] if reward_models else
-                [{"name": getattr(f, "__name__", type(f).__name__)} for f in reward_funcs],
-                "weights": list(map(float, weights)), "beta": config.beta, "max_new_tokens": config.max_new_tokens,
-                "prompts": len(prompts), "lora": lora, "conditioning": None}
-        from metaaligner.io import atomic_open
-
-        with atomic_open(Path(output_dir) / METADATA_FILE) as fh:  # temp file + rename: never through a link
-            fh.write(json.dumps(meta, indent=2) + "\n")
+        _write_metadata(output_dir, config, policy_path, reward_models, reward_funcs, weights, len(prompts), lora)
+        print(summary_line(stage, f"{len(prompts)} prompts", trainer, result.training_loss, started, output_dir,
+                           peak_memory()), flush=True)
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -54,11 +54,11 @@ class RewardModelTrainConfig(TrainerConfigBase):
                                                         "help": "Batch size when scoring for the statistics"})
     report_to: str = field(default="none", metadata={"help": "Trackers (none, wandb, tensorboard)"})
 
-    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+    def to_trl(self, output_dir: str, device: str | None = None, has_eval: bool = False, lora: bool = False):
         """The equivalent ``trl.RewardConfig`` (evaluated once per epoch with eval pairs; precision by device)."""
         from trl import RewardConfig
 
-        return RewardConfig(**self.training_kwargs(RewardConfig, output_dir, device, has_eval))
+        return RewardConfig(**self.training_kwargs(RewardConfig, output_dir, device, has_eval, lora=lora))
 
     def lora_config(self, task_type: str = "SEQ_CLS"):
         """A ``peft.LoraConfig`` on all linear layers of the sequence classifier."""
@@ -119,35 +119,68 @@ def score_statistics(scores: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": std if std > 0 else 1.0, "n": len(finite)}
 
 
+def _write_reward_stats(model, tokenizer, train: list[dict[str, str]], n_eval: int, eval_accuracy: float | None,
+                        config: RewardModelTrainConfig, output_dir: str, stage: str, objective: str | None,
+                        train_seconds: float) -> None:
+    """``reward_stats.json``: mean/std of the model's scores over a seeded sample of training responses
+    (chosen and rejected), the sample's accuracy and the eval accuracy."""
+    from metaaligner.io import atomic_open
+
+    sample = list(train)
+    random.Random(config.seed).shuffle(sample)
+    sample = sample[:config.stats_samples]
+    model.eval()
+    scores = score_texts(model, tokenizer, [p["prompt"] for p in sample] * 2,
+                         [p["chosen"] for p in sample] + [p["rejected"] for p in sample],
+                         batch_size=config.score_batch_size, max_length=config.max_length)
+    stats = score_statistics(scores)
+    chosen, rejected = scores[:len(sample)], scores[len(sample):]
+    stats.update(objective=objective, train_pairs=len(train), eval_pairs=n_eval,
+                 train_accuracy_sample=sum(c > r for c, r in zip(chosen, rejected)) / len(sample),
+                 eval_accuracy=eval_accuracy, train_seconds=round(train_seconds, 2))
+    with atomic_open(Path(output_dir) / STATS_FILE) as fh:  # temp file + rename: never through a link
+        fh.write(json.dumps(stats, indent=2) + "\n")
+    log.info("%s: mean %.4f std %.4f train accuracy (sample) %.3f eval accuracy %s", stage, stats["mean"],
+             stats["std"], stats["train_accuracy_sample"], stats["eval_accuracy"])
+
+
 def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]],
                        eval_pairs: list[dict[str, Any]] | None, output_dir: str | Path,
                        config: RewardModelTrainConfig, stage: str, log_path: str | Path,
-                       lora: bool = False, resume: bool = False, objective: str | None = None) -> str:
+                       lora: bool = False, resume: bool = False, objective: str | None = None,
+                       overwrite: bool = False) -> str:
     """Train one reward model on ``{"prompt","chosen","rejected"}`` pairs; return ``output_dir``.
 
     The folder holds a plain sequence classifier (LoRA adapters are merged) plus ``reward_stats.json``
-    (mean/std of its scores over a seeded sample of training responses, eval accuracy).
+    (mean/std of its scores over a seeded sample of training responses, eval accuracy). ``resume`` /
+    ``overwrite``: ``metaaligner.training.common.prepare_resume``.
     """
     import time
 
     import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardTrainer
 
     from metaaligner.models import pick_device
-    from metaaligner.training.common import make_jsonl_callback
+    from metaaligner.training.common import (
+        make_jsonl_callback,
+        peak_memory,
+        prepare_resume,
+        reset_peak_memory,
+        summary_line,
+        training_fingerprint,
+    )
 
+    start = time.time()
+    reset_peak_memory()
     output_dir = str(output_dir)
     train = check_pairs(train_pairs, "train")
     if not train:
         raise MetaAlignerError(f"{stage}: no training pairs (every pair tied on this objective?)")
     evals = check_pairs(eval_pairs or [], "eval")
-    device = pick_device(None)
-    args = config.to_trl(output_dir, device=device, has_eval=bool(evals))
+    args = config.to_trl(output_dir, device=pick_device(None), has_eval=bool(evals), lora=lora)
     torch.manual_seed(config.seed)  # the fresh score head
     model, tokenizer = load_reward_model(base_model, device="cpu")
-    start = time.time()
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                             eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer,
                             peft_config=config.lora_config() if lora else None,
@@ -155,34 +188,22 @@ def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]]
     if len(trainer.train_dataset) < len(train):
         log.info("%s: %d of %d training pairs longer than max_length=%d were dropped by TRL", stage,
                  len(train) - len(trainer.train_dataset), len(train), config.max_length)
-    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    fingerprint = training_fingerprint(args, base_model, train, lora=lora, max_length=config.max_length,
+                                       center_rewards_coefficient=config.center_rewards_coefficient)
+    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
+                                                                 fingerprint, log))
     evals_logged = [r for r in trainer.state.log_history if "eval_accuracy" in r]
-    eval_metrics = evals_logged[-1] if evals_logged else {}
     model = trainer.accelerator.unwrap_model(trainer.model)
     if lora:
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
-        sample = list(train)
-        random.Random(config.seed).shuffle(sample)
-        sample = sample[:config.stats_samples]
-        model.eval()
-        scores = score_texts(model, tokenizer, [p["prompt"] for p in sample] * 2,
-                             [p["chosen"] for p in sample] + [p["rejected"] for p in sample],
-                             batch_size=config.score_batch_size, max_length=config.max_length)
-        stats = score_statistics(scores)
-        chosen, rejected = scores[:len(sample)], scores[len(sample):]
-        stats.update(objective=objective, train_pairs=len(train), eval_pairs=len(evals),
-                     train_accuracy_sample=sum(c > r for c, r in zip(chosen, rejected)) / len(sample),
-                     eval_accuracy=eval_metrics.get("eval_accuracy"), train_seconds=round(time.time() - start, 2))
-        from metaaligner.io import atomic_open
-
-        with atomic_open(Path(output_dir) / STATS_FILE) as fh:  # temp file + rename: never through a link
-            fh.write(json.dumps(stats, indent=2) + "\n")
-        log.info("%s: mean %.4f std %.4f train accuracy (sample) %.3f eval accuracy %s", stage, stats["mean"],
-                 stats["std"], stats["train_accuracy_sample"], stats["eval_accuracy"])
+        _write_reward_stats(model, tokenizer, train, len(evals),
+                            evals_logged[-1].get("eval_accuracy") if evals_logged else None, config, output_dir,
+                            stage, objective, time.time() - start)
+        print(summary_line(stage, f"{len(train)} pairs", trainer, result.training_loss, start, output_dir,
+                           peak_memory()), flush=True)
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

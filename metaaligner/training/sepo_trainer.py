@@ -59,11 +59,12 @@ class SePOTrainConfig(PreferenceTrainConfigBase):
                                                 "help": "Scale of the selected-token margin inside the sigmoid "
                                                          "(1.0 = the published loss)"})
 
-    def to_training_args(self, output_dir: str, device: str | None = None, has_eval: bool = False):
+    def to_training_args(self, output_dir: str, device: str | None = None, has_eval: bool = False,
+                         lora: bool = False):
         """``transformers.TrainingArguments`` with precision by device (float32 on CPU)."""
         from transformers import TrainingArguments
 
-        return TrainingArguments(**self.training_kwargs(TrainingArguments, output_dir, device, has_eval,
+        return TrainingArguments(**self.training_kwargs(TrainingArguments, output_dir, device, has_eval, lora=lora,
                                                         remove_unused_columns=False))
 
 
@@ -161,9 +162,9 @@ def _trainer_class():
 
 
 def build_trainer(model, tokenizer, train_rows: list[dict[str, Any]], config: SePOTrainConfig, output_dir: str,
-                  eval_rows: list[dict[str, Any]] | None = None, callbacks: list | None = None):
+                  eval_rows: list[dict[str, Any]] | None = None, callbacks: list | None = None, lora: bool = False):
     """A ``SePOTrainer`` over pre-tokenised rows (``prompt_ids``, ``chosen_ids``, ``rejected_ids``,
-    ``chosen_selected``, ``rejected_selected``)."""
+    ``chosen_selected``, ``rejected_selected``); ``lora``: the model carries trainable adapters."""
     from datasets import Dataset
 
     from metaaligner.models import pick_device
@@ -171,7 +172,7 @@ def build_trainer(model, tokenizer, train_rows: list[dict[str, Any]], config: Se
     keys = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_selected", "rejected_selected")
     train = Dataset.from_list([{k: r[k] for k in keys} for r in train_rows])
     evals = Dataset.from_list([{k: r[k] for k in keys} for r in eval_rows]) if eval_rows else None
-    args = config.to_training_args(output_dir, device=pick_device(None), has_eval=evals is not None)
+    args = config.to_training_args(output_dir, device=pick_device(None), has_eval=evals is not None, lora=lora)
     collator = make_collator(tokenizer.pad_token_id, max_length=config.max_length)
     return _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
                             processing_class=tokenizer, callbacks=callbacks or [], gamma=config.gamma)
@@ -229,25 +230,13 @@ def _drop_and_report(rows: list[dict[str, Any]], max_length: int | None, score_m
     return kept
 
 
-def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: str | Path, config: SePOTrainConfig,
-               log_path: str | Path, ratio: float | None = None, eval_selection_path: str | Path | None = None,
-               lora: bool = False, resume: bool = False, stage: str = "sepo", limit: int | None = None) -> str:
-    """Train a policy with SePO on a ``select_tokens.py`` output; return ``output_dir``.
-
-    ``ratio`` re-selects tokens from the stored rewards (no re-scoring); otherwise the stored
-    selection is used. The policy must share the oracle's tokenizer (checked against the file's meta).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.trainer_utils import get_last_checkpoint
-
+def _training_rows(tokenizer, model_path: str, selection_path: str | Path, config: SePOTrainConfig,
+                   ratio: float | None, eval_selection_path: str | Path | None, limit: int | None):
+    """(train rows, eval rows or None) for ``build_trainer``: the selection read (re-selected at
+    ``ratio``), checked against the policy's tokenizer, tokenised, pairs without selected tokens
+    within ``max_length`` dropped."""
     from metaaligner.methods.sepo import read_selection, tokenizer_fingerprint
-    from metaaligner.models import load_tokenizer, resolve_model_path
-    from metaaligner.training.common import make_jsonl_callback
 
-    output_dir = str(output_dir)
-    model_path = resolve_model_path(model_name_or_path)
-    tokenizer = load_tokenizer(model_path, padding_side="right")
     rows, meta, reselected = read_selection(selection_path, ratio)
     if reselected is not None:
         print(f"train_policy: re-selected at ratio {ratio}: {reselected.summary()}")
@@ -263,13 +252,48 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
     add_eos = meta.get("add_eos", True)
     train_rows = tokenize_selection(rows, tokenizer, score_max_length, add_eos, str(selection_path))
     train_rows = _drop_and_report(train_rows, config.max_length, score_max_length, str(selection_path))
-    eval_rows = None
-    if eval_selection_path:
-        eval_sel, eval_meta, _ = read_selection(eval_selection_path, ratio)
-        eval_rows = tokenize_selection(eval_sel, tokenizer, eval_meta.get("max_length", score_max_length),
-                                       eval_meta.get("add_eos", add_eos), str(eval_selection_path))
-        eval_rows = _drop_and_report(eval_rows, config.max_length, eval_meta.get("max_length", score_max_length),
-                                     str(eval_selection_path))
+    if not eval_selection_path:
+        return train_rows, None
+    eval_sel, eval_meta, _ = read_selection(eval_selection_path, ratio)
+    eval_rows = tokenize_selection(eval_sel, tokenizer, eval_meta.get("max_length", score_max_length),
+                                   eval_meta.get("add_eos", add_eos), str(eval_selection_path))
+    return train_rows, _drop_and_report(eval_rows, config.max_length, eval_meta.get("max_length", score_max_length),
+                                        str(eval_selection_path))
+
+
+def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: str | Path, config: SePOTrainConfig,
+               log_path: str | Path, ratio: float | None = None, eval_selection_path: str | Path | None = None,
+               lora: bool = False, resume: bool = False, stage: str = "sepo", limit: int | None = None,
+               overwrite: bool = False) -> str:
+    """Train a policy with SePO on a ``select_tokens.py`` output; return ``output_dir``.
+
+    ``ratio`` re-selects tokens from the stored rewards (no re-scoring); otherwise the stored
+    selection is used. The policy must share the oracle's tokenizer (checked against the file's meta).
+    ``resume`` / ``overwrite``: ``metaaligner.training.common.prepare_resume`` (the training data
+    compared is the tokenised pairs with their selected positions, so another ``ratio`` is a change).
+    """
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from metaaligner.models import load_tokenizer, resolve_model_path
+    from metaaligner.training.common import (
+        make_jsonl_callback,
+        peak_memory,
+        prepare_resume,
+        reset_peak_memory,
+        summary_line,
+        training_fingerprint,
+    )
+
+    started = time.time()
+    reset_peak_memory()
+    output_dir = str(output_dir)
+    model_path = resolve_model_path(model_name_or_path)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
+    train_rows, eval_rows = _training_rows(tokenizer, model_path, selection_path, config, ratio,
+                                           eval_selection_path, limit)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except OSError as exc:
@@ -280,11 +304,14 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
 
         model = get_peft_model(model, config.lora_config())
     trainer = build_trainer(model, tokenizer, train_rows, config, output_dir, eval_rows,
-                            callbacks=[make_jsonl_callback(log_path, stage)])
-    checkpoint = get_last_checkpoint(output_dir) if resume and Path(output_dir).is_dir() else None
-    if resume:
-        log.info("resuming %s from %s", stage, checkpoint or "scratch (no checkpoint found)")
-    trainer.train(resume_from_checkpoint=checkpoint)
+                            callbacks=[make_jsonl_callback(log_path, stage)], lora=lora)
+    fingerprint = training_fingerprint(trainer.args, model_name_or_path, train_rows, gamma=config.gamma, lora=lora,
+                                       max_length=config.max_length)
+    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
+                                                                 fingerprint, log))
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
+    if trainer.is_world_process_zero():
+        print(summary_line(stage, f"{len(train_rows)} pairs", trainer, result.training_loss, started, output_dir,
+                           peak_memory()), flush=True)
     return output_dir

@@ -54,7 +54,7 @@ class SFTStageConfig(TrainerConfigBase):
     weight_decay: float = field(default=1e-5, metadata={**check(ge=0.0), "help": "AdamW weight decay."})
     per_device_eval_batch_size: int = field(default=4, metadata={**check(ge=1), "help": "Sequences per device per eval batch."})
     max_length: int = field(default=4096, metadata={**check(ge=8), "help": "Tokens per sequence (prompt + target + EOS). Longer items keep the prompt's end (the '| Edit:' cue) and at least half the budget for the target."})
-    padding_free: bool = field(default=False, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs on mixed lengths)."})
+    padding_free: bool = field(default=True, metadata={"help": "Flatten each batch into one sequence with position ids instead of padding (same loss, fewer FLOPs and less memory on mixed lengths); with segment_attention and targets_only_lm_head the fast path benchmarks/bench_training.py measures. --padding_free false (false in YAML) trains on padded batches, as the released FastChat run did."})
     segment_attention: bool = field(default=True, metadata={"help": "With padding_free and sdpa: attend within each packed item (causal sdpa per item) instead of over the whole packed row with a block-diagonal mask. Same loss; --no_segment_attention (false in YAML) restores the masked path."})
     targets_only_lm_head: bool = field(default=True, metadata={"help": "Compute the LM head and its softmax only at target positions (TRL does this only on Triton devices). Same loss; --no_targets_only_lm_head (false in YAML) restores TRL's every-position scoring off Triton."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (PEFT) instead of all weights."})
@@ -218,12 +218,13 @@ def decoder_linear_names(model) -> list[str]:
     return sorted(names)
 
 
-def build_sft_args(config: SFTStageConfig, output_dir: str, has_eval: bool, device: str):
-    """The ``trl.SFTConfig`` for one stage; precision set by device (TRL defaults to bf16=True)."""
+def build_sft_args(config: SFTStageConfig, output_dir: str, has_eval: bool, device: str, lora: bool = False):
+    """The ``trl.SFTConfig`` for one stage; precision set by device (TRL defaults to bf16=True);
+    ``lora``: adapters are trained (``ddp_find_unused_parameters=False`` under DDP)."""
     from trl import SFTConfig
 
     kwargs = config.training_kwargs(
-        SFTConfig, output_dir, device, has_eval,
+        SFTConfig, output_dir, device, has_eval, lora=lora,
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         max_length=None,  # we truncate while tokenizing; None also lets padding_free run without packing
@@ -241,13 +242,6 @@ def _speed_paths(model, config: SFTStageConfig) -> None:
         log.info("padding-free batches: causal attention per packed item (segment_sdpa)")
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The last complete ``checkpoint-N`` (an incomplete later one is skipped with a warning)."""
-    from metaaligner.training.common import last_complete_checkpoint
-
-    return last_complete_checkpoint(output_dir, log)
-
-
 def stage_done(output_dir: str | Path) -> dict | None:
     """The summary a finished stage left in its folder, or None."""
     marker = Path(output_dir) / STAGE_DONE
@@ -261,13 +255,87 @@ def stage_done(output_dir: str | Path) -> dict | None:
 
 # ---------------------------------------------------------------- the stage
 
+def _build_trainer(model_name_or_path: str | None, train_items: list[dict], eval_items: list[dict] | None,
+                   output_dir: str, config: SFTStageConfig, stage: str, log_path: str | None,
+                   callbacks: list | None):
+    """(trainer, truncated train items, truncated eval items): the model (``load_trainable_model``) on
+    its fast paths, the tokenized items and TRL's ``SFTTrainer`` with the JSONL log callback."""
+    from trl import SFTTrainer
+
+    from metaaligner.models import pick_device
+    from metaaligner.training.common import make_jsonl_callback
+
+    device = pick_device(None if config.device == "auto" else config.device)
+    model, tokenizer, peft_config = load_trainable_model(model_name_or_path, config, device)
+    _speed_paths(model, config)
+    train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train", config.prompt_format)
+    eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval", config.prompt_format)
+                         if eval_items else (None, 0))
+    lora = peft_config is not None or _is_adapter(str(model_name_or_path or ""))
+    args = build_sft_args(config, output_dir, eval_ds is not None, device, lora=lora)
+    all_callbacks = list(callbacks or [])
+    if log_path:
+        all_callbacks.append(make_jsonl_callback(log_path, stage))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=all_callbacks)
+    return trainer, cut_train, cut_eval
+
+
+def _record_stage(trainer, summary: dict[str, Any], output_dir: str, stage: str, log_path: str | None) -> None:
+    """The main process appends the stage's end to the JSONL log and writes ``stage_done.json``."""
+    if not trainer.is_world_process_zero():
+        return
+    from metaaligner.io import atomic_open, open_no_follow
+
+    if log_path:
+        with open_no_follow(log_path, "a") as fh:
+            record = {k: v for k, v in summary.items() if k != "config"}
+            fh.write(json.dumps({"stage": stage, "event": "stage_end", **record}) + "\n")
+    with atomic_open(Path(output_dir) / STAGE_DONE) as fh:  # temp file + rename: never through a link
+        fh.write(json.dumps(summary, indent=2))
+
+
+def stage_fingerprint(args, model_name_or_path: str | None, train_items: list[dict], config: SFTStageConfig) -> dict:
+    """What a resumed stage must share with its checkpoints (``training_fingerprint`` + the token budget
+    and prompt format, which change the tokens trained on)."""
+    from metaaligner.training.common import training_fingerprint
+
+    return training_fingerprint(args, model_name_or_path, train_items, max_length=config.max_length,
+                                prompt_format=config.prompt_format)
+
+
+def check_finished_stage(output_dir: str | Path, model_name_or_path: str | None, train_items: list[dict],
+                         config: SFTStageConfig) -> None:
+    """Refuse to skip a finished stage (``--resume``) that was trained with other settings than these,
+    naming each difference (old -> new); a stage without a recorded fingerprint is not checked."""
+    from metaaligner.models import pick_device
+    from metaaligner.training.common import RESUME_SETTINGS, fingerprint_differences
+
+    path = Path(output_dir) / RESUME_SETTINGS
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MetaAlignerError(f"{path} is unreadable ({exc}); cannot check --resume's settings") from exc
+    lora = config.lora or _is_adapter(str(model_name_or_path or ""))
+    args = build_sft_args(config, str(output_dir), False, pick_device(None if config.device == "auto" else config.device),
+                          lora=lora)
+    diffs = fingerprint_differences(saved, stage_fingerprint(args, model_name_or_path, train_items, config))
+    if diffs:
+        raise MetaAlignerError(f"--resume: {output_dir} was finished with other settings ({'; '.join(diffs)}); "
+                               "resume with its settings, or pass --overwrite to train it again")
+
+
 def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_items: list[dict] | None,
               output_dir: str, config: SFTStageConfig, stage: str, log_path: str | None,
-              resume: bool = False, callbacks: list | None = None) -> str:
+              resume: bool = False, callbacks: list | None = None, overwrite: bool = False) -> str:
     """Fine-tune on ``{"prompt", "completion"}`` items (raw prompts, no chat template; loss on the
     completion + EOS only) and save the model (or the LoRA adapter) with its tokenizer to
     ``output_dir``, which is returned. Checkpoints go to ``output_dir/checkpoint-N``; ``resume``
-    continues from the last one (weights, optimizer, scheduler, RNG, data position).
+    continues from the last complete one (weights, optimizer, scheduler, RNG, data position), refused
+    when the settings differ; ``overwrite`` deletes an earlier run's checkpoints and starts over
+    (``metaaligner.training.common.prepare_resume``).
 
     ``model_name_or_path`` may be None (the embedded model), a full model, or a LoRA adapter folder
     from an earlier stage (its adapter keeps training). ``callbacks`` are extra
@@ -275,41 +343,29 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     """
     import torch
     from transformers import set_seed
-    from trl import SFTTrainer
 
-    from metaaligner.models import pick_device
-    from metaaligner.training.common import check_resume_settings, make_jsonl_callback, resume_settings
+    from metaaligner.training.common import (
+        peak_memory,
+        prepare_resume,
+        reset_peak_memory,
+        summary_line,
+    )
 
     if not train_items:
         raise MetaAlignerError(f"stage {stage!r}: no training items")
     started = time.time()
+    reset_peak_memory()
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
-    device = pick_device(None if config.device == "auto" else config.device)
     set_seed(config.seed)
-    model, tokenizer, peft_config = load_trainable_model(model_name_or_path, config, device)
-    _speed_paths(model, config)
-    train_ds, cut_train = tokenize_items(tokenizer, train_items, config.max_length, "train", config.prompt_format)
-    eval_ds, cut_eval = (tokenize_items(tokenizer, eval_items, config.max_length, "eval", config.prompt_format)
-                         if eval_items else (None, 0))
-    args = build_sft_args(config, output_dir, eval_ds is not None, device)
-    all_callbacks = list(callbacks or [])
-    if log_path:
-        all_callbacks.append(make_jsonl_callback(log_path, stage))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=all_callbacks)
-    checkpoint = last_checkpoint(output_dir) if resume else None
-    if resume and checkpoint is None:
-        log.info("stage %s: --resume given but no checkpoint in %s; starting fresh", stage, output_dir)
-    check_resume_settings(output_dir, checkpoint,
-                          resume_settings(config, args.world_size, model_name_or_path, train_items),
-                          write=trainer.is_world_process_zero(), logger=log)
+    trainer, cut_train, cut_eval = _build_trainer(model_name_or_path, train_items, eval_items, output_dir, config,
+                                                  stage, log_path, callbacks)
+    fingerprint = stage_fingerprint(trainer.args, model_name_or_path, train_items, config)
+    checkpoint = prepare_resume(trainer, output_dir, resume, overwrite, fingerprint, log, also_clear=(STAGE_DONE,))
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    eval_loss = None
-    if eval_ds is not None:
-        metrics = trainer.evaluate()
-        eval_loss = metrics.get("eval_loss")
+    eval_loss = trainer.evaluate().get("eval_loss") if trainer.eval_dataset is not None else None
     trainer.save_model(output_dir)
+    memory = peak_memory()
     elapsed = time.time() - started
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     summary = {
@@ -317,24 +373,18 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
         "truncated_train": cut_train, "truncated_eval": cut_eval,
         "steps": trainer.state.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss,
         "resumed_from": checkpoint, "wall_s": round(elapsed, 2), "tokens_seen": tokens,
-        "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None, **memory,
+        "processes": trainer.args.world_size, "padding_free": config.padding_free,
         "lora": bool(config.lora or _is_adapter(str(model_name_or_path or ""))),
         "base": str(model_name_or_path), "config": config.to_dict(),
     }
-    if trainer.is_world_process_zero():
-        from metaaligner.io import atomic_open, open_no_follow
-
-        if log_path:
-            with open_no_follow(log_path, "a") as fh:
-                fh.write(json.dumps({"stage": stage, "event": "stage_end", **{k: v for k, v in summary.items() if k != "config"}}) + "\n")
-        with atomic_open(Path(output_dir) / STAGE_DONE) as fh:  # temp file + rename: never through a link
-            fh.write(json.dumps(summary, indent=2))
+    _record_stage(trainer, summary, output_dir, stage, log_path)
     trainer.accelerator.wait_for_everyone()  # the next stage loads these files on every rank
-    print(f"[{stage}] {len(train_items)} items ({cut_train} truncated), {trainer.state.global_step} steps, "
-          f"train loss {result.training_loss:.4f}"
-          + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
-          + f", {elapsed:.1f} s, {summary['tokens_per_s']} tokens/s -> {output_dir}", flush=True)
-    del trainer, model
+    if trainer.is_world_process_zero():
+        extra = f", eval loss {eval_loss:.4f}" if eval_loss is not None else ""
+        print(summary_line(stage, f"{len(train_items)} items ({cut_train} truncated)", trainer,
+                           result.training_loss, started, output_dir, memory, extra), flush=True)
+    del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return output_dir
