@@ -4,11 +4,15 @@ r"""Aligner inference throughput against the machine's roofline: the released wa
     python benchmarks/bench_aligner_inference.py --threads 1                 # 16x64 and 32x256 (long)
     python benchmarks/bench_aligner_inference.py --workloads 16x64 --threads 1
     python benchmarks/bench_aligner_inference.py --quick                     # 4 rows x 16 tokens (smoke)
+    python benchmarks/bench_aligner_inference.py --device cuda --workloads 64x128   # on a GPU (its roofline)
     python benchmarks/bench_aligner_inference.py --workloads 8x64 --aligner metaaligner/data/demo_aligner \
         --prompt_lookup 10                                                    # n-gram speculation, trained aligner
 
-First the roofline: this process's own fp32 matmul GFLOP/s (1024^3, the faster of MKL's sgemm and
-oneDNN's inner product on packed weights) and memory-copy GB/s. Then per
+``--device`` (default: cuda when a GPU is visible, else cpu) is where the model runs. On a GPU the
+model is bf16 (the hf backend's rule) and the roofline is the card's datasheet peak, bf16 FLOP/s and HBM
+bandwidth (``benchmarks/devices.py``; an unknown card gets no roofline); the lines on where the time
+went are CPU-only. On the CPU, first the roofline: this process's own fp32 matmul GFLOP/s (1024^3,
+the faster of MKL's sgemm and oneDNN's inner product on packed weights) and memory-copy GB/s. Then per
 workload (ROWSxNEW: HH-RLHF Claude-3 rows, hh-rlhf template, 3 objectives, NEW new tokens, greedy,
 float32) one line per method: generated tokens (up to EOS), wall seconds, tokens/s, the ratio to
 the released way, the share of the roofline bound reached, and how many rows give the batch-1 text.
@@ -91,6 +95,8 @@ class BenchConfig:
                                                      "the median time, each run's and each round's ratio to the "
                                                      "first method (a shared machine's neighbours come and go)"})
     quick: bool = field(default=False, metadata={"help": "one 4x16 workload (a smoke run for run_all.py)"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda | cuda:N (default: cuda when a GPU is "
+                                                               "visible, else cpu)"})
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -159,23 +165,24 @@ def matmul_params(model) -> tuple[int, int]:
 
 
 def bound_seconds(prompt_lengths: list[int], new_lengths: list[int], params: int, gflops: float, gbs: float,
-                  kv_per_token: int = 0) -> float:
+                  kv_per_token: int = 0, weight_bytes: int = 4) -> float:
     """Roofline time of all rows decoded together: prefill at the matmul peak, then each decode step
-    bound by reading the weights once plus the live rows' KV cache (``kv_per_token`` bytes per
-    cached token, real lengths; 0: weights only), or by the live rows' matmuls, whichever is slower."""
+    bound by reading the weights once (``weight_bytes`` per weight: 4 fp32, 2 bf16) plus the live rows'
+    KV cache (``kv_per_token`` bytes per cached token, real lengths; 0: weights only), or by the live
+    rows' matmuls, whichever is slower."""
     flops_per_token = 2 * params
     total = sum(prompt_lengths) * flops_per_token / (gflops * 1e9)
     for step in range(1, max(new_lengths, default=0)):
         live = [p for p, n in zip(prompt_lengths, new_lengths) if n > step]
         kv = kv_per_token * sum(p + step for p in live)
-        total += max((params * 4 + kv) / (gbs * 1e9), len(live) * flops_per_token / (gflops * 1e9))
+        total += max((params * weight_bytes + kv) / (gbs * 1e9), len(live) * flops_per_token / (gflops * 1e9))
     return total
 
 
 def released_bound_seconds(prompt_lengths: list[int], new_lengths: list[int], params: int, gflops: float,
-                           gbs: float, kv_per_token: int) -> float:
+                           gbs: float, kv_per_token: int, weight_bytes: int = 4) -> float:
     """Roofline time of the released way: each row alone, so every decode step reads all weights."""
-    return sum(bound_seconds([p], [n], params, gflops, gbs, kv_per_token)
+    return sum(bound_seconds([p], [n], params, gflops, gbs, kv_per_token, weight_bytes)
                for p, n in zip(prompt_lengths, new_lengths))
 
 
@@ -213,12 +220,15 @@ def released_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, pro
     return texts, tokens
 
 
+BENCH_DEVICE = ["cpu"]  # set by main from --device
+
+
 @functools.cache
 def bf16_model(name: str | None):
     """The model loaded as ``--dtype bfloat16`` would (once; loading is not timed)."""
     from metaaligner.models import load_causal_lm
 
-    return load_causal_lm(name, device="cpu", dtype="bfloat16")[0]
+    return load_causal_lm(name, device=BENCH_DEVICE[0], dtype="bfloat16")[0]
 
 
 def run_method(name: str, model, tokenizer, prompts: list[str], new: int, config: BenchConfig):
@@ -368,8 +378,9 @@ def _token_rows_note(pads: int) -> str:
     return f"next tokens and draft tokens; {pads} pads skipped there" if pads else "next tokens, draft tokens, pads"
 
 
-def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float],
+def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[float, float] | None,
                  params: int, kv_per_token: int) -> float | None:
+    """One workload's lines; ``roof`` None (a GPU not in the table): no roofline share, bound or floor."""
     from metaaligner.aligner.inference import build_prompts, load_policy_rows
     from metaaligner.registry.objectives import ObjectiveRegistry
 
@@ -378,6 +389,7 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
     descriptions = ObjectiveRegistry.builtin().descriptions("harmlessness,helpfulness,humour", "hh-rlhf")
     prompts = build_prompts("hh-rlhf", [r["query"] for r in rows], [r["answer"] for r in rows], descriptions)
     ids = [tokenizer(p)["input_ids"] for p in prompts]
+    weight_bytes = next(model.parameters()).element_size()
     lengths = [len(i) for i in ids]
     print(f"\nworkload {len(prompts)}x{new}: prompt tokens min/mean/max {min(lengths)}/"
           f"{sum(lengths) / len(lengths):.0f}/{max(lengths)} (total {sum(lengths)})", flush=True)
@@ -396,7 +408,8 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
             # the bound needs each row's generated length, which only the batch-1 loop reports
             per_row_known = len(per_row) == len(prompts)
             new_lengths = [t + 1 for t in per_row]  # the stop token is generated too
-            bound = bound_seconds(lengths, new_lengths, params, *roof, kv_per_token) if per_row_known else None
+            bound = bound_seconds(lengths, new_lengths, params, *roof, kv_per_token, weight_bytes) \
+                if per_row_known and roof else None
             versus = "batch 1" if name in ("released", "prompt_lookup") else name
         tps = sum(tokens) / seconds
         ref_tps, ref_cpu = ref_tps or tps, ref_cpu or cpu
@@ -408,13 +421,17 @@ def run_workload(spec: str, model, tokenizer, config: BenchConfig, roof: tuple[f
               f"(cpu {cpu:.1f} s, {ref_cpu / cpu:.2f}x{kv_note(name, fresh)}{spread})", flush=True)
         if name == "fast":
             ratio = tps / ref_tps
-        if work.get("decode_steps") is not None and name != "fast_bf16":  # rates are fp32 ones
+        # rates are the CPU's fp32 ones
+        if work.get("decode_steps") is not None and name != "fast_bf16" and str(model.device) == "cpu":
             print(time_split(work, sum(tokens), model, len(prompts), roof, ref_tps), flush=True)
+    if roof is None:
+        print("roofline bound: not computed, the device's peak is unknown (benchmarks/devices.py)", flush=True)
+        return ratio
     if bound is None:
         print("roofline bound: needs each row's generated length; put released first in --methods", flush=True)
         return ratio
-    old_bound = bound_seconds(lengths, new_lengths, params, *roof)
-    released_bound = released_bound_seconds(lengths, new_lengths, params, *roof, kv_per_token)
+    old_bound = bound_seconds(lengths, new_lengths, params, *roof, weight_bytes=weight_bytes)
+    released_bound = released_bound_seconds(lengths, new_lengths, params, *roof, kv_per_token, weight_bytes)
     print(f"roofline bound {bound:.1f} s (weights + KV reads; weights only: {old_bound:.1f} s) = "
           f"{sum(per_row) / bound:.1f} tok/s = {sum(per_row) / bound / ref_tps:.2f}x the first method; "
           f"released way's bound {released_bound:.1f} s, so this machine allows batching "
@@ -434,15 +451,29 @@ def main(config: BenchConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     workloads = "4x16" if config.quick else config.workloads
-    model, tokenizer, device = load_causal_lm(config.aligner or config.model, device="cpu")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from devices import check_device, describe, gpu_name, gpu_roofline
+
+    BENCH_DEVICE[0] = check_device(config.device)
+    model, tokenizer, device = load_causal_lm(config.aligner or config.model, device=BENCH_DEVICE[0])
     params = sum(p.numel() for p in model.parameters())
     kv_per_token = kv_bytes_per_token(model)
-    peak, gbs, mkl = roofline()
-    roof = (peak, gbs)
-    print(f"roofline: fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3, the faster of MKL's {mkl:.0f} and oneDNN's), "
-          f"memory copy {roof[1]:.1f} GB/s; "
-          f"model {params / 1e6:.0f}M params = {params * 4 / 1e6:.0f} MB fp32 -> batch-1 decode step "
-          f">= {params * 4 / roof[1] / 1e6:.0f} ms; KV cache {kv_per_token / 1e3:.0f} KB per token; "
+    weight_bytes = next(model.parameters()).element_size()
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    print(describe(str(device)), flush=True)
+    if str(device) == "cpu":
+        peak, gbs, mkl = roofline()
+        roof = (peak, gbs)
+        where = f"fp32 matmul {roof[0]:.0f} GFLOP/s (1024^3, the faster of MKL's {mkl:.0f} and oneDNN's), " \
+                f"memory copy {roof[1]:.1f} GB/s"
+    else:
+        known = gpu_roofline(gpu_name(str(device)))
+        roof = known[1:] if known else None
+        where = f"{known[0]}'s bf16 {roof[0] / 1e3:.0f} TFLOP/s, HBM {roof[1]:.0f} GB/s" if known else "unknown"
+    step = f"{params * weight_bytes / roof[1] / 1e6:.2f} ms" if roof else "? ms"
+    print(f"roofline: {where}; "
+          f"model {params / 1e6:.0f}M params = {params * weight_bytes / 1e6:.0f} MB {dtype} -> batch-1 decode step "
+          f">= {step}; KV cache {kv_per_token / 1e3:.0f} KB per token; "
           f"torch threads {torch.get_num_threads()}, {device}", flush=True)
     released_loop(model, tokenizer, ["warm up"], 2)
     ratios = [run_workload(w, model, tokenizer, config, roof, params, kv_per_token) for w in workloads.split(",")]

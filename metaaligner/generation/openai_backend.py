@@ -8,6 +8,9 @@ backoff are the client's own (``max_retries``). One string per prompt, in input 
 Raw prompts go to ``/v1/completions`` (what the aligners were trained on); ``chat_template=True``
 sends each prompt as one user message to ``/v1/chat/completions`` (chat policies).
 
+A LoRA adapter is served by the server under its own model name (``vllm serve BASE --enable-lora
+--lora-modules NAME=FOLDER``) and used here by that name, like any model (``LORA_SERVING``).
+
 ``decoding="checkpoint"`` sends no temperature or top_p, so the server's defaults decide (vLLM's
 server: the model's generation config). No tokenizer here, so ``long_prompts="shorten"`` cannot
 count tokens: prompts go whole and the server's own context limit applies.
@@ -44,6 +47,23 @@ def resolve_api_key(base_url: str | None) -> str:
                            "or pass --base_url for a local OpenAI-compatible server")
 
 
+# How a LoRA adapter reaches this backend: the server applies it and serves it under its own model name.
+LORA_SERVING = ("serve it under its own name from the adapter's base model (vllm serve BASE --enable-lora "
+                "--lora-modules NAME=ADAPTER_FOLDER --max-lora-rank R, R at least the adapter's r) and pass that "
+                "NAME as the model (--aligner_path NAME with --template, or the script's model flag); "
+                "docs/scaling_out.md")
+
+
+def check_not_local_adapter(model: str) -> None:
+    """A local LoRA adapter folder cannot be sent to a server by path: one line saying how to serve it."""
+    from pathlib import Path
+
+    folder = Path(str(model)).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        raise MetaAlignerError(f"{model} is a local LoRA adapter folder, which --backend openai cannot send to the "
+                               f"server; {LORA_SERVING}")
+
+
 class OpenAIGenerator:
     name = "openai"
 
@@ -53,6 +73,7 @@ class OpenAIGenerator:
 
         if not model:
             raise MetaAlignerError("the openai backend needs a model name (--aligner_path/--model)")
+        check_not_local_adapter(model)
         key = resolve_api_key(base_url)
         self.model = str(model)
         self.base_url = base_url
