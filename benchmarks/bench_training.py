@@ -66,7 +66,7 @@ def tiny_model(folder: Path) -> str:
 
 _PLAIN = {"segment_attention": False, "targets_only_lm_head": False}  # TRL's and transformers' own paths
 MODES = {  # name -> SFTStageConfig overrides; "padded" is the baseline (TRL's defaults)
-    "padded": dict(_PLAIN),
+    "padded": {"padding_free": False, **_PLAIN},  # padded batches are no longer the trainer's default
     "padding_free": {"padding_free": True, **_PLAIN},
     "padding_free_nodrop": {"padding_free": True, "lora_dropout": 0.0, **_PLAIN},
     "targets_only": {"padding_free": True, "segment_attention": False},  # LM head on targets, masked attention

@@ -117,7 +117,7 @@ def _train_once(model_dir, tmp_path, name, rows_seen, **switches):
              {"prompt": "Q: short | Edit: ", "completion": "A somewhat longer answer, with commas"}]
     log = tmp_path / f"{name}.jsonl"
     cfg = SFTStageConfig(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                         logging_steps=1, save_steps=100, padding_free=True, **switches)
+                         logging_steps=1, save_steps=100, **switches)
     rows_seen.clear()
     train_sft(str(model_dir), items, None, str(tmp_path / name), cfg, name, str(log))
     losses = [json.loads(line)["loss"] for line in Path(log).read_text().splitlines() if '"loss"' in line]
@@ -137,11 +137,48 @@ def test_lm_head_scores_only_target_positions_with_the_same_loss(tiny_llama_dir,
     targets = sum(sum(t != -100 for t in labels[1:]) for _, labels, _ in (a, b))
     rows = _head_rows(monkeypatch)
     try:
-        every, rows_every = _train_once(tiny_llama_dir, tmp_path, "every", rows, targets_only_lm_head=False)
-        only, rows_only = _train_once(tiny_llama_dir, tmp_path, "only", rows, targets_only_lm_head=True)
+        every, rows_every = _train_once(tiny_llama_dir, tmp_path, "every", rows, padding_free=True,
+                                        targets_only_lm_head=False)
+        only, rows_only = _train_once(tiny_llama_dir, tmp_path, "only", rows, padding_free=True,
+                                      targets_only_lm_head=True)
     finally:
         score_targets_only(False)
     assert rows_every[0] == total - 1          # every position of the packed row but the last
     assert rows_only[0] == targets             # the target tokens only
     assert targets < total // 2
     assert only == pytest.approx(every, abs=1e-5)
+
+
+def test_the_default_stage_is_the_fast_path_with_the_padded_loss(tiny_llama_dir, tmp_path, monkeypatch):
+    """train_aligner.py with no flags: padding-free batches, attention per packed item, the LM head on target
+    positions only (the path benchmarks/bench_training.py measures); --padding_free false is the padded path,
+    with the same loss. Before, the default was padded with the head on every position."""
+    from metaaligner.cli import parse
+    from metaaligner.models import load_tokenizer
+    from metaaligner.testing.scripts import load_script
+    from metaaligner.training.packed import score_targets_only
+    from metaaligner.training.sft import tokenize_item
+
+    script = load_script("training/train_aligner.py")
+    _, default = parse(script.make_parser(), ["--data_dir", "d", "--output_dir", "o"])
+    _, padded = parse(script.make_parser(), ["--data_dir", "d", "--output_dir", "o", "--padding_free", "false"])
+    assert (default.padding_free, default.segment_attention, default.targets_only_lm_head) == (True, True, True)
+    assert padded.padding_free is False
+    tok = load_tokenizer(str(tiny_llama_dir), padding_side="right")
+    a = tokenize_item(tok, "Q: a long question about eggs and water | Edit: ", "Boil it.", None)
+    b = tokenize_item(tok, "Q: short | Edit: ", "A somewhat longer answer, with commas", None)
+    targets = sum(sum(t != -100 for t in labels[1:]) for _, labels, _ in (a, b))
+    rows = _head_rows(monkeypatch)
+    keys = _sdpa_key_lengths(monkeypatch)
+    try:
+        fast, rows_fast = _train_once(tiny_llama_dir, tmp_path, "default", rows)
+        per_item = list(keys)
+        slow, rows_slow = _train_once(tiny_llama_dir, tmp_path, "padded", rows, padding_free=False,
+                                      segment_attention=False, targets_only_lm_head=False)
+    finally:
+        score_targets_only(False)
+    assert rows_fast[0] == targets                                       # LM head on the target tokens only
+    assert sorted(per_item[:2]) == sorted([len(a[0]), len(b[0])])        # one causal sdpa call per packed item
+    longest = max(len(a[0]), len(b[0]))
+    assert rows_slow[0] == 2 * (longest - 1)                             # padded: every position of both rows
+    assert fast == pytest.approx(slow, abs=1e-5)
