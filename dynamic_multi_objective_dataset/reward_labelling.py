@@ -10,6 +10,11 @@ r"""Stage 1: score preference pairs with one reward per objective (offline by de
         --input hh-rlhf-train.jsonl.gz --output runs/hh/rewards.csv \
         --reward_names harmless,helpful,humor --scorer classifier --batch_size 64
 
+    # jobs a scheduler starts on their own (a Slurm array of 4): each its slice, then one merge
+    python dynamic_multi_objective_dataset/reward_labelling.py --input pairs.jsonl --output runs/rewards.csv \
+        --shard $SLURM_ARRAY_TASK_ID/4
+    python dynamic_multi_objective_dataset/reward_labelling.py --input pairs.jsonl --output runs/rewards.csv --merge
+
     # computable checks as rewards (no model): the edit-bench demo aligner's labels
     python dynamic_multi_objective_dataset/reward_labelling.py --input runs/edit/pairs.csv \
         --output runs/edit/rewards.csv --reward_names harmlessness,repeat,len --scorer rule --normalize false
@@ -26,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from metaaligner.cli import check
+from metaaligner.sharding import MERGE_HELP, SHARD_HELP
 
 log = logging.getLogger("reward_labelling")
 
@@ -75,54 +81,64 @@ class RewardLabellingConfig:
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "score only the first N input rows"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its shard checkpoints"})
     shard_timeout_s: float = field(default=7200.0, metadata={**check(gt=0.0),
-        "help": "multi-process: how long rank 0 waits for the other ranks' shards"})
+        "help": "torchrun/accelerate launch: how long rank 0 waits for the other ranks' shards (jobs started on "
+                "their own take --shard I/N and never wait)"})
+    shard: str | None = field(default=None, metadata={"help": SHARD_HELP})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP + "; loads the scorers to check the shards' "
+                                                                      "fingerprint"})
 
 
 def main(cfg: RewardLabellingConfig) -> dict | None:
     from metaaligner.cli import split_csv
-    from metaaligner.dataset.rewards import (
-        build_scorers,
-        finalise,
-        label_shard,
-        load_preference_rows,
-        merge_shards,
-        parse_overrides,
-        remove_shards,
-        resolve_rewards,
-        scorer_info,
-        wait_for_shards,
-    )
-    from metaaligner.distributed import dist_env, shard_range
+    from metaaligner.dataset.labelling import label_shard, labelling_shards, load_preference_rows
+    from metaaligner.dataset.rewards import build_scorers, parse_overrides, resolve_rewards
+    from metaaligner.distributed import dist_env
     from metaaligner.registry.objectives import build_registry
+    from metaaligner.sharding import ShardPlan, plan_shards
 
-    rank, world, local_rank = dist_env()
+    plan = plan_shards(cfg.shard, cfg.merge)
     rows = load_preference_rows(cfg.input, cfg.limit)
     registry = build_registry(cfg.objectives_file, cfg.add_objective)
     specs = resolve_rewards(split_csv(cfg.reward_names), cfg.scorer, cfg.model, parse_overrides(cfg.reward_models),
                             registry, cfg.objective_group)
-    device = cfg.device or _default_device(local_rank, world)
+    device = cfg.device or _default_device(dist_env()[2], plan.count)
     scorers = build_scorers(specs, device=device, dtype=cfg.dtype, max_length=cfg.max_length,
                             chat_template=cfg.chat_template)
+    shards, hashes = labelling_shards(cfg.output, rows, scorers, cfg.min_tokens)
     start = time.perf_counter()
-    label_shard(rows, scorers, cfg.output, rank=rank, world=world, batch_size=cfg.batch_size,
-                chunk_size=cfg.chunk_size, min_tokens=cfg.min_tokens, resume=cfg.resume)
+    if not plan.merge:  # one process too writes its (whole) shard, then merges it
+        label_shard(rows, scorers, cfg.output, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+                    min_tokens=cfg.min_tokens, resume=cfg.resume,
+                    plan=plan if plan.sharded else ShardPlan(launched=True))
     seconds = time.perf_counter() - start
-    mine = len(shard_range(len(rows), rank, world))
-    if rank != 0:
-        print(f"reward_labelling[rank {rank}]: scored {mine} rows in {seconds:.1f}s; rank 0 merges")
+    mine = 0 if plan.merge else len(plan.rows(len(rows)))
+    if plan.sharded and not plan.merges_after:
+        print(f"reward_labelling[{plan.label}]: scored {mine} rows in {seconds:.1f}s -> {shards.path(plan)}; "
+              + ("merge with --merge once every shard is there" if plan.given else "rank 0 merges"))
         return None
-    paths = wait_for_shards(cfg.output, world, len(rows), cfg.shard_timeout_s)
-    results = merge_shards(paths, len(rows))
+    if plan.launched:
+        shards.wait(shards.run_paths(plan), cfg.shard_timeout_s)
+    paths = shards.run_paths(plan if plan.sharded else ShardPlan()) if not plan.merge else None
+    return _finish(cfg, rows, scorers, shards.collect(hashes, paths), plan, mine, seconds)
+
+
+def _finish(cfg: RewardLabellingConfig, rows, scorers, by_row: dict, plan, mine: int, seconds: float) -> dict:
+    """The output table and stats from every row's raw scores; the shards removed."""
+    from metaaligner.dataset.labelling import finalise, scorer_info
+    from metaaligner.distributed import in_input_order
+    from metaaligner.sharding import remove_shards
+
+    results, _ = in_input_order(by_row, len(rows))
     stats = finalise(rows, results, [scorer_info(s) for s in scorers], cfg.output,
                      round_digits=cfg.round if cfg.round >= 0 else None, normalize=cfg.normalize,
-                     extra_stats={"input": cfg.input, "processes": world, "batch_size": cfg.batch_size,
+                     extra_stats={"input": cfg.input, "processes": plan.count, "batch_size": cfg.batch_size,
                                   "seconds_rank0": round(seconds, 2),
                                   "rows_per_s_rank0": round(mine / max(seconds, 1e-9), 2)})
     remove_shards(cfg.output, len(rows))     # those of an earlier process count too
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items()) or "none"
     print(f"reward_labelling: {stats['rows_in']} rows in, {stats['rows_out']} out, "
           f"dropped {sum(stats['dropped'].values())} "
-          f"({dropped}); {len(scorers)} rewards x {world} process(es); rank 0: {mine} rows in {seconds:.1f}s "
+          f"({dropped}); {len(scorers)} rewards x {plan.count} process(es); rank 0: {mine} rows in {seconds:.1f}s "
           f"({mine / max(seconds, 1e-9):.2f} rows/s) -> {cfg.output}")
     for reason, ids in stats["dropped_row_ids"].items():
         log.warning("%d rows dropped as %s (never written as rewards), e.g. input rows %s",
