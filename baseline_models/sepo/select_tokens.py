@@ -9,6 +9,11 @@ merged output has every row once, in input order.
         --reference runs/sft --ratio 0.3 --output runs/sepo/selected.jsonl
     torchrun --nproc_per_node 8 baseline_models/sepo/select_tokens.py --input pairs.jsonl \
         --oracle runs/sepo/oracle --reference runs/sft --output runs/sepo/selected.jsonl --batch_size 32
+    # jobs started on their own (a Slurm array of 4): one shard each, then one merge
+    python baseline_models/sepo/select_tokens.py --input pairs.jsonl --oracle runs/sepo/oracle \
+        --reference runs/sft --output runs/sepo/selected.jsonl --shard $SLURM_ARRAY_TASK_ID/4
+    python baseline_models/sepo/select_tokens.py --input pairs.jsonl --oracle runs/sepo/oracle \
+        --reference runs/sft --output runs/sepo/selected.jsonl --merge
 
 Each output line keeps ``prompt``, ``chosen``, ``rejected`` (and any other input field) and adds
 ``row_id``, ``chosen_token_rewards``, ``rejected_token_rewards`` (one float per response token, EOS
@@ -22,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 
 from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
+from metaaligner.sharding import MERGE_HELP, SHARD_HELP
 
 
 @dataclass
@@ -41,7 +47,10 @@ class SelectTokensConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bf16 on GPU), float32, bfloat16, "
                                                          "float16"})
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "only the first N pairs"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its partial files"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its shards (finished "
+                                                          "rows of any process count are reused)"})
+    shard: str | None = field(default=None, metadata={"help": SHARD_HELP})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP})
 
 
 def make_parser():
@@ -50,10 +59,12 @@ def make_parser():
 
 def main(config: SelectTokensConfig) -> None:
     from metaaligner.methods.sepo import run_selection
+    from metaaligner.sharding import plan_shards
 
     run_selection(config.input, config.oracle, config.reference, config.output, ratio=config.ratio,
                   batch_size=config.batch_size, max_length=config.max_length, add_eos=config.add_eos,
-                  resume=config.resume, limit=config.limit, dtype=config.dtype)
+                  resume=config.resume, limit=config.limit, dtype=config.dtype,
+                  plan=plan_shards(config.shard, config.merge))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ Tokenisation mirrors TRL's ``DPOTrainer`` (EOS appended to each response, the pr
 at the common prefix of tokenize(prompt) and tokenize(prompt + response)), so the scored tokens are
 the tokens the DPO oracle was trained on and the tokens the policy trainer supervises.
 
-Scoring is batched (sequences sorted by length, right-padded per batch) and sharded by process under
-``torchrun``/``accelerate launch``: each rank appends its rows to its own partial file, rank 0 merges
-every row exactly once, in input order.
+Scoring is batched (sequences sorted by length, right-padded per batch) and sharded as every row-wise
+stage is (``metaaligner.sharding``): under ``torchrun``/``accelerate launch`` each rank writes the shard
+of its rows, rank 0 merges every row exactly once, in input order; ``--shard I/N`` jobs write one shard
+each and ``--merge`` joins them.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from metaaligner.distributed import in_input_order, length_sorted_batches, shard_range
+from metaaligner.distributed import length_sorted_batches
 from metaaligner.errors import DataError, MetaAlignerError
 from metaaligner.io import OUTPUT_COLUMNS
 
@@ -307,21 +308,35 @@ def prepare_rows(pairs: list[dict[str, Any]], tokenizer, max_length: int | None,
     return out
 
 
-def _shard_file(output: Path, rank: int, world: int) -> Path:
-    return output.with_name(f"{output.name}.shard{rank}of{world}")
+def scoring_fingerprint(oracle_path: str, reference_path: str, max_length: int | None, add_eos: bool,
+                        tokenizer) -> dict[str, Any]:
+    """What decides a row's token rewards: the two models, the tokenizer and the length rule."""
+    from metaaligner.io import folder_identity
+
+    return {"stage": "sepo_scores", "oracle": str(oracle_path), "oracle_files": folder_identity(oracle_path),
+            "reference": str(reference_path), "reference_files": folder_identity(reference_path),
+            "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length, "add_eos": add_eos}
 
 
-def clear_partials(output: str | Path) -> None:
-    """Remove every shard's partial file of ``output`` (a fresh, non-resumed run)."""
-    output = Path(output)
-    for part in output.parent.glob(f"{output.name}.shard*of*.partial.jsonl"):
-        part.unlink()
+def scoring_shards(pairs: list[dict[str, Any]], output: str | Path, fingerprint: dict[str, Any]):
+    """(the shards of ``output``, each pair's input hash by row id)."""
+    from metaaligner.io import row_hash
+    from metaaligner.sharding import ShardSet
+
+    return ShardSet(output, len(pairs), fingerprint, []), {i: row_hash(p) for i, p in enumerate(pairs)}
 
 
-def _read_partials(output: Path) -> dict[int, dict[str, Any]]:
-    """Every complete row of every shard's partial file (any world size), by row_id."""
+def _legacy_partials(output: Path) -> list[Path]:
+    """Partial files an older version wrote (``<output>.shard{rank}of{world}.partial.jsonl``)."""
+    from metaaligner.io import glob_escape
+
+    return sorted(output.parent.glob(f"{glob_escape(output.name)}.shard*of*.partial.jsonl"))
+
+
+def _read_legacy(output: Path) -> dict[int, dict[str, Any]]:
+    """Every complete row of those partial files, by row_id (they carry no settings: reused as they were)."""
     done: dict[int, dict[str, Any]] = {}
-    for part in sorted(output.parent.glob(f"{output.name}.shard*of*.partial.jsonl")):
+    for part in _legacy_partials(output):
         for line in part.read_bytes().split(b"\n"):
             try:
                 row = json.loads(line.decode("utf-8"))
@@ -331,90 +346,119 @@ def _read_partials(output: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+def clear_partials(output: str | Path) -> None:
+    """Remove every shard of ``output`` (finished or partial, any process count) and older partial files."""
+    from metaaligner.sharding import remove_shards
+
+    remove_shards(output)
+    for part in _legacy_partials(Path(output)):
+        part.unlink()
+
+
+def _load_scorers(oracle_path: str, reference_path: str, device: str | None, dtype: str | None, models):
+    """(oracle, reference, device); ``models`` = (oracle, reference, tokenizer) skips loading."""
+    if models is not None:
+        return models[0], models[1], device or next(models[0].parameters()).device
+    from metaaligner.models import load_causal_lm
+
+    oracle, _, device = load_causal_lm(oracle_path, device=device, dtype=dtype)
+    reference, _, device = load_causal_lm(reference_path, device=device, dtype=dtype)
+    return oracle, reference, device
+
+
+def scoring_tokenizer(oracle_path: str, reference_path: str):
+    """The oracle's tokenizer, checked to be the reference's."""
+    oracle_tok = load_scoring_tokenizer(oracle_path)
+    check_same_tokenizer(oracle_tok, load_scoring_tokenizer(reference_path), f"oracle {oracle_path}",
+                         f"reference {reference_path}")
+    return oracle_tok
+
+
+def score_items(items: list[dict[str, Any]], oracle, reference, pad_id: int, device, batch_size: int,
+                stats: ScoringStats) -> list[dict[str, Any]]:
+    """Shard records of prepared rows: token rewards (6 decimals) or the ``skip_reason``."""
+    scorable = [it for it in items if "skip_reason" not in it]
+    seqs = []
+    for it in scorable:
+        seqs += [(it["prompt_ids"], it["chosen_ids"]), (it["prompt_ids"], it["rejected_ids"])]
+    rewards = token_rewards(oracle, reference, seqs, pad_id, device, batch_size) if seqs else []
+    by_id = {it["row_id"]: {"row_id": it["row_id"], **({"skip_reason": it["skip_reason"]} if "skip_reason" in it
+                                                         else {})} for it in items}
+    for k, it in enumerate(scorable):
+        by_id[it["row_id"]]["chosen_token_rewards"] = [round(x, 6) for x in rewards[2 * k]]
+        by_id[it["row_id"]]["rejected_token_rewards"] = [round(x, 6) for x in rewards[2 * k + 1]]
+        stats.tokens += len(it["prompt_ids"]) * 2 + len(it["chosen_ids"]) + len(it["rejected_ids"])
+    stats.rows_scored += len(scorable)
+    return list(by_id.values())
+
+
 def score_shard(pairs: list[dict[str, Any]], oracle_path: str, reference_path: str, output: str | Path,
                 rank: int = 0, world: int = 1, batch_size: int = 16, max_length: int | None = 1024,
                 add_eos: bool = True, resume: bool = False, device: str | None = None,
-                dtype: str | None = None, progress: bool = True, models=None) -> ScoringStats:
-    """Score this rank's rows (``distributed.shard_range``) into ``<output>.shard{rank}of{world}.partial.jsonl``.
+                dtype: str | None = None, progress: bool = True, models=None, plan=None) -> ScoringStats:
+    """Score this process's rows (``plan``'s slice, else ``rank`` of ``world``) into its shard
+    ``<output>.rows<a>-<b>of<n>.jsonl`` (``metaaligner.sharding``; ``resume`` reuses the finished rows
+    of every shard with the same models and settings, any process count).
 
     ``models`` = (oracle, reference, tokenizer) skips loading (tests, benchmarks).
     """
     from tqdm import tqdm
 
-    from metaaligner.io import ResumableWriter
+    from metaaligner.io import INPUT_HASH
+    from metaaligner.sharding import ShardPlan
 
-    output = Path(output)
-    if models is None:
-        oracle_tok = load_scoring_tokenizer(oracle_path)
-        ref_tok = load_scoring_tokenizer(reference_path)
-        check_same_tokenizer(oracle_tok, ref_tok, f"oracle {oracle_path}", f"reference {reference_path}")
-    else:
-        oracle_tok = ref_tok = models[2]
-    done = set(_read_partials(output)) if resume else set()
-    mine = [i for i in shard_range(len(pairs), rank, world) if i not in done]
-    writer = ResumableWriter(_shard_file(output, rank, world), columns=[], key="row_id", resume=resume)
+    output, plan = Path(output), plan or ShardPlan(rank, world, launched=True)
+    tok = models[2] if models is not None else scoring_tokenizer(oracle_path, reference_path)
+    shards, hashes = scoring_shards(pairs, output, scoring_fingerprint(oracle_path, reference_path, max_length,
+                                                                      add_eos, tok))
+    writer = shards.open(plan, hashes, resume)
+    legacy = [{**row, INPUT_HASH: hashes[i]} for i, row in _read_legacy(output).items()
+              if i in plan.rows(len(pairs)) and not writer.is_done(i)] if resume else []
+    if legacy:  # rows of an older version's partial files (they carry no settings: reused, as that version did)
+        writer.append(legacy)
+    mine = [i for i in plan.rows(len(pairs)) if not writer.is_done(i, hashes[i])]
     stats = ScoringStats(rows_in=len(mine))
-    if not mine:
-        writer.close()
-        return stats
-    items = prepare_rows([pairs[i] for i in mine], oracle_tok, max_length, add_eos)
-    for item, row_id in zip(items, mine):
-        item["row_id"] = row_id
-    if models is None:
-        from metaaligner.models import load_causal_lm
-
-        oracle, _, device = load_causal_lm(oracle_path, device=device, dtype=dtype)
-        reference, _, device = load_causal_lm(reference_path, device=device, dtype=dtype)
-    else:
-        oracle, reference = models[0], models[1]
-        device = device or next(oracle.parameters()).device
-    pad_id = oracle_tok.pad_token_id if oracle_tok.pad_token_id is not None else oracle_tok.eos_token_id
-    chunk = max(1, batch_size) * 8  # pairs per resumable write; length-sorted batches inside
-    start = time.time()
-    bar = tqdm(total=len(items), desc=f"scoring tokens (rank {rank}/{world})", disable=not progress or rank != 0,
-               unit="pair")
-    try:
-        for s in range(0, len(items), chunk):
-            part = items[s:s + chunk]
-            scorable = [it for it in part if "skip_reason" not in it]
-            seqs = []
-            for it in scorable:
-                seqs += [(it["prompt_ids"], it["chosen_ids"]), (it["prompt_ids"], it["rejected_ids"])]
-            rewards = token_rewards(oracle, reference, seqs, pad_id, device, batch_size) if seqs else []
-            records = []
-            for it in part:
-                rec = {"row_id": it["row_id"]}
-                if "skip_reason" in it:
-                    rec["skip_reason"] = it["skip_reason"]
-                records.append(rec)
-            by_id = {rec["row_id"]: rec for rec in records}
-            for k, it in enumerate(scorable):
-                by_id[it["row_id"]]["chosen_token_rewards"] = [round(x, 6) for x in rewards[2 * k]]
-                by_id[it["row_id"]]["rejected_token_rewards"] = [round(x, 6) for x in rewards[2 * k + 1]]
-                stats.tokens += len(it["prompt_ids"]) * 2 + len(it["chosen_ids"]) + len(it["rejected_ids"])
-            writer.append(records)
-            stats.rows_scored += len(scorable)
-            bar.update(len(part))
-    finally:
-        bar.close()
-        writer.close()
-    stats.seconds = time.time() - start
+    if mine:
+        oracle, reference, device = _load_scorers(oracle_path, reference_path, device, dtype, models)
+        items = prepare_rows([pairs[i] for i in mine], tok, max_length, add_eos)
+        for item, row_id in zip(items, mine):
+            item["row_id"] = row_id
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        chunk = max(1, batch_size) * 8  # pairs per resumable write; length-sorted batches inside
+        start = time.time()
+        bar = tqdm(total=len(items), desc=f"scoring tokens ({plan.label})", disable=not progress, unit="pair")
+        try:
+            for s in range(0, len(items), chunk):
+                records = score_items(items[s:s + chunk], oracle, reference, pad_id, device, batch_size, stats)
+                writer.append({**rec, INPUT_HASH: hashes[rec["row_id"]]} for rec in records)
+                bar.update(len(records))
+        except BaseException:
+            writer.close()
+            raise
+        finally:
+            bar.close()
+        stats.seconds = time.time() - start
+    writer.finish(order=list(plan.rows(len(pairs))))
     return stats
 
 
 def merge_selection(pairs: list[dict[str, Any]], output: str | Path, ratio: float,
-                    meta: dict[str, Any] | None = None) -> SelectionResult:
-    """Merge every shard's partial rows in input order, select tokens, write ``output`` (kept rows),
-    the ``.skipped.jsonl`` sidecar (rows skipped, rewards kept so another k can use them) and
-    ``.meta.json``; remove the partial files."""
+                    meta: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None,
+                    paths: list[Path] | None = None) -> SelectionResult:
+    """Merge the shards (``paths``, else every shard of ``output`` there is) in input order, checked
+    (``sharding.ShardSet.collect``: made with ``fingerprint``, else one fingerprint they all share;
+    every row there), select tokens, write ``output`` (kept rows), the ``.skipped.jsonl`` sidecar
+    (rows skipped, rewards kept so another k can use them) and ``.meta.json``; remove the shards."""
     from metaaligner.io import write_json, write_jsonl
+    from metaaligner.sharding import finished_fingerprint, shard_files
 
     output = Path(output)
-    scored = _read_partials(output)
-    _, missing = in_input_order(scored, len(pairs))
-    if missing:
-        raise MetaAlignerError(f"{output}: {len(missing)} rows were not scored (first: row {missing[0] + 1}); "
-                               "re-run with --resume")
+    if fingerprint is None:
+        made = {json.dumps(fp, sort_keys=True) for p in shard_files(output, len(pairs))
+                if (fp := finished_fingerprint(p)) is not None}
+        fingerprint = json.loads(made.pop()) if len(made) == 1 else {}
+    shards, hashes = scoring_shards(pairs, output, fingerprint)
+    scored = shards.collect(hashes, paths)
     rows = []
     for row_id, pair in enumerate(pairs):
         rec = scored[row_id]
@@ -439,42 +483,39 @@ def merge_selection(pairs: list[dict[str, Any]], output: str | Path, ratio: floa
 
 def run_selection(input_path: str | Path, oracle_path: str, reference_path: str, output: str | Path,
                   ratio: float = 0.3, batch_size: int = 16, max_length: int | None = 1024, add_eos: bool = True,
-                  resume: bool = False, limit: int | None = None, dtype: str | None = None) -> SelectionResult | None:
-    """The whole selection step, sharded over the processes of ``torchrun``/``accelerate launch``.
+                  resume: bool = False, limit: int | None = None, dtype: str | None = None,
+                  plan=None) -> SelectionResult | None:
+    """The whole selection step, sharded as ``metaaligner.sharding`` says: one process; the ranks of
+    ``torchrun``/``accelerate launch`` (rank 0 merges); ``plan`` from ``--shard I/N`` (writes its shard
+    and returns ``None``) or ``--merge`` (merges the shards there are, scores nothing).
 
-    Returns the selection on rank 0 (``None`` on the other ranks)."""
-    import os
-
-    import torch
-    from accelerate import PartialState
+    Returns the selection where the output was written (``None`` on the other processes)."""
+    from metaaligner.sharding import plan_shards, rank_device
 
     check_ratio(ratio)
+    plan = plan or plan_shards()
     pairs = read_pairs(input_path, limit)
-    # cpu=True on CPU-only machines: otherwise accelerate ignores torchrun's WORLD_SIZE there and every
-    # process would score every row as "rank 0 of 1"
-    state = PartialState(cpu=not torch.cuda.is_available())
-    rank, world = state.process_index, state.num_processes
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != launched:
-        raise MetaAlignerError(f"launched with WORLD_SIZE={launched} but accelerate sees {world} processes")
-    device = str(state.device)
-    tok = load_scoring_tokenizer(oracle_path)
-    if not resume:
-        if state.is_main_process:
-            Path(output).parent.mkdir(parents=True, exist_ok=True)
-            clear_partials(output)
-        state.wait_for_everyone()
-    stats = score_shard(pairs, oracle_path, reference_path, output, rank=rank, world=world, batch_size=batch_size,
-                        max_length=max_length, add_eos=add_eos, resume=resume, device=device, dtype=dtype)
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    tok = scoring_tokenizer(oracle_path, reference_path)
+    fingerprint = scoring_fingerprint(oracle_path, reference_path, max_length, add_eos, tok)
+    stats = ScoringStats()
+    if not plan.merge:
+        stats = score_shard(pairs, oracle_path, reference_path, output, batch_size=batch_size, max_length=max_length,
+                            add_eos=add_eos, resume=resume, device=rank_device(None, plan), dtype=dtype,
+                            plan=plan if plan.sharded else None)
+    shards, _ = scoring_shards(pairs, output, fingerprint)
+    if plan.sharded and not plan.merges_after:
+        print(f"select_tokens[{plan.label}]: scored {stats.rows_scored} rows -> {shards.path(plan)}")
         return None
+    paths = None
+    if not plan.merge:
+        paths = shards.run_paths(plan) if plan.sharded else [shards.path(plan)]
+        shards.wait(paths)
     meta = {"input": str(input_path), "oracle": oracle_path, "reference": reference_path,
             "max_length": max_length, "add_eos": add_eos, "tokenizer_fingerprint": tokenizer_fingerprint(tok),
-            "processes": world}
-    result = merge_selection(pairs, output, ratio, meta)
+            "processes": plan.count}
+    result = merge_selection(pairs, output, ratio, meta, fingerprint, paths)
     rate = stats.tokens / stats.seconds if stats.seconds else 0.0
-    print(f"select_tokens: {len(pairs)} pairs in, {result.summary()}; rank 0 scored {stats.rows_scored} rows, "
+    print(f"select_tokens: {len(pairs)} pairs in, {result.summary()}; this process scored {stats.rows_scored} rows, "
           f"{stats.tokens} tokens in {stats.seconds:.1f}s ({rate:.0f} tokens/s, x2 models) -> {output}")
     return result
 
