@@ -107,7 +107,7 @@ class Server:
 @pytest.fixture(scope="module")
 def browser():
     if MISSING:
-        pytest.fail(f"CI=true but {', '.join(MISSING)} is missing: .ci/run installs chromium, chromium-driver and "
+        pytest.fail(f"CI=true but missing: {', '.join(MISSING)}; .ci/run installs chromium, chromium-driver and "
                     "selenium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -312,3 +312,44 @@ def test_ask_the_policy_then_align_with_the_keyboard(browser, tiny_llama_dir, tm
             assert sum(r.path.endswith("/chat/completions") for r in policy.requests) == 1   # not asked again
         finally:
             server.stop()
+
+
+EXAMPLE_ANSWER = ("Put the pot where it gets six hours of sun a day. Water it when the top of the soil feels dry. Water it "
+                  "when the top of the soil feels dry. Pinch off the flower buds so the leaves keep growing. Honestly, "
+                  "only an idiot kills basil.")
+
+
+def screenshot(url: str, path: str, objectives: tuple[str, ...] = ("harmlessness", "repeat")) -> None:
+    """The README's picture: the page at 1200x900 after aligning EXAMPLE_ANSWER on ``objectives`` (the server's
+    other ticks cleared). Run against a server started by hand, e.g. ``metaaligner serve --port 8080`` (the
+    shipped demo aligner): ``python tests/test_playground.py http://127.0.0.1:8080 docs/playground.png``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--hide-scrollbars", "--lang=en-US"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        open_page(driver, url.rstrip("/"))
+        fill(driver, "query", QUESTION)
+        fill(driver, "answer", EXAMPLE_ANSWER)
+        for box in driver.find_elements("css selector", "#objective-groups input[type=checkbox]"):
+            if box.is_selected() != (box.get_attribute("value") in objectives):
+                box.click()
+        assert act(driver, driver.find_element("id", "align").click) == "done", driver.find_element("id", "error").text
+        driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
+        driver.save_screenshot(path)
+    finally:
+        driver.quit()
+    from PIL import Image  # 128 colours, no dithering: a third of the size, the same to the eye
+
+    Image.open(path).convert("RGB").quantize(128, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
+
+
+if __name__ == "__main__":
+    screenshot(*sys.argv[1:3])
