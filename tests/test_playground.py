@@ -314,6 +314,40 @@ def test_ask_the_policy_then_align_with_the_keyboard(browser, tiny_llama_dir, tm
             server.stop()
 
 
+def test_a_server_with_a_client_key_asks_for_it(browser, tiny_llama_dir, tmp_path, monkeypatch):
+    from selenium.webdriver.common.keys import Keys
+
+    monkeypatch.setenv("METAALIGNER_API_KEY", "pg-client-key-123")
+    server = Server(tmp_path / "serve.log", *tiny_aligner(tiny_llama_dir))
+    try:
+        open_page(browser, server.url)
+        key = browser.find_element("id", "api-key")
+        assert key.is_displayed()   # /health says the server wants a key
+        groups = browser.find_element("id", "objective-groups")
+        try:
+            urllib.request.urlopen(f"{server.url}/v1/objectives", timeout=60)
+            raise AssertionError("/v1/objectives answered without the key")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+            refused = json.loads(exc.read())["error"]["message"]
+        assert refused.startswith("unauthorized: missing")
+        assert groups.text == (f"The objectives could not be loaded: {refused.rstrip('.')}. Enter the API key, then "
+                               "press Enter.")
+        key.send_keys("pg-client-key-123", Keys.ENTER)
+        wait_for(lambda: browser.find_elements("css selector", "#objective-groups input[type=checkbox]"),
+                 "the objectives to load once the key is given")
+        assert state(browser) == "ready"   # Enter in the key field loads the objectives, it does not align
+        fill(browser, "query", QUESTION)
+        fill(browser, "answer", ANSWER)
+        assert act(browser, browser.find_element("id", "align").click) == "done", \
+            browser.find_element("id", "error").text
+        assert browser.find_element("id", "result").get_attribute("data-original") == ANSWER
+        assert "pg-client-key-123" not in browser.page_source
+    finally:
+        server.stop()
+    assert "pg-client-key-123" not in (tmp_path / "serve.log").read_text()
+
+
 EXAMPLE_ANSWER = ("Put the pot where it gets six hours of sun a day. Water it when the top of the soil feels dry. Water it "
                   "when the top of the soil feels dry. Pinch off the flower buds so the leaves keep growing. Honestly, "
                   "only an idiot kills basil.")

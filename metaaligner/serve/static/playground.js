@@ -180,7 +180,9 @@
     try {
       data = await call("v1/objectives");
     } catch (error) {
-      box.textContent = "The objectives could not be loaded: " + error.message;
+      const message = /[.!?]$/.test(error.message) ? error.message : error.message + ".";
+      box.textContent = "The objectives could not be loaded: " + message +
+        (error.status === 401 ? " Enter the API key, then press Enter." : "");
       return false;
     }
     const list = data.objectives || [];
@@ -311,6 +313,7 @@
       return;
     }
     const objectives = chosenObjectives();
+    $("result").hidden = true;   // an earlier result is not left beside a new request's error
     const started = performance.now();
     try {
       let result;
@@ -341,6 +344,13 @@
     $("ask-policy").addEventListener("click", askPolicy);
     $("align-form").addEventListener("keydown", function (event) {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) align(event);
+    });
+    // The key field: Enter (or leaving it) loads the objectives that a missing key kept away; it never submits.
+    $("api-key").addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.ctrlKey && !event.metaKey) {
+        event.preventDefault();
+        if (!objectivesLoaded) loadObjectives();
+      }
     });
     $("api-key").addEventListener("change", function () {
       if (!objectivesLoaded) loadObjectives();
