@@ -22,6 +22,14 @@ Rating 0-10 (the rating study; seen + unseen UltraFeedback objectives by default
 ``--dry_run`` prints the number of calls and a cost estimate without calling; a re-run reuses the
 SQLite cache in ``--output_dir`` (0 calls); ``--resume`` continues an interrupted run.
 
+Several processes: under ``torchrun --nproc_per_node N`` each rank judges its slice of every input file
+and rank 0 merges; jobs started on their own take ``--shard I/N`` and one ``--merge`` run joins them:
+
+    python evaluation/judge.py --input outputs/hh-rlhf --dataset hh-rlhf --judge_model probe \
+        --output_dir judged/hh-rlhf --shard 0/2      # and --shard 1/2, anywhere, at any time
+    python evaluation/judge.py --input outputs/hh-rlhf --dataset hh-rlhf --judge_model probe \
+        --output_dir judged/hh-rlhf --merge
+
 Controls: ``--controls`` also judges four control answers ('.', a canned refusal, the first half of
 the answer, the answer twice) against each row's original answer, into ``<mode>/<policy>.controls.json``;
 a judge that prefers '.' on more than half of the rows is unusable for that table. On by default
@@ -36,6 +44,7 @@ from dataclasses import dataclass, field
 
 from metaaligner import cli
 from metaaligner.cli import deprecated_aliases, parse, run_main, split_csv
+from metaaligner.sharding import MERGE_HELP, SHARD_HELP
 
 
 @dataclass
@@ -122,6 +131,9 @@ class JudgeConfig:
                                                             "answers: 4 more calls per row and objective (default: "
                                                             "on for --judge_model probe only)"})
     no_controls: bool = field(default=False, metadata={"help": "no controls, even for the probe"})
+    shard: str = field(default=None, metadata={"help": SHARD_HELP + " (each input file's rows are sliced; the shards "
+                                                                     "go beside each verdict file)"})
+    merge: bool = field(default=False, metadata={"help": MERGE_HELP + "; then writes the summaries and controls"})
 
 
 def make_parser():
@@ -143,9 +155,9 @@ def control_lines(result) -> list[str]:
     """One line per policy: each control's wins against the original answer, and the verdict on the judge."""
     from metaaligner.judge.controls import LABELS
 
-    if result.control_run is None:
+    if result.control_run is None and not result.controls:
         return []
-    lines = [f"controls: {result.control_run.line()}"]
+    lines = [f"controls: {result.control_run.line()}"] if result.control_run is not None else ["controls:"]
     for info in result.controls:
         wins: dict[str, list[int]] = {}
         for entry in info["controls"]:
@@ -160,15 +172,11 @@ def control_lines(result) -> list[str]:
     return lines
 
 
-def main(config: JudgeConfig) -> None:
-    from metaaligner.errors import MetaAlignerError
-    from metaaligner.judge import JudgeRun, judge_outputs
-    from metaaligner.judge.runner import format_dry_run
+def judge_run(config: JudgeConfig):
+    """The ``JudgeRun`` the flags describe."""
+    from metaaligner.judge import JudgeRun
 
-    if not config.input or not config.output_dir:
-        raise MetaAlignerError("--input and --output_dir are required")
-    cli.quiet_http_logs()  # also when main() is called without run_main
-    result = judge_outputs(run=JudgeRun(
+    return JudgeRun(
         config.input, config.output_dir, targets=split_csv(config.target), aspects=split_csv(config.aspects),
         dataset=config.dataset or None, mode=config.mode, judge_prompt=config.judge_prompt or None,
         profile=config.profile, parser=config.parser or None,
@@ -180,26 +188,46 @@ def main(config: JudgeConfig) -> None:
         use_cache=config.cache, cache_path=config.cache_path, objectives_file=config.objectives_file,
         add_objective=_flatten(config.add_objective), overwrite=config.overwrite,
         columns={"query": config.query_column, "goldens": config.goldens_column},
-        controls=True if config.controls else False if config.no_controls else None))
+        controls=True if config.controls else False if config.no_controls else None)
+
+
+def summary_lines(result) -> list[str]:
+    """One line per finished output file: its counts and win rates (pairwise) or mean rating."""
+    lines = []
+    for summary in result.summaries:
+        if summary["mode"] == "pairwise":
+            lines.append(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "
+                         f"W/T/L/invalid={summary['wins']}/{summary['ties']}/{summary['losses']}/{summary['invalid']} "
+                         f"win={summary['win']:.3f} (W+T/2)/N={_fmt(summary['win_half_tie'])} "
+                         f"paper (W+T)/(W+T+L)={_fmt(summary['win_plus_tie'])}")
+        else:
+            mean = "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"
+            lines.append(f"  {summary['policy']} {summary['target']} {summary['objective']}: mean rating {mean} "
+                         f"({summary['valid']} valid, {summary['invalid']} invalid)")
+    return lines
+
+
+def main(config: JudgeConfig) -> None:
+    from metaaligner.errors import MetaAlignerError
+    from metaaligner.judge import judge_outputs
+    from metaaligner.judge.runner import format_dry_run
+    from metaaligner.sharding import plan_shards
+
+    if not config.input or not config.output_dir:
+        raise MetaAlignerError("--input and --output_dir are required")
+    cli.quiet_http_logs()  # also when main() is called without run_main
+    plan = plan_shards(config.shard, config.merge)
+    result = judge_outputs(run=judge_run(config), plan=plan)
     if config.dry_run:
         print(format_dry_run(result, result.get("judge_model") or config.judge_model))
         if result.get("control_tasks"):
             print(f"  the calls include {result['control_tasks']} control outputs (--no_controls drops them)")
         return
-    print(result.line())
+    print(("merged the shards: " if plan.merge else "") + result.line()
+          + (f" ({plan.label}: shards written; merge with --merge)" if plan.given else ""))
     for policy, count in result.excluded.items():
         print(f"  {policy}: {count} input row(s) left out: their query is among the judge's training prompts")
-    for summary in result.summaries:
-        if summary["mode"] == "pairwise":
-            print(f"  {summary['policy']} {summary['target']} {summary['objective']}: n={summary['n']} "
-                  f"W/T/L/invalid={summary['wins']}/{summary['ties']}/{summary['losses']}/{summary['invalid']} "
-                  f"win={summary['win']:.3f} (W+T/2)/N={_fmt(summary['win_half_tie'])} "
-                  f"paper (W+T)/(W+T+L)={_fmt(summary['win_plus_tie'])}")
-        else:
-            mean = "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"
-            print(f"  {summary['policy']} {summary['target']} {summary['objective']}: mean rating {mean} "
-                  f"({summary['valid']} valid, {summary['invalid']} invalid)")
-    for line in control_lines(result):
+    for line in summary_lines(result) + control_lines(result):
         print(line)
     print(f"outputs in {config.output_dir}")
     if result.stopped == "max_cost":

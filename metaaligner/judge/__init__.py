@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,27 @@ def resolve_dataset(dataset: str | None, files: list[tuple[str, Path]]):
                            f"the inputs' template columns give {sorted(names) or 'nothing'}")
 
 
+@dataclass
+class _JudgePlan:
+    """What one judge run will do: its settings, tasks (real and control) and where they come from."""
+
+    engine: Any
+    name: str
+    settings: JudgeSettings
+    judge_profile: Any
+    prompt: JudgePrompt
+    config: Any
+    objectives: list
+    files: list
+    tasks: list
+    control_tasks: list
+    controls: bool
+    excluded: dict
+    prices: tuple[float, float]
+
+
 def judge_outputs(input_path: str | Path | None = None, output_dir: str | Path | None = None, *,
-                  run: JudgeRun | None = None, **options: Any) -> RunResult | dict[str, Any]:
+                  run: JudgeRun | None = None, plan=None, **options: Any) -> RunResult | dict[str, Any] | None:
     """Judge every row of the aligner output file(s) for each target and objective, as ``run`` (a
     ``JudgeRun``) says; without ``run``, the arguments are ``JudgeRun``'s fields
     (``judge_outputs(input_path, output_dir, targets=[...], ...)``).
@@ -95,16 +114,47 @@ def judge_outputs(input_path: str | Path | None = None, output_dir: str | Path |
     ``<mode>/<policy>.controls.json``. A judge engine with ``is_training_prompt`` (the probe) has every
     row whose query it was trained on left out and counted (``excluded_training_prompts``).
 
+    ``plan`` (``sharding.ShardPlan``; default: from ``torchrun``'s ``WORLD_SIZE``): a sharded process
+    judges its slice of every input file's rows into shards (rank 0 of a launched run then merges
+    them); ``--merge`` writes the outputs from the shards the ``--shard I/N`` jobs left.
+
     Returns the ``RunResult`` (or, with ``dry_run``, the plan: calls, cached, estimated cost).
     """
-    from metaaligner.io import redact_url
-    from metaaligner.registry.objectives import build_registry
+    from metaaligner.sharding import plan_shards
 
     if run is None:
         run = JudgeRun(input_path=input_path, output_dir=output_dir, **options)
     elif input_path is not None or output_dir is not None or options:
         raise MetaAlignerError("judge_outputs: give either run=JudgeRun(...) or its fields, not both")
+    plan = plan or plan_shards()
     output_dir = Path(run.output_dir)
+    job = _plan_run(run, output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MetaAlignerError(f"{output_dir}: is a file, but --output_dir is a folder; choose another path")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not run.dry_run and not run.overwrite and not plan.merge:
+        check_same_judge(output_dir / "run.json", job.settings)
+    if plan.merge:
+        return _merge_run(run, job, output_dir, plan)
+    cache = JudgeCache(run.cache_path or output_dir / "judge_cache.sqlite") if run.use_cache else None
+    try:
+        if run.dry_run:
+            runner = JudgeRunner(job.settings, None, cache, CostMeter(*job.prices, run.max_cost),
+                                 concurrency=run.concurrency, resume=run.resume)
+            return {**dry_run_plan(job.tasks + job.control_tasks, runner, output_dir, resume=run.resume),
+                    "profile": job.judge_profile.name, "control_tasks": len(job.control_tasks),
+                    "excluded": job.excluded}
+        return _judge(run, job, output_dir, cache, plan)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _plan_run(run: JudgeRun, output_dir: Path) -> _JudgePlan:
+    """Resolve the judge (profile, engine, prompt, decoding) and plan every task."""
+    from metaaligner.io import redact_url
+    from metaaligner.registry.objectives import build_registry
+
     engine, judge_model, judge_prompt = run.engine, run.judge_model, run.judge_prompt
     name = engine_name(judge_model)
     pinned = pinned_judge(name) if engine is None else None
@@ -123,46 +173,71 @@ def judge_outputs(input_path: str | Path | None = None, output_dir: str | Path |
     settings = JudgeSettings(mode=run.mode, prompt=prompt, judge_model=judge_model, decoding=decoding, seed=run.seed,
                              both_orders=run.both_orders, endpoint=redact_url(run.base_url) or "",
                              empty_cells=judge_profile.empty_cells)
-    price_in, price_out = _prices(run, judge_model)
-    meter = CostMeter(price_in, price_out, run.max_cost)
     tasks = plan_tasks(files, config.name, objectives, run.targets, settings, output_dir, limit=run.limit,
                        columns=run.columns)
-    controls = run.controls
-    if controls is None:
-        controls = _is_probe(engine)
+    controls = _is_probe(engine) if run.controls is None else run.controls
     control_tasks = plan_control_tasks(files, config.name, objectives, settings, output_dir, limit=run.limit,
                                        columns=run.columns) if controls else []
     is_training_prompt = getattr(engine, "is_training_prompt", None)
     excluded = drop_training_prompts(tasks, is_training_prompt) if is_training_prompt else {}
     if is_training_prompt:
         drop_training_prompts(control_tasks, is_training_prompt)
+    return _JudgePlan(engine, name, settings, judge_profile, prompt, config, objectives, files, tasks, control_tasks,
+                      controls, excluded, _prices(run, judge_model))
 
-    if output_dir.exists() and not output_dir.is_dir():
-        raise MetaAlignerError(f"{output_dir}: is a file, but --output_dir is a folder; choose another path")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not run.dry_run and not run.overwrite:
-        check_same_judge(output_dir / "run.json", settings)
-    cache = JudgeCache(run.cache_path or output_dir / "judge_cache.sqlite") if run.use_cache else None
-    try:
-        if run.dry_run:
-            runner = JudgeRunner(settings, None, cache, meter, concurrency=run.concurrency, resume=run.resume)
-            return {**dry_run_plan(tasks + control_tasks, runner, output_dir, resume=run.resume),
-                    "profile": judge_profile.name, "control_tasks": len(control_tasks), "excluded": excluded}
-        if engine is None:
-            engine = make_engine(name, replace(run, judge_model=judge_model))
-        _write_run_json(output_dir, run, settings, judge_profile, prompt, config, objectives, files, engine,
-                        controls, excluded, (price_in, price_out), cache)
-        options = dict(concurrency=run.concurrency, resume=run.resume, max_failures=run.max_failures,
-                       progress=run.progress, overwrite=run.overwrite)
-        result = JudgeRunner(settings, engine, cache, meter, **options).run(tasks)
-        result.excluded = excluded
+
+def _judge(run: JudgeRun, job: _JudgePlan, output_dir: Path, cache, plan) -> RunResult | None:
+    """Judge the tasks (a sharded process: its slice), then the controls; write the summaries where
+    this process writes the outputs (one process, or rank 0 of a launched run after merging)."""
+    from metaaligner.judge.runner import merge_task_shards, slice_task
+
+    engine, settings = job.engine, job.settings
+    if engine is None:
+        engine = make_engine(job.name, replace(run, judge_model=settings.judge_model))
+    _write_run_json(output_dir, run, settings, job.judge_profile, job.prompt, job.config, job.objectives, job.files,
+                    engine, job.controls, job.excluded, job.prices, cache)
+    meter = CostMeter(*job.prices, run.max_cost)
+    options = dict(concurrency=run.concurrency, resume=run.resume, max_failures=run.max_failures,
+                   progress=run.progress, overwrite=run.overwrite, plan=plan)
+    mine = [slice_task(t, plan) for t in job.tasks] if plan.sharded else job.tasks
+    result = JudgeRunner(settings, engine, cache, meter, **options).run(mine)
+    result.excluded = job.excluded
+    controls = [slice_task(t, plan) for t in job.control_tasks] if plan.sharded else job.control_tasks
+    if controls and result.stopped is None and not result.failed:
+        run_controls(result, controls, settings, engine, cache, meter, output_dir, options)
+    if plan.merges_after and result.stopped is None and not result.failed:
+        result.summaries = merge_task_shards(job.tasks, settings, plan, run.overwrite)
+        if job.control_tasks:
+            merge_task_shards(job.control_tasks, settings, plan, run.overwrite)
+            _control_files(result, job, settings, output_dir)
+    if not plan.sharded or plan.merges_after:
         write_run_summary(output_dir, result.summaries, settings.fingerprint())
-        if control_tasks and result.stopped is None and not result.failed:
-            run_controls(result, control_tasks, settings, engine, cache, meter, output_dir, options)
-        return result
-    finally:
-        if cache is not None:
-            cache.close()
+    return result
+
+
+def _merge_run(run: JudgeRun, job: _JudgePlan, output_dir: Path, plan) -> RunResult:
+    """``--merge``: every task's output file and summary from the shards there are, then the run's summary
+    and the controls' files."""
+    from metaaligner.judge.runner import merge_task_shards
+
+    start = time.time()
+    summaries = merge_task_shards(job.tasks, job.settings, plan, run.overwrite)
+    rows = sum(len(t.units) for t in job.tasks)
+    result = RunResult(rows_total=rows, rows_done=0, rows_skipped_resume=rows, api_calls=0, cached_calls=0,
+                       invalid=sum(s.get("invalid", 0) for s in summaries), failed=[], cost_usd=0.0, prompt_tokens=0,
+                       completion_tokens=0, seconds=0.0, stopped=None, summaries=summaries,
+                       finished_tasks=len(summaries), total_tasks=len(job.tasks), excluded=job.excluded)
+    if job.control_tasks:
+        merge_task_shards(job.control_tasks, job.settings, plan, run.overwrite)
+        _control_files(result, job, job.settings, output_dir)
+    write_run_summary(output_dir, summaries, job.settings.fingerprint())
+    result.seconds = time.time() - start
+    return result
+
+
+def _control_files(result: RunResult, job: _JudgePlan, settings: JudgeSettings, output_dir: Path) -> None:
+    finished = {t.key for t in job.control_tasks}
+    result.controls = write_control_files(output_dir, job.control_tasks, finished, settings)
 
 
 def _is_probe(engine: Any) -> bool:

@@ -97,6 +97,7 @@ class Task:
     rows_path: Path
     units: list["Unit"] = field(default_factory=list)
     excluded: int = 0          # rows left out: their query is among the judge's training prompts
+    n_rows: int = 0            # input rows of its file (the slices of a sharded run are of these)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -112,6 +113,21 @@ class Task:
         return {"stage": "judge", **settings.describe(), "judge_config": settings.fingerprint(),
                 "dataset": self.dataset, "policy": self.policy, "target": self.target, "objective": o.key,
                 "objective_name": o.name, "objective_description": o.description, "unseen": bool(o.unseen)}
+
+
+def task_shards(task: Task, settings: JudgeSettings):
+    """The shards of a task's output file (``metaaligner.sharding``), rows keyed by input row."""
+    from metaaligner.sharding import ShardSet
+
+    return ShardSet(task.rows_path, task.n_rows, task.fingerprint(settings), ROW_COLUMNS, key="row")
+
+
+def slice_task(task: Task, plan) -> Task:
+    """The task with only the units of ``plan``'s slice of its file's rows."""
+    from dataclasses import replace
+
+    rows = plan.rows(task.n_rows)
+    return replace(task, units=[u for u in task.units if u.row in rows])
 
 
 @dataclass(frozen=True)
@@ -191,7 +207,7 @@ def plan_tasks(files: list[tuple[str, Path]], dataset: str, objectives: list[Obj
         for target in targets:
             for objective in objectives:
                 rows_path = output_path(output_dir, settings.mode, policy, target, f"{objective.key}.csv")
-                task = Task(dataset, policy, target, objective, rows_path)
+                task = Task(dataset, policy, target, objective, rows_path, n_rows=len(rows))
                 for i, row in enumerate(rows):
                     golden = row.get("goldens", "") if settings.mode == "pairwise" else ""
                     task.units.append(Unit(task.key, i, item_id(row["query"], golden), row["query"], row[target],
@@ -247,7 +263,8 @@ def plan_control_tasks(files: list[tuple[str, Path]], dataset: str, objectives: 
         for name in names:
             for objective in objectives:
                 task = Task(dataset, policy, CONTROL_PREFIX + name, objective,
-                            control_rows_path(output_dir, settings.mode, policy, name, objective.key))
+                            control_rows_path(output_dir, settings.mode, policy, name, objective.key),
+                            n_rows=len(rows))
                 for i, row in enumerate(rows):
                     original = str(row[ORIGIN] or "")
                     golden = original if settings.mode == "pairwise" else ""
@@ -349,8 +366,11 @@ class JudgeRunner:
 
     def __init__(self, settings: JudgeSettings, engine: Any, cache: JudgeCache | None, meter: CostMeter,
                  concurrency: int = 8, resume: bool = False, max_failures: int = 20, progress: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, plan=None):
+        from metaaligner.sharding import ShardPlan
+
         self.settings, self.engine, self.cache, self.meter = settings, engine, cache, meter
+        self.plan = plan or ShardPlan()   # sharded: tasks hold this slice's units; their rows go to shards
         self.concurrency = max(1, int(concurrency))
         self.resume, self.max_failures, self.progress = resume, max_failures, progress
         self.overwrite = overwrite
@@ -492,10 +512,9 @@ class JudgeRunner:
 
     # -------------------------------------------------------------- the run
     def run(self, tasks: list[Task]) -> RunResult:
-        from tqdm.auto import tqdm
-
+        """Judge every unit not yet written; finish each complete task (its output file and summary,
+        or, sharded, its shard)."""
         start = time.time()
-        by_key = {task.key: task for task in tasks}
         writers = self._open_writers(tasks)
         todo, skipped = [], 0
         for task in tasks:
@@ -505,18 +524,28 @@ class JudgeRunner:
                     skipped += 1
                 else:
                     todo.append(unit)
-        total = sum(len(t.units) for t in tasks)
-        failed: list[tuple[str, str]] = []
-        stopped: str | None = None
-        invalid = 0
-        rows_done = 0
+        counts = self._judge_all(todo, {task.key: task for task in tasks}, writers)
+        summaries, finished_tasks = self._finish(tasks, writers)
+        return RunResult(rows_total=sum(len(t.units) for t in tasks), rows_done=counts["rows_done"],
+                         rows_skipped_resume=skipped, api_calls=self.api_calls, cached_calls=self.cached_calls,
+                         invalid=counts["invalid"], failed=counts["failed"], cost_usd=self.meter.spent,
+                         prompt_tokens=self.meter.prompt_tokens, completion_tokens=self.meter.completion_tokens,
+                         seconds=time.time() - start, stopped=counts["stopped"], summaries=summaries,
+                         finished_tasks=finished_tasks, total_tasks=len(tasks))
+
+    def _judge_all(self, todo: list[Unit], by_key: dict[tuple, Task], writers: dict) -> dict[str, Any]:
+        """Judge ``todo`` on the thread pool, appending finished rows to their writers as they come;
+        stops on the spending cap or after ``max_failures`` failed calls. Returns the counts."""
+        from tqdm.auto import tqdm
+
+        counts: dict[str, Any] = {"failed": [], "stopped": None, "invalid": 0, "rows_done": 0}
         bar = tqdm(total=len(todo), desc="judging", unit="row", disable=not self.progress, dynamic_ncols=True)
         units = iter(todo)
         pending: dict[Future, Unit] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
             try:
                 while True:
-                    while stopped is None and len(pending) < 2 * self.concurrency:
+                    while counts["stopped"] is None and len(pending) < 2 * self.concurrency:
                         unit = next(units, None)
                         if unit is None:
                             break
@@ -524,22 +553,7 @@ class JudgeRunner:
                     if not pending:
                         break
                     finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                    batch: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-                    for future in finished:
-                        unit = pending.pop(future)
-                        try:
-                            row = future.result()
-                        except BudgetExceeded:
-                            stopped = stopped or "max_cost"
-                            continue
-                        except JudgeCallError as exc:
-                            failed.append((f"{'/'.join(unit.task)} row {unit.row}", str(exc)))
-                            if len(failed) >= self.max_failures and stopped is None:
-                                stopped = "failures"
-                            continue
-                        batch.setdefault(unit.task, []).append(row)
-                        rows_done += 1
-                        invalid += row["verdict"] == INVALID
+                    batch = self._collect(finished, pending, counts)
                     for task_key, rows in batch.items():  # one flush + fsync per output file and round
                         writers[task_key].append(rows)
                     if batch:
@@ -554,38 +568,83 @@ class JudgeRunner:
                     writer.close()
                 raise
         bar.close()
+        return counts
+
+    def _collect(self, finished, pending: dict[Future, Unit], counts: dict[str, Any]) -> dict[tuple, list[dict]]:
+        """The rows of the finished futures by task; failures and the spending cap counted in ``counts``."""
+        batch: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for future in finished:
+            unit = pending.pop(future)
+            try:
+                row = future.result()
+            except BudgetExceeded:
+                counts["stopped"] = counts["stopped"] or "max_cost"
+                continue
+            except JudgeCallError as exc:
+                counts["failed"].append((f"{'/'.join(unit.task)} row {unit.row}", str(exc)))
+                if len(counts["failed"]) >= self.max_failures and counts["stopped"] is None:
+                    counts["stopped"] = "failures"
+                continue
+            batch.setdefault(unit.task, []).append(row)
+            counts["rows_done"] += 1
+            counts["invalid"] += row["verdict"] == INVALID
+        return batch
+
+    def _finish(self, tasks: list[Task], writers: dict) -> tuple[list[dict[str, Any]], int]:
+        """Finish every task whose units are all written: its output file and summary (sharded: its
+        shard, summed up after the merge); the others' writers are closed for ``--resume``."""
         summaries, finished_tasks = [], 0
         for task in tasks:
             writer = writers[task.key]
             if all(u.row in _done_rows(writer, self._fingerprint) and writer.is_done(u.row, u.input_hash)
                    for u in task.units):
                 rows = writer.finish(order=[u.row for u in task.units])
-                summary = summarize_task(task, rows, self.settings)
-                write_json(task.summary_path, summary)
-                summaries.append(summary)
                 finished_tasks += 1
+                if not self.plan.sharded:
+                    from metaaligner.sharding import remove_shards
+
+                    remove_shards(task.rows_path)  # an earlier sharded run's, now covered
+                    summary = summarize_task(task, rows, self.settings)
+                    write_json(task.summary_path, summary)
+                    summaries.append(summary)
             else:
                 writer.close()
-        return RunResult(rows_total=total, rows_done=rows_done, rows_skipped_resume=skipped,
-                         api_calls=self.api_calls, cached_calls=self.cached_calls, invalid=invalid, failed=failed,
-                         cost_usd=self.meter.spent, prompt_tokens=self.meter.prompt_tokens,
-                         completion_tokens=self.meter.completion_tokens, seconds=time.time() - start,
-                         stopped=stopped, summaries=summaries, finished_tasks=finished_tasks, total_tasks=len(tasks))
-
+        return summaries, finished_tasks
 
     def _open_writers(self, tasks: list[Task]) -> dict[tuple[str, str, str], ResumableWriter]:
-        """One locked writer per output file; on an error none stays locked."""
+        """One locked writer per output file (sharded: per shard); on an error none stays locked."""
         writers: dict[tuple[str, str, str], ResumableWriter] = {}
         try:
             for task in tasks:
-                writers[task.key] = ResumableWriter(task.rows_path, ROW_COLUMNS, key="row", resume=self.resume,
-                                                    fingerprint=task.fingerprint(self.settings),
-                                                    overwrite=self.overwrite)
+                writers[task.key] = task_shards(task, self.settings).open(
+                    self.plan, {u.row: u.input_hash for u in task.units}, self.resume, self.overwrite)
         except BaseException:
             for writer in writers.values():
                 writer.close()
             raise
         return writers
+
+
+def merge_task_shards(tasks: list[Task], settings: JudgeSettings, plan, overwrite: bool = False
+                      ) -> list[dict[str, Any]]:
+    """Each task's output file from its shards (``plan``: the slices of this launched run, waited
+    for; ``--merge``: every shard there is, checked), in input order, with its summary; the shards
+    removed. Returns the summaries."""
+    from metaaligner.sharding import remove_shards
+
+    summaries = []
+    for task in tasks:
+        shards = task_shards(task, settings)
+        paths = shards.run_paths(plan) if plan.sharded else None
+        if paths:
+            shards.wait(paths)
+        rows, _ = shards.write_output(shards.collect({u.row: u.input_hash for u in task.units}, paths),
+                                      [u.row for u in task.units], overwrite)
+        remove_shards(task.rows_path)
+        summary = summarize_task(task, rows, settings)
+        write_json(task.summary_path, summary)
+        summaries.append(summary)
+    return summaries
 
 
 def _done_rows(writer: ResumableWriter, fingerprint: str) -> set:
