@@ -310,6 +310,20 @@ def test_ask_the_policy_then_align_with_the_keyboard(browser, tiny_llama_dir, tm
                 browser.find_element("id", "error").text
             assert browser.find_element("id", "result").get_attribute("data-original") == POLICY_ANSWER
             assert sum(r.path.endswith("/chat/completions") for r in policy.requests) == 1   # not asked again
+            # with the answer box empty, Align asks the policy and aligns its answer in one request
+            fill(browser, "answer", "")
+            assert act(browser, browser.find_element("id", "align").click) == "done", \
+                browser.find_element("id", "error").text
+            asked = [r.body for r in policy.requests if r.path.endswith("/chat/completions")]
+            assert [(b["model"], b["messages"]) for b in asked[1:]] == [
+                ("scripted-policy", [{"role": "user", "content": QUESTION}])]
+            result = browser.find_element("id", "result")
+            assert result.get_attribute("data-original") == POLICY_ANSWER
+            assert browser.find_element("id", "answer").get_attribute("value") == POLICY_ANSWER
+            # the defaults ticked on load (harmlessness, helpfulness: the server's defaults) went with the request
+            assert browser.find_element("id", "result-objectives").text == "Objectives: harmlessness, helpfulness"
+            assert re.fullmatch(r"Time: \d+\.\d\d s policy \+ \d+\.\d\d s aligner on the server, \d+\.\d\d s round trip",
+                                browser.find_element("id", "result-time").text)
         finally:
             server.stop()
 

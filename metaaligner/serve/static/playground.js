@@ -293,7 +293,13 @@
       : "Guard: the aligner's output was used.";
     guard.classList.toggle("fell-back", Boolean(result.guard_fallback));
     section.dataset.guardFallback = String(Boolean(result.guard_fallback));
-    const server = typeof result.seconds === "number" ? result.seconds.toFixed(2) + " s on the server, " : "";
+    // /v1/align gives the server's seconds; /v1/chat/completions gives {policy, aligner}
+    const seconds = result.seconds;
+    let server = "";
+    if (typeof seconds === "number") server = seconds.toFixed(2) + " s on the server, ";
+    else if (seconds && typeof seconds.policy === "number" && typeof seconds.aligner === "number") {
+      server = seconds.policy.toFixed(2) + " s policy + " + seconds.aligner.toFixed(2) + " s aligner on the server, ";
+    }
     $("result-time").textContent = "Time: " + server + (roundTrip / 1000).toFixed(2) + " s round trip";
     section.hidden = false;
     document.body.dataset.state = "done";
@@ -328,7 +334,7 @@
                                 policyRequest(query, objectives.length ? { objectives: objectives } : {}));
         const meta = data.metaaligner || {};
         result = { aligned: data.choices[0].message.content, original: meta.original,
-                   objectives: meta.objectives, guard_fallback: meta.guard_fallback };
+                   objectives: meta.objectives, guard_fallback: meta.guard_fallback, seconds: meta.seconds };
         $("answer").value = meta.original || "";
       }
       showResult(result, performance.now() - started);
