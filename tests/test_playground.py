@@ -1,10 +1,12 @@
 """The playground page (``GET /`` of ``metaaligner serve``) in a real headless Chromium driven by Selenium, against
-the real server run as a subprocess with a tiny random aligner: the word diff's markup for fixed strings, an align
-from the page (the diff's DOM against the server's original and aligned answers), the error path in words, and the
-policy button against a scripted OpenAI-compatible policy.
+the real server run as a subprocess with a tiny random aligner: the word diff's markup for fixed strings and its LCS
+property, an align from the page (the diff's DOM against the server's original and aligned answers), the error path
+in words, the policy button and Align-without-an-answer against a scripted OpenAI-compatible policy, and a server
+that wants a client key.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and ``selenium``; without them the
-module is skipped, except under ``CI=true``, where it fails.
+module is skipped, except under ``CI`` (``true``, ``1``), where it fails. ``python tests/test_playground.py URL PNG``
+takes the README's screenshot (``screenshot``).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ try:
     MISSING = [name for name, found in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not found]
 except ImportError:
     MISSING = ["selenium"]
-if MISSING and os.environ.get("CI", "").lower() != "true":
+UNDER_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+if MISSING and not UNDER_CI:
     pytest.skip(f"the playground's browser tests need {', '.join(MISSING)} (apt-get install chromium chromium-driver; "
                 "pip install selenium); under CI=true they run", allow_module_level=True)
 
