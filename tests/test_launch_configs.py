@@ -112,3 +112,147 @@ def test_zero3_with_zero3_save_16bit_model_is_refused(repo_root, tmp_path, monke
     (tmp_path / "old.yaml").write_text(old)
     with pytest.raises(ValueError, match="will be ignored"):
         _deepspeed_plugin(tmp_path / "old.yaml", monkeypatch)
+
+
+# ---------------------------------------------------------------- the configs train, on two CPU processes
+
+_ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+def _aligner_data(folder):
+    from metaaligner.io import fastchat_item, write_fastchat, write_json
+    from metaaligner.registry.templates import render
+
+    aspects = ["Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"]
+    write_fastchat(folder / "no_equal" / "train.json", [
+        fastchat_item(f"c-{i}", render("hh-rlhf", f"Human: question {i}?", f"bad answer {i}", aspects),
+                      f"good answer {i}.") for i in range(4)])
+    write_json(folder / "stats.json", {"template": "hh-rlhf", "config": "hh-rlhf", "objectives": ["harmlessness"]})
+    return folder
+
+
+def _train_args(data, model, out, per_device):
+    return ["--data_dir", str(data), "--model_name_or_path", str(model), "--stages", "contrastive", "--max_steps", "2",
+            "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--logging_steps", "1",
+            "--save_steps", "100", "--warmup_ratio", "0", "--seed", "0", "--no_eval", "--output_dir", str(out),
+            "--per_device_train_batch_size", str(per_device)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_llama_dir, repo_root):
+    """(data folder, the weights of one process at batch 2: the reference of every 2-process run)."""
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("launch")
+    data = _aligner_data(root / "data")
+    proc = subprocess.run([sys.executable, str(repo_root / "training/train_aligner.py"),
+                           *_train_args(data, tiny_llama_dir, root / "one", 2)],
+                          env=_ENV, capture_output=True, text=True, timeout=DEADLINE_S, cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data, load_file(root / "one" / "model.safetensors")
+
+
+def _launch(repo_root, config_file, extra, data, model, out):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / config_file),
+           "--num_processes", "2", "--main_process_port", str(_free_port()), *extra,
+           str(repo_root / "training/train_aligner.py"), *_train_args(data, model, out, 1)]
+    proc = subprocess.run(cmd, env=_ENV, capture_output=True, text=True, timeout=DEADLINE_S, cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _same_weights(one, out):
+    """Two processes at batch 1 end with one process's weights at batch 2 (float rounding apart)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    two = load_file(out / "model.safetensors")
+    assert set(one) <= set(two)                    # ZeRO saves the tied LM head as its own tensor
+    assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+    assert json.loads((out / "stages" / "contrastive" / "stage_done.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+def test_fsdp_config_trains_on_two_cpu_processes(repo_root, tmp_path, tiny_llama_dir, one_process):
+    """configs/accelerate/fsdp.yaml (FULL_SHARD, LlamaDecoderLayer wrap) on two gloo processes. On CPU torch
+    refuses ``sync_module_states=True`` ("FSDP parameter initialization with `sync_module_states=True` is not
+    supported on cpu"), and accelerate turns it back on with ``cpu_ram_efficient_loading``; both are GPU-only
+    speed-ups of loading, switched off here, as is bf16."""
+    data, one = one_process
+    out = tmp_path / "fsdp"
+    _launch(repo_root, "configs/accelerate/fsdp.yaml", ["--fsdp_sync_module_states", "false",
+                                                        "--fsdp_cpu_ram_efficient_loading", "false",
+                                                        "--mixed_precision", "no"], data, tiny_llama_dir, out)
+    _same_weights(one, out)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_config_trains_on_two_cpu_processes(repo_root, tmp_path, tiny_llama_dir, one_process):
+    """configs/accelerate/deepspeed_zero2.yaml on two gloo processes, as shipped. DeepSpeed builds its CPU
+    communication op (deepspeed_shm_comm) with a C++ compiler on first use (~70 s, cached in
+    ~/.cache/torch_extensions)."""
+    import shutil
+
+    pytest.importorskip("deepspeed")
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("DeepSpeed on CPU JIT-builds deepspeed_shm_comm and needs a C++ compiler; none on PATH")
+    data, one = one_process
+    out = tmp_path / "zero2"
+    _launch(repo_root, "configs/accelerate/deepspeed_zero2.yaml", [], data, tiny_llama_dir, out)
+    _same_weights(one, out)
+
+
+@pytest.mark.slow
+def test_lora_under_ddp_does_not_search_for_unused_parameters(repo_root, tmp_path, tiny_llama_dir, one_process):
+    """cpu_2proc.yaml (DDP over gloo) with --lora: DDP is built with find_unused_parameters=False (the frozen
+    base has no gradients to look for; transformers' default True walks the graph every step), and the adapter
+    equals one process's at the global batch."""
+    import torch
+    from safetensors.torch import load_file
+
+    data, _ = one_process
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import runpy, sys
+        import torch.nn.parallel as parallel
+        init = parallel.DistributedDataParallel.__init__
+        def spy(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            print(f"ddp find_unused_parameters={self.find_unused_parameters}", flush=True)
+        parallel.DistributedDataParallel.__init__ = spy
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """))
+    lora = ["--lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(repo_root / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port",
+                           str(_free_port()), str(script), str(repo_root / "training/train_aligner.py"),
+                           *_train_args(data, tiny_llama_dir, tmp_path / "two", 1), *lora],
+                          env=_ENV, capture_output=True, text=True, timeout=DEADLINE_S, cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.findall(r"ddp find_unused_parameters=\w+", proc.stdout) == ["ddp find_unused_parameters=False"] * 2
+    one = subprocess.run([sys.executable, str(repo_root / "training/train_aligner.py"),
+                          *_train_args(data, tiny_llama_dir, tmp_path / "one", 2), *lora],
+                         env=_ENV, capture_output=True, text=True, timeout=DEADLINE_S, cwd=repo_root)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_every_trainer_sets_no_unused_parameter_search_for_lora(tmp_path):
+    from metaaligner.training.dpo import DPOTrainConfig
+    from metaaligner.training.morlhf import MORLHFTrainConfig
+    from metaaligner.training.reward_model import RewardModelTrainConfig
+    from metaaligner.training.sepo_trainer import SePOTrainConfig
+    from metaaligner.training.sft import SFTStageConfig, build_sft_args
+
+    out = str(tmp_path)
+    for lora, expected in ((True, False), (False, None)):  # None: transformers' own rule for full weights
+        built = [build_sft_args(SFTStageConfig(lora=lora), out, False, "cpu", lora=lora),
+                 DPOTrainConfig().to_trl(out, device="cpu", lora=lora),
+                 RewardModelTrainConfig().to_trl(out, device="cpu", lora=lora),
+                 MORLHFTrainConfig().to_trl(out, [1.0], device="cpu", lora=lora),
+                 SePOTrainConfig().to_training_args(out, device="cpu", lora=lora)]
+        assert [args.ddp_find_unused_parameters for args in built] == [expected] * 5
