@@ -9,6 +9,7 @@ into one prefix-shared tree), same run, same rows, same model. Prints rows/s and
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +24,13 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="causal LM for the LLM scorer (default: embedded SmolLM2)")
     parser.add_argument("--reward_names", default="harmless,helpful,humor")
     parser.add_argument("--classifier", default=None, help="benchmark this sequence classifier (pair input) instead")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when a GPU is visible, "
+                                                       "else cpu)")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from devices import check_device, describe
+
+    args.device = check_device(args.device)
     n = 2 if args.quick else args.rows
 
     import torch
@@ -46,7 +52,7 @@ def main() -> None:
     scorers = build_scorers(specs, device=args.device)
     n_seq = 2 * len(rows) * len(scorers)
     print(f"{len(rows)} pairs x {len(scorers)} rewards x 2 responses = {n_seq} scores; model "
-          f"{scorers[0].model_name}; device {args.device or 'auto'}; torch threads {torch.get_num_threads()}")
+          f"{scorers[0].model_name}; {describe(args.device)}; torch threads {torch.get_num_threads()}")
 
     def naive() -> list[float]:
         # As released: for each reward, for each row, one forward pass on one sequence, full logits.

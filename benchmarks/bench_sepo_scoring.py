@@ -7,12 +7,14 @@ the pairs are the first N HH-RLHF harmless-base pairs whose prompt fits ``--max_
 
     python benchmarks/bench_sepo_scoring.py --quick          # 8 pairs, max_length 128
     python benchmarks/bench_sepo_scoring.py --pairs 64 --batch_size 16 --max_length 512
+    python benchmarks/bench_sepo_scoring.py --device cuda   # on a GPU (default when one is visible)
 
 Prints tokens/s (prompt + response tokens through both models) per mode; the last line is the ratio.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_length", type=int, default=512, help="max prompt + response tokens")
     parser.add_argument("--model", default="embedded", help="model for oracle and reference")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when a GPU is visible, "
+                                                       "else cpu)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from devices import check_device, describe
+
+    args.device = check_device(args.device)
     if args.quick:
         args.pairs, args.max_length = 8, 128
 
@@ -40,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    reference, tokenizer, device = load_causal_lm(args.model)
-    oracle, _, _ = load_causal_lm(args.model)
+    reference, tokenizer, device = load_causal_lm(args.model, device=args.device)
+    oracle, _, _ = load_causal_lm(args.model, device=args.device)
+    print(describe(str(device)))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in oracle.parameters():

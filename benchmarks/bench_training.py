@@ -97,7 +97,7 @@ def run_mode(model: str, items: list[dict], name: str, args, tmp: Path, real_tok
     cfg = SFTStageConfig(max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                          gradient_accumulation_steps=1, max_length=args.max_length,
                          lora=not args.full, lora_top_layers=args.lora_top_layers, learning_rate=1e-4, logging_steps=1,
-                         save_steps=10 ** 6, seed=0, **MODES[name])
+                         save_steps=10 ** 6, seed=0, device=getattr(args, "device", None) or "auto", **MODES[name])
     reset_peak_rss()
     train_sft(model, items, None, str(tmp / name), cfg, name, str(log))
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -169,8 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in_process", action="store_true",
                         help="run the modes in this process (default: one fresh process per mode, so each peak "
                              "RSS is its own; freed memory stays with a process)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when a GPU is visible, "
+                                                       "else cpu); on a GPU the roofline is the card's bf16 peak")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from devices import check_device, describe, gpu_name, gpu_roofline
+
+    args.device = check_device(args.device)
     import torch
 
     if args.threads:
@@ -197,17 +203,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"data: {len(items)} items, tokens/item min {min(lengths)} mean {sum(lengths) / len(lengths):.0f} "
               f"max {max(lengths)}; batch {args.batch_size}, {args.steps} steps, "
               f"{'full' if args.full else 'LoRA'}, model {model}, torch threads {torch.get_num_threads()}")
-        peak, mkl = matmul_gflops()
         per_token = flops_per_token(model, args.full)
-        print(f"roofline: fp32 matmul {peak:.0f} GFLOP/s now (1024^3, the faster of MKL's {mkl:.0f}, which training's "
-              f"linears run on, and oneDNN's); {per_token / 1e9:.2f} GFLOP per trained token "
-              f"-> bound {peak * 1e9 / per_token:.0f} tokens/s")
+        print(describe(args.device))
+        if args.device == "cpu":
+            peak, mkl = matmul_gflops()
+            print(f"roofline: fp32 matmul {peak:.0f} GFLOP/s now (1024^3, the faster of MKL's {mkl:.0f}, which "
+                  f"training's linears run on, and oneDNN's); {per_token / 1e9:.2f} GFLOP per trained token "
+                  f"-> bound {peak * 1e9 / per_token:.0f} tokens/s")
+        else:
+            known = gpu_roofline(gpu_name(args.device))
+            peak = known[1] if known else None
+            print(f"roofline: {known[0]}'s bf16 peak {peak / 1e3:.0f} TFLOP/s; {per_token / 1e9:.2f} GFLOP per "
+                  f"trained token -> bound {peak * 1e9 / per_token:.0f} tokens/s" if known else
+                  "roofline: unknown card (benchmarks/devices.py): no share of a roofline printed")
         results = [run_mode(model, items, name, args, tmp, total) if args.in_process
                    else run_child(name, model, argv if argv is not None else sys.argv[1:])
                    for name in args.modes.split(",")]
     for r in results:
+        share = f"{r['tokens_per_s'] * per_token / (peak * 1e9):.0%} of roofline" if peak else "roofline unknown"
         print(f"{r['mode']:>13}: {r['tokens']} real tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:.1f} tokens/s "
-              f"({r['tokens_per_s'] * per_token / (peak * 1e9):.0%} of roofline); loss first {r['first_loss']:.5f} "
+              f"({share}); loss first {r['first_loss']:.5f} "
               f"last {r['last_loss']:.5f}; peak RSS {r['peak_rss_mb']:.0f} MB")
     for r in results[1:]:  # LoRA's B starts at zero, so dropout cannot change the first loss either
         diff = abs(results[0]["first_loss"] - r["first_loss"])

@@ -4,6 +4,7 @@ work, the naive (released) way, ours, the ratio, the goal.
     python benchmarks/run_all.py                       # all benchmarks, --quick, table on stdout
     python benchmarks/run_all.py --output table.md     # also write the Markdown table
     python benchmarks/run_all.py --full --only judge,training --log_dir runs/bench
+    python benchmarks/run_all.py --full --device cuda  # on a GPU (each benchmark's default when one is visible)
 
 Each benchmark runs in its own process, one after the other, and measures naive and ours in the same
 run (so both see the same machine load); this script only parses their printed summaries (the ratio
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+NO_MODEL = ("bench_judge.py",)  # talks to a scripted HTTP server: no model, no device
 NUM = r"([0-9]+(?:\.[0-9]+)?)"
 
 
@@ -146,6 +148,17 @@ def loadavg() -> str:
         return "n/a"
 
 
+def gpu_note(device: str | None) -> str:
+    """", GPU <name>" when the benchmarks run on a GPU (the --device given, or a visible one by default)."""
+    try:
+        import torch
+    except ImportError:
+        return ""
+    if (device or "cuda").startswith("cuda") and torch.cuda.is_available():
+        return f", GPU {torch.cuda.get_device_name(torch.device(device or 'cuda'))}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="run without --quick (minutes each)")
@@ -153,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="also write the table as Markdown to this file")
     parser.add_argument("--log_dir", default=None, help="keep each benchmark's full output here")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per benchmark")
+    parser.add_argument("--device", default=None, help="passed to every benchmark that loads a model (all but "
+                                                       "bench_judge.py); default: each one's own (cuda when visible)")
     args = parser.parse_args(argv)
 
     scripts = sorted(p for p in HERE.glob("bench_*.py"))
@@ -167,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, start = [], time.time()
     for script in scripts:
         cmd = [sys.executable, str(script)] + ([] if args.full else ["--quick"])
+        if args.device and script.name not in NO_MODEL:
+            cmd += ["--device", args.device]
         print(f"running {' '.join(cmd[1:])} ...", flush=True)
         t0 = time.time()
         try:
@@ -185,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         row.note = "; ".join(x for x in (row.note, extra) if x)
         rows.append(row)
         print(f"  {row.ratio} ({seconds:.0f} s)", flush=True)
-    header = (f"Benchmarks ({'full' if args.full else '--quick'}), {platform.machine()} CPU x {os.cpu_count()}, "
+    machine = f"{platform.machine()} CPU x {os.cpu_count()}" + gpu_note(args.device)
+    header = (f"Benchmarks ({'full' if args.full else '--quick'}), {machine}, "
               f"load average {load_before} before / {loadavg()} after, {time.time() - start:.0f} s in all")
     table = markdown(rows, header)
     print()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -192,3 +193,176 @@ def test_openai_aligner_by_served_adapter_name_and_local_adapter_refused(tmp_pat
     with pytest.raises(MetaAlignerError, match=r"--lora_path .*my-adapter: with --backend openai the server applies "
                                                r"the adapter; serve it under its own name"):
         make_generator("openai", "base", base_url="http://127.0.0.1:9/v1", lora_path=str(adapter))
+
+
+# ---------------------------------------------------------------- benchmarks: the device and its roofline
+
+def test_known_gpus_and_an_unknown_one():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from devices import gpu_roofline
+
+    assert gpu_roofline("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989400.0, 3350.0)
+    assert gpu_roofline("NVIDIA H100 PCIe") == ("H100 PCIe", 756000.0, 2000.0)
+    assert gpu_roofline("NVIDIA H100 NVL") == ("H100 NVL", 835000.0, 3900.0)
+    assert gpu_roofline("NVIDIA H200") == ("H200 SXM", 989400.0, 4800.0)
+    assert gpu_roofline("NVIDIA A100-SXM4-80GB") == ("A100 SXM 80GB", 312000.0, 2039.0)
+    assert gpu_roofline("NVIDIA A100-SXM4-40GB") == ("A100 SXM 40GB", 312000.0, 1555.0)
+    assert gpu_roofline("NVIDIA A100 80GB PCIe") == ("A100 PCIe 80GB", 312000.0, 1935.0)
+    assert gpu_roofline("NVIDIA A100-PCIE-40GB") == ("A100 PCIe 40GB", 312000.0, 1555.0)
+    assert gpu_roofline("NVIDIA GeForce RTX 4090") is None
+
+
+BENCHMARKS_WITH_A_MODEL = ["bench_aligner_inference.py", "bench_training.py", "bench_reward_labelling.py",
+                           "bench_sepo_scoring.py", "gpu_check.py"]
+
+
+@pytest.mark.parametrize("script", BENCHMARKS_WITH_A_MODEL)
+def test_every_benchmark_takes_a_device_and_refuses_a_missing_gpu(script):
+    """No benchmark is tied to the CPU: --device is a flag, cuda is the default when visible, and a GPU asked
+    for on a machine without one is one error line (not a silent CPU run)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: a missing one cannot be shown")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    helped = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert helped.returncode == 0 and "--device" in helped.stdout
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--device", "cuda", "--quick"
+                           if script != "gpu_check.py" else "--tiny"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert (done.returncode, done.stderr.strip().splitlines()[-1]) == (
+        2, "error: --device cuda: no CUDA device is visible; use --device cpu")
+
+
+def test_run_all_passes_the_device_to_every_benchmark_with_a_model(tmp_path):
+    text = (REPO / "benchmarks" / "run_all.py").read_text()
+    assert 'NO_MODEL = ("bench_judge.py",)' in text
+    assert sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py")) == sorted(
+        [s for s in BENCHMARKS_WITH_A_MODEL if s.startswith("bench_")] + ["bench_judge.py"])
+
+
+# ---------------------------------------------------------------- scripts/gpu_check.sh at tiny sizes
+
+GPU_CHECK_ROWS = [("inference 3x4", "released: batch 1 loop"), ("inference 3x4", "padded generate, batch 3"),
+                  ("inference 3x4", "fast engine, batch 3"), ("training 2x32 x 2 steps", "LoRA r16 (peft), AdamW")]
+
+
+def test_gpu_check_tiny_prints_every_row_of_its_table():
+    """The GPU check, run as on a GPU machine but with --tiny sizes on the CPU: a row per shape, method and
+    stage, each with its numbers, and the output says the weights are random."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "GPU_CHECK_TINY": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("gpu_check: device cpu (the host CPU")
+    assert lines[1].startswith("weights: RANDOM (no trained weights travel to the GPU machine), shapes of "
+                               "smollm2-135m, llama-1.1b scaled down (--tiny); float32; tokenizer: ")
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    assert table[0] == ["shape", "work", "method", "tokens", "seconds", "tokens/s", "x released", "roofline",
+                        "peak GPU memory"]
+    body = table[2:]
+    assert [(r[0].split(" (")[0], r[1], r[2]) for r in body] == [
+        (shape, work, method) for shape in ("smollm2-135m", "llama-1.1b") for work, method in GPU_CHECK_ROWS]
+    for r in body:
+        assert int(r[3]) == (12 if r[1].startswith("inference") else 128)   # every row generates all 4 tokens
+        assert float(r[4]) > 0 and float(r[5]) > 0 and r[7] == "--" and r[8] == "--"
+    assert [r[6] for r in body if r[2].startswith("released")] == ["1.00x", "1.00x"]
+    assert lines[-1].startswith("total ")
+
+
+# ---------------------------------------------------------------- docs/scaling_out.md: every command parses
+
+PAGE = REPO / "docs" / "scaling_out.md"
+SHELL_VALUES = {"$SLURM_ARRAY_TASK_ID": "3", "$NODE_RANK": "1"}
+
+
+def page_commands() -> list[list[str]]:
+    """Each command of the page's bash blocks as argv (continuations joined, comments dropped)."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                for name, value in SHELL_VALUES.items():
+                    line = line.replace(name, value)
+                assert "$" not in line, f"a shell variable without a test value: {line}"
+                commands.append(shlex.split(line))
+    return commands
+
+
+def split_launcher(argv: list[str]) -> tuple[list[str], str, list[str]]:
+    """(launcher options, our script, its arguments) of ``torchrun ... SCRIPT ...`` or ``python SCRIPT ...``."""
+    at = next(i for i, a in enumerate(argv) if a.endswith((".py", ".sh")))
+    return argv[:at], argv[at], argv[at + 1:]
+
+
+def parse_ours(script: str, args: list[str]) -> None:
+    """Parse ``args`` with the script's own parser, as its ``main`` would (a bad flag: SystemExit)."""
+    from metaaligner import cli
+    from metaaligner.testing.scripts import load_script
+
+    if script == "scripts/gpu_check.sh":
+        script = "benchmarks/gpu_check.py"
+    assert (REPO / script).is_file(), script
+    module = load_script(script)
+    if script.startswith("benchmarks/"):
+        module.make_parser().parse_args(args)
+    else:
+        cli.parse(module.make_parser(), module.cli_args(args) if hasattr(module, "cli_args") else args)
+
+
+def launcher_options(tool: list[str]) -> set[str]:
+    done = subprocess.run(tool + ["--help"], capture_output=True, text=True, timeout=120)
+    import re
+
+    return set(re.findall(r"--[a-z][a-z_-]*", done.stdout))
+
+
+def test_scaling_out_page_commands_parse(capsys):
+    """Every command of docs/scaling_out.md that runs one of our scripts parses with that script's flags
+    (so a renamed flag fails here); pip files exist; torchrun's and accelerate's options are theirs."""
+    import shutil
+
+    commands = page_commands()
+    ours, kinds = 0, set()
+    known = {"torchrun": launcher_options(["torchrun"]) if shutil.which("torchrun") else None,
+             "accelerate": launcher_options(["accelerate", "launch"]) if shutil.which("accelerate") else None}
+    for argv in commands:
+        tool = Path(argv[0]).name
+        if tool == "pip":
+            assert argv[1] == "install"
+            if "-r" in argv:
+                assert (REPO / argv[argv.index("-r") + 1]).is_file(), argv
+            kinds.add("pip")
+            continue
+        if tool == "vllm" or (tool == "python" and argv[1:3] == ["-m", "venv"]):
+            kinds.add(tool)  # vLLM's own flags, or making an environment: not ours to parse
+            continue
+        assert tool in ("python", "torchrun", "accelerate", "bash"), f"a command the test does not know: {argv}"
+        options, script, args = split_launcher(argv[2:] if tool == "accelerate" else argv[1:])
+        if tool in known and known[tool] is not None:
+            flags = {o.split("=")[0] for o in options if o.startswith("--")}
+            assert flags <= known[tool], f"{tool} does not take {sorted(flags - known[tool])}"
+        if "--config_file" in options:
+            assert (REPO / options[options.index("--config_file") + 1]).is_file()
+        try:
+            parse_ours(script, args)
+        except SystemExit:
+            pytest.fail(f"{script} refused the page's flags {args}: {capsys.readouterr().err.strip()}")
+        ours += 1
+        kinds.add(tool)
+    assert ours >= 18 and kinds == {"pip", "python", "vllm", "torchrun", "accelerate", "bash"}
+    text = PAGE.read_text()
+    for heading in ("## Install paths", "## One node with 8 GPUs: a 7B aligner", "## A 70B policy: tensor parallelism "
+                    "in one node", "## Several nodes", "## Sharding row-wise stages", "## Training on several nodes"):
+        assert heading in text
+
+
+def test_the_page_test_catches_a_renamed_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_ours("inference/aligner_inference.py", ["--backend", "vllm", "--data_parallel", "8"])
+    assert "--data_parallel" in capsys.readouterr().err
