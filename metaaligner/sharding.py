@@ -327,7 +327,9 @@ class ShardSet:
         return rows
 
     def _missing_line(self, missing: list[int], paths: list[Path], unfinished: list[Path]) -> str:
-        counts = sorted({c for p in paths if (c := _count_of(*shard_slice(p))) is not None})
+        """Which input rows no finished shard holds, and the slices (of the process count the shards
+        there were made for) that would hold them."""
+        counts = sorted({c for p in paths if (c := _count_of(*shard_slice(p)[:2], self.n_rows)) is not None})
         names = []
         for count in counts[:1]:
             for i in range(count):
@@ -335,11 +337,11 @@ class ShardSet:
                 if any(k in rows for k in missing):
                     path = shard_path(self.output, rows, self.n_rows)
                     state = "not finished" if path in unfinished else "missing"
-                    names.append(f"shard {i}/{count} (input rows {_ranges(rows)}: {path.name}) {state}")
-        where = "; ".join(names) or f"no finished shard of {self.output.name} covers them"
-        return (f"{self.output}: cannot merge: {len(missing)} of {self.n_rows} input rows are in no finished shard "
-                f"(rows {_ranges(missing)}): {where}; run those --shard jobs (--resume keeps their finished rows), "
-                "then --merge again")
+                    names.append(f"shard {i}/{count} ({path.name}) is {state}")
+        where = "; ".join(names) or "no shard of it is there"
+        return (f"{self.output}: cannot merge: input rows {_ranges(missing)} of {self.n_rows} are in no finished "
+                f"shard: {where}; run the missing --shard jobs (--resume keeps their finished rows), then --merge "
+                "again")
 
     def write_output(self, rows: dict[Any, dict[str, Any]], order: list, overwrite: bool = False):
         """Write the merged rows in ``order`` to the output, as one process would; returns (rows, writer)."""
