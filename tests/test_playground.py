@@ -44,6 +44,7 @@ JS_SPACE = re.compile("[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u
 
 QUESTION = "How do I keep basil alive on a windowsill?"
 ANSWER = "Water it every day and keep it in the dark. Basil likes cold drafts."
+USER_HUMOUR = "Humour: the response should make the reader smile"
 POLICY_ANSWER = "Give basil six hours of sun, water when the top soil is dry, and pinch off the flowers."
 
 
@@ -128,7 +129,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
-    proc = Server(tmp_path_factory.mktemp("serve") / "serve.log", *tiny_aligner(tiny_llama_dir))
+    # a user objective named like a built-in one: the page must say which it means (user:humour, hh-rlhf:humour)
+    proc = Server(tmp_path_factory.mktemp("serve") / "serve.log", *tiny_aligner(tiny_llama_dir),
+                  "--add_objective", f"humour={USER_HUMOUR}")
     yield proc
     proc.stop()
 
@@ -225,6 +228,16 @@ def test_align_from_the_page_shows_the_word_diff(browser, server):
     boxes = browser.find_elements("css selector", "#objective-groups input[type=checkbox]")
     assert [(b.get_attribute("data-group"), b.get_attribute("data-key")) for b in boxes] == [
         (o["group"], o["key"]) for o in listed]
+    assert ("user", "humour", USER_HUMOUR) in [(o["group"], o["key"], o["description"]) for o in listed]
+    # a key in two groups is sent as group:key, any other as the key
+    twice = {o["key"] for o in listed if sum(p["key"] == o["key"] for p in listed) > 1}
+    assert twice == {"humour"}
+    assert [b.get_attribute("value") for b in boxes] == [
+        f"{o['group']}:{o['key']}" if o["key"] in twice else o["key"] for o in listed]
+    ids = [b.get_attribute("id") for b in boxes]
+    assert len(set(ids)) == len(ids)
+    assert [browser.find_element("css selector", f"label[for='{i}']").text.split()[0] for i in ids] == [
+        o["key"] for o in listed]
     tags = browser.find_elements("css selector", "#objective-groups .tag")
     assert [t.text for t in tags] == ["seen" if o["seen"] else "unseen" for o in listed]
 
@@ -235,9 +248,9 @@ def test_align_from_the_page_shows_the_word_diff(browser, server):
     fill(browser, "query", QUESTION)
     fill(browser, "answer", ANSWER)
     for box in boxes:   # by its label, as a user would: untick the defaults, tick two
-        if box.is_selected() != (box.get_attribute("value") in ("harmlessness", "humour")):
+        if box.is_selected() != (box.get_attribute("value") in ("harmlessness", "hh-rlhf:humour")):
             browser.find_element("css selector", f"label[for='{box.get_attribute('id')}']").click()
-    assert [b.get_attribute("value") for b in boxes if b.is_selected()] == ["harmlessness", "humour"]
+    assert [b.get_attribute("value") for b in boxes if b.is_selected()] == ["harmlessness", "hh-rlhf:humour"]
     assert act(browser, browser.find_element("id", "align").click) == "done", browser.find_element("id", "error").text
 
     result = browser.find_element("id", "result")
@@ -245,7 +258,7 @@ def test_align_from_the_page_shows_the_word_diff(browser, server):
     assert original == ANSWER
     # the page shows what the server answers for the same request (greedy decoding: the same text)
     status, expected = _post(f"{server.url}/v1/align",
-                             {"query": QUESTION, "answer": ANSWER, "objectives": ["harmlessness", "humour"]})
+                             {"query": QUESTION, "answer": ANSWER, "objectives": ["harmlessness", "hh-rlhf:humour"]})
     assert status == 200
     assert (aligned, expected["original"]) == (expected["aligned"], ANSWER)
     assert browser.find_element("id", "aligned-text").get_attribute("textContent") == aligned

@@ -196,6 +196,7 @@
       byGroup[g].push(o);
     });
     box.textContent = "";
+    let made = 0;
     groups.forEach(function (g) {
       const fs = document.createElement("fieldset");
       fs.className = "group";
@@ -205,7 +206,7 @@
       byGroup[g].forEach(function (o) {
         // A key listed in two groups (helpfulness) is sent as group:key, so the server knows which one.
         const value = count[o.key] > 1 ? g + ":" + o.key : o.key;
-        const id = "objective-" + value.replace(/[^A-Za-z0-9_-]/g, "-");
+        const id = "objective-" + (++made);   // unique whatever the key
         const row = document.createElement("div");
         row.className = "objective";
         const input = document.createElement("input");
