@@ -284,12 +284,13 @@ class ShardSet:
         return list(found.values())
 
     def wait(self, paths: list[Path], timeout_s: float = WAIT_TIMEOUT_S, poll_s: float = 1.0) -> None:
-        """Until every shard of ``paths`` is finished (rank 0 of a launched run)."""
+        """Until every shard of ``paths`` is finished with this run's fingerprint (rank 0 of a launched
+        run; a shard an earlier run left with other settings is being replaced, not merged)."""
         deadline = time.monotonic() + timeout_s
-        while not all(finished_fingerprint(p) is not None for p in paths):
+        while not all(finished_fingerprint(p) == self.fingerprint for p in paths):
             if time.monotonic() > deadline:
-                missing = ", ".join(p.name for p in paths if finished_fingerprint(p) is None)
-                raise MetaAlignerError(f"{self.output}: timed out after {timeout_s:.0f}s waiting for the other ranks' "
+                missing = ", ".join(p.name for p in paths if finished_fingerprint(p) != self.fingerprint)
+                raise MetaAlignerError(f"{self.output}: timed out after {timeout_s:g} s waiting for the other ranks' "
                                        f"shards ({missing}); ranks started by hand, not by torchrun, never come: "
                                        "start such jobs with --shard I/N and merge with --merge")
             time.sleep(poll_s)

@@ -242,3 +242,24 @@ def test_judge_under_torchrun_equals_one_process(tmp_path, capsys, monkeypatch):
     for name in files:
         same_bytes(tmp_path / "one" / name, tmp_path / "two" / name)
     no_shards(tmp_path / "two")
+
+
+def test_ranks_started_by_hand_are_told_to_use_shard(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    """RANK/WORLD_SIZE set by hand (no launcher): rank 0 waits for a rank that never comes, then says how
+    to start such jobs; with --shard I/N no job waits, and --shard under a launcher is refused."""
+    src = tmp_path / "pairs.jsonl"
+    with gzip.open(HH_SAMPLE, "rt", encoding="utf-8") as fh:
+        src.write_text("".join(next(fh) for _ in range(4)))
+    base = ["--input", src, "--model", tiny_llama_dir, "--device", "cpu", "--reward_names", "harmless",
+            "--output", tmp_path / "r.csv"]
+    script = "dynamic_multi_objective_dataset/reward_labelling.py"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run(script, [*base, "--shard_timeout_s", "0.5"], capsys)
+    assert (code, err.splitlines()[-1]) == (
+        2, f"error: {tmp_path / 'r.csv'}: timed out after 0.5 s waiting for the other ranks' shards "
+           "(r.csv.rows2-4of4.jsonl); ranks started by hand, not by torchrun, never come: start such jobs with "
+           "--shard I/N and merge with --merge")
+    code, _, err = run(script, [*base, "--shard", "0/2"], capsys)
+    assert (code, err) == (2, "error: --shard/--merge are for jobs started on their own; under torchrun/accelerate "
+                              "launch (WORLD_SIZE=2) every rank takes its slice and rank 0 merges\n")

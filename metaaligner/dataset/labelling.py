@@ -252,16 +252,6 @@ def preference_row_hash(row: PreferenceRow) -> str:
                      "status": row.status})
 
 
-def wait_for_shards(output: str | Path, world: int, n_rows: int, timeout_s: float = 7200,
-                    poll_s: float = 2.0) -> list[Path]:
-    """The shards of every rank of a ``world``-process run, once all are finished."""
-    from metaaligner import sharding
-
-    paths = [shard_path(output, r, world, n_rows) for r in range(world)]
-    sharding.ShardSet(output, n_rows, {}, SHARD_COLUMNS).wait(paths, timeout_s, poll_s)
-    return paths
-
-
 def merge_shards(paths: list[Path], n_rows: int) -> list[dict[str, Any]]:
     """Shard results -> one list in input order; every row id 0..n-1 exactly once, else an error."""
     from metaaligner.io import read_records

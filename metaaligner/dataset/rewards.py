@@ -44,7 +44,6 @@ from metaaligner.dataset.labelling import (  # noqa: F401  (re-exported: the lab
     shard_path,
     split_transcript,
     stats_path_for,
-    wait_for_shards,
 )
 from metaaligner.dataset.llm_scorer import LLMScorer, SharedLMScorer
 from metaaligner.dataset.scoring import (  # noqa: F401  (re-exported: the stage-1 names in one place)
