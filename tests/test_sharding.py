@@ -149,6 +149,17 @@ def test_reward_labelling_shards(tiny_llama_dir, tmp_path, capsys):
     no_shards(tmp_path)
 
 
+def test_baseline_inference_shards(tiny_llama_dir, tmp_path, capsys):
+    data = policy_outputs(tmp_path / "pol.csv")
+    base = ["--aligner_path", tiny_llama_dir, "--data_dir", data, "--dataset", "hh-rlhf", "--conditioning", "none",
+            "--max_new_tokens", "6", "--batch_size", "2", "--device", "cpu"]
+    out = three_ways("baseline_models/sft/sft_inference.py", base, "--model_output_path", tmp_path / "one",
+                     tmp_path / "two", capsys)
+    assert "5 rows in, 0 generated (5 resumed)" in out
+    same_bytes(tmp_path / "one" / "pol.csv", tmp_path / "two" / "pol.csv")
+    no_shards(tmp_path / "two")
+
+
 def judge_input(path: Path, n: int = 5) -> Path:
     rows = [{"query": f"Q{i}: how do I do thing {i}?", "goldens": f"golden answer {i}",
              "origin_responses": f"original answer {i}", "aligned_responses": f"aligned answer {i}",
