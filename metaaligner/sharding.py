@@ -301,8 +301,12 @@ class ShardSet:
         fingerprint, each row from the same input row; an error names what is missing or mismatched."""
         from metaaligner.io import INPUT_HASH, fingerprint_diff
 
-        paths = shard_files(self.output) if paths is None else paths
         rows: dict[Any, dict[str, Any]] = {}
+        if paths is None:  # --merge: every shard there is, after the rows of an output merged before (if any)
+            paths = shard_files(self.output)
+            if finished_fingerprint(self.output) == self.fingerprint:
+                rows = {k: row for k, row in read_finished(self.output, self.key).items()
+                        if k in hashes and row[INPUT_HASH] == hashes[k]}
         unfinished = []
         for path in paths:
             start, stop, n_rows = shard_slice(path)

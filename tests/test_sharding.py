@@ -79,6 +79,8 @@ def test_aligner_inference_two_shards_and_merge_equal_one_process(tiny_llama_dir
     assert code == 0 and "pol: 5 rows in, 0 aligned, 5 resumed" in out
     same_bytes(tmp_path / "one" / "pol.csv", tmp_path / "two" / "pol.csv")
     no_shards(tmp_path / "two")
+    assert run(script, [*base, "--model_output_path", tmp_path / "two", "--merge"], capsys)[0] == 0   # merged: a no-op
+    same_bytes(tmp_path / "one" / "pol.csv", tmp_path / "two" / "pol.csv")
 
 
 def test_merge_refuses_a_missing_or_mismatched_shard_naming_it(tiny_llama_dir, tmp_path, capsys):
