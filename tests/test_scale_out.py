@@ -366,3 +366,125 @@ def test_the_page_test_catches_a_renamed_flag(capsys):
     with pytest.raises(SystemExit):
         parse_ours("inference/aligner_inference.py", ["--backend", "vllm", "--data_parallel", "8"])
     assert "--data_parallel" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the pin sets resolve (pip --dry-run, under CI)
+
+# .ci/run runs these beside the test suite (network-bound: pip downloads the wheels to read their metadata)
+PIN_CHECKS = os.environ.get("METAALIGNER_PIN_CHECKS") == "1"
+pin_check = pytest.mark.skipif(not PIN_CHECKS, reason="resolves the pin sets with pip --dry-run against PyPI "
+                                                      "(minutes of downloads): METAALIGNER_PIN_CHECKS=1, a step of "
+                                                      ".ci/run")
+PIN_CACHE_S = float(os.environ.get("METAALIGNER_PIN_CACHE_S", 86400))  # a resolution reused for a day; 0: never
+
+
+def local_cpu_wheel() -> Path | None:
+    """This machine's own copy of PyTorch's torch-2.13.0+cpu wheel, from pip's find-links, if any."""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    folders = [v.strip("'\"") for line in done.stdout.splitlines() if "find-links" in line
+               for v in line.split("=", 1)[1:]]
+    folders += os.environ.get("PIP_FIND_LINKS", "").split()
+    for folder in folders:
+        found = sorted(Path(folder).glob("torch-2.13.0+cpu-*.whl")) if Path(folder).is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def pytorch_index_reachable() -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+        return True
+    except OSError:
+        return False
+
+
+def pin_jobs(tmp: Path) -> dict[str, tuple[list[str], dict]]:
+    """name -> (pip arguments, environment) of each dry run."""
+    env = dict(os.environ)
+    pypi_only = {k: v for k, v in env.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
+    pypi_only["PIP_CONFIG_FILE"] = os.devnull            # no local wheel folder or local index: PyPI as a user has it
+    jobs = {"vllm": (["-r", str(REPO / "requirements-vllm.txt")], env),
+            "gpu": (["-r", str(REPO / "requirements-gpu.txt")], pypi_only)}
+    wheel = local_cpu_wheel()
+    if wheel is not None:  # the CPU set with the unreachable index replaced by the local copy of its wheel
+        lines = [line.replace("-r requirements.txt", f"-r {REPO / 'requirements.txt'}")
+                 for line in (REPO / "requirements-cpu.txt").read_text().splitlines()
+                 if not line.startswith("--extra-index-url")]
+        (tmp / "requirements-cpu-local.txt").write_text("\n".join(lines) + "\n")
+        jobs["cpu_local"] = (["-r", str(tmp / "requirements-cpu-local.txt"), "--find-links", str(wheel.parent)], env)
+    if pytorch_index_reachable():
+        jobs["cpu_index"] = (["-r", str(REPO / "requirements-cpu.txt")], pypi_only)
+    return jobs
+
+
+def pin_key(name: str, args: list[str]) -> str:
+    import hashlib
+
+    texts = [(REPO / "requirements.txt").read_text()] + [Path(a).read_text() for a in args if a.endswith(".txt")]
+    return hashlib.sha256("\n".join([name, sys.version, *texts]).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pin_plans(request, tmp_path_factory) -> dict[str, list[str]]:
+    """The packages each dry run would install ("Would install" line), the dry runs run side by side; a
+    resolution of the same files is reused from pytest's cache for METAALIGNER_PIN_CACHE_S seconds."""
+    import time
+
+    tmp = tmp_path_factory.mktemp("pins")
+    plans, running = {}, {}
+    for name, (args, env) in pin_jobs(tmp).items():
+        cached = request.config.cache.get(f"metaaligner/pins/{name}", None)
+        key = pin_key(name, args)
+        if cached and cached["key"] == key and time.time() - cached["time"] < PIN_CACHE_S:
+            plans[name] = cached["plan"]
+            continue
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--disable-pip-version-check",
+               "--retries", "1", *args]
+        running[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                          cwd=REPO), key)
+    for name, (proc, key) in running.items():
+        out, _ = proc.communicate(timeout=1500)
+        lines = [line for line in out.splitlines() if line.startswith("Would install ")]
+        if proc.returncode != 0 or not lines:
+            plans[name] = ["FAILED", *out.splitlines()[-15:]]
+            continue
+        plans[name] = lines[-1].split()[2:]
+        request.config.cache.set(f"metaaligner/pins/{name}", {"key": key, "time": time.time(), "plan": plans[name]})
+    return plans
+
+
+@pin_check
+def test_vllm_pin_set_resolves_with_vllm(pin_plans):
+    plan = pin_plans["vllm"]
+    assert plan[0] != "FAILED", "\n".join(plan)
+    assert {"vllm-0.33.0", "torch-2.14.0"} <= set(plan)
+    assert any(p.startswith("transformers-5.20.") for p in plan)
+
+
+@pin_check
+def test_gpu_pin_set_resolves_to_the_cuda_build_from_pypi(pin_plans):
+    plan = pin_plans["gpu"]
+    assert plan[0] != "FAILED", "\n".join(plan)
+    assert "torch-2.13.0" in plan and any(p.startswith("nvidia-") for p in plan)
+
+
+@pin_check
+def test_cpu_pin_set_resolves_with_the_cpu_wheel(pin_plans):
+    if "cpu_local" not in pin_plans:
+        pytest.skip("no local copy of torch-2.13.0+cpu in pip's find-links here")
+    plan = pin_plans["cpu_local"]
+    assert plan[0] != "FAILED", "\n".join(plan)
+    assert "torch-2.13.0+cpu" in plan and not any(p.startswith("nvidia-") for p in plan)
+
+
+@pin_check
+def test_cpu_pin_set_resolves_from_pytorchs_index(pin_plans):
+    if "cpu_index" not in pin_plans:
+        pytest.skip("download.pytorch.org cannot be reached from here: requirements-cpu.txt was resolved with the "
+                    "local copy of its torch wheel only (test_cpu_pin_set_resolves_with_the_cpu_wheel)")
+    plan = pin_plans["cpu_index"]
+    assert plan[0] != "FAILED", "\n".join(plan)
+    assert "torch-2.13.0+cpu" in plan and not any(p.startswith("nvidia-") for p in plan)
