@@ -488,3 +488,23 @@ def test_cpu_pin_set_resolves_from_pytorchs_index(pin_plans):
     plan = pin_plans["cpu_index"]
     assert plan[0] != "FAILED", "\n".join(plan)
     assert "torch-2.13.0+cpu" in plan and not any(p.startswith("nvidia-") for p in plan)
+
+
+def test_sepo_inference_takes_the_vllm_options(monkeypatch, capsys, tmp_path):
+    from metaaligner import cli
+    from metaaligner.methods import sepo
+    from metaaligner.testing.scripts import load_script
+
+    module = load_script("baseline_models/sepo/sepo_inference.py")
+    seen = {}
+    monkeypatch.setattr(sepo, "generate_outputs", lambda *a, **k: seen.update(k))
+    config = cli.parse(module.make_parser(), [
+        "--input", "q.csv", "--model", "m", "--output", str(tmp_path / "o.csv"), "--backend", "vllm",
+        "--tensor_parallel_size", "2", "--data_parallel_size", "1", "--max_model_len", "2048",
+        "--gpu_memory_utilization", "0.8", "--max_lora_rank", "64"])[0]
+    module.main(config)
+    assert seen["vllm_options"] == {"tensor_parallel_size": 2, "max_model_len": 2048, "gpu_memory_utilization": 0.8,
+                                    "data_parallel_size": 1, "max_lora_rank": 64}
+    with pytest.raises(SystemExit):
+        cli.parse(module.make_parser(), ["--input", "q", "--model", "m", "--output", "o", "--max_model_len", "8"])
+    assert "--max_model_len needs --backend vllm or auto" in capsys.readouterr().err

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
 
+VLLM_ONLY = check(ge=1, only_with={"backend": ("vllm", "auto")})
+
 
 @dataclass
 class SePOInferenceConfig:
@@ -26,6 +28,17 @@ class SePOInferenceConfig:
     origin_model: str | None = field(default=None, metadata={"help": "model for origin_responses when the input has "
                                                                      "no generated_text (e.g. the SFT start)"})
     backend: str = field(default="hf", metadata={"help": "generation backend: hf, vllm, auto"})
+    tensor_parallel_size: int | None = field(default=None, metadata={**VLLM_ONLY, "help": "vllm backend: GPUs per "
+                                                                    "model copy (default 1)"})
+    data_parallel_size: int | None = field(default=None, metadata={**VLLM_ONLY, "help": "vllm backend: model copies, "
+                                                                  "one per torchrun rank (default 1)"})
+    max_model_len: int | None = field(default=None, metadata={**VLLM_ONLY, "help": "vllm backend: context length "
+                                                             "(default: the model's)"})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        **check(gt=0.0, le=1.0, only_with={"backend": ("vllm", "auto")}),
+        "help": "vllm backend: share of each GPU's memory vLLM may take (default 0.9)"})
+    max_lora_rank: int | None = field(default=None, metadata={**VLLM_ONLY, "help": "vllm backend: largest LoRA rank "
+                                                             "(default: the adapter's)"})
     prompt_template: str = field(default="{query}", metadata={"help": "prompt built from each query"})
     max_new_tokens: int = field(default=256, metadata={**check(ge=1), "help": "max tokens per answer"})
     decoding: str = field(default="greedy", metadata={"help": "greedy (argmax, or sampling with --temperature > 0) | "
@@ -47,6 +60,7 @@ def make_parser():
 
 
 def main(config: SePOInferenceConfig) -> None:
+    from metaaligner.aligner.inference import VLLM_OPTIONS
     from metaaligner.generation import GenerationParams
     from metaaligner.methods.sepo import generate_outputs
 
@@ -55,7 +69,8 @@ def main(config: SePOInferenceConfig) -> None:
                               decoding=config.decoding)
     generate_outputs(config.input, config.model, config.output, params, backend=config.backend,
                      origin_model=config.origin_model, prompt_template=config.prompt_template,
-                     limit=config.limit, resume=config.resume, overwrite=config.overwrite)
+                     limit=config.limit, resume=config.resume, overwrite=config.overwrite,
+                     vllm_options={k: getattr(config, k) for k in VLLM_OPTIONS})
 
 
 if __name__ == "__main__":

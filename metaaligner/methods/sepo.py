@@ -580,7 +580,7 @@ def pairs_from_records(rows: list[dict[str, Any]],
 def generate_outputs(input_path: str | Path, model: str, output: str | Path, params, backend: str = "hf",
                      origin_model: str | None = None, prompt_template: str = "{query}", limit: int | None = None,
                      resume: bool = False, chunk_size: int = 64, generators: dict | None = None,
-                     overwrite: bool = False) -> list[dict[str, Any]]:
+                     overwrite: bool = False, vllm_options: dict | None = None) -> list[dict[str, Any]]:
     """Answer each ``query`` with the SePO policy, in the aligner output format (``query``, ``goldens``,
     ``origin_responses``, ``aligned_responses``) so ``evaluation/`` scores it like an aligner.
 
@@ -588,8 +588,9 @@ def generate_outputs(input_path: str | Path, model: str, output: str | Path, par
     ``generated_text`` when present, else the answer of ``origin_model`` (e.g. the SFT starting point)
     when given, else "". ``generators`` = {"aligned": gen, "origin": gen} skips loading (tests).
     The output carries a fingerprint of models, template and ``params``; resume redoes rows whose
-    input changed and refuses other settings (``overwrite`` replaces them)."""
-    from metaaligner.generation import get_generator
+    input changed and refuses other settings (``overwrite`` replaces them). ``vllm_options``: the vllm
+    backend's engine settings (``aligner.inference.VLLM_OPTIONS``), an error with another backend."""
+    from metaaligner.aligner.inference import make_generator
     from metaaligner.io import INPUT_HASH, ResumableWriter, folder_identity, iter_batches, read_table, row_hash
 
     if "{query}" not in prompt_template:
@@ -607,9 +608,9 @@ def generate_outputs(input_path: str | Path, model: str, output: str | Path, par
     todo = [i for i in range(len(rows)) if not writer.is_done(i, hashes[i])]
     generators = dict(generators or {})
     if todo and "aligned" not in generators:
-        generators["aligned"] = get_generator(backend, model)
+        generators["aligned"] = make_generator(backend, model, vllm_options=vllm_options)
     if todo and origin_model and not has_origin and "origin" not in generators:
-        generators["origin"] = get_generator(backend, origin_model)
+        generators["origin"] = make_generator(backend, origin_model, vllm_options=vllm_options)
     start = time.time()
     for batch in iter_batches(todo, chunk_size):
         prompts = [prompt_template.format(query=rows[i]["query"]) for i in batch]
