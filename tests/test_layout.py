@@ -55,11 +55,14 @@ def test_sepo_ranks_take_contiguous_slices(tmp_path):
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": []}
 
+        def get_vocab(self):  # part of the scoring run's fingerprint
+            return {}
+
     pairs = [{"prompt": "", "chosen": "a", "rejected": "b"} for _ in range(5)]
     out = tmp_path / "sel.jsonl"
     sepo.score_shard(pairs, "o", "r", out, rank=1, world=2, models=(None, None, Tok()), device="cpu",
                      progress=False)
-    assert [r["row_id"] for r in read_records(tmp_path / "sel.jsonl.shard1of2.partial.jsonl")] == [2, 3, 4]
+    assert [r["row_id"] for r in read_records(tmp_path / "sel.jsonl.rows2-5of5.jsonl")] == [2, 3, 4]
 
 
 def test_one_output_format_and_one_metadata_file():
