@@ -12,9 +12,11 @@ the weights' values; the output lines say so. The end-of-sequence rows of the ou
 every row generates exactly ``--new_tokens`` (a random model would otherwise stop anywhere).
 
 Tokenizer: ``--tokenizer DIR`` (e.g. the embedded model's tokenizer.json, 3.5 MB, copied into an ignored
-folder that the call carries), else the embedded model's when it is installed, else a byte-level stand-in
-built here (one token per byte; prompts are then cut to 1,000 bytes, the start and the end kept). A
-tokenizer with more tokens than a shape's vocabulary widens that vocabulary (said in the output).
+folder that the call carries:
+``mkdir -p .gpu_check/tokenizer && cp ~/.cache/metaaligner/smollm2-135m-instruct-f32/tokenizer*.json
+.gpu_check/tokenizer/ && echo /.gpu_check/ >> .git/info/exclude``), else the embedded model's when it is
+installed, else a byte-level stand-in built here (one token per byte; prompts are then cut to 1,000 bytes,
+the start and the end kept). A tokenizer with more tokens than a shape's vocabulary widens that vocabulary (said in the output).
 
 Per shape: aligner inference on ``--rows`` HH-RLHF aligner prompts (samples/, hh-rlhf template, 3
 objectives), greedy, ``--new_tokens`` each: ``released`` (batch 1, one ``generate`` per row, as the
