@@ -16,7 +16,8 @@ folder that the call carries:
 ``mkdir -p .gpu_check/tokenizer && cp ~/.cache/metaaligner/smollm2-135m-instruct-f32/tokenizer*.json
 .gpu_check/tokenizer/ && echo /.gpu_check/ >> .git/info/exclude``), else the embedded model's when it is
 installed, else a byte-level stand-in built here (one token per byte; prompts are then cut to 1,000 bytes,
-the start and the end kept). A tokenizer with more tokens than a shape's vocabulary widens that vocabulary (said in the output).
+the start and the end kept). A tokenizer with more tokens than a shape's vocabulary widens that
+vocabulary (said in the output).
 
 Per shape: aligner inference on ``--rows`` HH-RLHF aligner prompts (samples/, hh-rlhf template, 3
 objectives), greedy, ``--new_tokens`` each: ``released`` (batch 1, one ``generate`` per row, as the
