@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from metaaligner.errors import MetaAlignerError
+from metaaligner.testing.waits import DEADLINE_S
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -226,11 +227,11 @@ def test_every_benchmark_takes_a_device_and_refuses_a_missing_gpu(script):
         pytest.skip("this machine has a GPU: a missing one cannot be shown")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     helped = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
-                            text=True, env=env, timeout=300)
+                            text=True, env=env, timeout=DEADLINE_S)
     assert helped.returncode == 0 and "--device" in helped.stdout
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--device", "cuda", "--quick"
                            if script != "gpu_check.py" else "--tiny"], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=DEADLINE_S)
     assert (done.returncode, done.stderr.strip().splitlines()[-1]) == (
         2, "error: --device cuda: no CUDA device is visible; use --device cpu")
 
@@ -252,7 +253,7 @@ def test_gpu_check_tiny_prints_every_row_of_its_table():
     """The GPU check, run as on a GPU machine but with --tiny sizes on the CPU: a row per shape, method and
     stage, each with its numbers, and the output says the weights are random."""
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--device", "cpu"], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "GPU_CHECK_TINY": "1"})
+                          text=True, timeout=DEADLINE_S, env={**os.environ, "GPU_CHECK_TINY": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("gpu_check: device cpu (the host CPU")
@@ -316,7 +317,7 @@ def parse_ours(script: str, args: list[str]) -> None:
 
 
 def launcher_options(tool: list[str]) -> set[str]:
-    done = subprocess.run(tool + ["--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(tool + ["--help"], capture_output=True, text=True, timeout=DEADLINE_S)
     import re
 
     return set(re.findall(r"--[a-z][a-z_-]*", done.stdout))
@@ -380,7 +381,7 @@ PIN_CACHE_S = float(os.environ.get("METAALIGNER_PIN_CACHE_S", 86400))  # a resol
 
 def local_cpu_wheel() -> Path | None:
     """This machine's own copy of PyTorch's torch-2.13.0+cpu wheel, from pip's find-links, if any."""
-    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=DEADLINE_S)
     folders = [v.strip("'\"") for line in done.stdout.splitlines() if "find-links" in line
                for v in line.split("=", 1)[1:]]
     folders += os.environ.get("PIP_FIND_LINKS", "").split()
