@@ -233,7 +233,8 @@ class _Observe:
                 given = headers.get(b"authorization", b"").decode("latin-1")
                 token = given[7:].strip() if given[:7].lower() == "bearer " else ""
                 if not hmac.compare_digest(token.encode(), self.service.client_key.encode()):
-                    reason = "wrong API key" if token else "missing 'Authorization: Bearer <METAALIGNER_API_KEY>'"
+                    reason = ("wrong API key" if token else "no API key; send the server's METAALIGNER_API_KEY "
+                              "as a bearer token in the Authorization header")
                     response = error_response(401, f"unauthorized: {reason}", "invalid_api_key",
                                               {"WWW-Authenticate": "Bearer"})
                     return await response(scope, receive, send_and_note)
@@ -302,6 +303,11 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
     @app.post("/v1/align")
     async def align(request: Request):
         body = await read_json(request, config.max_body_bytes)
+        if "messages" in body and "query" not in body:  # a conversation: formatted as chat requests are
+            try:
+                body["query"] = to_query(body["messages"], service.query_format)
+            except MetaAlignerError as exc:
+                raise ApiError(400, str(exc), "invalid_messages") from None
         for name in ("query", "answer"):
             if not isinstance(body.get(name), str):
                 raise ApiError(400, f"'{name}' is required and must be a string", f"missing_{name}")

@@ -138,8 +138,17 @@ class LocalEngine(BaseEngine):
         self.generator = None
         self.streams_live = not self.guard
 
-    def load(self) -> None:
-        self.generator = self.aligner.generator  # loads the model (the Aligner API's make_generator)
+    def load(self, warm_up: bool = True) -> None:
+        """Load the model (the ``Aligner`` API's ``make_generator``) and, with ``warm_up``, generate one token
+        once, so the engine's one-time set-up (packing weights, buffers) is not paid by the first request."""
+        from dataclasses import replace
+
+        from metaaligner.generation import generate_all
+
+        self.generator = self.aligner.generator
+        if warm_up:
+            row = Row("Hello?", "Hi.", [], ["Helpfulness: the response should help"])
+            generate_all(self.generator, self.prompts([row], self.generator), replace(self.params, max_new_tokens=1))
         gen = self.generator
         self.streams_live = not self.guard and hasattr(gen, "model") and hasattr(gen, "tokenizer")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from typing import AsyncIterator
 
@@ -24,6 +25,8 @@ try:  # the openai client depends on httpx (or, in newer releases, its fork http
     import httpx
 except ImportError:  # pragma: no cover - depends on the installed openai client
     import httpx2 as httpx
+
+log = logging.getLogger("metaaligner.serve")
 
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
 # 4xx answers that are the client's own mistake (a bad model name, a bad field): passed on with the
@@ -103,7 +106,9 @@ class Upstream:
     def _fail(self, message: str, status: int = 502, upstream_status: int | None = None) -> UpstreamError:
         if self.on_error is not None:
             self.on_error(self.role)
-        return UpstreamError(f"{self.where}: {message}", status, upstream_status)
+        error = UpstreamError(f"{self.where}: {message}", status, upstream_status)
+        log.warning("%s", error)  # redacted already; the root handler's filter redacts again
+        return error
 
     async def request(self, method: str, path: str, body: dict | None = None) -> dict:
         """The JSON answer of one request, retried as the module docstring says."""
