@@ -136,7 +136,7 @@ class LocalEngine(BaseEngine):
     def __init__(self, aligner, label: str):
         super().__init__(aligner, label)
         self.generator = None
-        self.streams_live = not self.guard
+        self.streams_live = False  # known once loaded: the hf backend with the guard off
 
     def load(self, warm_up: bool = True) -> None:
         """Load the model (the ``Aligner`` API's ``make_generator``) and, with ``warm_up``, generate one token
@@ -149,8 +149,9 @@ class LocalEngine(BaseEngine):
         if warm_up:
             row = Row("Hello?", "Hi.", [], ["Helpfulness: the response should help"])
             generate_all(self.generator, self.prompts([row], self.generator), replace(self.params, max_new_tokens=1))
-        gen = self.generator
-        self.streams_live = not self.guard and hasattr(gen, "model") and hasattr(gen, "tokenizer")
+        from metaaligner.generation.hf import HFGenerator
+
+        self.streams_live = not self.guard and isinstance(self.generator, HFGenerator)
 
     def _tokens(self) -> int:
         return int(getattr(self.generator, "stats", {}).get("generated_tokens", 0))
