@@ -100,7 +100,8 @@ class BenchConfig:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     for f in fields(BenchConfig):
         if f.type in (bool, "bool"):
             parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])

@@ -14,7 +14,6 @@ The last line is the ratio ours / sequential in rows per second.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -24,12 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--data", default=str(REPO / "samples/HH-RLHF_model_output/Claude-3.csv.gz"),
                         help="policy-output table (query, goldens, generated_text); synthetic rows if missing")
-    parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=128, help="rows judged by each way")
     parser.add_argument("--delay", type=float, default=0.2, help="seconds the server takes per request")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for our way")
     parser.add_argument("--quick", action="store_true", help="48 rows, 0.1 s per request")
     return parser.parse_args(argv)
 

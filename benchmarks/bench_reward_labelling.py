@@ -8,7 +8,6 @@ into one prefix-shared tree), same run, same rows, same model. Prints rows/s and
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,12 +16,14 @@ SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hh-rlhf-harmless-
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="2 pairs")
     parser.add_argument("--rows", type=int, default=8, help="preference pairs to score")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8, help="pairs scored per forward pass by our way")
     parser.add_argument("--model", default=None, help="causal LM for the LLM scorer (default: embedded SmolLM2)")
-    parser.add_argument("--reward_names", default="harmless,helpful,humor")
+    parser.add_argument("--reward_names", default="harmless,helpful,humor",
+                        help="comma-separated reward scorers (the REWARDS registry)")
     parser.add_argument("--classifier", default=None, help="benchmark this sequence classifier (pair input) instead")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when a GPU is visible, "
                                                        "else cpu)")

@@ -13,7 +13,6 @@ Prints tokens/s (prompt + response tokens through both models) per mode; the las
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ DATA = REPO / "samples" / "hh-rlhf-harmless-base" / "harmless-base-test.jsonl.gz
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="8 pairs, max_length 128")
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs to score")
     parser.add_argument("--batch_size", type=int, default=16, help="sequences per batch in the batched mode")

@@ -155,7 +155,8 @@ def run_child(name: str, model: str, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny random LLaMA, 4 steps")
     parser.add_argument("--model", default="embedded", help="base model (default: embedded SmolLM2-135M)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")

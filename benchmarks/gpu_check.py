@@ -63,7 +63,8 @@ BYTE_LIMIT = 1000  # a byte-level stand-in's prompts: the first 400 and the last
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when visible, else cpu)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny shapes and sizes (CPU smoke run); also GPU_CHECK_TINY=1")

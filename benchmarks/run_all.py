@@ -14,7 +14,6 @@ absolute numbers move with the neighbours, the ratios much less.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import re
@@ -160,7 +159,8 @@ def gpu_note(device: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from metaaligner import cli
+    parser = cli.plain_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="run without --quick (minutes each)")
     parser.add_argument("--only", default=None, help="comma-separated name parts, e.g. judge,training")
     parser.add_argument("--output", default=None, help="also write the table as Markdown to this file")

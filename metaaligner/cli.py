@@ -227,6 +227,14 @@ def plain_text(text: str | None) -> str | None:
     return text.replace("``", "") if text else text
 
 
+def plain_parser(description: str | None = None):
+    """An ``argparse`` parser for scripts without a config dataclass (the benchmarks): the same ``--help``
+    as the stage scripts (docstring line breaks kept, double backticks dropped, every default shown)."""
+    import argparse
+
+    return argparse.ArgumentParser(description=plain_text(description), formatter_class=_help_formatter())
+
+
 def _parser_class():
     """HfArgumentParser that knows deprecated aliases and reports errors as one line."""
     global _PARSER_CLASS
