@@ -492,3 +492,25 @@ def test_default_text_and_notes():
     assert [cli.default_note(a) for a in (states, other, torch_default, required, flag)] == [
         "", " (default: -1)", " (default: 0)", " (required)", ""]
     assert cli.plain_text("writes ``rewards.csv``") == "writes rewards.csv"
+
+
+BENCHMARK_SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py")
+                           if "plain_parser(" in p.read_text(encoding="utf-8"))
+
+
+def test_every_benchmark_builds_its_parser_with_plain_parser():
+    scripts = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if "parser" in p.read_text(encoding="utf-8"))
+    assert scripts == BENCHMARK_SCRIPTS and "bench_aligner_inference.py" in scripts
+
+
+@pytest.mark.parametrize("script", BENCHMARK_SCRIPTS)
+def test_benchmark_help_shows_every_default_and_no_rest_markup(script):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr
+    assert "``" not in done.stdout, script
+    for invocation, help_text in option_blocks(done.stdout).items():
+        if invocation.startswith("-h"):
+            continue
+        bare = not re.search(r"--[\w-]+ [A-Z]", invocation)
+        assert bare or re.search(r"\bdefault\b|\(required\)$", help_text, re.I), (script, invocation, help_text)
