@@ -4,7 +4,7 @@
 #   bash scripts/reproduce_demo.sh                          # SCALE=demo, outputs in runs/demo
 #   OUT=/tmp/ma SCALE=tiny MODEL=/path/to/tiny-llama bash scripts/reproduce_demo.sh   # CI-sized
 #
-# The paper's pipeline, one numbered stage per line of the README (README.md, "The whole pipeline end to end"):
+# The paper's pipeline, one numbered stage per line of the README's stage table (README.md, "The pipeline, stage by stage"; docs/pipeline.md):
 #   1  reward labelling of shipped HH-RLHF pairs with the offline LLM scorer (embedded SmolLM2)
 #   2  Algorithm 1 (dynamic objectives reformulation) -> warmup/ all_equal/ no_equal/
 #   3  three-step LoRA training (warm-up -> equal -> contrastive) on the embedded model
@@ -49,7 +49,7 @@ PY=${PYTHON:-python}
 THREADS=${THREADS:-$(nproc 2>/dev/null || echo 2)}
 
 case "$SCALE" in
-  demo)   # sized for < 30 min on 2 CPU cores (measured: README.md, "The whole pipeline end to end")
+  demo)   # sized for < 30 min on 2 CPU cores (measured: docs/pipeline.md)
     : "${PAIRS:=200}"             # HH-RLHF preference pairs to label (first N of samples/hh-rlhf-harmless-base)
     : "${MAX_PAIR_TOKENS:=256}"   # longer transcripts are dropped and counted by the labeller
     : "${ROUND:=1}"               # released behaviour: raw scores rounded to 1 decimal (ties -> equal set)
