@@ -112,7 +112,7 @@ def test_every_trainer_checks_its_fingerprint_and_skips_an_incomplete_checkpoint
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert json.loads((out / "resume_settings.json").read_text())["learning_rate"] == 1e-3
     summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"[{kind if kind != 'reward_model' else 'rm'}]")]
-    assert len(summary) == 1 and re.search(r", 2 steps, train loss -?\d+\.\d{4}.*, peak RSS \d+\.\d\d GB -> ", summary[0])
+    assert len(summary) == 1 and re.search(r", 2 steps, train loss -?\d+\.\d{4}.*, peak RSS \d+\.\d\d GiB -> ", summary[0])
     # another run into the same folder, without --resume: refused (a later --resume would take up these checkpoints)
     with pytest.raises(MetaAlignerError, match=rf"^{re.escape(str(out))} holds checkpoints of an earlier run "
                                                r"\(checkpoint-2, checkpoint-1\); pass --resume to continue it or "

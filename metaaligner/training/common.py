@@ -209,8 +209,8 @@ def reset_peak_memory() -> None:
 
 
 def peak_memory() -> dict[str, float | None]:
-    """``peak_rss_mb`` (VmHWM since ``reset_peak_memory``; elsewhere the process's ru_maxrss) and
-    ``cuda_peak_mb`` (the CUDA allocator's peak; None without a GPU)."""
+    """``peak_rss_mb`` (MiB: VmHWM since ``reset_peak_memory``; elsewhere the process's ru_maxrss) and
+    ``cuda_peak_mb`` (MiB: the CUDA allocator's peak; None without a GPU)."""
     rss = None
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -231,10 +231,10 @@ def peak_memory() -> dict[str, float | None]:
 
 
 def memory_text(memory: dict[str, float | None]) -> str:
-    """``peak RSS 2.41 GB`` (+ ``, CUDA peak 5.20 GB`` on a GPU), for a stage's summary line."""
-    text = f"peak RSS {memory['peak_rss_mb'] / 1024:.2f} GB"
+    """``peak RSS 2.41 GiB`` (+ ``, CUDA peak 5.20 GiB`` on a GPU), for a stage's summary line."""
+    text = f"peak RSS {memory['peak_rss_mb'] / 1024:.2f} GiB"
     if memory.get("cuda_peak_mb") is not None:
-        text += f", CUDA peak {memory['cuda_peak_mb'] / 1024:.2f} GB"
+        text += f", CUDA peak {memory['cuda_peak_mb'] / 1024:.2f} GiB"
     return text
 
 
@@ -424,3 +424,26 @@ def prepare_resume(trainer, output_dir: str | Path, resume: bool, overwrite: boo
                                    "--resume to continue it or --overwrite to start over")
     check_resume_settings(output_dir, checkpoint, fingerprint, write=main, logger=logger)
     return checkpoint
+
+
+def fit(trainer, output_dir: str | Path, resume: bool, overwrite: bool, fingerprint: dict[str, Any], logger=None,
+        also_clear: tuple[str, ...] = ()):
+    """``prepare_resume`` then ``trainer.train`` from the checkpoint it picked: (the ``TrainOutput``, that
+    checkpoint or None)."""
+    checkpoint = prepare_resume(trainer, output_dir, resume, overwrite, fingerprint, logger, also_clear)
+    return trainer.train(resume_from_checkpoint=checkpoint), checkpoint
+
+
+def report(stage: str, rows: str, trainer, train_loss: float | None, started: float, output_dir: str,
+           extra: str = "") -> None:
+    """The main process prints the stage's ``summary_line`` (with this process's ``peak_memory``)."""
+    if trainer.is_world_process_zero():
+        print(summary_line(stage, rows, trainer, train_loss, started, output_dir, peak_memory(), extra), flush=True)
+
+
+def free_device_memory() -> None:
+    """Hand cached CUDA blocks back after a stage (a no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -240,27 +240,16 @@ def _barrier() -> None:
         pass
 
 
-def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dict[str, Any]:  # noqa: F821
-    """Run the requested stages in order; return the summary (also written to metaaligner.json)."""
+def _run_stages(curriculum: CurriculumConfig, sft: "SFTStageConfig", stages: list[str], data_dir: Path,  # noqa: F821
+                out: Path, log_path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Train (or, with --resume, skip when finished with these settings) each stage from the previous
+    one's weights; (each stage's summary, the last stage's folder)."""
     from dataclasses import replace
 
-    from metaaligner.training.sft import check_finished_stage, copy_model_files, stage_done, train_sft
+    from metaaligner.training.sft import check_finished_stage, stage_done, train_sft
 
-    stages = curriculum.stage_list()
     stage_steps = parse_stage_steps(curriculum.stage_max_steps)
     stage_items = parse_stage_steps(curriculum.stage_max_items, "--stage_max_items")
-    data_dir = Path(curriculum.data_dir)
-    if not data_dir.is_dir():
-        raise MetaAlignerError(f"--data_dir {data_dir} is not a folder (the output of build_aligner_dataset.py)")
-    meta = dataset_meta(data_dir, curriculum.template, curriculum.dataset)
-    out = Path(curriculum.output_dir)
-    log_path = out / LOG_FILE
-    if not curriculum.resume and not curriculum.overwrite and (out / META_FILE).exists():
-        raise MetaAlignerError(f"{out} already holds a trained aligner; pass --resume, --overwrite or a new "
-                               "--output_dir")
-    if curriculum.overwrite and _is_main() and log_path.is_file() and not log_path.is_symlink():
-        log_path.unlink()  # the earlier run's log; each stage's folder is cleared by train_sft
-    started = time.time()
     current = curriculum.model_name_or_path
     summaries = []
     for stage in stages:
@@ -273,21 +262,35 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
         if done is not None:
             check_finished_stage(stage_dir, current, train, config)
             print(f"[{stage}] already finished ({done.get('steps')} steps); skipping (--resume)", flush=True)
-            summaries.append({k: v for k, v in done.items() if k != "config"})
-            current = str(stage_dir)
-            continue
-        train_sft(current, train, val, str(stage_dir), config, stage, str(log_path), resume=curriculum.resume,
-                  overwrite=curriculum.overwrite)
+        else:
+            train_sft(current, train, val, str(stage_dir), config, stage, str(log_path), resume=curriculum.resume,
+                      overwrite=curriculum.overwrite)
         summaries.append({k: v for k, v in (stage_done(stage_dir) or {}).items() if k != "config"})
         current = str(stage_dir)
-    from metaaligner.training.common import read_device_hours
+    return summaries, current
 
+
+def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dict[str, Any]:  # noqa: F821
+    """Run the requested stages in order; return the summary (also written to metaaligner.json)."""
+    from metaaligner.training.common import read_device_hours
+    from metaaligner.training.sft import copy_model_files
+
+    stages = curriculum.stage_list()
+    data_dir = Path(curriculum.data_dir)
+    if not data_dir.is_dir():
+        raise MetaAlignerError(f"--data_dir {data_dir} is not a folder (the output of build_aligner_dataset.py)")
+    meta = dataset_meta(data_dir, curriculum.template, curriculum.dataset)
+    out = Path(curriculum.output_dir)
+    log_path = out / LOG_FILE
+    if not curriculum.resume and not curriculum.overwrite and (out / META_FILE).exists():
+        raise MetaAlignerError(f"{out} already holds a trained aligner; pass --resume, --overwrite or a new "
+                               "--output_dir")
+    if curriculum.overwrite and _is_main() and log_path.is_file() and not log_path.is_symlink():
+        log_path.unlink()  # the earlier run's log; each stage's folder is cleared by train_sft
+    started = time.time()
+    summaries, current = _run_stages(curriculum, sft, stages, data_dir, out, log_path)
     final = {
-        "template": meta["template"],
-        "objectives": meta["objectives"],
-        "objective_descriptions": meta["objective_descriptions"],
-        "dataset": meta["dataset"],
-        "objective_group": meta["objective_group"],
+        **{k: meta[k] for k in ("template", "objectives", "objective_descriptions", "dataset", "objective_group")},
         "base_model": _root_base(curriculum.model_name_or_path),
         "data_sha256": data_sha256(data_dir, stages),
         "data_dir": str(data_dir),

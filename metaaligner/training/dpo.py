@@ -101,22 +101,14 @@ def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_p
     """
     import time
 
-    import torch
     from datasets import Dataset
     from trl import DPOTrainer
 
     from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
-    from metaaligner.training.common import (
-        make_jsonl_callback,
-        peak_memory,
-        prepare_resume,
-        reset_peak_memory,
-        summary_line,
-        training_fingerprint,
-    )
+    from metaaligner.training import common
 
     started = time.time()
-    reset_peak_memory()
+    common.reset_peak_memory()
     output_dir = str(output_dir)
     model_path = resolve_model_path(model_name_or_path)
     train = check_pairs(train_pairs, "train")
@@ -129,17 +121,13 @@ def train_dpo(model_name_or_path: str, train_pairs: list[dict[str, Any]], eval_p
     trainer = DPOTrainer(model=model_path, ref_model=_load_reference(ref_model_path, model_path, device), args=args,
                          train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer,
-                         peft_config=lora_cfg, callbacks=[make_jsonl_callback(log_path, stage)])
-    fingerprint = training_fingerprint(args, model_name_or_path, train, reference=ref_model_path, beta=args.beta,
-                                       lora=lora, max_length=args.max_length)
-    checkpoint = prepare_resume(trainer, output_dir, resume, overwrite, fingerprint, log)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+                         peft_config=lora_cfg, callbacks=[common.make_jsonl_callback(log_path, stage)])
+    fingerprint = common.training_fingerprint(args, model_name_or_path, train, reference=ref_model_path,
+                                              beta=args.beta, lora=lora, max_length=args.max_length)
+    result, _ = common.fit(trainer, output_dir, resume, overwrite, fingerprint, log)
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
-    if trainer.is_world_process_zero():
-        print(summary_line(stage, f"{len(train)} pairs", trainer, result.training_loss, started, output_dir,
-                           peak_memory()), flush=True)
+    common.report(stage, f"{len(train)} pairs", trainer, result.training_loss, started, output_dir)
     del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    common.free_device_memory()
     return output_dir

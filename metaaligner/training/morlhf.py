@@ -210,22 +210,14 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
     """
     import time
 
-    import torch
     from datasets import Dataset
     from trl import GRPOTrainer, RLOOTrainer
 
     from metaaligner.models import load_tokenizer, pick_device, resolve_model_path
-    from metaaligner.training.common import (
-        make_jsonl_callback,
-        peak_memory,
-        prepare_resume,
-        reset_peak_memory,
-        summary_line,
-        training_fingerprint,
-    )
+    from metaaligner.training import common
 
     started = time.time()
-    reset_peak_memory()
+    common.reset_peak_memory()
     output_dir = str(output_dir)
     policy = resolve_model_path(policy_path)
     prompts = _check_inputs(prompts, len(reward_funcs) if reward_funcs is not None else len(reward_models),
@@ -244,20 +236,17 @@ def train_morlhf(policy_path: str | None, prompts: Sequence[str], reward_models:
     trainer = trainer_cls(model=policy, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, peft_config=config.lora_config() if lora else None,
-                          callbacks=[make_jsonl_callback(log_path, stage)])
-    fingerprint = training_fingerprint(
+                          callbacks=[common.make_jsonl_callback(log_path, stage)])
+    fingerprint = common.training_fingerprint(
         args, policy_path, prompts, algorithm=config.algorithm, reward_models=reward_names,
         weights=[float(w) for w in weights], beta=config.beta, num_generations=config.num_generations,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, lora=lora)
-    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
-                                                                 fingerprint, log))
+    result, _ = common.fit(trainer, output_dir, resume, overwrite, fingerprint, log)
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         _write_metadata(output_dir, config, policy_path, reward_models, reward_funcs, weights, len(prompts), lora)
-        print(summary_line(stage, f"{len(prompts)} prompts", trainer, result.training_loss, started, output_dir,
-                           peak_memory()), flush=True)
+    common.report(stage, f"{len(prompts)} prompts", trainer, result.training_loss, started, output_dir)
     del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    common.free_device_memory()
     return output_dir

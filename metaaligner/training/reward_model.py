@@ -162,17 +162,10 @@ def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]]
     from trl import RewardTrainer
 
     from metaaligner.models import pick_device
-    from metaaligner.training.common import (
-        make_jsonl_callback,
-        peak_memory,
-        prepare_resume,
-        reset_peak_memory,
-        summary_line,
-        training_fingerprint,
-    )
+    from metaaligner.training import common
 
     start = time.time()
-    reset_peak_memory()
+    common.reset_peak_memory()
     output_dir = str(output_dir)
     train = check_pairs(train_pairs, "train")
     if not train:
@@ -184,14 +177,13 @@ def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]]
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                             eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer,
                             peft_config=config.lora_config() if lora else None,
-                            callbacks=[make_jsonl_callback(log_path, stage)])
+                            callbacks=[common.make_jsonl_callback(log_path, stage)])
     if len(trainer.train_dataset) < len(train):
         log.info("%s: %d of %d training pairs longer than max_length=%d were dropped by TRL", stage,
                  len(train) - len(trainer.train_dataset), len(train), config.max_length)
-    fingerprint = training_fingerprint(args, base_model, train, lora=lora, max_length=config.max_length,
-                                       center_rewards_coefficient=config.center_rewards_coefficient)
-    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
-                                                                 fingerprint, log))
+    fingerprint = common.training_fingerprint(args, base_model, train, lora=lora, max_length=config.max_length,
+                                              center_rewards_coefficient=config.center_rewards_coefficient)
+    result, _ = common.fit(trainer, output_dir, resume, overwrite, fingerprint, log)
     evals_logged = [r for r in trainer.state.log_history if "eval_accuracy" in r]
     model = trainer.accelerator.unwrap_model(trainer.model)
     if lora:
@@ -202,11 +194,9 @@ def train_reward_model(base_model: str | None, train_pairs: list[dict[str, Any]]
         _write_reward_stats(model, tokenizer, train, len(evals),
                             evals_logged[-1].get("eval_accuracy") if evals_logged else None, config, output_dir,
                             stage, objective, time.time() - start)
-        print(summary_line(stage, f"{len(train)} pairs", trainer, result.training_loss, start, output_dir,
-                           peak_memory()), flush=True)
+    common.report(stage, f"{len(train)} pairs", trainer, result.training_loss, start, output_dir)
     del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    common.free_device_memory()
     return output_dir
 
 

@@ -278,14 +278,7 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
     from transformers import AutoModelForCausalLM
 
     from metaaligner.models import load_tokenizer, resolve_model_path
-    from metaaligner.training.common import (
-        make_jsonl_callback,
-        peak_memory,
-        prepare_resume,
-        reset_peak_memory,
-        summary_line,
-        training_fingerprint,
-    )
+    from metaaligner.training.common import fit, make_jsonl_callback, report, reset_peak_memory, training_fingerprint
 
     started = time.time()
     reset_peak_memory()
@@ -307,11 +300,8 @@ def train_sepo(model_name_or_path: str, selection_path: str | Path, output_dir: 
                             callbacks=[make_jsonl_callback(log_path, stage)], lora=lora)
     fingerprint = training_fingerprint(trainer.args, model_name_or_path, train_rows, gamma=config.gamma, lora=lora,
                                        max_length=config.max_length)
-    result = trainer.train(resume_from_checkpoint=prepare_resume(trainer, output_dir, resume, overwrite,
-                                                                 fingerprint, log))
+    result, _ = fit(trainer, output_dir, resume, overwrite, fingerprint, log)
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
-    if trainer.is_world_process_zero():
-        print(summary_line(stage, f"{len(train_rows)} pairs", trainer, result.training_loss, started, output_dir,
-                           peak_memory()), flush=True)
+    report(stage, f"{len(train_rows)} pairs", trainer, result.training_loss, started, output_dir)
     return output_dir

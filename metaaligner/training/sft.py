@@ -344,12 +344,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     import torch
     from transformers import set_seed
 
-    from metaaligner.training.common import (
-        peak_memory,
-        prepare_resume,
-        reset_peak_memory,
-        summary_line,
-    )
+    from metaaligner.training.common import fit, free_device_memory, peak_memory, reset_peak_memory, summary_line
 
     if not train_items:
         raise MetaAlignerError(f"stage {stage!r}: no training items")
@@ -361,8 +356,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     trainer, cut_train, cut_eval = _build_trainer(model_name_or_path, train_items, eval_items, output_dir, config,
                                                   stage, log_path, callbacks)
     fingerprint = stage_fingerprint(trainer.args, model_name_or_path, train_items, config)
-    checkpoint = prepare_resume(trainer, output_dir, resume, overwrite, fingerprint, log, also_clear=(STAGE_DONE,))
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result, checkpoint = fit(trainer, output_dir, resume, overwrite, fingerprint, log, also_clear=(STAGE_DONE,))
     eval_loss = trainer.evaluate().get("eval_loss") if trainer.eval_dataset is not None else None
     trainer.save_model(output_dir)
     memory = peak_memory()
@@ -385,8 +379,7 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
         print(summary_line(stage, f"{len(train_items)} items ({cut_train} truncated)", trainer,
                            result.training_loss, started, output_dir, memory, extra), flush=True)
     del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_device_memory()
     return output_dir
 
 
