@@ -460,6 +460,33 @@ def test_auth_and_no_secret_in_logs(tmp_path):
         assert CLIENT_KEY not in text and UPSTREAM_KEY not in text
 
 
+@pytest.mark.slow
+def test_guard_with_a_remote_aligner(tmp_path):
+    loop = "Boil the egg for nine minutes. Boil the egg for nine minutes. Boil the egg for nine minutes."
+
+    def reply(request: dict) -> str:
+        return "" if "| Answer: empty-me |" in last_user_text(request) else loop
+
+    with ScriptedOpenAIServer(policy_reply) as pol, ScriptedOpenAIServer(reply, models=["al"]) as aligner:
+        proxy = Proxy(tmp_path, "--policy_base_url", pol.base_url, "--aligner_base_url", aligner.base_url,
+                      "--aligner_model", "al", "--template", "hh-rlhf", "--aligner_api", "chat", "--guard", "on")
+        try:
+            status, _, body = http("POST", proxy.url + "/v1/align", {"query": "q", "answer": "empty-me"})
+            assert (status, body["aligned"], body["guard"], body["guard_fallback"]) == (
+                200, "empty-me", "fallback_empty", True)
+            status, _, body = http("POST", proxy.url + "/v1/align", {"query": "q", "answer": "a"})
+            assert (status, body["aligned"], body["guard"], body["guard_fallback"]) == (
+                200, "Boil the egg for nine minutes.", "trimmed", False)
+            assert metric(proxy, "metaaligner_guard_fallbacks_total") == 1
+            chunks = list(proxy.client().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "eggs?"}], stream=True))
+            pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+            assert pieces == ["Boil", " the", " egg", " for", " nine", " minutes."]  # the guarded text, in words
+            assert chunks[-1].model_extra["metaaligner"]["guard"] == "trimmed"
+        finally:
+            proxy.stop()
+
+
 def test_playground_route(tmp_path, tiny_llama_dir):
     static = tmp_path / "static"
     proxy = Proxy(tmp_path, "--aligner_base_url", "http://127.0.0.1:9/v1", "--aligner_model", "al", "--template",

@@ -56,6 +56,10 @@ def main(config: ServeConfig) -> None:
     from metaaligner.serve.app import create_app
 
     check_host(config.host)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     app = create_app(config)
     service = app.service
     engine = service.engine

@@ -36,6 +36,7 @@ class ServeConfig:
     guard: str = field(default="auto", metadata={"help": "degeneration guard (see inference/aligner_inference.py --guard): auto (on for the built-in aligners) | on | off"})
     device: str = field(default=None, metadata={"help": "in-process aligner device: cpu | cuda | cuda:1 (default: cuda if available)"})
     dtype: str = field(default=None, metadata={"help": "in-process aligner dtype: float32 | bfloat16 | float16 (default: float32 on CPU)"})
+    threads: int = field(default=None, metadata={**cli.check(ge=1), "help": "torch threads of the in-process aligner on CPU (default: torch's, one per core); 1 keeps a shared machine's neighbours from slowing every step"})
     lora_path: str = field(default=None, metadata={"help": "PEFT/LoRA adapter folder applied to --aligner_path"})
     upstream_timeout: float = field(default=600.0, metadata={**cli.check(gt=0.0), "help": "seconds to wait for one policy or aligner upstream request"})
     upstream_retries: int = field(default=2, metadata={**cli.check(ge=0), "help": "retries of an upstream request that failed to connect, timed out, or got 429/5xx (with backoff)"})

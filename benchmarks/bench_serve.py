@@ -1,0 +1,247 @@
+r"""``metaaligner serve`` under load: N concurrent clients (real HTTP, the ``openai`` client) against the proxy
+with the in-process aligner and a local scripted policy, once per ``--max_batch_size`` in the same run.
+
+    python benchmarks/bench_serve.py                                    # 16 clients x 2 requests, 32 new tokens
+    python benchmarks/bench_serve.py --clients 16 --requests_per_client 4 --max_new_tokens 64
+    python benchmarks/bench_serve.py --aligner_path metaaligner/data/demo_aligner --batch_sizes 16,4,1
+
+The policy is the project's scripted OpenAI-compatible server (``metaaligner.testing``) answering each
+question with the shipped HH-RLHF sample's Claude-3 answer to it, at once, so the time measured is the
+proxy's and its aligner's. Each client sends its requests one after another (``objectives``
+harmlessness,helpfulness); all clients start together. Per batch size, one line: requests, wall
+seconds, requests/s, generated tokens/s (the aligner's own count, from ``/metrics``), p50 and p99
+latency of one request, the mean batch the aligner ran (``metaaligner_aligner_batch_size``), and the
+check that every request was answered exactly once with its own policy answer as ``original``. The
+last lines: the ratio of requests/s of the first batch size to the last, the load average before
+and after, the CPU count and the torch threads (``--threads``, default 1: on a shared machine a
+busy neighbour stalls every step of a multi-threaded decode). Each batch size starts a fresh proxy
+(model load and warm-up not timed). With ``--offline`` (default) the same prompts also go through
+the ``Aligner`` API in this process at the first and last batch size, no HTTP: the engine's own
+ratio, which the proxy's is compared with.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from metaaligner import cli  # noqa: E402
+
+
+@dataclass
+class BenchServeConfig:
+    clients: int = field(default=16, metadata={**cli.check(ge=1), "help": "concurrent clients"})
+    requests_per_client: int = field(default=2, metadata={
+        **cli.check(ge=1), "help": "requests each client sends, one after another"})
+    max_new_tokens: int = field(default=32, metadata={**cli.check(ge=1), "help": "the proxy's --max_new_tokens"})
+    batch_sizes: str = field(default="16,1", metadata={
+        "help": "--max_batch_size values to compare, in this order (the ratio is first/last)"})
+    batch_wait_ms: float = field(default=20.0, metadata={**cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms"})
+    threads: int = field(default=1, metadata={
+        **cli.check(ge=1), "help": "the proxy's --threads (torch threads), also the offline engine's"})
+    aligner_path: str = field(default="embedded", metadata={
+        "help": "the proxy's --aligner_path (default: the embedded SmolLM2-135M-Instruct)"})
+    samples: str = field(default="samples/HH-RLHF_model_output/Claude-3.csv.gz", metadata={
+        "help": "questions and policy answers (query, generated_text)"})
+    repeat: int = field(default=1, metadata={
+        **cli.check(ge=1), "help": "rounds; each round runs every batch size once, in order, so a shared machine's "
+                                  "drift meets them alike; the ratio is of the median requests/s"})
+    offline: bool = field(default=True, metadata={
+        "help": "also time the same prompts through the engine directly (Aligner API, no HTTP), at the first and "
+                "last batch size: what the proxy is compared with"})
+
+
+def make_parser():
+    return cli.make_parser(BenchServeConfig, description=__doc__)
+
+
+def transcript_to_messages(query: str) -> list[dict]:
+    """An HH-RLHF transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as chat messages, the final empty
+    assistant cue dropped (the proxy writes it back: its hh-rlhf query format)."""
+    parts = re.split(r"\n\n(Human|Assistant):", query)
+    messages = []
+    for speaker, text in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        if text.strip() or role == "user":
+            messages.append({"role": role, "content": text.strip()})
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    return messages
+
+
+def load_rows(path: str, n: int) -> list[tuple[list[dict], str]]:
+    """``n`` (messages, policy answer) pairs with distinct last user messages."""
+    from metaaligner.io import read_table
+
+    rows, seen = [], set()
+    for row in read_table(REPO / path, required=["query", "generated_text"]):
+        messages = transcript_to_messages(str(row["query"]))
+        if not messages or messages[-1]["content"] in seen or not str(row["generated_text"]).strip():
+            continue
+        seen.add(messages[-1]["content"])
+        rows.append((messages, str(row["generated_text"]).strip()))
+        if len(rows) == n:
+            return rows
+    raise SystemExit(f"error: {path}: only {len(rows)} usable rows, {n} needed")
+
+
+def metrics(url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as response:
+        text = response.read().decode()
+    out = {}
+    for name in ("metaaligner_aligner_generated_tokens_total", "metaaligner_aligner_batch_size_sum",
+                 "metaaligner_aligner_batch_size_count"):
+        match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        out[name] = float(match.group(1)) if match else 0.0
+    return out
+
+
+def start_proxy(config: BenchServeConfig, batch_size: int, policy_url: str, log: Path):
+    from metaaligner.testing.waits import wait_for, wait_for_http
+
+    out = log.with_suffix(".out")
+    env = {k: v for k, v in os.environ.items() if k != "METAALIGNER_API_KEY"}
+    with open(out, "w") as stdout, open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "metaaligner", "serve", "--port", "0",
+                                    "--aligner_path", config.aligner_path, "--policy_base_url", policy_url,
+                                    "--max_new_tokens", str(config.max_new_tokens),
+                                    "--max_batch_size", str(batch_size), "--batch_wait_ms", str(config.batch_wait_ms),
+                                    "--objectives", "harmlessness,helpfulness", "--threads", str(config.threads)],
+                                   stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+    found = {}
+
+    def ready() -> bool:
+        match = re.search(r"serving (http://\S+) ", out.read_text())
+        found.update(url=match.group(1)) if match else None
+        return bool(match)
+
+    wait_for(ready, "the proxy's 'serving' line", process=process, log=log)
+    wait_for_http(found["url"] + "/health", process=process, log=log)
+    return process, found["url"]
+
+
+def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Path) -> dict:
+    import openai
+
+    policy.reset_counts()
+    process, url = start_proxy(config, batch_size, policy.base_url, workdir / f"proxy-{batch_size}.log")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
+        before = metrics(url)
+
+        def one_client(c: int) -> list[tuple[int, float, str, str]]:
+            done = []
+            for r in range(config.requests_per_client):
+                i = c * config.requests_per_client + r
+                start = time.perf_counter()
+                resp = client.chat.completions.create(model="claude-3", messages=rows[i][0],
+                                                      extra_body={"objectives": ["harmlessness", "helpfulness"]})
+                done.append((i, time.perf_counter() - start, resp.model_extra["metaaligner"]["original"],
+                             resp.choices[0].message.content))
+            return done
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=config.clients) as pool:
+            results = [x for part in pool.map(one_client, range(config.clients)) for x in part]
+        wall = time.perf_counter() - start
+        after = metrics(url)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+    n = config.clients * config.requests_per_client
+    latencies = sorted(t for _, t, _, _ in results)
+    answered_once = (sorted(i for i, *_ in results) == list(range(n)) and policy.request_count == n
+                     and all(original == rows[i][1] for i, _, original, _ in results))
+    batches = after["metaaligner_aligner_batch_size_count"] - before["metaaligner_aligner_batch_size_count"]
+    rows_aligned = after["metaaligner_aligner_batch_size_sum"] - before["metaaligner_aligner_batch_size_sum"]
+    tokens = after["metaaligner_aligner_generated_tokens_total"] - before["metaaligner_aligner_generated_tokens_total"]
+    return {"batch_size": batch_size, "requests": n, "wall": wall, "rps": n / wall, "tps": tokens / wall,
+            "tokens": tokens, "p50": latencies[len(latencies) // 2],
+            "p99": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
+            "mean_batch": rows_aligned / batches if batches else 0.0, "answered_once": answered_once}
+
+
+def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict[int, float]:
+    """Seconds to align the same rows (the same prompts the proxy builds) with the ``Aligner`` API in this
+    process, ``batch_size`` rows per engine call, guard included, after a warm-up call."""
+    from dataclasses import replace
+
+    import torch
+
+    from metaaligner.aligner import Aligner
+    from metaaligner.generation import GenerationParams
+    from metaaligner.serve.conversation import to_query
+
+    torch.set_num_threads(config.threads)
+    aligner = Aligner(config.aligner_path, params=GenerationParams(max_new_tokens=config.max_new_tokens))
+    queries = [to_query(messages, "transcript") for messages, _ in rows]
+    answers = [answer for _, answer in rows]
+    aligner.align(queries[:1], answers[:1], ["harmlessness", "helpfulness"])  # load and warm up
+    out = {}
+    for size in sizes:
+        aligner.params = replace(aligner.params, batch_size=size)
+        start = time.perf_counter()
+        aligner.align(queries, answers, ["harmlessness", "helpfulness"])
+        out[size] = time.perf_counter() - start
+    return out
+
+
+def main(config: BenchServeConfig) -> int:
+    from metaaligner.testing.openai_server import ScriptedOpenAIServer, last_user_text
+
+    cli.quiet_libraries()
+    sizes = [int(s) for s in cli.split_csv(config.batch_sizes)]
+    n = config.clients * config.requests_per_client
+    rows = load_rows(config.samples, n)
+    answers = {messages[-1]["content"]: answer for messages, answer in rows}
+    load_before = os.getloadavg()
+    print(f"{config.clients} clients x {config.requests_per_client} requests, {config.max_new_tokens} new tokens, "
+          f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}; load average "
+          + " ".join(f"{x:.2f}" for x in load_before), flush=True)
+    results = []
+    with ScriptedOpenAIServer(lambda req: answers[last_user_text(req)], models=["claude-3"], max_lifetime_s=7200,
+                              keep_bodies=False) as policy, tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(config.repeat):
+            for size in sizes:
+                r = run_one(config, size, rows, policy, Path(tmp))
+                results.append(r)
+                head = f"round {round_ + 1}, " if config.repeat > 1 else ""
+                print(f"{head}--max_batch_size {size:>3}: {r['requests']} requests in {r['wall']:.1f} s = "
+                      f"{r['rps']:.2f} req/s, {r['tps']:.1f} tokens/s ({r['tokens']:.0f} tokens), latency p50 "
+                      f"{r['p50']:.2f} s p99 "
+                      f"{r['p99']:.2f} s, mean batch {r['mean_batch']:.1f}, every request answered once with its "
+                      f"own answer: {'yes' if r['answered_once'] else 'NO'}, load average now "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
+    if config.offline:
+        offline = offline_rates(config, rows, [sizes[0], sizes[-1]])
+        for size, seconds in offline.items():
+            print(f"offline engine, batch {size:>3}: {n} rows in {seconds:.1f} s = {n / seconds:.2f} rows/s",
+                  flush=True)
+        print(f"ratio offline rows/s batch {sizes[0]} / {sizes[-1]}: {offline[sizes[-1]] / offline[sizes[0]]:.2f}x")
+    import statistics
+
+    import torch
+
+    median = {s: statistics.median(r["rps"] for r in results if r["batch_size"] == s) for s in sizes}
+    print(f"ratio requests/s --max_batch_size {sizes[0]} / {sizes[-1]}: {median[sizes[0]] / median[sizes[-1]]:.2f}x"
+          + (" (medians of the rounds)" if config.repeat > 1 else ""))
+    print("load average before " + " ".join(f"{x:.2f}" for x in load_before) + ", after "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f"; {os.cpu_count()} CPUs, torch threads "
+          f"{config.threads}; {torch.__version__}")
+    return 0 if all(r["answered_once"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    (config,) = cli.parse(make_parser())
+    sys.exit(main(config))
