@@ -316,7 +316,7 @@ def training_fingerprint(args, model: str | None, items: Any, **extra: Any) -> d
         "warmup": getattr(args, "warmup_steps", None), "max_steps": args.max_steps,
         "num_train_epochs": args.num_train_epochs, "weight_decay": args.weight_decay,
         "optim": str(getattr(args.optim, "value", args.optim)), "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "seed": args.seed, "model": None if model is None else str(model), "data_sha256": items_sha256(items),
+        "seed": args.seed, "model": str(model), "data_sha256": items_sha256(items),
     }
     fingerprint.update(json.loads(json.dumps(extra, default=str)))
     return fingerprint
