@@ -209,7 +209,11 @@ def test_train_aligner_overwrite_retrains_a_finished_aligner(tiny_llama_dir, tmp
                                                r"pass --overwrite to train it again$"):
         mod.main(*parse(mod.make_parser(), argv + ["--learning_rate", "1e-3", "--resume"]))
     assert mod.main(*parse(mod.make_parser(), argv + ["--resume"]))["stages"][0]["steps"] == 1
-    summary = mod.main(*parse(mod.make_parser(), argv + ["--learning_rate", "1e-3", "--overwrite"]))
+    # --overwrite, now with LoRA: the earlier run's full model does not stay beside the new adapter
+    assert (tmp_path / "a" / "model.safetensors").exists()
+    summary = mod.main(*parse(mod.make_parser(), argv + ["--learning_rate", "1e-3", "--overwrite", "--lora"]))
     assert summary["training"]["learning_rate"] == 1e-3 and summary["stages"][0]["resumed_from"] is None
+    for folder in (tmp_path / "a", tmp_path / "a" / "stages" / "contrastive"):
+        assert (folder / "adapter_model.safetensors").exists() and not (folder / "model.safetensors").exists()
     records = [json.loads(line) for line in (tmp_path / "a" / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1]      # the earlier run's log went with it

@@ -285,8 +285,15 @@ def train_curriculum(curriculum: CurriculumConfig, sft: "SFTStageConfig") -> dic
     if not curriculum.resume and not curriculum.overwrite and (out / META_FILE).exists():
         raise MetaAlignerError(f"{out} already holds a trained aligner; pass --resume, --overwrite or a new "
                                "--output_dir")
-    if curriculum.overwrite and _is_main() and log_path.is_file() and not log_path.is_symlink():
-        log_path.unlink()  # the earlier run's log; each stage's folder is cleared by train_sft
+    if curriculum.overwrite and _is_main():  # the earlier run's stages, log and card
+        import shutil
+
+        if (out / "stages").is_dir() and not (out / "stages").is_symlink():
+            shutil.rmtree(out / "stages")
+        for path in (log_path, out / META_FILE):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+    _barrier()
     started = time.time()
     summaries, current = _run_stages(curriculum, sft, stages, data_dir, out, log_path)
     final = {

@@ -383,10 +383,19 @@ def train_sft(model_name_or_path: str | None, train_items: list[dict], eval_item
     return output_dir
 
 
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "adapter_config.json", "*.bin")
+
+
 def copy_model_files(src: str | Path, dst: str | Path) -> None:
-    """Copy a saved model/adapter folder's files (not its checkpoints) into ``dst``."""
+    """Copy a saved model/adapter folder's files (not its checkpoints) into ``dst``; weight files in
+    ``dst`` that ``src`` lacks (an earlier run's full model beside a new adapter) are removed, so the
+    folder loads as what ``src`` holds."""
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    for pattern in WEIGHT_FILES:
+        for stale in dst.glob(pattern):
+            if stale.is_file() and not (src / stale.name).exists():
+                stale.unlink()
     for item in src.iterdir():
         if item.is_file() and item.name not in (STAGE_DONE, "training_args.bin"):
             shutil.copy2(item, dst / item.name)
