@@ -7,10 +7,13 @@ with the in-process aligner and a local scripted policy, once per ``--max_batch_
 
 The policy is the project's scripted OpenAI-compatible server (``metaaligner.testing``) answering each
 question with the shipped HH-RLHF sample's Claude-3 answer to it, at once, so the time measured is the
-proxy's and its aligner's. Each client sends its requests one after another (``objectives``
-harmlessness,helpfulness); all clients start together. Per batch size, one line: requests, wall
-seconds, requests/s, generated tokens/s (the aligner's own count, from ``/metrics``), p50 and p99
-latency of one request, the mean batch the aligner ran (``metaaligner_aligner_batch_size``), and the
+proxy's and its aligner's (its listen backlog is raised from the stdlib's 5 to 128, so that 16
+connections opened at once are not stalled 1 s by the kernel's retry). Each client sends its
+requests one after another (``objectives`` harmlessness,helpfulness); all clients start together
+(each first opens its connection with one ``GET /v1/models`` and the proxy answers one chat request,
+then they wait for one another). Per batch size, one line: requests, wall seconds, requests/s,
+generated tokens/s (the aligner's own count, from ``/metrics``), p50 and p99 latency of one
+request, the mean batch the aligner ran (``metaaligner_aligner_batch_size``), and the
 check that every request was answered exactly once with its own policy answer as ``original``. The
 last lines: the ratio of requests/s of the first batch size to the last, the load average before
 and after, the CPU count and the torch threads (``--threads``, default 1: on a shared machine a
@@ -21,11 +24,13 @@ ratio, which the proxy's is compared with.
 """
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +50,9 @@ class BenchServeConfig:
     max_new_tokens: int = field(default=32, metadata={**cli.check(ge=1), "help": "the proxy's --max_new_tokens"})
     batch_sizes: str = field(default="16,1", metadata={
         "help": "--max_batch_size values to compare, in this order (the ratio is first/last)"})
-    batch_wait_ms: float = field(default=20.0, metadata={**cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms"})
+    batch_wait_ms: float = field(default=50.0, metadata={
+        **cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms (here 16 client threads in one Python process reach "
+                                    "the proxy over about 40 ms, more than the server's default 20 ms)"})
     threads: int = field(default=1, metadata={
         **cli.check(ge=1), "help": "the proxy's --threads (torch threads), also the offline engine's"})
     aligner_path: str = field(default="embedded", metadata={
@@ -138,9 +145,18 @@ def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Pa
     process, url = start_proxy(config, batch_size, policy.base_url, workdir / f"proxy-{batch_size}.log")
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
+        # one request first, so the client's and the proxy's first-call set-up is not in the timed part
+        client.chat.completions.create(model="claude-3", messages=rows[0][0],
+                                       extra_body={"objectives": ["harmlessness"]})
+        policy.reset_counts()
         before = metrics(url)
 
+        began: dict[str, float] = {}
+        barrier = threading.Barrier(config.clients, action=lambda: began.setdefault("t", time.perf_counter()))
+
         def one_client(c: int) -> list[tuple[int, float, str, str]]:
+            client.models.list()  # each client's connection opened before the clock starts
+            barrier.wait()
             done = []
             for r in range(config.requests_per_client):
                 i = c * config.requests_per_client + r
@@ -151,10 +167,9 @@ def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Pa
                              resp.choices[0].message.content))
             return done
 
-        start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=config.clients) as pool:
             results = [x for part in pool.map(one_client, range(config.clients)) for x in part]
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - began["t"]
         after = metrics(url)
     finally:
         process.terminate()
@@ -210,6 +225,9 @@ def main(config: BenchServeConfig) -> int:
           f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}; load average "
           + " ".join(f"{x:.2f}" for x in load_before), flush=True)
     results = []
+    # The scripted policy is a stdlib ThreadingHTTPServer whose listen backlog is 5: 16 connections opened at once
+    # overflow it and the kernel retries the rest after 1 s (a stall no real policy server has).
+    http.server.ThreadingHTTPServer.request_queue_size = 128
     with ScriptedOpenAIServer(lambda req: answers[last_user_text(req)], models=["claude-3"], max_lifetime_s=7200,
                               keep_bodies=False) as policy, tempfile.TemporaryDirectory() as tmp:
         for round_ in range(config.repeat):
