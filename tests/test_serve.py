@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -219,6 +220,10 @@ def test_align_false_passes_the_policy_answer_through(local_proxy):
     assert resp.choices[0].message.content == "Answer to: ping"
     assert resp.model_extra["metaaligner"]["aligned"] is False
     assert resp.model_extra["metaaligner"]["original"] == "Answer to: ping"
+    chunks = list(local_proxy.client().chat.completions.create(
+        model="policy-model", messages=[{"role": "user", "content": "ping"}], stream=True, extra_body={"align": False}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Answer to: ping"
+    assert chunks[-1].model_extra["metaaligner"]["aligned"] is False
 
 
 @pytest.mark.slow
@@ -487,6 +492,57 @@ def test_guard_with_a_remote_aligner(tmp_path):
             proxy.stop()
 
 
+class _Completions(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible ``/v1/completions`` server that streams (server-sent events) when asked."""
+
+    protocol_version = "HTTP/1.1"
+    bodies: list = []
+
+    def log_message(self, *args):
+        return
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.bodies.append(body)
+        if body.get("stream"):
+            events = [json.dumps({"choices": [{"index": 0, "text": t}]}) for t in (" Hello", " wide", " world.")]
+            data = "".join(f"data: {e}\n\n" for e in events + ["[DONE]"]).encode()
+            kind = "text/event-stream"
+        else:
+            data, kind = json.dumps({"choices": [{"index": 0, "text": " Hello wide world."}]}).encode(), "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.slow
+def test_remote_aligner_on_completions_streams_its_pieces(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Completions.bodies = []
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with ScriptedOpenAIServer(policy_reply) as pol:
+        proxy = Proxy(tmp_path, "--policy_base_url", pol.base_url, "--aligner_base_url", base, "--aligner_model",
+                      "al", "--template", "hh-rlhf", "--objectives", "harmlessness")
+        try:
+            messages = [{"role": "user", "content": "Say hello."}]
+            whole = proxy.client().chat.completions.create(model="m", messages=messages)
+            chunks = list(proxy.client().chat.completions.create(model="m", messages=messages, stream=True))
+        finally:
+            proxy.stop()
+            server.shutdown()
+    assert whole.choices[0].message.content == "Hello wide world."
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert pieces == ["Hello", " wide", " world."]  # the server's own pieces, leading space held back
+    prompt = render("hh-rlhf", "\n\nHuman: Say hello.\n\nAssistant:", "Answer to: Say hello.", [HH_HARMLESS])
+    assert _Completions.bodies == [
+        {"model": "al", "prompt": prompt, "max_tokens": 256, "seed": 0, "temperature": 0.0, "top_p": 1.0},
+        {"model": "al", "prompt": prompt, "max_tokens": 256, "seed": 0, "temperature": 0.0, "top_p": 1.0,
+         "stream": True}]
+
+
 def test_playground_route(tmp_path, tiny_llama_dir):
     static = tmp_path / "static"
     proxy = Proxy(tmp_path, "--aligner_base_url", "http://127.0.0.1:9/v1", "--aligner_model", "al", "--template",
@@ -494,6 +550,12 @@ def test_playground_route(tmp_path, tiny_llama_dir):
     try:
         status, _, text = http("GET", proxy.url + "/")
         assert status == 404 and "no playground page" in text
+        # no policy configured: chat completions are refused, models is an empty list
+        status, _, body = http("POST", proxy.url + "/v1/chat/completions",
+                               {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert (status, body["error"]["code"]) == (503, "no_policy")
+        assert http("GET", proxy.url + "/v1/models")[::2] == (200, {"object": "list", "data": []})
+        assert http("GET", proxy.url + "/health")[2]["policy"] is False
         static.mkdir()
         (static / "playground.html").write_text("<!doctype html><title>p</title>")
         (static / "app.js").write_text("console.log(1);")
