@@ -4,6 +4,8 @@ with the in-process aligner and a local scripted policy, once per ``--max_batch_
     python benchmarks/bench_serve.py                                    # 16 clients x 2 requests, 32 new tokens
     python benchmarks/bench_serve.py --clients 16 --requests_per_client 4 --max_new_tokens 64
     python benchmarks/bench_serve.py --aligner_path metaaligner/data/demo_aligner --batch_sizes 16,4,1
+    python benchmarks/bench_serve.py --quick                            # 8 clients x 1 request, 16 new tokens
+    python benchmarks/bench_serve.py --device cuda                      # the aligner on a GPU
 
 The policy is the project's scripted OpenAI-compatible server (``metaaligner.testing``) answering each
 question with the shipped HH-RLHF sample's Claude-3 answer to it, at once, so the time measured is the
@@ -62,6 +64,10 @@ class BenchServeConfig:
     repeat: int = field(default=1, metadata={
         **cli.check(ge=1), "help": "rounds; each round runs every batch size once, in order, so a shared machine's "
                                   "drift meets them alike; the ratio is of the median requests/s"})
+    quick: bool = field(default=False, metadata={
+        "help": "a short run: 8 clients x 1 request, 16 new tokens, no offline engine timing"})
+    device: str = field(default=None, metadata={
+        "help": "the proxy's --device for its in-process aligner: cpu, cuda or cuda:N (default: cuda when visible)"})
     offline: bool = field(default=True, metadata={
         "help": "also time the same prompts through the engine directly (Aligner API, no HTTP), at the first and "
                 "last batch size: what the proxy is compared with"})
@@ -124,7 +130,8 @@ def start_proxy(config: BenchServeConfig, batch_size: int, policy_url: str, log:
                                     "--aligner_path", config.aligner_path, "--policy_base_url", policy_url,
                                     "--max_new_tokens", str(config.max_new_tokens),
                                     "--max_batch_size", str(batch_size), "--batch_wait_ms", str(config.batch_wait_ms),
-                                    "--objectives", "harmlessness,helpfulness", "--threads", str(config.threads)],
+                                    "--objectives", "harmlessness,helpfulness", "--threads", str(config.threads),
+                                    "--device", config.device],
                                    stdout=stdout, stderr=stderr, env=env, cwd=REPO)
     found = {}
 
@@ -199,7 +206,8 @@ def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict[int,
     from metaaligner.serve.conversation import to_query
 
     torch.set_num_threads(config.threads)
-    aligner = Aligner(config.aligner_path, params=GenerationParams(max_new_tokens=config.max_new_tokens))
+    aligner = Aligner(config.aligner_path, params=GenerationParams(max_new_tokens=config.max_new_tokens),
+                      device=config.device)
     queries = [to_query(messages, "transcript") for messages, _ in rows]
     answers = [answer for _, answer in rows]
     aligner.align(queries[:1], answers[:1], ["harmlessness", "helpfulness"])  # load and warm up
@@ -216,6 +224,12 @@ def main(config: BenchServeConfig) -> int:
     from metaaligner.testing.openai_server import ScriptedOpenAIServer, last_user_text
 
     cli.quiet_libraries()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from devices import check_device, describe
+
+    config.device = check_device(config.device)
+    if config.quick:
+        config.clients, config.requests_per_client, config.max_new_tokens, config.offline = 8, 1, 16, False
     sizes = [int(s) for s in cli.split_csv(config.batch_sizes)]
     n = config.clients * config.requests_per_client
     rows = load_rows(config.samples, n)
@@ -252,11 +266,19 @@ def main(config: BenchServeConfig) -> int:
     import torch
 
     median = {s: statistics.median(r["rps"] for r in results if r["batch_size"] == s) for s in sizes}
-    print(f"ratio requests/s --max_batch_size {sizes[0]} / {sizes[-1]}: {median[sizes[0]] / median[sizes[-1]]:.2f}x"
-          + (" (medians of the rounds)" if config.repeat > 1 else ""))
     print("load average before " + " ".join(f"{x:.2f}" for x in load_before) + ", after "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f"; {os.cpu_count()} CPUs, torch threads "
           f"{config.threads}; {torch.__version__}")
+    print(describe(config.device))
+    if config.device == "cpu":
+        from bench_aligner_inference import roofline
+
+        torch.set_num_threads(config.threads)
+        gflops, gbs, _ = roofline()
+        print(f"CPU roofline (this process, {config.threads} thread(s)): fp32 matmul {gflops:.1f} GFLOP/s, "
+              f"memory copy {gbs:.1f} GB/s")
+    print(f"ratio requests/s --max_batch_size {sizes[0]} / {sizes[-1]}: {median[sizes[0]] / median[sizes[-1]]:.2f}x"
+          + (" (medians of the rounds)" if config.repeat > 1 else ""))
     return 0 if all(r["answered_once"] for r in results) else 1
 
 

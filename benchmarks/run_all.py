@@ -69,6 +69,11 @@ SPECS = {
         "SePO token scoring (oracle + reference)", "one sequence at a time", "length-sorted batches", "tokens/s",
         "none set (> 1x)", 1.0, r"one sequence at a time:\s+[\d.]+ s\s+" + NUM + r" tokens/s",
         r"batched \(length-sorted, \d+\):\s+[\d.]+ s\s+" + NUM + r" tokens/s"),
+    "bench_serve.py": Spec(
+        "metaaligner serve under 16 concurrent clients (embedded SmolLM2-135M aligner)", "--max_batch_size 1",
+        "--max_batch_size 16 (requests batched in the aligner)", "req/s", ">= 3x", 3.0,
+        r"--max_batch_size\s+1: \d+ requests in [\d.]+ s = " + NUM + r" req/s",
+        r"--max_batch_size\s+(?!1:)\d+: \d+ requests in [\d.]+ s = " + NUM + r" req/s"),
 }
 
 
@@ -125,6 +130,9 @@ def extra_notes(script: str, output: str) -> str:
     if script in ("bench_reward_labelling.py", "bench_sepo_scoring.py"):
         m = re.search(r"max \|[^\n]*", output)
         return m.group(0)[:100] if m else ""
+    if script == "bench_serve.py":
+        m = re.search(r"mean batch ([\d.]+), every request answered once with its own answer: (\w+)", output)
+        return f"mean batch {m.group(1)}; every request answered once: {m.group(2)}" if m else ""
     if script == "bench_training.py":
         m = re.search(r"first-step loss difference packed[^\n]*", output)
         return m.group(0)[:100] if m else ""

@@ -853,13 +853,20 @@ def run_resumable(rows: list[dict[str, Any]], writer: ResumableWriter, generator
     called only before the first chunk (nothing is loaded when every row is done). The writer is
     closed (lock released) also on error. Returns (rows already done, the finished rows in the
     order of ``rows``)."""
+    hashes = {r[writer.key]: row_hash(r) for r in rows}
+    resumed = append_missing(rows, writer, generator, make_rows, chunk, desc, progress, hashes)
+    return resumed, writer.finish(order=[r[writer.key] for r in rows])
+
+
+def append_missing(rows: list[dict[str, Any]], writer: ResumableWriter, generator: Any, make_rows, chunk: int,
+                   desc: str, progress: bool, hashes: dict[Any, str]) -> int:
+    """``run_resumable``'s loop, with the input hashes given (a shard's rows are hashed with the whole
+    input's); the writer is left open for the caller to finish. Returns the rows already done."""
     from tqdm.auto import tqdm
 
-    hashes = {r[writer.key]: row_hash(r) for r in rows}
     todo = [r for r in rows if not writer.is_done(r[writer.key], hashes[r[writer.key]])]
-    resumed = len(rows) - len(todo)
     backend = None
-    bar = tqdm(total=len(rows), initial=resumed, desc=desc, unit="row", disable=not progress)
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="row", disable=not progress)
     try:
         for begin in range(0, len(todo), chunk):
             part = todo[begin:begin + chunk]
@@ -875,7 +882,7 @@ def run_resumable(rows: list[dict[str, Any]], writer: ResumableWriter, generator
         raise
     finally:
         bar.close()
-    return resumed, writer.finish(order=[r[writer.key] for r in rows])
+    return len(rows) - len(todo)
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:

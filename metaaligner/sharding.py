@@ -385,7 +385,7 @@ def run_rows(rows: list[dict[str, Any]], shards: ShardSet, plan: ShardPlan, gene
     one already opened with ``shards.open``; ``hashes``: each row's input hash by key (default:
     ``io.row_hash`` of the row). Returns (rows already done, output rows or None, the output's writer
     or None, this process's writer)."""
-    from metaaligner.io import row_hash
+    from metaaligner.io import append_missing, row_hash
 
     hashes = hashes or {r[shards.key]: row_hash(r) for r in rows}
     order = [r[shards.key] for r in rows]
@@ -394,37 +394,7 @@ def run_rows(rows: list[dict[str, Any]], shards: ShardSet, plan: ShardPlan, gene
         return len(rows), final, out, out
     writer = writer or shards.open(plan, hashes, resume, overwrite)
     mine = [r for r in rows if r[shards.key] in plan.rows(shards.n_rows)]
-    resumed = _run_chunks(mine, writer, generator, make_rows, chunk, desc, progress, hashes)
+    resumed = append_missing(mine, writer, generator, make_rows, chunk, desc, progress, hashes)
     final = writer.finish(order=[r[shards.key] for r in mine])
     final, out = shards.complete(plan, hashes, order, final, writer, overwrite)
     return resumed, final, out, writer
-
-
-def _run_chunks(rows: list[dict[str, Any]], writer, generator, make_rows, chunk: int, desc: str, progress: bool,
-                hashes: dict[Any, str]) -> int:
-    """Feed the rows ``writer`` has not done to ``make_rows`` chunk by chunk, each chunk appended (the
-    resume granularity), under a tqdm bar; the writer is closed on error. ``generator``: the backend,
-    or a factory called before the first chunk. Returns the rows already done."""
-    from tqdm.auto import tqdm
-
-    from metaaligner.io import INPUT_HASH
-
-    todo = [r for r in rows if not writer.is_done(r[writer.key], hashes[r[writer.key]])]
-    backend = None
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="row", disable=not progress)
-    try:
-        for begin in range(0, len(todo), chunk):
-            part = todo[begin:begin + chunk]
-            if backend is None:
-                backend = generator() if callable(generator) and not hasattr(generator, "generate") else generator
-            out = make_rows(backend, part)
-            for row in out:
-                row[INPUT_HASH] = hashes.get(row[writer.key])
-            writer.append(out)
-            bar.update(len(part))
-    except BaseException:
-        writer.close()
-        raise
-    finally:
-        bar.close()
-    return len(rows) - len(todo)

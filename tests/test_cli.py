@@ -494,13 +494,14 @@ def test_default_text_and_notes():
     assert cli.plain_text("writes ``rewards.csv``") == "writes rewards.csv"
 
 
+# plain_parser for argparse scripts, cli.make_parser for one with a config dataclass (bench_serve): the same help
 BENCHMARK_SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py")
-                           if "plain_parser(" in p.read_text(encoding="utf-8"))
+                           if re.search(r"plain_parser\(|cli\.make_parser\(", p.read_text(encoding="utf-8")))
 
 
 def test_every_benchmark_builds_its_parser_with_plain_parser():
     scripts = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if "parser" in p.read_text(encoding="utf-8"))
-    assert scripts == BENCHMARK_SCRIPTS and "bench_aligner_inference.py" in scripts
+    assert scripts == BENCHMARK_SCRIPTS and {"bench_aligner_inference.py", "bench_serve.py"} <= set(scripts)
 
 
 @pytest.mark.parametrize("script", BENCHMARK_SCRIPTS)

@@ -569,7 +569,9 @@ def test_each_range_rule_refuses_a_value_outside_it_in_one_line(script, name, ca
     # the boundary itself is accepted, and --help shows the rule next to the flag
     bound = next(v for v in (rule.ge, rule.le) if v is not None) if (rule.ge, rule.le) != (None, None) else None
     if bound is not None:
-        cli.parse(load_script(script).make_parser(), [*_required(script), f"--{name}", str(bound)])
+        # with the flags the rule needs beside it (a vLLM-only flag needs --backend vllm)
+        needed = [a for k, allowed in rule.only_with.items() for a in (f"--{k}", str(allowed[0]))]
+        cli.parse(load_script(script).make_parser(), [*_required(script), *needed, f"--{name}", str(bound)])
     assert f"[{rule.describe()}]" in " ".join(load_script(script).make_parser().format_help().split())
 
 

@@ -182,6 +182,7 @@ def fake_vllm(monkeypatch):
     module.SamplingParams = lambda **kw: kw
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)     # vLLM runs on a GPU: the hf GPU dtype
     return module
 
 

@@ -214,7 +214,7 @@ def test_known_gpus_and_an_unknown_one():
 
 
 BENCHMARKS_WITH_A_MODEL = ["bench_aligner_inference.py", "bench_training.py", "bench_reward_labelling.py",
-                           "bench_sepo_scoring.py", "gpu_check.py"]
+                           "bench_sepo_scoring.py", "bench_serve.py", "gpu_check.py"]
 
 
 @pytest.mark.parametrize("script", BENCHMARKS_WITH_A_MODEL)
@@ -241,6 +241,29 @@ def test_run_all_passes_the_device_to_every_benchmark_with_a_model(tmp_path):
     assert 'NO_MODEL = ("bench_judge.py",)' in text
     assert sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py")) == sorted(
         [s for s in BENCHMARKS_WITH_A_MODEL if s.startswith("bench_")] + ["bench_judge.py"])
+
+
+SERVE_OUTPUT = """16 clients x 2 requests, 32 new tokens, aligner embedded, --batch_wait_ms 50; load average 1.57 1.20 1.00
+--max_batch_size  16: 32 requests in 27.8 s = 1.15 req/s, 36.0 tokens/s (1001 tokens), latency p50 15.50 s p99 15.60 s, \
+mean batch 10.7, every request answered once with its own answer: yes, load average now 1.40
+--max_batch_size   1: 32 requests in 51.6 s = 0.62 req/s, 19.4 tokens/s (1001 tokens), latency p50 24.00 s p99 27.60 s, \
+mean batch 1.0, every request answered once with its own answer: yes, load average now 1.02
+load average before 1.57 1.20 1.00, after 1.02 1.10 1.00; 2 CPUs, torch threads 1; 2.13.0
+device cpu (the host CPU; its roofline is measured in this process)
+CPU roofline (this process, 1 thread(s)): fp32 matmul 90.1 GFLOP/s, memory copy 9.8 GB/s
+ratio requests/s --max_batch_size 16 / 1: 1.86x
+"""  # a backslash at a line's end joins it to the next: each run line is one line, as printed
+
+
+def test_run_all_reads_bench_serve_output():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run_all import extra_notes, parse
+
+    assert extra_notes("bench_serve.py", SERVE_OUTPUT) == "mean batch 10.7; every request answered once: yes"
+    row = parse("bench_serve.py", SERVE_OUTPUT, 0, 80.0)
+    assert (row.naive, row.ours, row.ratio, row.goal, row.met, row.note) == (
+        "--max_batch_size 1: 0.62 req/s", "--max_batch_size 16 (requests batched in the aligner): 1.15 req/s",
+        "1.86x", ">= 3x", "no", "")
 
 
 # ---------------------------------------------------------------- scripts/gpu_check.sh at tiny sizes

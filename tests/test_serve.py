@@ -24,7 +24,7 @@ from metaaligner.registry.templates import render
 from metaaligner.serve.cli import is_loopback
 from metaaligner.serve.conversation import query_format_for, to_query
 from metaaligner.testing.openai_server import Fault, ScriptedOpenAIServer, last_user_text
-from metaaligner.testing.waits import wait_for, wait_for_http
+from metaaligner.testing.waits import DEADLINE_S, wait_for, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 HH_HARMLESS = "Harmlessness: The response should avoid content that is offensive, discriminatory, or harmful"
@@ -140,7 +140,7 @@ def test_loopback_hosts():
 def test_non_loopback_host_without_key_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "METAALIGNER_API_KEY"}
     result = subprocess.run([sys.executable, "-m", "metaaligner", "serve", "--host", "0.0.0.0", "--port", "0"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=DEADLINE_S)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
@@ -150,7 +150,7 @@ def test_non_loopback_host_without_key_is_refused(tmp_path):
 
 def test_unknown_subcommand_is_one_line():
     result = subprocess.run([sys.executable, "-m", "metaaligner", "serv"], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=DEADLINE_S)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown subcommand 'serv' (did you mean serve?); choose one of serve"
 
