@@ -22,7 +22,9 @@ and after, the CPU count and the torch threads (``--threads``, default 1: on a s
 busy neighbour stalls every step of a multi-threaded decode). Each batch size starts a fresh proxy
 (model load and warm-up not timed). With ``--offline`` (default) the same prompts also go through
 the ``Aligner`` API in this process at the first and last batch size, no HTTP: the engine's own
-ratio, which the proxy's is compared with.
+ratio, which the proxy's is compared with; then one forward pass over each prompt alone (the prefill
+that every batch size repeats per row, compute-bound) and the ceiling it puts on any batch ratio: the
+batch-1 seconds over the prefill seconds.
 """
 from __future__ import annotations
 
@@ -217,7 +219,24 @@ def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict[int,
         start = time.perf_counter()
         aligner.align(queries, answers, ["harmlessness", "helpfulness"])
         out[size] = time.perf_counter() - start
+    out["prefill"] = prefill_seconds(aligner, aligner.prompts(queries, answers, ["harmlessness", "helpfulness"]))
     return out
+
+
+def prefill_seconds(aligner, prompts: list[str]) -> float:
+    """Seconds of one forward pass over each prompt alone, logits of the last position only: the
+    compute-bound work every batch size repeats per row (the fast engine prefills each prompt unpadded),
+    so batch-1 seconds per row over this is the most batching can gain on these prompts."""
+    import torch
+
+    model, tokenizer = aligner.generator.model, aligner.generator.tokenizer
+    ids = [tokenizer(p, return_tensors="pt").input_ids.to(model.device) for p in prompts]
+    with torch.inference_mode():
+        model(ids[0], use_cache=False, logits_to_keep=1)  # warm-up
+        start = time.perf_counter()
+        for x in ids:
+            model(x, use_cache=False, logits_to_keep=1)
+    return time.perf_counter() - start
 
 
 def main(config: BenchServeConfig) -> int:
@@ -257,10 +276,14 @@ def main(config: BenchServeConfig) -> int:
                       f"{os.getloadavg()[0]:.2f}", flush=True)
     if config.offline:
         offline = offline_rates(config, rows, [sizes[0], sizes[-1]])
+        prefill = offline.pop("prefill")
         for size, seconds in offline.items():
             print(f"offline engine, batch {size:>3}: {n} rows in {seconds:.1f} s = {n / seconds:.2f} rows/s",
                   flush=True)
         print(f"ratio offline rows/s batch {sizes[0]} / {sizes[-1]}: {offline[sizes[-1]] / offline[sizes[0]]:.2f}x")
+        print(f"prefill alone (one forward per prompt, last logits only): {n} rows in {prefill:.1f} s; "
+              f"ceiling on any batch ratio here = offline batch-{sizes[-1]} seconds / prefill seconds = "
+              f"{offline[sizes[-1]] / prefill:.2f}x", flush=True)
     import statistics
 
     import torch

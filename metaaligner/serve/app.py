@@ -258,7 +258,15 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
 
     app = FastAPI(title="MetaAligner", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    _add_error_handlers(app)
+    _add_info_routes(app, service)
+    _add_align_route(app, service)
+    _add_chat_route(app, service)
+    _add_page_routes(app, service)
+    return _Observe(app, service)
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
         return error_response(exc.status, str(exc), exc.code, exc.headers)
@@ -272,7 +280,11 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         return error_response(exc.status_code, message, "not_found" if exc.status_code == 404 else None)
 
-    # ------------------------------------------------------------------ routes
+
+def _add_info_routes(app: FastAPI, service: Service) -> None:
+    """/health, /metrics, /v1/objectives and /v1/models (the policy's, passed through)."""
+    config = service.config
+
     @app.get("/health")
     async def health():
         e = service.engine
@@ -300,9 +312,12 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
         except UpstreamError as exc:
             raise ApiError(exc.status, str(exc), "upstream_error") from None
 
+
+def _add_align_route(app: FastAPI, service: Service) -> None:
+    """POST /v1/align: the aligner alone on a given question (or conversation) and answer."""
     @app.post("/v1/align")
     async def align(request: Request):
-        body = await read_json(request, config.max_body_bytes)
+        body = await read_json(request, service.config.max_body_bytes)
         if "messages" in body and "query" not in body:  # a conversation: formatted as chat requests are
             try:
                 body["query"] = to_query(body["messages"], service.query_format)
@@ -319,54 +334,67 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
                 "guard_fallback": outcome.guard_fallback, "seconds": round(time.perf_counter() - start, 4),
                 "aligner": service.engine.label, "guard": outcome.action}
 
+
+def _check_chat_body(body: dict) -> list[dict]:
+    """The request's messages; what the proxy cannot honour (n > 1, tools) refused in words."""
+    try:
+        messages = check_messages(body.get("messages"))
+    except MetaAlignerError as exc:
+        raise ApiError(400, str(exc), "invalid_messages") from None
+    n = body.get("n", 1)
+    if n is not None and n != 1:
+        raise ApiError(400, f"n={json.dumps(n)} is not supported: the proxy aligns exactly one answer per "
+                       "request (send n requests)", "n_not_supported")
+    refused = [f for f in REFUSED_FIELDS if body.get(f)]
+    if refused:
+        raise ApiError(400, f"{', '.join(refused)} not supported: the aligner edits text answers, not tool "
+                       "calls (call the policy directly for tools)", "tools_not_supported")
+    return messages
+
+
+async def _ask_policy(service: Service, request: Request, body: dict) -> tuple[dict, str, str, float]:
+    """The policy's completion for the request minus our fields, its text answer, the model that answered,
+    and the seconds it took."""
+    if service.policy is None:
+        raise ApiError(503, "no policy is configured (start the server with --policy_base_url URL); "
+                       "POST /v1/align aligns a given answer without one", "no_policy")
+    forward = {k: v for k, v in body.items() if k not in OUR_FIELDS + ("stream", "stream_options")}
+    if service.config.policy_model:
+        forward["model"] = service.config.policy_model
+    if not forward.get("model"):
+        raise ApiError(400, "'model' is required (or start the server with --policy_model NAME)", "missing_model")
+    started = time.perf_counter()
+    try:
+        answer = await until_disconnect(request, service.policy.chat(forward))
+    except UpstreamError as exc:
+        raise ApiError(exc.status, str(exc), "upstream_error") from None
+    policy_s = time.perf_counter() - started
+    service.metrics.policy_seconds.observe(policy_s)
+    original = (answer["choices"][0].get("message") or {}).get("content")
+    if not isinstance(original, str):
+        raise ApiError(502, f"{service.policy.where}: answered without text content (tool calls or refusal)",
+                       "upstream_error")
+    return answer, original, answer.get("model") or forward["model"], policy_s
+
+
+def _add_chat_route(app: FastAPI, service: Service) -> None:
+    """POST /v1/chat/completions: the policy's answer, aligned (or passed through with align false)."""
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await read_json(request, config.max_body_bytes)
-        try:
-            messages = check_messages(body.get("messages"))
-        except MetaAlignerError as exc:
-            raise ApiError(400, str(exc), "invalid_messages") from None
-        n = body.get("n", 1)
-        if n is not None and n != 1:
-            raise ApiError(400, f"n={json.dumps(n)} is not supported: the proxy aligns exactly one answer per "
-                           "request (send n requests)", "n_not_supported")
-        refused = [f for f in REFUSED_FIELDS if body.get(f)]
-        if refused:
-            raise ApiError(400, f"{', '.join(refused)} not supported: the aligner edits text answers, not tool "
-                           "calls (call the policy directly for tools)", "tools_not_supported")
+        body = await read_json(request, service.config.max_body_bytes)
+        messages = _check_chat_body(body)
         do_align = _flag(body, "align", True)
         stream = _flag(body, "stream", False)
         labels, descriptions = service.objectives(body.get("objectives")) if do_align else ([], [])
-        if service.policy is None:
-            raise ApiError(503, "no policy is configured (start the server with --policy_base_url URL); "
-                           "POST /v1/align aligns a given answer without one", "no_policy")
-        forward = {k: v for k, v in body.items() if k not in OUR_FIELDS + ("stream", "stream_options")}
-        if config.policy_model:
-            forward["model"] = config.policy_model
-        if not forward.get("model"):
-            raise ApiError(400, "'model' is required (or start the server with --policy_model NAME)", "missing_model")
-        started = time.perf_counter()
-        try:
-            policy_answer = await until_disconnect(request, service.policy.chat(forward))
-        except UpstreamError as exc:
-            raise ApiError(exc.status, str(exc), "upstream_error") from None
-        policy_s = time.perf_counter() - started
-        service.metrics.policy_seconds.observe(policy_s)
-        message = policy_answer["choices"][0].get("message") or {}
-        original = message.get("content")
-        if not isinstance(original, str):
-            raise ApiError(502, f"{service.policy.where}: answered without text content (tool calls or refusal)",
-                           "upstream_error")
-        policy_model = policy_answer.get("model") or forward["model"]
+        policy_answer, original, policy_model, policy_s = await _ask_policy(service, request, body)
         extra = {"original": original, "objectives": labels, "aligner": service.engine.label if do_align else None,
                  "guard_fallback": False, "policy_model": policy_model, "aligned": do_align}
-        query = to_query(messages, service.query_format)
         if not do_align:
             result = dict(policy_answer, metaaligner=extra)
             if stream:
                 return StreamingResponse(_sse_whole(result, original), media_type="text/event-stream")
             return result
-        row = Row(query, original, labels, descriptions)
+        row = Row(to_query(messages, service.query_format), original, labels, descriptions)
         completion_id = f"chatcmpl-ma{uuid.uuid4().hex[:20]}"
         created = int(time.time())
         if stream:
@@ -383,6 +411,9 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
                              "finish_reason": "stop", "logprobs": None}],
                 "usage": policy_answer.get("usage"), "metaaligner": extra}
 
+
+def _add_page_routes(app: FastAPI, service: Service) -> None:
+    """GET / (the playground page) and /static/ (its script and style)."""
     @app.get("/", response_class=HTMLResponse)
     async def playground():
         page = service.static_dir / PLAYGROUND
@@ -399,8 +430,6 @@ def create_app(config: ServeConfig, engine: BaseEngine | None = None) -> FastAPI
         if not path.is_file() or root not in path.parents:
             raise ApiError(404, f"no static file {name!r}", "not_found")
         return FileResponse(path)
-
-    return _Observe(app, service)
 
 
 def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None,
