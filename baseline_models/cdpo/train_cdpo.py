@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
+from metaaligner.training.common import overwrite_field, resume_field
 from metaaligner.training.dpo import DPOTrainConfig
 
 
@@ -35,11 +36,8 @@ class TrainCDPOConfig:
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     limit: int | None = field(default=None, metadata={**check(ge=1),
                                                       "help": "only the first N training pairs (smoke tests)"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
-                "the global batch, learning rate, schedule, model or training data differ"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
+    resume: bool = resume_field()
+    overwrite: bool = overwrite_field()
 
 
 def make_parser():

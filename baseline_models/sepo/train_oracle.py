@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
+from metaaligner.training.common import overwrite_field, resume_field
 from metaaligner.training.dpo import DPOTrainConfig
 
 
@@ -35,11 +36,8 @@ class TrainOracleConfig:
                                                       "help": "at most N training pairs (after --fraction)"})
     ref_model_path: str | None = field(default=None, metadata={"help": "a reference other than the starting model"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (reference = base, adapter off)"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
-                "the global batch, learning rate, schedule, model or training data differ"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
+    resume: bool = resume_field()
+    overwrite: bool = overwrite_field()
     log_path: str | None = field(default=None, metadata={"help": "JSONL log (default OUT/train_log.jsonl)"})
 
 

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 from metaaligner.cli import check, make_parser as _make_parser, parse, run_main
+from metaaligner.training.common import overwrite_field, resume_field
 from metaaligner.training.sepo_trainer import SePOTrainConfig
 
 
@@ -37,11 +38,8 @@ class TrainPolicyConfig:
     eval_input: str | None = field(default=None, metadata={"help": "held-out select_tokens.py output"})
     limit: int | None = field(default=None, metadata={**check(ge=1), "help": "at most N training pairs"})
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
-                "the global batch, learning rate, schedule, model or training data differ"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
+    resume: bool = resume_field()
+    overwrite: bool = overwrite_field()
     log_path: str | None = field(default=None, metadata={"help": "JSONL log (default OUT/train_log.jsonl)"})
 
 

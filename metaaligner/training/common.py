@@ -109,6 +109,19 @@ def override(name: str, default: Any, help_text: str | None = None) -> Any:
     return field(default=default, metadata=metadata)
 
 
+def resume_field() -> Any:
+    """The ``--resume`` flag of every baseline trainer script."""
+    return field(default=False, metadata={
+        "help": "continue from the last complete checkpoint in --output_dir; refused, naming each difference, when "
+                "the global batch, learning rate, schedule, model or training data differ"})
+
+
+def overwrite_field() -> Any:
+    """The ``--overwrite`` flag of every baseline trainer script."""
+    return field(default=False, metadata={
+        "help": "start over in an --output_dir holding an earlier run (its checkpoints are deleted)"})
+
+
 def check_pairs(pairs: list[dict[str, Any]], name: str) -> list[dict[str, str]]:
     """Keep only ``prompt``/``chosen``/``rejected`` (all text); raise a one-line error otherwise."""
     out = []
