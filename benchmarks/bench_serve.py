@@ -9,8 +9,8 @@ with the in-process aligner and a local scripted policy, once per ``--max_batch_
 
 The policy is the project's scripted OpenAI-compatible server (``metaaligner.testing``) answering each
 question with the shipped HH-RLHF sample's Claude-3 answer to it, at once, so the time measured is the
-proxy's and its aligner's (its listen backlog is raised from the stdlib's 5 to 128, so that 16
-connections opened at once are not stalled 1 s by the kernel's retry). Each client sends its
+proxy's and its aligner's (its listen backlog is 128, not the stdlib's 5, so that 16 connections
+opened at once are not stalled 1 s by the kernel's retry). Each client sends its
 requests one after another (``objectives`` harmlessness,helpfulness); all clients start together
 (each first opens its connection with one ``GET /v1/models`` and the proxy answers one chat request,
 then they wait for one another). Per batch size, one line: requests, wall seconds, requests/s,
@@ -28,7 +28,6 @@ it puts on any batch ratio: the batch-1 seconds over the prefill seconds.
 """
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import subprocess
@@ -246,9 +245,6 @@ def main(config: BenchServeConfig) -> int:
           f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}; load average "
           + " ".join(f"{x:.2f}" for x in load_before), flush=True)
     results = []
-    # The scripted policy is a stdlib ThreadingHTTPServer whose listen backlog is 5: 16 connections opened at once
-    # overflow it and the kernel retries the rest after 1 s (a stall no real policy server has).
-    http.server.ThreadingHTTPServer.request_queue_size = 128
     with ScriptedOpenAIServer(lambda req: answers[last_user_text(req)], models=["claude-3"], max_lifetime_s=7200,
                               keep_bodies=False) as policy, tempfile.TemporaryDirectory() as tmp:
         for round_ in range(config.repeat):

@@ -137,6 +137,13 @@ def test_loopback_hosts():
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.10", "::", "example.org"))
 
 
+def test_scripted_policy_listens_with_a_backlog_for_many_clients():
+    # 16 clients connecting at once overflowed the stdlib's backlog of 5 and stalled 1 s in bench_serve
+    with ScriptedOpenAIServer(lambda req: "ok") as server:
+        assert server._httpd.request_queue_size == 128
+        assert server._httpd.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+
+
 def test_non_loopback_host_without_key_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "METAALIGNER_API_KEY"}
     result = subprocess.run([sys.executable, "-m", "metaaligner", "serve", "--host", "0.0.0.0", "--port", "0"],

@@ -156,7 +156,7 @@ class ScriptedOpenAIServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._httpd = _Server((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         self.port = self._httpd.server_address[1]
@@ -213,6 +213,12 @@ class ScriptedOpenAIServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+class _Server(ThreadingHTTPServer):
+    # the stdlib's listen backlog is 5: 16 clients connecting at once overflowed it and the kernel retried
+    # the rest after 1 s, a stall no real OpenAI-compatible server shows
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
