@@ -24,7 +24,9 @@ busy neighbour stalls every step of a multi-threaded decode). Each batch size st
 the ``Aligner`` API in this process at the first and last batch size, no HTTP: the engine's own
 ratio, which the proxy's is compared with; then the same rows with one new token each at the largest
 batch size (the engine's prefill, compute-bound work every batch size repeats per row) and the ceiling
-it puts on any batch ratio: the batch-1 seconds over the prefill seconds.
+it puts on any batch ratio: the batch-1 seconds over the prefill seconds; and the compute bound: the
+fewest seconds the largest batch's linears need at the matmul peak (measured before the runs on a
+CPU; ``least_seconds``), and the ceiling that puts on any batch ratio, the batch-1 seconds over it.
 """
 from __future__ import annotations
 
@@ -195,9 +197,31 @@ def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Pa
             "mean_batch": rows_aligned / batches if batches else 0.0, "answered_once": answered_once}
 
 
-def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict[int, float]:
+def linear_params(model) -> tuple[int, int]:
+    """(weights of the decoder's linears, weights of the lm_head): the multiply-adds one token's
+    forward runs through its linears, and one row of logits."""
+    import torch
+
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    return body, head.weight.numel()
+
+
+def least_seconds(body: int, head: int, prefill_tokens: int, generated: int, rows: int, gflops: float) -> float:
+    """The fewest seconds any schedule needs for a run's linears at ``gflops``: every prompt token
+    the engine must read (``prefill_tokens``, the batch's shared start once) and every generated
+    token but each row's first (prefill gives it) go through the decoder's linears once, and each
+    generated token needs one row of logits; 2 FLOP a weight. Attention and everything else are left
+    out, so the true least time is longer."""
+    forwards = prefill_tokens + max(generated - rows, 0)
+    return 2 * (body * forwards + head * generated) / (gflops * 1e9)
+
+
+def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict:
     """Seconds to align the same rows (the same prompts the proxy builds) with the ``Aligner`` API in this
-    process, ``batch_size`` rows per engine call, guard included, after a warm-up call."""
+    process, ``batch_size`` rows per engine call, guard included, after a warm-up call. Also the work of
+    the first size's run (``work``: the engine's prompt tokens read and tokens generated, the model's
+    linear weights) and the prefill alone at the largest size (``prefill``)."""
     from dataclasses import replace
 
     import torch
@@ -213,17 +237,44 @@ def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict[int,
     answers = [answer for _, answer in rows]
     aligner.align(queries[:1], answers[:1], ["harmlessness", "helpfulness"])  # load and warm up
     out = {}
+    stats = aligner.generator.stats
     for size in sizes:
         aligner.params = replace(aligner.params, batch_size=size)
+        before = dict(stats)
         start = time.perf_counter()
         aligner.align(queries, answers, ["harmlessness", "helpfulness"])
         out[size] = time.perf_counter() - start
+        if size == sizes[0]:
+            out["work"] = {key: stats.get(key, 0) - before.get(key, 0)
+                           for key in ("prefill_tokens", "generated_tokens", "prompts")}
+            out["work"]["params"] = linear_params(aligner.generator.model)
     # the engine's own prefill: every row's prompt read, one new token each, at the largest batch size
     aligner.params = replace(aligner.params, batch_size=max(sizes), max_new_tokens=1)
     start = time.perf_counter()
     aligner.align(queries, answers, ["harmlessness", "helpfulness"])
     out["prefill"] = time.perf_counter() - start
     return out
+
+
+gbs_measured: dict[str, float] = {}
+
+
+def peak_gflops(config: BenchServeConfig) -> float | None:
+    """The matmul peak the compute bound uses: on a CPU measured now at ``--threads`` (before any
+    timing, so the machine's state is the runs'); on a GPU the card's datasheet bf16 peak when it is
+    in devices.py (the aligner runs float32 there unless told otherwise, so the bound is loose)."""
+    import torch
+
+    if config.device == "cpu":
+        from bench_aligner_inference import roofline
+
+        torch.set_num_threads(config.threads)
+        gflops, gbs_measured["gbs"], _ = roofline()
+        return gflops
+    from devices import gpu_name, gpu_roofline
+
+    known = gpu_roofline(gpu_name(config.device))
+    return known[1] if known else None
 
 
 def main(config: BenchServeConfig) -> int:
@@ -241,6 +292,7 @@ def main(config: BenchServeConfig) -> int:
     rows = load_rows(config.samples, n)
     answers = {messages[-1]["content"]: answer for messages, answer in rows}
     load_before = os.getloadavg()
+    gflops = peak_gflops(config)
     print(f"{config.clients} clients x {config.requests_per_client} requests, {config.max_new_tokens} new tokens, "
           f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}; load average "
           + " ".join(f"{x:.2f}" for x in load_before), flush=True)
@@ -260,7 +312,7 @@ def main(config: BenchServeConfig) -> int:
                       f"{os.getloadavg()[0]:.2f}", flush=True)
     if config.offline:
         offline = offline_rates(config, rows, [sizes[0], sizes[-1]])
-        prefill = offline.pop("prefill")
+        prefill, work = offline.pop("prefill"), offline.pop("work")
         for size, seconds in offline.items():
             print(f"offline engine, batch {size:>3}: {n} rows in {seconds:.1f} s = {n / seconds:.2f} rows/s",
                   flush=True)
@@ -268,6 +320,15 @@ def main(config: BenchServeConfig) -> int:
         print(f"prefill alone (the same engine, 1 new token per row, batch {max(sizes)}): {n} rows in "
               f"{prefill:.1f} s; ceiling on any batch ratio here = offline batch-{sizes[-1]} seconds / prefill "
               f"seconds = {offline[sizes[-1]] / prefill:.2f}x", flush=True)
+        if gflops and work.get("prefill_tokens"):
+            body, head = work["params"]
+            least = least_seconds(body, head, work["prefill_tokens"], work["generated_tokens"], work["prompts"],
+                                  gflops)
+            print(f"compute bound at batch {sizes[0]}: {work['prefill_tokens']} prompt tokens read and "
+                  f"{work['generated_tokens']} generated through {body / 1e6:.1f}M linear weights + a "
+                  f"{head / 1e6:.1f}M lm_head, at the {gflops:.1f} GFLOP/s matmul peak, take at least {least:.1f} s; "
+                  f"ceiling on any batch ratio here = offline batch-{sizes[-1]} seconds / that = "
+                  f"{offline[sizes[-1]] / least:.2f}x", flush=True)
     import statistics
 
     import torch
@@ -278,12 +339,8 @@ def main(config: BenchServeConfig) -> int:
           f"{config.threads}; {torch.__version__}")
     print(describe(config.device))
     if config.device == "cpu":
-        from bench_aligner_inference import roofline
-
-        torch.set_num_threads(config.threads)
-        gflops, gbs, _ = roofline()
         print(f"CPU roofline (this process, {config.threads} thread(s)): fp32 matmul {gflops:.1f} GFLOP/s, "
-              f"memory copy {gbs:.1f} GB/s")
+              f"memory copy {gbs_measured['gbs']:.1f} GB/s")
     print(f"ratio requests/s --max_batch_size {sizes[0]} / {sizes[-1]}: {median[sizes[0]] / median[sizes[-1]]:.2f}x"
           + (" (medians of the rounds)" if config.repeat > 1 else ""))
     return 0 if all(r["answered_once"] for r in results) else 1

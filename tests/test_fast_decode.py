@@ -684,3 +684,66 @@ def test_stats_count_the_kv_slots_each_length_group_reads(gqa_model, monkeypatch
     stats = {}
     _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0, compact=False, stats=stats)
     assert stats["decode_kv_slots"] == sum(n + k for n in (37, 4, 22, 2, 9, 6) for k in range(1, 10))
+
+
+# ---------------------------------------------------------------- rows that end on their own, or are stopped
+
+def test_finished_hears_each_row_once_as_it_stops_while_the_others_go_on(gqa_model):
+    """One token a step (no drafts): a row that reaches a stop id is told at that step, with its final
+    tokens, before the rows still decoding; every row is told exactly once, in the order they stop."""
+    alone = _greedy(gqa_model, max_new_tokens=10, ngram_speculation=0)
+    stop = alone[1][2]  # row 1 stops at its third token (or earlier, where that id comes sooner)
+    ends = [next((k + 1 for k, t in enumerate(row) if t == stop), 10) for row in alone]
+    heard, asked = [], []
+
+    def stopped(i):
+        asked.append(i)
+        return False
+
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    with torch.inference_mode():
+        out = greedy_batch(gqa_model, PROMPTS, 10, {stop}, 0, ngram_speculation=0, stopped=stopped,
+                           finished=lambda i, tokens: heard.append((i, list(tokens), len(asked))))
+    assert out == [row[:n] for row, n in zip(alone, ends)]
+    assert sorted(i for i, *_ in heard) == list(range(6))
+    assert [i for i, *_ in heard] == sorted(range(6), key=lambda i: (ends[i], i))
+    assert all(tokens == out[i] for i, tokens, _ in heard)
+    # row 1 was told before the last step's questions: the others were still being asked then
+    told_row1 = next(n for i, _, n in heard if i == 1)
+    assert told_row1 < len(asked) and ends[1] < 10
+
+
+@pytest.mark.parametrize("drafts", [0, 8])
+def test_stopped_ends_a_row_between_steps_and_leaves_the_others_tokens(gqa_model, drafts):
+    """``stopped`` is asked once after the prefill and once before each step; row 2 says yes at its
+    third question, so it keeps its prefill token and one step's tokens (one token without drafts);
+    row 4 says yes at its first (prefill only); every other row's tokens are as without stopping."""
+    alone = _greedy(gqa_model, max_new_tokens=10, ngram_speculation=drafts)
+    asked = {i: 0 for i in range(6)}
+    heard = {}
+
+    def stopped(i):
+        asked[i] += 1
+        return (i == 2 and asked[i] == 3) or i == 4
+
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    with torch.inference_mode():
+        out = greedy_batch(gqa_model, PROMPTS, 10, set(), 0, ngram_speculation=drafts, stopped=stopped,
+                           finished=lambda i, tokens: heard.setdefault(i, list(tokens)))
+    assert out[4] == alone[4][:1] and asked[4] == 1
+    assert asked[2] == 3 and 2 <= len(out[2]) < 10 and out[2] == alone[2][:len(out[2])]
+    if not drafts:
+        assert out[2] == alone[2][:2]
+    assert [out[i] for i in (0, 1, 3, 5)] == [alone[i] for i in (0, 1, 3, 5)]
+    assert heard == dict(enumerate(out))
+
+
+def test_one_new_token_tells_every_row_after_the_prefill(gqa_model):
+    heard = []
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    with torch.inference_mode():
+        out = greedy_batch(gqa_model, PROMPTS, 1, set(), 0, finished=lambda i, t: heard.append((i, list(t))))
+    assert heard == list(enumerate(out)) and all(len(t) == 1 for t in out)

@@ -419,3 +419,32 @@ def test_generation_scripts_take_the_vllm_options(script, repo_root, capsys, mon
     with pytest.raises(SystemExit):
         cli.parse(module.make_parser(), ["--backend", "hf", "--tensor_parallel_size", "2"])
     assert "--tensor_parallel_size needs --backend vllm or auto" in capsys.readouterr().err
+
+
+def test_row_events_hear_each_row_once_with_its_text_and_can_stop_one(hf_generator):
+    """``generate_all`` with ``RowEvents``: every row's ``done`` once, with the text returned (in the
+    call's row numbering, whatever the length sort did) and its token count; a row stopped at its
+    first question (right after the prefill) keeps one token; the other rows' texts are unchanged. A
+    backend without per-row events is told of every row at the end."""
+    from metaaligner.generation import RowEvents, generate_all
+
+    params = GenerationParams(max_new_tokens=8, batch_size=5)
+    plain = generate_all(hf_generator, PROMPTS, params)
+    heard = {}
+    events = RowEvents(done=lambda i, text, tokens: heard.setdefault(i, (text, tokens)), stopped=lambda i: i == 3)
+    out = generate_all(hf_generator, PROMPTS, params, events=events)
+    assert sorted(heard) == list(range(len(PROMPTS))) and {i: t for i, (t, _) in heard.items()} == dict(enumerate(out))
+    assert [o for i, o in enumerate(out) if i != 3] == [p for i, p in enumerate(plain) if i != 3]
+    first = hf_generator.tokenizer(PROMPTS[3], return_tensors=None)["input_ids"]
+    assert heard[3][1] <= 1 and len(hf_generator.tokenizer(out[3])["input_ids"]) <= 1 < len(first)
+    assert heard[0][1] == 8  # a row that ran its whole budget (no EOS in 8 tokens at these weights)
+
+    class Plain:  # a backend without per-row events: told at the end
+        name = "plain"
+
+        def generate(self, prompts, params, progress=False):
+            return [p.upper() for p in prompts]
+
+    told = []
+    assert generate_all(Plain(), ["a", "b"], params, events=RowEvents(done=lambda *e: told.append(e))) == ["A", "B"]
+    assert told == [(0, "A", None), (1, "B", None)]

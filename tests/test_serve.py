@@ -573,3 +573,70 @@ def test_playground_route(tmp_path, tiny_llama_dir):
         assert http("GET", proxy.url + "/static/%2e%2e/secret.txt")[0] == 404
     finally:
         proxy.stop()
+
+
+# ---------------------------------------------------------------- inside a running batch (in-process, no HTTP)
+
+def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llama_dir):
+    """Three requests in one batch of the tiny in-process aligner (40 new tokens). Row 0 ends early
+    (its stop question says yes at the second ask): its request is answered while the batch still
+    decodes (row 2 waits at its fourth question until it is). Row 1's client leaves at its fifth
+    question: the row stops there instead of decoding its 40 tokens. Row 2 runs to the end.
+    The engine's questions are gated here so that each event happens inside the batch, whatever the
+    machine's speed."""
+    import asyncio
+
+    from metaaligner.serve.batching import Batcher
+    from metaaligner.serve.config import ServeConfig
+    from metaaligner.serve.engine import Row, build_engine
+
+    engine = build_engine(ServeConfig(aligner_path=str(tiny_llama_dir), template="hh-rlhf", max_new_tokens=40,
+                                      guard="off"), upstream_factory=None)
+    engine.load(warm_up=False)
+    answered, inside, gate = threading.Event(), threading.Event(), threading.Event()
+    asked, seen, outcomes = {0: 0, 1: 0, 2: 0}, {}, {}
+    real = engine.align_batch
+
+    def gated(rows, delivered=None, stopped=None):
+        def question(i):
+            asked[i] += 1
+            if i == 0 and asked[0] == 2:
+                return True  # row 0 ends here, as if it reached EOS
+            if i == 2 and asked[2] == 4:
+                seen["row 0 answered mid-batch"] = answered.wait(DEADLINE_S)
+            if i == 1 and asked[1] == 5:
+                inside.set()
+                gate.wait(DEADLINE_S)
+            return stopped(i)
+        def heard(i, outcome):
+            outcomes[i] = outcome
+            delivered(i, outcome)
+        return real(rows, heard, question)
+
+    engine.align_batch = gated
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=3, batch_wait_ms=0)
+        await batcher.start()
+        try:
+            row = Row("\n\nHuman: How do I boil an egg?\n\nAssistant:", "Boil it.", ["helpfulness"],
+                      ["Helpfulness: The response should be helpful"])
+            jobs = [batcher.submit(row) for _ in range(3)]
+            first = await asyncio.wait_for(asyncio.shield(jobs[0].future), DEADLINE_S)
+            answered.set()
+            await asyncio.wait_for(asyncio.to_thread(inside.wait, DEADLINE_S), DEADLINE_S)
+            batcher.cancel(jobs[1])
+            gate.set()
+            last = await asyncio.wait_for(asyncio.shield(jobs[2].future), DEADLINE_S)
+            return first, jobs[1].future.cancelled(), last
+        finally:
+            gate.set()
+            answered.set()
+            await batcher.stop()
+
+    first, cancelled, last = asyncio.run(scenario())
+    assert seen["row 0 answered mid-batch"] is True and cancelled
+    assert first is outcomes[0] and last is outcomes[2]
+    # asked after the prefill, then before each step while live; row 1 stops at the ask after its client left
+    assert (asked[0], asked[1]) == (2, 5) and asked[2] > 5
+    assert outcomes[0].tokens <= 1 and outcomes[2].tokens == 40 and 0 < outcomes[1].tokens < 40

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from metaaligner.errors import MetaAlignerError
 
@@ -51,6 +51,26 @@ class GenerationParams:
                 "top_p": self.top_p, "seed": self.seed, "long_prompts": self.long_prompts}
 
 
+@dataclass
+class RowEvents:
+    """What a caller hears of, and says to, each row of one ``generate_all`` call (row ``i``: its
+    ``i``-th prompt). ``done(i, text, tokens)`` comes once per row as soon as its text is final (the
+    fast engine: when the row stops, while the batch's other rows go on; other backends: at the end),
+    with its new-token count where the backend counts them (else None). ``stopped(i)`` is asked
+    between decoding steps where the backend can stop one row (the fast engine): True ends that row
+    there, its text so far being what ``done`` gets and what is returned."""
+
+    done: Callable[[int, str, int | None], None] | None = None
+    stopped: Callable[[int], bool] | None = None
+
+    def finish(self, i: int, text: str, tokens: int | None = None) -> None:
+        if self.done is not None:
+            self.done(i, text, tokens)
+
+    def is_stopped(self, i: int) -> bool:
+        return self.stopped is not None and bool(self.stopped(i))
+
+
 class Generator(Protocol):
     name: str
 
@@ -66,11 +86,18 @@ BACKENDS = {
 
 
 def generate_all(generator: Generator, prompts: list[str], params: GenerationParams,
-                 progress: bool = False) -> list[str]:
-    """``generator.generate`` with the interface's contract checked: one completion per prompt."""
-    outputs = generator.generate(prompts, params, progress=progress)
+                 progress: bool = False, events: RowEvents | None = None) -> list[str]:
+    """``generator.generate`` with the interface's contract checked: one completion per prompt.
+    With ``events``, a backend that takes them per row (``row_events = True``: hf) gets them;
+    for any other every row's ``done`` comes once all are generated."""
+    per_row = events is not None and getattr(generator, "row_events", False)
+    outputs = (generator.generate(prompts, params, progress=progress, events=events) if per_row
+               else generator.generate(prompts, params, progress=progress))
     if len(outputs) != len(prompts):
         raise MetaAlignerError(f"backend returned {len(outputs)} outputs for {len(prompts)} prompts")
+    if events is not None and not per_row:
+        for i, text in enumerate(outputs):
+            events.finish(i, text)
     return outputs
 
 

@@ -32,6 +32,7 @@ config asks for something else (a repetition penalty, say), in which case the ca
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -237,7 +238,9 @@ def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPo
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
                  compact: bool = True, share_prefix: bool = True, pack_weights: bool = True,
                  group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION,
-                 reuse_buffers: bool = True, merge_linears: bool = True, stats: dict | None = None) -> list[list[int]]:
+                 reuse_buffers: bool = True, merge_linears: bool = True, stats: dict | None = None,
+                 stopped: Callable[[int], bool] | None = None,
+                 finished: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
@@ -252,7 +255,9 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     steps when the guesses are right. The KV buffers take their memory from the model's ``KVPool``
     (``kv_pool.py``) and hand it back at the end when ``reuse_buffers`` and the model is on CPU,
     else from a pool of this call only. ``stats``, when given, has this call's work added to it
-    (``add_stats``: where the time goes)."""
+    (``add_stats``: where the time goes). ``finished(i, tokens)``, when given, hears of row i once, as
+    soon as it stops (its tokens are final), while the other rows go on; ``stopped(i)`` is asked for
+    each live row before every decode step: True stops row i there (its tokens so far are its output)."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
@@ -267,15 +272,17 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         firsts, cache = _prefill_all(model, prompts, prefix, extra, pool, grouped)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
-        alive = [i for i, t in enumerate(firsts) if t not in stop_ids]
-        if max_new_tokens > 1 and alive:
+        rows = _RowEnds(outputs, stopped, finished)
+        alive = [i for i, t in enumerate(firsts) if t not in stop_ids and max_new_tokens > 1 and not rows.stop(i)]
+        rows.end([i for i in range(len(prompts)) if i not in set(alive)])
+        if alive:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
             state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation,
                                  grouped=grouped and len(alive) > 1, skip_pads=packing)
             if len(alive) < len(prompts):
                 state.keep(alive)
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
-                    pad_id, compact, drafters)
+                    pad_id, compact, drafters, rows)
     for layer in cache.layers if cache is not None else []:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)
@@ -287,6 +294,22 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
                   decode_pads_skipped=state.pads_skipped if state else 0,
                   decode_kv_slots=state.kv_slots if state else 0)
     return outputs
+
+
+class _RowEnds:
+    """Tells the caller of each row once as it stops (``finished``) and asks whether a live row is to
+    stop now (``stopped``); either may be None."""
+
+    def __init__(self, outputs: list[list[int]], stopped, finished):
+        self.outputs, self.stopped, self.finished = outputs, stopped, finished
+
+    def stop(self, row: int) -> bool:
+        return self.stopped is not None and bool(self.stopped(row))
+
+    def end(self, rows: list[int]) -> None:
+        if self.finished is not None:
+            for row in rows:
+                self.finished(row, self.outputs[row])
 
 
 def add_stats(stats: dict, **work) -> None:
@@ -478,12 +501,20 @@ def _pick_width(drafts: list[list[int]], history: list[list[tuple[int, int]]], b
 
 def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int], outputs: list[list[int]],
             max_new_tokens: int, stop_ids: set[int], pad_id: int, compact: bool,
-            drafters: list[NgramDrafter] | None = None) -> None:
-    """Extend ``outputs[rows[r]]`` step by step until every row stopped or spent the budget."""
+            drafters: list[NgramDrafter] | None = None, ends: _RowEnds | None = None) -> None:
+    """Extend ``outputs[rows[r]]`` step by step until every row stopped or spent the budget (or
+    ``ends`` stopped it); ``ends`` hears of each row as it stops."""
     done = [False] * len(rows)
     device = state.mask.device
     history = [[] for _ in rows]  # per row: (draft tokens accepted, checked) of its recent steps
+    ends = ends or _RowEnds(outputs, None, None)
     while True:
+        halted = [r for r in range(len(rows)) if not done[r] and ends.stop(rows[r])]
+        for r in halted:
+            done[r] = True
+        ends.end([rows[r] for r in halted])
+        if all(done):
+            return
         budgets = [max_new_tokens - len(outputs[row]) for row in rows]
         drafts = [[] if drafters is None or done[r] else drafters[r].draft(min(state.draft, budgets[r] - 1))
                   for r in range(len(rows))]
@@ -507,6 +538,8 @@ def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int],
                 outputs[row].extend(new)
                 next_tokens[r] = new[-1]
                 done[r] = new[-1] in stop_ids or len(outputs[row]) >= max_new_tokens
+                if done[r]:
+                    ends.end([row])
                 if drafters is not None:
                     drafters[r].extend(new)
         state.accept(kept)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from metaaligner.generation import GenerationParams
+from metaaligner.generation import GenerationParams, RowEvents
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ ENGINES = ("fast", "generate")
 
 class HFGenerator:
     name = "hf"
+    row_events = True  # generate() takes RowEvents: per row on the fast engine
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  lora_path: str | None = None, device_map: str | None = None, max_input_tokens: int | None = None,
@@ -130,17 +131,31 @@ class HFGenerator:
             eos = self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
-    def _fast_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[list[int]]:
+    def _fast_batch(self, prompts: list[list[int]], params: GenerationParams, idx: list[int] | None = None,
+                    events: RowEvents | None = None) -> list[list[int]]:
+        """The fast engine on one chunk; ``events`` (of the whole call, ``idx`` its rows here) hear of
+        each row as it stops and may stop rows between steps."""
         import torch
 
         from metaaligner.generation.fast_greedy import greedy_batch
 
+        stopped = finished = None
+        if events is not None:
+            def stopped(r: int) -> bool:
+                return events.is_stopped(idx[r])
+
+            def finished(r: int, row: list[int]) -> None:
+                events.finish(idx[r], self._text(row), self._count_new(row))
         with torch.inference_mode():
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
                                 pack_weights=self.pack_weights, group_attention=self.group_attention,
                                 ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers,
-                                merge_linears=self.merge_linears, stats=self.stats)
+                                merge_linears=self.merge_linears, stats=self.stats, stopped=stopped,
+                                finished=finished)
+
+    def _text(self, row: list[int]) -> str:
+        return self.tokenizer.decode(row, skip_special_tokens=True).strip()
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[list[int]]:
         """One left-padded ``model.generate`` call; new tokens per row (pads after EOS included)."""
@@ -162,7 +177,10 @@ class HFGenerator:
             out = self.model.generate(**batch, **kwargs)
         return out[:, batch["input_ids"].shape[1]:].tolist()
 
-    def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False) -> list[str]:
+    def generate(self, prompts: list[str], params: GenerationParams, progress: bool = False,
+                 events: RowEvents | None = None) -> list[str]:
+        """One completion per prompt; ``events`` (``RowEvents``): per row as it stops on the fast
+        engine, per chunk on ``generate``."""
         from tqdm.auto import tqdm
 
         if not prompts:
@@ -184,12 +202,14 @@ class HFGenerator:
         fast = self._argmax(params) and self.engine == "fast" and fast_greedy_supported(self.model)
         for begin in range(0, len(order), max(1, params.batch_size)):
             idx = order[begin:begin + max(1, params.batch_size)]
-            rows = (self._fast_batch([encoded[i] for i in idx], params) if fast
+            rows = (self._fast_batch([encoded[i] for i in idx], params, idx, events) if fast
                     else self._generate_batch([encoded[i] for i in idx], params))
             texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
             for i, row, text in zip(idx, rows, texts):
                 results[i] = text.strip()
                 self.stats["generated_tokens"] += self._count_new(row)
+                if events is not None and not fast:
+                    events.finish(i, results[i], self._count_new(row))
             bar.update(len(idx))
         bar.close()
         self.stats["prompts"] += len(prompts)

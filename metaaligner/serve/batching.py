@@ -6,9 +6,11 @@ request, waits up to ``batch_wait_ms`` for more to arrive (up to ``max_batch_siz
 them as ONE engine call: for the in-process engine in its one worker thread (the event loop stays
 free, and the model runs one batch at a time); for a remote engine batches run concurrently.
 A streamed request runs alone (its tokens go to one client as they come), after the batch it
-arrived beside. A request whose client disconnected is dropped before its batch starts; a streamed
-one stops at its next token; a row already inside a running batch finishes with it (the batched
-engine has no per-row stop) and its result is discarded.
+arrived beside. In-process, each request is answered as soon as its own row stops, while the
+batch's longer rows go on decoding. A request whose client disconnected is dropped before its batch
+starts; inside a running batch its row stops at the next decoding step (the fast engine asks
+between steps; another backend's row finishes with its batch and the result is discarded); a
+streamed one stops at its next token.
 """
 from __future__ import annotations
 
@@ -39,6 +41,11 @@ class Job:
         self.cancelled.set()
         if not self.future.done():
             self.future.cancel()
+
+
+def _answer(job: Job, outcome: Outcome) -> None:
+    if not job.future.done():
+        job.future.set_result(outcome)
 
 
 class Batcher:
@@ -173,9 +180,15 @@ class Batcher:
     async def _run_batch(self, batch: list[Job]) -> None:
         start = time.perf_counter()
         rows = [j.row for j in batch]
+        loop = asyncio.get_running_loop()
+
+        def delivered(i: int, outcome: Outcome) -> None:  # from the worker thread, as each row ends
+            loop.call_soon_threadsafe(_answer, batch[i], outcome)
+
         try:
             if isinstance(self.engine, LocalEngine):
-                outcomes = await self.run_in_worker(self.engine.align_batch, rows)
+                outcomes = await self.run_in_worker(self.engine.align_batch, rows, delivered,
+                                                    lambda i: batch[i].cancelled.is_set())
             else:
                 outcomes = await self.engine.align_batch_async(rows)
         except asyncio.CancelledError:
@@ -189,8 +202,7 @@ class Batcher:
             return
         self._observe(len(batch), time.perf_counter() - start, outcomes)
         for job, outcome in zip(batch, outcomes):
-            if not job.future.done():
-                job.future.set_result(outcome)
+            _answer(job, outcome)
 
     async def _run_stream(self, job: Job) -> None:
         loop = asyncio.get_running_loop()

@@ -156,16 +156,30 @@ class LocalEngine(BaseEngine):
     def _tokens(self) -> int:
         return int(getattr(self.generator, "stats", {}).get("generated_tokens", 0))
 
-    def align_batch(self, rows: Sequence[Row]) -> list[Outcome]:
-        from metaaligner.generation import generate_all
+    def align_batch(self, rows: Sequence[Row], delivered: Callable[[int, Outcome], None] | None = None,
+                    stopped: Callable[[int], bool] | None = None) -> list[Outcome]:
+        """Each row's ``Outcome``. ``delivered(i, outcome)`` hears of row i as soon as its text is final
+        (the fast engine: while the batch's longer rows still decode); ``stopped(i)`` is asked between
+        decoding steps and True ends row i there (its client left)."""
+        from metaaligner.generation import RowEvents, generate_all
 
-        prompts = self.prompts(rows, self.generator)
+        outcomes: list[Outcome | None] = [None] * len(rows)
+
+        def done(i: int, text: str, tokens: int | None) -> None:
+            outcomes[i] = self.finish(rows[i], text, tokens or 0)
+            if delivered is not None:
+                delivered(i, outcomes[i])
+
         before = self._tokens()
-        outputs = generate_all(self.generator, prompts, self.params)
-        tokens = self._tokens() - before
-        share = [tokens // len(rows)] * len(rows)  # the engine counts per call; spread evenly for the metric
-        share[0] += tokens - sum(share)
-        return [self.finish(row, out, n) for row, out, n in zip(rows, outputs, share)]
+        generate_all(self.generator, self.prompts(rows, self.generator), self.params,
+                     events=RowEvents(done=done, stopped=stopped))
+        counted = self._tokens() - before
+        if counted and not any(o.tokens for o in outcomes):  # a backend without per-row counts: spread evenly
+            share = [counted // len(rows)] * len(rows)
+            share[0] += counted - sum(share)
+            for outcome, n in zip(outcomes, share):
+                outcome.tokens = n
+        return outcomes
 
     def align_stream(self, row: Row, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
         """One row, its text handed to ``emit`` piece by piece as the model writes it (``streams_live``:
