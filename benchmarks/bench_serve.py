@@ -58,6 +58,9 @@ class BenchServeConfig:
     batch_wait_ms: float = field(default=50.0, metadata={
         **cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms (here 16 client threads in one Python process reach "
                                     "the proxy over about 40 ms, more than the server's default 20 ms)"})
+    continuous: bool = field(default=True, metadata={
+        "help": "the proxy's --continuous: requests join a running batch between decoding steps (false: they "
+                "wait for the next batch)"})
     threads: int = field(default=1, metadata={
         **cli.check(ge=1), "help": "the proxy's --threads (torch threads), also the offline engine's"})
     aligner_path: str = field(default="embedded", metadata={
@@ -133,6 +136,7 @@ def start_proxy(config: BenchServeConfig, batch_size: int, policy_url: str, log:
                                     "--aligner_path", config.aligner_path, "--policy_base_url", policy_url,
                                     "--max_new_tokens", str(config.max_new_tokens),
                                     "--max_batch_size", str(batch_size), "--batch_wait_ms", str(config.batch_wait_ms),
+                                    "--continuous", str(config.continuous).lower(),
                                     "--objectives", "harmlessness,helpfulness", "--threads", str(config.threads),
                                     "--device", config.device],
                                    stdout=stdout, stderr=stderr, env=env, cwd=REPO)
@@ -294,7 +298,8 @@ def main(config: BenchServeConfig) -> int:
     load_before = os.getloadavg()
     gflops = peak_gflops(config)
     print(f"{config.clients} clients x {config.requests_per_client} requests, {config.max_new_tokens} new tokens, "
-          f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}; load average "
+          f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}, --continuous "
+          f"{str(config.continuous).lower()}; load average "
           + " ".join(f"{x:.2f}" for x in load_before), flush=True)
     results = []
     with ScriptedOpenAIServer(lambda req: answers[last_user_text(req)], models=["claude-3"], max_lifetime_s=7200,

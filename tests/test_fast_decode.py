@@ -433,7 +433,7 @@ def test_padding_no_length_group_reads_is_left_untouched(gqa_model, monkeypatch)
         lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(new_empty(self, *a, **k)))
     prompts = sorted(PROMPTS, key=len, reverse=True)  # 37, 22, 9, 6, 4, 2 tokens
     with torch.inference_mode():
-        _, cache = fast_greedy._prefill_all(gqa_model, prompts, 0, 5, kv_pool.KVPool(), grouped=True)
+        _, cache, _ = fast_greedy._prefill_all(gqa_model, prompts, 0, 5, kv_pool.KVPool(), grouped=True)
     keys = cache.layers[1].keys_buf
     for row, (read_from, start) in enumerate(zip([0, 15, 28, 28, 33, 33], [0, 15, 28, 31, 33, 35])):
         assert keys[row, :, :read_from].isnan().all()  # never read, never written
@@ -456,8 +456,8 @@ def test_a_row_that_stops_at_its_first_token_leaves_the_survivors_unread_padding
     stop = {_greedy(gqa_model, [PROMPTS[1]], max_new_tokens=1)[0][0]}  # the 4-token prompt stops at once
     alone = [_greedy_n(gqa_model, [p], 6, stop, ngram_speculation=0)[0] for p in PROMPTS]
     reads, gather = [], fast_greedy._BufferLayer.gather_rows
-    monkeypatch.setattr(fast_greedy._BufferLayer, "gather_rows", lambda self, slots, width, capacity, pool, read_from: (
-        reads.append(list(read_from)), gather(self, slots, width, capacity, pool, read_from))[1])
+    monkeypatch.setattr(fast_greedy._BufferLayer, "gather_rows", lambda self, slots, width, capacity, pool, read_from, joined=(): (
+        reads.append(list(read_from)), gather(self, slots, width, capacity, pool, read_from, joined))[1])
     new_empty = torch.Tensor.new_empty
     monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: (
         lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(new_empty(self, *a, **k)))
@@ -747,3 +747,61 @@ def test_one_new_token_tells_every_row_after_the_prefill(gqa_model):
     with torch.inference_mode():
         out = greedy_batch(gqa_model, PROMPTS, 1, set(), 0, finished=lambda i, t: heard.append((i, list(t))))
     assert heard == list(enumerate(out)) and all(len(t) == 1 for t in out)
+
+
+# ---------------------------------------------------------------- continuous batching: rows join between steps
+
+def _joining(model, first, later, new=40, stop=frozenset(), **switches):
+    """``greedy_batch`` on the ``first`` prompts; ``later`` maps a question number (1: the first
+    ``more`` call) to the prompts given then. Returns the outputs, the live counts ``more`` was
+    given, and the rows ``finished`` heard of in order."""
+    from metaaligner.generation.fast_greedy import greedy_batch
+
+    asked, heard = [], []
+
+    def more(live):
+        asked.append(live)
+        return later.get(len(asked), [])
+
+    with torch.inference_mode():
+        out = greedy_batch(model, first, new, set(stop), 0, more=more,
+                           finished=lambda i, tokens: heard.append((i, list(tokens))), **switches)
+    return out, asked, heard
+
+
+@pytest.mark.parametrize("spec,compact", [(0, True), (6, True), (6, False)])
+def test_rows_that_join_between_steps_get_the_tokens_of_batch_1(gqa_model, spec, compact):
+    """Two rows start; two join at the 3rd question, one at the 8th, one at the 30th (its budget runs
+    past the first rows' end). Row 1 stops early (a stop id). Every row's tokens are those it gets
+    alone, numbered in the order the rows came; ``more`` is asked with the live count before each
+    step; every row is heard of once."""
+    stop = {_greedy(gqa_model, [PROMPTS[1]], ngram_speculation=0)[0][5]}
+    alone = [_greedy_n(gqa_model, [p], 40, stop, ngram_speculation=0)[0] for p in PROMPTS]
+    later = {3: [PROMPTS[2], PROMPTS[3]], 8: [PROMPTS[4]], 30: [PROMPTS[5]]}
+    out, asked, heard = _joining(gqa_model, PROMPTS[:2], later, stop=stop, ngram_speculation=spec, compact=compact)
+    assert out == alone
+    assert sorted(i for i, _ in heard) == list(range(6)) and all(t == out[i] for i, t in heard)
+    assert asked[:3] == [2, 2, 2] and asked[3] == 4 - (len(alone[1]) <= 3)
+    assert len(asked) >= 30 and asked[-1] == 0  # asked once more after the last row ended
+
+
+def test_a_row_joins_a_batch_whose_rows_all_ended_and_the_call_goes_on(gqa_model):
+    """The first row stops at its first decode step; a row given at the 2nd question (no row live
+    then) still decodes its whole budget in the same call."""
+    stop = {_greedy(gqa_model, [PROMPTS[3]], max_new_tokens=2, ngram_speculation=0)[0][1]}
+    alone = [_greedy_n(gqa_model, [p], 12, stop, ngram_speculation=0)[0] for p in (PROMPTS[3], PROMPTS[0])]
+    out, asked, _ = _joining(gqa_model, [PROMPTS[3]], {2: [PROMPTS[0]]}, new=12, stop=stop, ngram_speculation=0)
+    assert out == alone and len(alone[0]) == 2 and asked[:2] == [1, 0]
+
+
+def test_a_joining_row_runs_on_the_shared_starts_cache_when_it_starts_with_it(gqa_model):
+    """Prompts that start with the first batch's shared 20 tokens prefill only their own tokens;
+    one that does not runs whole. The stats count what ran, and the tokens are batch 1's."""
+    shared = list(range(3, 23))
+    first = [shared + [40, 41], shared + [50]]
+    joining = [shared + [60, 61, 62], list(range(30, 55))]
+    alone = [_greedy_n(gqa_model, [p], 8, set(), ngram_speculation=0)[0] for p in first + joining]
+    stats = {}
+    out, _, _ = _joining(gqa_model, first, {2: joining}, new=8, ngram_speculation=0, stats=stats)
+    assert out == alone
+    assert stats["prefill_tokens"] == 20 + 2 + 1 + 3 + 25

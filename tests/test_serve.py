@@ -597,7 +597,7 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
     asked, seen, outcomes = {0: 0, 1: 0, 2: 0}, {}, {}
     real = engine.align_batch
 
-    def gated(rows, delivered=None, stopped=None):
+    def gated(rows, delivered=None, stopped=None, more=None):
         def question(i):
             asked[i] += 1
             if i == 0 and asked[0] == 2:
@@ -611,7 +611,7 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
         def heard(i, outcome):
             outcomes[i] = outcome
             delivered(i, outcome)
-        return real(rows, heard, question)
+        return real(rows, heard, question, more)
 
     engine.align_batch = gated
 
@@ -640,3 +640,68 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
     # asked after the prefill, then before each step while live; row 1 stops at the ask after its client left
     assert (asked[0], asked[1]) == (2, 5) and asked[2] > 5
     assert outcomes[0].tokens <= 1 and outcomes[2].tokens == 40 and 0 < outcomes[1].tokens < 40
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_request_that_arrives_mid_batch_joins_it_when_a_row_ends(tiny_llama_dir, continuous):
+    """--max_batch_size 2: two requests start a batch; a third arrives while it decodes (row 0 waits
+    at its third question until it has been submitted); row 1 ends at its fourth. With continuous
+    batching the third joins the running batch in the free row (one engine call, ``more`` asked with
+    the live count) and gets the answer it gets alone; without, it waits for a second call."""
+    import asyncio
+
+    from metaaligner.serve.batching import Batcher
+    from metaaligner.serve.config import ServeConfig
+    from metaaligner.serve.engine import Row, build_engine
+
+    engine = build_engine(ServeConfig(aligner_path=str(tiny_llama_dir), template="hh-rlhf", max_new_tokens=40,
+                                      guard="off"), upstream_factory=None)
+    engine.load(warm_up=False)
+    rows = [Row(f"\n\nHuman: {q}\n\nAssistant:", a, ["helpfulness"], ["Helpfulness: The response should be helpful"])
+            for q, a in (("How do I boil an egg?", "Boil it."), ("Is tea healthy?", "Yes, mostly."),
+                         ("What is rain?", "Water falling from clouds."))]
+    alone = engine.align_batch([rows[2]])[0]
+    inside, gate = threading.Event(), threading.Event()
+    calls, asked, lives = [], {}, []
+    real = engine.align_batch
+
+    def gated(batch_rows, delivered=None, stopped=None, more=None):
+        calls.append(len(batch_rows))
+
+        def question(i):
+            asked[i] = asked.get(i, 0) + 1
+            if len(calls) == 1 and i == 0 and asked[0] == 3:
+                inside.set()
+                gate.wait(DEADLINE_S)
+            if len(calls) == 1 and i == 1 and asked[1] == 4:
+                return True  # row 1 ends here, as if it reached EOS
+            return stopped(i)
+
+        def joining(live):
+            lives.append(live)
+            return more(live)
+        return real(batch_rows, delivered, question, joining if more is not None else None)
+
+    engine.align_batch = gated
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=2, batch_wait_ms=0, continuous=continuous)
+        await batcher.start()
+        try:
+            jobs = [batcher.submit(rows[0]), batcher.submit(rows[1])]
+            await asyncio.wait_for(asyncio.to_thread(inside.wait, DEADLINE_S), DEADLINE_S)
+            jobs.append(batcher.submit(rows[2]))
+            gate.set()
+            return await asyncio.wait_for(asyncio.gather(*(asyncio.shield(j.future) for j in jobs)), DEADLINE_S)
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[2].text == alone.text and outcomes[2].tokens == alone.tokens
+    if continuous:
+        # asked before steps 1, 2 (two live rows, no room), 3 (row 1 ended: room for one), 4 (two again)
+        assert calls == [2] and lives[:4] == [2, 2, 1, 2]
+        assert asked[2] > 1  # the joined row was asked before its steps (it is row 2 of the call)
+    else:
+        assert calls == [2, 1] and lives == []

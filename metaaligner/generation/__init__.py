@@ -58,10 +58,14 @@ class RowEvents:
     fast engine: when the row stops, while the batch's other rows go on; other backends: at the end),
     with its new-token count where the backend counts them (else None). ``stopped(i)`` is asked
     between decoding steps where the backend can stop one row (the fast engine): True ends that row
-    there, its text so far being what ``done`` gets and what is returned."""
+    there, its text so far being what ``done`` gets and what is returned. ``more(live)``, where the
+    backend batches continuously (the fast engine, in the call's last batch), is asked between
+    decoding steps with the number of rows decoding: the prompts it gives join the batch there,
+    numbered after the call's own prompts; their texts come only through ``done``."""
 
     done: Callable[[int, str, int | None], None] | None = None
     stopped: Callable[[int], bool] | None = None
+    more: Callable[[int], list[str]] | None = None
 
     def finish(self, i: int, text: str, tokens: int | None = None) -> None:
         if self.done is not None:

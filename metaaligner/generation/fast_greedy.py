@@ -100,14 +100,17 @@ class _BufferLayer(DynamicLayer):
         self.length = length
         self._sync()
 
-    def gather_rows(self, slots: list[tuple[int, slice | torch.Tensor]], width: int, capacity: int,
-                    pool: KVPool, read_from: list[int]) -> None:
-        """Keep one row per entry of ``slots`` (``(old row, its slots)``), those slots moved to end
-        at ``width`` in a new buffer of ``capacity`` slots (left padding before them, zeroed from
-        the row's ``read_from`` slot on), from ``pool``; the old buffer goes back to it."""
-        for name in ("keys_buf", "values_buf"):
+    def gather_rows(self, slots: list[tuple[int | None, slice | torch.Tensor | int]], width: int, capacity: int,
+                    pool: KVPool, read_from: list[int], joined: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        """Keep one row per entry of ``slots`` (``(old row, its slots)``, or ``(None, j)`` for the
+        j-th of ``joined``: a new row's ``[heads, length, dim]`` keys and values), those slots moved
+        to end at ``width`` in a new buffer of ``capacity`` slots (left padding before them, zeroed
+        from the row's ``read_from`` slot on), from ``pool``; the old buffer goes back to it."""
+        for which, name in enumerate(("keys_buf", "values_buf")):
             old = getattr(self, name)
-            setattr(self, name, _gather(old, slots, width, capacity, pool, read_from))
+            sources = [(old[row], index) if row is not None else
+                       (joined[index][which], slice(0, joined[index][which].shape[1])) for row, index in slots]
+            setattr(self, name, _gather(old, sources, width, capacity, pool, read_from))
             pool.give(old)
         self.length = width
         self._sync()
@@ -121,18 +124,18 @@ def _row_slots(mask_row: torch.Tensor) -> slice | torch.Tensor:
     return slice(first, last + 1) if last - first == len(index) - 1 else index
 
 
-def _gather(buf: torch.Tensor, slots: list[tuple[int, slice | torch.Tensor]], width: int,
+def _gather(buf: torch.Tensor, sources: list[tuple[torch.Tensor, slice | torch.Tensor]], width: int,
             capacity: int, pool: KVPool, read_from: list[int]) -> torch.Tensor:
-    """A new buffer with the given slots of the given rows, right-aligned at ``width``. The left
-    padding attention reads (from the row's ``read_from`` slot on) is zeroed: masked slots still
-    enter sdpa's product with V, and uninitialised memory can hold NaN. Free slots after ``width``
-    are written before they are read."""
-    out = pool.take((len(slots), buf.shape[1], capacity, buf.shape[3]), buf)
-    for new, (old, index) in enumerate(slots):
+    """A new buffer (shaped and typed like ``buf``) with one row per ``(source, slots)``: those slots
+    of a ``[heads, slots, dim]`` source, right-aligned at ``width``. The left padding attention
+    reads (from the row's ``read_from`` slot on) is zeroed: masked slots still enter sdpa's product
+    with V, and uninitialised memory can hold NaN. Free slots after ``width`` are written before
+    they are read."""
+    out = pool.take((len(sources), buf.shape[1], capacity, buf.shape[3]), buf)
+    for new, (source, index) in enumerate(sources):
         n = _count(index)
         out[new, :, read_from[new]:width - n].zero_()
-        out[new, :, width - n:width] = (buf[old, :, index] if isinstance(index, slice)
-                                        else buf[old].index_select(1, index))
+        out[new, :, width - n:width] = source[:, index] if isinstance(index, slice) else source.index_select(1, index)
     return out
 
 
@@ -203,7 +206,8 @@ def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPo
     decode attention reads it: ``read_from_slots``, with length groups when ``grouped``), with
     ``extra`` free slots after (memory from ``pool``). The ``n`` tokens all prompts start with (the
     template's shared start; 0: none) are prefilled once, and each prompt's prefill writes straight
-    into its row of the buffer (no per-row cache to copy afterwards)."""
+    into its row of the buffer (no per-row cache to copy afterwards). Also returns the shared
+    start's cache (None without one), for prompts that join later (``_Joiner``)."""
     device = model.device
     prefix = None
     if n:
@@ -212,7 +216,7 @@ def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPo
               logits_to_keep=1)
     first, cache = _prefill(model, prompts[0], device, prefix)  # its shapes size the buffer
     if extra <= 0:
-        return [first] + [_prefill(model, ids, device, prefix)[0] for ids in prompts[1:]], None
+        return [first] + [_prefill(model, ids, device, prefix)[0] for ids in prompts[1:]], None, prefix
     longest = max(len(p) for p in prompts)
     slots = longest + extra
     buffers = [tuple(pool.take((len(prompts), t.shape[1], slots, t.shape[3]), t) for t in (layer.keys, layer.values))
@@ -232,7 +236,7 @@ def _prefill_all(model, prompts: list[list[int]], n: int, extra: int, pool: KVPo
         views = Cache(layers=[_BufferLayer(k[row:row + 1, :, start:], v[row:row + 1, :, start:], 0)
                               for k, v in buffers])
         firsts.append(_prefill(model, ids, device, prefix, views)[0])
-    return firsts, Cache(layers=[_BufferLayer(k, v, longest) for k, v in buffers])
+    return firsts, Cache(layers=[_BufferLayer(k, v, longest) for k, v in buffers]), prefix
 
 
 def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], pad_id: int,
@@ -240,7 +244,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
                  group_attention: bool = True, ngram_speculation: int = NGRAM_SPECULATION,
                  reuse_buffers: bool = True, merge_linears: bool = True, stats: dict | None = None,
                  stopped: Callable[[int], bool] | None = None,
-                 finished: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
+                 finished: Callable[[int, list[int]], None] | None = None,
+                 more: Callable[[int], list[list[int]]] | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, ending at the first stop id
     (included, as ``generate`` returns it) or after ``max_new_tokens``. Each row is its own batch-1
     computation in the prefill (after the shared prefix, run once when ``share_prefix``); the prefill
@@ -257,7 +262,12 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     else from a pool of this call only. ``stats``, when given, has this call's work added to it
     (``add_stats``: where the time goes). ``finished(i, tokens)``, when given, hears of row i once, as
     soon as it stops (its tokens are final), while the other rows go on; ``stopped(i)`` is asked for
-    each live row before every decode step: True stops row i there (its tokens so far are its output)."""
+    each live row before every decode step: True stops row i there (its tokens so far are its output).
+    ``more(live)``, asked before every decode step with the number of rows decoding, gives prompts
+    that join the batch there (continuous batching, ``_Joiner``): each is prefilled alone (on the
+    shared start's cache when it starts with it), numbered after the rows before it, and decodes
+    with the others, its tokens those of batch 1 as for every row; the call ends once no row is
+    left and ``more`` gives none. The result has one list per row, joined rows included."""
     if max_new_tokens <= 0 or not prompts:
         return [[] for _ in prompts]
     ngram_speculation = max(ngram_speculation, 0)
@@ -269,26 +279,31 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
     prefix = shared_prefix_length(prompts) if share_prefix else 0
     packed = packed_linears(model, enabled=pack_weights, merge_siblings=merge_linears)
     with packed as packing, grouped_attention(model, enabled=group_attention) as grouped:
-        firsts, cache = _prefill_all(model, prompts, prefix, extra, pool, grouped)
+        firsts, cache, prefix_cache = _prefill_all(model, prompts, prefix, extra, pool, grouped)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
         rows = _RowEnds(outputs, stopped, finished)
         alive = [i for i, t in enumerate(firsts) if t not in stop_ids and max_new_tokens > 1 and not rows.stop(i)]
         rows.end([i for i in range(len(prompts)) if i not in set(alive)])
-        if alive:
+        joiner = None
+        if more is not None and max_new_tokens > 1:
+            joiner = _Joiner(model, more, prompts[0][:prefix], prefix_cache, stop_ids, rows, ngram_speculation > 0,
+                             extra)
+        if alive or joiner is not None:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
             state = _DecodeState([len(p) for p in prompts], cache, model.device, pool, ngram_speculation,
-                                 grouped=grouped and len(alive) > 1, skip_pads=packing)
-            if len(alive) < len(prompts):
+                                 grouped=grouped and (len(alive) > 1 or joiner is not None), skip_pads=packing)
+            if len(alive) < len(prompts) and alive:
                 state.keep(alive)
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
-                    pad_id, compact, drafters, rows)
+                    pad_id, compact, drafters, rows, joiner)
     for layer in cache.layers if cache is not None else []:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)
     if stats is not None:
         add_stats(stats, prefill_seconds=prefilled - started, decode_seconds=time.perf_counter() - prefilled,
-                  prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix,
+                  prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix
+                  + (joiner.prefill_tokens if joiner else 0),
                   prefill_attention_pairs=prefill_attention_pairs(prompts, prefix),
                   decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0,
                   decode_pads_skipped=state.pads_skipped if state else 0,
@@ -310,6 +325,62 @@ class _RowEnds:
         if self.finished is not None:
             for row in rows:
                 self.finished(row, self.outputs[row])
+
+
+class _Joiner:
+    """Continuous batching: prompts that ``more`` gives between decode steps join the batch. Each is
+    prefilled alone (from the shared start's cache when it starts with those tokens), is told of
+    at once when its first token ends it, and otherwise is packed into the decode buffer with the
+    live rows, all ordered longest first (so length groups stay tight)."""
+
+    def __init__(self, model, more, prefix_ids: list[int], prefix_cache, stop_ids: set[int], ends: _RowEnds,
+                 draft: bool, room: int):
+        self.model, self.more, self.stop_ids, self.ends, self.draft = model, more, stop_ids, ends, draft
+        self.room = room  # free slots after a re-pack: a new row's whole budget and a step's draft
+        self.prefix_ids, self.prefix_cache = prefix_ids, prefix_cache
+        self.prefill_tokens = 0  # prompt tokens the joined rows ran (for ``stats``)
+
+    def _prefill(self, ids: list[int]) -> tuple[int, DynamicCache]:
+        n = len(self.prefix_ids)
+        shared = self.prefix_cache is not None and len(ids) > n and ids[:n] == self.prefix_ids
+        self.prefill_tokens += len(ids) - (n if shared else 0)
+        return _prefill(self.model, ids, self.model.device, self.prefix_cache if shared else None)
+
+    def admit(self, state: _DecodeState, lists: dict, done: list[bool]) -> dict | None:
+        """Ask ``more`` with the number of live rows; prefill what it gives and re-pack the buffer
+        with the live rows and the joining ones. Returns the per-row lists (``rows``,
+        ``next_tokens``, ``drafters``, ``history``) in the new order, or None when nothing joined."""
+        live = [r for r in range(len(done)) if not done[r]]
+        prompts = self.more(len(live))
+        if not prompts:
+            return None
+        outputs, joined = self.ends.outputs, []
+        for ids in prompts:
+            first, cache = self._prefill(ids)
+            outputs.append([first])
+            if first in self.stop_ids or self.ends.stop(len(outputs) - 1):
+                self.ends.end([len(outputs) - 1])
+            else:
+                joined.append((len(outputs) - 1, ids, first, cache))
+        if not joined:
+            return None
+        # longest first: each entry is an old row (index) or a joining one (None), with its extent
+        order = sorted([(int(state.positions[r]), r) for r in live] + [(len(ids), None) for _, ids, _, _ in joined],
+                       key=lambda e: -e[0])
+        state.keep([r for _, r in order], room=self.room, joined=[(cache, len(ids)) for _, ids, _, cache in joined])
+        new = iter(joined)
+        out = {key: [] for key in lists}
+        for _, r in order:
+            if r is not None:
+                for key in lists:
+                    out[key].append(lists[key][r] if lists[key] is not None else None)
+                continue
+            index, ids, first, _ = next(new)
+            picked = {"rows": index, "next_tokens": first, "history": [],
+                      "drafters": NgramDrafter(ids + [first]) if self.draft else None}
+            for key in lists:
+                out[key].append(picked[key])
+        return {key: (None if lists[key] is None else value) for key, value in out.items()}
 
 
 def add_stats(stats: dict, **work) -> None:
@@ -420,23 +491,29 @@ class _DecodeState:
         """Slots a re-pack of the ``live`` rows saves per row: left padding they all have and holes."""
         return self.filled - int(self.positions[live].max())
 
-    def keep(self, live: list[int], room: int | None = None) -> None:
-        """Only the ``live`` rows from now on, re-packed without holes so that the longest starts at
-        slot 0, with ``room`` free slots after (default: the free slots there are now)."""
-        width = int(self.positions[live].max())
+    def keep(self, live: list[int | None], room: int | None = None, joined: list[tuple[Cache, int]] = ()) -> None:
+        """Only the ``live`` rows from now on, in that order, re-packed without holes so that the
+        longest starts at slot 0, with ``room`` free slots after (default: the free slots there are
+        now). A None in ``live`` takes the next of ``joined``: a prompt prefilled alone (its cache
+        and length) that joins the batch here."""
+        picks = iter(range(len(joined)))
+        slots = [(r, _row_slots(self.mask[r, :self.filled])) if r is not None else (None, next(picks)) for r in live]
+        extents = [_count(index) if r is not None else joined[index][1] for r, index in slots]
+        width = max(extents)
         room = self.capacity - self.filled if room is None else room
-        slots = [(r, _row_slots(self.mask[r, :self.filled])) for r in live]
-        self.first = [width - _count(index) for _, index in slots]
+        self.first = [width - n for n in extents]
         # the new rows' length groups: the padding they read is zeroed, the rest left alone
         self.groups = length_groups(self.first, width, self.grouped)
         read_from = _first_read(self.groups, len(live))
-        for layer in self.cache.layers:
-            layer.gather_rows(slots, width, width + room, self.pool, read_from)
+        for i, layer in enumerate(self.cache.layers):
+            layer.gather_rows(slots, width, width + room, self.pool, read_from,
+                              [(c.layers[i].keys[0], c.layers[i].values[0]) for c, _ in joined])
         self.mask = self.mask.new_zeros((len(live), width + room))
         for row, first in enumerate(self.first):
             self.mask[row, first:width] = 1
-        rows = torch.tensor(live, device=self.mask.device)
-        self.positions = self.positions.index_select(0, rows)
+        position = self.positions[:, 0].tolist()
+        self.positions = torch.tensor([[position[r] if r is not None else n] for r, n in zip(live, extents)],
+                                      device=self.mask.device)
         self.filled, self.capacity = width, width + room
 
 
@@ -501,9 +578,10 @@ def _pick_width(drafts: list[list[int]], history: list[list[tuple[int, int]]], b
 
 def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int], outputs: list[list[int]],
             max_new_tokens: int, stop_ids: set[int], pad_id: int, compact: bool,
-            drafters: list[NgramDrafter] | None = None, ends: _RowEnds | None = None) -> None:
+            drafters: list[NgramDrafter] | None = None, ends: _RowEnds | None = None,
+            joiner: _Joiner | None = None) -> None:
     """Extend ``outputs[rows[r]]`` step by step until every row stopped or spent the budget (or
-    ``ends`` stopped it); ``ends`` hears of each row as it stops."""
+    ``ends`` stopped it); ``ends`` hears of each row as it stops; ``joiner`` adds rows between steps."""
     done = [False] * len(rows)
     device = state.mask.device
     history = [[] for _ in rows]  # per row: (draft tokens accepted, checked) of its recent steps
@@ -513,6 +591,11 @@ def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int],
         for r in halted:
             done[r] = True
         ends.end([rows[r] for r in halted])
+        joined = joiner.admit(state, {"rows": rows, "next_tokens": next_tokens, "drafters": drafters,
+                                      "history": history}, done) if joiner is not None else None
+        if joined is not None:
+            rows, next_tokens, drafters, history = (joined[k] for k in ("rows", "next_tokens", "drafters", "history"))
+            done = [False] * len(rows)
         if all(done):
             return
         budgets = [max_new_tokens - len(outputs[row]) for row in rows]
@@ -545,7 +628,7 @@ def _decode(model, state: _DecodeState, rows: list[int], next_tokens: list[int],
         state.accept(kept)
         live = [r for r in range(len(rows)) if not done[r]]
         if not live:
-            return
+            continue  # the loop's top ends the call, or admits rows that joined
         steps_left = max_new_tokens - min(len(outputs[rows[r]]) for r in live)
         if compact and _compaction_pays(len(rows), len(live), state.filled, state.trim(live), steps_left):
             state.keep(live)

@@ -132,27 +132,37 @@ class HFGenerator:
         return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
     def _fast_batch(self, prompts: list[list[int]], params: GenerationParams, idx: list[int] | None = None,
-                    events: RowEvents | None = None) -> list[list[int]]:
+                    events: RowEvents | None = None, joins: tuple[int, int | None] | None = None) -> list[list[int]]:
         """The fast engine on one chunk; ``events`` (of the whole call, ``idx`` its rows here) hear of
-        each row as it stops and may stop rows between steps."""
+        each row as it stops and may stop rows between steps. With ``joins`` (the number the next
+        joining prompt gets, and the prompt token limit), ``events.more`` adds rows between steps;
+        ``idx`` grows with their numbers and the result has their tokens after the chunk's."""
         import torch
 
         from metaaligner.generation.fast_greedy import greedy_batch
 
-        stopped = finished = None
+        stopped = finished = more = None
         if events is not None:
             def stopped(r: int) -> bool:
                 return events.is_stopped(idx[r])
 
             def finished(r: int, row: list[int]) -> None:
                 events.finish(idx[r], self._text(row), self._count_new(row))
+        if joins is not None and events is not None and events.more is not None:
+            def more(live: int) -> list[list[int]]:
+                texts = events.more(live)
+                idx.extend(range(joins[0] + len(idx) - len(prompts), joins[0] + len(idx) - len(prompts) + len(texts)))
+                encoded = [self._encode(t, joins[1]) for t in texts]
+                self.stats["prompts"] += len(texts)
+                self.stats["prompt_tokens"] += sum(len(e) for e in encoded)
+                return encoded
         with torch.inference_mode():
             return greedy_batch(self.model, prompts, params.max_new_tokens, self._stop_ids(),
                                 self.tokenizer.pad_token_id, share_prefix=self.share_prefix,
                                 pack_weights=self.pack_weights, group_attention=self.group_attention,
                                 ngram_speculation=self.ngram_speculation, reuse_buffers=self.reuse_buffers,
                                 merge_linears=self.merge_linears, stats=self.stats, stopped=stopped,
-                                finished=finished)
+                                finished=finished, more=more)
 
     def _text(self, row: list[int]) -> str:
         return self.tokenizer.decode(row, skip_special_tokens=True).strip()
@@ -202,11 +212,14 @@ class HFGenerator:
         fast = self._argmax(params) and self.engine == "fast" and fast_greedy_supported(self.model)
         for begin in range(0, len(order), max(1, params.batch_size)):
             idx = order[begin:begin + max(1, params.batch_size)]
-            rows = (self._fast_batch([encoded[i] for i in idx], params, idx, events) if fast
+            last = begin + max(1, params.batch_size) >= len(order)
+            rows = (self._fast_batch([encoded[i] for i in idx], params, idx, events,
+                                     (len(prompts), limit) if last else None) if fast
                     else self._generate_batch([encoded[i] for i in idx], params))
             texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-            for i, row, text in zip(idx, rows, texts):
-                results[i] = text.strip()
+            for i, row, text in zip(idx, rows, texts):  # idx: joined rows' numbers too (past len(prompts))
+                if i < len(prompts):
+                    results[i] = text.strip()
                 self.stats["generated_tokens"] += self._count_new(row)
                 if events is not None and not fast:
                     events.finish(i, results[i], self._count_new(row))

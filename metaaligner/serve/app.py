@@ -76,7 +76,7 @@ class Service:
         self.engine = engine or build_engine(config, self.make_upstream)
         self.policy = self.make_upstream("policy", config.policy_base_url) if config.policy_base_url else None
         self.batcher = Batcher(self.engine, config.max_batch_size, config.batch_wait_ms, config.max_queue,
-                               self.metrics)
+                               self.metrics, continuous=config.continuous)
         self.query_format = query_format_for(self.engine.template, config.query_format)
         self.defaults = default_objectives(config, self.engine)
         self.engine.objectives(self.defaults)  # an unknown default key fails at startup, not per request

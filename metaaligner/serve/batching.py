@@ -7,7 +7,8 @@ them as ONE engine call: for the in-process engine in its one worker thread (the
 free, and the model runs one batch at a time); for a remote engine batches run concurrently.
 A streamed request runs alone (its tokens go to one client as they come), after the batch it
 arrived beside. In-process, each request is answered as soon as its own row stops, while the
-batch's longer rows go on decoding. A request whose client disconnected is dropped before its batch
+batch's longer rows go on decoding, and (``continuous``, the default) requests that wait while a
+batch runs join it between decoding steps as its rows end, up to ``max_batch_size`` rows at once. A request whose client disconnected is dropped before its batch
 starts; inside a running batch its row stops at the next decoding step (the fast engine asks
 between steps; another backend's row finishes with its batch and the result is discarded); a
 streamed one stops at its next token.
@@ -15,6 +16,7 @@ streamed one stops at its next token.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +52,10 @@ def _answer(job: Job, outcome: Outcome) -> None:
 
 class Batcher:
     def __init__(self, engine: BaseEngine, max_batch_size: int = 16, batch_wait_ms: float = 20.0,
-                 max_queue: int = 256, metrics=None):
+                 max_queue: int = 256, metrics=None, continuous: bool = True):
         self.engine = engine
+        self.continuous = continuous  # in-process: requests join a running batch between steps
+        self._joinable: collections.deque | None = None  # while a batch runs: requests it may take
         self.max_batch_size = max(1, int(max_batch_size))
         self.batch_wait = max(0.0, float(batch_wait_ms)) / 1000.0
         self.max_queue = max(1, int(max_queue))
@@ -108,7 +112,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = Job(row, loop.create_future(), stream, asyncio.Queue() if stream else None)
         job.future.add_done_callback(lambda _f: self._release(job))
-        self._queue.put_nowait(job)
+        if self._joinable is not None and not stream:
+            self._joinable.append(job)  # the running batch takes it between steps, or it is queued after
+        else:
+            self._queue.put_nowait(job)
         return job
 
     async def align(self, row: Row) -> Outcome:
@@ -187,8 +194,7 @@ class Batcher:
 
         try:
             if isinstance(self.engine, LocalEngine):
-                outcomes = await self.run_in_worker(self.engine.align_batch, rows, delivered,
-                                                    lambda i: batch[i].cancelled.is_set())
+                outcomes = await self._run_local(batch, rows, delivered)
             else:
                 outcomes = await self.engine.align_batch_async(rows)
         except asyncio.CancelledError:
@@ -203,6 +209,41 @@ class Batcher:
         self._observe(len(batch), time.perf_counter() - start, outcomes)
         for job, outcome in zip(batch, outcomes):
             _answer(job, outcome)
+
+    async def _run_local(self, batch: list[Job], rows: list[Row], delivered) -> list[Outcome]:
+        """The in-process engine on ``batch``. With ``continuous``, the requests waiting now and those
+        that arrive meanwhile (``_joinable``) join it between decoding steps while it has fewer than
+        ``max_batch_size`` rows (``more``, in the worker thread); those it did not take are queued
+        again, in order, when it ends."""
+        def stopped(i: int) -> bool:
+            return batch[i].cancelled.is_set()
+
+        if not self.continuous:
+            return await self.run_in_worker(self.engine.align_batch, rows, delivered, stopped)
+        waiting = self._drain()
+        joinable = self._joinable = collections.deque(j for j in waiting if not j.stream)
+
+        def more(live: int) -> list[Row]:
+            taken = []
+            while len(taken) < self.max_batch_size - live and joinable:
+                job = joinable.popleft()
+                if not job.cancelled.is_set():
+                    taken.append(job)
+            batch.extend(taken)
+            return [j.row for j in taken]
+
+        try:
+            return await self.run_in_worker(self.engine.align_batch, rows, delivered, stopped, more)
+        finally:
+            self._joinable = None
+            for job in [j for j in waiting if j.stream] + list(joinable) + self._drain():
+                self._queue.put_nowait(job)
+
+    def _drain(self) -> list[Job]:
+        jobs = []
+        while not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+        return jobs
 
     async def _run_stream(self, job: Job) -> None:
         loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ class ServeConfig:
     max_new_tokens: int = field(default=256, metadata={**cli.check(ge=1), "help": "new tokens per aligned answer"})
     max_batch_size: int = field(default=16, metadata={**cli.check(ge=1), "help": "requests aligned together in one engine call at most"})
     batch_wait_ms: float = field(default=20.0, metadata={**cli.check(ge=0.0), "help": "how long the first request of a batch waits for others to join it"})
+    continuous: bool = field(default=True, metadata={"help": "continuous batching for the in-process aligner: requests that arrive while a batch decodes join it between decoding steps (up to --max_batch_size rows); false: they wait for the next batch"})
     max_queue: int = field(default=256, metadata={**cli.check(ge=1), "help": "requests admitted to the aligner at once (waiting or aligning); more are answered 429 with Retry-After"})
     max_body_bytes: int = field(default=1_000_000, metadata={**cli.check(ge=1), "help": "largest request body accepted; larger ones are answered 413"})
     guard: str = field(default="auto", metadata={"help": "degeneration guard (see inference/aligner_inference.py --guard): auto (on for the built-in aligners) | on | off"})

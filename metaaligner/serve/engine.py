@@ -157,12 +157,16 @@ class LocalEngine(BaseEngine):
         return int(getattr(self.generator, "stats", {}).get("generated_tokens", 0))
 
     def align_batch(self, rows: Sequence[Row], delivered: Callable[[int, Outcome], None] | None = None,
-                    stopped: Callable[[int], bool] | None = None) -> list[Outcome]:
+                    stopped: Callable[[int], bool] | None = None,
+                    more: Callable[[int], list[Row]] | None = None) -> list[Outcome]:
         """Each row's ``Outcome``. ``delivered(i, outcome)`` hears of row i as soon as its text is final
         (the fast engine: while the batch's longer rows still decode); ``stopped(i)`` is asked between
-        decoding steps and True ends row i there (its client left)."""
+        decoding steps and True ends row i there (its client left); ``more(live)``, asked between
+        steps with the number of rows decoding, gives rows that join the batch there (continuous
+        batching), numbered after those before them; the result covers them too."""
         from metaaligner.generation import RowEvents, generate_all
 
+        rows = list(rows)
         outcomes: list[Outcome | None] = [None] * len(rows)
 
         def done(i: int, text: str, tokens: int | None) -> None:
@@ -170,9 +174,15 @@ class LocalEngine(BaseEngine):
             if delivered is not None:
                 delivered(i, outcomes[i])
 
+        def joining(live: int) -> list[str]:
+            new = more(live)
+            rows.extend(new)
+            outcomes.extend([None] * len(new))
+            return self.prompts(new, self.generator) if new else []
+
         before = self._tokens()
         generate_all(self.generator, self.prompts(rows, self.generator), self.params,
-                     events=RowEvents(done=done, stopped=stopped))
+                     events=RowEvents(done=done, stopped=stopped, more=joining if more is not None else None))
         counted = self._tokens() - before
         if counted and not any(o.tokens for o in outcomes):  # a backend without per-row counts: spread evenly
             share = [counted // len(rows)] * len(rows)
