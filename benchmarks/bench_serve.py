@@ -15,7 +15,8 @@ requests one after another (``objectives`` harmlessness,helpfulness); all client
 (each first opens its connection with one ``GET /v1/models`` and the proxy answers one chat request,
 then they wait for one another). Per batch size, one line: requests, wall seconds, requests/s,
 generated tokens/s (the aligner's own count, from ``/metrics``), p50 and p99 latency of one
-request, the mean batch the aligner ran (``metaaligner_aligner_batch_size``), and the
+request, the mean rows the aligner decoded together in a step (``metaaligner_aligner_step_rows``;
+with ``--continuous false`` the mean batch, ``metaaligner_aligner_batch_size``), and the
 check that every request was answered exactly once with its own policy answer as ``original``. The
 last lines: the ratio of requests/s of the first batch size to the last, the load average before
 and after, the CPU count and the torch threads (``--threads``, default 1: on a shared machine a
@@ -55,9 +56,10 @@ class BenchServeConfig:
     max_new_tokens: int = field(default=32, metadata={**cli.check(ge=1), "help": "the proxy's --max_new_tokens"})
     batch_sizes: str = field(default="16,1", metadata={
         "help": "--max_batch_size values to compare, in this order (the ratio is first/last)"})
-    batch_wait_ms: float = field(default=50.0, metadata={
-        **cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms (here 16 client threads in one Python process reach "
-                                    "the proxy over about 40 ms, more than the server's default 20 ms)"})
+    batch_wait_ms: float = field(default=20.0, metadata={
+        **cli.check(ge=0.0), "help": "the proxy's --batch_wait_ms (its default; with --continuous false a first batch "
+                                    "may start before all 16 client threads of this one process have sent, so 50 "
+                                    "compares whole batches)"})
     continuous: bool = field(default=True, metadata={
         "help": "the proxy's --continuous: requests join a running batch between decoding steps (false: they "
                 "wait for the next batch)"})
@@ -120,7 +122,8 @@ def metrics(url: str) -> dict[str, float]:
         text = response.read().decode()
     out = {}
     for name in ("metaaligner_aligner_generated_tokens_total", "metaaligner_aligner_batch_size_sum",
-                 "metaaligner_aligner_batch_size_count"):
+                 "metaaligner_aligner_batch_size_count", "metaaligner_aligner_step_rows_sum",
+                 "metaaligner_aligner_step_rows_count"):
         match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
         out[name] = float(match.group(1)) if match else 0.0
     return out
@@ -155,6 +158,8 @@ def start_proxy(config: BenchServeConfig, batch_size: int, policy_url: str, log:
 def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Path) -> dict:
     import openai
 
+    from metaaligner.testing.waits import wait_for
+
     policy.reset_counts()
     process, url = start_proxy(config, batch_size, policy.base_url, workdir / f"proxy-{batch_size}.log")
     try:
@@ -184,6 +189,11 @@ def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Pa
         with ThreadPoolExecutor(max_workers=config.clients) as pool:
             results = [x for part in pool.map(one_client, range(config.clients)) for x in part]
         wall = time.perf_counter() - began["t"]
+        # answers go out as rows end; the engine call's own metrics come when it returns
+        n = config.clients * config.requests_per_client
+        wait_for(lambda: metrics(url)["metaaligner_aligner_batch_size_sum"]
+                 - before["metaaligner_aligner_batch_size_sum"] >= n, "the aligner's last call to end",
+                 process=process)
         after = metrics(url)
     finally:
         process.terminate()
@@ -195,10 +205,15 @@ def run_one(config: BenchServeConfig, batch_size: int, rows, policy, workdir: Pa
     batches = after["metaaligner_aligner_batch_size_count"] - before["metaaligner_aligner_batch_size_count"]
     rows_aligned = after["metaaligner_aligner_batch_size_sum"] - before["metaaligner_aligner_batch_size_sum"]
     tokens = after["metaaligner_aligner_generated_tokens_total"] - before["metaaligner_aligner_generated_tokens_total"]
+    steps = after["metaaligner_aligner_step_rows_count"] - before["metaaligner_aligner_step_rows_count"]
+    step_rows = after["metaaligner_aligner_step_rows_sum"] - before["metaaligner_aligner_step_rows_sum"]
+    # continuous batching: one engine call may align every request, so rows a step is the batch size
+    batch = f"mean rows a step {step_rows / steps:.1f}" if steps else \
+        f"mean batch {rows_aligned / batches if batches else 0.0:.1f}"
     return {"batch_size": batch_size, "requests": n, "wall": wall, "rps": n / wall, "tps": tokens / wall,
             "tokens": tokens, "p50": latencies[len(latencies) // 2],
             "p99": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
-            "mean_batch": rows_aligned / batches if batches else 0.0, "answered_once": answered_once}
+            "batch": batch, "answered_once": answered_once}
 
 
 def linear_params(model) -> tuple[int, int]:
@@ -312,7 +327,7 @@ def main(config: BenchServeConfig) -> int:
                 print(f"{head}--max_batch_size {size:>3}: {r['requests']} requests in {r['wall']:.1f} s = "
                       f"{r['rps']:.2f} req/s, {r['tps']:.1f} tokens/s ({r['tokens']:.0f} tokens), latency p50 "
                       f"{r['p50']:.2f} s p99 "
-                      f"{r['p99']:.2f} s, mean batch {r['mean_batch']:.1f}, every request answered once with its "
+                      f"{r['p99']:.2f} s, {r['batch']}, every request answered once with its "
                       f"own answer: {'yes' if r['answered_once'] else 'NO'}, load average now "
                       f"{os.getloadavg()[0]:.2f}", flush=True)
     if config.offline:

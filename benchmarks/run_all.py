@@ -131,8 +131,9 @@ def extra_notes(script: str, output: str) -> str:
         m = re.search(r"max \|[^\n]*", output)
         return m.group(0)[:100] if m else ""
     if script == "bench_serve.py":
-        m = re.search(r"mean batch ([\d.]+), every request answered once with its own answer: (\w+)", output)
-        return f"mean batch {m.group(1)}; every request answered once: {m.group(2)}" if m else ""
+        m = re.search(r"mean (batch|rows a step) ([\d.]+), every request answered once with its own answer: (\w+)",
+                      output)
+        return f"mean {m.group(1)} {m.group(2)}; every request answered once: {m.group(3)}" if m else ""
     if script == "bench_training.py":
         m = re.search(r"first-step loss difference packed[^\n]*", output)
         return m.group(0)[:100] if m else ""

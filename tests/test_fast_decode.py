@@ -805,3 +805,4 @@ def test_a_joining_row_runs_on_the_shared_starts_cache_when_it_starts_with_it(gq
     out, _, _ = _joining(gqa_model, first, {2: joining}, new=8, ngram_speculation=0, stats=stats)
     assert out == alone
     assert stats["prefill_tokens"] == 20 + 2 + 1 + 3 + 25
+    assert stats["prefill_attention_pairs"] == 20 * 20 + 2 * 22 + 1 * 21 + 3 * 23 + 25 * 25

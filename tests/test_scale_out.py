@@ -260,6 +260,8 @@ def test_run_all_reads_bench_serve_output():
     from run_all import extra_notes, parse
 
     assert extra_notes("bench_serve.py", SERVE_OUTPUT) == "mean batch 10.7; every request answered once: yes"
+    continuous = SERVE_OUTPUT.replace("mean batch 10.7", "mean rows a step 12.3")
+    assert extra_notes("bench_serve.py", continuous) == "mean rows a step 12.3; every request answered once: yes"
     row = parse("bench_serve.py", SERVE_OUTPUT, 0, 80.0)
     assert (row.naive, row.ours, row.ratio, row.goal, row.met, row.note) == (
         "--max_batch_size 1: 0.62 req/s", "--max_batch_size 16 (requests batched in the aligner): 1.15 req/s",

@@ -240,6 +240,8 @@ def test_200_concurrent_requests_each_answered_once_in_batches(local_proxy, poli
     before_batches = metric(local_proxy, "metaaligner_aligner_batch_size_count")
     before_rows = metric(local_proxy, "metaaligner_aligner_batch_size_sum")
     before_single = metric(local_proxy, "metaaligner_aligner_batch_size_bucket", 'le="1.0"')
+    before_steps = metric(local_proxy, "metaaligner_aligner_step_rows_count")
+    before_single_steps = metric(local_proxy, "metaaligner_aligner_step_rows_bucket", 'le="1.0"')
 
     def ask(i: int):
         resp = client.chat.completions.create(model="policy-model",
@@ -258,6 +260,9 @@ def test_200_concurrent_requests_each_answered_once_in_batches(local_proxy, poli
     single = metric(local_proxy, "metaaligner_aligner_batch_size_bucket", 'le="1.0"') - before_single
     assert rows == 200  # every request aligned exactly once
     assert batches < 200 and single < batches  # batches of more than one request formed
+    steps = metric(local_proxy, "metaaligner_aligner_step_rows_count") - before_steps
+    single_steps = metric(local_proxy, "metaaligner_aligner_step_rows_bucket", 'le="1.0"') - before_single_steps
+    assert steps > 0 and single_steps < steps  # decoding steps ran rows of several requests together
     # one of them, aligned alone, gives the same text as in its batch
     i, original, text = results[7]
     status, _, alone = http("POST", local_proxy.url + "/v1/align", {
@@ -320,6 +325,7 @@ def test_objectives_health_and_models(local_proxy):
     _, _, text = http("GET", local_proxy.url + "/metrics")
     for name in ("metaaligner_requests_total", "metaaligner_request_seconds_bucket", "metaaligner_policy_seconds_bucket",
                  "metaaligner_aligner_seconds_bucket", "metaaligner_aligner_batch_size_bucket",
+                 "metaaligner_aligner_step_rows_bucket",
                  "metaaligner_guard_fallbacks_total", "metaaligner_queue_depth"):
         assert f"\n{name}" in text
     assert 'metaaligner_requests_total{route="/health",status="200"}' in text
@@ -589,6 +595,7 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
     from metaaligner.serve.batching import Batcher
     from metaaligner.serve.config import ServeConfig
     from metaaligner.serve.engine import Row, build_engine
+    from metaaligner.serve.metrics import Metrics
 
     engine = build_engine(ServeConfig(aligner_path=str(tiny_llama_dir), template="hh-rlhf", max_new_tokens=40,
                                       guard="off"), upstream_factory=None)
@@ -616,13 +623,16 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
     engine.align_batch = gated
 
     async def scenario():
-        batcher = Batcher(engine, max_batch_size=3, batch_wait_ms=0)
+        batcher = Batcher(engine, max_batch_size=3, batch_wait_ms=0, metrics=Metrics())
         await batcher.start()
         try:
             row = Row("\n\nHuman: How do I boil an egg?\n\nAssistant:", "Boil it.", ["helpfulness"],
                       ["Helpfulness: The response should be helpful"])
             jobs = [batcher.submit(row) for _ in range(3)]
             first = await asyncio.wait_for(asyncio.shield(jobs[0].future), DEADLINE_S)
+            # counted as it ended, while the batch still runs (row 2 waits for ``answered``)
+            seen["tokens when row 0 was answered"] = batcher.metrics.registry.get_sample_value(
+                "metaaligner_aligner_generated_tokens_total")
             answered.set()
             await asyncio.wait_for(asyncio.to_thread(inside.wait, DEADLINE_S), DEADLINE_S)
             batcher.cancel(jobs[1])
@@ -636,10 +646,11 @@ def test_a_batch_answers_each_row_as_it_ends_and_stops_a_cancelled_row(tiny_llam
 
     first, cancelled, last = asyncio.run(scenario())
     assert seen["row 0 answered mid-batch"] is True and cancelled
+    assert seen["tokens when row 0 was answered"] == outcomes[0].tokens
     assert first is outcomes[0] and last is outcomes[2]
     # asked after the prefill, then before each step while live; row 1 stops at the ask after its client left
     assert (asked[0], asked[1]) == (2, 5) and asked[2] > 5
-    assert outcomes[0].tokens <= 1 and outcomes[2].tokens == 40 and 0 < outcomes[1].tokens < 40
+    assert outcomes[0].tokens == 1 and outcomes[2].tokens == 40 and 0 < outcomes[1].tokens < 40
 
 
 @pytest.mark.parametrize("continuous", [True, False])

@@ -19,7 +19,9 @@ Where ``model.generate`` on a left-padded batch loses time on CPU (measured in i
   the left padding all survivors share, so long tails decode small, short batches.
 
 Decoding then runs all rows of a batch together: one read of the weights per step for all rows,
-which is what makes batch decoding pay off where decoding is memory-bound. A step may also check a
+which is what makes batch decoding pay off where decoding is memory-bound. Between steps the
+caller may hear of rows that ended (``finished``), stop rows (``stopped``) and add prompts
+(``more``: continuous batching, ``_Joiner``), each joining row prefilled alone and packed in. A step may also check a
 few tokens per row guessed by prompt lookup (``NgramDrafter``: an aligner copies much of the answer
 it edits, a looping row repeats itself); the greedy predictions decide which are kept, so the text
 is that of one token per step, in fewer steps. On CPU the linears run on weights packed once for
@@ -304,7 +306,8 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         add_stats(stats, prefill_seconds=prefilled - started, decode_seconds=time.perf_counter() - prefilled,
                   prefill_tokens=sum(len(p) for p in prompts) - max(len(prompts) - 1, 0) * prefix
                   + (joiner.prefill_tokens if joiner else 0),
-                  prefill_attention_pairs=prefill_attention_pairs(prompts, prefix),
+                  prefill_attention_pairs=prefill_attention_pairs(prompts, prefix)
+                  + (joiner.attention_pairs if joiner else 0),
                   decode_steps=state.steps if state else 0, decode_token_rows=state.token_rows if state else 0,
                   decode_pads_skipped=state.pads_skipped if state else 0,
                   decode_kv_slots=state.kv_slots if state else 0)
@@ -338,12 +341,15 @@ class _Joiner:
         self.model, self.more, self.stop_ids, self.ends, self.draft = model, more, stop_ids, ends, draft
         self.room = room  # free slots after a re-pack: a new row's whole budget and a step's draft
         self.prefix_ids, self.prefix_cache = prefix_ids, prefix_cache
-        self.prefill_tokens = 0  # prompt tokens the joined rows ran (for ``stats``)
+        # prompt tokens the joined rows ran and the query-key pairs of their attention (for ``stats``;
+        # their prefill time is in the decode time)
+        self.prefill_tokens = self.attention_pairs = 0
 
     def _prefill(self, ids: list[int]) -> tuple[int, DynamicCache]:
         n = len(self.prefix_ids)
         shared = self.prefix_cache is not None and len(ids) > n and ids[:n] == self.prefix_ids
         self.prefill_tokens += len(ids) - (n if shared else 0)
+        self.attention_pairs += (len(ids) - (n if shared else 0)) * len(ids)
         return _prefill(self.model, ids, self.model.device, self.prefix_cache if shared else None)
 
     def admit(self, state: _DecodeState, lists: dict, done: list[bool]) -> dict | None:

@@ -151,7 +151,8 @@ class HFGenerator:
         if joins is not None and events is not None and events.more is not None:
             def more(live: int) -> list[list[int]]:
                 texts = events.more(live)
-                idx.extend(range(joins[0] + len(idx) - len(prompts), joins[0] + len(idx) - len(prompts) + len(texts)))
+                first = joins[0] + len(idx) - len(prompts)  # rows joined so far are numbered after the call's
+                idx.extend(range(first, first + len(texts)))
                 encoded = [self._encode(t, joins[1]) for t in texts]
                 self.stats["prompts"] += len(texts)
                 self.stats["prompt_tokens"] += sum(len(e) for e in encoded)

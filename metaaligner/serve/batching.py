@@ -175,11 +175,18 @@ class Batcher:
         task.add_done_callback(self._running.discard)
 
     def _observe(self, n: int, seconds: float, outcomes: list[Outcome]) -> None:
+        """One aligner call's metrics; ``outcomes``: its rows not counted yet (``_count``)."""
         if self.metrics is None:
             return
         self.metrics.batch_size.observe(n)
         self.metrics.aligner_seconds.observe(seconds)
         for outcome in outcomes:
+            self._count(outcome)
+
+    def _count(self, outcome: Outcome) -> None:
+        """One row's tokens and guard fallback (thread-safe counters: also from the worker thread, as
+        the row ends, so they are counted by the time its request is answered)."""
+        if self.metrics is not None:
             self.metrics.tokens.inc(outcome.tokens)
             if outcome.guard_fallback:
                 self.metrics.guard_fallbacks.inc()
@@ -190,6 +197,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
 
         def delivered(i: int, outcome: Outcome) -> None:  # from the worker thread, as each row ends
+            self._count(outcome)
             loop.call_soon_threadsafe(_answer, batch[i], outcome)
 
         try:
@@ -206,7 +214,8 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self._observe(len(batch), time.perf_counter() - start, outcomes)
+        local = isinstance(self.engine, LocalEngine)  # its rows were counted as they ended
+        self._observe(len(batch), time.perf_counter() - start, [] if local else outcomes)
         for job, outcome in zip(batch, outcomes):
             _answer(job, outcome)
 
@@ -230,6 +239,8 @@ class Batcher:
                 if not job.cancelled.is_set():
                     taken.append(job)
             batch.extend(taken)
+            if self.metrics is not None and live + len(taken):
+                self.metrics.step_rows.observe(live + len(taken))  # asked before every step: its rows
             return [j.row for j in taken]
 
         try:

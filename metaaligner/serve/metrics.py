@@ -26,6 +26,9 @@ class Metrics:
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("metaaligner_aligner_batch_size", "requests aligned together in one aligner call",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.step_rows = Histogram("metaaligner_aligner_step_rows",
+                                   "rows the in-process aligner decoded together in one step (continuous batching)",
+                                   buckets=BATCH_BUCKETS, registry=r)
         self.tokens = Counter("metaaligner_aligner_generated_tokens", "new tokens the in-process aligner generated",
                               registry=r)
         self.guard_fallbacks = Counter("metaaligner_guard_fallbacks",
