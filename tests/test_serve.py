@@ -716,3 +716,64 @@ def test_a_request_that_arrives_mid_batch_joins_it_when_a_row_ends(tiny_llama_di
         assert asked[2] > 1  # the joined row was asked before its steps (it is row 2 of the call)
     else:
         assert calls == [2, 1] and lives == []
+
+
+def test_a_streamed_request_stops_a_running_batch_from_taking_more(tiny_llama_dir):
+    """A stream runs alone, so a batch that kept taking requests under steady load would keep it
+    waiting for ever. Here a stream and then a plain request arrive while a 1-row batch decodes
+    (--max_batch_size 2, room for one more): the batch takes neither, and when it ends the stream
+    runs, then the plain request."""
+    import asyncio
+
+    from metaaligner.serve.batching import Batcher
+    from metaaligner.serve.config import ServeConfig
+    from metaaligner.serve.engine import Row, build_engine
+
+    engine = build_engine(ServeConfig(aligner_path=str(tiny_llama_dir), template="hh-rlhf", max_new_tokens=12,
+                                      guard="off"), upstream_factory=None)
+    engine.load(warm_up=False)
+    row = Row("\n\nHuman: How do I boil an egg?\n\nAssistant:", "Boil it.", ["helpfulness"],
+              ["Helpfulness: The response should be helpful"])
+    inside, gate = threading.Event(), threading.Event()
+    calls, taken = [], []
+    real = engine.align_batch
+
+    def gated(batch_rows, delivered=None, stopped=None, more=None):
+        calls.append(len(batch_rows))
+        asked = []
+
+        def question(i):
+            asked.append(i)
+            if len(calls) == 1 and len(asked) == 3:
+                inside.set()
+                gate.wait(DEADLINE_S)
+            return stopped(i)
+
+        def joining(live):
+            rows = more(live)
+            taken.extend(rows)
+            return rows
+        return real(batch_rows, delivered, question, joining if more is not None else None)
+
+    engine.align_batch = gated
+
+    async def scenario():
+        batcher = Batcher(engine, max_batch_size=2, batch_wait_ms=0)
+        await batcher.start()
+        order = []
+        try:
+            first = batcher.submit(row)
+            await asyncio.wait_for(asyncio.to_thread(inside.wait, DEADLINE_S), DEADLINE_S)
+            stream, plain = batcher.submit(row, stream=True), batcher.submit(row)
+            for name, job in (("first", first), ("stream", stream), ("plain", plain)):
+                job.future.add_done_callback(lambda _f, name=name: order.append(name))
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(j.future) for j in (first, stream, plain))),
+                                   DEADLINE_S)
+            return order
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ["first", "stream", "plain"]
+    assert calls == [1, 1] and taken == []

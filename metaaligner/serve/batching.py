@@ -56,6 +56,7 @@ class Batcher:
         self.engine = engine
         self.continuous = continuous  # in-process: requests join a running batch between steps
         self._joinable: collections.deque | None = None  # while a batch runs: requests it may take
+        self._streams_waiting = threading.Event()  # set: the running batch takes no more (streams wait)
         self.max_batch_size = max(1, int(max_batch_size))
         self.batch_wait = max(0.0, float(batch_wait_ms)) / 1000.0
         self.max_queue = max(1, int(max_queue))
@@ -115,6 +116,8 @@ class Batcher:
         if self._joinable is not None and not stream:
             self._joinable.append(job)  # the running batch takes it between steps, or it is queued after
         else:
+            if self._joinable is not None:  # a stream runs alone: the running batch stops taking requests
+                self._streams_waiting.set()
             self._queue.put_nowait(job)
         return job
 
@@ -161,6 +164,9 @@ class Batcher:
                 (held if job.stream else batch).append(job)
             batch = [j for j in batch if not j.future.done()]
             if batch:
+                self._streams_waiting.clear()
+                if held:  # a batch that takes no joiners ends, and the held streams get their turn
+                    self._streams_waiting.set()
                 await self._dispatch(self._run_batch(batch))
             for job in held:
                 if not job.future.done():
@@ -223,7 +229,9 @@ class Batcher:
         """The in-process engine on ``batch``. With ``continuous``, the requests waiting now and those
         that arrive meanwhile (``_joinable``) join it between decoding steps while it has fewer than
         ``max_batch_size`` rows (``more``, in the worker thread); those it did not take are queued
-        again, in order, when it ends."""
+        again, in order, when it ends. A streamed request waiting stops the joining, so that the
+        batch ends and the stream (which runs alone) is next: under steady load a batch that kept
+        taking requests would never end."""
         def stopped(i: int) -> bool:
             return batch[i].cancelled.is_set()
 
@@ -231,10 +239,12 @@ class Batcher:
             return await self.run_in_worker(self.engine.align_batch, rows, delivered, stopped)
         waiting = self._drain()
         joinable = self._joinable = collections.deque(j for j in waiting if not j.stream)
+        if any(j.stream for j in waiting):
+            self._streams_waiting.set()
 
         def more(live: int) -> list[Row]:
             taken = []
-            while len(taken) < self.max_batch_size - live and joinable:
+            while len(taken) < self.max_batch_size - live and joinable and not self._streams_waiting.is_set():
                 job = joinable.popleft()
                 if not job.cancelled.is_set():
                     taken.append(job)
@@ -247,7 +257,8 @@ class Batcher:
             return await self.run_in_worker(self.engine.align_batch, rows, delivered, stopped, more)
         finally:
             self._joinable = None
-            for job in [j for j in waiting if j.stream] + list(joinable) + self._drain():
+            later = self._drain()  # streams first: they waited for this batch to end
+            for job in [j for j in waiting + later if j.stream] + list(joinable) + [j for j in later if not j.stream]:
                 self._queue.put_nowait(job)
 
     def _drain(self) -> list[Job]:
