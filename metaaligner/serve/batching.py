@@ -8,10 +8,10 @@ free, and the model runs one batch at a time); for a remote engine batches run c
 A streamed request runs alone (its tokens go to one client as they come), after the batch it
 arrived beside. In-process, each request is answered as soon as its own row stops, while the
 batch's longer rows go on decoding, and (``continuous``, the default) requests that wait while a
-batch runs join it between decoding steps as its rows end, up to ``max_batch_size`` rows at once. A request whose client disconnected is dropped before its batch
-starts; inside a running batch its row stops at the next decoding step (the fast engine asks
-between steps; another backend's row finishes with its batch and the result is discarded); a
-streamed one stops at its next token.
+batch runs join it between decoding steps as its rows end, up to ``max_batch_size`` rows at once.
+A request whose client disconnected is dropped before its batch starts; inside a running batch
+its row stops at the next decoding step (the fast engine asks between steps; another backend's
+row finishes with its batch and the result is discarded); a streamed one stops at its next token.
 """
 from __future__ import annotations
 
