@@ -440,12 +440,12 @@ def test_row_events_hear_each_row_once_with_its_text_and_can_stop_one(hf_generat
     assert heard[0][1] == 8  # a row that ran its whole budget (no EOS in 8 tokens at these weights)
 
     # prompts that join the call's last batch between steps are numbered after its own, with their text alone
-    given = iter([[PROMPTS[0]], [], [PROMPTS[1], PROMPTS[2]]])
+    assert len(PROMPTS) == 5
+    given = iter([[PROMPTS[0]], [], [PROMPTS[1]]])
     heard.clear()
-    out = generate_all(hf_generator, PROMPTS[3:6], params, events=RowEvents(
+    out = generate_all(hf_generator, PROMPTS[2:], params, events=RowEvents(
         done=lambda i, text, tokens: heard.setdefault(i, text), more=lambda live: next(given, [])))
-    assert out == plain[3:6] and heard == {0: plain[3], 1: plain[4], 2: plain[5], 3: plain[0], 4: plain[1],
-                                           5: plain[2]}
+    assert out == plain[2:] and heard == {0: plain[2], 1: plain[3], 2: plain[4], 3: plain[0], 4: plain[1]}
 
     class Plain:  # a backend without per-row events: told at the end
         name = "plain"

@@ -388,6 +388,42 @@ def test_permission_errors_and_the_judge_cache_name_the_path(tmp_path, capsys, m
                               "(or --no_cache)")
 
 
+def test_a_judge_cache_locked_while_another_rank_opens_it_is_tried_again(tmp_path, monkeypatch):
+    """Two torchrun ranks opening one new cache at once: one can get SQLITE_BUSY while the other
+    switches it to WAL (sqlite's busy timeout does not wait there). The open is tried again after a
+    pause; a cache still locked after every try is the one-line error; other errors are not retried."""
+    import sqlite3
+    import time
+
+    from metaaligner.judge import cache as cache_module
+    from metaaligner.judge.cache import OPEN_TRIES, JudgeCache
+
+    real, calls, pauses = JudgeCache._open, [], []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+
+    def locked_first(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+
+    monkeypatch.setattr(JudgeCache, "_open", locked_first)
+    path = tmp_path / "judged" / "judge_cache.sqlite"
+    JudgeCache(path).put("k", {"q": 1}, cache_module.Completion("verdict"))
+    assert len(calls) == 3 and pauses == [0.05, 0.1] and JudgeCache(path).get("k").text == "verdict"
+
+    def always(self, error):
+        calls.append(1)
+        raise sqlite3.OperationalError(error)
+
+    for error, tries in (("database is locked", OPEN_TRIES), ("disk I/O error", 1)):
+        calls.clear()
+        monkeypatch.setattr(JudgeCache, "_open", lambda self, error=error: always(self, error))
+        with pytest.raises(MetaAlignerError, match=f"cannot open the judge cache \\({error}\\)"):
+            JudgeCache(path)
+        assert len(calls) == tries
+
+
 def test_malformed_yaml_is_one_line_naming_file_line_and_column(tmp_path, capsys):
     bad = tmp_path / "objectives.yaml"
     bad.write_text("kindness: Kindness: be kind\n  oops: [\n")

@@ -30,6 +30,9 @@ def request_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+OPEN_TRIES = 10  # opening a locked cache: tries, with pauses of 0.05 s doubling up to 1 s (about 6 s in all)
+
+
 class JudgeCache:
     """Thread-safe SQLite store: ``get(key)`` -> ``Completion`` or None; ``put(key, request, completion)``."""
 
@@ -38,12 +41,26 @@ class JudgeCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._open()
+            self._open_retrying()
         except sqlite3.Error as exc:  # sqlite names no path ("unable to open database file")
             from metaaligner.errors import MetaAlignerError
 
             raise MetaAlignerError(f"{self.path}: cannot open the judge cache ({exc}); make its folder writable, "
                                    "or pass --cache_path elsewhere (or --no_cache)") from None
+
+    def _open_retrying(self, tries: int = OPEN_TRIES) -> None:
+        """``_open``, again after a pause when the file is locked: ranks that open one new cache at once
+        (torchrun) can meet SQLITE_BUSY while another switches it to WAL, where sqlite's busy timeout
+        does not wait."""
+        for attempt in range(tries):
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if attempt == tries - 1 or not any(word in str(exc) for word in ("locked", "busy")):
+                    raise
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                time.sleep(min(1.0, 0.05 * 2 ** attempt))
 
     def _open(self) -> None:
         from metaaligner.io import refuse_symlink
