@@ -275,25 +275,23 @@ def offline_rates(config: BenchServeConfig, rows, sizes: list[int]) -> dict:
     return out
 
 
-gbs_measured: dict[str, float] = {}
-
-
-def peak_gflops(config: BenchServeConfig) -> float | None:
-    """The matmul peak the compute bound uses: on a CPU measured now at ``--threads`` (before any
-    timing, so the machine's state is the runs'); on a GPU the card's datasheet bf16 peak when it is
-    in devices.py (the aligner runs float32 there unless told otherwise, so the bound is loose)."""
+def peak_rates(config: BenchServeConfig) -> tuple[float | None, float | None]:
+    """(matmul GFLOP/s, memory-copy GB/s) the compute bound uses: on a CPU measured now at
+    ``--threads`` (before any timing, so the machine's state is the runs'); on a GPU the card's
+    datasheet bf16 peak when it is in devices.py (the aligner runs float32 there unless told
+    otherwise, so the bound is loose) and no copy rate."""
     import torch
 
     if config.device == "cpu":
         from bench_aligner_inference import roofline
 
         torch.set_num_threads(config.threads)
-        gflops, gbs_measured["gbs"], _ = roofline()
-        return gflops
+        gflops, gbs, _ = roofline()
+        return gflops, gbs
     from devices import gpu_name, gpu_roofline
 
     known = gpu_roofline(gpu_name(config.device))
-    return known[1] if known else None
+    return (known[1] if known else None), None
 
 
 def main(config: BenchServeConfig) -> int:
@@ -311,7 +309,7 @@ def main(config: BenchServeConfig) -> int:
     rows = load_rows(config.samples, n)
     answers = {messages[-1]["content"]: answer for messages, answer in rows}
     load_before = os.getloadavg()
-    gflops = peak_gflops(config)
+    gflops, gbs = peak_rates(config)
     print(f"{config.clients} clients x {config.requests_per_client} requests, {config.max_new_tokens} new tokens, "
           f"aligner {config.aligner_path}, --batch_wait_ms {config.batch_wait_ms:g}, --continuous "
           f"{str(config.continuous).lower()}; load average "
@@ -360,7 +358,7 @@ def main(config: BenchServeConfig) -> int:
     print(describe(config.device))
     if config.device == "cpu":
         print(f"CPU roofline (this process, {config.threads} thread(s)): fp32 matmul {gflops:.1f} GFLOP/s, "
-              f"memory copy {gbs_measured['gbs']:.1f} GB/s")
+              f"memory copy {gbs:.1f} GB/s")
     print(f"ratio requests/s --max_batch_size {sizes[0]} / {sizes[-1]}: {median[sizes[0]] / median[sizes[-1]]:.2f}x"
           + (" (medians of the rounds)" if config.repeat > 1 else ""))
     return 0 if all(r["answered_once"] for r in results) else 1

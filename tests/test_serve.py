@@ -777,3 +777,34 @@ def test_a_streamed_request_stops_a_running_batch_from_taking_more(tiny_llama_di
 
     assert asyncio.run(scenario()) == ["first", "stream", "plain"]
     assert calls == [1, 1] and taken == []
+
+
+def test_a_backend_that_counts_tokens_per_call_has_them_spread_when_each_row_is_delivered(tiny_llama_dir):
+    """A backend without per-row events (vLLM in-process) counts new tokens per call; each row is
+    delivered with its share (7 over 3 rows: 3, 2, 2), so the serve metric counted at delivery has them."""
+    from metaaligner.serve.config import ServeConfig
+    from metaaligner.serve.engine import Row, build_engine
+
+    engine = build_engine(ServeConfig(aligner_path=str(tiny_llama_dir), template="hh-rlhf", max_new_tokens=4,
+                                      guard="off"), upstream_factory=None)
+    engine.load(warm_up=False)
+
+    class PerCall:  # the real generator's tokenizer and limits, one count per call, no row events
+        row_events = False
+
+        def __init__(self, real):
+            self.real, self.stats = real, {"generated_tokens": 0}
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def generate(self, prompts, params, progress=False):
+            self.stats["generated_tokens"] += 7
+            return [f"text {i}" for i in range(len(prompts))]
+
+    engine.generator = PerCall(engine.generator)
+    row = Row("\n\nHuman: Hi?\n\nAssistant:", "Hello.", ["helpfulness"], ["Helpfulness: The response should help"])
+    heard = []
+    outcomes = engine.align_batch([row] * 3, delivered=lambda i, o: heard.append((i, o.text, o.tokens)))
+    assert heard == [(0, "text 0", 3), (1, "text 1", 2), (2, "text 2", 2)]
+    assert [o.tokens for o in outcomes] == [3, 2, 2]

@@ -284,12 +284,12 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
         firsts, cache, prefix_cache = _prefill_all(model, prompts, prefix, extra, pool, grouped)
         prefilled = time.perf_counter()
         outputs = [[t] for t in firsts]
-        rows = _RowEnds(outputs, stopped, finished)
-        alive = [i for i, t in enumerate(firsts) if t not in stop_ids and max_new_tokens > 1 and not rows.stop(i)]
-        rows.end([i for i in range(len(prompts)) if i not in set(alive)])
+        ends = _RowEnds(outputs, stopped, finished)
+        alive = [i for i, t in enumerate(firsts) if t not in stop_ids and max_new_tokens > 1 and not ends.stop(i)]
+        ends.end([i for i in range(len(prompts)) if i not in set(alive)])
         joiner = None
         if more is not None and max_new_tokens > 1:
-            joiner = _Joiner(model, more, prompts[0][:prefix], prefix_cache, stop_ids, rows, ngram_speculation > 0,
+            joiner = _Joiner(model, more, prompts[0][:prefix], prefix_cache, stop_ids, ends, ngram_speculation > 0,
                              extra)
         if alive or joiner is not None:
             drafters = [NgramDrafter(prompts[i] + outputs[i]) for i in alive] if ngram_speculation else None
@@ -298,7 +298,7 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids:
             if len(alive) < len(prompts) and alive:
                 state.keep(alive)
             _decode(model, state, alive, [firsts[i] for i in alive], outputs, max_new_tokens, stop_ids,
-                    pad_id, compact, drafters, rows, joiner)
+                    pad_id, compact, drafters, ends, joiner)
     for layer in cache.layers if cache is not None else []:
         pool.give(layer.keys_buf)
         pool.give(layer.values_buf)

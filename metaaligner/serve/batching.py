@@ -201,13 +201,14 @@ class Batcher:
         start = time.perf_counter()
         rows = [j.row for j in batch]
         loop = asyncio.get_running_loop()
+        local = isinstance(self.engine, LocalEngine)  # its rows are counted as they end (``delivered``)
 
         def delivered(i: int, outcome: Outcome) -> None:  # from the worker thread, as each row ends
             self._count(outcome)
             loop.call_soon_threadsafe(_answer, batch[i], outcome)
 
         try:
-            if isinstance(self.engine, LocalEngine):
+            if local:
                 outcomes = await self._run_local(batch, rows, delivered)
             else:
                 outcomes = await self.engine.align_batch_async(rows)
@@ -220,7 +221,6 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        local = isinstance(self.engine, LocalEngine)  # its rows were counted as they ended
         self._observe(len(batch), time.perf_counter() - start, [] if local else outcomes)
         for job, outcome in zip(batch, outcomes):
             _answer(job, outcome)

@@ -170,7 +170,10 @@ class LocalEngine(BaseEngine):
         outcomes: list[Outcome | None] = [None] * len(rows)
 
         def done(i: int, text: str, tokens: int | None) -> None:
-            outcomes[i] = self.finish(rows[i], text, tokens or 0)
+            if tokens is None:  # a backend that counts per call (it has ended): its count spread evenly
+                counted = self._tokens() - before
+                tokens = counted // len(rows) + (counted % len(rows) if i == 0 else 0)
+            outcomes[i] = self.finish(rows[i], text, tokens)
             if delivered is not None:
                 delivered(i, outcomes[i])
 
@@ -183,12 +186,6 @@ class LocalEngine(BaseEngine):
         before = self._tokens()
         generate_all(self.generator, self.prompts(rows, self.generator), self.params,
                      events=RowEvents(done=done, stopped=stopped, more=joining if more is not None else None))
-        counted = self._tokens() - before
-        if counted and not any(o.tokens for o in outcomes):  # a backend without per-row counts: spread evenly
-            share = [counted // len(rows)] * len(rows)
-            share[0] += counted - sum(share)
-            for outcome, n in zip(outcomes, share):
-                outcome.tokens = n
         return outcomes
 
     def align_stream(self, row: Row, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
